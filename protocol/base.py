@@ -1,0 +1,36 @@
+"""The shape every wire message shares.
+
+Messages are msgspec Structs in one tagged union: the `type` field names the Struct, so the
+decoder picks and validates the right type in one pass, and unknown fields are refused rather
+than silently dropped (a typo in a client is a bug worth hearing about).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+#: Request ids are chosen by the client; they only need to be unique among its requests in flight.
+RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+
+#: Bounded texts stop a client from making the server hold or store absurd amounts.
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+Token = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+class Message(msgspec.Struct, tag=True, tag_field="type", forbid_unknown_fields=True, kw_only=True):
+    """Base of every frame body."""
+
+
+class Request(Message):
+    """Sent by the client; the server answers with a Response that carries the same id."""
+
+    id: RequestId
+
+
+class Response(Message):
+    """Sent by the server; `id` is the request it answers (0 when the request was unreadable)."""
+
+    id: RequestId

@@ -1,0 +1,101 @@
+"""Users and their resumable sessions.
+
+Only a hash of each resume token is stored, so a copy of the database cannot be used to take
+over anyone's session.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from repository.database import transaction
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    password_hash: str
+    is_admin: bool
+
+
+def _user(row: sqlite3.Row | None) -> User | None:
+    if row is None:
+        return None
+    return User(row["id"], row["name"], row["password_hash"], bool(row["is_admin"]))
+
+
+class NameTaken(Exception):
+    pass
+
+
+def create_user(conn: sqlite3.Connection, name: str, password_hash: str) -> User:
+    """Insert a user; the first one ever created becomes the admin, decided inside the
+    transaction so two simultaneous first sign-ups cannot both become admin."""
+    with transaction(conn, immediate=True):
+        try:
+            cursor = conn.execute(
+                "INSERT INTO users (name, password_hash, is_admin, created_at) "
+                "VALUES (?, ?, (SELECT COUNT(*) = 0 FROM users), ?)",
+                (name, password_hash, time.time()),
+            )
+        except sqlite3.IntegrityError:
+            raise NameTaken(name) from None
+        user_id = cursor.lastrowid
+    user = user_by_id(conn, user_id)
+    assert user is not None
+    return user
+
+
+def user_by_name(conn: sqlite3.Connection, name: str) -> User | None:
+    return _user(conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone())
+
+
+def user_by_id(conn: sqlite3.Connection, user_id: int | None) -> User | None:
+    return _user(conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone())
+
+
+def set_password_hash(conn: sqlite3.Connection, user_id: int, password_hash: str) -> None:
+    conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+
+
+def create_session(
+    conn: sqlite3.Connection, user_id: int, token_hash: bytes, lifetime_s: float
+) -> int:
+    now = time.time()
+    cursor = conn.execute(
+        "INSERT INTO sessions (user_id, token_hash, created_at, expires_at) VALUES (?, ?, ?, ?)",
+        (user_id, token_hash, now, now + lifetime_s),
+    )
+    return int(cursor.lastrowid or 0)
+
+
+def session_user(conn: sqlite3.Connection, token_hash: bytes) -> tuple[int, User] | None:
+    """The live session for a token hash and its user, or None if unknown, revoked or expired."""
+    row = conn.execute(
+        "SELECT id, user_id FROM sessions WHERE token_hash = ? AND revoked_at IS NULL "
+        "AND expires_at > ?",
+        (token_hash, time.time()),
+    ).fetchone()
+    if row is None:
+        return None
+    user = user_by_id(conn, row["user_id"])
+    return (row["id"], user) if user else None
+
+
+def revoke_session(conn: sqlite3.Connection, session_id: int) -> None:
+    conn.execute(
+        "UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+        (time.time(), session_id),
+    )
+
+
+def revoke_user_sessions(conn: sqlite3.Connection, user_id: int, keep: int | None = None) -> None:
+    """After a password change every other session must end: the old password may be known."""
+    conn.execute(
+        "UPDATE sessions SET revoked_at = ? "
+        "WHERE user_id = ? AND revoked_at IS NULL AND id IS NOT ?",
+        (time.time(), user_id, keep),
+    )

@@ -1,0 +1,121 @@
+"""Versioned schema steps; `PRAGMA user_version` records how many have run.
+
+Append new steps at the end and never edit a released one: a database in the field has already
+run it. Prices are integer cents and quantities integers, with CHECKs so that no bug anywhere
+can store a negative stock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+_V1_SCHEMA = """
+        CREATE TABLE users (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            password_hash TEXT NOT NULL,
+            is_admin INTEGER NOT NULL DEFAULT 0 CHECK (is_admin IN (0, 1)),
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE sessions (
+            id INTEGER PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            token_hash BLOB NOT NULL UNIQUE,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            revoked_at REAL
+        );
+        CREATE TABLE images (
+            id INTEGER PRIMARY KEY,
+            owner_id INTEGER NOT NULL REFERENCES users(id),
+            blob TEXT NOT NULL,
+            thumb_blob TEXT NOT NULL,
+            filename TEXT NOT NULL DEFAULT '',
+            title TEXT NOT NULL DEFAULT '',
+            description TEXT NOT NULL DEFAULT '',
+            price_cents INTEGER NOT NULL DEFAULT 0 CHECK (price_cents >= 0),
+            quantity INTEGER NOT NULL DEFAULT 0 CHECK (quantity >= 0),
+            private INTEGER NOT NULL DEFAULT 0 CHECK (private IN (0, 1)),
+            format TEXT NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            byte_size INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            deleted_at REAL
+        );
+        -- One live row per owner and content: a re-upload reports the existing id.
+        CREATE UNIQUE INDEX images_owner_blob ON images(owner_id, blob) WHERE deleted_at IS NULL;
+        CREATE INDEX images_listing ON images(created_at DESC) WHERE deleted_at IS NULL;
+        CREATE INDEX images_blob ON images(blob);
+        CREATE INDEX images_thumb_blob ON images(thumb_blob);
+
+        CREATE TABLE tags (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE
+        );
+        CREATE TABLE image_tags (
+            image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            tag_id INTEGER NOT NULL REFERENCES tags(id),
+            PRIMARY KEY (image_id, tag_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX image_tags_by_tag ON image_tags(tag_id, image_id);
+
+        -- rowid = images.id, kept in step by the repository on every write.
+        CREATE VIRTUAL TABLE images_fts USING fts5(
+            title, description, tags, filename, tokenize = 'unicode61 remove_diacritics 2'
+        );
+
+        CREATE TABLE embeddings (
+            image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+            model TEXT NOT NULL,
+            vector BLOB NOT NULL
+        );
+
+        CREATE TABLE image_colours (
+            image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            rank INTEGER NOT NULL,
+            r INTEGER NOT NULL, g INTEGER NOT NULL, b INTEGER NOT NULL,
+            hue REAL NOT NULL,
+            saturation REAL NOT NULL,
+            lightness REAL NOT NULL,
+            share REAL NOT NULL,
+            PRIMARY KEY (image_id, rank)
+        ) WITHOUT ROWID;
+        CREATE INDEX image_colours_by_hue ON image_colours(hue);
+
+        CREATE TABLE orders (
+            id INTEGER PRIMARY KEY,
+            buyer_id INTEGER NOT NULL REFERENCES users(id),
+            total_cents INTEGER NOT NULL CHECK (total_cents >= 0),
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX orders_by_buyer ON orders(buyer_id, created_at);
+        CREATE TABLE order_lines (
+            order_id INTEGER NOT NULL REFERENCES orders(id) ON DELETE CASCADE,
+            line_no INTEGER NOT NULL,
+            image_id INTEGER NOT NULL REFERENCES images(id),
+            seller_id INTEGER NOT NULL REFERENCES users(id),
+            title TEXT NOT NULL,
+            quantity INTEGER NOT NULL CHECK (quantity > 0),
+            unit_price_cents INTEGER NOT NULL CHECK (unit_price_cents >= 0),
+            PRIMARY KEY (order_id, line_no)
+        );
+        CREATE INDEX order_lines_by_seller ON order_lines(seller_id);
+        CREATE INDEX order_lines_by_image ON order_lines(image_id);
+"""
+
+
+def _run_statements(script: str) -> Callable[[sqlite3.Connection], None]:
+    """One statement at a time: `executescript` would commit the migration's transaction."""
+
+    def step(conn: sqlite3.Connection) -> None:
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+
+    return step
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_run_statements(_V1_SCHEMA)]

@@ -1,0 +1,68 @@
+"""Vitrine server: parse flags and environment, open the repository, serve until a signal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from service.app import serve, tls_identity
+from service.context import ServerConfig
+from util import config as cfg
+from util import logs
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Serve a Vitrine image repository over TLS 1.3.")
+    cfg.add_option(parser, "--host", default="127.0.0.1", help="address to listen on")
+    cfg.add_option(parser, "--port", default=7878, type=int, help="port to listen on (0: any free)")
+    cfg.add_option(
+        parser,
+        "--data-dir",
+        default=str(cfg.default_server_data_dir()),
+        type=Path,
+        help="where the database, blobs, keys and certificate live",
+    )
+    cfg.add_option(
+        parser, "--tls-cert", type=Path, help="PEM certificate instead of the self-made one"
+    )
+    cfg.add_option(parser, "--tls-key", type=Path, help="PEM private key for --tls-cert")
+    cfg.add_option(
+        parser,
+        "--idle-timeout",
+        default=300.0,
+        type=float,
+        help="seconds before a silent connection is closed",
+    )
+    cfg.add_option(parser, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logs.configure(args.log_level)
+    config = ServerConfig(
+        host=args.host,
+        port=int(args.port),
+        data_dir=Path(args.data_dir),
+        idle_timeout_s=float(args.idle_timeout),
+    )
+    ssl_context, fingerprint = tls_identity(config, args.tls_cert, args.tls_key)
+
+    def announce(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        asyncio.run(serve(config, ssl_context, fingerprint, announce))
+    except OSError as exc:
+        print(
+            f"vitrine: cannot listen on {config.host}:{config.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

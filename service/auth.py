@@ -1,0 +1,159 @@
+"""Password hashing, the rules for names and passwords, and throttling of failed logins.
+
+Argon2id at the OWASP minimum (19 MiB, t=2, p=1) makes each guess cost real memory and time;
+the throttle makes guessing slow even for a patient attacker, per account (one victim, many
+peers) and per peer (one peer, many victims).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidKey
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
+from protocol.errors import ErrorCode, VitrineError
+
+ARGON2_MEMORY_KIB = 19 * 1024
+ARGON2_ITERATIONS = 2
+ARGON2_LANES = 1
+MIN_PASSWORD_LENGTH = 8
+
+USERNAME_RULE = re.compile(r"[a-z0-9][a-z0-9._-]{2,31}")
+USERNAME_RULE_TEXT = (
+    "3 to 32 characters: lowercase letters, digits, '.', '_' or '-', "
+    "starting with a letter or digit"
+)
+
+
+def hash_password(password: str) -> str:
+    kdf = Argon2id(
+        salt=os.urandom(16),
+        length=32,
+        iterations=ARGON2_ITERATIONS,
+        lanes=ARGON2_LANES,
+        memory_cost=ARGON2_MEMORY_KIB,
+    )
+    return kdf.derive_phc_encoded(password.encode())
+
+
+def verify_password(password: str, phc: str) -> bool:
+    try:
+        Argon2id.verify_phc_encoded(password.encode(), phc)
+    except (InvalidKey, ValueError):
+        return False
+    return True
+
+
+#: Verified against when the name is unknown, so that unknown names take as long as wrong
+#: passwords and the answer time does not reveal which names exist.
+_DUMMY_HASH = hash_password("vitrine-timing-equaliser")
+
+
+def verify_or_waste_time(password: str, phc: str | None) -> bool:
+    if phc is None:
+        verify_password(password, _DUMMY_HASH)
+        return False
+    return verify_password(password, phc)
+
+
+def normalise_username(name: str) -> str:
+    """Names are case-insensitive: `Alice` and `alice` are the same account."""
+    normalised = name.strip().lower()
+    if not USERNAME_RULE.fullmatch(normalised):
+        raise VitrineError(
+            ErrorCode.BAD_REQUEST, f"Invalid user name {name!r}: use {USERNAME_RULE_TEXT}."
+        )
+    return normalised
+
+
+def check_new_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise VitrineError(
+            ErrorCode.BAD_REQUEST,
+            f"Passwords must be at least {MIN_PASSWORD_LENGTH} characters long.",
+        )
+
+
+@dataclass
+class _Failures:
+    times: deque[float] = field(default_factory=deque)
+
+
+class LoginThrottle:
+    """Growing delays after failed logins, and RATE_LIMITED past a threshold.
+
+    Failures are counted within a sliding window, separately per account name and per peer
+    address; the stricter of the two applies. Memory is bounded by forgetting the least recently
+    failed keys first.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_delay: float = 0.25,
+        max_delay: float = 4.0,
+        account_limit: int = 5,
+        peer_limit: int = 20,
+        window_s: float = 300.0,
+        max_keys: int = 100_000,
+    ) -> None:
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.account_limit = account_limit
+        self.peer_limit = peer_limit
+        self.window_s = window_s
+        self.max_keys = max_keys
+        self._failures: OrderedDict[str, _Failures] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        entry = self._failures.get(key)
+        if entry is None:
+            return deque()
+        while entry.times and entry.times[0] <= now - self.window_s:
+            entry.times.popleft()
+        return entry.times
+
+    def check(self, account: str, peer: str) -> None:
+        """Raise RATE_LIMITED if either key is over its limit; called before verifying."""
+        now = time.monotonic()
+        with self._lock:
+            for key, limit in (
+                (f"a:{account}", self.account_limit),
+                (f"p:{peer}", self.peer_limit),
+            ):
+                recent = self._recent(key, now)
+                if len(recent) >= limit:
+                    retry = int(recent[0] + self.window_s - now) + 1
+                    raise VitrineError(
+                        ErrorCode.RATE_LIMITED,
+                        f"Too many failed logins; try again in {retry} seconds.",
+                    )
+
+    def failure(self, account: str, peer: str) -> float:
+        """Record a failure and return how long to wait before answering it."""
+        now = time.monotonic()
+        with self._lock:
+            counts = []
+            for key in (f"a:{account}", f"p:{peer}"):
+                self._recent(key, now)
+                entry = self._failures.setdefault(key, _Failures())
+                entry.times.append(now)
+                self._failures.move_to_end(key)
+                counts.append(len(entry.times))
+            while len(self._failures) > self.max_keys:
+                self._failures.popitem(last=False)
+        account_count, peer_count = counts
+        # The peer counter grows more slowly: one busy office shares one address.
+        steps = max(account_count, peer_count // 4)
+        return min(self.max_delay, self.base_delay * 2 ** max(steps - 1, 0))
+
+    def success(self, account: str) -> None:
+        with self._lock:
+            self._failures.pop(f"a:{account}", None)

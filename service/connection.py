@@ -1,0 +1,235 @@
+"""One client connection: handshake, reading frames, running handlers, writing answers.
+
+Requests on a connection run concurrently (bounded), so a bulk upload pipelines over one TLS
+connection; requests that change who the connection is run alone. Everything a peer can do
+wrong ends in a typed `Error`, or in closing this connection only: nothing here lets one client
+stall or crash the server for the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from protocol import codec, framing
+from protocol.base import Request, Response
+from protocol.errors import ErrorCode, VitrineError
+from protocol.messages import PROTOCOL_VERSION, Error, Hello, Limits, Welcome
+from service.context import ConnectionState, RequestContext, Services
+from service.registry import ROUTES
+
+log = logging.getLogger("vitrine.requests")
+SERVER_VERSION = "0.1.0"
+
+
+class _Closing(Exception):
+    """Raised inside the loop when the connection must end after what was sent."""
+
+
+class Connection:
+    def __init__(
+        self, services: Services, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.services = services
+        self.config = services.config
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        self.state = ConnectionState(peer=str(peer[0]))
+        self.label = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._write_lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(self.config.max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    async def send(self, message: Response) -> None:
+        """Write one frame; a peer that does not read within the write timeout is dropped, so
+        the memory it holds stays bounded by one frame plus the transport's buffer."""
+        data = framing.frame(codec.encode(message))
+        async with self._write_lock:
+            self.writer.write(data)
+            try:
+                await asyncio.wait_for(self.writer.drain(), self.config.write_timeout_s)
+            except TimeoutError:
+                self.writer.transport.abort()
+                raise ConnectionError("peer stopped reading") from None
+
+    async def _send_error(
+        self, request_id: int, code: ErrorCode, message: str, details: list[str] | None = None
+    ) -> None:
+        await self.send(Error(id=request_id, code=code, message=message, details=details or []))
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        try:
+            await self._handshake()
+            await self._loop()
+        except _Closing:
+            pass
+        except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
+            log.debug("connection %s dropped: %s", self.label, exc)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.writer.wait_closed(), 2)
+
+    async def _next_request(self, timeout: float) -> Request | None:
+        """Read and decode one request; framing errors are answered, then the connection closes."""
+        try:
+            body = await asyncio.wait_for(
+                framing.read_frame(self.reader, self.config.max_frame_bytes), timeout
+            )
+        except TimeoutError:
+            await self._send_error(
+                0,
+                ErrorCode.BAD_REQUEST,
+                f"Closing the connection: nothing received for {timeout:g} s.",
+            )
+            raise _Closing from None
+        except framing.FrameTooLarge as exc:
+            await self._send_error(0, ErrorCode.TOO_LARGE, str(exc))
+            raise _Closing from None
+        except framing.FrameError as exc:
+            with contextlib.suppress(ConnectionError, OSError):
+                await self._send_error(0, ErrorCode.BAD_REQUEST, str(exc))
+            raise _Closing from None
+        if body is None:
+            raise _Closing
+        try:
+            return codec.decode_request(body)
+        except codec.MessageError as exc:
+            await self._send_error(exc.request_id, exc.code, exc.message)
+            return None
+
+    async def _handshake(self) -> None:
+        while True:
+            request = await self._next_request(self.config.handshake_timeout_s)
+            if request is not None:
+                break
+        if not isinstance(request, Hello):
+            await self._send_error(
+                request.id,
+                ErrorCode.BAD_REQUEST,
+                "The first message must be Hello; closing the connection.",
+            )
+            raise _Closing
+        if request.protocol != PROTOCOL_VERSION:
+            await self._send_error(
+                request.id,
+                ErrorCode.BAD_REQUEST,
+                f"Protocol version mismatch: this server speaks version {PROTOCOL_VERSION}, the "
+                f"client speaks version {request.protocol}. Use a client of the same release.",
+            )
+            raise _Closing
+        config = self.config
+        await self.send(
+            Welcome(
+                id=request.id,
+                protocol=PROTOCOL_VERSION,
+                server_version=SERVER_VERSION,
+                limits=Limits(
+                    max_frame_bytes=config.max_frame_bytes,
+                    max_image_bytes=config.max_image_bytes,
+                    max_image_pixels=config.max_image_pixels,
+                    max_batch=config.max_batch,
+                    max_in_flight=config.max_in_flight,
+                    idle_timeout_s=config.idle_timeout_s,
+                ),
+            )
+        )
+
+    async def _loop(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                request = await self._next_request(self.config.idle_timeout_s)
+            except BaseException:
+                self._slots.release()
+                raise
+            if request is None:
+                self._slots.release()
+                continue
+            route = ROUTES.get(type(request))
+            if route is not None and route.exclusive:
+                self._slots.release()
+                if self._tasks:
+                    await asyncio.gather(*self._tasks, return_exceptions=True)
+                await self._run(request)
+                continue
+            task = asyncio.create_task(self._run_in_slot(request))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run_in_slot(self, request: Request) -> None:
+        try:
+            await self._run(request)
+        finally:
+            self._slots.release()
+
+    # --- one request -----------------------------------------------------------------------------
+
+    async def _run(self, request: Request) -> None:
+        started = time.perf_counter()
+        outcome = "ok"
+        user_before = self.state.user.name if self.state.user else "-"
+        try:
+            await self._dispatch(request)
+        except VitrineError as exc:
+            outcome = exc.code.value
+            await self._send_error(request.id, exc.code, exc.message, exc.details)
+        except (ConnectionError, OSError, asyncio.CancelledError):
+            outcome = "disconnected"
+            raise
+        except Exception:
+            outcome = ErrorCode.INTERNAL.value
+            log.exception("request %s %s failed", type(request).__name__, request.id)
+            await self._send_error(
+                request.id,
+                ErrorCode.INTERNAL,
+                "The server hit an unexpected error; it has been logged.",
+            )
+        finally:
+            user = self.state.user.name if self.state.user else user_before
+            log.info(
+                "user=%s peer=%s request=%s outcome=%s duration_ms=%.1f",
+                user,
+                self.label,
+                type(request).__name__,
+                outcome,
+                (time.perf_counter() - started) * 1000,
+            )
+
+    async def _dispatch(self, request: Request) -> None:
+        if isinstance(request, Hello):
+            raise VitrineError(
+                ErrorCode.BAD_REQUEST, "Hello was already exchanged on this connection."
+            )
+        route = ROUTES.get(type(request))
+        if route is None:
+            raise VitrineError(
+                ErrorCode.BAD_REQUEST,
+                f"{type(request).__name__} is not a request this server answers.",
+            )
+        if route.needs_login and self.state.user is None:
+            raise VitrineError(
+                ErrorCode.UNAUTHENTICATED,
+                f"{type(request).__name__} needs a logged-in user; log in first.",
+            )
+        reply = await route.handler(RequestContext(self.services, self.state), request)
+        if isinstance(reply, Response):
+            await self.send(reply)
+        else:
+            await self._stream(reply)
+
+    async def _stream(self, replies: AsyncIterator[Response]) -> None:
+        async for reply in replies:
+            await self.send(reply)

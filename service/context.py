@@ -1,0 +1,76 @@
+"""What a handler is given: the server's shared parts and the state of its own connection."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from protocol.errors import ErrorCode, VitrineError
+from repository.accounts import User
+from repository.database import Database
+from service.auth import LoginThrottle
+
+T = TypeVar("T")
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 7878
+    data_dir: Path = Path(".")
+    max_frame_bytes: int = 32 * 1024 * 1024
+    max_image_bytes: int = 25 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_batch: int = 500
+    max_in_flight: int = 32
+    idle_timeout_s: float = 300.0
+    handshake_timeout_s: float = 10.0
+    write_timeout_s: float = 30.0
+    session_lifetime_s: float = 7 * 24 * 3600.0
+
+
+@dataclass
+class Services:
+    """Everything shared by all connections; built once by `service.app`."""
+
+    config: ServerConfig
+    db: Database
+    throttle: LoginThrottle
+    executor: ThreadPoolExecutor
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking work (SQLite, hashing, decoding) off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    async def db_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `fn(conn, ...)` with the worker thread's own database connection."""
+        return await self.run(lambda: fn(self.db.conn, *args, **kwargs))
+
+
+@dataclass
+class ConnectionState:
+    peer: str
+    user: User | None = None
+    session_id: int | None = None
+    #: Per-connection state owned by feature modules (listing cursors, for example).
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RequestContext:
+    services: Services
+    connection: ConnectionState
+
+    @property
+    def user(self) -> User:
+        """The logged-in user; routes that need login are only called with one."""
+        if self.connection.user is None:
+            raise VitrineError(ErrorCode.UNAUTHENTICATED, "Log in first.")
+        return self.connection.user

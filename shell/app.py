@@ -1,0 +1,183 @@
+"""The cmd2 application: categories, what is offered when, and how failures are reported.
+
+Every command that fails (a server error, a lost connection, bad arguments, an unknown command)
+prints one clear sentence and sets a non-zero exit status, so scripts that pass commands as
+arguments can rely on `$?`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import cmd2
+from cmd2.exceptions import Cmd2ArgparseError
+from rich.console import Console
+
+from protocol.errors import VitrineError
+from protocol.pinning import PinningError
+from shell.connection import ConnectionLost
+from shell.session import ClientSession
+
+ACCOUNT = "Account"
+IMAGES = "Images"
+BROWSE = "Browse"
+CART = "Cart"
+#: Categories that make sense only for a logged-in user.
+MEMBER_CATEGORIES = (IMAGES, BROWSE, CART)
+#: Account commands that need a login (create_user and login are always there).
+MEMBER_ACCOUNT_COMMANDS = ("logout", "whoami", "change_password")
+#: cmd2 built-ins a shop shell has no use for.
+REMOVED_BUILTINS = ("alias", "edit", "macro", "run_pyscript", "shell", "shortcuts")
+#: Built-ins offered after login only.
+MEMBER_BUILTINS = ("history", "run_script", "set")
+
+LOGGED_OUT_MESSAGE = "{} needs a logged-in user: log in first (login NAME), or create_user NAME."
+
+
+class CommandFailed(Exception):
+    """Raised by commands for a failure already worded for the user."""
+
+
+class VitrineShell(cmd2.Cmd):
+    def __init__(
+        self,
+        session: ClientSession,
+        *,
+        data_dir: Path,
+        config_dir: Path,
+        command_sets: Iterable[cmd2.CommandSet[Any]] = (),
+        **kwargs: Any,
+    ) -> None:
+        config_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(
+            command_sets=list(command_sets),
+            persistent_history_file=str(config_dir / "history"),
+            auto_suggest=False,
+            **kwargs,
+        )
+        self.session = session
+        self.data_dir = data_dir
+        self.config_dir = config_dir
+        self.console = Console(file=self.stdout, soft_wrap=False)
+        self.error_console = Console(file=sys.stderr, soft_wrap=False)
+        self.default_error = "{} is not a Vitrine command; type help to see the commands."
+        for name in REMOVED_BUILTINS:
+            self.disable_command(name, f"{name} is not available in Vitrine.")
+            self.hidden_commands.append(name)
+        self._member_ui: bool | None = None
+        self.sync_login_state()
+
+    # --- what is offered when --------------------------------------------------------------------
+
+    def sync_login_state(self) -> None:
+        logged_in = self.session.user is not None
+        if logged_in == self._member_ui:
+            return
+        self._member_ui = logged_in
+        commands = MEMBER_ACCOUNT_COMMANDS + MEMBER_BUILTINS
+        if logged_in:
+            for category in MEMBER_CATEGORIES:
+                self.enable_category(category)
+            for name in commands:
+                self.enable_command(name)
+            self.prompt = f"vitrine {self.session.user}@{self.session.server}> "
+        else:
+            message = LOGGED_OUT_MESSAGE.format(cmd2.COMMAND_NAME)
+            for category in MEMBER_CATEGORIES:
+                self.disable_category(category, message)
+            for name in commands:
+                if self.get_command_func(name) is not None:
+                    self.disable_command(name, message)
+            self.prompt = f"vitrine {self.session.server}> "
+
+    def postcmd(self, stop: bool, statement: cmd2.Statement | str) -> bool:
+        self.sync_login_state()
+        return stop
+
+    # --- failures --------------------------------------------------------------------------------
+
+    def fail(self, message: str) -> None:
+        """Report a failure without stopping the shell; scripts see it in the exit status."""
+        self.exit_code = 1
+        self.perror(message)
+
+    def onecmd(self, statement: cmd2.Statement | str, *, add_to_history: bool = True) -> bool:
+        try:
+            return super().onecmd(statement, add_to_history=add_to_history)
+        except Cmd2ArgparseError:
+            self.exit_code = 1
+            raise
+        except CommandFailed as exc:
+            self.fail(str(exc))
+        except VitrineError as exc:
+            self.fail(f"Error ({exc.code.value}): {exc.message}")
+            for detail in exc.details:
+                self.perror(f"  {detail}")
+        except ConnectionLost as exc:
+            self.fail(
+                f"Lost the connection to {self.session.server}: {exc}. "
+                "The next command will reconnect."
+            )
+        except PinningError as exc:
+            self.fail(str(exc))
+        except ConnectionError as exc:
+            self.fail(str(exc))
+        except KeyboardInterrupt:
+            self.fail("Interrupted.")
+        return False
+
+    def default(self, statement: cmd2.Statement) -> bool | None:
+        self.exit_code = 1
+        return super().default(statement)
+
+    def _report_disabled_command_usage(
+        self, *args: Any, message_to_print: str, **kwargs: Any
+    ) -> None:
+        self.exit_code = 1
+        super()._report_disabled_command_usage(*args, message_to_print=message_to_print, **kwargs)
+
+    # --- input -----------------------------------------------------------------------------------
+
+    def ask_secret(self, prompt: str, env: str = "VITRINE_PASSWORD") -> str:
+        """Password prompts: the environment answers them for scripts, else a hidden prompt."""
+        from_env = os.environ.get(env)
+        if from_env is not None:
+            return from_env
+        if not self.stdin.isatty():
+            raise CommandFailed("No terminal to ask for a password: set VITRINE_PASSWORD.")
+        try:
+            return self.read_secret(prompt)
+        except EOFError:
+            raise CommandFailed("No password given.") from None
+
+    def ask_new_secret(self, prompt: str, env: str) -> str:
+        """A new password: asked twice at a terminal so a typo cannot lock the user out."""
+        if env in os.environ:
+            return os.environ[env]
+        first = self.ask_secret(prompt, env)
+        if self.ask_secret("Repeat it: ", env) != first:
+            raise CommandFailed("The two entries differ; nothing was changed.")
+        return first
+
+    def ask_yes_no(self, question: str) -> bool:
+        if not self.stdin.isatty():
+            return False
+        try:
+            answer = self.read_input(f"{question} [y/N] ")
+        except EOFError:
+            return False
+        return answer.strip().lower() in ("y", "yes")
+
+
+def parser(description: str) -> cmd2.Cmd2ArgumentParser:
+    """Every command's parser: argparse gives both the help text and the tab completion."""
+    return cmd2.Cmd2ArgumentParser(description=description)
+
+
+def namespace_get(args: argparse.Namespace, name: str, default: Any = None) -> Any:
+    return getattr(args, name, default)

@@ -1,0 +1,256 @@
+"""The client's end of the wire: TLS, pinning, the handshake and request/response matching.
+
+A reader thread takes every frame off the socket and hands it to whoever waits for that request
+id, so the shell can pipeline many requests over one connection (bulk upload) while a plain
+command still reads as a simple call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import queue
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from protocol import codec, framing, tls
+from protocol.base import Request, Response
+from protocol.errors import ErrorCode, VitrineError
+from protocol.messages import PROTOCOL_VERSION, Error, Hello, Limits, Welcome
+from protocol.pinning import KnownServers, PinningError
+
+R = TypeVar("R", bound=Response)
+
+CONNECT_TIMEOUT_S = 10.0
+_END = object()
+
+
+class ConnectionLost(Exception):
+    """The connection ended; the shell reconnects on the next command."""
+
+
+class UntrustedServer(PinningError):
+    pass
+
+
+@dataclass
+class TrustPolicy:
+    """How to treat a server that `known_servers` does not know yet."""
+
+    known_servers: KnownServers
+    #: Accept an unknown server without asking (scripts).
+    trust_new: bool = False
+    #: The fingerprint the user expects; a different one is refused.
+    expected: str | None = None
+    #: Asks the person; returns True to trust and pin. None means nobody can be asked.
+    ask: Callable[[str, str], bool] | None = None
+
+    def verify(self, server: str, presented: str) -> None:
+        if self.expected is not None and self.expected != presented:
+            raise UntrustedServer(
+                f"The server at {server} presented {presented}, not the expected {self.expected}; "
+                "refusing to connect."
+            )
+        if self.known_servers.check(server, presented):
+            return
+        if self.expected is not None or self.trust_new:
+            self.known_servers.add(server, presented)
+            return
+        if self.ask is None:
+            raise UntrustedServer(
+                f"The server at {server} is not known yet (fingerprint {presented}). Check the "
+                "fingerprint the server printed, then pass --fingerprint or --trust-new-server."
+            )
+        if not self.ask(server, presented):
+            raise UntrustedServer(f"Not connecting to the untrusted server at {server}.")
+        self.known_servers.add(server, presented)
+
+
+@dataclass
+class _Pending:
+    replies: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
+    future: Future[Response] | None = None
+
+
+class ServerConnection:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        trust: TrustPolicy,
+        *,
+        ca_file: Path | None = None,
+        max_frame: int = framing.DEFAULT_MAX_FRAME,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.server = f"{host}:{port}"
+        self.trust = trust
+        self.ca_file = ca_file
+        self.max_frame = max_frame
+        self.limits: Limits | None = None
+        self.server_version = ""
+        self.fingerprint = ""
+        self._sock: ssl.SSLSocket | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._closed.set()
+        self.close_reason = "not connected"
+        self._server_reason: str | None = None
+
+    # --- connecting ------------------------------------------------------------------------------
+
+    def connect(self) -> Welcome:
+        try:
+            raw = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT_S)
+        except OSError as exc:
+            raise ConnectionError(
+                f"Cannot reach a Vitrine server at {self.server}: {exc.strerror or exc}. "
+                "Is the server running (python server.py), and are host and port right?"
+            ) from None
+        try:
+            sock = tls.client_context(self.ca_file).wrap_socket(raw, server_hostname=self.host)
+        except (ssl.SSLError, OSError) as exc:
+            raw.close()
+            raise ConnectionError(f"TLS 1.3 handshake with {self.server} failed: {exc}") from None
+        der = sock.getpeercert(binary_form=True)
+        self.fingerprint = tls.fingerprint(der or b"")
+        try:
+            self.trust.verify(self.server, self.fingerprint)
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        self._sock = sock
+        self._server_reason = None
+        self._closed.clear()
+        threading.Thread(target=self._read_loop, name="vitrine-reader", daemon=True).start()
+        welcome = self.call(Hello(id=0, protocol=PROTOCOL_VERSION, client="vitrine-shell"), Welcome)
+        self.limits = welcome.limits
+        self.server_version = welcome.server_version
+        return welcome
+
+    @property
+    def connected(self) -> bool:
+        return not self._closed.is_set()
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._mark_closed("closed by the client")
+
+    # --- requests --------------------------------------------------------------------------------
+
+    def _register(self, request: Request, pending: _Pending) -> Request:
+        request_id = next(self._ids)
+        with self._lock:
+            if self._closed.is_set():
+                raise ConnectionLost(self.close_reason)
+            self._pending[request_id] = pending
+        return msgspec.structs.replace(request, id=request_id)
+
+    def _send(self, request: Request) -> None:
+        data = framing.frame(codec.encode(request))
+        try:
+            with self._write_lock:
+                if self._sock is None:
+                    raise ConnectionLost(self.close_reason)
+                self._sock.sendall(data)
+        except OSError as exc:
+            self._mark_closed(f"send failed: {exc}")
+            raise ConnectionLost(self.close_reason) from None
+
+    def submit(self, request: Request) -> Future[Response]:
+        """Send without waiting; the future resolves to the response or raises its error."""
+        future: Future[Response] = Future()
+        pending = _Pending(future=future)
+        self._send(self._register(request, pending))
+        return future
+
+    def call(self, request: Request, expect: type[R] | None = None) -> R:
+        response = self.submit(request).result()
+        if expect is not None and not isinstance(response, expect):
+            raise VitrineError(
+                ErrorCode.INTERNAL, f"Expected {expect.__name__}, got {type(response).__name__}."
+            )
+        return response  # type: ignore[return-value]
+
+    def stream(self, request: Request) -> Iterator[Response]:
+        """Yield every response for one request until the one marked `final`."""
+        pending = _Pending()
+        self._send(self._register(request, pending))
+        while True:
+            item = pending.replies.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    # --- the reader thread -----------------------------------------------------------------------
+
+    def _deliver(self, response: Response) -> None:
+        final = getattr(response, "final", True)
+        with self._lock:
+            pending = self._pending.get(response.id)
+            if pending is not None and (final or isinstance(response, Error)):
+                del self._pending[response.id]
+        if pending is None:
+            if isinstance(response, Error) and response.id == 0:
+                # A connection-level complaint (idle timeout, bad frame): the server closes next.
+                self._server_reason = f"the server closed the connection: {response.message}"
+            return
+        result: Any = response
+        if isinstance(response, Error):
+            result = VitrineError(response.code, response.message, list(response.details))
+        if pending.future is not None:
+            if isinstance(result, BaseException):
+                pending.future.set_exception(result)
+            else:
+                pending.future.set_result(result)
+        else:
+            pending.replies.put(result)
+            if final or isinstance(result, BaseException):
+                pending.replies.put(_END)
+
+    def _read_loop(self) -> None:
+        sock = self._sock
+        reason = "the server closed the connection"
+        try:
+            while sock is not None:
+                body = framing.read_frame_blocking(sock, self.max_frame)
+                if body is None:
+                    break
+                self._deliver(codec.decode_response(body))
+        except (OSError, framing.FrameError, codec.MessageError) as exc:
+            reason = f"connection error: {exc}"
+        self._mark_closed(reason)
+
+    def _mark_closed(self, reason: str) -> None:
+        with self._lock:
+            if not self._closed.is_set():
+                self.close_reason = self._server_reason or reason
+                self._closed.set()
+            pending, self._pending = self._pending, {}
+        error = ConnectionLost(self.close_reason)
+        for entry in pending.values():
+            if entry.future is not None:
+                if not entry.future.done():
+                    entry.future.set_exception(error)
+            else:
+                entry.replies.put(error)
+                entry.replies.put(_END)

@@ -1,0 +1,81 @@
+"""The shell's hold on one server: the connection, who is logged in, and getting both back.
+
+A resume token (kept in memory only, never on disk) lets the shell reconnect after the server
+went away and carry on as the same user without asking for the password again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import TypeVar
+
+from protocol.base import Request, Response
+from protocol.errors import ErrorCode, VitrineError
+from protocol.messages import Login, Logout, Resume, Session
+from shell.connection import ConnectionLost, ServerConnection
+
+R = TypeVar("R", bound=Response)
+
+
+class ClientSession:
+    def __init__(self, connection: ServerConnection, notify: Callable[[str], None]) -> None:
+        self.connection = connection
+        self.notify = notify
+        self.user: str | None = None
+        self.admin = False
+        self._token: str | None = None
+
+    @property
+    def server(self) -> str:
+        return self.connection.server
+
+    def ensure_connected(self) -> None:
+        """Reconnect (and resume the session) if the connection was lost since the last command."""
+        if self.connection.connected:
+            return
+        was = self.connection.close_reason
+        self.connection.connect()
+        if self._token is None:
+            self.notify(f"Reconnected to {self.server} ({was}).")
+            return
+        try:
+            session = self.connection.call(Resume(id=0, token=self._token), Session)
+        except VitrineError as exc:
+            self._forget()
+            self.notify(
+                f"Reconnected to {self.server}, but the session could not be resumed: {exc.message}"
+            )
+            return
+        self.notify(
+            f"Reconnected to {self.server} ({was}) and resumed the session as {session.name}."
+        )
+
+    def call(self, request: Request, expect: type[R] | None = None) -> R:
+        self.ensure_connected()
+        return self.connection.call(request, expect)
+
+    def submit(self, request: Request) -> Future[Response]:
+        return self.connection.submit(request)
+
+    def stream(self, request: Request) -> Iterator[Response]:
+        self.ensure_connected()
+        return self.connection.stream(request)
+
+    def login(self, name: str, password: str) -> Session:
+        session = self.call(Login(id=0, name=name, password=password), Session)
+        self.user, self.admin, self._token = session.name, session.admin, session.resume_token
+        return session
+
+    def logout(self) -> None:
+        try:
+            self.call(Logout(id=0))
+        except ConnectionLost:
+            pass
+        except VitrineError as exc:
+            if exc.code is not ErrorCode.UNAUTHENTICATED:
+                raise
+        self._forget()
+
+    def _forget(self) -> None:
+        self.user, self.admin, self._token = None, False, None

@@ -1,0 +1,70 @@
+"""Where things live and how flags meet their `VITRINE_*` environment twins.
+
+Every flag can also be given as an environment variable so that `make run`, CI and service
+managers configure Vitrine the same way; the flag wins when both are set. Defaults come from
+platformdirs so a plain `python server.py` works with nothing set up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "vitrine"
+
+
+def default_server_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP_NAME)) / "server"
+
+
+def default_client_config_dir() -> Path:
+    return Path(platformdirs.user_config_dir(APP_NAME))
+
+
+def default_client_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP_NAME)) / "client"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("VITRINE_CACHE_DIR") or platformdirs.user_cache_dir(APP_NAME))
+
+
+def env_name(flag: str) -> str:
+    """`--data-dir` -> `VITRINE_DATA_DIR`."""
+    return "VITRINE_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def add_option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    *,
+    default: object = None,
+    help: str,
+    **kwargs: object,
+) -> None:
+    """Add `flag` with its environment twin as the default, and say so in the help."""
+    env = env_name(flag)
+    value = os.environ.get(env, default)
+    parser.add_argument(flag, default=value, help=f"{help} (env {env})", **kwargs)  # type: ignore[arg-type]
+
+
+def split_host_port(text: str, default_port: int) -> tuple[str, int]:
+    """Parse `host`, `host:port` or `[v6]:port`; raise ValueError with a readable reason."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ValueError(f"{text!r} has no host name; expected HOST or HOST:PORT.")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{port_text!r} is not a port number (1-65535).")
+    return host, int(port_text)
