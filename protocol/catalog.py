@@ -1,8 +1,283 @@
-"""Image, search and cart messages (filled in by the catalogue work; see docs/protocol.md)."""
+"""Image, listing, search and cart messages.
+
+Listings are paged with server-side cursors: the first request returns a `Batch` with up to
+`limit` items and a cursor; `More(cursor)` returns the next items. A batch larger than
+`STREAM_CHUNK` items is streamed as several `Batch` frames for the same request id, the last one
+marked `final`, so no single frame grows with the batch size.
+
+Money is integer cents everywhere on the wire; a client formats it for people.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
+import msgspec
+
 from protocol.base import Request, Response
 
-REQUESTS: tuple[type[Request], ...] = ()
-RESPONSES: tuple[type[Response], ...] = ()
+ImageId = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+Cents = Annotated[int, msgspec.Meta(ge=0, le=100_000_000_00)]  # up to 100 million per unit
+Quantity = Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Tags = Annotated[list[Tag], msgspec.Meta(max_length=64)]
+Title = Annotated[str, msgspec.Meta(max_length=200)]
+Description = Annotated[str, msgspec.Meta(max_length=5000)]
+FileName = Annotated[str, msgspec.Meta(max_length=1024)]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=500)]
+SearchText = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+Cursor = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Visibility = Literal["public", "private"]
+
+#: Items per frame when a batch is streamed.
+STREAM_CHUNK = 50
+
+
+class Colour(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One dominant colour of an image: what it is and how much of the picture it covers."""
+
+    r: int
+    g: int
+    b: int
+    hue: float
+    saturation: float
+    lightness: float
+    share: float
+
+
+class ImageSummary(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """An image as listings show it. `thumbnail` is present only when the request asked for it."""
+
+    id: int
+    title: str
+    description: str
+    filename: str
+    tags: list[str]
+    price_cents: int
+    quantity: int
+    owner: str
+    visibility: Visibility
+    created_at: float
+    width: int
+    height: int
+    palette: list[Colour] = []
+    thumbnail: bytes | None = None
+    #: Similarity for search by image (cosine), closeness for search by colour.
+    score: float | None = None
+    #: For search by colour: the dominant colour that matched.
+    match: Colour | None = None
+
+
+# --- images --------------------------------------------------------------------------------------
+
+
+class UploadImage(Request):
+    filename: FileName
+    data: bytes
+    title: Title = ""
+    description: Description = ""
+    tags: Tags = []
+    price_cents: Cents = 0
+    quantity: Quantity = 0
+    private: bool = False
+
+
+class Uploaded(Response):
+    image_id: int
+    #: False when this user already had the same content: `image_id` is the existing image.
+    created: bool
+
+
+class UpdateImage(Request):
+    image_id: ImageId
+    title: Title | None = None
+    description: Description | None = None
+    price_cents: Cents | None = None
+    quantity: Quantity | None = None
+    add_tags: Tags = []
+    remove_tags: Tags = []
+    private: bool | None = None
+
+
+class DeleteImage(Request):
+    image_id: ImageId
+
+
+class GetImage(Request):
+    image_id: ImageId
+    with_original: bool = False
+
+
+class ImageDetails(Response):
+    image: ImageSummary
+    original: bytes | None = None
+    format: str = ""
+    byte_size: int = 0
+
+
+class ImageUpdated(Response):
+    image: ImageSummary
+
+
+# --- listings ------------------------------------------------------------------------------------
+
+
+class ListingOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What every listing request shares: batch size and whether to send thumbnails."""
+
+    limit: Limit = 20
+    thumbnails: bool = True
+
+
+class Browse(Request):
+    tags: Tags = []
+    match_any: bool = False
+    options: ListingOptions = ListingOptions()
+
+
+class TextSearch(Request):
+    text: SearchText
+    options: ListingOptions = ListingOptions()
+
+
+class Filters(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Filters applied before results are cut to a batch."""
+
+    tags: Tags = []
+    min_price_cents: Cents | None = None
+    max_price_cents: Cents | None = None
+    in_stock: bool = False
+
+
+class ImageSearch(Request):
+    """Search by example: a photo's bytes, or a stored image (left out of its results)."""
+
+    data: bytes | None = None
+    image_id: ImageId | None = None
+    filters: Filters = Filters()
+    options: ListingOptions = ListingOptions()
+
+
+class ColourSearch(Request):
+    hue: Annotated[float, msgspec.Meta(ge=0, le=360)]
+    tolerance: Annotated[float, msgspec.Meta(ge=0, le=180)] = 15.0
+    min_share: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    #: Optional lightness/saturation bounds that separate e.g. brown from orange, pink from red.
+    min_lightness: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    max_lightness: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    min_saturation: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    max_saturation: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    filters: Filters = Filters()
+    options: ListingOptions = ListingOptions()
+
+
+class More(Request):
+    cursor: Cursor
+    options: ListingOptions = ListingOptions(limit=10)
+
+
+class Batch(Response):
+    items: list[ImageSummary]
+    #: Present while more results remain; pass it to `More`.
+    cursor: str | None = None
+    #: False on all but the last frame of a streamed batch.
+    final: bool = True
+
+
+class ListTags(Request):
+    pass
+
+
+class TagCount(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    count: int
+
+
+class TagList(Response):
+    tags: list[TagCount]
+
+
+# --- cart and orders -----------------------------------------------------------------------------
+
+
+class GetImages(Request):
+    """Fresh price, stock and visibility for a cart: missing or hidden ids are simply absent."""
+
+    image_ids: Annotated[list[ImageId], msgspec.Meta(max_length=500)]
+    thumbnails: bool = False
+
+
+class Images(Response):
+    items: list[ImageSummary]
+
+
+class CartLine(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    image_id: ImageId
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+    #: The unit price the buyer saw; checkout refuses the line if the price has changed since.
+    expected_price_cents: Cents | None = None
+
+
+class Checkout(Request):
+    lines: Annotated[list[CartLine], msgspec.Meta(min_length=1, max_length=500)]
+
+
+class OrderLine(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    image_id: int
+    title: str
+    quantity: int
+    unit_price_cents: int
+    seller: str = ""
+    buyer: str = ""
+
+
+class Order(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    id: int
+    created_at: float
+    total_cents: int
+    lines: list[OrderLine]
+    buyer: str = ""
+
+
+class OrderPlaced(Response):
+    order: Order
+
+
+class ListOrders(Request):
+    pass
+
+
+class ListSales(Request):
+    pass
+
+
+class OrderList(Response):
+    orders: list[Order]
+
+
+REQUESTS: tuple[type[Request], ...] = (
+    UploadImage,
+    UpdateImage,
+    DeleteImage,
+    GetImage,
+    Browse,
+    TextSearch,
+    ImageSearch,
+    ColourSearch,
+    More,
+    ListTags,
+    GetImages,
+    Checkout,
+    ListOrders,
+    ListSales,
+)
+RESPONSES: tuple[type[Response], ...] = (
+    Uploaded,
+    ImageDetails,
+    ImageUpdated,
+    Batch,
+    TagList,
+    Images,
+    OrderPlaced,
+    OrderList,
+)
