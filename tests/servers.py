@@ -1,0 +1,162 @@
+"""Real Vitrine processes for tests: a `server.py` on a loopback port, and `client.py` runs.
+
+Nothing here is a stand-in: the server is the real program with real TLS and a real SQLite file
+in a temporary directory, and the client is the real shell driven as a process or, for protocol
+tests, the real `ServerConnection` class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protocol.errors import VitrineError
+from protocol.messages import CreateUser, Login, Session
+from protocol.pinning import KnownServers
+from shell.connection import ServerConnection, TrustPolicy
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+LISTENING = re.compile(r"listening on (\S+):(\d+)")
+FINGERPRINT = re.compile(r"(SHA256:[A-Za-z0-9+/=]+)")
+START_TIMEOUT_S = 120.0
+
+
+@dataclass
+class ServerProcess:
+    data_dir: Path
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 0
+    fingerprint: str = ""
+    process: subprocess.Popen[str] | None = None
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> ServerProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        port_args = ["--port", str(self.port)]
+        self.process = subprocess.Popen(
+            [
+                PYTHON,
+                str(ROOT / "server.py"),
+                "--data-dir",
+                str(self.data_dir),
+                *port_args,
+                *self.extra_args,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        assert self.process.stdout is not None
+        port = fingerprint = None
+        while time.monotonic() < deadline and (port is None or fingerprint is None):
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError("server exited during start-up:\n" + "".join(self.output))
+            self.output.append(line)
+            if match := LISTENING.search(line):
+                self.host, port = match.group(1), int(match.group(2))
+            if "fingerprint" in line.lower() and (match := FINGERPRINT.search(line)):
+                fingerprint = match.group(1)
+        if port is None or fingerprint is None:
+            raise RuntimeError("server did not announce itself:\n" + "".join(self.output))
+        self.port, self.fingerprint = port, fingerprint
+        threading.Thread(target=self._drain, daemon=True).start()
+        return self
+
+    def _drain(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+
+    def log(self) -> str:
+        return "".join(self.output)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> ServerProcess:
+        """Start again on the same port, so pinned clients and resume tokens still apply."""
+        self.output = []
+        return self.start()
+
+    # --- Python-level clients --------------------------------------------------------------------
+
+    def connect(self, config_dir: Path) -> ServerConnection:
+        trust = TrustPolicy(KnownServers(config_dir / "known_servers"), expected=self.fingerprint)
+        connection = ServerConnection(self.host, self.port, trust)
+        connection.connect()
+        return connection
+
+    def user_connection(
+        self, config_dir: Path, name: str, password: str = "correct horse"
+    ) -> ServerConnection:
+        """A connection logged in as `name`, creating the account if it does not exist."""
+        connection = self.connect(config_dir)
+        with contextlib.suppress(VitrineError):  # it may exist already; the login decides
+            connection.call(CreateUser(id=0, name=name, password=password))
+        connection.call(Login(id=0, name=name, password=password), Session)
+        return connection
+
+
+def run_client(
+    server: ServerProcess,
+    *commands: str,
+    config_dir: Path,
+    data_dir: Path | None = None,
+    password: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    flags: tuple[str, ...] = (),
+    timeout: float = 120.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run `client.py` once with commands as arguments, the way a script would."""
+    env = {**os.environ, **(extra_env or {})}
+    env.pop("VITRINE_PASSWORD", None)
+    if password is not None:
+        env["VITRINE_PASSWORD"] = password
+    args = [
+        PYTHON,
+        str(ROOT / "client.py"),
+        "--server",
+        server.address,
+        "--config-dir",
+        str(config_dir),
+        "--data-dir",
+        str(data_dir or config_dir / "data"),
+        "--fingerprint",
+        server.fingerprint,
+        *flags,
+        *commands,
+    ]
+    return subprocess.run(
+        args,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
