@@ -1,0 +1,277 @@
+"""Encrypted, content-addressed blob store for originals and thumbnails.
+
+Threat model: someone who reads the data directory (a backup, a stolen disk) but not the key
+file must learn nothing about the images, not even which well-known files are stored. So:
+
+* a blob's name is HMAC-SHA256 of its content under a key-derived subkey: identical uploads
+  share one blob (dedup) while the name cannot be matched against a plain SHA-256 list;
+* the content is sealed with AES-256-GCM under a second subkey, with a fresh random nonce and
+  the blob's name (plus a format header) as associated data, so a blob cannot be moved or
+  swapped to answer for another name without detection;
+* writes go to a temporary file in the final directory, are fsynced and renamed, and the
+  directory is fsynced: after a crash a blob either exists whole or not at all, which lets the
+  database commit its row only once the blob is durable.
+
+File layout: ``root/ab/abcdef...`` (two-hex-digit fan-out keeps directories small).
+On disk a blob is ``MAGIC || nonce(12) || ciphertext || tag(16)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import stat
+from collections.abc import Iterator
+from hashlib import sha256
+from pathlib import Path
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+log = logging.getLogger(__name__)
+
+KEY_BYTES: Final = 32
+NONCE_BYTES: Final = 12
+TAG_BYTES: Final = 16
+MAGIC: Final = b"VTB1"  # versioned, so the format can change without guessing
+TMP_SUFFIX: Final = ".tmp"
+_NAME_RE: Final = re.compile(r"[0-9a-f]{64}")
+_FANOUT_RE: Final = re.compile(r"[0-9a-f]{2}")
+_NAME_INFO: Final = b"vitrine blobstore v1 name"
+_ENC_INFO: Final = b"vitrine blobstore v1 enc"
+
+
+class BlobError(Exception):
+    """Base class for blob store failures."""
+
+
+class InvalidBlobName(BlobError, ValueError):
+    """A name that is not 64 lowercase hex characters (refused before touching the disk)."""
+
+
+class BlobNotFound(BlobError, LookupError):
+    """No blob with that name is stored."""
+
+
+class BlobCorrupt(BlobError):
+    """The stored blob fails authentication: tampered, truncated, moved, or the wrong key."""
+
+
+class KeyFileError(BlobError):
+    """The key file exists but cannot be used."""
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """Return the master key stored at ``path``, creating it (owner-only) on first use.
+
+    Creation is race-safe: the key is written and fsynced under a temporary name, then
+    hard-linked into place, which fails if another process won the race; we then read theirs.
+    A key file that others can read is tightened to 0600 and logged, because the fix is cheap
+    and refusing to start would not undo the exposure.
+    """
+    path = Path(path)
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)  # mkdir's mode is filtered by the umask
+    try:
+        return _read_key(path)
+    except FileNotFoundError:
+        pass
+    key = secrets.token_bytes(KEY_BYTES)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}{TMP_SUFFIX}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return _read_key(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _fsync_dir(path.parent)
+    return key
+
+
+def _read_key(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as f:
+        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        key = f.read(KEY_BYTES + 1)
+    if len(key) != KEY_BYTES:
+        raise KeyFileError(
+            f"The blob key file {path} holds {len(key)} bytes instead of {KEY_BYTES}; "
+            "restore it from a backup (without it the stored images cannot be read)."
+        )
+    if mode & 0o077:
+        log.warning("blob key file %s had mode %o; restricting it to the owner (0600)", path, mode)
+        os.chmod(path, 0o600)
+    return key
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _subkey(master: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(master)
+
+
+class BlobStore:
+    """Content-addressed, encrypted, crash-safe storage of byte strings.
+
+    Thread-safe for concurrent ``put``/``get``/``exists`` (every write goes through a unique
+    temporary file and an atomic rename). ``sweep`` is for start-up, before any ``put`` runs:
+    it cannot tell an in-flight write from a crash leftover. Deduplication means one blob may
+    back several rows; deciding when a blob is unreferenced is the caller's job.
+    """
+
+    def __init__(self, root: Path, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"the blob store key must be {KEY_BYTES} bytes, got {len(key)}")
+        self.root = Path(root)
+        if not self.root.exists():
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)
+        self._name_key = _subkey(key, _NAME_INFO)
+        self._aead = AESGCM(_subkey(key, _ENC_INFO))
+
+    # --- naming -------------------------------------------------------------------------------
+
+    def name_for(self, data: bytes) -> str:
+        """The name ``data`` has (or would have) in this store; depends on the key."""
+        return hmac.new(self._name_key, data, sha256).hexdigest()
+
+    def path_for(self, name: str) -> Path:
+        """Where a blob lives; validates the name so no caller can build a path from junk."""
+        _check_name(name)
+        return self.root / name[:2] / name
+
+    # --- operations ---------------------------------------------------------------------------
+
+    def put(self, data: bytes) -> str:
+        """Store ``data`` durably and return its name; a no-op if it is already stored."""
+        name = self.name_for(data)
+        path = self.root / name[:2] / name
+        if path.exists():
+            return name
+        directory = path.parent
+        if not directory.exists():
+            directory.mkdir(mode=0o700, exist_ok=True)
+            _fsync_dir(self.root)
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        sealed = MAGIC + nonce + self._aead.encrypt(nonce, data, _aad(name))
+        tmp = directory / f".{name}.{secrets.token_hex(8)}{TMP_SUFFIX}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(sealed)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(directory)
+        return name
+
+    def get(self, name: str) -> bytes:
+        """Return the plaintext of blob ``name``, authenticated against its name."""
+        path = self.path_for(name)
+        try:
+            sealed = path.read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {name} is not stored") from None
+        header = len(MAGIC) + NONCE_BYTES
+        if len(sealed) < header + TAG_BYTES or not sealed.startswith(MAGIC):
+            raise BlobCorrupt(f"blob {name} is damaged (bad header or too short)")
+        nonce = sealed[len(MAGIC) : header]
+        try:
+            data = self._aead.decrypt(nonce, sealed[header:], _aad(name))
+        except InvalidTag:
+            raise BlobCorrupt(
+                f"blob {name} failed authentication (tampered, swapped, or a different key)"
+            ) from None
+        # Defence in depth: a blob sealed under the right name must also hash to it.
+        if not hmac.compare_digest(self.name_for(data), name):
+            raise BlobCorrupt(f"blob {name} does not match its content hash")
+        return data
+
+    def exists(self, name: str) -> bool:
+        return self.path_for(name).exists()
+
+    def delete(self, name: str) -> bool:
+        """Remove blob ``name``; return False if it was not there (deletes are idempotent)."""
+        path = self.path_for(name)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_dir(path.parent)
+        return True
+
+    def iter_names(self) -> Iterator[str]:
+        """Every stored blob name (temporary files and foreign files are skipped)."""
+        for _dir, name in self._scan():
+            if not name.endswith(TMP_SUFFIX):
+                yield name
+
+    def sweep(self, referenced: set[str]) -> int:
+        """Delete blobs not in ``referenced`` and leftover temporary files; return the count.
+
+        Run at start-up only (see the class docstring): after a crash there can be a blob whose
+        row never committed, and temporary files from writes that never finished.
+        """
+        removed = 0
+        touched: set[Path] = set()
+        for directory, entry in self._scan():
+            if entry.endswith(TMP_SUFFIX) or entry not in referenced:
+                with contextlib.suppress(FileNotFoundError):
+                    (directory / entry).unlink()
+                    removed += 1
+                    touched.add(directory)
+        for directory in touched:
+            _fsync_dir(directory)
+        return removed
+
+    def _scan(self) -> Iterator[tuple[Path, str]]:
+        """Yield (directory, entry) for blob files and our temporary files, nothing else."""
+        try:
+            fanouts = sorted(os.scandir(self.root), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        for fan in fanouts:
+            if not (_FANOUT_RE.fullmatch(fan.name) and fan.is_dir(follow_symlinks=False)):
+                continue
+            directory = self.root / fan.name
+            for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if (_NAME_RE.fullmatch(entry.name) and entry.name.startswith(fan.name)) or (
+                    entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX)
+                ):
+                    yield directory, entry.name
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise InvalidBlobName(f"not a blob name: {name!r:.80}")
+
+
+def _aad(name: str) -> bytes:
+    return MAGIC + name.encode("ascii")

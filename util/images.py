@@ -1,0 +1,350 @@
+"""Safe image decoding shared by the client (pre-upload checks) and the server (ingest).
+
+Every byte that reaches this module is untrusted. The policy, in order of cost:
+
+1. cheap checks on the raw bytes (empty, too many bytes, magic number) so most junk never
+   reaches a decoder, and the client can refuse a file before uploading it;
+2. Pillow opens the header with a one-format whitelist (the sniffed one), so no other plugin's
+   parser ever sees the data and the file name is never consulted;
+3. the declared dimensions are checked against our own pixel and side limits *before* any pixel
+   is decoded, which is what stops decompression bombs (Pillow's global MAX_IMAGE_PIXELS is left
+   alone: it is process-wide and its threshold is not ours);
+4. the whole image is decoded (truncation is an error, LOAD_TRUNCATED_IMAGES is never set), and
+   anything Pillow raises on malformed data becomes an ``ImageRejected`` with a reason code.
+
+Only Pillow and numpy are imported so the client stays light (never TensorFlow).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+MIB: Final = 1024 * 1024
+DEFAULT_MAX_BYTES: Final = 25 * MIB
+DEFAULT_MAX_PIXELS: Final = 40_000_000
+# No product photo is wider or taller than this; a longer side is a crafted or broken file
+# (a 1 x 39,999,999 strip passes the pixel limit but is useless and slow to thumbnail).
+DEFAULT_MAX_SIDE: Final = 30_000
+
+ACCEPTED_FORMATS: Final = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
+
+# Reason codes carried by ImageRejected. They are stable strings so the server can map them to
+# wire errors (TOO_LARGE for "too_large", UNSUPPORTED_IMAGE for the rest) and tests can assert
+# them.
+EMPTY: Final = "empty"
+TOO_LARGE: Final = "too_large"
+NOT_AN_IMAGE: Final = "not_an_image"
+UNSUPPORTED_FORMAT: Final = "unsupported_format"
+TRUNCATED: Final = "truncated"
+CORRUPT: Final = "corrupt"
+TOO_MANY_PIXELS: Final = "too_many_pixels"
+BAD_DIMENSIONS: Final = "bad_dimensions"
+REASONS: Final = frozenset(
+    {
+        EMPTY,
+        TOO_LARGE,
+        NOT_AN_IMAGE,
+        UNSUPPORTED_FORMAT,
+        TRUNCATED,
+        CORRUPT,
+        TOO_MANY_PIXELS,
+        BAD_DIMENSIONS,
+    }
+)
+
+THUMBNAIL_FORMAT: Final = "JPEG"
+THUMBNAIL_MIME: Final = "image/jpeg"
+_THUMBNAIL_QUALITY: Final = 80
+_WHITE: Final = (255, 255, 255)
+
+
+class ImageRejected(ValueError):
+    """A file that will not be stored, with a stable code and a sentence for a person."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"ImageRejected({self.reason!r}, {self.message!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    """The decoded picture plus the facts about the original that the catalogue records.
+
+    ``width``/``height`` are the full-resolution dimensions as a person sees them (orientation
+    applied), even when ``image`` was decoded at a reduced scale for speed.
+    """
+
+    image: Image.Image
+    format: str
+    width: int
+    height: int
+
+
+# --- header sniffing --------------------------------------------------------------------------
+
+_BMP_DIB_HEADER_SIZES: Final = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
+_HEIF_BRANDS: Final = {
+    b"heic": "HEIC",
+    b"heix": "HEIC",
+    b"hevc": "HEIC",
+    b"hevx": "HEIC",
+    b"heim": "HEIC",
+    b"heis": "HEIC",
+    b"mif1": "HEIF",
+    b"msf1": "HEIF",
+    b"avif": "AVIF",
+    b"avis": "AVIF",
+}
+_SIMPLE_MAGIC: Final = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),
+    (b"MM\x00+", "TIFF"),
+    (b"%PDF-", "PDF"),
+    (b"8BPS", "PSD"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG2000"),
+    (b"\xffO\xffQ", "JPEG2000"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JXL"),
+    (b"\xff\x0a", "JXL"),
+    (b"qoif", "QOI"),
+    (b"%!PS", "EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"DDS ", "DDS"),
+    (b"icns", "ICNS"),
+    (b"gimp xcf", "XCF"),
+    (b"v/1\x01", "EXR"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x00\x00\x02\x00", "CUR"),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Name the image format from the first bytes, or None if it is not a picture we know.
+
+    Cheap enough for the client to run on the first few KB of every file before uploading.
+    The result may be a format we refuse (``"TIFF"``, ``"SVG"``, ...): compare it with
+    ``ACCEPTED_FORMATS``. It never decodes anything and never looks at a file name.
+    """
+    head = bytes(data[:1024])
+    for magic, name in _SIMPLE_MAGIC:
+        if head.startswith(magic):
+            return name
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head.startswith(b"BM") and len(head) >= 18:
+        # "BM" alone is two ASCII letters; the DIB header size pins it down to a real bitmap.
+        if int.from_bytes(head[14:18], "little") in _BMP_DIB_HEADER_SIZES:
+            return "BMP"
+        return None
+    if head[4:8] == b"ftyp":
+        return _HEIF_BRANDS.get(head[8:12])
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"<") and b"<svg" in text:
+        return "SVG"
+    return None
+
+
+def precheck(head: bytes, size: int, *, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
+    """Refuse a file from its size and first bytes alone; return the accepted format name.
+
+    The client calls this before uploading (so a person learns at once that a TIFF or an empty
+    file will not go), and ``decode_image`` calls it first so the answers agree.
+    """
+    if size <= 0:
+        raise ImageRejected(EMPTY, "The file is empty (0 bytes); choose the actual photo file.")
+    if size > max_bytes:
+        raise ImageRejected(
+            TOO_LARGE,
+            f"The file is {_human(size)}, over the {_human(max_bytes)} limit; "
+            "export it smaller or at a lower quality.",
+        )
+    fmt = sniff_format(head)
+    if fmt is None:
+        raise ImageRejected(
+            NOT_AN_IMAGE,
+            "The file is not an image (its content is not JPEG, PNG, WebP, GIF or BMP, "
+            "whatever its name says).",
+        )
+    if fmt not in ACCEPTED_FORMATS:
+        raise ImageRejected(
+            UNSUPPORTED_FORMAT,
+            f"{fmt} images are not accepted; convert it to JPEG, PNG, WebP, GIF or BMP.",
+        )
+    return fmt
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int = DEFAULT_MAX_SIDE,
+    target: int | None = None,
+) -> DecodedImage:
+    """Decode untrusted bytes into an RGB picture, or raise ImageRejected and nothing else.
+
+    ``target`` is the smallest side the caller will need (e.g. the thumbnail size). For JPEG it
+    lets libjpeg decode at 1/2, 1/4 or 1/8 scale, never below ``target`` on either side, which
+    is several times faster than a full decode followed by a resize. The whole file is still
+    read and entropy-decoded, so truncation is still detected.
+    """
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # Someone in the process relaxed Pillow globally; we would silently accept half images.
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False")
+    if target is not None and target < 1:
+        raise ValueError("target must be a positive number of pixels")
+    fmt = precheck(data, len(data), max_bytes=max_bytes)
+    try:
+        img = Image.open(io.BytesIO(data), formats=[fmt])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _bomb(None, max_pixels) from None
+    except Exception as exc:
+        # Pillow raises many types on hostile headers (SyntaxError, struct.error, ...).
+        raise _corrupt(fmt, exc, data) from None
+    width, height = img.size
+    if width * height > max_pixels:
+        raise _bomb((width, height), max_pixels)
+    if width < 1 or height < 1 or width > max_side or height > max_side:
+        raise ImageRejected(
+            BAD_DIMENSIONS,
+            f"The image declares an impossible size ({width}x{height} pixels); "
+            f"each side must be between 1 and {max_side} pixels.",
+        )
+    try:
+        if target is not None and fmt == "JPEG":
+            img.draft("RGB", (target, target))
+        img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _bomb((width, height), max_pixels) from None
+    except Exception as exc:
+        raise _corrupt(fmt, exc, data) from None
+    quarter_turn = _apply_orientation(img)
+    try:
+        rgb = to_rgb(img)
+    except Exception as exc:
+        raise _corrupt(fmt, exc, data) from None
+    if quarter_turn:
+        width, height = height, width
+    return DecodedImage(image=rgb, format=fmt, width=width, height=height)
+
+
+def _apply_orientation(img: Image.Image) -> bool:
+    """Rotate/flip in place per EXIF; return True if width and height swapped.
+
+    A broken EXIF block is not a reason to refuse a photo whose pixels decode fine, so any
+    failure here leaves the picture as stored.
+    """
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+        ImageOps.exif_transpose(img, in_place=True)
+    except Exception:
+        return False
+    return orientation in (5, 6, 7, 8)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any decoded mode to 8-bit RGB, compositing transparency onto white.
+
+    White, because product photos with cut-out backgrounds are meant to sit on a light page,
+    and Pillow's plain convert("RGB") would turn transparent pixels black or into whatever
+    colour the hidden pixels happen to hold.
+    """
+    mode = img.mode
+    if mode == "RGB" and "transparency" not in img.info:
+        return img
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # Pillow's convert clips 16-bit values at 255 (almost everything turns white).
+        arr = np.asarray(img, dtype=np.float64 if mode == "I" else np.uint16)
+        arr = np.clip(arr, 0, 65535).astype(np.uint32)
+        return Image.fromarray(((arr * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+    if mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8)).convert("RGB")
+    if mode in ("RGBa", "La"):
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("P", "PA", "L", "LA", "RGB", "RGBA", "1") and (
+        mode in ("PA", "LA", "RGBA") or "transparency" in img.info
+    ):
+        rgba = img if mode == "RGBA" else img.convert("RGBA")
+        out = Image.new("RGB", rgba.size, _WHITE)
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return img.convert("RGB")
+
+
+def _bomb(size: tuple[int, int] | None, max_pixels: int) -> ImageRejected:
+    declared = f" declares {size[0]}x{size[1]} pixels and" if size else ""
+    return ImageRejected(
+        TOO_MANY_PIXELS,
+        f"The image{declared} exceeds the {max_pixels:,}-pixel limit (a decompression bomb "
+        "or an oversized scan); resize it before uploading.",
+    )
+
+
+def _corrupt(fmt: str, exc: BaseException, data: bytes) -> ImageRejected:
+    if "truncated" in str(exc).lower() or isinstance(exc, EOFError) or _short_riff(fmt, data):
+        return ImageRejected(
+            TRUNCATED,
+            f"The {fmt} file is truncated (it ends before the picture does); "
+            "copy or download it again.",
+        )
+    return ImageRejected(
+        CORRUPT,
+        f"The {fmt} file is damaged and cannot be decoded; re-export it from the original.",
+    )
+
+
+def _short_riff(fmt: str, data: bytes) -> bool:
+    """WebP's decoder only says "failed"; its RIFF header says how long the file should be."""
+    return fmt == "WEBP" and int.from_bytes(data[4:8], "little") + 8 > len(data)
+
+
+def _human(n: int) -> str:
+    if n >= MIB:
+        return f"{n / MIB:.1f} MiB"
+    if n >= 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n} bytes"
+
+
+# --- thumbnails -------------------------------------------------------------------------------
+
+
+def make_thumbnail(image: Image.Image, max_side: int = 256) -> tuple[Image.Image, bytes]:
+    """Shrink to fit ``max_side`` (never enlarge) and encode it for listings.
+
+    The returned image is kept by the caller for the embedding and colour steps, so they see
+    exactly the pixels the buyer sees. JPEG at quality 80 is used because it encodes several
+    times faster than WebP at this size, and the terminal renderers all read it.
+    """
+    if max_side < 1:
+        raise ValueError("max_side must be positive")
+    rgb = image if image.mode == "RGB" else to_rgb(image)
+    w, h = rgb.size
+    scale = max_side / max(w, h)
+    if scale < 1:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        thumb = rgb.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+    else:
+        thumb = rgb.copy()
+    buf = io.BytesIO()
+    thumb.save(buf, THUMBNAIL_FORMAT, quality=_THUMBNAIL_QUALITY, optimize=False)
+    return thumb, buf.getvalue()
