@@ -74,7 +74,7 @@ async def serve(
         config.host,
         config.port,
         ssl=ssl_context,
-        ssl_handshake_timeout=config.handshake_timeout_s,
+        ssl_handshake_timeout=min(config.handshake_timeout_s, config.idle_timeout_s),
         limit=2**20,
     )
     host, port = server.sockets[0].getsockname()[:2]

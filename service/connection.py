@@ -112,7 +112,9 @@ class Connection:
 
     async def _handshake(self) -> None:
         while True:
-            request = await self._next_request(self.config.handshake_timeout_s)
+            request = await self._next_request(
+                min(self.config.handshake_timeout_s, self.config.idle_timeout_s)
+            )
             if request is not None:
                 break
         if not isinstance(request, Hello):
@@ -123,6 +125,12 @@ class Connection:
             )
             raise _Closing
         if request.protocol != PROTOCOL_VERSION:
+            log.warning(
+                "peer=%s speaks protocol %s, not %s; closing",
+                self.label,
+                request.protocol,
+                PROTOCOL_VERSION,
+            )
             await self._send_error(
                 request.id,
                 ErrorCode.BAD_REQUEST,
