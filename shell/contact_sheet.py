@@ -1,0 +1,109 @@
+"""Contact sheets: one PNG with a listing's thumbnails in a grid, each labelled.
+
+`--sheet PATH` exists for terminals that cannot draw pictures and for sharing a batch with
+someone; a sheet is also easier to scan than a long table. Only Pillow is used, with its
+built-in font, so the client needs no font files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from util.images import decode_image
+
+BACKGROUND = (255, 255, 255)
+TILE = (242, 242, 242)  # letterbox colour, so a white product still shows its edges
+TEXT = (30, 30, 30)
+MISSING = (150, 150, 150)
+GAP = 10
+ELLIPSIS = "…"
+
+
+def _printable(label: str) -> str:
+    """Drop control and format characters: labels are titles chosen by other users."""
+    return "".join(
+        " " if ch in "\t\n\r" else ch
+        for ch in label
+        if ch in "\t\n\r" or not unicodedata.category(ch).startswith("C")
+    ).strip()
+
+
+def _fit_label(label: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> str:
+    """Truncate with an ellipsis to fit the tile width (binary search on rendered length)."""
+    if font.getlength(label) <= width:
+        return label
+    low, high = 0, len(label)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if font.getlength(label[:middle].rstrip() + ELLIPSIS) <= width:
+            low = middle
+        else:
+            high = middle - 1
+    return label[:low].rstrip() + ELLIPSIS
+
+
+def _letterboxed(thumbnail: bytes, cell: int) -> Image.Image | None:
+    """The thumbnail scaled to fit ``cell`` x ``cell``, or None if it cannot be decoded."""
+    try:
+        picture = decode_image(thumbnail, target=cell).image
+    except ValueError:
+        return None
+    scale = min(cell / picture.width, cell / picture.height)
+    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    return picture.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def write_contact_sheet(
+    items: Sequence[tuple[str, bytes]], path: Path, columns: int = 5, cell: int = 200
+) -> Path:
+    """Write a PNG grid of ``(label, thumbnail bytes)`` items to ``path`` and return ``path``.
+
+    Each thumbnail is letterboxed in a ``cell`` x ``cell`` tile with its label (id and title,
+    as the caller formats it) truncated underneath. A thumbnail that cannot be decoded leaves
+    a marked empty tile rather than losing the whole sheet. The file is written to a temporary
+    name and renamed, so an interrupted run never leaves half a PNG at ``path``.
+    """
+    if not items:
+        raise ValueError("a contact sheet needs at least one picture; the listing was empty")
+    if columns < 1:
+        raise ValueError(f"columns must be at least 1, got {columns}")
+    if cell < 32:
+        raise ValueError(f"cell must be at least 32 pixels, got {cell}")
+    path = Path(path)
+    font = ImageFont.load_default(size=max(10, cell // 15))
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (11, 3)
+    label_h = ascent + descent + GAP // 2
+    columns = min(columns, len(items))
+    rows = math.ceil(len(items) / columns)
+    tile_w, tile_h = cell, cell + label_h
+    sheet = Image.new(
+        "RGB", (GAP + columns * (tile_w + GAP), GAP + rows * (tile_h + GAP)), BACKGROUND
+    )
+    draw = ImageDraw.Draw(sheet)
+    for index, (label, thumbnail) in enumerate(items):
+        row, column = divmod(index, columns)
+        left = GAP + column * (tile_w + GAP)
+        top = GAP + row * (tile_h + GAP)
+        draw.rectangle((left, top, left + cell - 1, top + cell - 1), fill=TILE)
+        picture = _letterboxed(thumbnail, cell)
+        if picture is None:
+            draw.line((left, top, left + cell - 1, top + cell - 1), fill=MISSING, width=2)
+            draw.line((left, top + cell - 1, left + cell - 1, top), fill=MISSING, width=2)
+        else:
+            offset = (left + (cell - picture.width) // 2, top + (cell - picture.height) // 2)
+            sheet.paste(picture, offset)
+        text = _fit_label(_printable(label), font, cell)
+        draw.text((left, top + cell + GAP // 4), text, fill=TEXT, font=font)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        sheet.save(temporary, format="PNG")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,89 @@
+"""Dominant colours as coloured swatches in the terminal.
+
+A palette entry is anything with ``r``, ``g``, ``b`` (0-255) and ``share`` (the fraction of the
+whole picture, 0-1) as keys or attributes: a dict decoded from JSON, a wire Struct or
+``models.colours.PaletteColour`` all work, so the shell needs no conversion step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.style import Style
+from rich.text import Text
+
+BLOCK = "█"
+
+
+def _field(entry: Any, name: str) -> Any:
+    if isinstance(entry, Mapping):
+        return entry[name]
+    return getattr(entry, name)
+
+
+def _colour(entry: Any) -> tuple[tuple[int, int, int], float]:
+    """(r, g, b) clamped to bytes and the share clamped to [0, 1].
+
+    Clamped rather than refused: a listing must still print if a server sends a stray value.
+    """
+    rgb = tuple(min(255, max(0, int(_field(entry, channel)))) for channel in "rgb")
+    share = min(1.0, max(0.0, float(_field(entry, "share"))))
+    return (rgb[0], rgb[1], rgb[2]), share
+
+
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def format_share(share: float) -> str:
+    """A share as a whole percentage, with "<1%" so a small colour never reads as 0%."""
+    percent = share * 100
+    if 0 < percent < 0.5:
+        return "<1%"
+    return f"{percent:.0f}%"
+
+
+def palette_text(palette: Sequence[Any], separator: str = "  ") -> Text:
+    """Each colour as "██ #rrggbb 42%", for show_image and wide listings.
+
+    An empty palette (no chromatic colour in the picture) says so instead of printing nothing.
+    """
+    if not palette:
+        return Text("no dominant colours", style="dim")
+    text = Text(no_wrap=False)
+    for index, entry in enumerate(palette):
+        rgb, share = _colour(entry)
+        if index:
+            text.append(separator)
+        text.append(BLOCK * 2, Style(color=_hex(rgb)))
+        text.append(f" {_hex(rgb)} {format_share(share)}")
+    return text
+
+
+def palette_bar(palette: Sequence[Any], width: int = 8) -> Text:
+    """Blocks only, each colour's width proportional to its share, for a narrow table column.
+
+    The bar always fills ``width`` cells (shares are normalised over the palette, and every
+    colour gets at least one cell while there is room), so the column stays aligned.
+    Largest remainders decide the rounding so the widths add up exactly.
+    """
+    if width < 1:
+        raise ValueError(f"width must be at least 1, got {width}")
+    colours = [_colour(entry) for entry in palette][:width]
+    if not colours:
+        return Text("·" * width, style="dim")
+    total = sum(share for _, share in colours)
+    weights = [share / total if total > 0 else 1 / len(colours) for _, share in colours]
+    spare = width - len(colours)
+    exact = [weight * spare for weight in weights]
+    cells = [1 + int(value) for value in exact]
+    by_remainder = sorted(
+        range(len(colours)), key=lambda i: (exact[i] - int(exact[i]), -i), reverse=True
+    )
+    for i in by_remainder[: width - sum(cells)]:
+        cells[i] += 1
+    text = Text(no_wrap=True, overflow="crop")
+    for (rgb, _), count in zip(colours, cells, strict=True):
+        text.append(BLOCK * count, Style(color=_hex(rgb)))
+    return text
