@@ -6,6 +6,8 @@ gathers them all into the tagged unions the decoders use.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from protocol.base import Name, Password, Request, Response, Token
@@ -30,8 +32,8 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class Hello(Request):
-    protocol: int
-    client: str = ""
+    protocol: Annotated[int, msgspec.Meta(ge=0, le=65535)]
+    client: Annotated[str, msgspec.Meta(max_length=100)] = ""
 
 
 class Welcome(Response):

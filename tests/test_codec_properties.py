@@ -1,0 +1,84 @@
+"""Property tests of the codec: every message survives a round trip, and no byte string can make
+the decoders raise anything but their own typed errors."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol import codec, framing
+from tests.strategies import messages
+
+ALL_TYPES = codec.REQUEST_TYPES + codec.RESPONSE_TYPES
+
+
+@pytest.mark.parametrize("message_type", ALL_TYPES, ids=lambda t: t.__name__)
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_round_trip(message_type: type, data: st.DataObject) -> None:
+    message = data.draw(messages(message_type))
+    decode = codec.decode_request if message_type in codec.REQUEST_TYPES else codec.decode_response
+    assert decode(codec.encode(message)) == message
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=512))
+def test_random_bodies_raise_only_message_errors(body: bytes) -> None:
+    for decode in (codec.decode_request, codec.decode_response):
+        try:
+            decode(body)
+        except codec.MessageError as exc:
+            assert exc.message
+            assert 0 <= exc.request_id <= 2**53
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["type", "id", "name", "password", "protocol", "data"]),
+        st.one_of(
+            st.none(),
+            st.integers(),
+            st.text(max_size=8),
+            st.binary(max_size=8),
+            st.sampled_from([t.__name__ for t in ALL_TYPES]),
+        ),
+    )
+)
+def test_random_msgpack_maps_raise_only_message_errors(fields: dict) -> None:
+    body = msgspec.msgpack.encode(fields)
+    try:
+        codec.decode_request(body)
+    except codec.MessageError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=256), st.integers(min_value=1, max_value=1024))
+def test_random_streams_raise_only_frame_errors(stream: bytes, limit: int) -> None:
+    async def read_all() -> None:
+        reader = asyncio.StreamReader()
+        reader.feed_data(stream)
+        reader.feed_eof()
+        while await framing.read_frame(reader, limit) is not None:
+            pass
+
+    try:
+        asyncio.run(read_all())
+    except framing.FrameError:
+        pass
+
+
+def test_length_is_checked_before_the_body() -> None:
+    async def read() -> None:
+        reader = asyncio.StreamReader()
+        reader.feed_data(struct.pack(">I", 2**32 - 1))  # no body at all follows
+        await framing.read_frame(reader, 1024)
+
+    with pytest.raises(framing.FrameTooLarge):
+        asyncio.run(read())
