@@ -15,7 +15,7 @@ def _bound(low: Any, high: Any, default_low: int, default_high: int) -> tuple[in
     return (default_low if low is None else low, default_high if high is None else high)
 
 
-def from_type_info(info: mi.Type) -> st.SearchStrategy[Any]:  # noqa: PLR0911 - one case per kind
+def from_type_info(info: mi.Type) -> st.SearchStrategy[Any]:
     if isinstance(info, mi.StructType):
         fields = {f.name: from_type_info(f.type) for f in info.fields}
         return st.fixed_dictionaries(fields).map(lambda values: info.cls(**values))
