@@ -10,7 +10,9 @@ from protocol.errors import VitrineError
 from protocol.pinning import KnownServers, PinningError
 from shell.account_commands import AccountCommands
 from shell.app import VitrineShell
+from shell.browse_commands import BrowseCommands
 from shell.connection import ServerConnection, TrustPolicy
+from shell.image_commands import ImageCommands
 from shell.session import ClientSession
 from util import config as cfg
 
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         session,
         data_dir=data_dir,
         config_dir=config_dir,
-        command_sets=[AccountCommands()],
+        command_sets=[AccountCommands(), ImageCommands(), BrowseCommands()],
         allow_cli_args=False,
     )
     shell.intro = (

@@ -1,0 +1,107 @@
+"""Browse commands: browse_by_tags, search, more and tags.
+
+The listing work (batches, cursors, tables, --json, --sheet) is shell.listing's; these commands
+only say what to ask for, so every listing behaves alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import cmd2
+import msgspec
+from rich.table import Table
+from rich.text import Text
+
+from protocol.catalog import Browse, ListingOptions, ListTags, TagList, TextSearch
+from shell import listing
+from shell.app import BROWSE, CommandFailed, VitrineShell, parser
+
+MAX_SEARCH_CHARS = 500  # protocol.catalog.SearchText
+
+
+class BrowseCommands(cmd2.CommandSet[VitrineShell]):
+    DEFAULT_CATEGORY = BROWSE
+
+    browse_parser = parser(
+        "List images that carry the given tags (all of them, or any with --any), newest first. "
+        "With no tags, list everything you can see. `more` continues the listing."
+    )
+    browse_parser.add_argument(
+        "tags", nargs="*", metavar="TAG", choices_provider=listing.complete_tags, help="a tag"
+    )
+    browse_parser.add_argument(
+        "--any", action="store_true", help="one of the tags is enough (default: all of them)"
+    )
+    listing.add_listing_arguments(browse_parser)
+
+    @cmd2.with_argparser(browse_parser)
+    def do_browse_by_tags(self, args: argparse.Namespace) -> None:
+        tags = [tag.strip() for tag in args.tags if tag.strip()]
+        if not tags:
+            what = "all images"
+        else:
+            joiner = " or " if args.any else " and "
+            what = "images tagged " + joiner.join(listing.printable(tag) for tag in tags)
+
+        def request(options: ListingOptions) -> Browse:
+            return Browse(id=0, tags=tags, match_any=args.any, options=options)
+
+        listing.start_listing(self._cmd, request, args, what=what)
+
+    search_parser = parser(
+        'Full-text search over titles, descriptions and tags (words, "a phrase", prefix*). '
+        "`more` continues the listing."
+    )
+    search_parser.add_argument("text", nargs="+", metavar="TEXT", help="what to look for")
+    listing.add_listing_arguments(search_parser)
+
+    @cmd2.with_argparser(search_parser)
+    def do_search(self, args: argparse.Namespace) -> None:
+        text = " ".join(args.text).strip()
+        if not text:
+            raise CommandFailed("Give some words to search for.")
+        if len(text) > MAX_SEARCH_CHARS:
+            raise CommandFailed(f"Search text is limited to {MAX_SEARCH_CHARS} characters.")
+
+        def request(options: ListingOptions) -> TextSearch:
+            return TextSearch(id=0, text=text, options=options)
+
+        listing.start_listing(self._cmd, request, args, what=f"the search {text!r}")
+
+    more_parser = parser(
+        "Show the next batch of the latest listing (browse, search...), the way it was shown. "
+        "Flags given here change this batch; --batch also changes the following ones."
+    )
+    listing.add_listing_arguments(more_parser, first=listing.MORE_BATCH)
+
+    @cmd2.with_argparser(more_parser)
+    def do_more(self, args: argparse.Namespace) -> None:
+        listing.continue_listing(self._cmd, args)
+
+    tags_parser = parser("List every tag with the number of images you can see that carry it.")
+    tags_parser.add_argument(
+        "--json", action="store_true", help="one JSON object per tag per line: tag, count"
+    )
+
+    @cmd2.with_argparser(tags_parser)
+    def do_tags(self, args: argparse.Namespace) -> None:
+        shell = self._cmd
+        answer = shell.session.call(ListTags(id=0), TagList)
+        listing.memory(shell).remember_tags(answer.tags)
+        if args.json:
+            for tag in answer.tags:
+                line = msgspec.json.encode({"tag": tag.name, "count": tag.count}).decode()
+                shell.stdout.write(line + "\n")
+            shell.stdout.flush()
+            return
+        if not answer.tags:
+            shell.poutput("No tags yet: add_image PATH --tags a,b creates them.")
+            return
+        table = Table(header_style="bold")
+        table.add_column("tag")
+        table.add_column("images", justify="right")
+        for tag in answer.tags:
+            table.add_row(Text(listing.printable(tag.name), style="cyan"), str(tag.count))
+        shell.poutput(table, soft_wrap=False)
+        shell.poutput(f"{len(answer.tags)} tags.")

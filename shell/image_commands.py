@@ -1,0 +1,521 @@
+"""Image commands: add_image, update_image, delete_image, show_image.
+
+Bulk sending is shell.upload's job; this module turns flags into requests and answers into what
+a person (or a script, with --json) reads. Every command that fails for some of its files or ids
+still finishes the others and then sets a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import cmd2
+import msgspec
+from rich.console import Console, Group
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from protocol.base import Response
+from protocol.catalog import (
+    DeleteImage,
+    GetImage,
+    ImageDetails,
+    ImageUpdated,
+    UpdateImage,
+)
+from protocol.errors import VitrineError
+from shell import listing
+from shell.app import IMAGES, CommandFailed, VitrineShell, parser
+from shell.connection import ConnectionLost
+from shell.pictures import picture_renderable
+from shell.swatches import palette_text
+from shell.upload import (
+    DEFAULT_WINDOW,
+    FileResult,
+    Outcome,
+    Uploader,
+    UploadFields,
+    walk_paths,
+)
+from util.filenames import display_name
+from util.images import DEFAULT_MAX_BYTES
+from util.money import format_cents, price_arg, quantity_arg
+
+MAX_TAGS = 64  # protocol.catalog.Tags
+MAX_TAG_CHARS = 64
+MAX_TITLE_CHARS = 200
+MAX_DESCRIPTION_CHARS = 5000
+#: Above this many files, new uploads are counted rather than listed (unless --verbose).
+LIST_EACH_UP_TO = 20
+#: Seconds between flushes of per-file lines, so printing never slows a big upload.
+PRINT_EVERY_S = 0.25
+#: Largest picture show_image draws, in cells.
+SHOW_CELLS = (64, 32)
+
+
+# --- argument types ------------------------------------------------------------------------------
+
+
+def tag_list(text: str) -> list[str]:
+    """ "a, b,,c" -> ["a", "b", "c"]: comma-separated, blanks dropped, repeats once."""
+    tags: list[str] = []
+    for raw in text.split(","):
+        tag = raw.strip()
+        if not tag or tag in tags:
+            continue
+        if len(tag) > MAX_TAG_CHARS:
+            raise argparse.ArgumentTypeError(f"a tag has at most {MAX_TAG_CHARS} characters")
+        tags.append(tag)
+    if len(tags) > MAX_TAGS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_TAGS} tags per image")
+    return tags
+
+
+def image_id(text: str) -> int:
+    try:
+        value = int(text.lstrip("#"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an image id (a number)") from None
+    if not 1 <= value <= 2**53:
+        raise argparse.ArgumentTypeError(f"{value} is not an image id")
+    return value
+
+
+def bounded_text(limit: int, what: str) -> Any:
+    def convert(text: str) -> str:
+        if len(text) > limit:
+            raise argparse.ArgumentTypeError(f"a {what} has at most {limit} characters")
+        return text
+
+    return convert
+
+
+def window_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of requests") from None
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError("the window is 1 to 256 requests")
+    return value
+
+
+def _add_catalogue_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--price", type=price_arg, metavar="12.50", help="unit price")
+    command.add_argument("--quantity", type=quantity_arg, metavar="N", help="units in stock")
+    command.add_argument(
+        "--title", type=bounded_text(MAX_TITLE_CHARS, "title"), metavar="T", help="title"
+    )
+    command.add_argument(
+        "--description",
+        type=bounded_text(MAX_DESCRIPTION_CHARS, "description"),
+        metavar="D",
+        help="longer text, searchable like the title",
+    )
+
+
+# --- add_image's output --------------------------------------------------------------------------
+
+
+class _Report:
+    """Per-file lines and the progress bar of one add_image run.
+
+    Lines are gathered and printed together every PRINT_EVERY_S, so thousands of outcomes cost
+    a few hundred writes, not thousands of redraws of the live progress bar.
+    """
+
+    def __init__(self, shell: VitrineShell, progress: Progress | None, total: int, args: Any):
+        self.shell = shell
+        self.progress = progress
+        self.task = (
+            progress.add_task("uploading", total=None, files=0, all_files=total)
+            if progress
+            else None
+        )
+        self.files = 0
+        self.json = bool(args.json)
+        self.list_new = bool(args.verbose) or total <= LIST_EACH_UP_TO
+        self.pending: list[str] = []
+        self.flushed = time.monotonic()
+
+    def line(self, result: FileResult) -> str | None:
+        if self.json:
+            value: dict[str, Any] = {"path": result.file.shown, "outcome": result.outcome.value}
+            if result.image_id is not None:
+                value["id"] = result.image_id
+            if result.reason:
+                value["reason"] = result.reason
+            return msgspec.json.encode(value).decode()
+        shown = listing.printable(result.file.shown)
+        if result.outcome is Outcome.NEW:
+            return f"new       #{result.image_id}  {shown}" if self.list_new else None
+        if result.outcome is Outcome.PRESENT:
+            return f"present   #{result.image_id}  {shown} (already stored)"
+        return f"rejected  {shown}: {listing.printable(result.reason)}"
+
+    def __call__(self, result: FileResult) -> None:
+        if self.progress is not None and self.task is not None:
+            self.files += 1
+            self.progress.update(self.task, advance=result.size, files=self.files)
+        text = self.line(result)
+        if text is not None:
+            self.pending.append(text)
+        if time.monotonic() - self.flushed >= PRINT_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        self.flushed = time.monotonic()
+        if not self.pending:
+            return
+        text = "\n".join(self.pending)
+        self.pending = []
+        if self.json:
+            self.shell.stdout.write(text + "\n")
+            self.shell.stdout.flush()
+        elif self.progress is not None:
+            self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            self.shell.poutput(text)
+
+
+def _progress_for(shell: VitrineShell) -> Progress | None:
+    """A live bar on a terminal only: piped output gets the lines and the summary, no redraws."""
+    isatty = getattr(shell.stdout, "isatty", None)
+    if not (isatty and isatty()):
+        return None
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[files]}/{task.fields[all_files]} files"),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(file=shell.stdout),
+        transient=True,
+    )
+
+
+# --- the commands --------------------------------------------------------------------------------
+
+
+class ImageCommands(cmd2.CommandSet[VitrineShell]):
+    DEFAULT_CATEGORY = IMAGES
+
+    add_parser = parser(
+        "Upload photos. Each PATH is a file, a directory (walked recursively; hidden files are "
+        "skipped) or a glob such as 'shop/*.jpg'. Every file gets its own outcome (new id, "
+        "already present, or rejected with the reason); the exit status is non-zero if any "
+        "file was rejected. Without --title, each image is titled after its file name."
+    )
+    add_parser.add_argument(
+        "paths", nargs="+", metavar="PATH", completer=cmd2.Cmd.path_complete, help="what to send"
+    )
+    add_parser.add_argument(
+        "--tags",
+        type=tag_list,
+        default=[],
+        metavar="a,b",
+        completer=listing.complete_tag_list,
+        help="comma-separated tags for every file",
+    )
+    _add_catalogue_flags(add_parser)
+    add_parser.add_argument("--private", action="store_true", help="only you will see them")
+    add_parser.add_argument(
+        "--verbose", action="store_true", help="list every file, not only the notable ones"
+    )
+    add_parser.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per file per line: path, outcome, id or reason",
+    )
+    add_parser.add_argument(
+        "--window",
+        type=window_size,
+        default=DEFAULT_WINDOW,
+        metavar="N",
+        help=f"uploads in flight at once (default {DEFAULT_WINDOW}, capped by the server)",
+    )
+
+    @cmd2.with_argparser(add_parser)
+    def do_add_image(self, args: argparse.Namespace) -> None:
+        shell = self._cmd
+        walked = walk_paths(args.paths)
+        for given, reason in walked.problems:
+            shell.perror(f"skipped {listing.printable(given)}: {reason}")
+        if not walked.files:
+            raise CommandFailed("No files to upload.")
+        shell.session.ensure_connected()
+        limits = shell.session.connection.limits
+        window = min(args.window, limits.max_in_flight) if limits else args.window
+        max_bytes = limits.max_image_bytes if limits else DEFAULT_MAX_BYTES
+        fields = UploadFields(
+            title=args.title,
+            description=args.description or "",
+            tags=tuple(args.tags),
+            price_cents=args.price or 0,
+            quantity=args.quantity or 0,
+            private=args.private,
+        )
+        total_bytes = sum(file.size for file in walked.files)
+        progress = _progress_for(shell)
+        report = _Report(shell, progress, len(walked.files), args)
+        if progress is not None and report.task is not None:
+            progress.update(report.task, total=total_bytes)
+        uploader = Uploader(
+            shell.session.submit, window=window, max_image_bytes=max_bytes, on_result=report
+        )
+        try:
+            if progress is not None:
+                with progress:
+                    summary = uploader.run(walked.files, fields)
+                    report.flush()
+            else:
+                summary = uploader.run(walked.files, fields)
+        finally:
+            report.flush()
+        line = summary.line()
+        if not report.list_new and summary.count(Outcome.NEW):
+            line += " Add --verbose to list every file."
+        if args.json:
+            shell.perror(line, style=None)
+        else:
+            shell.poutput(line)
+        rejected = summary.count(Outcome.REJECTED) + len(walked.problems)
+        if rejected:
+            shell.fail(f"{rejected} of the paths given could not be uploaded; see above.")
+
+    update_parser = parser(
+        "Change an image you own (admins: any image). Only the flags given are changed."
+    )
+    update_parser.add_argument(
+        "image_id",
+        type=image_id,
+        metavar="ID",
+        choices_provider=listing.complete_recent_ids,
+        help="the image",
+    )
+    _add_catalogue_flags(update_parser)
+    update_parser.add_argument(
+        "--add-tags",
+        type=tag_list,
+        default=[],
+        metavar="a,b",
+        completer=listing.complete_tag_list,
+        help="tags to add",
+    )
+    update_parser.add_argument(
+        "--remove-tags",
+        type=tag_list,
+        default=[],
+        metavar="a,b",
+        completer=listing.complete_tag_list,
+        help="tags to take off",
+    )
+    visibility = update_parser.add_mutually_exclusive_group()
+    visibility.add_argument(
+        "--public", dest="private", action="store_false", default=None, help="everyone sees it"
+    )
+    visibility.add_argument(
+        "--private", dest="private", action="store_true", help="only you see it"
+    )
+
+    @cmd2.with_argparser(update_parser)
+    def do_update_image(self, args: argparse.Namespace) -> None:
+        shell = self._cmd
+        changes: dict[str, Any] = {
+            "title": args.title,
+            "description": args.description,
+            "price_cents": args.price,
+            "quantity": args.quantity,
+            "private": args.private,
+        }
+        changes = {key: value for key, value in changes.items() if value is not None}
+        if args.add_tags:
+            changes["add_tags"] = args.add_tags
+        if args.remove_tags:
+            changes["remove_tags"] = args.remove_tags
+        if not changes:
+            raise CommandFailed(
+                "Nothing to change: give --price, --quantity, --title, --description, "
+                "--add-tags, --remove-tags, --public or --private."
+            )
+        answer = shell.session.call(
+            UpdateImage(id=0, image_id=args.image_id, **changes), ImageUpdated
+        )
+        listing.memory(shell).remember([answer.image])
+        shell.poutput(f"Updated #{answer.image.id}.")
+        shell.poutput(listing.listing_table([answer.image], "none"), soft_wrap=False)
+
+    delete_parser = parser(
+        "Delete images you own (admins: any image). They disappear from every listing."
+    )
+    delete_parser.add_argument(
+        "image_ids",
+        type=image_id,
+        nargs="+",
+        metavar="ID",
+        choices_provider=listing.complete_recent_ids,
+        help="the images",
+    )
+
+    @cmd2.with_argparser(delete_parser)
+    def do_delete_image(self, args: argparse.Namespace) -> None:
+        shell = self._cmd
+        shell.session.ensure_connected()
+        ids = list(dict.fromkeys(args.image_ids))
+        futures: list[tuple[int, Future[Response]]] = [
+            (number, shell.session.submit(DeleteImage(id=0, image_id=number))) for number in ids
+        ]
+        failed = 0
+        for number, future in futures:
+            try:
+                future.result()
+            except VitrineError as exc:
+                failed += 1
+                shell.perror(f"#{number} not deleted: Error ({exc.code.value}): {exc.message}")
+                continue
+            except ConnectionLost as exc:
+                failed += 1
+                shell.perror(f"#{number}: no answer, the connection was lost ({exc}).")
+                continue
+            listing.memory(shell).forget(number)
+            shell.poutput(f"Deleted #{number}.")
+        if failed:
+            shell.fail(f"{failed} of {len(ids)} images were not deleted.")
+
+    show_parser = parser("Show everything about one image, with a larger picture.")
+    show_parser.add_argument(
+        "image_id",
+        type=image_id,
+        metavar="ID",
+        choices_provider=listing.complete_recent_ids,
+        help="the image",
+    )
+    show_parser.add_argument(
+        "--save",
+        type=Path,
+        metavar="PATH",
+        completer=cmd2.Cmd.path_complete,
+        help="write the original file to PATH (a directory keeps the original's name)",
+    )
+    show_parser.add_argument(
+        "--force", action="store_true", help="with --save: overwrite an existing file"
+    )
+    show_parser.add_argument("--no-images", dest="images", action="store_false")
+    show_parser.add_argument("--json", action="store_true", help="the details as one JSON object")
+
+    @cmd2.with_argparser(show_parser)
+    def do_show_image(self, args: argparse.Namespace) -> None:
+        shell = self._cmd
+        mode = listing.graphics_mode(shell) if args.images and not args.json else "none"
+        target = self._save_target(args) if args.save is not None else None
+        want_original = target is not None or mode != "none"
+        answer = shell.session.call(
+            GetImage(id=0, image_id=args.image_id, with_original=want_original), ImageDetails
+        )
+        image = answer.image
+        listing.memory(shell).remember([image])
+        if target is not None:
+            self._save(answer, target, args.force)
+        if args.json:
+            value = listing.image_json(image)
+            value.update(
+                description=image.description,
+                filename=image.filename,
+                width=image.width,
+                height=image.height,
+                created_at=image.created_at,
+                format=answer.format,
+                bytes=answer.byte_size,
+            )
+            shell.stdout.write(msgspec.json.encode(value).decode() + "\n")
+            shell.stdout.flush()
+        else:
+            shell.poutput(self._details(answer, mode), soft_wrap=False)
+        if target is not None:
+            message = f"Saved the original of #{image.id} to {target}."
+            if args.json:
+                shell.perror(message, style=None)
+            else:
+                shell.poutput(message)
+
+    # --- show_image helpers ----------------------------------------------------------------------
+
+    @staticmethod
+    def _save_target(args: argparse.Namespace) -> Path:
+        """Checked before asking the server, so a refused --save costs no download."""
+        target = Path(os.path.expanduser(args.save))
+        if target.is_dir():
+            return target  # the name is known once the answer is in
+        if target.exists() and not args.force:
+            raise CommandFailed(f"{target} exists already; add --force to overwrite it.")
+        if not target.parent.is_dir():
+            raise CommandFailed(f"{target.parent} is not a directory.")
+        return target
+
+    def _save(self, answer: ImageDetails, target: Path, force: bool) -> None:
+        if answer.original is None:
+            raise CommandFailed("The server sent no original to save.")
+        if target.is_dir():
+            target = target / display_name(answer.image.filename)
+            if target.exists() and not force:
+                raise CommandFailed(f"{target} exists already; add --force to overwrite it.")
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.part")
+        try:
+            with open(temporary, "xb") as handle:
+                handle.write(answer.original)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+        except OSError as exc:
+            raise CommandFailed(f"Cannot write {target}: {exc.strerror}.") from None
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    @staticmethod
+    def _details(answer: ImageDetails, mode: listing.GraphicsMode) -> Any:
+        image = answer.image
+        facts = Table.grid(padding=(0, 2))
+        facts.add_column(style="bold", no_wrap=True)
+        facts.add_column(overflow="fold")
+        visibility = Text(image.visibility, style="yellow" if image.visibility == "private" else "")
+        rows: list[tuple[str, Any]] = [
+            ("id", str(image.id)),
+            ("title", Text(listing.printable(image.title))),
+            ("description", Text(listing.printable(image.description))),
+            ("tags", Text(", ".join(listing.printable(t) for t in image.tags), style="cyan")),
+            ("price", format_cents(image.price_cents)),
+            ("quantity", str(image.quantity)),
+            ("owner", Text(listing.printable(image.owner))),
+            ("visibility", visibility),
+            ("file", Text(listing.printable(image.filename))),
+            ("size", f"{image.width} x {image.height} {answer.format}".rstrip()),
+            ("added", time.strftime("%Y-%m-%d %H:%M", time.localtime(image.created_at))),
+            ("colours", palette_text(image.palette)),
+        ]
+        if answer.byte_size:
+            rows.insert(10, ("bytes", f"{answer.byte_size:,}"))
+        for name, value in rows:
+            facts.add_row(name, value)
+        picture_bytes = answer.original or image.thumbnail
+        if mode == "none" or not picture_bytes:
+            return facts
+        columns = shutil.get_terminal_size((80, 24)).columns
+        width = max(8, min(SHOW_CELLS[0], columns - 2))
+        aspect = image.height / image.width if image.width and image.height else 1.0
+        height = max(4, min(SHOW_CELLS[1], round(width * aspect / 2)))
+        return Group(picture_renderable(picture_bytes, mode, width, height), facts)

@@ -1,0 +1,371 @@
+"""Bulk upload: which files a list of PATHs means, and sending them through one connection.
+
+Walking: a PATH is a file, a directory (walked recursively, sorted, hidden entries skipped) or a
+glob (`*.jpg`, `shop/**/*.png`). Anything that names nothing, or names something that is not a
+regular file (a FIFO would block the reader forever), becomes a per-path problem instead of
+stopping the run. The same file reached twice (two PATHs, a symlink) is sent once.
+
+Sending: one connection carries many requests at once (ServerConnection.submit pipelines them),
+so throughput comes from keeping a window of requests in flight rather than from more sockets.
+A background thread reads files and runs the cheap local precheck (util.images.precheck), so
+disk reads overlap with TLS writes and with the server's decoding and model work. The window is
+bounded both in requests and in bytes, so memory stays flat whatever the folder holds. Every
+file ends with exactly one `FileResult`: new, already present, or rejected with a reason; one bad
+file never stops the others, and a lost connection turns the unsent rest into rejections that
+say re-running the command finishes the job (the server reports stored files as present).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import queue
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from protocol.base import Request, Response
+from protocol.catalog import Uploaded, UploadImage
+from protocol.errors import VitrineError
+from shell.connection import ConnectionLost
+from util.filenames import display_name
+from util.images import DEFAULT_MAX_BYTES, ImageRejected, precheck
+
+#: Requests in flight by default; the server's `max_in_flight` caps it.
+DEFAULT_WINDOW = 32
+#: Bytes of file content in flight at most (plus one file, so a single big file always goes).
+DEFAULT_BYTE_WINDOW = 128 * 1024 * 1024
+#: Files read ahead of the sender by the background reader.
+READ_AHEAD = 16
+#: Longest names the wire accepts (protocol.catalog FileName / Title).
+MAX_FILENAME_CHARS = 1024
+MAX_TITLE_CHARS = 200
+
+
+# --- walking -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A file to send: where it is, and how to name it to the person who asked."""
+
+    path: Path
+    shown: str
+    #: Size when walked, for the progress bar's total (the reader measures again).
+    size: int = 0
+
+
+@dataclass
+class WalkResult:
+    files: list[Candidate] = field(default_factory=list)
+    #: (PATH as given, why nothing was taken from it).
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _regular(path: str) -> os.stat_result | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info if stat.S_ISREG(info.st_mode) else None
+
+
+def _walk_directory(top: str) -> Iterator[str]:
+    """Every regular, non-hidden file under `top`, in a stable order; symlinked dirs not followed.
+
+    Not following directory links keeps a link loop from walking forever.
+    """
+    for root, dirs, files in os.walk(top, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield os.path.join(root, name)
+
+
+def walk_paths(paths: Iterable[str]) -> WalkResult:
+    """Expand PATHs (files, directories, globs) into the files to upload, in order, once each."""
+    result = WalkResult()
+    seen: set[tuple[int, int]] = set()
+
+    def take(path: str) -> bool:
+        info = _regular(path)
+        if info is None:
+            return False
+        key = (info.st_dev, info.st_ino)
+        if key not in seen:
+            seen.add(key)
+            # Undecodable bytes in a name (kept as lone surrogates) cannot be printed or encoded.
+            shown = os.fsencode(path).decode("utf-8", errors="replace")
+            result.files.append(Candidate(Path(path), shown, info.st_size))
+        return True
+
+    for given in paths:
+        expanded = os.path.expanduser(given)
+        if os.path.lexists(expanded):
+            targets = [expanded]
+        elif glob.has_magic(expanded):
+            targets = sorted(glob.glob(expanded, recursive=True))
+            if not targets:
+                result.problems.append((given, "matches no file"))
+                continue
+        else:
+            result.problems.append((given, "no such file or directory"))
+            continue
+        for target in targets:
+            if os.path.isdir(target):
+                before = len(result.files)
+                for path in _walk_directory(target):
+                    take(path)
+                if len(result.files) == before and target == expanded:
+                    result.problems.append((given, "the directory holds no files"))
+            elif not take(target) and target == expanded:
+                reason = "not a regular file" if os.path.exists(target) else "a broken link"
+                result.problems.append((given, reason))
+    return result
+
+
+# --- outcomes ------------------------------------------------------------------------------------
+
+
+class Outcome(StrEnum):
+    NEW = "new"
+    PRESENT = "present"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    file: Candidate
+    outcome: Outcome
+    size: int = 0
+    image_id: int | None = None
+    #: Why it was rejected, worded for a person ("UNSUPPORTED_IMAGE: ...").
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UploadFields:
+    """What every file of one add_image run gets, besides its own bytes and name."""
+
+    title: str | None = None
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    price_cents: int = 0
+    quantity: int = 0
+    private: bool = False
+
+
+@dataclass
+class UploadSummary:
+    results: list[FileResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for result in self.results if result.outcome is outcome)
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(r.size for r in self.results if r.outcome is not Outcome.REJECTED)
+
+    def line(self) -> str:
+        """The closing sentence of a run: counts, volume and rate."""
+        files = len(self.results)
+        seconds = max(self.seconds, 1e-9)
+        megabytes = self.bytes_sent / 1e6
+        return (
+            f"{files} file{'s' if files != 1 else ''}: {self.count(Outcome.NEW)} new, "
+            f"{self.count(Outcome.PRESENT)} already present, "
+            f"{self.count(Outcome.REJECTED)} rejected "
+            f"({megabytes:.1f} MB in {self.seconds:.1f} s: {files / seconds:.1f} files/s, "
+            f"{megabytes / seconds:.1f} MB/s)."
+        )
+
+
+def _wire_name(name: str, limit: int) -> str:
+    """A str the wire can carry: undecodable bytes in a file name become U+FFFD, then cut.
+
+    Names from os.listdir keep undecodable bytes as lone surrogates, which no UTF-8 encoder
+    accepts; the server cleans the name for display anyway (util.filenames).
+    """
+    text = os.fsencode(name).decode("utf-8", errors="replace")
+    return text[:limit]
+
+
+def build_request(file: Candidate, data: bytes, fields: UploadFields) -> UploadImage:
+    name = _wire_name(file.path.name, MAX_FILENAME_CHARS)
+    # The default title is the file's stem made printable (the server refuses control characters
+    # in titles, and a name may hold any byte but '/').
+    title = fields.title if fields.title is not None else display_name(file.path.stem)
+    return UploadImage(
+        id=0,
+        filename=name,
+        data=data,
+        title=title[:MAX_TITLE_CHARS],
+        description=fields.description,
+        tags=list(fields.tags),
+        price_cents=fields.price_cents,
+        quantity=fields.quantity,
+        private=fields.private,
+    )
+
+
+# --- sending -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    file: Candidate
+    data: bytes
+
+
+_DONE = object()
+
+
+class Uploader:
+    """Send files over one pipelined connection with a bounded window; see the module docstring.
+
+    `submit` sends one request and returns its future (ClientSession.submit). `on_result` is
+    called in the calling thread, once per file, in completion order, so it may print and
+    update a progress bar without locks.
+    """
+
+    def __init__(
+        self,
+        submit: Callable[[Request], Future[Response]],
+        *,
+        window: int = DEFAULT_WINDOW,
+        byte_window: int = DEFAULT_BYTE_WINDOW,
+        max_image_bytes: int = DEFAULT_MAX_BYTES,
+        on_result: Callable[[FileResult], None] = lambda _: None,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"the window must be at least 1 request, got {window}")
+        self.submit = submit
+        self.window = window
+        self.byte_window = byte_window
+        self.max_image_bytes = max_image_bytes
+        self.on_result = on_result
+        self._stop = threading.Event()
+
+    # The reader runs in its own thread so file I/O overlaps sending and the server's work.
+    def _read_all(self, files: list[Candidate], out: queue.Queue[object]) -> None:
+        try:
+            for file in files:
+                if self._stop.is_set():
+                    return
+                item = self._read_one(file)
+                while not self._stop.is_set():
+                    try:
+                        out.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        finally:
+            with contextlib.suppress(queue.Full):
+                out.put(_DONE, timeout=1.0)
+
+    def _read_one(self, file: Candidate) -> _Read | FileResult:
+        try:
+            with open(file.path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                head = handle.read(1024)
+                precheck(head, size, max_bytes=self.max_image_bytes)
+                data = head + handle.read()
+        except ImageRejected as exc:
+            return FileResult(file, Outcome.REJECTED, reason=f"{exc.message}")
+        except OSError as exc:
+            return FileResult(file, Outcome.REJECTED, reason=f"cannot read it: {exc.strerror}")
+        return _Read(file, data)
+
+    def run(self, files: list[Candidate], fields: UploadFields) -> UploadSummary:
+        summary = UploadSummary()
+        started = time.perf_counter()
+        reads: queue.Queue[object] = queue.Queue(maxsize=READ_AHEAD)
+        done: queue.SimpleQueue[tuple[Candidate, int, Future[Response]]] = queue.SimpleQueue()
+        reader = threading.Thread(
+            target=self._read_all, args=(files, reads), name="vitrine-upload-reader", daemon=True
+        )
+        self._stop.clear()
+        reader.start()
+        in_flight = 0
+        bytes_in_flight = 0
+        lost: str | None = None
+
+        def record(result: FileResult) -> None:
+            summary.results.append(result)
+            self.on_result(result)
+
+        def settle(entry: tuple[Candidate, int, Future[Response]]) -> None:
+            nonlocal in_flight, bytes_in_flight
+            file, size, future = entry
+            in_flight -= 1
+            bytes_in_flight -= size
+            record(self._result_of(file, size, future))
+
+        try:
+            while True:
+                item = reads.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, FileResult):
+                    record(item)
+                    continue
+                assert isinstance(item, _Read)
+                if lost is not None:
+                    record(FileResult(item.file, Outcome.REJECTED, reason=lost))
+                    continue
+                size = len(item.data)
+                while in_flight >= self.window or (
+                    in_flight and bytes_in_flight + size > self.byte_window
+                ):
+                    settle(done.get())
+                try:
+                    future = self.submit(build_request(item.file, item.data, fields))
+                except ConnectionLost as exc:
+                    lost = f"not sent: the connection was lost ({exc}); run the command again"
+                    record(FileResult(item.file, Outcome.REJECTED, reason=lost))
+                    continue
+                in_flight += 1
+                bytes_in_flight += size
+                future.add_done_callback(
+                    lambda f, file=item.file, size=size: done.put((file, size, f))
+                )
+                while True:  # report what finished meanwhile, without waiting
+                    try:
+                        settle(done.get_nowait())
+                    except queue.Empty:
+                        break
+            while in_flight:
+                settle(done.get())
+        finally:
+            self._stop.set()
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    reads.get_nowait()
+            reader.join(timeout=5.0)
+            summary.seconds = time.perf_counter() - started
+        return summary
+
+    @staticmethod
+    def _result_of(file: Candidate, size: int, future: Future[Response]) -> FileResult:
+        try:
+            response = future.result()
+        except VitrineError as exc:
+            reason = f"{exc.code.value}: {exc.message}"
+            if exc.details:
+                reason += " (" + "; ".join(exc.details) + ")"
+            return FileResult(file, Outcome.REJECTED, size, reason=reason)
+        except ConnectionLost as exc:
+            reason = f"no answer: the connection was lost ({exc}); run the command again"
+            return FileResult(file, Outcome.REJECTED, size, reason=reason)
+        if not isinstance(response, Uploaded):
+            reason = f"unexpected answer {type(response).__name__}"
+            return FileResult(file, Outcome.REJECTED, size, reason=reason)
+        outcome = Outcome.NEW if response.created else Outcome.PRESENT
+        return FileResult(file, outcome, size, image_id=response.image_id)

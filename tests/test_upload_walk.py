@@ -1,0 +1,286 @@
+"""Which files a list of PATHs means, and the pipelined sender's bookkeeping.
+
+The sender is driven here by a scripted `submit` that answers from worker threads in a shuffled
+order, which is what the real connection's reader thread does; the end-to-end tests cover the
+real wire.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from protocol.base import Request, Response
+from protocol.catalog import Uploaded, UploadImage
+from protocol.errors import ErrorCode, VitrineError
+from shell.connection import ConnectionLost
+from shell.upload import Outcome, Uploader, UploadFields, build_request, walk_paths
+
+
+def _jpeg(colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Path:
+    root = tmp_path / "shop"
+    (root / "dresses" / "summer").mkdir(parents=True)
+    (root / "hats").mkdir()
+    (root / ".cache").mkdir()
+    for relative in ("a.jpg", "dresses/b.jpg", "dresses/summer/c.png", "hats/d.jpg"):
+        (root / relative).write_bytes(_jpeg())
+    (root / ".hidden.jpg").write_bytes(_jpeg())
+    (root / ".cache" / "e.jpg").write_bytes(_jpeg())
+    return root
+
+
+def _names(paths: list[Path]) -> list[str]:
+    return [path.name for path in paths]
+
+
+def test_directory_is_walked_recursively_in_order_without_hidden_entries(shop: Path) -> None:
+    walked = walk_paths([str(shop)])
+    assert walked.problems == []
+    assert [f.path.relative_to(shop).as_posix() for f in walked.files] == [
+        "a.jpg",
+        "dresses/b.jpg",
+        "dresses/summer/c.png",
+        "hats/d.jpg",
+    ]
+    assert all(f.size == f.path.stat().st_size for f in walked.files)
+
+
+def test_files_globs_and_recursive_globs(shop: Path) -> None:
+    assert _names([f.path for f in walk_paths([str(shop / "*.jpg")]).files]) == ["a.jpg"]
+    deep = walk_paths([str(shop / "**" / "*.jpg")]).files
+    assert sorted(_names([f.path for f in deep])) == ["a.jpg", "b.jpg", "d.jpg"]
+    single = walk_paths([str(shop / "hats" / "d.jpg")]).files
+    assert _names([f.path for f in single]) == ["d.jpg"]
+
+
+def test_an_explicitly_named_hidden_file_is_taken(shop: Path) -> None:
+    assert _names([f.path for f in walk_paths([str(shop / ".hidden.jpg")]).files]) == [
+        ".hidden.jpg"
+    ]
+
+
+def test_each_file_once_even_when_reached_twice(shop: Path) -> None:
+    (shop / "link.jpg").symlink_to(shop / "a.jpg")
+    walked = walk_paths([str(shop / "a.jpg"), str(shop), str(shop / "*.jpg")])
+    assert sorted(_names([f.path for f in walked.files])) == [
+        "a.jpg",
+        "b.jpg",
+        "c.png",
+        "d.jpg",
+    ]
+
+
+def test_problems_are_reported_per_path_and_do_not_stop_the_rest(
+    shop: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "empty").mkdir()
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    walked = walk_paths(
+        [
+            str(tmp_path / "missing.jpg"),
+            str(tmp_path / "nothing-*.jpg"),
+            str(tmp_path / "empty"),
+            str(tmp_path / "pipe.jpg"),
+            str(tmp_path / "dangling.jpg"),
+            str(shop / "a.jpg"),
+        ]
+    )
+    assert _names([f.path for f in walked.files]) == ["a.jpg"]
+    reasons = dict(walked.problems)
+    assert reasons[str(tmp_path / "missing.jpg")] == "no such file or directory"
+    assert reasons[str(tmp_path / "nothing-*.jpg")] == "matches no file"
+    assert reasons[str(tmp_path / "empty")] == "the directory holds no files"
+    assert reasons[str(tmp_path / "pipe.jpg")] == "not a regular file"
+    assert reasons[str(tmp_path / "dangling.jpg")] == "a broken link"
+
+
+def test_directory_link_loops_are_not_followed(tmp_path: Path) -> None:
+    root = tmp_path / "loop"
+    root.mkdir()
+    (root / "x.jpg").write_bytes(_jpeg())
+    (root / "again").symlink_to(root)
+    assert _names([f.path for f in walk_paths([str(root)]).files]) == ["x.jpg"]
+
+
+def test_odd_names_become_wire_safe_text(tmp_path: Path) -> None:
+    odd = os.fsdecode(b"bad-\xff-\x1b[31m-name.jpg")
+    (tmp_path / odd).write_bytes(_jpeg())
+    walked = walk_paths([str(tmp_path)])
+    request = build_request(walked.files[0], b"data", UploadFields())
+    assert "\ufffd" in request.filename
+    request.filename.encode("utf-8")  # no lone surrogates left
+    assert "\x1b" not in request.title and request.title.startswith("bad-")
+    assert "\ufffd" in walked.files[0].shown
+
+
+def test_request_carries_the_fields_and_titles_after_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "red dress.jpg"
+    path.write_bytes(_jpeg())
+    file = walk_paths([str(path)]).files[0]
+    fields = UploadFields(tags=("red", "dress"), price_cents=1250, quantity=3, private=True)
+    request = build_request(file, b"bytes", fields)
+    assert (request.filename, request.title) == ("red dress.jpg", "red dress")
+    assert request.data == b"bytes"
+    assert (request.tags, request.price_cents, request.quantity, request.private) == (
+        ["red", "dress"],
+        1250,
+        3,
+        True,
+    )
+    titled = build_request(file, b"bytes", UploadFields(title="Summer"))
+    assert titled.title == "Summer"
+
+
+# --- the sender ----------------------------------------------------------------------------------
+
+
+class ScriptedServer:
+    """Answers uploads from other threads, out of order, and records how many were in flight."""
+
+    def __init__(self, *, lose_after: int | None = None) -> None:
+        self.in_flight = 0
+        self.peak = 0
+        self.sent: list[UploadImage] = []
+        self.seen: dict[bytes, int] = {}
+        self.lose_after = lose_after
+        self.lock = threading.Lock()
+        self.rng = random.Random(7)
+
+    def submit(self, request: Request) -> Future[Response]:
+        assert isinstance(request, UploadImage)
+        with self.lock:
+            if self.lose_after is not None and len(self.sent) >= self.lose_after:
+                raise ConnectionLost("the server closed the connection")
+            self.sent.append(request)
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+        future: Future[Response] = Future()
+        delay = self.rng.uniform(0, 0.01)
+        threading.Timer(delay, self._answer, args=(request, future)).start()
+        return future
+
+    def _answer(self, request: UploadImage, future: Future[Response]) -> None:
+        with self.lock:
+            self.in_flight -= 1
+            if request.filename.startswith("refused"):
+                error = VitrineError(ErrorCode.UNSUPPORTED_IMAGE, "The JPEG is truncated.")
+                future.set_exception(error)
+                return
+            known = self.seen.get(request.data)
+            created = known is None
+            if known is None:
+                known = self.seen[request.data] = len(self.seen) + 1
+            future.set_result(Uploaded(id=1, image_id=known, created=created))
+
+
+def _folder(tmp_path: Path, count: int) -> Path:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for index in range(count):
+        colour = (index * 7 % 256, index * 13 % 256, index * 29 % 256)
+        (folder / f"img-{index:03d}.jpg").write_bytes(_jpeg(colour))
+    return folder
+
+
+def test_window_bounds_requests_in_flight_and_every_file_gets_one_outcome(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, 60)
+    (folder / "refused.jpg").write_bytes(_jpeg())
+    (folder / "text.jpg").write_bytes(b"just some notes, not a photo")
+    (folder / "zero.jpg").write_bytes(b"")
+    files = walk_paths([str(folder)]).files
+    server = ScriptedServer()
+    seen: list[str] = []
+    uploader = Uploader(server.submit, window=5, on_result=lambda r: seen.append(r.file.shown))
+    summary = uploader.run(files, UploadFields())
+    assert sorted(seen) == sorted(f.shown for f in files)
+    assert server.peak <= 5
+    assert server.peak > 1  # it did pipeline
+    by_name = {r.file.path.name: r for r in summary.results}
+    assert by_name["refused.jpg"].outcome is Outcome.REJECTED
+    assert "UNSUPPORTED_IMAGE" in by_name["refused.jpg"].reason
+    assert by_name["text.jpg"].outcome is Outcome.REJECTED
+    assert "not an image" in by_name["text.jpg"].reason
+    assert by_name["zero.jpg"].outcome is Outcome.REJECTED
+    assert "empty" in by_name["zero.jpg"].reason
+    # Files refused locally never reach the server.
+    assert {r.filename for r in server.sent} >= {"img-000.jpg", "refused.jpg"}
+    assert not {"text.jpg", "zero.jpg"} & {r.filename for r in server.sent}
+    assert summary.count(Outcome.NEW) == 60
+    assert "60 new" in summary.line() and "3 rejected" in summary.line()
+
+
+def test_the_same_run_again_reports_everything_present(tmp_path: Path) -> None:
+    files = walk_paths([str(_folder(tmp_path, 20))]).files
+    server = ScriptedServer()
+    first = Uploader(server.submit, window=4).run(files, UploadFields())
+    again = Uploader(server.submit, window=4).run(files, UploadFields())
+    ids = {r.file.shown: r.image_id for r in first.results}
+    assert first.count(Outcome.NEW) == 20
+    assert again.count(Outcome.PRESENT) == 20
+    assert {r.file.shown: r.image_id for r in again.results} == ids
+
+
+def test_byte_window_limits_memory_but_lets_a_big_file_through(tmp_path: Path) -> None:
+    files = walk_paths([str(_folder(tmp_path, 10))]).files
+    server = ScriptedServer()
+    summary = Uploader(server.submit, window=32, byte_window=1).run(files, UploadFields())
+    assert server.peak == 1
+    assert summary.count(Outcome.NEW) == 10
+
+
+def test_a_lost_connection_rejects_the_rest_with_advice(tmp_path: Path) -> None:
+    files = walk_paths([str(_folder(tmp_path, 12))]).files
+    server = ScriptedServer(lose_after=5)
+    summary = Uploader(server.submit, window=3).run(files, UploadFields())
+    assert len(summary.results) == 12
+    assert summary.count(Outcome.NEW) == 5
+    lost = [r for r in summary.results if r.outcome is Outcome.REJECTED]
+    assert len(lost) == 7
+    assert all("run the command again" in r.reason for r in lost)
+
+
+def test_unreadable_file_is_rejected_alone(tmp_path: Path) -> None:
+    """A file gone between the walk and the read (or unreadable) fails alone, with the reason."""
+    folder = _folder(tmp_path, 3)
+    files = walk_paths([str(folder)]).files
+    (folder / "img-001.jpg").unlink()
+    summary = Uploader(ScriptedServer().submit).run(files, UploadFields())
+    outcomes = {r.file.path.name: r.outcome for r in summary.results}
+    assert outcomes == {
+        "img-000.jpg": Outcome.NEW,
+        "img-001.jpg": Outcome.REJECTED,
+        "img-002.jpg": Outcome.NEW,
+    }
+    gone = next(r for r in summary.results if r.outcome is Outcome.REJECTED)
+    assert "cannot read it" in gone.reason
+
+
+def test_reader_thread_stops_when_the_sender_fails(tmp_path: Path) -> None:
+    files = walk_paths([str(_folder(tmp_path, 40))]).files
+
+    def broken(request: Request) -> Future[Response]:
+        raise RuntimeError("bug in the sender")
+
+    before = threading.active_count()
+    with pytest.raises(RuntimeError):
+        Uploader(broken, window=2).run(files, UploadFields())
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() <= before

@@ -1,0 +1,93 @@
+"""Prices and quantities as people type them, turned into the integers the wire carries.
+
+Money is integer cents end to end (DESIGN.md): a float would turn 0.1 + 0.2 into 0.30000000000000004
+and a price into something no till agrees with. Text is parsed with `decimal` only after a strict
+pattern check, so inputs Decimal would happily accept ("1e3", "NaN", "Infinity", "1_000") are
+refused with a sentence instead of becoming surprising numbers.
+
+Each parser raises `ValueError` with a message a person can act on; argparse `type=` wrappers
+turn that into a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from decimal import Decimal
+from typing import Final
+
+#: The largest unit price the wire accepts (protocol.catalog.Cents): 100 million.
+MAX_CENTS: Final = 100_000_000_00
+#: The largest stock count the wire accepts (protocol.catalog.Quantity).
+MAX_QUANTITY: Final = 1_000_000_000
+
+# [0-9], not \d: \d also matches other scripts' digits, which Decimal would accept too.
+_PRICE: Final = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_DECIMALS: Final = re.compile(r"[0-9]*\.([0-9]+)")
+_QUANTITY: Final = re.compile(r"[0-9]+")
+
+
+def _shown(text: str) -> str:
+    """The input as messages quote it: bounded, so a pasted wall of digits stays one line."""
+    text = text.strip()
+    return text if len(text) <= 24 else text[:20] + "…"
+
+
+def parse_price(text: str) -> int:
+    """ "12.50" -> 1250. Refuses negative, non-numeric, more than two decimals, absurdly large."""
+    raw = text.strip()
+    if raw.startswith("-"):
+        raise ValueError(f"A price cannot be negative ({_shown(raw)}); give 0 or more, like 12.50.")
+    if raw.startswith("+"):
+        raw = raw[1:]
+    if "," in raw and _PRICE.fullmatch(raw.replace(",", ".")):
+        raise ValueError(f"Write prices with a decimal point, not a comma: {raw.replace(',', '.')}")
+    if not _PRICE.fullmatch(raw):
+        raise ValueError(f"{_shown(text)!r} is not a price; write it like 12.50 or 12.")
+    decimals = _DECIMALS.fullmatch(raw)
+    if decimals and len(decimals.group(1)) > 2:
+        raise ValueError(f"{_shown(raw)} has more than two decimals; prices are whole cents.")
+    whole = raw.partition(".")[0].lstrip("0")
+    # Length first, so a thousand-digit paste is refused before any arithmetic on it.
+    if len(whole) > len(str(MAX_CENTS // 100)) or int(Decimal(raw) * 100) > MAX_CENTS:
+        raise ValueError(
+            f"{_shown(raw)} is more than the largest price accepted, {format_cents(MAX_CENTS)}."
+        )
+    return int(Decimal(raw) * 100)
+
+
+def parse_quantity(text: str) -> int:
+    """A stock count: a whole number from 0 to MAX_QUANTITY."""
+    raw = text.strip()
+    if raw.startswith("-") and _QUANTITY.fullmatch(raw[1:]):
+        raise ValueError(f"A quantity cannot be negative ({_shown(raw)}); give 0 or more.")
+    if raw.startswith("+"):
+        raw = raw[1:]
+    if not _QUANTITY.fullmatch(raw):
+        raise ValueError(f"{_shown(text)!r} is not a quantity; give a whole number like 3.")
+    if len(raw.lstrip("0")) > len(str(MAX_QUANTITY)) or int(raw) > MAX_QUANTITY:
+        raise ValueError(f"{_shown(raw)} is more than the largest quantity, {MAX_QUANTITY}.")
+    return int(raw)
+
+
+def format_cents(cents: int) -> str:
+    """1250 -> "12.50": the decimal string listings and --json show (never a float)."""
+    sign = "-" if cents < 0 else ""
+    whole, part = divmod(abs(cents), 100)
+    return f"{sign}{whole}.{part:02d}"
+
+
+def price_arg(text: str) -> int:
+    """argparse `type=` for prices: the parser reports the message as a usage error."""
+    try:
+        return parse_price(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def quantity_arg(text: str) -> int:
+    """argparse `type=` for stock counts."""
+    try:
+        return parse_quantity(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
