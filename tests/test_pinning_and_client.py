@@ -1,0 +1,221 @@
+"""The shell as a person or a script meets it: pinning, unreachable servers, bad arguments,
+lost connections. Every failure is a clear sentence and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pexpect
+
+from protocol import tls
+from tests.servers import PYTHON, ROOT, ServerProcess, run_client
+
+PASSWORD = "correct horse battery"
+
+
+def spawn_client(
+    server: ServerProcess, config_dir: Path, *flags: str, env: dict[str, str] | None = None
+) -> pexpect.spawn:
+    child_env = {k: v for k, v in os.environ.items() if k != "VITRINE_PASSWORD"}
+    child_env.update(env or {})
+    child_env["TERM"] = "dumb"
+    return pexpect.spawn(
+        PYTHON,
+        [
+            str(ROOT / "client.py"),
+            "--server",
+            server.address,
+            "--config-dir",
+            str(config_dir),
+            "--data-dir",
+            str(config_dir / "data"),
+            *flags,
+        ],
+        cwd=str(ROOT),
+        env=child_env,
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(40, 200),
+    )
+
+
+def bare_client(address: str, config_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """client.py with exactly these flags and commands: no pin passed, no terminal to ask."""
+    return subprocess.run(
+        [
+            PYTHON,
+            str(ROOT / "client.py"),
+            "--server",
+            address,
+            "--config-dir",
+            str(config_dir),
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+
+
+def known_servers(config_dir: Path) -> str:
+    return (config_dir / "known_servers").read_text()
+
+
+def test_unknown_server_is_shown_and_asked_about(server: ServerProcess, config_dir: Path) -> None:
+    child = spawn_client(server, config_dir)
+    child.expect("can't be established")
+    child.expect(server.fingerprint.replace("+", r"\+"))
+    child.expect(r"trust it and connect \(yes/no\)\?")
+    child.sendline("yes")
+    child.expect("Type help for commands")
+    child.sendline("quit")
+    child.expect(pexpect.EOF)
+    assert f"{server.address} {server.fingerprint}" in known_servers(config_dir)
+
+
+def test_answering_no_refuses_and_pins_nothing(server: ServerProcess, config_dir: Path) -> None:
+    child = spawn_client(server, config_dir)
+    child.expect(r"\(yes/no\)\?")
+    child.sendline("no")
+    child.expect("untrusted server")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus != 0
+    assert not (config_dir / "known_servers").exists()
+
+
+def test_script_without_trust_flag_is_refused(server: ServerProcess, config_dir: Path) -> None:
+    result = bare_client(server.address, config_dir, "quit")
+    assert result.returncode != 0
+    assert "--trust-new-server" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_trust_new_server_flag_pins_without_asking(server: ServerProcess, config_dir: Path) -> None:
+    result = bare_client(server.address, config_dir, "--trust-new-server", "quit")
+    assert result.returncode == 0, result.stderr
+    assert server.fingerprint in known_servers(config_dir)
+
+
+def test_wrong_expected_fingerprint_is_refused(server: ServerProcess, config_dir: Path) -> None:
+    wrong = "SHA256:" + "A" * 43
+    result = bare_client(server.address, config_dir, "--fingerprint", wrong, "quit")
+    assert result.returncode != 0
+    assert wrong in result.stderr and server.fingerprint in result.stderr
+    assert not (config_dir / "known_servers").exists()
+
+
+def test_changed_fingerprint_is_refused_loudly(tmp_path: Path, config_dir: Path) -> None:
+    first = ServerProcess(tmp_path / "one").start()
+    port, old = first.port, first.fingerprint
+    assert run_client(first, "quit", config_dir=config_dir).returncode == 0
+    first.stop()
+    # A different server (new key) on the same address: what a man in the middle looks like.
+    impostor = ServerProcess(tmp_path / "two", port=port).start()
+    try:
+        assert impostor.fingerprint != old
+        for flags in ([], ["--trust-new-server"], ["--fingerprint", impostor.fingerprint]):
+            result = bare_client(impostor.address, config_dir, *flags, "quit")
+            assert result.returncode != 0
+            assert "IDENTITY HAS CHANGED" in result.stderr
+            assert old in result.stderr and impostor.fingerprint in result.stderr
+            assert "Traceback" not in result.stderr
+        assert old in known_servers(config_dir)
+    finally:
+        impostor.stop()
+
+
+def test_server_not_running(tmp_path: Path, config_dir: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    result = bare_client(f"127.0.0.1:{free_port}", config_dir, "--trust-new-server", "quit")
+    assert result.returncode != 0
+    assert "Cannot reach a Vitrine server" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_argument_fails_the_script(shared_server: ServerProcess, config_dir: Path) -> None:
+    result = run_client(shared_server, "login", "quit", config_dir=config_dir, password=PASSWORD)
+    assert result.returncode != 0
+    assert "the following arguments are required: name" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_command_fails_the_script(shared_server: ServerProcess, config_dir: Path) -> None:
+    result = run_client(shared_server, "fly_to_the_moon", "quit", config_dir=config_dir)
+    assert result.returncode != 0
+    assert "fly_to_the_moon is not a Vitrine command" in result.stderr
+
+
+def test_only_account_commands_before_login(shared_server: ServerProcess, config_dir: Path) -> None:
+    result = run_client(shared_server, "help", "quit", config_dir=config_dir)
+    assert result.returncode == 0
+    offered = set(result.stdout.split())
+    assert {"create_user", "login", "help", "quit"} <= offered
+    for hidden in ("logout", "whoami", "change_password", "shell", "alias", "history"):
+        assert hidden not in offered, hidden
+    result = run_client(shared_server, "whoami", "quit", config_dir=config_dir)
+    assert result.returncode != 0
+    assert "log in first" in result.stderr
+
+
+def test_reconnects_and_resumes_after_server_restart(
+    server: ServerProcess, config_dir: Path
+) -> None:
+    run_client(server, "create_user erin", "quit", config_dir=config_dir, password=PASSWORD)
+    child = spawn_client(
+        server, config_dir, "--fingerprint", server.fingerprint, env={"VITRINE_PASSWORD": PASSWORD}
+    )
+    child.expect("Type help for commands")
+    child.sendline("login erin")
+    child.expect("Logged in as erin")
+    server.stop()
+    server.restart()
+    child.sendline("whoami")
+    child.expect("resumed the session as erin")
+    child.expect(r"erin .*on 127\.0\.0\.1")
+    child.sendline("quit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_command_during_outage_fails_clearly_then_recovers(
+    server: ServerProcess, config_dir: Path
+) -> None:
+    run_client(server, "create_user faye", "quit", config_dir=config_dir, password=PASSWORD)
+    child = spawn_client(
+        server, config_dir, "--fingerprint", server.fingerprint, env={"VITRINE_PASSWORD": PASSWORD}
+    )
+    child.expect("Type help for commands")
+    child.sendline("login faye")
+    child.expect("Logged in as faye")
+    server.stop()
+    child.sendline("whoami")
+    child.expect("Cannot reach a Vitrine server")
+    server.restart()
+    child.sendline("whoami")
+    child.expect("resumed the session as faye")
+    child.sendline("quit")
+    child.expect(pexpect.EOF)
+
+
+def test_key_and_certificate_are_owner_only(server: ServerProcess) -> None:
+    for name in (tls.CERT_FILE, tls.KEY_FILE):
+        mode = (server.data_dir / name).stat().st_mode & 0o777
+        assert mode == 0o600, (name, oct(mode))
+    assert (server.data_dir.stat().st_mode & 0o077) == 0
+
+
+def test_sigint_and_sigterm_stop_cleanly(tmp_path: Path) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        process = ServerProcess(tmp_path / sig.name).start()
+        assert process.stop(sig) == 0
+        assert "stopped" in process.log()
