@@ -7,7 +7,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from service.app import serve, tls_identity
+from service.app import DataDirBusy, serve, tls_identity
+from service.check import check_data_dir
 from service.context import ServerConfig
 from util import config as cfg
 from util import logs
@@ -35,6 +36,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=float,
         help="seconds before a silent connection is closed",
     )
+    cfg.add_option(
+        parser,
+        "--max-image-bytes",
+        default=ServerConfig.max_image_bytes,
+        type=int,
+        help="largest image file accepted, in bytes",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the data directory (blobs, rows, orders) instead of serving; exit 0 if "
+        "consistent, 1 if not",
+    )
     cfg.add_option(parser, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser.parse_args(argv)
 
@@ -42,11 +56,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logs.configure(args.log_level)
+    if args.check:
+        report = check_data_dir(Path(args.data_dir))
+        print(report.text(), flush=True)
+        return 0 if report.ok else 1
     config = ServerConfig(
         host=args.host,
         port=int(args.port),
         data_dir=Path(args.data_dir),
         idle_timeout_s=float(args.idle_timeout),
+        max_image_bytes=int(args.max_image_bytes),
     )
     ssl_context, fingerprint = tls_identity(config, args.tls_cert, args.tls_key)
 
@@ -55,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(serve(config, ssl_context, fingerprint, announce))
+    except DataDirBusy as exc:
+        print(f"vitrine: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(
             f"vitrine: cannot listen on {config.host}:{config.port}: {exc.strerror}",

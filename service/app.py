@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal
 import ssl
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from protocol import tls
+from repository import images as image_repo
+from repository.blobstore import BlobStore, load_or_create_key
 from repository.database import Database
-from service import accounts  # noqa: F401  (registers the account routes)
+from service import accounts, images, listings  # noqa: F401  (they register their routes)
 from service.auth import LoginThrottle
 from service.connection import Connection
 from service.context import ServerConfig, Services
@@ -29,15 +33,64 @@ def prepare_data_dir(path: Path) -> Path:
     return path
 
 
+DB_FILE = "vitrine.db"
+BLOB_DIR = "blobs"
+BLOB_KEY_FILE = "blob.key"
+LOCK_FILE = "server.lock"
+
+
+class DataDirBusy(Exception):
+    """Another process (a running server) holds the data directory."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold an exclusive lock on the data directory for the life of the process.
+
+    Two servers on one directory would each sweep the other's in-flight blobs; the kernel
+    drops the lock when the process dies, even by SIGKILL, so a crash never leaves it stale.
+    """
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataDirBusy(
+            f"Another Vitrine server is using {data_dir}; stop it first or choose another "
+            "--data-dir."
+        ) from None
+    return fd
+
+
+def open_blob_store(data_dir: Path) -> BlobStore:
+    return BlobStore(data_dir / BLOB_DIR, load_or_create_key(data_dir / BLOB_KEY_FILE))
+
+
+def recover(db: Database, blobs: BlobStore, purge_after_s: float) -> tuple[int, int]:
+    """Start-up housekeeping, run before any upload can be in flight: purge soft-deleted
+    images past their grace period, then remove every blob no row names (crash leftovers,
+    purged data). Returns (images purged, blobs removed)."""
+    purged = image_repo.purge_deleted(db.conn, time.time() - purge_after_s)
+    removed = blobs.sweep(image_repo.referenced_blobs(db.conn))
+    return purged, removed
+
+
 def open_services(config: ServerConfig) -> Services:
     data_dir = prepare_data_dir(config.data_dir)
-    db = Database(data_dir / "vitrine.db")
-    return Services(
+    lock_fd = lock_data_dir(data_dir)
+    db = Database(data_dir / DB_FILE)
+    blobs = open_blob_store(data_dir)
+    purged, removed = recover(db, blobs, config.purge_after_s)
+    if purged or removed:
+        log.info("start-up: purged %d deleted images, swept %d unreferenced blobs", purged, removed)
+    services = Services(
         config=config,
         db=db,
         throttle=LoginThrottle(),
         executor=ThreadPoolExecutor(max_workers=8, thread_name_prefix="vitrine-work"),
+        blobs=blobs,
     )
+    services.extras["data_dir_lock"] = lock_fd
+    return services
 
 
 def _quiet_handshake_failures(loop: asyncio.AbstractEventLoop, context: dict) -> None:
@@ -66,6 +119,9 @@ async def serve(
         connections.add(task)
         try:
             await Connection(services, reader, writer).serve()
+        except asyncio.CancelledError:
+            # Cancelled by shutdown: asyncio's stream callback would log it as an error.
+            pass
         finally:
             connections.discard(task)
 
@@ -95,6 +151,7 @@ async def serve(
             await asyncio.wait_for(asyncio.gather(*connections, return_exceptions=True), 5)
         services.executor.shutdown(wait=True, cancel_futures=True)
         services.db.close()
+        os.close(services.extras.pop("data_dir_lock"))
         announce("Vitrine server stopped")
 
 
@@ -105,4 +162,8 @@ def tls_identity(
         raise SystemExit("--tls-cert and --tls-key go together: give both or neither.")
     if cert is None or key is None:
         cert, key = tls.ensure_self_signed(prepare_data_dir(config.data_dir))
-    return tls.server_context(cert, key), tls.certificate_fingerprint(cert)
+    context = tls.server_context(cert, key)
+    # No TLS 1.3 session tickets: nothing uses resumption, and tickets arrive just after the
+    # handshake, exactly when the client's reader thread and its first write share the socket.
+    context.num_tickets = 0
+    return context, tls.certificate_fingerprint(cert)

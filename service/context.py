@@ -8,12 +8,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from protocol.errors import ErrorCode, VitrineError
 from repository.accounts import User
+from repository.blobstore import BlobStore
 from repository.database import Database
 from service.auth import LoginThrottle
+
+if TYPE_CHECKING:
+    from service.ingest import Analyser
 
 T = TypeVar("T")
 
@@ -32,6 +36,12 @@ class ServerConfig:
     handshake_timeout_s: float = 10.0
     write_timeout_s: float = 30.0
     session_lifetime_s: float = 7 * 24 * 3600.0
+    #: Longest side of the thumbnails served in listings (and seen by colours and embeddings).
+    thumbnail_side: int = 256
+    #: Soft-deleted images older than this are purged at start-up (their blobs then swept).
+    purge_after_s: float = 30 * 24 * 3600.0
+    #: Listing cursors kept per connection; the oldest is dropped beyond this.
+    max_cursors: int = 16
 
 
 @dataclass
@@ -42,6 +52,10 @@ class Services:
     db: Database
     throttle: LoginThrottle
     executor: ThreadPoolExecutor
+    #: Encrypted originals and thumbnails.
+    blobs: BlobStore
+    #: Extra upload steps (embeddings) that get each decoded upload once; see service.ingest.
+    analysers: list[Analyser] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

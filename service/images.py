@@ -1,0 +1,260 @@
+"""Image requests: upload, update, delete, fetch one, fetch several (for carts).
+
+Permission rule, the same for every path: a live public image, or one's own, can be seen; a
+private image of someone else answers NOT_FOUND exactly like a missing id, so its existence
+does not leak. Changing an image needs its owner or an admin (FORBIDDEN otherwise).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from protocol.catalog import (
+    Colour,
+    DeleteImage,
+    GetImage,
+    GetImages,
+    ImageDetails,
+    Images,
+    ImageSummary,
+    ImageUpdated,
+    UpdateImage,
+    Uploaded,
+    UploadImage,
+)
+from protocol.errors import ErrorCode, VitrineError
+from protocol.messages import Ok
+from repository import images as repo
+from repository.blobstore import BlobError, BlobStore
+from service.context import RequestContext, Services
+from service.ingest import Upload, ingest
+from service.registry import route
+from util.filenames import display_name
+
+# --- tags ---------------------------------------------------------------------------------------
+
+MAX_TAG_LENGTH = 64
+TAG_RULE = re.compile(r"[^\W_][\w.&+'-]*")
+TAG_RULE_TEXT = (
+    "letters, digits and . & + ' - _ (spaces become '-'), starting with a letter or digit, "
+    f"at most {MAX_TAG_LENGTH} characters"
+)
+
+
+def normalise_tag(raw: str) -> str:
+    """One spelling per tag: NFC, trimmed, lowercase, inner whitespace runs turned into '-'.
+
+    So `Summer Dress`, ` summer  dress ` and `SUMMER-DRESS` are the same tag. Anything else
+    odd (commas, slashes, quotes, control characters, an empty name) is refused rather than
+    silently rewritten, because a tag is something people type again to find things.
+    """
+    tag = "-".join(unicodedata.normalize("NFC", raw).strip().lower().split())
+    if not tag:
+        raise VitrineError(ErrorCode.BAD_REQUEST, "A tag cannot be empty.")
+    if len(tag) > MAX_TAG_LENGTH or not TAG_RULE.fullmatch(tag):
+        raise VitrineError(
+            ErrorCode.BAD_REQUEST, f"Invalid tag {raw!r:.80}: tags use {TAG_RULE_TEXT}."
+        )
+    return tag
+
+
+def normalise_tags(raw: list[str]) -> list[str]:
+    """Normalised and without repeats, in the order given."""
+    return list(dict.fromkeys(normalise_tag(t) for t in raw))
+
+
+def _clean_text(text: str, what: str) -> str:
+    """Titles and descriptions are shown in terminals: refuse control characters outright."""
+    text = unicodedata.normalize("NFC", text).strip()
+    if any(unicodedata.category(ch) == "Cc" and ch not in "\n\t" for ch in text):
+        raise VitrineError(
+            ErrorCode.BAD_REQUEST, f"The {what} contains control characters; remove them."
+        )
+    return text
+
+
+# --- wire shapes --------------------------------------------------------------------------------
+
+
+def summary(record: repo.ImageRecord, thumbnail: bytes | None = None) -> ImageSummary:
+    return ImageSummary(
+        id=record.id,
+        title=record.title,
+        description=record.description,
+        filename=record.filename,
+        tags=list(record.tags),
+        price_cents=record.price_cents,
+        quantity=record.quantity,
+        owner=record.owner,
+        visibility="private" if record.private else "public",
+        created_at=record.created_at,
+        width=record.width,
+        height=record.height,
+        palette=[
+            Colour(
+                r=c.r,
+                g=c.g,
+                b=c.b,
+                hue=c.hue,
+                saturation=c.saturation,
+                lightness=c.lightness,
+                share=c.share,
+            )
+            for c in record.palette
+        ],
+        thumbnail=thumbnail,
+    )
+
+
+def read_thumbnails(blobs: BlobStore, records: list[repo.ImageRecord]) -> list[bytes | None]:
+    """Decrypt the thumbnails of one batch (run in the executor); a damaged one is left out
+    rather than failing the whole listing, and `server.py --check` reports it."""
+    out: list[bytes | None] = []
+    for record in records:
+        try:
+            out.append(blobs.get(record.thumb_blob))
+        except BlobError:
+            out.append(None)
+    return out
+
+
+async def summaries(
+    services: Services, records: list[repo.ImageRecord], thumbnails: bool
+) -> list[ImageSummary]:
+    """Wire summaries for a batch; thumbnails are read only for these rows, only if asked."""
+    if not thumbnails or not records:
+        return [summary(r) for r in records]
+    thumbs = await services.run(read_thumbnails, services.blobs, records)
+    return [summary(r, t) for r, t in zip(records, thumbs, strict=True)]
+
+
+def _not_found(image_id: int) -> VitrineError:
+    return VitrineError(ErrorCode.NOT_FOUND, f"There is no image {image_id} you can see.")
+
+
+async def _editable(ctx: RequestContext, image_id: int) -> repo.ImageRecord:
+    """The live image `image_id` if the user may change it; the errors say why not."""
+    record = await ctx.services.db_call(repo.image_by_id, image_id)
+    user = ctx.user
+    if record is None or record.deleted_at is not None:
+        raise _not_found(image_id)
+    if record.owner_id == user.id or user.is_admin:
+        return record
+    if record.private:
+        raise _not_found(image_id)
+    raise VitrineError(
+        ErrorCode.FORBIDDEN,
+        f"Image {image_id} belongs to {record.owner}; only its owner or an admin may change it.",
+    )
+
+
+# --- handlers -----------------------------------------------------------------------------------
+
+
+@route(UploadImage)
+async def upload_image(ctx: RequestContext, request: UploadImage) -> Uploaded:
+    upload = Upload(
+        owner_id=ctx.user.id,
+        data=request.data,
+        filename=display_name(request.filename),
+        title=_clean_text(request.title, "title"),
+        description=_clean_text(request.description, "description"),
+        tags=normalise_tags(request.tags),
+        price_cents=request.price_cents,
+        quantity=request.quantity,
+        private=request.private,
+    )
+    image_id, created = await ingest(ctx.services, upload)
+    return Uploaded(id=request.id, image_id=image_id, created=created)
+
+
+@route(UpdateImage)
+async def update_image(ctx: RequestContext, request: UpdateImage) -> ImageUpdated:
+    add = normalise_tags(request.add_tags)
+    remove = normalise_tags(request.remove_tags)
+    both = set(add) & set(remove)
+    if both:
+        raise VitrineError(
+            ErrorCode.BAD_REQUEST,
+            f"Tags both added and removed: {', '.join(sorted(both))}; choose one.",
+        )
+    changes = repo.Changes(
+        title=None if request.title is None else _clean_text(request.title, "title"),
+        description=(
+            None if request.description is None else _clean_text(request.description, "description")
+        ),
+        price_cents=request.price_cents,
+        quantity=request.quantity,
+        private=request.private,
+        add_tags=add,
+        remove_tags=remove,
+    )
+    if (
+        all(
+            v is None
+            for v in (
+                changes.title,
+                changes.description,
+                changes.price_cents,
+                changes.quantity,
+                changes.private,
+            )
+        )
+        and not add
+        and not remove
+    ):
+        raise VitrineError(
+            ErrorCode.BAD_REQUEST,
+            "Nothing to change: give a new title, description, price, quantity, tags or "
+            "visibility.",
+        )
+    await _editable(ctx, request.image_id)
+    if not await ctx.services.db_call(repo.update_image, request.image_id, changes):
+        raise _not_found(request.image_id)
+    record = await ctx.services.db_call(repo.image_by_id, request.image_id)
+    assert record is not None
+    return ImageUpdated(id=request.id, image=summary(record))
+
+
+@route(DeleteImage)
+async def delete_image(ctx: RequestContext, request: DeleteImage) -> Ok:
+    await _editable(ctx, request.image_id)
+    if not await ctx.services.db_call(repo.soft_delete, request.image_id):
+        raise _not_found(request.image_id)
+    return Ok(id=request.id)
+
+
+@route(GetImage)
+async def get_image(ctx: RequestContext, request: GetImage) -> ImageDetails:
+    services = ctx.services
+    found = await services.db_call(repo.images_by_ids, [request.image_id], ctx.user.id)
+    if not found:
+        raise _not_found(request.image_id)
+    record = found[0]
+
+    def read() -> tuple[bytes | None, bytes | None]:
+        thumb = read_thumbnails(services.blobs, [record])[0]
+        return thumb, services.blobs.get(record.blob) if request.with_original else None
+
+    try:
+        thumbnail, original = await services.run(read)
+    except BlobError:
+        raise VitrineError(
+            ErrorCode.INTERNAL,
+            f"The stored original of image {record.id} cannot be read; the server operator "
+            "should run `server.py --check`.",
+        ) from None
+    return ImageDetails(
+        id=request.id,
+        image=summary(record, thumbnail),
+        original=original,
+        format=record.format,
+        byte_size=record.byte_size,
+    )
+
+
+@route(GetImages)
+async def get_images(ctx: RequestContext, request: GetImages) -> Images:
+    records = await ctx.services.db_call(repo.images_by_ids, request.image_ids, ctx.user.id)
+    return Images(id=request.id, items=await summaries(ctx.services, records, request.thumbnails))
