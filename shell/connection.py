@@ -108,10 +108,12 @@ class ServerConnection:
         self._closed.set()
         self.close_reason = "not connected"
         self._server_reason: str | None = None
+        self._reader: threading.Thread | None = None
 
     # --- connecting ------------------------------------------------------------------------------
 
     def connect(self) -> Welcome:
+        self._drop_socket()
         try:
             raw = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT_S)
         except OSError as exc:
@@ -135,7 +137,10 @@ class ServerConnection:
         self._sock = sock
         self._server_reason = None
         self._closed.clear()
-        threading.Thread(target=self._read_loop, name="vitrine-reader", daemon=True).start()
+        self._reader = threading.Thread(
+            target=self._read_loop, args=(sock,), name="vitrine-reader", daemon=True
+        )
+        self._reader.start()
         welcome = self.call(Hello(id=0, protocol=PROTOCOL_VERSION, client="vitrine-shell"), Welcome)
         self.limits = welcome.limits
         self.server_version = welcome.server_version
@@ -146,12 +151,21 @@ class ServerConnection:
         return not self._closed.is_set()
 
     def close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+        self._drop_socket()
         self._mark_closed("closed by the client")
+
+    def _drop_socket(self) -> None:
+        """Stop the reader before closing the socket: a reader still blocked in recv on a closed
+        descriptor would read from whatever socket the OS gives that number to next."""
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        reader = self._reader
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(timeout=5)
+        sock.close()
 
     # --- requests --------------------------------------------------------------------------------
 
@@ -227,11 +241,10 @@ class ServerConnection:
             if final or isinstance(result, BaseException):
                 pending.replies.put(_END)
 
-    def _read_loop(self) -> None:
-        sock = self._sock
+    def _read_loop(self, sock: ssl.SSLSocket) -> None:
         reason = "the server closed the connection"
         try:
-            while sock is not None:
+            while True:
                 body = framing.read_frame_blocking(sock, self.max_frame)
                 if body is None:
                     break
