@@ -79,3 +79,13 @@ def test_length_is_checked_before_the_body() -> None:
 
     with pytest.raises(framing.FrameTooLarge):
         asyncio.run(read())
+
+
+def test_every_message_is_documented() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    for message_type in ALL_TYPES:
+        assert f"### `{message_type.__name__}`" in doc, (
+            f"{message_type.__name__} is missing: run scripts/protocol_reference.py --write"
+        )
