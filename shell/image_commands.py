@@ -17,7 +17,7 @@ from typing import Any
 
 import cmd2
 import msgspec
-from rich.console import Console, Group
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -445,7 +445,11 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             shell.stdout.write(msgspec.json.encode(value).decode() + "\n")
             shell.stdout.flush()
         else:
-            shell.poutput(self._details(answer, mode), soft_wrap=False)
+            picture, facts = self._details(answer, mode)
+            if picture is not None:
+                # A half-block picture ends without a newline; printed alone, it gets one.
+                shell.poutput(picture, soft_wrap=False)
+            shell.poutput(facts, soft_wrap=False)
         if target is not None:
             message = f"Saved the original of #{image.id} to {target}."
             if args.json:
@@ -487,7 +491,8 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             temporary.unlink(missing_ok=True)
 
     @staticmethod
-    def _details(answer: ImageDetails, mode: listing.GraphicsMode) -> Any:
+    def _details(answer: ImageDetails, mode: listing.GraphicsMode) -> tuple[Any, Table]:
+        """(the picture or None, the table of facts)."""
         image = answer.image
         facts = Table.grid(padding=(0, 2))
         facts.add_column(style="bold", no_wrap=True)
@@ -513,9 +518,9 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             facts.add_row(name, value)
         picture_bytes = answer.original or image.thumbnail
         if mode == "none" or not picture_bytes:
-            return facts
+            return None, facts
         columns = shutil.get_terminal_size((80, 24)).columns
         width = max(8, min(SHOW_CELLS[0], columns - 2))
         aspect = image.height / image.width if image.width and image.height else 1.0
         height = max(4, min(SHOW_CELLS[1], round(width * aspect / 2)))
-        return Group(picture_renderable(picture_bytes, mode, width, height), facts)
+        return picture_renderable(picture_bytes, mode, width, height), facts

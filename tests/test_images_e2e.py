@@ -174,8 +174,11 @@ def test_table_for_people_and_contact_sheet(alice: Shell, tmp_path: Path) -> Non
 
 
 def test_pictures_are_drawn_when_forced_and_not_in_json(alice: Shell, tmp_path: Path) -> None:
-    _upload_one(alice, _jpeg(tmp_path / "drawn.jpg", 77, (64, 64)), "--tags drawn-e2e")
+    image = _upload_one(alice, _jpeg(tmp_path / "drawn.jpg", 77, (64, 64)), "--tags drawn-e2e")
     blocks = {"VITRINE_GRAPHICS": "blocks"}
+    shown = alice(f"show_image {image}", env=blocks)
+    assert "▀" in shown.out or "▄" in shown.out, shown
+    assert any(line.startswith("id ") for line in shown.out.splitlines()), shown
     drawn = alice("browse_by_tags drawn-e2e", env=blocks)
     assert "▀" in drawn.out or "▄" in drawn.out, drawn
     plain = alice("browse_by_tags drawn-e2e --no-images", env=blocks)
