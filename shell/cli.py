@@ -11,7 +11,7 @@ from protocol.pinning import KnownServers, PinningError
 from shell.account_commands import AccountCommands
 from shell.app import VitrineShell
 from shell.browse_commands import BrowseCommands
-from shell.connection import ServerConnection, TrustPolicy
+from shell.connection import ConnectionLost, ServerConnection, TrustPolicy
 from shell.image_commands import ImageCommands
 from shell.session import ClientSession
 from util import config as cfg
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         connection.connect()
-    except (ConnectionError, PinningError, VitrineError) as exc:
+    except (ConnectionError, ConnectionLost, PinningError, VitrineError) as exc:
         print(f"vitrine: {exc}", file=sys.stderr)
         return 2
 
