@@ -19,7 +19,7 @@ from protocol import tls
 from repository import images as image_repo
 from repository.blobstore import BlobStore, load_or_create_key
 from repository.database import Database
-from service import accounts, images, listings  # noqa: F401  (they register their routes)
+from service import accounts, cart, images, listings  # noqa: F401  (they register their routes)
 from service.auth import LoginThrottle
 from service.connection import Connection
 from service.context import ServerConfig, Services

@@ -11,6 +11,7 @@ from protocol.pinning import KnownServers, PinningError
 from shell.account_commands import AccountCommands
 from shell.app import VitrineShell
 from shell.browse_commands import BrowseCommands
+from shell.cart_commands import CartCommands
 from shell.connection import ConnectionLost, ServerConnection, TrustPolicy
 from shell.image_commands import ImageCommands
 from shell.session import ClientSession
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         session,
         data_dir=data_dir,
         config_dir=config_dir,
-        command_sets=[AccountCommands(), ImageCommands(), BrowseCommands()],
+        command_sets=[AccountCommands(), ImageCommands(), BrowseCommands(), CartCommands()],
         allow_cli_args=False,
     )
     shell.intro = (

@@ -1,0 +1,124 @@
+"""Checkout, a buyer's orders and a seller's sales. (Carts live on the client; `GetImages`, which
+they use for fresh prices and stock, is answered by service.images.)
+
+Checkout contract:
+
+* The lines must name distinct images (a repeat is BAD_REQUEST: the client merges them).
+* Everything is decided in one transaction (repository.orders.place_order): every line must be
+  visible to the buyer (someone else's private image is treated exactly like a missing one),
+  live, not the buyer's own, priced as `expected_price_cents` when that is given, and in stock.
+  Either the order is recorded with every line and stock decremented, or nothing changes.
+* Buying one's own image is refused: stock is the seller's to set with `update_image`, and an
+  "order" from oneself would only muddle the sales figures.
+* A refusal is one `Error` whose `details` hold one sentence per failing line, in request
+  order, each starting `image <id>: ` so a client can match it to its line. Its code is the
+  kind of problem when all failing lines share it, and CONFLICT when they differ:
+
+  | every failing line is...            | code          |
+  | ---                                 | ---           |
+  | short of stock                      | OUT_OF_STOCK  |
+  | gone (missing, deleted, hidden)     | NOT_FOUND     |
+  | priced differently than expected    | CONFLICT      |
+  | the buyer's own image               | FORBIDDEN     |
+  | a mix of the above                  | CONFLICT      |
+
+`ListOrders` answers the user's orders, newest first, with all lines. `ListSales` answers the
+orders that bought the user's images, newest first, each with only that user's lines, its
+`buyer` filled in, and `total_cents` the sum of those lines (the seller's takings).
+"""
+
+from __future__ import annotations
+
+from protocol.catalog import (
+    Checkout,
+    ListOrders,
+    ListSales,
+    Order,
+    OrderLine,
+    OrderList,
+    OrderPlaced,
+)
+from protocol.errors import ErrorCode, VitrineError
+from repository import orders as repo
+from service.context import RequestContext
+from service.registry import route
+
+_CODES = {
+    repo.Refusal.OUT_OF_STOCK: ErrorCode.OUT_OF_STOCK,
+    repo.Refusal.GONE: ErrorCode.NOT_FOUND,
+    repo.Refusal.PRICE_CHANGED: ErrorCode.CONFLICT,
+    repo.Refusal.OWN_IMAGE: ErrorCode.FORBIDDEN,
+}
+
+
+def order_message(record: repo.OrderRecord) -> Order:
+    return Order(
+        id=record.id,
+        created_at=record.created_at,
+        total_cents=record.total_cents,
+        buyer=record.buyer,
+        lines=[
+            OrderLine(
+                image_id=line.image_id,
+                title=line.title,
+                quantity=line.quantity,
+                unit_price_cents=line.unit_price_cents,
+                seller=line.seller,
+                buyer=line.buyer,
+            )
+            for line in record.lines
+        ],
+    )
+
+
+def refusal_error(failures: list[repo.LineFailure], line_count: int) -> VitrineError:
+    kinds = {failure.refusal for failure in failures}
+    code = _CODES[kinds.pop()] if len(kinds) == 1 else ErrorCode.CONFLICT
+    failed = len(failures)
+    if line_count == 1:
+        what = "the line cannot be bought as it is"
+    elif failed == 1:
+        what = f"1 of {line_count} lines cannot be bought as it is"
+    else:
+        what = f"{failed} of {line_count} lines cannot be bought as they are"
+    return VitrineError(
+        code,
+        f"Nothing was bought: {what}.",
+        [f"image {failure.image_id}: {failure.reason}" for failure in failures],
+    )
+
+
+@route(Checkout)
+async def checkout(ctx: RequestContext, request: Checkout) -> OrderPlaced:
+    seen: set[int] = set()
+    for line in request.lines:
+        if line.image_id in seen:
+            raise VitrineError(
+                ErrorCode.BAD_REQUEST,
+                f"Image {line.image_id} appears on two lines; send each image once with the "
+                "total quantity.",
+            )
+        seen.add(line.image_id)
+    wanted = [
+        repo.WantedLine(line.image_id, line.quantity, line.expected_price_cents)
+        for line in request.lines
+    ]
+    try:
+        order_id = await ctx.services.db_call(repo.place_order, ctx.user.id, wanted)
+    except repo.CheckoutRefused as refused:
+        raise refusal_error(refused.failures, len(wanted)) from None
+    record = await ctx.services.db_call(repo.order_by_id, order_id)
+    assert record is not None
+    return OrderPlaced(id=request.id, order=order_message(record))
+
+
+@route(ListOrders)
+async def list_orders(ctx: RequestContext, request: ListOrders) -> OrderList:
+    records = await ctx.services.db_call(repo.orders_of_buyer, ctx.user.id)
+    return OrderList(id=request.id, orders=[order_message(record) for record in records])
+
+
+@route(ListSales)
+async def list_sales(ctx: RequestContext, request: ListSales) -> OrderList:
+    records = await ctx.services.db_call(repo.sales_of_seller, ctx.user.id)
+    return OrderList(id=request.id, orders=[order_message(record) for record in records])

@@ -1,0 +1,719 @@
+"""Cart commands: add_to_cart, view_cart, update_cart, remove_from_cart, clear_cart, checkout,
+orders and sales.
+
+The cart itself is shell.cart_store's (a local file per server and user); the server only
+answers fresh facts (`GetImages`) and decides checkouts. Choices made here:
+
+* `add_to_cart` asks the server first, so an image that is missing, deleted, someone else's
+  private one, the user's own, or short of stock is refused before it reaches the cart.
+* A line keeps the unit price seen when it was added; `view_cart` and `checkout` fetch fresh
+  prices and stock and warn per line (price changed, stock short, image gone).
+* `update_cart` re-reads the line's price and shows it, so the line then holds the price the
+  buyer just saw.
+* `checkout` shows the lines at current prices and asks. Confirmed at a terminal, the order is
+  placed at the prices shown; with `--yes` (scripts) it is placed at the prices stored in the
+  cart, so a changed price makes the server refuse that line rather than charge a price nobody
+  saw. Lines already known to be unbuyable (gone, short) stop the checkout before it is sent.
+  On any refusal the cart stays as it was and each failing line is named with its reason; on
+  success the bought lines leave the cart and the order id is shown.
+* A connection lost while a checkout is in flight leaves the outcome unknown: the cart is kept
+  and the user is told to look at `orders` before trying again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import cmd2
+import msgspec
+from cmd2 import Choices, CompletionItem
+from rich.table import Table
+from rich.text import Text
+
+from protocol.catalog import (
+    CartLine,
+    Checkout,
+    GetImages,
+    Images,
+    ImageSummary,
+    ListOrders,
+    ListSales,
+    Order,
+    OrderList,
+    OrderPlaced,
+)
+from protocol.errors import VitrineError
+from shell import listing
+from shell.app import CART, CommandFailed, VitrineShell, parser
+from shell.cart_store import MAX_LINES, Cart, CartError, CartItem, CartStore
+from shell.connection import ConnectionLost
+from shell.pictures import picture_renderable
+from util.money import format_cents
+
+#: A server detail line names its image first: "image 12: sold out, 1 wanted".
+_DETAIL = re.compile(r"image (\d+): (.*)", re.DOTALL)
+
+
+# --- arguments -----------------------------------------------------------------------------------
+
+
+def image_id(text: str) -> int:
+    try:
+        value = int(text.strip().lstrip("#"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an image id (a number)") from None
+    if not 1 <= value <= 2**53:
+        raise argparse.ArgumentTypeError(f"{value} is not an image id")
+    return value
+
+
+def whole_number(text: str) -> int:
+    """Any integer: the command, not argparse, explains why zero or a negative is refused."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def store_for(shell: cmd2.Cmd) -> CartStore:
+    session = shell.session  # type: ignore[attr-defined]
+    if session.user is None:
+        raise CommandFailed("Log in first: carts belong to a user.")
+    return CartStore(
+        shell.data_dir,  # type: ignore[attr-defined]
+        session.server,
+        session.user,
+        notice=lambda text: shell.perror(text, style=None),
+    )
+
+
+def complete_cart_ids(app: cmd2.Cmd) -> Choices:
+    """Ids in the cart, with their titles; completion must never break the prompt."""
+    try:
+        cart = store_for(app).load()
+    except Exception:  # any failure here only means no suggestions
+        return Choices(items=[])
+    return Choices(
+        items=[
+            CompletionItem(str(line.image_id), display_meta=listing.printable(line.title)[:40])
+            for line in cart.lines
+        ]
+    )
+
+
+# --- fresh facts about cart lines ----------------------------------------------------------------
+
+
+@dataclass
+class LineView:
+    """A cart line next to what the server says now."""
+
+    item: CartItem
+    fresh: ImageSummary | None
+    warnings: list[str] = field(default_factory=list)
+    #: True when checkout cannot succeed as the line is (gone, short of stock, own image).
+    blocked: bool = False
+
+    @property
+    def title(self) -> str:
+        return self.fresh.title if self.fresh is not None else self.item.title
+
+    @property
+    def unit_price(self) -> int | None:
+        return self.fresh.price_cents if self.fresh is not None else None
+
+    @property
+    def line_total(self) -> int | None:
+        price = self.unit_price
+        return None if price is None else price * self.item.quantity
+
+
+def fetch_images(shell: cmd2.Cmd, ids: list[int], thumbnails: bool) -> dict[int, ImageSummary]:
+    found: dict[int, ImageSummary] = {}
+    for start in range(0, len(ids), MAX_LINES):
+        request = GetImages(id=0, image_ids=ids[start : start + MAX_LINES], thumbnails=thumbnails)
+        answer = shell.session.call(request, Images)  # type: ignore[attr-defined]
+        found.update((item.id, item) for item in answer.items)
+    return found
+
+
+def assess(cart: Cart, fresh: dict[int, ImageSummary], me: str) -> list[LineView]:
+    views = []
+    for item in cart.lines:
+        view = LineView(item, fresh.get(item.image_id))
+        now = view.fresh
+        if now is None:
+            view.warnings.append("gone: deleted, made private or no longer there")
+            view.blocked = True
+        else:
+            if now.owner == me:
+                view.warnings.append("your own image: you cannot buy it")
+                view.blocked = True
+            if now.price_cents != item.price_cents:
+                view.warnings.append(
+                    f"price changed: was {format_cents(item.price_cents)}, "
+                    f"now {format_cents(now.price_cents)}"
+                )
+            if now.quantity < item.quantity:
+                view.warnings.append(
+                    "sold out" if now.quantity == 0 else f"stock short: only {now.quantity} left"
+                )
+                view.blocked = True
+        views.append(view)
+    return views
+
+
+def _total(views: list[LineView]) -> int:
+    return sum(view.line_total or 0 for view in views)
+
+
+def cart_table(views: list[LineView], mode: listing.GraphicsMode) -> Table:
+    pictures = mode != "none" and any(v.fresh and v.fresh.thumbnail for v in views)
+    table = Table(show_lines=pictures, header_style="bold")
+    if pictures:
+        table.add_column("", width=listing.THUMB_CELLS[0], no_wrap=True)
+    table.add_column("id", justify="right", no_wrap=True)
+    table.add_column("title", overflow="fold", ratio=3)
+    table.add_column("price", justify="right", no_wrap=True)
+    table.add_column("qty", justify="right", no_wrap=True)
+    table.add_column("total", justify="right", no_wrap=True)
+    table.add_column("notes", overflow="fold", ratio=2)
+    for view in views:
+        row: list[Any] = []
+        if pictures:
+            thumb = view.fresh.thumbnail if view.fresh else None
+            row.append(picture_renderable(thumb, mode, *listing.THUMB_CELLS) if thumb else Text(""))
+        price = view.unit_price
+        total = view.line_total
+        row += [
+            str(view.item.image_id),
+            Text(listing.printable(view.title)),
+            format_cents(price) if price is not None else Text("-", style="dim"),
+            str(view.item.quantity),
+            format_cents(total) if total is not None else Text("-", style="dim"),
+            Text("; ".join(view.warnings), style="red" if view.blocked else "yellow"),
+        ]
+        table.add_row(*row)
+    return table
+
+
+def line_json(view: LineView) -> dict[str, Any]:
+    price, total = view.unit_price, view.line_total
+    return {
+        "id": view.item.image_id,
+        "title": view.title,
+        "quantity": view.item.quantity,
+        "price": None if price is None else format_cents(price),
+        "price_when_added": format_cents(view.item.price_cents),
+        "line_total": None if total is None else format_cents(total),
+        "stock": None if view.fresh is None else view.fresh.quantity,
+        "available": not view.blocked,
+        "warnings": view.warnings,
+    }
+
+
+def _write_json(shell: cmd2.Cmd, values: list[dict[str, Any]]) -> None:
+    for value in values:
+        shell.stdout.write(msgspec.json.encode(value).decode() + "\n")
+    shell.stdout.flush()
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def order_json(order: Order) -> dict[str, Any]:
+    return {
+        "id": order.id,
+        "created_at": order.created_at,
+        "date": _iso(order.created_at),
+        "total": format_cents(order.total_cents),
+        "lines": [
+            {
+                "image_id": line.image_id,
+                "title": line.title,
+                "seller": line.seller,
+                "quantity": line.quantity,
+                "unit_price": format_cents(line.unit_price_cents),
+                "line_total": format_cents(line.quantity * line.unit_price_cents),
+            }
+            for line in order.lines
+        ],
+    }
+
+
+# --- the commands --------------------------------------------------------------------------------
+
+
+class CartCommands(cmd2.CommandSet[VitrineShell]):
+    DEFAULT_CATEGORY = CART
+
+    def _store(self) -> CartStore:
+        return store_for(self._cmd)
+
+    def _views(self, cart: Cart, thumbnails: bool) -> list[LineView]:
+        shell = self._cmd
+        fresh = fetch_images(shell, [line.image_id for line in cart.lines], thumbnails)
+        return assess(cart, fresh, shell.session.user or "")
+
+    # --- add -------------------------------------------------------------------------------------
+
+    add_parser = parser(
+        "Put an image in your cart (ids come from any listing). Refused if the image is not "
+        "available to you, is your own, or has less stock than your cart would hold."
+    )
+    add_parser.add_argument(
+        "image_id",
+        type=image_id,
+        metavar="ID",
+        choices_provider=listing.complete_recent_ids,
+        help="the image",
+    )
+    add_parser.add_argument(
+        "quantity", type=whole_number, nargs="?", default=1, metavar="QTY", help="default 1"
+    )
+
+    @cmd2.with_argparser(add_parser)
+    def do_add_to_cart(self, args: argparse.Namespace) -> None:
+        shell = self._cmd
+        number, quantity = args.image_id, args.quantity
+        if quantity < 1:
+            raise CommandFailed(f"A quantity must be 1 or more, not {quantity}.")
+        image = fetch_images(shell, [number], thumbnails=False).get(number)
+        if image is None:
+            raise CommandFailed(
+                f"Image {number} is not available: it does not exist, was deleted, or is "
+                "private to its owner. Nothing was added."
+            )
+        title = listing.printable(image.title) or f"#{number}"
+        if image.owner == shell.session.user:
+            raise CommandFailed(f"Image {number} ({title}) is your own; you cannot buy it.")
+        store = self._store()
+        try:
+            with store.edit() as cart:
+                line = cart.find(number)
+                wanted = quantity + (line.quantity if line else 0)
+                if image.quantity < wanted:
+                    have = f"; your cart already holds {line.quantity}" if line else ""
+                    if image.quantity == 0:
+                        raise CartError(f"Image {number} ({title}) is sold out{have}.")
+                    raise CartError(
+                        f"Only {image.quantity} of image {number} ({title}) in stock; you asked "
+                        f"for {wanted} in all{have}. Nothing was added."
+                    )
+                line = cart.add(number, quantity, image.price_cents, image.title)
+                listing.memory(shell).remember([image])
+        except CartError as exc:
+            raise CommandFailed(str(exc)) from None
+        shell.poutput(
+            f"Added {quantity} x {title} (#{number}) at {format_cents(image.price_cents)} each; "
+            f"the cart holds {line.quantity} of it, {plural(len(cart), 'line')} in all."
+        )
+
+    # --- view ------------------------------------------------------------------------------------
+
+    view_parser = parser(
+        "Show your cart with current prices and stock from the server; each line warns when "
+        "its price changed since you added it, its stock is short, or its image is gone."
+    )
+    view_parser.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line, then one with the total (prices as decimal strings)",
+    )
+    view_parser.add_argument(
+        "--no-images", dest="images", action="store_false", help="leave the thumbnails out"
+    )
+
+    @cmd2.with_argparser(view_parser)
+    def do_view_cart(self, args: argparse.Namespace) -> None:
+        shell = self._cmd
+        try:
+            cart = self._store().load()
+        except CartError as exc:
+            raise CommandFailed(str(exc)) from None
+        mode = listing.graphics_mode(shell) if args.images and not args.json else "none"
+        views = self._views(cart, thumbnails=mode != "none") if cart.lines else []
+        total = _total(views)
+        flagged = sum(1 for view in views if view.warnings)
+        if args.json:
+            summary = {
+                "total": format_cents(total),
+                "lines": len(views),
+                "units": cart.units,
+                "warnings": flagged,
+            }
+            _write_json(shell, [*(line_json(view) for view in views), summary])
+            return
+        if not views:
+            shell.poutput("Your cart is empty: add_to_cart ID [QTY] puts an image in it.")
+            return
+        shell.poutput(cart_table(views, mode), soft_wrap=False)
+        shell.poutput(
+            f"{plural(len(views), 'line')}, {plural(cart.units, 'item')}. Total at current prices: "
+            f"{format_cents(total)}."
+        )
+        if flagged:
+            shell.poutput(f"{plural(flagged, 'line')} need attention; see the notes column.")
+
+    # --- update / remove / clear ----------------------------------------------------------------
+
+    update_parser = parser(
+        "Change how many of an image your cart holds (0 removes the line). The line then holds "
+        "the image's current price, which is shown."
+    )
+    update_parser.add_argument(
+        "image_id",
+        type=image_id,
+        metavar="ID",
+        choices_provider=complete_cart_ids,
+        help="an image in the cart",
+    )
+    update_parser.add_argument("quantity", type=whole_number, metavar="QTY", help="the new count")
+
+    @cmd2.with_argparser(update_parser)
+    def do_update_cart(self, args: argparse.Namespace) -> None:
+        shell = self._cmd
+        number, quantity = args.image_id, args.quantity
+        store = self._store()
+        try:
+            if quantity < 0:
+                store.load().get(number)  # an id not in the cart is the first thing to say
+                raise CartError(
+                    f"A quantity must be 1 or more, not {quantity} (0 removes the line)."
+                )
+            if quantity == 0:
+                with store.edit() as cart:
+                    removed = cart.remove(number)
+                shell.poutput(f"Removed {listing.printable(removed.title)} (#{number}).")
+                return
+            store.load().get(number)
+            image = fetch_images(shell, [number], thumbnails=False).get(number)
+            if image is None:
+                raise CartError(
+                    f"Image {number} is gone (deleted, or made private); remove_from_cart "
+                    f"{number} takes it out of the cart."
+                )
+            if image.quantity < quantity:
+                raise CartError(
+                    f"Only {image.quantity} of image {number} in stock; the cart is unchanged."
+                )
+            with store.edit() as cart:
+                line = cart.get(number)
+                old_price = line.price_cents
+                cart.set_quantity(number, quantity)
+                line.price_cents, line.title = image.price_cents, image.title
+        except CartError as exc:
+            raise CommandFailed(str(exc)) from None
+        note = (
+            f" (was {format_cents(old_price)} when added)" if old_price != image.price_cents else ""
+        )
+        shell.poutput(
+            f"The cart now holds {quantity} x {listing.printable(image.title)} (#{number}) at "
+            f"{format_cents(image.price_cents)} each{note}."
+        )
+
+    remove_parser = parser("Take images out of your cart.")
+    remove_parser.add_argument(
+        "image_ids",
+        type=image_id,
+        nargs="+",
+        metavar="ID",
+        choices_provider=complete_cart_ids,
+        help="images in the cart",
+    )
+
+    @cmd2.with_argparser(remove_parser)
+    def do_remove_from_cart(self, args: argparse.Namespace) -> None:
+        shell = self._cmd
+        missing: list[str] = []
+        try:
+            with self._store().edit() as cart:
+                for number in dict.fromkeys(args.image_ids):
+                    if cart.find(number) is None:
+                        missing.append(str(number))
+                        continue
+                    removed = cart.remove(number)
+                    shell.poutput(f"Removed {listing.printable(removed.title)} (#{number}).")
+        except CartError as exc:
+            raise CommandFailed(str(exc)) from None
+        if missing:
+            raise CommandFailed(f"Not in your cart: {', '.join(missing)}; view_cart lists what is.")
+
+    @cmd2.with_argparser(parser("Empty your cart."))
+    def do_clear_cart(self, _: argparse.Namespace) -> None:
+        try:
+            with self._store().edit() as cart:
+                count = cart.clear()
+        except CartError as exc:
+            raise CommandFailed(str(exc)) from None
+        if count:
+            self._cmd.poutput(f"Emptied the cart ({plural(count, 'line')}).")
+        else:
+            self._cmd.poutput("Your cart was already empty.")
+
+    # --- checkout --------------------------------------------------------------------------------
+
+    checkout_parser = parser(
+        "Buy everything in your cart in one order: all lines or none. Shows the lines and the "
+        "total at current prices and asks first; --yes buys without asking, at the prices "
+        "stored in the cart (a line whose price changed is then refused, not charged)."
+    )
+    checkout_parser.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
+    checkout_parser.add_argument(
+        "--json", action="store_true", help="print the placed order as one JSON object"
+    )
+    checkout_parser.add_argument(
+        "--no-images", dest="images", action="store_false", help="leave the thumbnails out"
+    )
+
+    @cmd2.with_argparser(checkout_parser)
+    def do_checkout(self, args: argparse.Namespace) -> None:
+        shell = self._cmd
+        store = self._store()
+        try:
+            cart = store.load()
+        except CartError as exc:
+            raise CommandFailed(str(exc)) from None
+        if not cart.lines:
+            raise CommandFailed("Your cart is empty: add_to_cart ID [QTY] first.")
+        if not args.yes and not shell.stdin.isatty():
+            raise CommandFailed(
+                "checkout asks for confirmation and there is no terminal to ask at: pass "
+                "--yes to buy without being asked. Nothing was bought."
+            )
+        mode = listing.graphics_mode(shell) if args.images and not args.json else "none"
+        views = self._views(cart, thumbnails=mode != "none")
+        total = _total(views)
+        say = (lambda text: shell.perror(text, style=None)) if args.json else shell.poutput
+        if not args.json:
+            shell.poutput(cart_table(views, mode), soft_wrap=False)
+        say(
+            f"{plural(len(views), 'line')}, {plural(cart.units, 'item')}. Total at current prices: "
+            f"{format_cents(total)}."
+        )
+        blocked = [view for view in views if view.blocked]
+        if blocked:
+            for view in blocked:
+                shell.perror(
+                    f"  #{view.item.image_id} {listing.printable(view.title)}: "
+                    f"{'; '.join(view.warnings)}",
+                    style=None,
+                )
+            raise CommandFailed(
+                f"Not bought: {plural(len(blocked), 'line')} cannot be bought now (see above); "
+                "fix with update_cart or remove_from_cart. Your cart is unchanged."
+            )
+        if args.yes:
+            prices = {line.image_id: line.price_cents for line in cart.lines}
+        else:
+            if not shell.ask_yes_no(f"Buy these {cart.units} items for {format_cents(total)}?"):
+                shell.poutput("Checkout cancelled; your cart is unchanged.")
+                return
+            prices = {view.item.image_id: view.unit_price or 0 for view in views}
+        request = Checkout(
+            id=0,
+            lines=[
+                CartLine(
+                    image_id=line.image_id,
+                    quantity=line.quantity,
+                    expected_price_cents=prices[line.image_id],
+                )
+                for line in cart.lines
+            ],
+        )
+        try:
+            placed = shell.session.call(request, OrderPlaced)
+        except ConnectionLost as exc:
+            raise CommandFailed(
+                f"The connection was lost during checkout ({exc}), so it is not known whether "
+                "the order went through. Your cart is unchanged: run `orders` to check before "
+                "checking out again."
+            ) from None
+        except VitrineError as exc:
+            self._report_refusal(cart, exc)
+            raise CommandFailed(
+                f"Checkout refused ({exc.code.value}): nothing was bought; your cart is unchanged."
+            ) from None
+        order = placed.order
+        left = 0
+        try:
+            with store.edit() as current:
+                current.take({line.image_id: line.quantity for line in order.lines})
+                left = len(current)
+        except CartError as exc:
+            shell.perror(f"Order #{order.id} was placed, but the cart could not be updated: {exc}")
+        if args.json:
+            _write_json(shell, [order_json(order)])
+            return
+        units = sum(line.quantity for line in order.lines)
+        shell.poutput(
+            f"Order #{order.id} placed: {plural(units, 'item')} for "
+            f"{format_cents(order.total_cents)}. "
+            + (
+                f"{plural(left, 'line')} added meanwhile stay in your cart."
+                if left
+                else "Your cart is empty; `orders` lists your orders."
+            )
+        )
+
+    def _report_refusal(self, cart: Cart, exc: VitrineError) -> None:
+        shell = self._cmd
+        shell.perror(f"{exc.message}", style=None)
+        hints: set[str] = set()
+        for detail in exc.details:
+            match = _DETAIL.fullmatch(detail)
+            if match is None:
+                shell.perror(f"  {listing.printable(detail)}", style=None)
+                continue
+            number, reason = int(match.group(1)), match.group(2)
+            line = cart.find(number)
+            title = listing.printable(line.title) if line else ""
+            shell.perror(f"  #{number} {title}: {listing.printable(reason)}", style=None)
+            if "price changed" in reason:
+                hints.add(
+                    f"update_cart {number} QTY accepts the new price (or checkout at a "
+                    "terminal, which shows the current prices before asking)."
+                )
+            elif "left" in reason or "sold out" in reason:
+                hints.add(f"update_cart {number} QTY with fewer, or remove_from_cart {number}.")
+            else:
+                hints.add(f"remove_from_cart {number} takes the line out.")
+        for hint in sorted(hints):
+            shell.perror(f"Hint: {hint}", style=None)
+
+    # --- history ---------------------------------------------------------------------------------
+
+    orders_parser = parser("List your orders, newest first, with their lines and totals.")
+    orders_parser.add_argument(
+        "--json", action="store_true", help="one JSON object per order per line, with its lines"
+    )
+
+    @cmd2.with_argparser(orders_parser)
+    def do_orders(self, args: argparse.Namespace) -> None:
+        shell = self._cmd
+        answer = shell.session.call(ListOrders(id=0), OrderList)
+        if args.json:
+            _write_json(shell, [order_json(order) for order in answer.orders])
+            return
+        if not answer.orders:
+            shell.poutput("No orders yet: add_to_cart, then checkout.")
+            return
+        table = Table(header_style="bold")
+        for name, justify in (
+            ("order", "right"),
+            ("date", "left"),
+            ("image", "right"),
+            ("title", "left"),
+            ("seller", "left"),
+            ("qty", "right"),
+            ("price", "right"),
+            ("total", "right"),
+        ):
+            table.add_column(name, justify=justify, no_wrap=name != "title")  # type: ignore[arg-type]
+        for order in answer.orders:
+            for number, line in enumerate(order.lines):
+                first = number == 0
+                table.add_row(
+                    f"#{order.id}" if first else "",
+                    _when(order.created_at) if first else "",
+                    str(line.image_id),
+                    Text(listing.printable(line.title)),
+                    Text(listing.printable(line.seller)),
+                    str(line.quantity),
+                    format_cents(line.unit_price_cents),
+                    format_cents(line.quantity * line.unit_price_cents),
+                )
+            table.add_row(
+                "",
+                "",
+                "",
+                Text("order total", style="bold"),
+                "",
+                "",
+                "",
+                Text(format_cents(order.total_cents), style="bold"),
+                end_section=True,
+            )
+        shell.poutput(table, soft_wrap=False)
+        spent = sum(order.total_cents for order in answer.orders)
+        shell.poutput(f"{plural(len(answer.orders), 'order')}, {format_cents(spent)} in all.")
+
+    sales_parser = parser(
+        "What has been sold of your images: one row per order line (when, buyer, title, "
+        "quantity, unit price, line total), then the totals."
+    )
+    sales_parser.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per sold line, then one with the totals",
+    )
+
+    @cmd2.with_argparser(sales_parser)
+    def do_sales(self, args: argparse.Namespace) -> None:
+        shell = self._cmd
+        answer = shell.session.call(ListSales(id=0), OrderList)
+        rows = [(order, line) for order in answer.orders for line in order.lines]
+        units = sum(line.quantity for _, line in rows)
+        revenue = sum(order.total_cents for order in answer.orders)
+        if args.json:
+            values = [
+                {
+                    "order_id": order.id,
+                    "created_at": order.created_at,
+                    "date": _iso(order.created_at),
+                    "buyer": order.buyer,
+                    "image_id": line.image_id,
+                    "title": line.title,
+                    "quantity": line.quantity,
+                    "unit_price": format_cents(line.unit_price_cents),
+                    "line_total": format_cents(line.quantity * line.unit_price_cents),
+                }
+                for order, line in rows
+            ]
+            totals = {"total": format_cents(revenue), "units": units, "orders": len(answer.orders)}
+            _write_json(shell, [*values, totals])
+            return
+        if not rows:
+            shell.poutput("Nothing of yours has been sold yet.")
+            return
+        table = Table(header_style="bold")
+        for name, justify in (
+            ("date", "left"),
+            ("order", "right"),
+            ("buyer", "left"),
+            ("image", "right"),
+            ("title", "left"),
+            ("qty", "right"),
+            ("price", "right"),
+            ("total", "right"),
+        ):
+            table.add_column(name, justify=justify, no_wrap=name != "title")  # type: ignore[arg-type]
+        for order, line in rows:
+            table.add_row(
+                _when(order.created_at),
+                f"#{order.id}",
+                Text(listing.printable(order.buyer)),
+                str(line.image_id),
+                Text(listing.printable(line.title)),
+                str(line.quantity),
+                format_cents(line.unit_price_cents),
+                format_cents(line.quantity * line.unit_price_cents),
+            )
+        shell.poutput(table, soft_wrap=False)
+        shell.poutput(
+            f"{plural(units, 'item')} sold in {plural(len(answer.orders), 'order')}, "
+            f"{format_cents(revenue)} in all."
+        )

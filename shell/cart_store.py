@@ -1,0 +1,271 @@
+"""The local cart: one JSON file per server and user in the client's data directory.
+
+The cart lives on the buyer's machine (as in the shop system Vitrine replaces), so it must
+survive crashes, restarts of either side, and two shells of the same user at once:
+
+* **Where.** `<data_dir>/carts/<server>/<user>.json`, both names percent-encoded, which keeps
+  them filename-safe and distinct (`[::1]:7878` and `::1_7878` never share a file).
+* **Atomic.** Each save writes a temporary file in the same directory, fsyncs it, renames it
+  over the cart with `os.replace` and fsyncs the directory: a reader sees the old cart or the
+  new one, never half of either, even after a power cut.
+* **One writer at a time.** `CartStore.edit()` holds an exclusive `flock` on a side lock file
+  across read-modify-write, so two shells adding at once both keep their lines.
+* **Corruption is not a crash.** A file that is not a valid cart is renamed
+  `<user>.json.corrupt-<UTC timestamp>` (kept for a person to look at), the shell says so, and
+  the cart starts empty.
+
+A line remembers the unit price the buyer saw when adding it, so `view_cart` can warn when the
+price changed and a scripted `checkout --yes` is never charged a price nobody saw.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import quote
+
+import msgspec
+
+#: A Checkout request carries at most this many lines (protocol.catalog.Checkout).
+MAX_LINES = 500
+#: Largest quantity on one line (protocol.catalog.CartLine).
+MAX_LINE_QUANTITY = 1_000_000
+FORMAT_VERSION = 1
+
+
+class CartError(Exception):
+    """A cart operation that cannot be done, worded for the user."""
+
+
+class NotInCart(CartError):
+    def __init__(self, image_id: int) -> None:
+        super().__init__(f"Image {image_id} is not in your cart; view_cart lists what is.")
+        self.image_id = image_id
+
+
+class CartItem(msgspec.Struct, kw_only=True):
+    image_id: Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_LINE_QUANTITY)]
+    #: The unit price the buyer saw when adding (or last updating) the line.
+    price_cents: Annotated[int, msgspec.Meta(ge=0)]
+    title: str = ""
+    added_at: float = 0.0
+
+
+class CartFile(msgspec.Struct, kw_only=True):
+    version: int = FORMAT_VERSION
+    server: str = ""
+    user: str = ""
+    lines: Annotated[list[CartItem], msgspec.Meta(max_length=MAX_LINES)] = []
+
+
+class Cart:
+    """The lines of a cart, in the order they were first added; one line per image."""
+
+    def __init__(self, lines: list[CartItem] | None = None) -> None:
+        self.lines: list[CartItem] = []
+        for line in lines or []:
+            found = self.find(line.image_id)
+            if found is None:
+                self.lines.append(line)
+            else:  # a hand-merged file: keep one line with the sum
+                found.quantity = min(MAX_LINE_QUANTITY, found.quantity + line.quantity)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def find(self, image_id: int) -> CartItem | None:
+        return next((line for line in self.lines if line.image_id == image_id), None)
+
+    def get(self, image_id: int) -> CartItem:
+        line = self.find(image_id)
+        if line is None:
+            raise NotInCart(image_id)
+        return line
+
+    @property
+    def units(self) -> int:
+        return sum(line.quantity for line in self.lines)
+
+    def add(self, image_id: int, quantity: int, price_cents: int, title: str) -> CartItem:
+        """Add units (merged into the image's line); the price and title seen now replace the
+        old ones, since the buyer has just seen them."""
+        if quantity < 1:
+            raise CartError(f"A quantity must be 1 or more, not {quantity}.")
+        line = self.find(image_id)
+        if line is None:
+            if len(self.lines) >= MAX_LINES:
+                raise CartError(
+                    f"A cart holds at most {MAX_LINES} different images; check out or remove "
+                    "some first."
+                )
+            line = CartItem(image_id=image_id, quantity=0, price_cents=price_cents)
+            line.added_at = time.time()
+            self.lines.append(line)
+        total = line.quantity + quantity
+        if total > MAX_LINE_QUANTITY:
+            raise CartError(f"At most {MAX_LINE_QUANTITY} units of one image fit on a line.")
+        line.quantity, line.price_cents, line.title = total, price_cents, title
+        return line
+
+    def set_quantity(self, image_id: int, quantity: int) -> CartItem | None:
+        """Set a line's quantity; 0 removes the line (and returns None)."""
+        line = self.get(image_id)
+        if quantity < 0:
+            raise CartError(f"A quantity must be 1 or more, not {quantity} (0 removes the line).")
+        if quantity == 0:
+            self.lines.remove(line)
+            return None
+        if quantity > MAX_LINE_QUANTITY:
+            raise CartError(f"At most {MAX_LINE_QUANTITY} units of one image fit on a line.")
+        line.quantity = quantity
+        return line
+
+    def remove(self, image_id: int) -> CartItem:
+        line = self.get(image_id)
+        self.lines.remove(line)
+        return line
+
+    def clear(self) -> int:
+        count = len(self.lines)
+        self.lines = []
+        return count
+
+    def take(self, bought: dict[int, int]) -> None:
+        """Drop what an order bought: a line changed meanwhile by another shell keeps the rest."""
+        for image_id, quantity in bought.items():
+            line = self.find(image_id)
+            if line is None:
+                continue
+            if line.quantity <= quantity:
+                self.lines.remove(line)
+            else:
+                line.quantity -= quantity
+
+
+def _safe_name(text: str) -> str:
+    """Percent-encoding: only [A-Za-z0-9_.~-%] remain, and different inputs stay different."""
+    name = quote(text, safe="")
+    return name if name not in ("", ".", "..") else quote(name.replace(".", "%2E"), safe="%")
+
+
+def cart_path(data_dir: Path, server: str, user: str) -> Path:
+    return data_dir / "carts" / _safe_name(server) / f"{_safe_name(user)}.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Temp file in the same directory, fsync, rename over, fsync the directory."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    _fsync_dir(path.parent)
+
+
+class CartStore:
+    """The cart file of one user on one server."""
+
+    def __init__(
+        self, data_dir: Path, server: str, user: str, notice: Callable[[str], None] = print
+    ) -> None:
+        self.server, self.user = server, user
+        self.path = cart_path(data_dir, server, user)
+        self.notice = notice
+
+    def _prepare(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise CartError(
+                f"Cannot create the cart folder {self.path.parent}: {exc.strerror or exc}."
+            ) from None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self._prepare()
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise CartError(f"Cannot open {lock_path}: {exc.strerror or exc}.") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing drops the lock
+
+    def _read(self) -> Cart:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return Cart()
+        except OSError as exc:
+            raise CartError(f"Cannot read the cart {self.path}: {exc.strerror or exc}.") from None
+        try:
+            stored = msgspec.json.decode(data, type=CartFile)
+            if stored.version != FORMAT_VERSION:
+                raise msgspec.ValidationError(f"unknown cart format version {stored.version}")
+        except msgspec.MsgspecError as exc:
+            self._move_aside(str(exc))
+            return Cart()
+        return Cart(stored.lines)
+
+    def _move_aside(self, problem: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        number = 1
+        while aside.exists():
+            number += 1
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{number}")
+        try:
+            os.replace(self.path, aside)
+        except OSError as exc:
+            raise CartError(
+                f"The cart file {self.path} is damaged ({problem:.200}) and cannot be moved "
+                f"aside: {exc.strerror or exc}. Move or delete it by hand."
+            ) from None
+        self.notice(
+            f"Your cart file was damaged ({problem:.200}); it was moved aside to {aside} and "
+            "your cart starts empty."
+        )
+
+    def load(self) -> Cart:
+        with self._locked():
+            return self._read()
+
+    @contextlib.contextmanager
+    def edit(self) -> Iterator[Cart]:
+        """Read, change and save under the lock; an exception inside leaves the file as it was."""
+        with self._locked():
+            cart = self._read()
+            yield cart
+            self._save(cart)
+
+    def _save(self, cart: Cart) -> None:
+        data = msgspec.json.encode(CartFile(server=self.server, user=self.user, lines=cart.lines))
+        try:
+            write_atomically(self.path, data)
+        except OSError as exc:
+            raise CartError(f"Cannot save the cart {self.path}: {exc.strerror or exc}.") from None
