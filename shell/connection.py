@@ -1,19 +1,19 @@
 """The client's end of the wire: TLS, pinning, the handshake and request/response matching.
 
-A reader thread takes every frame off the socket and hands it to whoever waits for that request
+An I/O thread takes every frame off the socket and hands it to whoever waits for that request
 id, so the shell can pipeline many requests over one connection (bulk upload) while a plain
 command still reads as a simple call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import queue
-import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ from protocol.messages import PROTOCOL_VERSION, Error, Hello, Limits, Welcome
 from protocol.pinning import KnownServers, PinningError
 
 R = TypeVar("R", bound=Response)
+T = TypeVar("T")
 
 CONNECT_TIMEOUT_S = 10.0
 _END = object()
@@ -81,6 +82,13 @@ class _Pending:
 
 
 class ServerConnection:
+    """One connection to a server, usable from any thread.
+
+    The socket belongs to an asyncio loop on a thread of its own: OpenSSL does not allow one
+    SSL object to be read and written from two threads at once, and asyncio's memory-BIO TLS
+    does both from one. Callers only see blocking calls and futures.
+    """
+
     def __init__(
         self,
         host: str,
@@ -99,48 +107,89 @@ class ServerConnection:
         self.limits: Limits | None = None
         self.server_version = ""
         self.fingerprint = ""
-        self._sock: ssl.SSLSocket | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
         self._closed = threading.Event()
         self._closed.set()
         self.close_reason = "not connected"
         self._server_reason: str | None = None
-        self._reader: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+
+    # --- the I/O thread --------------------------------------------------------------------------
+
+    def _io(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the connection's I/O loop and wait for its result."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            threading.Thread(target=self._loop.run_forever, name="vitrine-io", daemon=True).start()
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.wait_for(
+            asyncio.open_connection(
+                self.host,
+                self.port,
+                ssl=tls.client_context(self.ca_file),
+                server_hostname=self.host,
+                limit=2**20,
+            ),
+            CONNECT_TIMEOUT_S,
+        )
+
+    async def _start_reader(self, reader: asyncio.StreamReader) -> None:
+        self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(reader))
+
+    async def _drop_transport(self) -> None:
+        writer, self._writer = self._writer, None
+        task, self._reader_task = self._reader_task, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 2)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def _write(self, data: bytes) -> None:
+        writer = self._writer
+        if writer is None or self._closed.is_set():
+            raise ConnectionLost(self.close_reason)
+        writer.write(data)
+        await writer.drain()
 
     # --- connecting ------------------------------------------------------------------------------
 
     def connect(self) -> Welcome:
-        self._drop_socket()
+        self._io(self._drop_transport())
         try:
-            raw = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT_S)
+            reader, writer = self._io(self._open())
+        except ssl.SSLError as exc:
+            raise ConnectionError(f"TLS 1.3 handshake with {self.server} failed: {exc}") from None
+        except TimeoutError:
+            raise ConnectionError(
+                f"The server at {self.server} did not answer within {CONNECT_TIMEOUT_S:g} s."
+            ) from None
         except OSError as exc:
             raise ConnectionError(
                 f"Cannot reach a Vitrine server at {self.server}: {exc.strerror or exc}. "
                 "Is the server running (python server.py), and are host and port right?"
             ) from None
-        try:
-            sock = tls.client_context(self.ca_file).wrap_socket(raw, server_hostname=self.host)
-        except (ssl.SSLError, OSError) as exc:
-            raw.close()
-            raise ConnectionError(f"TLS 1.3 handshake with {self.server} failed: {exc}") from None
-        der = sock.getpeercert(binary_form=True)
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         self.fingerprint = tls.fingerprint(der or b"")
+        self._writer = writer
         try:
             self.trust.verify(self.server, self.fingerprint)
         except BaseException:
-            sock.close()
+            self._io(self._drop_transport())
             raise
-        sock.settimeout(None)
-        self._sock = sock
         self._server_reason = None
         self._closed.clear()
-        self._reader = threading.Thread(
-            target=self._read_loop, args=(sock,), name="vitrine-reader", daemon=True
-        )
-        self._reader.start()
+        self._io(self._start_reader(reader))
         welcome = self.call(Hello(id=0, protocol=PROTOCOL_VERSION, client="vitrine-shell"), Welcome)
         self.limits = welcome.limits
         self.server_version = welcome.server_version
@@ -151,21 +200,12 @@ class ServerConnection:
         return not self._closed.is_set()
 
     def close(self) -> None:
-        self._drop_socket()
+        loop = self._loop
+        if loop is not None:
+            self._io(self._drop_transport())
+            loop.call_soon_threadsafe(loop.stop)
+            self._loop = None
         self._mark_closed("closed by the client")
-
-    def _drop_socket(self) -> None:
-        """Stop the reader before closing the socket: a reader still blocked in recv on a closed
-        descriptor would read from whatever socket the OS gives that number to next."""
-        sock, self._sock = self._sock, None
-        if sock is None:
-            return
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        reader = self._reader
-        if reader is not None and reader is not threading.current_thread():
-            reader.join(timeout=5)
-        sock.close()
 
     # --- requests --------------------------------------------------------------------------------
 
@@ -178,12 +218,10 @@ class ServerConnection:
         return msgspec.structs.replace(request, id=request_id)
 
     def _send(self, request: Request) -> None:
+        """Write one frame; returns once it is in the transport (back-pressure for uploads)."""
         data = framing.frame(codec.encode(request))
         try:
-            with self._write_lock:
-                if self._sock is None:
-                    raise ConnectionLost(self.close_reason)
-                self._sock.sendall(data)
+            self._io(self._write(data))
         except OSError as exc:
             self._mark_closed(f"send failed: {exc}")
             raise ConnectionLost(self.close_reason) from None
@@ -241,17 +279,18 @@ class ServerConnection:
             if final or isinstance(result, BaseException):
                 pending.replies.put(_END)
 
-    def _read_loop(self, sock: ssl.SSLSocket) -> None:
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         reason = "the server closed the connection"
         try:
             while True:
-                body = framing.read_frame_blocking(sock, self.max_frame)
+                body = await framing.read_frame(reader, self.max_frame)
                 if body is None:
                     break
                 self._deliver(codec.decode_response(body))
         except (OSError, framing.FrameError, codec.MessageError) as exc:
             reason = f"connection error: {exc}"
-        self._mark_closed(reason)
+        finally:
+            self._mark_closed(reason)
 
     def _mark_closed(self, reason: str) -> None:
         with self._lock:

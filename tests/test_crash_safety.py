@@ -14,7 +14,7 @@ from pathlib import Path
 
 from protocol.catalog import UploadImage
 from tests.servers import PYTHON, ROOT, ServerProcess
-from tests.test_images_server import jpeg, safe_close, upload, upload_many
+from tests.test_images_server import jpeg, upload, upload_many
 
 FILES = 150
 KILL_AFTER = 30
@@ -57,7 +57,7 @@ def test_sigkill_during_pipelined_bulk_upload(server: ServerProcess, tmp_path: P
         if f.done() and not f.cancelled() and f.exception() is None
     }
     assert KILL_AFTER <= len(acknowledged) < FILES, "the kill must land mid-upload"
-    safe_close(conn)
+    conn.close()
 
     server.restart()
     check = run_check(server.data_dir)  # read-only while the server runs
@@ -68,7 +68,7 @@ def test_sigkill_during_pipelined_bulk_upload(server: ServerProcess, tmp_path: P
     try:
         again = upload_many(conn, datas)
     finally:
-        safe_close(conn)
+        conn.close()
     for n, image_id in acknowledged.items():
         assert (again[n].image_id, again[n].created) == (image_id, False)
     assert len({r.image_id for r in again}) == FILES
@@ -89,7 +89,7 @@ def test_restart_sweeps_orphans_and_check_reports_missing_blobs(
         kept = upload(conn, jpeg(1, (80, 60)))
         assert kept.created
     finally:
-        safe_close(conn)
+        conn.close()
     server.stop()
     blobs = server.data_dir / "blobs"
     orphan_name = secrets.token_hex(32)

@@ -7,11 +7,9 @@ first account is the admin.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import itertools
 import os
-import socket
 import struct
 import zlib
 from collections.abc import Iterator
@@ -51,18 +49,7 @@ _names = itertools.count()
 
 
 def safe_close(conn: ServerConnection) -> None:
-    """Close only after the reader thread has stopped.
-
-    `ServerConnection.close()` closes the socket while its reader thread may still be inside
-    SSL_read on that file descriptor; the next connection can get the same descriptor number
-    and lose its handshake bytes to the old thread. Shutting the socket down first makes the
-    reader see EOF and finish, and only then is the descriptor released.
-    """
-    sock = conn._sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        conn._closed.wait(10)
+    """Kept while other test modules still import it; `close()` is safe on its own now."""
     conn.close()
 
 
@@ -149,7 +136,7 @@ def catalog_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
         tmp_path_factory.mktemp("catalog"), extra_args=["--max-image-bytes", str(BYTE_LIMIT)]
     ).start()
     admin = process.user_connection(tmp_path_factory.mktemp("admin-client"), "admin")
-    safe_close(admin)
+    admin.close()
     yield process
     process.stop()
 
@@ -158,21 +145,21 @@ def catalog_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
 def alice(catalog_server: ServerProcess, tmp_path: Path) -> Iterator[ServerConnection]:
     conn = catalog_server.user_connection(tmp_path / "a", unique("alice"))
     yield conn
-    safe_close(conn)
+    conn.close()
 
 
 @pytest.fixture
 def bob(catalog_server: ServerProcess, tmp_path: Path) -> Iterator[ServerConnection]:
     conn = catalog_server.user_connection(tmp_path / "b", unique("bob"))
     yield conn
-    safe_close(conn)
+    conn.close()
 
 
 @pytest.fixture
 def admin(catalog_server: ServerProcess, tmp_path: Path) -> Iterator[ServerConnection]:
     conn = catalog_server.user_connection(tmp_path / "adm", "admin")
     yield conn
-    safe_close(conn)
+    conn.close()
 
 
 # --- uploads ------------------------------------------------------------------------------------
@@ -394,7 +381,7 @@ def test_login_is_needed(catalog_server: ServerProcess, tmp_path: Path) -> None:
         error = error_of(conn, UploadImage(id=0, filename="a.jpg", data=jpeg(16)))
         assert error.code == ErrorCode.UNAUTHENTICATED
     finally:
-        safe_close(conn)
+        conn.close()
 
 
 # --- privacy and deletes ------------------------------------------------------------------------

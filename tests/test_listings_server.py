@@ -27,7 +27,6 @@ from tests.test_images_server import (
     ids_of,
     jpeg,
     listing,
-    safe_close,
     unique,
     upload,
     upload_many,
@@ -47,14 +46,14 @@ def listing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
 def seller(listing_server: ServerProcess, tmp_path: Path) -> Iterator[ServerConnection]:
     conn = listing_server.user_connection(tmp_path / "s", unique("seller"))
     yield conn
-    safe_close(conn)
+    conn.close()
 
 
 @pytest.fixture
 def buyer(listing_server: ServerProcess, tmp_path: Path) -> Iterator[ServerConnection]:
     conn = listing_server.user_connection(tmp_path / "b", unique("buyer"))
     yield conn
-    safe_close(conn)
+    conn.close()
 
 
 _seeds = iter(range(SEED, SEED + 100_000))
@@ -99,8 +98,8 @@ def test_browse_without_tags_lists_everything_visible(
         assert ids_of(batches) == sorted(public + mine, reverse=True)
         assert ids_of(listing(seller, Browse(id=0))) == sorted(public + hidden, reverse=True)
     finally:
-        safe_close(seller)
-        safe_close(other)
+        seller.close()
+        other.close()
 
 
 def test_batch_sizes_can_change_and_large_batches_stream_in_chunks(
