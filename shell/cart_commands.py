@@ -13,9 +13,11 @@ answers fresh facts (`GetImages`) and decides checkouts. Choices made here:
 * `checkout` shows the lines at current prices and asks. Confirmed at a terminal, the order is
   placed at the prices shown; with `--yes` (scripts) it is placed at the prices stored in the
   cart, so a changed price makes the server refuse that line rather than charge a price nobody
-  saw. Lines already known to be unbuyable (gone, short) stop the checkout before it is sent.
-  On any refusal the cart stays as it was and each failing line is named with its reason; on
-  success the bought lines leave the cart and the order id is shown.
+  saw. At a terminal, lines already known to be unbuyable (gone, short) stop the checkout
+  before the question; with `--yes` the server always decides, so scripts get its error code
+  (OUT_OF_STOCK, NOT_FOUND, CONFLICT...) and its reason per line. On any refusal the cart
+  stays as it was and each failing line is named with its reason; on success the bought lines
+  leave the cart and the order id is shown.
 * A connection lost while a checkout is in flight leaves the outcome unknown: the cart is kept
   and the user is told to look at `orders` before trying again.
 """
@@ -505,7 +507,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             f"{format_cents(total)}."
         )
         blocked = [view for view in views if view.blocked]
-        if blocked:
+        if blocked and not args.yes:
             for view in blocked:
                 shell.perror(
                     f"  #{view.item.image_id} {listing.printable(view.title)}: "

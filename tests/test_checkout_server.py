@@ -25,7 +25,7 @@ from protocol.catalog import (
 from protocol.errors import ErrorCode, VitrineError
 from shell.connection import ServerConnection
 from tests.servers import ServerProcess
-from tests.test_images_server import jpeg, safe_close, unique, upload
+from tests.test_images_server import jpeg, unique, upload
 
 BUYERS = 20
 
@@ -51,14 +51,14 @@ def buyer_names() -> list[str]:
 def seller(server: ServerProcess, home: Path) -> Iterator[ServerConnection]:
     conn = server.user_connection(home, unique("seller"))
     yield conn
-    safe_close(conn)
+    conn.close()
 
 
 @pytest.fixture
 def buyer(server: ServerProcess, home: Path) -> Iterator[ServerConnection]:
     conn = server.user_connection(home, unique("buyer"))
     yield conn
-    safe_close(conn)
+    conn.close()
 
 
 _seeds = iter(range(10_000, 1_000_000))
@@ -142,7 +142,7 @@ def test_orders_and_sales_are_each_users_own(server: ServerProcess, home: Path) 
         assert shopper.call(ListSales(id=0), OrderList).orders == []
     finally:
         for conn in (first, second, shopper, lurker):
-            safe_close(conn)
+            conn.close()
 
 
 def test_a_short_line_refuses_the_whole_order(
@@ -262,7 +262,7 @@ def test_bad_checkouts_are_refused_before_anything_happens(
                 anonymous.call(request)
             assert caught.value.code is ErrorCode.UNAUTHENTICATED
     finally:
-        safe_close(anonymous)
+        anonymous.close()
     assert stock_of(buyer, thing) == {thing: 5}
 
 
@@ -295,7 +295,7 @@ def race(
             thread.join(120)
     finally:
         for conn in connections:
-            safe_close(conn)
+            conn.close()
     assert all(outcome is not None for outcome in outcomes)
     return outcomes  # type: ignore[return-value]
 

@@ -1,0 +1,381 @@
+"""The cart end to end: buyers drive the real client.py against the real server.py.
+
+Sellers set up their catalogue over the wire (that is tested elsewhere); buyers only ever use
+the shell, and the tests read what it prints (--json lines where a script would) and what it
+leaves in the cart file.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from protocol.catalog import DeleteImage, GetImages, Images, UpdateImage
+from shell.cart_store import CartStore, cart_path
+from shell.connection import ServerConnection
+from tests.servers import ServerProcess, run_client
+from tests.test_images_server import jpeg, unique, upload
+
+PASSWORD = "correct horse"
+_seeds = iter(range(500_000, 900_000))
+
+
+class Result:
+    def __init__(self, done: subprocess.CompletedProcess[str]) -> None:
+        self.code, self.out, self.err = done.returncode, done.stdout, done.stderr
+
+    def json_lines(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.out.splitlines() if line.startswith("{")]
+
+    def __repr__(self) -> str:
+        return f"exit {self.code}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
+
+
+class Buyer:
+    """One user's client.py: each call is a new process, so the cart must come from disk."""
+
+    def __init__(self, server: ServerProcess, home: Path, name: str | None = None) -> None:
+        self.server, self.name = server, name or unique("buyer")
+        self.config_dir = home / self.name
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        conn = server.user_connection(self.config_dir, self.name, PASSWORD)  # creates the account
+        conn.close()
+
+    @property
+    def cart_file(self) -> Path:
+        return cart_path(self.config_dir / "data", self.server.address, self.name)
+
+    def store(self) -> CartStore:
+        return CartStore(self.config_dir / "data", self.server.address, self.name, lambda _: None)
+
+    def __call__(self, *commands: str) -> Result:
+        done = run_client(
+            self.server,
+            f"login {self.name}",
+            *commands,
+            config_dir=self.config_dir,
+            password=PASSWORD,
+            extra_env={"COLUMNS": "200"},
+        )
+        result = Result(done)
+        assert "Traceback" not in result.out + result.err, result
+        return result
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp("cart-server")).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cart-clients")
+
+
+@pytest.fixture
+def seller(server: ServerProcess, home: Path) -> Iterator[ServerConnection]:
+    conn = server.user_connection(home, unique("seller"), PASSWORD)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def buyer(server: ServerProcess, home: Path) -> Buyer:
+    return Buyer(server, home)
+
+
+def item(seller: ServerConnection, price: int, stock: int, **fields: object) -> int:
+    title = fields.pop("title", f"thing {price}")
+    data = jpeg(next(_seeds))
+    return upload(seller, data, title=title, price_cents=price, quantity=stock, **fields).image_id
+
+
+def stock_of(conn: ServerConnection, *ids: int) -> dict[int, int]:
+    return {i.id: i.quantity for i in conn.call(GetImages(id=0, image_ids=list(ids)), Images).items}
+
+
+def cart_lines(buyer: Buyer) -> list[tuple[int, int]]:
+    return [(line.image_id, line.quantity) for line in buyer.store().load().lines]
+
+
+# --- the cart ------------------------------------------------------------------------------------
+
+
+def test_cart_survives_client_and_server_restarts(tmp_path: Path) -> None:
+    own = ServerProcess(tmp_path / "server").start()
+    try:
+        seller = own.user_connection(tmp_path, "maker", PASSWORD)
+        dress = item(seller, 1250, 5, title="Red dress")
+        hat = item(seller, 300, 2, title="Hat")
+        seller.close()
+        buyer = Buyer(own, tmp_path, "shopper")
+        added = buyer(f"add_to_cart {dress} 2", f"add_to_cart {hat}", f"add_to_cart {dress}")
+        assert added.code == 0, added
+        own.stop()
+        own.restart()
+        seen = buyer("view_cart --json")
+        assert seen.code == 0, seen
+        *lines, total = seen.json_lines()
+        assert [(line["id"], line["quantity"], line["price"]) for line in lines] == [
+            (dress, 3, "12.50"),
+            (hat, 1, "3.00"),
+        ]
+        assert total == {"total": "40.50", "lines": 2, "units": 4, "warnings": 0}
+        table = buyer("view_cart")
+        assert "Red dress" in table.out and "40.50" in table.out, table
+    finally:
+        own.stop()
+
+
+def test_add_to_cart_refuses_what_cannot_be_bought(
+    server: ServerProcess, home: Path, seller: ServerConnection, buyer: Buyer
+) -> None:
+    deleted = item(seller, 100, 5)
+    seller.call(DeleteImage(id=0, image_id=deleted))
+    private = item(seller, 100, 5, private=True)
+    scarce = item(seller, 100, 2, title="Scarce")
+    sold_out = item(seller, 100, 0, title="Gone")
+    missing = 2**40
+    # One process, many commands: each failure is reported and the next command still runs.
+    done = buyer(
+        f"add_to_cart {missing}",
+        f"add_to_cart {deleted}",
+        f"add_to_cart {private}",
+        f"add_to_cart {scarce} 3",
+        f"add_to_cart {sold_out}",
+        f"add_to_cart {scarce} 0",
+        f"add_to_cart {scarce} -2",
+        f"add_to_cart {scarce} 2",
+        f"add_to_cart {scarce}",
+    )
+    assert done.code != 0
+    for image in (missing, deleted, private):
+        assert f"Image {image} is not available: it does not exist" in done.err, done
+    assert "Only 2 of image" in done.err and "you asked for 3" in done.err, done
+    assert f"Image {sold_out} (Gone) is sold out" in done.err
+    assert "not 0" in done.err and "not -2" in done.err
+    # Stock counts what the cart already holds.
+    assert "your cart already holds 2" in done.err
+    assert done.out.count("Added ") == 1
+    assert cart_lines(buyer) == [(scarce, 2)]
+    # Sellers cannot fill their own carts with their own goods.
+    seller_shell = Buyer(server, home, seller_name(seller))
+    own = seller_shell(f"add_to_cart {scarce}")
+    assert own.code != 0 and "your own" in own.err, own
+
+
+def seller_name(conn: ServerConnection) -> str:
+    from protocol.messages import UserInfo, WhoAmI
+
+    return conn.call(WhoAmI(id=0), UserInfo).name
+
+
+def test_view_cart_warns_per_line(seller: ServerConnection, buyer: Buyer) -> None:
+    repriced = item(seller, 1000, 5, title="Repriced")
+    short = item(seller, 200, 5, title="Short")
+    gone = item(seller, 300, 5, title="Gone soon")
+    hidden = item(seller, 400, 5, title="Hidden soon")
+    steady = item(seller, 500, 5, title="Steady")
+    assert buyer(*(f"add_to_cart {i} 2" for i in (repriced, short, gone, hidden, steady))).code == 0
+    seller.call(UpdateImage(id=0, image_id=repriced, price_cents=1100))
+    seller.call(UpdateImage(id=0, image_id=short, quantity=1))
+    seller.call(DeleteImage(id=0, image_id=gone))
+    seller.call(UpdateImage(id=0, image_id=hidden, private=True))
+    seen = buyer("view_cart --json")
+    assert seen.code == 0, seen
+    *lines, total = seen.json_lines()
+    by_id = {line["id"]: line for line in lines}
+    assert by_id[repriced]["warnings"] == ["price changed: was 10.00, now 11.00"]
+    assert by_id[repriced]["price"] == "11.00" and by_id[repriced]["available"] is True
+    assert by_id[short]["warnings"] == ["stock short: only 1 left"]
+    assert by_id[short]["available"] is False
+    for image in (gone, hidden):
+        assert by_id[image]["available"] is False and by_id[image]["price"] is None
+        assert by_id[image]["warnings"][0].startswith("gone"), by_id[image]
+        assert by_id[image]["title"] in ("Gone soon", "Hidden soon")  # remembered locally
+    assert by_id[steady]["warnings"] == []
+    # Total at current prices, over the lines that still exist.
+    assert total["total"] == "36.00" and total["warnings"] == 4
+    table = buyer("view_cart")
+    assert "price changed" in table.out and "stock short" in table.out, table
+    assert "4 lines need attention" in table.out
+
+
+def test_update_remove_and_clear(seller: ServerConnection, buyer: Buyer) -> None:
+    a = item(seller, 100, 5, title="Alpha")
+    b = item(seller, 200, 5, title="Beta")
+    c = item(seller, 300, 5, title="Gamma")
+    refused = buyer(
+        f"add_to_cart {a}",
+        f"add_to_cart {b}",
+        f"add_to_cart {c}",
+        "update_cart 999999 2",
+        f"update_cart {a} -1",
+        f"update_cart {a} 6",
+        "remove_from_cart 424242",
+    )
+    assert refused.code != 0
+    assert "Image 999999 is not in your cart" in refused.err, refused
+    assert "not -1 (0 removes the line)" in refused.err
+    assert "Only 5 of image" in refused.err
+    assert "Not in your cart: 424242" in refused.err
+    assert cart_lines(buyer) == [(a, 1), (b, 1), (c, 1)]
+    # A new price is taken on by update_cart, and said; 0 removes a line.
+    seller.call(UpdateImage(id=0, image_id=a, price_cents=150))
+    changed = buyer(f"update_cart {a} 4", f"update_cart {b} 0", "view_cart --json")
+    assert changed.code == 0, changed
+    assert "at 1.50 each (was 1.00 when added)" in changed.out
+    assert "Removed Beta" in changed.out
+    assert changed.json_lines()[0]["warnings"] == []
+    assert cart_lines(buyer) == [(a, 4), (c, 1)]
+    again = buyer(f"update_cart {b} 0", f"remove_from_cart {c} {b}")
+    assert again.code != 0 and f"Image {b} is not in your cart" in again.err, again
+    assert "Removed Gamma" in again.out and f"Not in your cart: {b}" in again.err
+    assert cart_lines(buyer) == [(a, 4)]
+    cleared = buyer("clear_cart", "view_cart", "clear_cart")
+    assert cleared.code == 0, cleared
+    assert "Emptied the cart (1 line)" in cleared.out
+    assert "Your cart is empty" in cleared.out and "already empty" in cleared.out
+
+
+def test_a_corrupt_cart_file_is_moved_aside(seller: ServerConnection, buyer: Buyer) -> None:
+    thing = item(seller, 100, 5)
+    buyer.cart_file.parent.mkdir(parents=True, exist_ok=True)
+    buyer.cart_file.write_text('{"version": 1, "lines": [{"image_id": ')
+    seen = buyer("view_cart", f"add_to_cart {thing}")
+    assert seen.code == 0, seen
+    assert "damaged" in seen.err and "moved aside" in seen.err, seen
+    aside = [p for p in buyer.cart_file.parent.iterdir() if ".corrupt-" in p.name]
+    assert len(aside) == 1 and aside[0].read_text().endswith('"image_id": ')
+    assert cart_lines(buyer) == [(thing, 1)]
+
+
+# --- checkout ------------------------------------------------------------------------------------
+
+
+def test_checkout_success_empties_the_cart_and_shows_the_order(
+    server: ServerProcess, home: Path, seller: ServerConnection, buyer: Buyer
+) -> None:
+    dress = item(seller, 1250, 3, title="Red dress")
+    hat = item(seller, 300, 1, title="Hat")
+    unconfirmed = buyer(f"add_to_cart {dress} 2", f"add_to_cart {hat}", "checkout")
+    assert unconfirmed.code != 0 and "pass --yes" in unconfirmed.err, unconfirmed
+    assert cart_lines(buyer) == [(dress, 2), (hat, 1)]
+
+    done = buyer("checkout --yes", "orders --json", "orders")
+    assert done.code == 0, done
+    assert "Total at current prices: 28.00" in done.out
+    assert "placed: 3 items for 28.00" in done.out
+    assert cart_lines(buyer) == []
+    assert stock_of(seller, dress, hat) == {dress: 1, hat: 0}
+    (order,) = done.json_lines()
+    assert f"Order #{order['id']} placed" in done.out
+    assert order["total"] == "28.00"
+    assert [
+        (line["image_id"], line["quantity"], line["unit_price"]) for line in order["lines"]
+    ] == [
+        (dress, 2, "12.50"),
+        (hat, 1, "3.00"),
+    ]
+    assert "order total" in done.out
+
+    seller_shell = Buyer(server, home, seller_name(seller))
+    sales = seller_shell("sales --json", "sales")
+    *rows, totals = sales.json_lines()
+    assert [(row["order_id"], row["buyer"], row["title"], row["line_total"]) for row in rows] == [
+        (order["id"], buyer.name, "Red dress", "25.00"),
+        (order["id"], buyer.name, "Hat", "3.00"),
+    ]
+    assert totals == {"total": "28.00", "units": 3, "orders": 1}
+    assert "3 items sold in 1 order, 28.00 in all" in sales.out, sales
+
+
+def test_checkout_failure_leaves_the_cart_intact(seller: ServerConnection, buyer: Buyer) -> None:
+    plenty = item(seller, 100, 10, title="Plenty")
+    lowered = item(seller, 200, 5, title="Lowered")
+    assert buyer(f"add_to_cart {plenty} 2", f"add_to_cart {lowered} 4").code == 0
+    before = buyer.cart_file.read_bytes()
+    seller.call(UpdateImage(id=0, image_id=lowered, quantity=3))
+    failed = buyer("checkout --yes")
+    assert failed.code != 0, failed
+    assert "Checkout refused (OUT_OF_STOCK)" in failed.err, failed
+    assert f"#{lowered} Lowered: only 3 left, 4 wanted" in failed.err, failed
+    assert "cart is unchanged" in failed.err
+    assert buyer.cart_file.read_bytes() == before
+    assert stock_of(seller, plenty, lowered) == {plenty: 10, lowered: 3}
+    assert buyer("orders --json").json_lines() == []
+
+
+def test_a_changed_price_is_refused_by_the_server_not_charged(
+    seller: ServerConnection, buyer: Buyer
+) -> None:
+    steady = item(seller, 100, 10, title="Steady")
+    repriced = item(seller, 1000, 10, title="Dearer")
+    assert buyer(f"add_to_cart {steady}", f"add_to_cart {repriced}").code == 0
+    before = buyer.cart_file.read_bytes()
+    seller.call(UpdateImage(id=0, image_id=repriced, price_cents=1200))
+    failed = buyer("checkout --yes")
+    assert failed.code != 0, failed
+    assert "Checkout refused (CONFLICT)" in failed.err
+    assert f"#{repriced} Dearer: price changed from 10.00 to 12.00" in failed.err, failed
+    assert f"update_cart {repriced} QTY accepts the new price" in failed.err
+    assert buyer.cart_file.read_bytes() == before
+    assert stock_of(seller, steady, repriced) == {steady: 10, repriced: 10}
+    # Accepting the new price, then buying, charges what was shown.
+    done = buyer(f"update_cart {repriced} 1", "checkout --yes --json")
+    assert done.code == 0, done
+    (order,) = done.json_lines()
+    assert order["total"] == "13.00"
+
+
+def test_deleting_or_hiding_an_image_fails_its_line(seller: ServerConnection, buyer: Buyer) -> None:
+    kept = item(seller, 100, 5, title="Kept")
+    deleted = item(seller, 100, 5, title="Deleted")
+    hidden = item(seller, 100, 5, title="Hidden")
+    assert buyer(*(f"add_to_cart {i}" for i in (kept, deleted, hidden))).code == 0
+    before = buyer.cart_file.read_bytes()
+    seller.call(DeleteImage(id=0, image_id=deleted))
+    seller.call(UpdateImage(id=0, image_id=hidden, private=True))
+    failed = buyer("checkout --yes")
+    assert failed.code != 0, failed
+    assert "Checkout refused (NOT_FOUND)" in failed.err, failed
+    assert f"#{deleted} Deleted: deleted by its seller" in failed.err, failed
+    assert f"#{hidden} Hidden: no longer available" in failed.err, failed
+    assert f"#{kept} Kept" not in failed.err
+    assert buyer.cart_file.read_bytes() == before
+    assert stock_of(seller, kept) == {kept: 5}
+
+
+@pytest.mark.slow
+def test_twenty_shells_race_for_the_last_five_units(
+    server: ServerProcess, home: Path, seller: ServerConnection
+) -> None:
+    """Twenty client.py processes check out at once; their carts were filled beforehand."""
+    last = item(seller, 750, 5, title="Last ones")
+    price = 750
+    buyers = [Buyer(server, home) for _ in range(20)]
+    for buyer in buyers:
+        with buyer.store().edit() as cart:
+            cart.add(last, 1, price, "Last ones")
+    with ThreadPoolExecutor(len(buyers)) as pool:
+        results = list(pool.map(lambda b: b("checkout --yes --json"), buyers))
+    won = [(b, r) for b, r in zip(buyers, results, strict=True) if r.code == 0]
+    lost = [(b, r) for b, r in zip(buyers, results, strict=True) if r.code != 0]
+    assert len(won) == 5, results
+    assert len(lost) == 15
+    for buyer, result in lost:
+        assert "Checkout refused (OUT_OF_STOCK)" in result.err, result
+        assert f"#{last} Last ones: sold out, 1 wanted" in result.err, result
+        assert cart_lines(buyer) == [(last, 1)]
+    for buyer, result in won:
+        (order,) = result.json_lines()
+        assert order["total"] == "7.50"
+        assert cart_lines(buyer) == []
+    assert stock_of(seller, last) == {last: 0}
