@@ -75,7 +75,7 @@ class EmbeddingBatcher:
             )
             return future
         with self._close_lock:  # no request may slip in behind the stop marker
-            if self._closed:
+            if self._closed or not self._thread.is_alive():
                 raise RuntimeError("EmbeddingBatcher is closed")
             self._queue.put((model_input, future))
         return future

@@ -9,7 +9,7 @@ Why this shape:
   per weights file and the result is cached on disk under the sha256 of that file; a server
   with a warm cache never imports TensorFlow or Keras and loads the model in milliseconds.
 * Preprocessing (``x / 127.5 - 1``, Keras' ``mobilenet_v2.preprocess_input``) is applied in
-  numpy rather than baked into the graph, so the model stays a bit-for-bit conversion of the
+  numpy rather than baked into the graph, so the model stays a plain conversion of the
   Keras model and the cached file is checkable against Keras directly.
 
 Thread safety: a TFLite ``Interpreter`` holds its input and output buffers, so two threads
@@ -215,7 +215,9 @@ class Embedder:
 
     Batches are run in power-of-two chunks (up to ``max_chunk``), each on an interpreter
     allocated once for that size: resizing one interpreter per call would re-plan XNNPACK
-    (10-150 ms), and larger chunks gain nothing on two cores (see bench/bench_model.py).
+    (10-150 ms). Bigger chunks gain nothing measurable on two cores (a 224px CNN is already
+    compute-bound at batch 1; bench/bench_model.py) and each size costs an interpreter's
+    memory, so the default is small.
     All methods are safe to call from several threads; calls are serialised by a lock.
     """
 
@@ -225,7 +227,7 @@ class Embedder:
         cache_dir: str | os.PathLike[str] | None,
         *,
         num_threads: int = 2,
-        max_chunk: int = 4,
+        max_chunk: int = 2,
     ) -> None:
         if max_chunk < 1 or max_chunk & (max_chunk - 1):
             raise ValueError(f"max_chunk must be a power of two, got {max_chunk}")
@@ -250,8 +252,13 @@ class Embedder:
             self.model_path = cached_model_path(cache_dir, key)
             if not self._cached_model_loads():
                 log.info("converting %s to TFLite (once per weights file)", weights or key)
-                _write_atomically(self.model_path, convert_to_tflite(weights))
+                flatbuffer = convert_to_tflite(weights)
                 self.converted = True
+                try:
+                    _write_atomically(self.model_path, flatbuffer)
+                except OSError as exc:  # a read-only cache costs start-up time, not service
+                    log.warning("cannot cache the model in %s (%s)", cache_dir, exc)
+                    self.model_path, self._model_content = None, flatbuffer
         self._interpreter(1)  # fail now, not on the first request, if the model is bad
 
     def _cached_model_loads(self) -> bool:

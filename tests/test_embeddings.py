@@ -117,10 +117,12 @@ def test_same_class_is_nearer_than_other_class(embedder: Embedder, label: str, o
     assert (query @ same.T).mean(axis=1).min() > (query @ different.T).mean(axis=1).max()
 
 
-def test_any_batch_size_gives_the_same_vectors(embedder: Embedder, photos: np.ndarray) -> None:
+def test_any_batch_size_gives_the_same_vectors(
+    embedder: Embedder, weights: Path, cache_dir: Path, photos: np.ndarray
+) -> None:
     batch = np.concatenate([photos, photos[::-1]])[:7]  # 7 = chunks of 4 + 2 + 1
 
-    together = embedder.embed(batch)
+    together = Embedder(weights, cache_dir, max_chunk=4).embed(batch)
     one_by_one = np.concatenate([embedder.embed(batch[i : i + 1]) for i in range(len(batch))])
 
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)
@@ -232,6 +234,18 @@ def test_without_cache_dir_the_model_lives_in_memory(
     weights: Path, photos: np.ndarray, stub_conversion: list[object]
 ) -> None:
     fresh = Embedder(weights, None)
+
+    assert fresh.converted and fresh.model_path is None
+    assert fresh.embed(photos[:1]).shape == (1, EMBEDDING_DIM)
+
+
+def test_unwritable_cache_dir_still_serves(
+    weights: Path, tmp_path: Path, photos: np.ndarray, stub_conversion: list[object]
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache directory should be")
+
+    fresh = Embedder(weights, blocker / "cache")
 
     assert fresh.converted and fresh.model_path is None
     assert fresh.embed(photos[:1]).shape == (1, EMBEDDING_DIM)
