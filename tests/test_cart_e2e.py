@@ -8,7 +8,9 @@ leaves in the cart file.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from protocol.catalog import DeleteImage, GetImages, Images, UpdateImage
+from protocol.messages import UserInfo, WhoAmI
 from shell.cart_store import CartStore, cart_path
 from shell.connection import ServerConnection
-from tests.servers import ServerProcess, run_client
+from tests.servers import ROOT, ServerProcess, run_client
 from tests.test_images_server import jpeg, unique, upload
 
 PASSWORD = "correct horse"
@@ -172,8 +175,6 @@ def test_add_to_cart_refuses_what_cannot_be_bought(
 
 
 def seller_name(conn: ServerConnection) -> str:
-    from protocol.messages import UserInfo, WhoAmI
-
     return conn.call(WhoAmI(id=0), UserInfo).name
 
 
@@ -379,3 +380,60 @@ def test_twenty_shells_race_for_the_last_five_units(
         assert order["total"] == "7.50"
         assert cart_lines(buyer) == []
     assert stock_of(seller, last) == {last: 0}
+
+
+def test_checkout_at_a_terminal_asks_and_charges_the_prices_shown(
+    seller: ServerConnection, buyer: Buyer
+) -> None:
+    pexpect = pytest.importorskip("pexpect")
+    repriced = item(seller, 1000, 5, title="Repriced")
+    assert buyer(f"add_to_cart {repriced} 2").code == 0
+    seller.call(UpdateImage(id=0, image_id=repriced, price_cents=1100))
+    env = {
+        **os.environ,
+        "VITRINE_PASSWORD": PASSWORD,
+        "VITRINE_GRAPHICS": "blocks",
+        "TERM": "xterm-256color",
+        "COLUMNS": "160",
+        "LINES": "50",
+    }
+    child = pexpect.spawn(
+        sys.executable,
+        [
+            str(ROOT / "client.py"),
+            "--server",
+            buyer.server.address,
+            "--config-dir",
+            str(buyer.config_dir),
+            "--data-dir",
+            str(buyer.config_dir / "data"),
+            "--fingerprint",
+            buyer.server.fingerprint,
+        ],
+        cwd=str(ROOT),
+        env=env,
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(50, 160),
+    )
+    try:
+        child.expect("vitrine ")
+        child.sendline(f"login {buyer.name}")
+        child.expect("Logged in as")
+        child.sendline("checkout")
+        child.expect(r"Buy these 2 items for 22\.00\? \[y/N\]")
+        assert "price changed: was 10.00, now 11.00" in child.before
+        assert "▀" in child.before or "▄" in child.before  # the thumbnail, drawn at a terminal
+        child.sendline("n")
+        child.expect("Checkout cancelled; your cart is unchanged")
+        assert cart_lines(buyer) == [(repriced, 2)]
+        child.sendline("checkout")
+        child.expect(r"\[y/N\]")
+        child.sendline("y")
+        child.expect(r"Order #\d+ placed: 2 items for 22\.00")
+        child.sendline("quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert cart_lines(buyer) == []
+    assert stock_of(seller, repriced) == {repriced: 3}
