@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from protocol.catalog import DeleteImage, GetImages, Images, UpdateImage
-from protocol.messages import UserInfo, WhoAmI
+from protocol.messages import CreateUser, UserInfo, WhoAmI
 from shell.cart_store import CartStore, cart_path
 from shell.connection import ServerConnection
 from tests.servers import ROOT, ServerProcess, run_client
@@ -42,12 +42,14 @@ class Result:
 class Buyer:
     """One user's client.py: each call is a new process, so the cart must come from disk."""
 
-    def __init__(self, server: ServerProcess, home: Path, name: str | None = None) -> None:
-        self.server, self.name = server, name or unique("buyer")
+    def __init__(self, server: ServerProcess, home: Path, existing: str | None = None) -> None:
+        self.server, self.name = server, existing or unique("buyer")
         self.config_dir = home / self.name
         self.config_dir.mkdir(parents=True, exist_ok=True)
-        conn = server.user_connection(self.config_dir, self.name, PASSWORD)  # creates the account
-        conn.close()
+        if existing is None:  # create the account only: each shell logs in itself
+            conn = server.connect(self.config_dir)
+            conn.call(CreateUser(id=0, name=self.name, password=PASSWORD), UserInfo)
+            conn.close()
 
     @property
     def cart_file(self) -> Path:
@@ -118,7 +120,7 @@ def test_cart_survives_client_and_server_restarts(tmp_path: Path) -> None:
         dress = item(seller, 1250, 5, title="Red dress")
         hat = item(seller, 300, 2, title="Hat")
         seller.close()
-        buyer = Buyer(own, tmp_path, "shopper")
+        buyer = Buyer(own, tmp_path)
         added = buyer(f"add_to_cart {dress} 2", f"add_to_cart {hat}", f"add_to_cart {dress}")
         assert added.code == 0, added
         own.stop()
