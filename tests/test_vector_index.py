@@ -197,10 +197,16 @@ def test_ann_recall_at_10(ann_index: VectorIndex, ann_data) -> None:
     assert recall(ann_index, ids, vecs, queries) >= 0.95
 
 
-def test_ann_filtered_recall_and_fill(ann_index: VectorIndex, ann_data) -> None:
+@pytest.mark.parametrize("share", [0.2, 0.6, 1.0])  # selector path, and post-filter path
+def test_ann_filtered_recall(ann_index: VectorIndex, ann_data, share: float) -> None:
     ids, vecs, queries = ann_data
+    allowed = np.random.default_rng(9).choice(ids, int(len(ids) * share), replace=False)
+    assert recall(ann_index, ids, vecs, queries[:50], np.sort(allowed)) >= 0.95
+
+
+def test_ann_filter_fill(ann_index: VectorIndex, ann_data) -> None:
+    ids, _, queries = ann_data
     allowed = np.sort(np.random.default_rng(9).choice(ids, 4000, replace=False))
-    assert recall(ann_index, ids, vecs, queries[:50], allowed) >= 0.95
     tiny = allowed[:7]  # far below any list's share: must still return all 7
     got = ann_index.search(queries[0], 10, allowed=tiny)
     assert sorted(i for i, _ in got) == tiny.tolist()
@@ -246,7 +252,8 @@ def test_switches_to_ann_past_threshold(ann_data) -> None:
 
 def test_concurrent_search_while_mutating(ann_data) -> None:
     ids, vecs, queries = ann_data
-    index = VectorIndex.from_arrays(ids[:3000], vecs[:3000], exact_threshold=2000)
+    # Starts on the ANN, and grows past twice its training size: a retrain happens mid-test.
+    index = VectorIndex.from_arrays(ids[:2100], vecs[:2100], exact_threshold=2000)
     removed: set[int] = set()
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -266,9 +273,9 @@ def test_concurrent_search_while_mutating(ann_data) -> None:
     for t in threads:
         t.start()
     try:
-        for start in range(3000, 6000, 300):
+        for start in range(2100, 5100, 300):
             index.add(ids[start : start + 300], vecs[start : start + 300])
-            batch = ids[start - 3000 : start - 2700 : 2]
+            batch = ids[start - 2100 : start - 1950 : 2]
             index.remove(batch)
             removed.update(batch.tolist())
     finally:
@@ -276,4 +283,15 @@ def test_concurrent_search_while_mutating(ann_data) -> None:
         for t in threads:
             t.join()
     assert not errors, errors[0]
-    assert len(index) == 6000 - len(removed)
+    assert len(index) == 5100 - len(removed) and index.uses_ann
+
+
+def test_ann_sparse_ids_and_forced_exact(ann_data) -> None:
+    ids, vecs, queries = ann_data
+    sparse = ids[:3000] * 1_000_003 + 7  # ids far apart: the filter cannot be a bitmap
+    index = VectorIndex.from_arrays(sparse, vecs[:3000], exact_threshold=0, subset_exact_max=10)
+    allowed = np.sort(np.random.default_rng(4).choice(sparse, 600, replace=False))
+    assert recall(index, sparse, vecs[:3000], queries[:30], allowed) >= 0.95
+    for q in queries[:5]:
+        got = [i for i, _ in index.search(q, 10, exact=True)]
+        assert got == brute(sparse, vecs[:3000], q, 10)
