@@ -234,6 +234,20 @@ class VectorIndex:
         index.add(ids, vectors)
         return index
 
+    @classmethod
+    def from_chunks(
+        cls, chunks: Iterable[tuple[npt.ArrayLike, npt.ArrayLike]], **kwargs: Any
+    ) -> VectorIndex:
+        """Build from (ids, vectors) chunks, e.g. SQLite blobs read 10k rows at a time: peak
+        memory stays one chunk above the index, and the ANN is trained once, at the end."""
+        index = cls(**kwargs)
+        with index._mutate:
+            for ids, vectors in chunks:
+                index._add(ids, vectors, train=False)
+            if index._needs_rebuild():
+                index._rebuild_ann()
+        return index
+
     def __len__(self) -> int:
         return self._n
 
@@ -256,6 +270,9 @@ class VectorIndex:
 
     def add(self, ids: npt.ArrayLike, vectors: npt.ArrayLike) -> None:
         """Insert or replace vectors. Vectors must already be L2-normalised (score = dot)."""
+        self._add(ids, vectors, train=True)
+
+    def _add(self, ids: npt.ArrayLike, vectors: npt.ArrayLike, train: bool) -> None:
         ids_arr = self._check_ids(ids)
         vecs = np.asarray(vectors, dtype=np.float32)
         if vecs.ndim != 2 or vecs.shape != (len(ids_arr), self.dim):
@@ -271,13 +288,13 @@ class VectorIndex:
                 self._remove_locked(ids_arr)
                 self._append_locked(ids_arr, vecs)
                 rebuild = self._needs_rebuild()
-                if rebuild:
+                if rebuild or not train:
                     # Drop the outdated ANN now: searches go exact until the new one is swapped
                     # in, which is slower but never misses a vector, and frees its memory first.
                     self._ann = None
                 elif self._ann is not None:
                     self._ann.add(ids_arr, vecs)
-            if rebuild:
+            if rebuild and train:
                 self._rebuild_ann()
 
     def remove(self, ids: npt.ArrayLike) -> None:

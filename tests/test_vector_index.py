@@ -235,6 +235,16 @@ def test_ann_remove_and_persist(tmp_path: Path, ann_data) -> None:
         assert loaded.search(q, 10) == index.search(q, 10)
 
 
+def test_from_chunks_matches_from_arrays(ann_data) -> None:
+    ids, vecs, queries = ann_data
+    chunks = ((ids[i : i + 1000], vecs[i : i + 1000]) for i in range(0, 5000, 1000))
+    built = VectorIndex.from_chunks(chunks, exact_threshold=3000)
+    assert built.uses_ann and len(built) == 5000
+    whole = VectorIndex.from_arrays(ids[:5000], vecs[:5000], exact_threshold=3000)
+    for q in queries[:5]:
+        assert built.search(q, 10) == whole.search(q, 10)
+
+
 def test_switches_to_ann_past_threshold(ann_data) -> None:
     ids, vecs, queries = ann_data
     index = VectorIndex(exact_threshold=3000)
