@@ -1,0 +1,337 @@
+"""Dominant colours of a product photo, and how well one of them answers a colour query.
+
+Runs at every upload on the thumbnail the pipeline already decoded, so it has to cost a small
+fraction of the embedding (about 1 ms against 5-8 ms) and must give the same answer every time:
+no k-means with random starts. Instead the chromatic pixels of a 64-pixel copy vote in a
+circular hue histogram; the smoothed histogram is cut at its valleys (each bin climbs to its
+peak) and peaks closer than MERGE_DEGREES are merged. Rule, thresholds and measurements:
+docs/colours.md.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from util.colour_spec import ColourQuery, check_min_share, check_tolerance, hue_distance
+
+__all__ = [
+    "CHROMA_MIN",
+    "LIGHTNESS_MAX",
+    "LIGHTNESS_MIN",
+    "MAX_COLOURS",
+    "MERGE_DEGREES",
+    "MIN_CLUSTER_SHARE",
+    "PaletteColour",
+    "best_match",
+    "extract_palette",
+    "match_score",
+]
+
+# --- the achromatic rule (docs/colours.md) -------------------------------------------------
+# A pixel counts as a colour only if its chroma C = max(r,g,b) - min(r,g,b) (0..1) is at least
+# CHROMA_MIN: the distance from the grey axis, which rules out greys, and, since C <= 2L and
+# C <= 2(1-L), also everything lighter than L = 1 - C/2 or darker than L = C/2. HLS saturation
+# alone would not do: (250, 250, 255) has saturation 1.0. LIGHTNESS_MIN/MAX cut the last
+# near-blacks and near-whites that still have some chroma (JPEG noise in shadows, glare).
+CHROMA_MIN = 0.12
+LIGHTNESS_MIN = 0.08
+LIGHTNESS_MAX = 0.94
+
+MAX_COLOURS = 4
+# Clusters smaller than this share of the whole picture are noise, edges and JPEG fringes.
+MIN_CLUSTER_SHARE = 0.02
+# Peaks whose mean hues are this close are one colour (shading moves a garment's hue a little).
+MERGE_DEGREES = 24.0
+# ... and so are neighbours separated only by a shallow dip (a valley above this fraction of
+# the smaller peak), which is what a gradient or a textured fabric looks like.
+VALLEY_RATIO = 0.6
+# The long side the thumbnail is box-reduced to before anything else (speed; 4096 pixels
+# are plenty for shares to the percent).
+WORK_SIDE = 64
+# Smoothing of the 1-degree hue histogram, in degrees.
+SMOOTH_SIGMA = 4.0
+
+# --- white balance (docs/colours.md: measured, and why it is on or off) ---------------------
+WHITE_BALANCE = True
+# Pixels that may be a white or grey surface seen under tinted light: bright, not far from
+# neutral (HSV saturation C/max). A tint strong enough to exceed WB_MAX_SAT is left alone.
+WB_MIN_LIGHTNESS = 0.45
+WB_MAX_SAT = 0.30
+# They are looked for in a frame this deep (fraction of the short side) around the picture,
+# and must cover WB_MIN_FRACTION of that frame.
+WB_BORDER = 0.12
+WB_MIN_FRACTION = 0.25
+# ... and pixels within WB_BACKDROP_RADIUS (per channel) of that backdrop colour must leave
+# room for something else: more than WB_MAX_BACKDROP of the picture, and it is the subject.
+WB_BACKDROP_RADIUS = 0.10
+WB_MAX_BACKDROP = 0.85
+# Only casts with a hue in this range (orange to yellow: warm light) are corrected.
+WB_CAST_HUES = (15.0, 65.0)
+# No channel is scaled by more than this (a cast larger than that is probably the object).
+WB_MAX_GAIN = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class PaletteColour:
+    """One dominant colour: its mean sRGB, the HLS of that mean, and its share of ALL pixels
+    (background included), so shares of one image add up to at most 1."""
+
+    r: int
+    g: int
+    b: int
+    hue: float
+    saturation: float
+    lightness: float
+    share: float
+
+    @property
+    def hex(self) -> str:
+        return f"#{self.r:02x}{self.g:02x}{self.b:02x}"
+
+    @property
+    def chroma(self) -> float:
+        return (1.0 - abs(2.0 * self.lightness - 1.0)) * self.saturation
+
+
+def _gaussian_kernel(sigma: float) -> np.ndarray:
+    half = int(3 * sigma)
+    x = np.arange(-half, half + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+_KERNEL = _gaussian_kernel(SMOOTH_SIGMA)
+_HALF = len(_KERNEL) // 2
+_BINS = np.arange(360)
+# each bin's left neighbour, itself and right neighbour, for the climb in _segment
+_NEIGHBOURS = np.stack([np.roll(_BINS, 1), _BINS, np.roll(_BINS, -1)])
+# the bin itself wins ties, so flat stretches stay put instead of drifting
+_SELF_BONUS = np.array([[0.0], [1e-12], [0.0]])
+
+
+def _work_pixels(thumbnail: Image.Image) -> tuple[np.ndarray, tuple[int, int]]:
+    """The picture as a planar (3, n) float32 array in 0..1, box-reduced to about WORK_SIDE,
+    and its (height, width).
+
+    Planar because per-pixel max/min over a trailing axis of 3 is several times slower in
+    numpy than element-wise maximum of three contiguous rows.
+    """
+    img = thumbnail if thumbnail.mode == "RGB" else thumbnail.convert("RGB")
+    factor = max(1, max(img.size) // WORK_SIDE)
+    if factor > 1:
+        img = img.reduce(factor)
+    arr = np.asarray(img, dtype=np.float32).reshape(-1, 3).T
+    return np.ascontiguousarray(arr) * np.float32(1.0 / 255.0), (img.height, img.width)
+
+
+def _max_min(px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r, g, b = px
+    return np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
+
+
+@functools.lru_cache(maxsize=64)
+def _border(shape: tuple[int, int]) -> np.ndarray:
+    """Flat indices of the frame around the picture, WB_BORDER of each side deep."""
+    h, w = shape
+    k = max(1, round(WB_BORDER * min(h, w)))
+    ring = np.zeros((h, w), dtype=bool)
+    ring[:k] = ring[-k:] = True
+    ring[:, :k] = ring[:, -k:] = True
+    return np.flatnonzero(ring)
+
+
+def white_balance_gains(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+    """Per-channel gains that make the bright near-neutral background grey, or None.
+
+    A von Kries correction, estimated white-patch style but only from the frame around the
+    picture, because that is where a product photo's backdrop is: a pale garment on a dark
+    cloth fills the middle and must not be taken for a tinted wall. Also None when too little
+    of the frame is such a surface, when the cast is not warm (the light we correct is shop
+    light; a cool or pink "cast" is more likely the backdrop's own colour), or when the
+    correction would be too large to be a tint, or when that "backdrop" is nearly the whole
+    picture (a swatch).
+    `px` is planar (3, n) in 0..1, `shape` its (height, width).
+    """
+    ring = px[:, _border(shape)]
+    mx, mn = _max_min(ring)
+    cand = (mx + mn >= 2.0 * WB_MIN_LIGHTNESS) & (mx - mn <= WB_MAX_SAT * mx)
+    n = np.count_nonzero(cand)
+    if n < WB_MIN_FRACTION * ring.shape[1]:
+        return None
+    # the median, not the mean: where a garment reaches the frame, its pale parts are
+    # candidates too, and must not pull the estimate
+    neutral = np.median(ring[:, cand], axis=1).astype(np.float64)
+    r, g, b = (float(v) for v in neutral)
+    if max(r, g, b) - min(r, g, b) < 1.0 / 255.0:
+        return None  # already neutral
+    cast_hue = colorsys.rgb_to_hls(r, g, b)[0] * 360.0
+    if not WB_CAST_HUES[0] <= cast_hue <= WB_CAST_HUES[1]:
+        return None
+    # a backdrop is behind something: if nearly all the picture is that colour, it is a
+    # swatch or a garment filling the frame, and its colour is the answer, not a cast
+    near = np.abs(px - neutral.astype(np.float32)[:, None]).max(axis=0) <= WB_BACKDROP_RADIUS
+    if np.count_nonzero(near) > WB_MAX_BACKDROP * px.shape[1]:
+        return None
+    gains = neutral.mean() / np.maximum(neutral, 1e-6)
+    if gains.max() > WB_MAX_GAIN or gains.min() < 1.0 / WB_MAX_GAIN:
+        return None
+    return gains.astype(np.float32)
+
+
+def _chromatic_hues(px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The chromatic pixels (planar) and their hues in degrees (the rule is at the top)."""
+    mx, mn = _max_min(px)
+    chroma = mx - mn
+    light2 = mx + mn
+    mask = (
+        (chroma >= CHROMA_MIN) & (light2 >= 2.0 * LIGHTNESS_MIN) & (light2 <= 2.0 * LIGHTNESS_MAX)
+    )
+    cpx = px[:, mask]
+    r, g, b = cpx
+    mx = mx[mask]
+    c = chroma[mask]
+    hue = np.where(mx == r, (g - b) / c, np.where(mx == g, (b - r) / c + 2.0, (r - g) / c + 4.0))
+    hue *= 60.0
+    hue %= 360.0
+    return cpx, hue
+
+
+def _segment(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Label every hue bin with the peak it climbs to in the circularly smoothed histogram;
+    also return that smoothed histogram."""
+    padded = np.concatenate([hist[-_HALF:], hist, hist[:_HALF]])
+    smooth = np.convolve(padded, _KERNEL, mode="valid")
+    # Each bin points at its highest neighbour (itself on a peak), deterministically;
+    # pointer jumping then finds every bin's peak in log2(360) rounds.
+    best = _NEIGHBOURS[np.argmax(smooth[_NEIGHBOURS] + _SELF_BONUS, axis=0), _BINS]
+    for _ in range(9):
+        best = best[best]
+    return best, smooth
+
+
+def _merge(arcs: list[list[float]], smooth: np.ndarray, peaks: list[int]) -> list[list[float]]:
+    """Merge neighbouring clusters that are one colour: close mean hues or a shallow valley.
+
+    Each arc is [count, sum_r, sum_g, sum_b]; arcs and their peak bins are in hue order.
+    """
+
+    def mean_hue(a: list[float]) -> float:
+        h, _, _ = colorsys.rgb_to_hls(a[1] / a[0], a[2] / a[0], a[3] / a[0])
+        return h * 360.0
+
+    def valley(i: int, j: int) -> float:
+        # lowest smoothed value on the way from peak i to peak j (going up in hue)
+        lo, hi = peaks[i], peaks[j]
+        idx = np.arange(lo, hi + 1) if hi >= lo else np.r_[lo:360, 0 : hi + 1]
+        return float(smooth[idx].min())
+
+    while len(arcs) > 1:
+        best, best_k = None, -1
+        n = len(arcs)
+        for k in range(n):
+            i, j = k, (k + 1) % n
+            d = hue_distance(mean_hue(arcs[i]), mean_hue(arcs[j]))
+            shallow = valley(i, j) > VALLEY_RATIO * min(smooth[peaks[i]], smooth[peaks[j]])
+            if (d < MERGE_DEGREES or shallow) and (best is None or d < best):
+                best, best_k = d, k
+        if best is None:
+            break
+        i, j = best_k, (best_k + 1) % n
+        merged = [arcs[i][m] + arcs[j][m] for m in range(4)]
+        # keep the higher peak as the cluster's peak
+        keep = i if smooth[peaks[i]] >= smooth[peaks[j]] else j
+        arcs[i] = merged
+        peaks[i] = peaks[keep]
+        del arcs[j]
+        del peaks[j]
+    return arcs
+
+
+def extract_palette(
+    thumbnail: Image.Image, max_colours: int = MAX_COLOURS, *, white_balance: bool | None = None
+) -> list[PaletteColour]:
+    """Up to `max_colours` dominant chromatic colours, largest share first; [] if none.
+
+    `white_balance` overrides WHITE_BALANCE (for measurement); the default is the module's.
+    """
+    px, shape = _work_pixels(thumbnail)
+    total = px.shape[1]
+    if total == 0 or max_colours <= 0:
+        return []
+    if WHITE_BALANCE if white_balance is None else white_balance:
+        gains = white_balance_gains(px, shape)
+        if gains is not None:
+            px = np.minimum(px * gains[:, None], 1.0)
+    cpx, hue = _chromatic_hues(px)
+    if len(hue) < MIN_CLUSTER_SHARE * total:
+        return []
+    hbin = hue.astype(np.int64) % 360
+    hist = np.bincount(hbin, minlength=360).astype(np.float64)
+    label, smooth = _segment(hist)
+    plabel = label[hbin]
+    counts = np.bincount(plabel, minlength=360)
+    sums = [np.bincount(plabel, weights=cpx[c], minlength=360) for c in range(3)]
+    peaks = [int(p) for p in np.flatnonzero(counts)]  # in hue order, so arcs are too
+    arcs = [[float(counts[p])] + [float(sums[c][p]) for c in range(3)] for p in peaks]
+    arcs = _merge(arcs, smooth, peaks)
+    out: list[PaletteColour] = []
+    for count, sr, sg, sb in arcs:
+        share = count / total
+        if share < MIN_CLUSTER_SHARE:
+            continue
+        r, g, b = float(sr / count), float(sg / count), float(sb / count)
+        h, lightness, s = colorsys.rgb_to_hls(r, g, b)
+        out.append(
+            PaletteColour(
+                r=round(r * 255),
+                g=round(g * 255),
+                b=round(b * 255),
+                hue=round(h * 360.0, 2) % 360.0,
+                saturation=round(float(s), 4),
+                lightness=round(float(lightness), 4),
+                share=round(float(share), 4),
+            )
+        )
+    out.sort(key=lambda c: (-c.share, c.hue))
+    return out[:max_colours]
+
+
+def match_score(
+    colour: PaletteColour, query: ColourQuery, tolerance: float, min_share: float
+) -> float | None:
+    """How clearly this colour answers the query, or None if it does not.
+
+    Score = share x closeness x clarity, so a large, on-hue, vivid colour ranks first:
+    closeness falls from 1 at the query hue to 0.5 at the tolerance (quadratically, so the
+    extraction's few degrees of noise near the centre hardly matter); clarity goes from 0.6 for
+    a colour at the chromatic threshold to 1 for chroma 0.5 and up.
+    """
+    tolerance = check_tolerance(tolerance)
+    min_share = check_min_share(min_share)
+    if colour.share < min_share:
+        return None
+    d = hue_distance(colour.hue, query.hue)
+    if d > tolerance:
+        return None
+    if not query.accepts(colour.hue, colour.lightness, colour.saturation):
+        return None
+    closeness = 1.0 - 0.5 * (d / tolerance) ** 2 if tolerance > 0 else 1.0
+    clarity = 0.6 + 0.4 * min(1.0, colour.chroma / 0.5)
+    return colour.share * closeness * clarity
+
+
+def best_match(
+    palette: list[PaletteColour], query: ColourQuery, tolerance: float, min_share: float
+) -> tuple[float, PaletteColour] | None:
+    """An image's score for a query: its best-matching colour's (score, colour), or None."""
+    best: tuple[float, PaletteColour] | None = None
+    for colour in palette:
+        score = match_score(colour, query, tolerance, min_share)
+        if score is not None and (best is None or score > best[0]):
+            best = (score, colour)
+    return best

@@ -1,0 +1,341 @@
+"""Dominant-colour extraction on constructed images whose true colours and shares are known,
+and the match score that ranks colour search results."""
+
+from __future__ import annotations
+
+import colorsys
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from models.colours import (
+    CHROMA_MIN,
+    WB_CAST_HUES,
+    WB_MAX_SAT,
+    WB_MIN_LIGHTNESS,
+    PaletteColour,
+    best_match,
+    extract_palette,
+    match_score,
+)
+from util.colour_spec import ColourSpecError, hue_distance, parse_colour
+
+HUE_TOL = 3.0
+SHARE_TOL = 0.05
+SIZE = (256, 192)
+
+
+def hls_rgb(hue: float, lightness: float = 0.5, saturation: float = 0.8) -> tuple[int, int, int]:
+    r, g, b = colorsys.hls_to_rgb(hue / 360.0, lightness, saturation)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def true_hue(rgb: tuple[int, int, int]) -> float:
+    """The hue of the colour actually painted (after rounding to 8 bits)."""
+    return colorsys.rgb_to_hls(*(c / 255 for c in rgb))[0] * 360.0
+
+
+def split(colours: list[tuple[tuple[int, int, int], float]], size=SIZE) -> Image.Image:
+    """Vertical bands of the given colours with the given width fractions."""
+    w, h = size
+    img = Image.new("RGB", size, (0, 0, 0))
+    x = 0
+    for rgb, frac in colours:
+        bw = round(frac * w)
+        img.paste(Image.new("RGB", (bw, h), rgb), (x, 0))
+        x += bw
+    return img
+
+
+def nearest(palette: list[PaletteColour], hue: float) -> PaletteColour:
+    assert palette, "expected at least one colour"
+    return min(palette, key=lambda c: hue_distance(c.hue, hue))
+
+
+@pytest.mark.parametrize("hue", [0, 10, 30, 55, 90, 120, 165, 200, 240, 275, 300, 330, 355])
+def test_solid_colour_is_one_colour_covering_everything(hue: float) -> None:
+    rgb = hls_rgb(hue)
+    palette = extract_palette(Image.new("RGB", SIZE, rgb))
+    assert len(palette) == 1
+    (c,) = palette
+    assert hue_distance(c.hue, true_hue(rgb)) <= HUE_TOL
+    assert abs(c.share - 1.0) <= SHARE_TOL
+    assert (c.r, c.g, c.b) == rgb
+    assert 0.0 <= c.hue < 360.0
+
+
+@pytest.mark.parametrize(
+    ("hue_a", "share_a", "hue_b", "share_b"),
+    [(0, 0.5, 120, 0.5), (210, 0.7, 30, 0.3), (60, 0.25, 280, 0.75), (350, 0.4, 180, 0.6)],
+)
+def test_two_colour_split_recovers_both_hues_and_shares(
+    hue_a: float, share_a: float, hue_b: float, share_b: float
+) -> None:
+    a, b = hls_rgb(hue_a), hls_rgb(hue_b)
+    palette = extract_palette(split([(a, share_a), (b, share_b)]))
+    assert len(palette) == 2
+    for rgb, share in ((a, share_a), (b, share_b)):
+        c = nearest(palette, true_hue(rgb))
+        assert hue_distance(c.hue, true_hue(rgb)) <= HUE_TOL
+        assert abs(c.share - share) <= SHARE_TOL
+    assert palette[0].share >= palette[1].share
+
+
+@pytest.mark.parametrize("background", [(255, 255, 255), (0, 0, 0), (128, 128, 128)])
+@pytest.mark.parametrize("hue", [0, 45, 150, 220, 310])
+def test_colour_on_white_black_or_grey_counts_only_the_colour(
+    background: tuple[int, int, int], hue: float
+) -> None:
+    rgb = hls_rgb(hue, lightness=0.45, saturation=0.9)
+    img = Image.new("RGB", SIZE, background)
+    img.paste(Image.new("RGB", (96, 96), rgb), (80, 48))  # 96*96 of 256*192 = 0.1875
+    palette = extract_palette(img)
+    assert len(palette) == 1
+    assert hue_distance(palette[0].hue, true_hue(rgb)) <= HUE_TOL
+    assert abs(palette[0].share - 96 * 96 / (SIZE[0] * SIZE[1])) <= SHARE_TOL
+
+
+@pytest.mark.parametrize("level", [0, 3, 20, 60, 128, 200, 240, 252, 255])
+def test_grey_white_and_black_images_have_no_colours(level: int) -> None:
+    assert extract_palette(Image.new("RGB", SIZE, (level, level, level))) == []
+
+
+def test_grey_ramp_with_slight_tints_has_no_colours() -> None:
+    # near-neutral pixels (chroma well under the threshold) across the whole lightness range
+    ramp = np.linspace(0, 255, SIZE[0])[None, :, None].repeat(SIZE[1], axis=0).repeat(3, axis=2)
+    ramp[..., 2] += 255 * CHROMA_MIN * 0.5
+    img = Image.fromarray(np.clip(ramp, 0, 255).astype(np.uint8))
+    assert extract_palette(img) == []
+
+
+def test_near_white_and_near_black_are_not_colours() -> None:
+    img = split([((250, 250, 255), 0.5), ((12, 8, 18), 0.5)])
+    assert extract_palette(img) == []
+
+
+def test_at_most_max_colours_largest_first() -> None:
+    hues = [0, 60, 120, 180, 240, 300]
+    shares = [0.25, 0.2, 0.18, 0.15, 0.12, 0.1]
+    img = split([(hls_rgb(h), s) for h, s in zip(hues, shares, strict=True)])
+    palette = extract_palette(img)
+    assert len(palette) == 4
+    assert [c.share for c in palette] == sorted((c.share for c in palette), reverse=True)
+    for c, h in zip(palette, hues[:4], strict=True):
+        assert hue_distance(c.hue, h) <= HUE_TOL
+    assert len(extract_palette(img, max_colours=2)) == 2
+
+
+def test_shading_of_one_colour_stays_one_colour() -> None:
+    # one fabric, lit and in shadow: same hue, lightness from 0.25 to 0.65
+    w, h = SIZE
+    img = Image.new("RGB", SIZE)
+    for x in range(w):
+        img.paste(Image.new("RGB", (1, h), hls_rgb(200, 0.25 + 0.4 * x / w, 0.7)), (x, 0))
+    palette = extract_palette(img)
+    assert len(palette) == 1
+    assert hue_distance(palette[0].hue, 200) <= HUE_TOL
+
+
+def test_accepts_other_modes_and_tiny_images() -> None:
+    rgb = hls_rgb(100)
+    rgba = Image.new("RGBA", SIZE, (*rgb, 255))
+    assert hue_distance(extract_palette(rgba)[0].hue, true_hue(rgb)) <= HUE_TOL
+    assert extract_palette(Image.new("L", SIZE, 90)) == []
+    assert len(extract_palette(Image.new("RGB", (1, 1), rgb))) == 1
+
+
+def test_deterministic() -> None:
+    rng = np.random.default_rng(7)
+    arr = rng.integers(0, 256, size=(192, 256, 3), dtype=np.uint8)
+    img = Image.fromarray(arr)
+    first = extract_palette(img)
+    assert first  # random noise has chromatic pixels
+    for _ in range(3):
+        assert extract_palette(img.copy()) == first
+
+
+def test_warm_cast_on_white_background_is_corrected() -> None:
+    # a green garment on a white backdrop under warm light: the backdrop reads cream, the
+    # green reads yellow-green; correcting on the backdrop should bring the hue back
+    true_rgb = (60, 160, 80)
+    cast = np.array([1.0, 0.93, 0.80])
+    img = Image.new("RGB", SIZE, (250, 250, 250))
+    img.paste(Image.new("RGB", (100, 120), true_rgb), (78, 36))
+    tinted = Image.fromarray(np.round(np.asarray(img) * cast).astype(np.uint8))
+    plain = extract_palette(tinted, white_balance=False)
+    balanced = extract_palette(tinted, white_balance=True)
+    truth = true_hue(true_rgb)
+    err_plain = min(hue_distance(c.hue, truth) for c in plain)
+    err_balanced = min(hue_distance(c.hue, truth) for c in balanced)
+    assert err_balanced < err_plain
+    assert err_balanced <= HUE_TOL
+    assert len(balanced) == 1  # the cream backdrop is not reported as a colour
+
+
+def test_pale_garment_on_dark_cloth_is_not_washed_out() -> None:
+    # the only bright surface is the garment itself, in the middle, not the frame
+    peach = hls_rgb(25, lightness=0.8, saturation=0.8)
+    img = Image.new("RGB", SIZE, (20, 20, 20))
+    img.paste(Image.new("RGB", (140, 120), peach), (58, 36))
+    palette = extract_palette(img, white_balance=True)
+    assert len(palette) == 1
+    assert hue_distance(palette[0].hue, true_hue(peach)) <= HUE_TOL
+
+
+def looks_like_lit_backdrop(rgb: tuple[int, int, int]) -> bool:
+    mx, mn = max(rgb) / 255, min(rgb) / 255
+    hue = true_hue(rgb)
+    return (
+        (mx + mn) / 2 >= WB_MIN_LIGHTNESS
+        and mx - mn <= WB_MAX_SAT * mx
+        and WB_CAST_HUES[0] <= hue <= WB_CAST_HUES[1]
+    )
+
+
+_hues = st.floats(0, 359.99, allow_nan=False)
+_sats = st.floats(0.35, 1.0)
+_lights = st.floats(0.3, 0.7)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hue=_hues, sat=_sats, light=_lights)
+def test_random_solid_colour(hue: float, sat: float, light: float) -> None:
+    rgb = hls_rgb(hue, light, sat)
+    palette = extract_palette(Image.new("RGB", SIZE, rgb))
+    assert len(palette) == 1
+    assert hue_distance(palette[0].hue, true_hue(rgb)) <= HUE_TOL
+    assert abs(palette[0].share - 1.0) <= SHARE_TOL
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    hue_a=_hues,
+    gap=st.floats(60, 180),
+    sat_a=_sats,
+    sat_b=_sats,
+    light_a=_lights,
+    light_b=_lights,
+    share_a=st.floats(0.15, 0.85),
+    background=st.sampled_from([None, (255, 255, 255), (0, 0, 0), (140, 140, 140)]),
+    white_balance=st.booleans(),
+)
+def test_random_two_colour_split(
+    hue_a: float,
+    gap: float,
+    sat_a: float,
+    sat_b: float,
+    light_a: float,
+    light_b: float,
+    share_a: float,
+    background: tuple[int, int, int] | None,
+    white_balance: bool,
+) -> None:
+    a = hls_rgb(hue_a, light_a, sat_a)
+    b = hls_rgb((hue_a + gap) % 360, light_b, sat_b)
+    if white_balance:
+        # documented limit: a pale warm colour (cream, khaki) along the frame looks exactly
+        # like a white backdrop under warm light, and is neutralised
+        assume(not (looks_like_lit_backdrop(a) or looks_like_lit_backdrop(b)))
+    if background is None:
+        bands = [(a, share_a), (b, 1 - share_a)]
+    else:  # a third of the picture is achromatic background, not counted in any share
+        bands = [(a, share_a * 2 / 3), (background, 1 / 3), (b, (1 - share_a) * 2 / 3)]
+    img = split(bands)
+    palette = extract_palette(img, white_balance=white_balance)
+    assert len(palette) == 2
+    for rgb, share in bands:
+        if rgb == background:
+            continue
+        c = nearest(palette, true_hue(rgb))
+        assert hue_distance(c.hue, true_hue(rgb)) <= HUE_TOL
+        assert abs(c.share - share) <= SHARE_TOL
+
+
+# --- match_score -------------------------------------------------------------------------
+
+
+def colour(hue: float, share: float, lightness: float = 0.5, saturation: float = 0.8):
+    r, g, b = hls_rgb(hue, lightness, saturation)
+    return PaletteColour(r, g, b, hue, saturation, lightness, share)
+
+
+def test_match_wraps_around_zero() -> None:
+    q = parse_colour("355")
+    assert match_score(colour(5, 0.5), q, 15, 0.0) is not None
+    assert match_score(colour(15, 0.5), q, 15, 0.0) is None
+
+
+def test_match_respects_tolerance_and_min_share() -> None:
+    q = parse_colour("200")
+    assert match_score(colour(214, 0.5), q, 15, 0.1) is not None
+    assert match_score(colour(216, 0.5), q, 15, 0.1) is None
+    assert match_score(colour(200, 0.05), q, 15, 0.1) is None
+    assert match_score(colour(200, 0.5), q, 0, 0.1) is not None
+
+
+def test_score_ranks_closer_and_larger_first() -> None:
+    q = parse_colour("120")
+    on_hue = match_score(colour(120, 0.5), q, 15, 0.0)
+    off_hue = match_score(colour(132, 0.5), q, 15, 0.0)
+    small = match_score(colour(120, 0.2), q, 15, 0.0)
+    dull = match_score(colour(120, 0.5, saturation=0.2), q, 15, 0.0)
+    assert on_hue > off_hue > small
+    assert on_hue > dull
+    # a large colour at the edge of the tolerance still beats a sliver at the centre
+    assert match_score(colour(134, 0.8), q, 15, 0.0) > match_score(colour(120, 0.1), q, 15, 0.0)
+
+
+def test_names_separate_brown_from_orange_and_pink_from_red() -> None:
+    brown = colour(25, 0.5, lightness=0.3, saturation=0.6)
+    orange = colour(28, 0.5, lightness=0.5, saturation=0.95)
+    pink = colour(350, 0.5, lightness=0.8, saturation=0.7)
+    red = colour(358, 0.5, lightness=0.45, saturation=0.8)
+    for name, yes, no in (("brown", brown, orange), ("orange", orange, brown),
+                          ("pink", pink, red), ("red", red, pink)):  # fmt: skip
+        q = parse_colour(name)
+        assert match_score(yes, q, q.tolerance, 0.0) is not None, name
+        assert match_score(no, q, q.tolerance, 0.0) is None, name
+
+
+def test_best_match_picks_the_best_colour_of_an_image() -> None:
+    q = parse_colour("blue")
+    palette = [colour(30, 0.6), colour(225, 0.3), colour(205, 0.1)]
+    score, c = best_match(palette, q, q.tolerance, 0.05)
+    assert c.hue == 225
+    assert score == match_score(c, q, q.tolerance, 0.05)
+    assert best_match(palette, parse_colour("green"), 45, 0.05) is None
+
+
+def test_bad_tolerance_and_min_share_are_refused() -> None:
+    q = parse_colour("red")
+    with pytest.raises(ColourSpecError):
+        match_score(colour(0, 0.5), q, -1, 0.0)
+    with pytest.raises(ColourSpecError):
+        match_score(colour(0, 0.5), q, 15, 1.5)
+
+
+# --- real photos (optional: the shared dataset) -------------------------------------------
+
+_DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "clothing-small"
+
+
+@pytest.mark.skipif(not _DATASET.is_dir(), reason="shared clothing dataset not present")
+def test_real_photos_give_sane_palettes() -> None:
+    files = sorted(_DATASET.glob("gallery/*/*.jpg"))[:: max(1, int(os.environ.get("STEP", 25)))]
+    assert files
+    for f in files:
+        with Image.open(f) as im:
+            im = im.convert("RGB")
+            im.thumbnail((256, 256))
+        palette = extract_palette(im)
+        assert palette == extract_palette(im)
+        assert len(palette) <= 4
+        assert sum(c.share for c in palette) <= 1.0 + 1e-6
+        for c in palette:
+            assert 0 <= c.hue < 360 and 0 < c.share <= 1
+            assert c.chroma >= CHROMA_MIN * 0.5  # a mean of chromatic pixels stays chromatic

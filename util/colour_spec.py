@@ -1,0 +1,222 @@
+"""Parsing of the COLOR argument of `search_by_color`, shared by the shell and the server.
+
+The shell parses the argument before sending it, so a typo is reported at once with the list
+of what is accepted; the server parses it again because it trusts no client. Both must agree
+to the degree, so the rules live here, in one stdlib-only module (the client never imports
+Pillow or TensorFlow for this).
+
+Hues are HSL/HLS hues in degrees, [0, 360). Lightness and saturation are HSL values in [0, 1],
+the same ones `models.colours.PaletteColour` stores. See docs/colours.md for the table of names.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+import re
+from dataclasses import dataclass
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "NAMES",
+    "ColourQuery",
+    "ColourSpecError",
+    "LSBox",
+    "check_min_share",
+    "check_tolerance",
+    "hue_distance",
+    "hue_ranges",
+    "parse_colour",
+]
+
+# A degree or hex query without --tolerance matches hues within this many degrees.
+DEFAULT_TOLERANCE = 15.0
+
+# How far a hex query's lightness and saturation may stray from the hex colour's own. Wide,
+# because shading moves a garment's lightness a lot, but narrow enough that a dark brown hex
+# (#8b4513, L 0.31) does not pull in bright orange (L 0.5, S 1.0 is inside; L 0.7 is not).
+HEX_LIGHTNESS_WINDOW = 0.25
+HEX_SATURATION_WINDOW = 0.45
+# A hex colour this close to the grey axis has no meaningful hue (same rule as extraction).
+HEX_MIN_CHROMA = 0.12
+
+
+class ColourSpecError(ValueError):
+    """A COLOR, --tolerance or --min-share value that cannot be used; the message says why and
+    lists what is accepted, so it can be shown to the user as it is."""
+
+
+@dataclass(frozen=True, slots=True)
+class LSBox:
+    """An allowed region of (lightness, saturation), bounds inclusive, optionally only for hues
+    in [h_lo, h_hi] (degrees, may wrap past 360: 335..20).
+
+    A query's constraint is a union of boxes because "not brown" (for orange) is not a box,
+    and where pink ends depends on the hue (a raspberry at 340 is pink earlier than a red).
+    """
+
+    l_lo: float = 0.0
+    l_hi: float = 1.0
+    s_lo: float = 0.0
+    s_hi: float = 1.0
+    h_lo: float | None = None
+    h_hi: float | None = None
+
+    def covers(self, hue: float) -> bool:
+        if self.h_lo is None or self.h_hi is None:
+            return True
+        hue %= 360.0
+        if self.h_lo <= self.h_hi:
+            return self.h_lo <= hue <= self.h_hi
+        return hue >= self.h_lo or hue <= self.h_hi
+
+    def contains(self, lightness: float, saturation: float) -> bool:
+        return self.l_lo <= lightness <= self.l_hi and self.s_lo <= saturation <= self.s_hi
+
+
+@dataclass(frozen=True, slots=True)
+class ColourQuery:
+    """What a user asked for: a hue plus, for names and hex colours, where in lightness and
+    saturation a colour must lie.
+
+    `tolerance` is the default half-width in degrees, used when the user gives no --tolerance:
+    15 for degrees and hex, the name's own band for names (green covers more hues than cyan).
+    """
+
+    hue: float
+    tolerance: float
+    boxes: tuple[LSBox, ...] = ()
+    name: str | None = None
+    text: str = ""
+
+    def accepts(self, hue: float, lightness: float, saturation: float) -> bool:
+        """Whether a colour's lightness and saturation suit the query (hue distance is checked
+        apart): true where no box covers its hue, else if one of the covering boxes holds it."""
+        covering = [b for b in self.boxes if b.covers(hue)]
+        return not covering or any(b.contains(lightness, saturation) for b in covering)
+
+
+# Brown and orange share hues; they are told apart by lightness and saturation, and the two
+# regions are complements, so every colour in 15..45 degrees is one or the other:
+# brown is dark (L <= 0.40) or dull (S <= 0.50 up to L 0.75, which takes in tan and camel).
+_BROWN = (LSBox(l_hi=0.40), LSBox(l_hi=0.75, s_hi=0.50))
+_ORANGE = (LSBox(l_lo=0.40, s_lo=0.50), LSBox(l_lo=0.75))
+# Pink is light red-to-magenta: L >= 0.62, or already L >= 0.50 for the raspberry hues
+# 320..352 that lean to magenta. Red and magenta are the darker side of the same lines.
+_PINK = (LSBox(l_lo=0.62), LSBox(l_lo=0.50, h_lo=320.0, h_hi=352.0))
+_RED = (LSBox(l_hi=0.62, h_lo=352.0, h_hi=20.0), LSBox(l_hi=0.50, h_lo=320.0, h_hi=352.0))
+_MAGENTA = (LSBox(l_hi=0.62),)
+
+# name -> (centre hue, default half-width, lightness/saturation boxes). Chosen from how the
+# names are used for products (blue clothes sit near 215-225, rarely at the sRGB primary 240).
+# The bands overlap a little; every chromatic colour falls under at least one name.
+NAMES: dict[str, tuple[float, float, tuple[LSBox, ...]]] = {
+    "red": (0.0, 20.0, _RED),
+    "orange": (30.0, 15.0, _ORANGE),
+    "brown": (28.0, 20.0, _BROWN),
+    "yellow": (58.0, 14.0, ()),
+    "green": (119.0, 47.0, ()),
+    "cyan": (182.0, 17.0, ()),
+    "blue": (222.0, 23.0, ()),
+    "purple": (270.0, 25.0, ()),
+    "magenta": (312.0, 23.0, _MAGENTA),
+    "pink": (335.0, 45.0, _PINK),
+}
+
+_ACCEPTED = (
+    "a hue in degrees from 0 to 360 (e.g. 210), a name ("
+    + ", ".join(NAMES)
+    + ") or a hex colour #rrggbb (e.g. #1e90ff)"
+)
+_HEX = re.compile(r"#([0-9a-fA-F]{6})")
+_DEGREES = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)(deg|°)?")
+
+
+def hue_distance(a: float, b: float) -> float:
+    """Angular distance in degrees, 0..180, so that 355 and 5 are 10 apart."""
+    d = abs(a - b) % 360.0
+    return 360.0 - d if d > 180.0 else d
+
+
+def check_tolerance(tolerance: float) -> float:
+    """Validate a --tolerance value; anything over 180 already covers the whole circle."""
+    if not isinstance(tolerance, int | float) or not math.isfinite(tolerance) or tolerance < 0:
+        raise ColourSpecError(
+            f"tolerance must be a number of degrees from 0 to 180, not {tolerance!r}"
+        )
+    return float(min(tolerance, 180.0))
+
+
+def check_min_share(min_share: float) -> float:
+    """Validate a --min-share value (a fraction of the picture)."""
+    if not isinstance(min_share, int | float) or not (0.0 <= min_share <= 1.0):
+        raise ColourSpecError(
+            f"min-share must be a fraction of the picture from 0 to 1, not {min_share!r}"
+        )
+    return float(min_share)
+
+
+def hue_ranges(hue: float, tolerance: float) -> list[tuple[float, float]]:
+    """Closed [lo, hi] hue intervals within `tolerance` of `hue`, split at 0/360, so that the
+    store can use an index: `hue BETWEEN lo AND hi` OR-ed over the (one or two) intervals.
+
+    Stored hues are in [0, 360); a query across 0 gives [lo, 360] and [0, hi].
+    """
+    tolerance = check_tolerance(tolerance)
+    if not math.isfinite(hue):
+        raise ColourSpecError(f"hue must be a number of degrees, not {hue!r}")
+    if tolerance >= 180.0:
+        return [(0.0, 360.0)]
+    hue %= 360.0
+    lo, hi = hue - tolerance, hue + tolerance
+    if lo < 0.0:
+        return [(0.0, hi), (lo + 360.0, 360.0)]
+    if hi > 360.0:
+        return [(0.0, hi - 360.0), (lo, 360.0)]
+    return [(lo, hi)]
+
+
+def _hex_query(text: str, digits: str) -> ColourQuery:
+    r, g, b = (int(digits[i : i + 2], 16) / 255.0 for i in (0, 2, 4))
+    if max(r, g, b) - min(r, g, b) < HEX_MIN_CHROMA:
+        raise ColourSpecError(
+            f"{text} is too close to grey, white or black to have a hue (those are not "
+            f"indexed); give {_ACCEPTED}"
+        )
+    h, lightness, s = colorsys.rgb_to_hls(r, g, b)
+    box = LSBox(
+        l_lo=max(0.0, lightness - HEX_LIGHTNESS_WINDOW),
+        l_hi=min(1.0, lightness + HEX_LIGHTNESS_WINDOW),
+        s_lo=max(0.0, s - HEX_SATURATION_WINDOW),
+        s_hi=min(1.0, s + HEX_SATURATION_WINDOW),
+    )
+    return ColourQuery(
+        hue=(h * 360.0) % 360.0, tolerance=DEFAULT_TOLERANCE, boxes=(box,), text=text.lower()
+    )
+
+
+def parse_colour(text: str) -> ColourQuery:
+    """Turn the user's COLOR into a query, or raise ColourSpecError listing what is accepted."""
+    if not isinstance(text, str):
+        raise ColourSpecError(f"colour must be text: {_ACCEPTED}")
+    spec = text.strip()
+    if not spec:
+        raise ColourSpecError(f"no colour given: {_ACCEPTED}")
+    key = spec.lower()
+    if key in NAMES:
+        hue, tolerance, boxes = NAMES[key]
+        return ColourQuery(hue=hue, tolerance=tolerance, boxes=boxes, name=key, text=key)
+    if spec.startswith("#"):
+        m = _HEX.fullmatch(spec)
+        if m is None:
+            raise ColourSpecError(
+                f"malformed hex colour {spec!r}: a hex colour is # and six hex digits; "
+                f"give {_ACCEPTED}"
+            )
+        return _hex_query(spec, m.group(1))
+    if _DEGREES.fullmatch(spec):
+        value = float(spec.rstrip("deg°"))
+        if not 0.0 <= value <= 360.0:
+            raise ColourSpecError(f"hue {spec} is out of range; give {_ACCEPTED}")
+        return ColourQuery(hue=value % 360.0, tolerance=DEFAULT_TOLERANCE, text=spec)
+    raise ColourSpecError(f"unknown colour {spec!r}; give {_ACCEPTED}")
