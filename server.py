@@ -43,6 +43,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         help="largest image file accepted, in bytes",
     )
+    cfg.add_option(
+        parser,
+        "--weights",
+        help="MobileNetV2 no-top .weights.h5 for search by image (default: Keras' own ImageNet "
+        "download, which needs internet); without a model the rest of the server still works",
+    )
     parser.add_argument(
         "--check",
         action="store_true",
@@ -66,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=Path(args.data_dir),
         idle_timeout_s=float(args.idle_timeout),
         max_image_bytes=int(args.max_image_bytes),
+        weights=args.weights or None,
     )
     ssl_context, fingerprint = tls_identity(config, args.tls_cert, args.tls_key)
 

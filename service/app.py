@@ -19,7 +19,13 @@ from protocol import tls
 from repository import images as image_repo
 from repository.blobstore import BlobStore, load_or_create_key
 from repository.database import Database
-from service import accounts, cart, images, listings  # noqa: F401  (they register their routes)
+from service import (  # noqa: F401  (they register their routes)
+    accounts,
+    cart,
+    images,
+    listings,
+    similarity,
+)
 from service.auth import LoginThrottle
 from service.connection import Connection
 from service.context import ServerConfig, Services
@@ -90,6 +96,8 @@ def open_services(config: ServerConfig) -> Services:
         blobs=blobs,
     )
     services.extras["data_dir_lock"] = lock_fd
+    # Search by image: registers the upload analyser and index hooks; loads nothing yet.
+    similarity.install(services, config.weights, config.cache_dir)
     return services
 
 
@@ -136,6 +144,8 @@ async def serve(
     host, port = server.sockets[0].getsockname()[:2]
     announce(f"Vitrine server listening on {host}:{port}")
     announce(f"Certificate fingerprint {fingerprint}")
+    # The model and the index load in the background, after we already answer.
+    similarity.start(services)
 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -149,6 +159,8 @@ async def serve(
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*connections, return_exceptions=True), 5)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(similarity.stop, services)  # saves the vector index
         services.executor.shutdown(wait=True, cancel_futures=True)
         services.db.close()
         os.close(services.extras.pop("data_dir_lock"))

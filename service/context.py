@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,13 @@ from repository.database import Database
 from service.auth import LoginThrottle
 
 if TYPE_CHECKING:
+    from repository.images import NewImage
     from service.ingest import Analyser
+
+#: Called after an upload's row (and embedding) committed, with the new id: e.g. to index it.
+StoredHook = Callable[["Services", int, "NewImage"], Awaitable[None]]
+#: Called after an image was (soft) deleted, with its id: e.g. to drop it from an index.
+DeletedHook = Callable[["Services", int], Awaitable[None]]
 
 T = TypeVar("T")
 
@@ -42,6 +48,10 @@ class ServerConfig:
     purge_after_s: float = 30 * 24 * 3600.0
     #: Listing cursors kept per connection; the oldest is dropped beyond this.
     max_cursors: int = 16
+    #: MobileNetV2 no-top weights file for search by image; None: Keras' own download.
+    weights: str | None = None
+    #: Where the converted model is cached; None: util.config.default_cache_dir().
+    cache_dir: Path | None = None
 
 
 @dataclass
@@ -56,6 +66,9 @@ class Services:
     blobs: BlobStore
     #: Extra upload steps (embeddings) that get each decoded upload once; see service.ingest.
     analysers: list[Analyser] = field(default_factory=list)
+    #: Post-commit hooks; a failing hook is logged and never fails the request.
+    on_stored: list[StoredHook] = field(default_factory=list)
+    on_deleted: list[DeletedHook] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

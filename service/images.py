@@ -7,6 +7,7 @@ does not leak. Changing an image needs its owner or an admin (FORBIDDEN otherwis
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
 
@@ -31,6 +32,8 @@ from service.context import RequestContext, Services
 from service.ingest import Upload, ingest
 from service.registry import route
 from util.filenames import display_name
+
+log = logging.getLogger("vitrine.images")
 
 # --- tags ---------------------------------------------------------------------------------------
 
@@ -222,6 +225,11 @@ async def delete_image(ctx: RequestContext, request: DeleteImage) -> Ok:
     await _editable(ctx, request.image_id)
     if not await ctx.services.db_call(repo.soft_delete, request.image_id):
         raise _not_found(request.image_id)
+    for hook in ctx.services.on_deleted:  # e.g. the vector index forgets it
+        try:
+            await hook(ctx.services, request.image_id)
+        except Exception:  # the delete is committed; listings re-check visibility anyway
+            log.exception("post-delete hook %r failed for image %d", hook, request.image_id)
     return Ok(id=request.id)
 
 

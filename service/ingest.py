@@ -9,7 +9,8 @@ costs a keyed hash and one indexed lookup per file (no decoding at all):
    mode at the thumbnail's size), make the thumbnail and the colour palette from it;
 3. run the async analysers (the embedding step plugs in here, batched across uploads);
 4. write original and thumbnail to the blob store (each fsynced, renamed);
-5. commit row + tags + FTS + colours + embedding in one transaction.
+5. commit row + tags + FTS + colours + embedding in one transaction;
+6. run the post-commit hooks (`Services.on_stored`: the vector index adds the new vector).
 
 A SIGKILL between 4 and 5 leaves blobs no row names; the start-up sweep removes them, and
 re-running the upload repeats 4 (a no-op for blobs already there) and 5.
@@ -165,6 +166,11 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
         image_id = await services.db_call(repo.insert_image, new)
     except repo.DuplicateImage as dup:
         return dup.image_id, False
+    for hook in services.on_stored:
+        try:
+            await hook(services, image_id, new)
+        except Exception:  # the row is committed: a failing index update must not undo it
+            log.exception("post-upload hook %r failed for image %d", hook, image_id)
     return image_id, True
 
 

@@ -15,6 +15,7 @@ from shell.cart_commands import CartCommands
 from shell.connection import ConnectionLost, ServerConnection, TrustPolicy
 from shell.image_commands import ImageCommands
 from shell.session import ClientSession
+from shell.similar_commands import SimilarCommands
 from util import config as cfg
 
 DEFAULT_PORT = 7878
@@ -109,7 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         session,
         data_dir=data_dir,
         config_dir=config_dir,
-        command_sets=[AccountCommands(), ImageCommands(), BrowseCommands(), CartCommands()],
+        command_sets=[
+            AccountCommands(),
+            ImageCommands(),
+            BrowseCommands(),
+            SimilarCommands(),
+            CartCommands(),
+        ],
         allow_cli_args=False,
     )
     shell.intro = (

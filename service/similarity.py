@@ -1,0 +1,820 @@
+"""Search by image: the model's life in the server, embeddings at upload, the vector index, the
+backfill of images that have no embedding yet, and the ImageSearch route.
+
+Life of the model (one `SimilarityEngine` per server, in ``Services.extras["similarity"]``):
+
+* ``start`` runs after the server announces that it listens: one background thread loads the
+  model (``models.embeddings.Embedder``: a cached TFLite file, converted from the Keras
+  weights once per cache directory), then opens the index, then backfills. Nothing of that
+  delays start-up or blocks the event loop, and every failure (no weights file, Keras' own
+  download failing offline, a broken cache) is caught: the server goes on serving everything
+  else and ImageSearch answers UNAVAILABLE with a sentence saying how to provide weights.
+* **Uploads while the model loads** wait for it, at most ``UPLOAD_WAIT_S`` (a warm start takes
+  well under a second; the first conversion ~10-20 s). Past that, or when the model cannot be
+  loaded at all, the image is stored without an embedding and the backfill computes it once a
+  model is there: later in this run, or at the next start with weights. Waiting (bounded)
+  keeps the common case simple (a bulk upload right after start gets its embeddings in the
+  same transaction as its rows) without ever letting a missing model stall uploads.
+* **Backfill** finds live images without an embedding of the current model (new ones made
+  without weights, or vectors of other weights or another input policy), decodes their stored
+  originals exactly as an upload does (same decoder, same draft scale: identical vectors), and
+  embeds them through the same batcher, logging progress every ``BACKFILL_LOG_EVERY`` images
+  and a final "backfill done" line with count and rate. It runs at start and whenever an
+  upload is stored without an embedding while the model is ready.
+
+The index (``repository.vector_index.VectorIndex``) holds the live images' vectors of the
+current model. It is loaded from ``<data dir>/vector-index`` when its generation token still
+matches the database (model name + count, max and sums of the live embedded ids: embeddings
+are never updated in place), else rebuilt from the embeddings table; the time is logged. It is
+kept in step after each commit: add after an upload's row commits, remove after a delete, both
+under one lock with a liveness check in SQL, so a delete racing an add never leaves a deleted
+image in the index. Changes that arrive while the index is being built are queued and applied
+when it is published. It is saved on a clean shutdown when it changed.
+
+Search: filters (tags all-of, price range, in stock) and visibility apply before the cut.
+Without tags, or with tags that most images carry, the index is asked for its best
+``POST_FILTER_CANDIDATES`` and those are checked in one SQL query (cheap at any size: an
+allowed-id list of 100k rows costs tens of milliseconds to build); when that leaves fewer than
+``MAX_RESULTS``, the allowed ids are computed in SQL and the index searches among them only.
+Selective tags go straight to the allowed-id path (a walk of the rarest tag's index). The
+ranked ids and cosines then go into a listing snapshot: batches, ``More`` and visibility
+re-checks come from ``service.listings``.
+
+The SQL for the embeddings table lives here rather than in ``repository.images`` only because
+this feature owns the table's use; it uses that module's visibility rule and write lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from models.embeddings import EMBEDDING_DIM, prepare_input
+from protocol.catalog import Batch, Filters, ImageSearch
+from protocol.errors import ErrorCode, VitrineError
+from repository import images as repo
+from repository.database import transaction
+from repository.images import _VISIBLE as VISIBLE  # the one definition of "may see"
+from service.context import RequestContext, Services
+from service.images import normalise_tags
+from service.ingest import Prepared, rejection_error
+from service.listings import open_snapshot
+from service.registry import route
+from util import config as cfg
+from util import images as imaging
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from models.batcher import EmbeddingBatcher
+    from repository.vector_index import VectorIndex
+
+log = logging.getLogger("vitrine.similarity")
+# faiss announces at INFO which CPU build it tried; that is noise in a server log.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+#: Ranked results a search snapshot holds (batches of 20, then `More`, up to this many).
+MAX_RESULTS = 500
+#: Unfiltered candidates checked against the filters in SQL before falling back to allowed ids.
+POST_FILTER_CANDIDATES = 640
+#: Tags carried by at least this share of the indexed images are post-filtered, not pre-listed.
+TAG_POST_FILTER_SHARE = 0.5
+#: Longest an upload waits for the model to finish loading before it is stored without one.
+UPLOAD_WAIT_S = 30.0
+#: Backfill logs its progress every this many images (and at least every BACKFILL_LOG_S).
+BACKFILL_LOG_EVERY = 500
+BACKFILL_LOG_S = 10.0
+#: Images read and decoded per backfill step (decoding overlaps the model through the batcher).
+BACKFILL_CHUNK = 64
+#: Rows read per chunk when the index is rebuilt from SQLite (about 40 MB of vectors).
+REBUILD_CHUNK = 8192
+INDEX_DIR = "vector-index"
+_VECTOR_BYTES = EMBEDDING_DIM * 4
+_EXTRA = "similarity"
+
+WEIGHTS_HINT = (
+    "Start the server with VITRINE_WEIGHTS=/path/to/mobilenet_v2_1.0_224_imagenet_no_top"
+    ".weights.h5 (or server.py --weights PATH), or give it internet access so Keras can "
+    "download the ImageNet weights; images uploaded meanwhile get their embeddings then."
+)
+
+
+# --- vectors and SQL ----------------------------------------------------------------------------
+
+
+def vector_bytes(vector: np.ndarray) -> bytes:
+    """How a vector is stored: 1280 little-endian float32 (5,120 bytes)."""
+    return np.ascontiguousarray(vector, dtype="<f4").reshape(EMBEDDING_DIM).tobytes()
+
+
+def vector_from(blob: bytes) -> np.ndarray | None:
+    """The stored vector, or None if the bytes are not one (never trusted blindly)."""
+    if blob is None or len(blob) != _VECTOR_BYTES:
+        return None
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+
+def iter_embeddings(
+    conn: sqlite3.Connection, model: str, chunk: int = REBUILD_CHUNK
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) of live images with an embedding of `model`, ascending, chunk by chunk,
+    so a rebuild never holds a second full copy of the vectors."""
+    after = 0
+    while True:
+        rows = conn.execute(
+            "SELECT e.image_id, e.vector FROM embeddings e CROSS JOIN images i "
+            "ON i.id = e.image_id WHERE e.image_id > ? AND e.model = ? "
+            "AND i.deleted_at IS NULL ORDER BY e.image_id LIMIT ?",
+            (after, model, chunk),
+        ).fetchall()
+        if not rows:
+            return
+        after = rows[-1][0]
+        good = [(r[0], r[1]) for r in rows if r[1] is not None and len(r[1]) == _VECTOR_BYTES]
+        if good:
+            ids = np.fromiter((g[0] for g in good), dtype=np.int64, count=len(good))
+            vectors = np.frombuffer(b"".join(g[1] for g in good), dtype="<f4")
+            yield ids, vectors.reshape(len(good), EMBEDDING_DIM).astype(np.float32, copy=False)
+
+
+def index_generation(conn: sqlite3.Connection, model: str) -> str:
+    """A token that changes whenever the set of live embedded images of `model` changes.
+
+    Count, largest id, sum and sum of squares of the ids: an insert, a delete or a backfill
+    changes at least the count or the sums, and a vector is never rewritten in place under the
+    same model name. Checked before a saved index is trusted.
+    """
+    count, top, total, squares = conn.execute(
+        "SELECT COUNT(*), COALESCE(MAX(e.image_id), 0), TOTAL(e.image_id), "
+        "TOTAL(e.image_id * e.image_id) FROM embeddings e CROSS JOIN images i "
+        "ON i.id = e.image_id WHERE e.model = ? AND i.deleted_at IS NULL",
+        (model,),
+    ).fetchone()
+    return f"v1|{model}|{count}|{top}|{int(total)}|{int(squares)}"
+
+
+def missing_embeddings(
+    conn: sqlite3.Connection, model: str, after: int = 0, limit: int = BACKFILL_CHUNK
+) -> list[tuple[int, str]]:
+    """(id, original blob) of live images with no embedding of `model`, ascending after `after`."""
+    return [
+        (row[0], row[1])
+        for row in conn.execute(
+            "SELECT i.id, i.blob FROM images i WHERE i.id > ? AND i.deleted_at IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.image_id = i.id AND e.model = ?) "
+            "ORDER BY i.id LIMIT ?",
+            (after, model, limit),
+        )
+    ]
+
+
+def count_missing(conn: sqlite3.Connection, model: str) -> int:
+    """Live images still without an embedding of `model` (0 once everything is embedded)."""
+    (n,) = conn.execute(
+        "SELECT COUNT(*) FROM images i WHERE i.deleted_at IS NULL AND NOT EXISTS "
+        "(SELECT 1 FROM embeddings e WHERE e.image_id = i.id AND e.model = ?)",
+        (model,),
+    ).fetchone()
+    return int(n)
+
+
+def store_embeddings(
+    conn: sqlite3.Connection, model: str, ids: Sequence[int], vectors: np.ndarray
+) -> list[int]:
+    """Write vectors of `model` for live images (replacing other models'); returns the ids
+    written. One transaction: bulk loaders (benchmarks) can pass thousands at once."""
+    pairs = [(int(i), vector_bytes(v)) for i, v in zip(ids, vectors, strict=True)]
+    if not pairs:
+        return []
+    with repo.WRITE_LOCK, transaction(conn, immediate=True):
+        live = _live_subset(conn, [p[0] for p in pairs])
+        conn.executemany(
+            "INSERT OR REPLACE INTO embeddings (image_id, model, vector) VALUES (?, ?, ?)",
+            [(i, model, blob) for i, blob in pairs if i in live],
+        )
+    return [i for i, _ in pairs if i in live]
+
+
+def _live_subset(conn: sqlite3.Connection, ids: Sequence[int]) -> set[int]:
+    return {
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM images WHERE id IN (SELECT value FROM json_each(?)) "
+            "AND deleted_at IS NULL",
+            (json.dumps([int(i) for i in ids]),),
+        )
+    }
+
+
+def visible_vector(
+    conn: sqlite3.Connection, viewer: int, image_id: int, model: str
+) -> tuple[bool, np.ndarray | None, str]:
+    """(visible to `viewer`, its vector of `model` or None, its original blob)."""
+    row = conn.execute(
+        f"SELECT e.vector, e.model, i.blob FROM images i LEFT JOIN embeddings e "
+        f"ON e.image_id = i.id WHERE i.id = :id AND {VISIBLE}",
+        {"id": image_id, "viewer": viewer},
+    ).fetchone()
+    if row is None:
+        return False, None, ""
+    vector = vector_from(row[0]) if row[1] == model else None
+    return True, vector, row[2]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilters:
+    """Filters resolved against the database: tag ids (rarest first) and plain conditions."""
+
+    tag_ids: tuple[int, ...] = ()
+    tag_counts: tuple[int, ...] = ()
+    min_price_cents: int | None = None
+    max_price_cents: int | None = None
+    in_stock: bool = False
+    #: A tag nobody has used: nothing can match.
+    impossible: bool = False
+
+    def sql(self, params: dict[str, object]) -> str:
+        """Conditions on `images i` (tags as EXISTS), appended to a visibility WHERE."""
+        where = ""
+        if self.min_price_cents is not None:
+            where += " AND i.price_cents >= :min_price"
+            params["min_price"] = self.min_price_cents
+        if self.max_price_cents is not None:
+            where += " AND i.price_cents <= :max_price"
+            params["max_price"] = self.max_price_cents
+        if self.in_stock:
+            where += " AND i.quantity > 0"
+        for n, tag_id in enumerate(self.tag_ids):
+            params[f"t{n}"] = tag_id
+            where += (
+                f" AND EXISTS (SELECT 1 FROM image_tags x{n} "
+                f"WHERE x{n}.image_id = i.id AND x{n}.tag_id = :t{n})"
+            )
+        return where
+
+
+def resolve_filters(conn: sqlite3.Connection, filters: Filters, tags: list[str]) -> SearchFilters:
+    known = repo.tag_ids(conn, tags)
+    if len(known) < len(tags):
+        return SearchFilters(impossible=True)
+    counts = repo.tag_image_counts(conn, list(known.values()))
+    order = sorted(known.values(), key=lambda t: counts[t])
+    return SearchFilters(
+        tag_ids=tuple(order),
+        tag_counts=tuple(counts[t] for t in order),
+        min_price_cents=filters.min_price_cents,
+        max_price_cents=filters.max_price_cents,
+        in_stock=filters.in_stock,
+    )
+
+
+def allowed_ids(conn: sqlite3.Connection, viewer: int, filters: SearchFilters) -> np.ndarray:
+    """Sorted ids the viewer may see that pass the filters: a walk of the rarest tag's index
+    when there are tags, of the images table otherwise."""
+    params: dict[str, object] = {"viewer": viewer}
+    if filters.tag_ids:
+        rest = SearchFilters(
+            tag_ids=filters.tag_ids[1:],
+            min_price_cents=filters.min_price_cents,
+            max_price_cents=filters.max_price_cents,
+            in_stock=filters.in_stock,
+        )
+        params["first"] = filters.tag_ids[0]
+        sql = (
+            f"SELECT it.image_id FROM image_tags it CROSS JOIN images i ON i.id = it.image_id "
+            f"WHERE it.tag_id = :first AND {VISIBLE}{rest.sql(params)} ORDER BY it.image_id"
+        )
+    else:
+        sql = f"SELECT i.id FROM images i WHERE {VISIBLE}{filters.sql(params)} ORDER BY i.id"
+    ids = [row[0] for row in conn.execute(sql, params)]
+    return np.asarray(ids, dtype=np.int64)
+
+
+def passing(
+    conn: sqlite3.Connection, viewer: int, ids: Sequence[int], filters: SearchFilters
+) -> set[int]:
+    """Which of some candidate ids the viewer may see and pass the filters (one query)."""
+    params: dict[str, object] = {"viewer": viewer, "ids": json.dumps([int(i) for i in ids])}
+    sql = (
+        f"SELECT i.id FROM images i WHERE i.id IN (SELECT value FROM json_each(:ids)) "
+        f"AND {VISIBLE}{filters.sql(params)}"
+    )
+    return {row[0] for row in conn.execute(sql, params)}
+
+
+# --- the engine ---------------------------------------------------------------------------------
+
+
+class SimilarityEngine:
+    """The model, the batcher and the index of one server, and the thread that prepares them.
+
+    States: ``loading`` (model or index not ready yet), ``ready``, ``unavailable`` (no model:
+    ``reason`` says why). Thread-safe; the event loop only ever awaits it.
+    """
+
+    def __init__(
+        self,
+        services: Services,
+        weights: str | None,
+        cache_dir: Path,
+        index_dir: Path,
+    ) -> None:
+        self.services = services
+        self.weights = weights
+        self.cache_dir = cache_dir
+        self.index_dir = index_dir
+        self.state = "loading"
+        self.reason = ""
+        self.model_name: str | None = None
+        self.batcher: EmbeddingBatcher | None = None
+        self.index: VectorIndex | None = None
+        self.started_at = time.monotonic()
+        #: Set once the model is ready or known to be unavailable.
+        self.model_settled = threading.Event()
+        #: Set when a backfill pass has finished and nothing is left to do.
+        self.backfill_idle = threading.Event()
+        self._model_async: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()  # index mutations + the pending queue
+        self._pending: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+        self._dirty = False
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._failed: set[int] = set()  # images the backfill cannot decode: not retried
+        self._thread: threading.Thread | None = None
+        self._decoders: concurrent.futures.ThreadPoolExecutor | None = None
+
+    # --- life --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin loading in the background; call from the event loop, once it listens."""
+        self._loop = asyncio.get_running_loop()
+        self._model_async = asyncio.Event()
+        self.started_at = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="similarity", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the backfill, drain the model's queue, save the index if it changed."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._decoders is not None:
+            self._decoders.shutdown(wait=True, cancel_futures=True)
+        if self.batcher is not None:
+            self.batcher.close(timeout)
+        if self._thread is not None and self._thread.is_alive():
+            return  # still loading (a stuck download): saving now could race it
+        with contextlib.suppress(Exception), self._lock:
+            if self.index is not None and self._dirty and self.model_name is not None:
+                t0 = time.monotonic()
+                generation = index_generation(self.services.db.conn, self.model_name)
+                self.index.save(self.index_dir, generation)
+                self._dirty = False
+                log.info("vector index saved: %d vectors in %.2f s", len(self.index), _since(t0))
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    async def wait_model(self, timeout: float) -> bool:
+        """Wait (without blocking the loop) until the model is ready; False if it is not."""
+        if self.batcher is not None:
+            return True
+        if self.model_settled.is_set() or self._model_async is None:
+            return self.batcher is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._model_async.wait(), timeout)
+        return self.batcher is not None
+
+    def _settle_model(self) -> None:
+        self.model_settled.set()
+        if self._loop is not None and self._model_async is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed: nobody waits
+                self._loop.call_soon_threadsafe(self._model_async.set)
+
+    def _run(self) -> None:
+        try:
+            self._load_model()
+        except BaseException as exc:  # anything at all: the server must keep serving
+            self.reason = _describe(exc)
+            self.state = "unavailable"
+            log.warning("search by image is unavailable: %s. %s", self.reason, WEIGHTS_HINT)
+            self._settle_model()
+            return
+        self._settle_model()
+        try:
+            self._open_index()
+        except Exception as exc:
+            self.reason = f"the vector index could not be built ({_describe(exc)})"
+            self.state = "unavailable"
+            log.exception("search by image is unavailable: the vector index could not be built")
+            return
+        self.state = "ready"
+        self._backfill_loop()
+
+    def _load_model(self) -> None:
+        from models.batcher import EmbeddingBatcher
+        from models.embeddings import Embedder
+
+        t0 = time.monotonic()
+        source = self.weights or "Keras' ImageNet download"
+        log.info("loading the image model (weights: %s, cache: %s)", source, self.cache_dir)
+        embedder = Embedder(self.weights or None, self.cache_dir)
+        self.model_name = embedder.model_name
+        self.batcher = EmbeddingBatcher(embedder, max_batch=16)
+        log.info(
+            "image model ready in %.2f s%s: %s",
+            _since(t0),
+            " (converted once; cached for later starts)" if embedder.converted else "",
+            self.model_name,
+        )
+
+    def _open_index(self) -> None:
+        from repository.vector_index import IndexFormatError, StaleIndexError, VectorIndex
+
+        assert self.model_name is not None
+        conn = self.services.db.conn
+        t0 = time.monotonic()
+        generation = index_generation(conn, self.model_name)
+        try:
+            index = VectorIndex.load(self.index_dir, expected_generation=generation)
+            how = "loaded from disk"
+        except (StaleIndexError, IndexFormatError) as exc:
+            log.info("vector index: rebuilding from the database (%s)", exc)
+            index = VectorIndex.from_chunks(iter_embeddings(conn, self.model_name))
+            how = "rebuilt from the database"
+            self._dirty = True
+        with self._lock:
+            for kind, ids, vectors in self._pending:
+                if kind == "add":
+                    index.add(ids, vectors)
+                else:
+                    index.remove(ids)
+            self._dirty = self._dirty or bool(self._pending)
+            self._pending.clear()
+            self.index = index
+        stats = index.stats()
+        log.info(
+            "vector index %s in %.2f s: %d vectors (%s)",
+            how,
+            _since(t0),
+            len(index),
+            "approximate IVF" if stats["ann"] else "exact",
+        )
+
+    # --- keeping the index in step -----------------------------------------------------------
+
+    def add_live(self, ids: Sequence[int], vectors: np.ndarray) -> None:
+        """Index vectors of images that are still live (checked under the lock that deletes
+        take too, so a concurrent delete can never leave its image behind)."""
+        with self._lock:
+            live = _live_subset(self.services.db.conn, ids)
+            keep = [n for n, i in enumerate(ids) if int(i) in live]
+            if not keep:
+                return
+            id_arr = np.asarray([int(ids[n]) for n in keep], dtype=np.int64)
+            vecs = np.asarray(vectors, dtype=np.float32)[keep]
+            if self.index is None:
+                self._pending.append(("add", id_arr, vecs))
+            else:
+                self.index.add(id_arr, vecs)
+            self._dirty = True
+
+    def remove(self, ids: Sequence[int]) -> None:
+        id_arr = np.asarray([int(i) for i in ids], dtype=np.int64)
+        with self._lock:
+            if self.index is None:
+                self._pending.append(("remove", id_arr, None))
+            else:
+                self.index.remove(id_arr)
+            self._dirty = True
+
+    def wake_backfill(self) -> None:
+        self.backfill_idle.clear()
+        self._wake.set()
+
+    # --- backfill ----------------------------------------------------------------------------
+
+    def _backfill_loop(self) -> None:
+        self._decoders = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="backfill")
+        first = True
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self._backfill_pass(first)
+            except Exception:
+                log.exception("backfill pass failed; it will run again on the next upload")
+            first = False
+            if not self._wake.is_set():
+                self.backfill_idle.set()
+            self._wake.wait()
+
+    def _backfill_pass(self, first: bool) -> None:
+        assert self.model_name is not None
+        conn = self.services.db.conn
+        total = count_missing(conn, self.model_name) - len(self._failed)
+        if total <= 0:
+            if first:
+                log.info("embeddings: every live image has one (%d indexed)", len(self.index or ()))
+            return
+        log.info("backfill: %d images have no embedding yet; computing them", total)
+        t0 = last_log = time.monotonic()
+        done = logged = 0
+        after = 0
+        while not self._stop.is_set():
+            rows = missing_embeddings(conn, self.model_name, after, BACKFILL_CHUNK)
+            if not rows:
+                break
+            after = rows[-1][0]
+            rows = [r for r in rows if r[0] not in self._failed]
+            ids, vectors = self.embed_stored(rows)
+            if ids:
+                stored = store_embeddings(conn, self.model_name, ids, vectors)
+                keep = [n for n, i in enumerate(ids) if i in set(stored)]
+                self.add_live([ids[n] for n in keep], vectors[keep])
+            done += len(ids)
+            now = time.monotonic()
+            if done - logged >= BACKFILL_LOG_EVERY or now - last_log >= BACKFILL_LOG_S:
+                logged, last_log = done, now
+                log.info(
+                    "backfill: %d/%d images embedded (%.0f img/s)", done, total, done / _since(t0)
+                )
+        elapsed = _since(t0)
+        failed = f"; {len(self._failed)} could not be decoded" if self._failed else ""
+        log.info(
+            "backfill done: %d images embedded in %.1f s (%.0f img/s)%s",
+            done,
+            elapsed,
+            done / elapsed,
+            failed,
+        )
+
+    def embed_stored(self, rows: Sequence[tuple[int, str]]) -> tuple[list[int], np.ndarray]:
+        """Embed stored images from their originals, decoded exactly as at upload; images that
+        cannot be read or decoded are logged and remembered, not retried."""
+        batcher, decoders = self.batcher, self._decoders
+        assert batcher is not None
+        config = self.services.config
+
+        def one(row: tuple[int, str]) -> concurrent.futures.Future[np.ndarray] | None:
+            image_id, blob = row
+            try:
+                decoded = imaging.decode_image(
+                    self.services.blobs.get(blob),
+                    max_bytes=max(config.max_image_bytes, imaging.DEFAULT_MAX_BYTES),
+                    max_pixels=max(config.max_image_pixels, imaging.DEFAULT_MAX_PIXELS),
+                    target=config.thumbnail_side,
+                )
+                return batcher.submit(prepare_input(decoded.image))
+            except Exception as exc:
+                log.warning("image %d cannot be embedded: %s", image_id, _describe(exc))
+                self._failed.add(image_id)
+                return None
+
+        futures = [one(r) for r in rows] if decoders is None else list(decoders.map(one, rows))
+        ids: list[int] = []
+        vectors: list[np.ndarray] = []
+        for (image_id, _), future in zip(rows, futures, strict=True):
+            if future is None:
+                continue
+            try:
+                vectors.append(future.result())
+            except Exception as exc:
+                log.warning("image %d cannot be embedded: %s", image_id, _describe(exc))
+                self._failed.add(image_id)
+                continue
+            ids.append(image_id)
+        if not vectors:
+            return [], np.empty((0, EMBEDDING_DIM), dtype=np.float32)
+        return ids, np.stack(vectors)
+
+    # --- ranking -----------------------------------------------------------------------------
+
+    def rank(
+        self,
+        conn: sqlite3.Connection,
+        viewer: int,
+        query: np.ndarray,
+        filters: SearchFilters,
+        exclude: int | None,
+    ) -> list[tuple[int, float]]:
+        """The best MAX_RESULTS (id, cosine) the viewer may see that pass the filters."""
+        index = self.index
+        assert index is not None
+        n = len(index)
+        if filters.impossible or not n:
+            return []
+        selective_tags = bool(filters.tag_ids) and (
+            filters.tag_counts[0] < TAG_POST_FILTER_SHARE * n
+        )
+        if not selective_tags:
+            k = min(n, POST_FILTER_CANDIDATES)
+            found = index.search(query, k, exclude=exclude)
+            ok = passing(conn, viewer, [i for i, _ in found], filters)
+            kept = [(i, s) for i, s in found if i in ok]
+            exhaustive = len(found) < k or k >= n - (exclude is not None)
+            if len(kept) >= MAX_RESULTS or exhaustive:
+                return kept[:MAX_RESULTS]
+        allowed = allowed_ids(conn, viewer, filters)
+        return index.search(query, MAX_RESULTS, allowed=allowed, exclude=exclude)
+
+
+def _since(t0: float) -> float:
+    return max(time.monotonic() - t0, 1e-9)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+# --- wiring into the server ---------------------------------------------------------------------
+
+
+def engine_of(services: Services) -> SimilarityEngine | None:
+    return services.extras.get(_EXTRA)
+
+
+def install(services: Services, weights: str | None, cache_dir: Path | None = None) -> None:
+    """Register the engine, the upload analyser and the store/delete hooks (before serving)."""
+    engine = SimilarityEngine(
+        services,
+        weights or None,
+        cache_dir or cfg.default_cache_dir(),
+        services.config.data_dir / INDEX_DIR,
+    )
+    services.extras[_EXTRA] = engine
+    services.analysers.append(embed_upload)
+    services.on_stored.append(index_stored)
+    services.on_deleted.append(unindex_deleted)
+
+
+def start(services: Services) -> None:
+    engine = engine_of(services)
+    if engine is not None:
+        engine.start()
+
+
+def stop(services: Services) -> None:
+    engine = engine_of(services)
+    if engine is not None:
+        engine.stop()
+
+
+async def embed_upload(services: Services, prepared: Prepared) -> None:
+    """Upload analyser: the embedding of the already decoded picture, batched across uploads."""
+    engine = engine_of(services)
+    if engine is None or not await engine.wait_model(UPLOAD_WAIT_S):
+        return  # stored without one; the backfill computes it once a model is there
+    assert engine.batcher is not None and engine.model_name is not None
+    model_input = await services.run(prepare_input, prepared.decoded.image)
+    vector = await engine.batcher.embed_async(model_input)
+    prepared.embedding = (engine.model_name, vector_bytes(vector))
+
+
+async def index_stored(services: Services, image_id: int, new: repo.NewImage) -> None:
+    """After an upload's row committed: index its vector, or have the backfill make one."""
+    engine = engine_of(services)
+    if engine is None or engine.model_name is None:
+        return
+    vector = None
+    if new.embedding is not None and new.embedding[0] == engine.model_name:
+        vector = vector_from(new.embedding[1])
+    elif new.copy_analysis_from is not None:
+        _, vector, _ = await services.db_call(
+            visible_vector, new.owner_id, image_id, engine.model_name
+        )
+    if vector is None:
+        if engine.batcher is not None:
+            engine.wake_backfill()
+        return
+    await services.run(engine.add_live, [image_id], vector[None, :])
+
+
+async def unindex_deleted(services: Services, image_id: int) -> None:
+    engine = engine_of(services)
+    if engine is not None:
+        await services.run(engine.remove, [image_id])
+
+
+# --- the route ----------------------------------------------------------------------------------
+
+
+def _unavailable(engine: SimilarityEngine | None) -> VitrineError:
+    if engine is not None and engine.state == "loading":
+        waited = time.monotonic() - engine.started_at
+        return VitrineError(
+            ErrorCode.UNAVAILABLE,
+            f"The image model is still loading (for {waited:.0f} s so far); "
+            "try again in a few seconds.",
+        )
+    reason = f" ({engine.reason})" if engine is not None and engine.reason else ""
+    return VitrineError(
+        ErrorCode.UNAVAILABLE,
+        f"Search by image is unavailable on this server: it has no image model{reason}. "
+        + WEIGHTS_HINT,
+    )
+
+
+def _decode_query(data: bytes, services: Services) -> np.ndarray:
+    config = services.config
+    decoded = imaging.decode_image(
+        data,
+        max_bytes=config.max_image_bytes,
+        max_pixels=config.max_image_pixels,
+        target=config.thumbnail_side,
+    )
+    return prepare_input(decoded.image)
+
+
+@route(ImageSearch)
+async def image_search(ctx: RequestContext, request: ImageSearch) -> AsyncIterator[Batch]:
+    if (request.data is None) == (request.image_id is None):
+        raise VitrineError(
+            ErrorCode.BAD_REQUEST,
+            "Search by image needs either a photo or the id of a stored image (one of them).",
+        )
+    flt = request.filters
+    if (
+        flt.min_price_cents is not None
+        and flt.max_price_cents is not None
+        and flt.min_price_cents > flt.max_price_cents
+    ):
+        raise VitrineError(
+            ErrorCode.BAD_REQUEST, "The minimum price is above the maximum price; swap them."
+        )
+    tags = normalise_tags(flt.tags)
+    services = ctx.services
+    engine = engine_of(services)
+    if engine is None or not engine.ready or engine.batcher is None:
+        raise _unavailable(engine)
+    model = engine.model_name
+    assert model is not None
+    viewer = ctx.user.id
+    exclude: int | None = None
+    if request.image_id is not None:
+        exclude = request.image_id
+        visible, vector, blob = await services.db_call(visible_vector, viewer, exclude, model)
+        if not visible:
+            raise VitrineError(ErrorCode.NOT_FOUND, f"There is no image {exclude} you can see.")
+        if vector is None:  # not backfilled yet: compute it now, the way the backfill would
+            ids, vectors = await services.run(engine.embed_stored, [(exclude, blob)])
+            if not ids:
+                raise VitrineError(
+                    ErrorCode.INTERNAL,
+                    f"The stored picture of image {exclude} cannot be read to search with it; "
+                    "the server operator should run `server.py --check`.",
+                )
+            vector = vectors[0]
+    else:
+        data = request.data or b""
+        if not data or len(data) > services.config.max_image_bytes:
+            try:
+                imaging.precheck(data[:1024], len(data), max_bytes=services.config.max_image_bytes)
+            except imaging.ImageRejected as exc:
+                raise rejection_error(exc) from None
+        try:
+            model_input = await services.run(_decode_query, data, services)
+        except imaging.ImageRejected as exc:
+            raise rejection_error(exc) from None
+        vector = await engine.batcher.embed_async(model_input)
+
+    def rank(conn: sqlite3.Connection) -> list[tuple[int, float]]:
+        filters = resolve_filters(conn, flt, tags)
+        return engine.rank(conn, viewer, vector, filters, exclude)
+
+    ranked = await services.db_call(rank)
+    scores: dict[int, float] = {i: round(float(s), 6) for i, s in ranked}
+    ids = [i for i, _ in ranked]
+    return await open_snapshot(ctx, request.id, ids, request.options, scores=scores)
+
+
+def status(services: Services) -> dict[str, Any]:
+    """What benchmarks and operators ask: state, model, index size, missing embeddings."""
+    engine = engine_of(services)
+    if engine is None:
+        return {"state": "absent"}
+    out: dict[str, Any] = {
+        "state": engine.state,
+        "model": engine.model_name,
+        "reason": engine.reason,
+    }
+    if engine.index is not None:
+        out["indexed"] = len(engine.index)
+    if engine.model_name is not None:
+        out["missing"] = count_missing(services.db.conn, engine.model_name)
+    return out

@@ -1,0 +1,133 @@
+"""search_by_image: find the products that look most like a photo, or like a stored image.
+
+The listing itself (batches, `more`, --json with its `score` field, the score column, --sheet)
+is shell.listing's; this module turns flags into an `ImageSearch`. A local photo is checked
+here first (exists, readable, within the server's byte limit, a format the server takes), so
+an obvious mistake costs no upload; the server still decodes it with its own limits.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cmd2
+
+from protocol.catalog import Filters, ImageSearch, ListingOptions
+from shell import listing
+from shell.app import BROWSE, CommandFailed, VitrineShell, parser
+from shell.image_commands import image_id, tag_list
+from util import images as imaging
+from util.money import format_cents, price_arg
+
+
+class SimilarCommands(cmd2.CommandSet[VitrineShell]):
+    DEFAULT_CATEGORY = BROWSE
+
+    search_parser = parser(
+        "Find the images that look most like a photo (PATH) or like an image already stored "
+        "(--id ID, which is itself left out), best first, with a similarity score (cosine, "
+        "1 = identical). Filters apply before the results are cut into batches; `more` "
+        "continues the listing."
+    )
+    search_parser.add_argument(
+        "path",
+        nargs="?",
+        metavar="PATH",
+        completer=cmd2.Cmd.path_complete,
+        help="a photo on this computer (JPEG, PNG, WebP, GIF or BMP)",
+    )
+    search_parser.add_argument(
+        "--id",
+        dest="image_id",
+        type=image_id,
+        metavar="ID",
+        choices_provider=listing.complete_recent_ids,
+        help="search with a stored image instead of a file",
+    )
+    search_parser.add_argument(
+        "--tags",
+        type=tag_list,
+        default=[],
+        metavar="a,b",
+        completer=listing.complete_tag_list,
+        help="only images carrying all these tags",
+    )
+    search_parser.add_argument(
+        "--min-price", type=price_arg, metavar="12.50", help="only images at this price or more"
+    )
+    search_parser.add_argument(
+        "--max-price", type=price_arg, metavar="40", help="only images at this price or less"
+    )
+    search_parser.add_argument(
+        "--in-stock", action="store_true", help="only images with at least one unit in stock"
+    )
+    listing.add_listing_arguments(search_parser)
+
+    @cmd2.with_argparser(search_parser)
+    def do_search_by_image(self, args: argparse.Namespace) -> None:
+        shell = self._cmd
+        if (args.path is None) == (args.image_id is None):
+            raise CommandFailed("Give either a PATH to a photo or --id ID (one of them).")
+        if (
+            args.min_price is not None
+            and args.max_price is not None
+            and args.min_price > args.max_price
+        ):
+            raise CommandFailed(
+                f"--min-price {format_cents(args.min_price)} is above --max-price "
+                f"{format_cents(args.max_price)}."
+            )
+        filters = Filters(
+            tags=list(args.tags),
+            min_price_cents=args.min_price,
+            max_price_cents=args.max_price,
+            in_stock=args.in_stock,
+        )
+        data: bytes | None = None
+        if args.path is not None:
+            data = self._read_photo(Path(args.path).expanduser())
+            what = f"images like {listing.printable(args.path)}"
+        else:
+            what = f"images like #{args.image_id}"
+        if filters != Filters():
+            what += _describe_filters(filters)
+
+        def request(options: ListingOptions) -> ImageSearch:
+            return ImageSearch(
+                id=0, data=data, image_id=args.image_id, filters=filters, options=options
+            )
+
+        listing.start_listing(shell, request, args, what=what)
+
+    def _read_photo(self, path: Path) -> bytes:
+        shell = self._cmd
+        shell.session.ensure_connected()
+        limits = shell.session.connection.limits
+        max_bytes = limits.max_image_bytes if limits else imaging.DEFAULT_MAX_BYTES
+        shown = listing.printable(str(path))
+        try:
+            if not path.is_file():
+                raise CommandFailed(f"{shown} is not a file.")
+            size = path.stat().st_size
+            with path.open("rb") as f:
+                head = f.read(1024)
+                imaging.precheck(head, size, max_bytes=max_bytes)
+                return head + f.read()
+        except imaging.ImageRejected as exc:
+            raise CommandFailed(f"{shown}: {exc.message}") from None
+        except OSError as exc:
+            raise CommandFailed(f"Cannot read {shown}: {exc.strerror or exc}.") from None
+
+
+def _describe_filters(filters: Filters) -> str:
+    parts = []
+    if filters.tags:
+        parts.append("tagged " + " and ".join(listing.printable(t) for t in filters.tags))
+    if filters.min_price_cents is not None:
+        parts.append(f"from {format_cents(filters.min_price_cents)}")
+    if filters.max_price_cents is not None:
+        parts.append(f"up to {format_cents(filters.max_price_cents)}")
+    if filters.in_stock:
+        parts.append("in stock")
+    return " (" + ", ".join(parts) + ")"

@@ -1,0 +1,195 @@
+"""search_by_image end to end: the real client.py against the real server and model.
+
+What a person sees (a table with a score column, the "more" hint), what a script reads
+(--json lines with `score`, exit statuses), paging with --batch and more, filters, privacy, and
+the sentence shown when the server has no weights. Needs VITRINE_WEIGHTS (skipped without).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import ServerProcess, run_client
+from tests.test_similarity_server import MISSING_WEIGHTS, READY_TIMEOUT_S, photo, weights
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(
+        tmp_path_factory.mktemp("similar-e2e"), env={"VITRINE_WEIGHTS": weights()}
+    ).start()
+    home = tmp_path_factory.mktemp("accounts")
+    for name in ("alice", "bob"):
+        done = run_client(process, f"create_user {name}", config_dir=home, password=PASSWORD)
+        assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while "vector index" not in process.log():  # the model and index load in the background
+        assert time.monotonic() < deadline, process.log()
+        time.sleep(0.2)
+    yield process
+    process.stop()
+
+
+class Shell:
+    def __init__(self, server: ServerProcess, name: str, config_dir: Path) -> None:
+        self.server, self.name, self.config_dir = server, name, config_dir
+
+    def __call__(self, *commands: str) -> tuple[int, str, str]:
+        done = run_client(
+            self.server,
+            f"login {self.name}",
+            *commands,
+            config_dir=self.config_dir,
+            password=PASSWORD,
+            extra_env={"COLUMNS": "200"},
+        )
+        assert "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
+        return done.returncode, done.stdout, done.stderr
+
+
+def json_lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def alice(server: ServerProcess, tmp_path: Path) -> Shell:
+    return Shell(server, "alice", tmp_path / "alice")
+
+
+@pytest.fixture
+def bob(server: ServerProcess, tmp_path: Path) -> Shell:
+    return Shell(server, "bob", tmp_path / "bob")
+
+
+def _photos(folder: Path, seeds: range) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed in seeds:
+        path = folder / f"p{seed}.jpg"
+        path.write_bytes(photo(seed))
+        paths.append(path)
+    return paths
+
+
+def _upload(shell: Shell, folder: Path, *flags: str) -> dict[str, int]:
+    code, out, err = shell(f'add_image "{folder}" --json ' + " ".join(flags))
+    assert code == 0, err
+    return {Path(r["path"]).name: int(r["id"]) for r in json_lines(out)}
+
+
+def test_search_by_file_table_json_batches_and_more(alice: Shell, tmp_path: Path) -> None:
+    paths = _photos(tmp_path / "shop", range(5000, 5012))
+    ids = _upload(alice, tmp_path / "shop", "--tags e2e-sim-a", "--price 3.50", "--quantity 2")
+    query = paths[4]
+    code, out, err = alice(f'search_by_image "{query}" --tags e2e-sim-a --no-images')
+    assert code == 0, err
+    assert "score" in out and "1.000" in out
+    assert "Showing 1-12" not in out and "End of images like" in out
+    code, out, err = alice(
+        f'search_by_image "{query}" --tags e2e-sim-a --json --batch 5',
+        "more --json",
+        "more --json",
+    )
+    assert code == 0, err
+    lines = json_lines(out)
+    assert [len(lines)] == [12]
+    assert lines[0]["id"] == ids[query.name] and lines[0]["score"] == pytest.approx(1.0, abs=1e-3)
+    assert sorted(r["id"] for r in lines) == sorted(ids.values())
+    scores = [r["score"] for r in lines]
+    assert scores == sorted(scores, reverse=True)
+    assert all(r["price"] == "3.50" for r in lines)
+    assert "type more for the next 5" in err
+
+
+def test_search_by_id_and_filters(alice: Shell, bob: Shell, tmp_path: Path) -> None:
+    shop = _upload_many(alice, tmp_path)
+    some = shop["cheap"][0]
+    code, out, err = bob(f"search_by_image --id {some} --tags e2e-sim-b --json --batch 50")
+    assert code == 0, err
+    found = {r["id"] for r in json_lines(out)}
+    assert some not in found
+    assert found == set(shop["cheap"] + shop["dear"]) - {some}  # not the private ones
+    code, out, err = bob(
+        f"search_by_image --id {some} --tags e2e-sim-b --min-price 10 --max-price 20 "
+        "--in-stock --json --batch 50"
+    )
+    assert code == 0, err
+    assert {r["id"] for r in json_lines(out)} == set(shop["dear"])
+    code, out, err = alice(f"search_by_image --id {some} --tags e2e-sim-b --json --batch 50")
+    assert {r["id"] for r in json_lines(out)} == set(shop["all"]) - {some}
+    private = shop["private"][0]
+    code, out, err = bob(f"search_by_image --id {private}")
+    assert code != 0 and "NOT_FOUND" in err
+
+
+def _upload_many(alice: Shell, tmp_path: Path) -> dict[str, list[int]]:
+    cheap = _upload(
+        alice,
+        _photos_dir(tmp_path / "cheap", range(6000, 6004)),
+        "--tags e2e-sim-b",
+        "--price 1",
+        "--quantity 1",
+    )
+    dear = _upload(
+        alice,
+        _photos_dir(tmp_path / "dear", range(6100, 6103)),
+        "--tags e2e-sim-b",
+        "--price 15",
+        "--quantity 4",
+    )
+    private = _upload(
+        alice, _photos_dir(tmp_path / "private", range(6200, 6202)), "--tags e2e-sim-b", "--private"
+    )
+    values = {
+        "cheap": list(cheap.values()),
+        "dear": list(dear.values()),
+        "private": list(private.values()),
+    }
+    values["all"] = values["cheap"] + values["dear"] + values["private"]
+    return values
+
+
+def _photos_dir(folder: Path, seeds: range) -> Path:
+    _photos(folder, seeds)
+    return folder
+
+
+def test_mistakes_are_refused_before_anything_is_sent(alice: Shell, tmp_path: Path) -> None:
+    code, _, err = alice("search_by_image")
+    assert code != 0 and "either a PATH" in err
+    code, _, err = alice(f'search_by_image "{tmp_path / "nowhere.jpg"}"')
+    assert code != 0 and "is not a file" in err
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a photo")
+    code, _, err = alice(f'search_by_image "{notes}"')
+    assert code != 0 and "not an image" in err
+    code, _, err = alice(f'search_by_image "{notes}" --min-price 5 --max-price 1')
+    assert code != 0 and "above --max-price" in err
+
+
+def test_without_weights_the_shell_says_how_to_provide_them(tmp_path: Path) -> None:
+    process = ServerProcess(tmp_path / "srv", env={"VITRINE_WEIGHTS": MISSING_WEIGHTS}).start()
+    try:
+        (path,) = _photos(tmp_path / "q", range(1, 2))
+        home = tmp_path / "home"
+        done = run_client(
+            process,
+            "create_user frank",
+            "login frank",
+            f'add_image "{path}"',
+            f'search_by_image "{path}"',
+            config_dir=home,
+            password=PASSWORD,
+        )
+        assert done.returncode != 0
+        assert "1 new" in done.stdout  # uploads work without a model
+        assert "UNAVAILABLE" in done.stderr and "VITRINE_WEIGHTS=" in done.stderr
+    finally:
+        process.stop()
