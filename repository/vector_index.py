@@ -7,11 +7,12 @@ Design notes (measurements and reasoning in docs/vector-index.md):
   candidates, so scores are always true cosines and there is never a second float copy.
 * Above ``exact_threshold`` vectors, a faiss ``IndexIVFScalarQuantizer`` (8 bits per dimension,
   a quarter of the float size) proposes candidates; they are re-scored exactly from the blocks.
-  Exact search over 100k x 1280 floats reads ~500 MB per query (~40 ms on 2 cores), which would
-  eat the whole 50 ms budget of a first batch; the ANN answers in about a millisecond.
+  Exact search over 100k x 1280 floats reads ~500 MB per query (~24 ms of a core here), half
+  the 50 ms budget of a first batch; the ANN answers in ~3 ms with recall@10 1.0 there.
 * Filters come in as the set of allowed image ids (the caller runs the SQL). Small sets are
-  searched exactly (cheaper than any index); large ones go through a faiss ID selector with a
-  wider probe, and fall back to exact when the probe finds too few.
+  searched exactly (cheaper than any index); when most ids pass, a deeper unfiltered ANN search
+  is post-filtered; selective ones go through a faiss ID selector with a wider probe. Any ANN
+  path that finds fewer than k falls back to exact over the allowed rows.
 * Concurrency: searches take a shared lock, mutations an exclusive one held only for the
   brief in-memory update. Slow work (training a new ANN) happens under a separate
   mutation lock, so searches keep running (on the exact path) while it trains.
