@@ -38,6 +38,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     cfg.add_option(
         parser,
+        "--write-timeout",
+        default=ServerConfig.write_timeout_s,
+        type=float,
+        help="seconds a peer may leave an answer unread before its connection is dropped",
+    )
+    cfg.add_option(
+        parser,
         "--max-image-bytes",
         default=ServerConfig.max_image_bytes,
         type=int,
@@ -71,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         port=int(args.port),
         data_dir=Path(args.data_dir),
         idle_timeout_s=float(args.idle_timeout),
+        write_timeout_s=float(args.write_timeout),
         max_image_bytes=int(args.max_image_bytes),
         weights=args.weights or None,
     )
