@@ -504,7 +504,7 @@ class VectorIndex:
                 rows, scores = rows[keep], scores[keep]
             return self._top(rows, scores, k)
         want = k + (exclude is not None)
-        found = ann.search(q, max(want * self.rerank, want), ann.nprobe)
+        found = ann.search(q, self._depth(want), ann.nprobe)
         if exclude is not None:
             found = found[found != exclude]
         rows = self._rows_of(found)
@@ -523,10 +523,10 @@ class VectorIndex:
         if not m:
             return []
         ann = None if exact else self._ann
-        if ann is None or m <= max(self.subset_exact_max, k * self.rerank):
+        depth = self._depth(k)
+        if ann is None or m <= max(self.subset_exact_max, depth):
             return self._exact_subset(allowed, q, k)
         share = min(1.0, m / self._n)
-        depth = k * self.rerank
         # The allowed top-k sit deeper in the overall ranking when fewer ids pass: probe wider.
         nprobe = math.ceil(ann.nprobe / math.sqrt(share))
         if share >= _POST_FILTER_SHARE:
@@ -553,6 +553,12 @@ class VectorIndex:
             # the exact subset scan is always right.
             return self._exact_subset(allowed, q, k)
         return self._top(found_rows, self._score_rows(found_rows, q), k)
+
+    def _depth(self, k: int) -> int:
+        """ANN candidates to re-score: ``rerank`` times k for a first page (8-bit codes misorder
+        close neighbours), but only 2k for the long lists the server pages through (k=640
+        would otherwise re-score 5k vectors, 9.5 ms instead of ~4 at 100k, for no recall)."""
+        return k + max(k, (self.rerank - 1) * min(k, 10))
 
     def _exact_subset(self, allowed: IdArray, q: FloatArray, k: int) -> list[tuple[int, float]]:
         rows = self._rows_of(allowed)

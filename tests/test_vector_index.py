@@ -212,6 +212,14 @@ def test_ann_filter_fill(ann_index: VectorIndex, ann_data) -> None:
     assert sorted(i for i, _ in got) == tiny.tolist()
 
 
+def test_ann_long_lists_for_paging(ann_index: VectorIndex, ann_data) -> None:
+    ids, vecs, queries = ann_data
+    for q in queries[:10]:
+        got = [i for i, _ in ann_index.search(q, 300)]
+        assert len(got) == 300
+        assert len(set(got) & set(brute(ids, vecs, q, 300))) >= 0.95 * 300
+
+
 def test_ann_scores_are_exact_and_exclude(ann_index: VectorIndex, ann_data) -> None:
     ids, vecs, _ = ann_data
     got = ann_index.search(vecs[3], 10, exclude=int(ids[3]))
