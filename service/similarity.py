@@ -370,8 +370,8 @@ class SimilarityEngine:
         """Stop the backfill, drain the model's queue, save the index if it changed."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._thread is not None and self.model_settled.is_set():
+            self._thread.join(timeout)  # (a model still loading, e.g. a stuck download, is left)
         if self._decoders is not None:
             self._decoders.shutdown(wait=True, cancel_futures=True)
         if self.batcher is not None:
