@@ -504,7 +504,7 @@ class VectorIndex:
                 rows, scores = rows[keep], scores[keep]
             return self._top(rows, scores, k)
         want = k + (exclude is not None)
-        found = ann.search(q, self._depth(want), ann.nprobe)
+        found = ann.search(q, self._depth(want), self._probe(ann, want, 1.0))
         if exclude is not None:
             found = found[found != exclude]
         rows = self._rows_of(found)
@@ -527,8 +527,7 @@ class VectorIndex:
         if ann is None or m <= max(self.subset_exact_max, depth):
             return self._exact_subset(allowed, q, k)
         share = min(1.0, m / self._n)
-        # The allowed top-k sit deeper in the overall ranking when fewer ids pass: probe wider.
-        nprobe = math.ceil(ann.nprobe / math.sqrt(share))
+        nprobe = self._probe(ann, k, share)
         if share >= _POST_FILTER_SHARE:
             # Most ids pass (e.g. only visibility): search unfiltered a little deeper and drop
             # the rest. The scan keeps its SIMD fast path, which a per-id selector loses.
@@ -553,6 +552,14 @@ class VectorIndex:
             # the exact subset scan is always right.
             return self._exact_subset(allowed, q, k)
         return self._top(found_rows, self._score_rows(found_rows, q), k)
+
+    @staticmethod
+    def _probe(ann: _Ann, k: int, share: float) -> int:
+        """Lists to probe. Long result lists reach into more lists, and the allowed top-k sit
+        deeper in the overall ranking when fewer ids pass: widen for both. Measured: k=300 on
+        20k clustered vectors has recall 0.91 at the k=10 probe, 0.96 with this widening
+        (1.5x), 0.98 with twice it; at 100k, k=640 then costs ~2x a k=10 search, not 6x."""
+        return math.ceil(ann.nprobe * max(1.0, k / 10) ** 0.125 / math.sqrt(share))
 
     def _depth(self, k: int) -> int:
         """ANN candidates to re-score: ``rerank`` times k for a first page (8-bit codes misorder
