@@ -6,7 +6,7 @@ Choices that hold the rest together:
   leaves a tombstone row, see `purge_deleted`), so the rowid is the listing order. Every listing
   is then a walk down the table's own B-tree, or down `image_tags_by_tag (tag_id, image_id)`,
   stopping after one batch: no sort, no COUNT(*), and a keyset cursor is just the last id.
-* **Visibility in one place.** `_VISIBLE` is the only definition of "this user may see this
+* **Visibility in one place.** `VISIBLE` is the only definition of "this user may see this
   image" (live, and public or theirs); every read path uses it.
 * **One transaction per write**: row, tags, FTS row, colours and embedding commit together,
   after the blobs are durable (the caller's job), so no reader ever sees half an image.
@@ -38,7 +38,7 @@ MAX_SEARCH_RESULTS = 5000
 #: bm25 weights per FTS column: title, description, tags, filename.
 BM25_WEIGHTS = (10.0, 2.0, 5.0, 1.0)
 
-_VISIBLE = "i.deleted_at IS NULL AND (i.private = 0 OR i.owner_id = :viewer)"
+VISIBLE = "i.deleted_at IS NULL AND (i.private = 0 OR i.owner_id = :viewer)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +175,7 @@ def images_by_ids(
     params: dict[str, object] = {f"p{n}": v for n, v in enumerate(ids)}
     where = "i.id IN (" + ",".join(f":p{n}" for n in range(len(ids))) + ")"
     if viewer is not None:
-        where += f" AND {_VISIBLE}"
+        where += f" AND {VISIBLE}"
         params["viewer"] = viewer
     rows = conn.execute(
         f"SELECT {_ROW_COLUMNS} FROM images i JOIN users u ON u.id = i.owner_id WHERE {where}",
@@ -276,7 +276,7 @@ def visible_tag_counts(conn: sqlite3.Connection, viewer: int) -> list[tuple[str,
     hidden = dict(
         conn.execute(
             f"SELECT it.tag_id, COUNT(*) FROM images i CROSS JOIN image_tags it "
-            f"ON it.image_id = i.id WHERE NOT ({_VISIBLE}) GROUP BY it.tag_id",
+            f"ON it.image_id = i.id WHERE NOT ({VISIBLE}) GROUP BY it.tag_id",
             {"viewer": viewer},
         )
     )
@@ -488,7 +488,7 @@ def browse_ids(
     params: dict[str, object] = {"viewer": viewer, "before": bound, "limit": limit}
     if not tag_id_list:
         sql = (
-            f"SELECT i.id FROM images i WHERE i.id < :before AND {_VISIBLE} "
+            f"SELECT i.id FROM images i WHERE i.id < :before AND {VISIBLE} "
             "ORDER BY i.id DESC LIMIT :limit"
         )
         return [row[0] for row in conn.execute(sql, params)]
@@ -499,7 +499,7 @@ def browse_ids(
             parts.append(
                 f"SELECT id FROM (SELECT it.image_id AS id FROM image_tags it "
                 f"CROSS JOIN images i ON i.id = it.image_id "
-                f"WHERE it.tag_id = :t{n} AND it.image_id < :before AND {_VISIBLE} "
+                f"WHERE it.tag_id = :t{n} AND it.image_id < :before AND {VISIBLE} "
                 f"ORDER BY it.image_id DESC LIMIT :limit)"
             )
         sql = " UNION ".join(parts) + " ORDER BY 1 DESC LIMIT :limit"
@@ -515,7 +515,7 @@ def browse_ids(
         )
     sql = (
         f"SELECT it.image_id FROM image_tags it CROSS JOIN images i ON i.id = it.image_id "
-        f"WHERE it.tag_id = :t0 AND it.image_id < :before AND {_VISIBLE}{checks} "
+        f"WHERE it.tag_id = :t0 AND it.image_id < :before AND {VISIBLE}{checks} "
         f"ORDER BY it.image_id DESC LIMIT :limit"
     )
     return [row[0] for row in conn.execute(sql, params)]
@@ -526,7 +526,7 @@ def search_ids(conn: sqlite3.Connection, viewer: int, fts_query: str) -> list[in
     weights = ", ".join(str(w) for w in BM25_WEIGHTS)
     sql = (
         f"SELECT f.rowid FROM images_fts f CROSS JOIN images i ON i.id = f.rowid "
-        f"WHERE images_fts MATCH :query AND {_VISIBLE} "
+        f"WHERE images_fts MATCH :query AND {VISIBLE} "
         f"ORDER BY bm25(images_fts, {weights}), f.rowid DESC LIMIT :limit"
     )
     params = {"query": fts_query, "viewer": viewer, "limit": MAX_SEARCH_RESULTS}

@@ -1,0 +1,232 @@
+"""Stored embeddings and the SQL that search by image needs: which vectors exist, which images
+still lack one, and which ids a viewer may see under the search filters.
+
+Vectors are stored as 1,280 little-endian float32 per image, tagged with the model that made
+them, so a model change is detected (and backfilled) rather than mixed into one index.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from repository import images as repo
+from repository.database import transaction
+from repository.images import VISIBLE
+
+EMBEDDING_DIM = 1280
+#: Images read per backfill step by default.
+BACKFILL_CHUNK = 64
+#: Rows read per chunk when the index is rebuilt from SQLite (about 40 MB of vectors).
+REBUILD_CHUNK = 8192
+_VECTOR_BYTES = EMBEDDING_DIM * 4
+
+
+def vector_bytes(vector: np.ndarray) -> bytes:
+    """How a vector is stored: 1280 little-endian float32 (5,120 bytes)."""
+    return np.ascontiguousarray(vector, dtype="<f4").reshape(EMBEDDING_DIM).tobytes()
+
+
+def vector_from(blob: bytes) -> np.ndarray | None:
+    """The stored vector, or None if the bytes are not one (never trusted blindly)."""
+    if blob is None or len(blob) != _VECTOR_BYTES:
+        return None
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+
+def iter_embeddings(
+    conn: sqlite3.Connection, model: str, chunk: int = REBUILD_CHUNK
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) of live images with an embedding of `model`, ascending, chunk by chunk,
+    so a rebuild never holds a second full copy of the vectors."""
+    after = 0
+    while True:
+        rows = conn.execute(
+            "SELECT e.image_id, e.vector FROM embeddings e CROSS JOIN images i "
+            "ON i.id = e.image_id WHERE e.image_id > ? AND e.model = ? "
+            "AND i.deleted_at IS NULL ORDER BY e.image_id LIMIT ?",
+            (after, model, chunk),
+        ).fetchall()
+        if not rows:
+            return
+        after = rows[-1][0]
+        good = [(r[0], r[1]) for r in rows if r[1] is not None and len(r[1]) == _VECTOR_BYTES]
+        if good:
+            ids = np.fromiter((g[0] for g in good), dtype=np.int64, count=len(good))
+            vectors = np.frombuffer(b"".join(g[1] for g in good), dtype="<f4")
+            yield ids, vectors.reshape(len(good), EMBEDDING_DIM).astype(np.float32, copy=False)
+
+
+def index_generation(conn: sqlite3.Connection, model: str) -> str:
+    """A token that changes whenever the set of live embedded images of `model` changes.
+
+    Count, largest id, sum and sum of squares of the ids: an insert, a delete or a backfill
+    changes at least the count or the sums, and a vector is never rewritten in place under the
+    same model name. Checked before a saved index is trusted.
+    """
+    count, top, total, squares = conn.execute(
+        "SELECT COUNT(*), COALESCE(MAX(e.image_id), 0), TOTAL(e.image_id), "
+        "TOTAL(e.image_id * e.image_id) FROM embeddings e CROSS JOIN images i "
+        "ON i.id = e.image_id WHERE e.model = ? AND i.deleted_at IS NULL",
+        (model,),
+    ).fetchone()
+    return f"v1|{model}|{count}|{top}|{int(total)}|{int(squares)}"
+
+
+def missing_embeddings(
+    conn: sqlite3.Connection, model: str, after: int = 0, limit: int = BACKFILL_CHUNK
+) -> list[tuple[int, str]]:
+    """(id, original blob) of live images with no embedding of `model`, ascending after `after`."""
+    return [
+        (row[0], row[1])
+        for row in conn.execute(
+            "SELECT i.id, i.blob FROM images i WHERE i.id > ? AND i.deleted_at IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.image_id = i.id AND e.model = ?) "
+            "ORDER BY i.id LIMIT ?",
+            (after, model, limit),
+        )
+    ]
+
+
+def count_missing(conn: sqlite3.Connection, model: str) -> int:
+    """Live images still without an embedding of `model` (0 once everything is embedded)."""
+    (n,) = conn.execute(
+        "SELECT COUNT(*) FROM images i WHERE i.deleted_at IS NULL AND NOT EXISTS "
+        "(SELECT 1 FROM embeddings e WHERE e.image_id = i.id AND e.model = ?)",
+        (model,),
+    ).fetchone()
+    return int(n)
+
+
+def store_embeddings(
+    conn: sqlite3.Connection, model: str, ids: Sequence[int], vectors: np.ndarray
+) -> list[int]:
+    """Write vectors of `model` for live images (replacing other models'); returns the ids
+    written. One transaction: bulk loaders (benchmarks) can pass thousands at once."""
+    pairs = [(int(i), vector_bytes(v)) for i, v in zip(ids, vectors, strict=True)]
+    if not pairs:
+        return []
+    with repo.WRITE_LOCK, transaction(conn, immediate=True):
+        live = live_subset(conn, [p[0] for p in pairs])
+        conn.executemany(
+            "INSERT OR REPLACE INTO embeddings (image_id, model, vector) VALUES (?, ?, ?)",
+            [(i, model, blob) for i, blob in pairs if i in live],
+        )
+    return [i for i, _ in pairs if i in live]
+
+
+def live_subset(conn: sqlite3.Connection, ids: Sequence[int]) -> set[int]:
+    return {
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM images WHERE id IN (SELECT value FROM json_each(?)) "
+            "AND deleted_at IS NULL",
+            (json.dumps([int(i) for i in ids]),),
+        )
+    }
+
+
+def visible_vector(
+    conn: sqlite3.Connection, viewer: int, image_id: int, model: str
+) -> tuple[bool, np.ndarray | None, str]:
+    """(visible to `viewer`, its vector of `model` or None, its original blob)."""
+    row = conn.execute(
+        f"SELECT e.vector, e.model, i.blob FROM images i LEFT JOIN embeddings e "
+        f"ON e.image_id = i.id WHERE i.id = :id AND {VISIBLE}",
+        {"id": image_id, "viewer": viewer},
+    ).fetchone()
+    if row is None:
+        return False, None, ""
+    vector = vector_from(row[0]) if row[1] == model else None
+    return True, vector, row[2]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilters:
+    """Filters resolved against the database: tag ids (rarest first) and plain conditions."""
+
+    tag_ids: tuple[int, ...] = ()
+    tag_counts: tuple[int, ...] = ()
+    min_price_cents: int | None = None
+    max_price_cents: int | None = None
+    in_stock: bool = False
+    #: A tag nobody has used: nothing can match.
+    impossible: bool = False
+
+    def sql(self, params: dict[str, object]) -> str:
+        """Conditions on `images i` (tags as EXISTS), appended to a visibility WHERE."""
+        where = ""
+        if self.min_price_cents is not None:
+            where += " AND i.price_cents >= :min_price"
+            params["min_price"] = self.min_price_cents
+        if self.max_price_cents is not None:
+            where += " AND i.price_cents <= :max_price"
+            params["max_price"] = self.max_price_cents
+        if self.in_stock:
+            where += " AND i.quantity > 0"
+        for n, tag_id in enumerate(self.tag_ids):
+            params[f"t{n}"] = tag_id
+            where += (
+                f" AND EXISTS (SELECT 1 FROM image_tags x{n} "
+                f"WHERE x{n}.image_id = i.id AND x{n}.tag_id = :t{n})"
+            )
+        return where
+
+
+def resolve_filters(
+    conn: sqlite3.Connection,
+    tags: list[str],
+    min_price_cents: int | None = None,
+    max_price_cents: int | None = None,
+    in_stock: bool = False,
+) -> SearchFilters:
+    known = repo.tag_ids(conn, tags)
+    if len(known) < len(tags):
+        return SearchFilters(impossible=True)
+    counts = repo.tag_image_counts(conn, list(known.values()))
+    order = sorted(known.values(), key=lambda t: counts[t])
+    return SearchFilters(
+        tag_ids=tuple(order),
+        tag_counts=tuple(counts[t] for t in order),
+        min_price_cents=min_price_cents,
+        max_price_cents=max_price_cents,
+        in_stock=in_stock,
+    )
+
+
+def allowed_ids(conn: sqlite3.Connection, viewer: int, filters: SearchFilters) -> np.ndarray:
+    """Sorted ids the viewer may see that pass the filters: a walk of the rarest tag's index
+    when there are tags, of the images table otherwise."""
+    params: dict[str, object] = {"viewer": viewer}
+    if filters.tag_ids:
+        rest = SearchFilters(
+            tag_ids=filters.tag_ids[1:],
+            min_price_cents=filters.min_price_cents,
+            max_price_cents=filters.max_price_cents,
+            in_stock=filters.in_stock,
+        )
+        params["first"] = filters.tag_ids[0]
+        sql = (
+            f"SELECT it.image_id FROM image_tags it CROSS JOIN images i ON i.id = it.image_id "
+            f"WHERE it.tag_id = :first AND {VISIBLE}{rest.sql(params)} ORDER BY it.image_id"
+        )
+    else:
+        sql = f"SELECT i.id FROM images i WHERE {VISIBLE}{filters.sql(params)} ORDER BY i.id"
+    ids = [row[0] for row in conn.execute(sql, params)]
+    return np.asarray(ids, dtype=np.int64)
+
+
+def passing(
+    conn: sqlite3.Connection, viewer: int, ids: Sequence[int], filters: SearchFilters
+) -> set[int]:
+    """Which of some candidate ids the viewer may see and pass the filters (one query)."""
+    params: dict[str, object] = {"viewer": viewer, "ids": json.dumps([int(i) for i in ids])}
+    sql = (
+        f"SELECT i.id FROM images i WHERE i.id IN (SELECT value FROM json_each(:ids)) "
+        f"AND {VISIBLE}{filters.sql(params)}"
+    )
+    return {row[0] for row in conn.execute(sql, params)}
