@@ -116,8 +116,13 @@ async def serve(
     fingerprint: str,
     announce: Callable[[str], None] = print,
 ) -> None:
-    services = open_services(config)
     loop = asyncio.get_running_loop()
+    # Handlers first: a signal that arrives while we open the data directory or announce
+    # ourselves must still mean "stop cleanly", not a KeyboardInterrupt traceback.
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    services = open_services(config)
     loop.set_exception_handler(_quiet_handshake_failures)
     connections: set[asyncio.Task[None]] = set()
 
@@ -146,10 +151,6 @@ async def serve(
     announce(f"Certificate fingerprint {fingerprint}")
     # The model and the index load in the background, after we already answer.
     similarity.start(services)
-
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
