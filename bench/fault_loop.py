@@ -97,8 +97,7 @@ class FaultLoop:
         seed: int = 1,
         files_per_run: int = 60,
         buyers: int = 4,
-        stock_images: int = 6,
-        initial_stock: int = 300,
+        stocks: tuple[int, ...] = (3, 20, 50_000, 50_000, 50_000, 50_000),
     ) -> None:
         self.home = home
         self.rng = random.Random(seed)
@@ -108,18 +107,19 @@ class FaultLoop:
         seller = self.connect("seller")
         try:
             self.initial: dict[int, int] = {}
-            for n in range(stock_images):
+            # Two images sell out early (refusals race the kill too); the others never do.
+            for n, stock in enumerate(stocks):
                 up = seller.call(
                     UploadImage(
                         id=0,
                         filename=f"stock{n}.jpg",
                         data=jpeg(10_000_000 + n),
                         price_cents=100 + n,
-                        quantity=initial_stock,
+                        quantity=stock,
                     ),
                     Uploaded,
                 )
-                self.initial[up.image_id] = initial_stock
+                self.initial[up.image_id] = stock
         finally:
             seller.close()
         for name in self.buyer_names:
