@@ -437,3 +437,28 @@ def test_sql_in_cart_commands_is_refused_by_the_shell(
         assert "Traceback" not in done.stdout + done.stderr
         assert "RATE_LIMITED" not in done.stderr and "Error: argument" in done.stderr, done
     assert_no_server_error(server)
+
+
+# --- a stolen disk or backup ---------------------------------------------------------------------
+
+
+def test_a_stolen_data_dir_holds_no_password_token_or_image_bytes(
+    server: ServerProcess, home: Path
+) -> None:
+    """What a thief of the data directory (or a backup of it) finds: Argon2id strings, token
+    hashes and ciphertext; never a password, a usable resume token or a picture's bytes."""
+    password = "zz-unique-password-41"
+    conn = server.connect(home / "thief-victim")
+    try:
+        conn.call(CreateUser(id=0, name="victim41", password=password))
+        token = conn.call(Login(id=0, name="victim41", password=password), Session).resume_token
+        data = fresh()
+        conn.call(UploadImage(id=0, filename="secret-photo.jpg", data=data, private=True))
+    finally:
+        conn.close()
+    secrets = [password.encode(), token.encode(), data[200:264]]
+    for path in server.data_dir.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            for secret in secrets:
+                assert secret not in content, path
