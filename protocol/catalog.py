@@ -159,6 +159,8 @@ class ImageSearch(Request):
 
 
 class ColourSearch(Request):
+    """Search by dominant colour: images with a colour near `hue`, best (closeness, share) first."""
+
     hue: Annotated[float, msgspec.Meta(ge=0, le=360)]
     tolerance: Annotated[float, msgspec.Meta(ge=0, le=180)] = 15.0
     min_share: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
@@ -167,6 +169,11 @@ class ColourSearch(Request):
     max_lightness: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
     min_saturation: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
     max_saturation: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    #: The user's COLOR as typed (a hue, a name or #rrggbb). The server parses it as the shell
+    #: does (util.colour_spec): its hue and its lightness/saturation regions (brown vs orange,
+    #: pink vs red) replace `hue` and the four bounds above. `tolerance` still applies (the
+    #: shell sends the name's band when the user gave none).
+    spec: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
     filters: Filters = Filters()
     options: ListingOptions = ListingOptions()
 

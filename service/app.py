@@ -22,6 +22,7 @@ from repository.database import Database
 from service import (  # noqa: F401  (they register their routes)
     accounts,
     cart,
+    colour_search,
     images,
     listings,
     similarity,

@@ -12,6 +12,7 @@ from shell.account_commands import AccountCommands
 from shell.app import VitrineShell
 from shell.browse_commands import BrowseCommands
 from shell.cart_commands import CartCommands
+from shell.colour_commands import ColourCommands
 from shell.connection import ConnectionLost, ServerConnection, TrustPolicy
 from shell.image_commands import ImageCommands
 from shell.session import ClientSession
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             ImageCommands(),
             BrowseCommands(),
             SimilarCommands(),
+            ColourCommands(),
             CartCommands(),
         ],
         allow_cli_args=False,

@@ -52,7 +52,7 @@ from protocol.errors import ErrorCode, VitrineError
 from shell.app import CommandFailed
 from shell.contact_sheet import write_contact_sheet
 from shell.pictures import GraphicsMode, detect_graphics, picture_renderable
-from shell.swatches import palette_bar
+from shell.swatches import palette_bar, palette_text
 from util.money import format_cents
 
 FIRST_BATCH = 20
@@ -361,7 +361,8 @@ def listing_table(items: Sequence[ImageSummary], mode: GraphicsMode) -> Table:
         if scores:
             row.append("" if item.score is None else f"{item.score:.3f}")
         if matches:
-            row.append(palette_bar([item.match], width=4) if item.match else "")
+            # the colour that matched, as swatch, hex and share (the palette column is a bar)
+            row.append(palette_text([item.match]) if item.match else "")
         table.add_row(*row)
     return table
 

@@ -97,14 +97,27 @@ class ColourQuery:
 
 
 # Brown and orange share hues; they are told apart by lightness and saturation, and the two
-# regions are complements, so every colour in 15..45 degrees is one or the other:
-# brown is dark (L <= 0.40) or dull (S <= 0.50 up to L 0.75, which takes in tan and camel).
-_BROWN = (LSBox(l_hi=0.40), LSBox(l_hi=0.75, s_hi=0.50))
-_ORANGE = (LSBox(l_lo=0.40, s_lo=0.50), LSBox(l_lo=0.75))
+# regions are complements, so every colour in their shared hues is one or the other. Orange is
+# vivid even in shade (a shaded orange fruit averages L 0.38 at S 0.9: L >= 0.35 with S >= 0.75),
+# or bright and fairly saturated (L >= 0.45, S >= 0.6), or pale (L >= 0.75: peach). Brown is the
+# rest: dark (L < 0.35, which takes in saddle brown at S 0.76), dark and less vivid, or dull up to
+# L 0.75 (tan, camel, potatoes).
+_ORANGE = (LSBox(l_lo=0.35, s_lo=0.75), LSBox(l_lo=0.45, s_lo=0.6), LSBox(l_lo=0.75))
+_BROWN = (
+    LSBox(l_hi=0.35),
+    LSBox(l_hi=0.45, s_hi=0.75),
+    LSBox(l_hi=0.75, s_hi=0.6),
+)
 # Pink is light red-to-magenta: L >= 0.62, or already L >= 0.50 for the raspberry hues
-# 320..352 that lean to magenta. Red and magenta are the darker side of the same lines.
+# 320..352 that lean to magenta. Red and magenta are the darker side of the same lines. Where red
+# shares hues with brown (8..20) it must also be vivid (S >= 0.6): a potato or sienna at hue 16
+# is brown, a tomato is red.
 _PINK = (LSBox(l_lo=0.62), LSBox(l_lo=0.50, h_lo=320.0, h_hi=352.0))
-_RED = (LSBox(l_hi=0.62, h_lo=352.0, h_hi=20.0), LSBox(l_hi=0.50, h_lo=320.0, h_hi=352.0))
+_RED = (
+    LSBox(l_hi=0.62, h_lo=352.0, h_hi=8.0),
+    LSBox(l_hi=0.62, s_lo=0.6, h_lo=8.0, h_hi=20.0),
+    LSBox(l_hi=0.50, h_lo=320.0, h_hi=352.0),
+)
 _MAGENTA = (LSBox(l_hi=0.62),)
 
 # name -> (centre hue, default half-width, lightness/saturation boxes). Chosen from how the
@@ -112,14 +125,14 @@ _MAGENTA = (LSBox(l_hi=0.62),)
 # The bands overlap a little; every chromatic colour falls under at least one name.
 NAMES: dict[str, tuple[float, float, tuple[LSBox, ...]]] = {
     "red": (0.0, 20.0, _RED),
-    "orange": (30.0, 15.0, _ORANGE),
-    "brown": (28.0, 20.0, _BROWN),
-    "yellow": (58.0, 14.0, ()),
+    "orange": (28.5, 13.5, _ORANGE),
+    "brown": (25.0, 17.0, _BROWN),
+    "yellow": (57.0, 15.0, ()),
     "green": (119.0, 47.0, ()),
     "cyan": (182.0, 17.0, ()),
     "blue": (222.0, 23.0, ()),
     "purple": (270.0, 25.0, ()),
-    "magenta": (312.0, 23.0, _MAGENTA),
+    "magenta": (316.0, 24.0, _MAGENTA),
     "pink": (335.0, 45.0, _PINK),
 }
 

@@ -1,0 +1,123 @@
+"""Search by colour: the ColourSearch route.
+
+The request's COLOR is parsed again here with `util.colour_spec` (the shell already did, but
+the server trusts no client), so a name or hex colour brings its lightness/saturation regions
+(brown is not orange, pink is not red) and a bad one is refused with the same sentence the
+shell shows. Ranking and candidates are `repository.colour_queries` (indexed SQL; the score
+mirrors `models.colours.match_score`); batches, `More` and the visibility re-check of every
+batch come from `service.listings.open_snapshot`, which reads thumbnails for the batch only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+
+from protocol.catalog import Batch, Colour, ColourSearch
+from protocol.errors import ErrorCode, VitrineError
+from repository import colour_queries as colours_repo
+from repository import images as repo
+from service.context import RequestContext
+from service.images import normalise_tags
+from service.listings import open_snapshot
+from service.registry import route
+from util.colour_spec import (
+    ColourQuery,
+    ColourSpecError,
+    LSBox,
+    check_min_share,
+    check_tolerance,
+    hue_ranges,
+    parse_colour,
+)
+
+log = logging.getLogger("vitrine.colours")
+
+
+def colour_query(request: ColourSearch) -> tuple[ColourQuery, float, float]:
+    """(query, tolerance, min share) for a request; ColourSpecError says what is wrong."""
+    if request.spec is not None:
+        query = parse_colour(request.spec)
+    else:
+        box = LSBox(
+            l_lo=request.min_lightness,
+            l_hi=request.max_lightness,
+            s_lo=request.min_saturation,
+            s_hi=request.max_saturation,
+        )
+        bounded = box != LSBox()
+        query = ColourQuery(
+            hue=request.hue % 360.0,
+            tolerance=request.tolerance,
+            boxes=(box,) if bounded else (),
+            text=f"{request.hue:g}",
+        )
+    return query, check_tolerance(request.tolerance), check_min_share(request.min_share)
+
+
+def _rank(
+    conn: sqlite3.Connection,
+    viewer: int,
+    query: colours_repo.HueQuery,
+    tags: list[str],
+    request: ColourSearch,
+) -> list[colours_repo.ColourHit]:
+    created = colours_repo.ensure_covering_index(conn)
+    if created:
+        log.info("created the covering colour index %s", colours_repo.COVERING_INDEX)
+    known = repo.tag_ids(conn, tags)
+    if len(known) < len(tags):
+        return []  # a tag nobody has used: nothing carries it
+    flt = request.filters
+    filters = colours_repo.ColourFilters(
+        tag_ids=list(known.values()),
+        min_price_cents=flt.min_price_cents,
+        max_price_cents=flt.max_price_cents,
+        in_stock=flt.in_stock,
+    )
+    return colours_repo.rank_by_colour(conn, viewer, query, filters)
+
+
+@route(ColourSearch)
+async def colour_search(ctx: RequestContext, request: ColourSearch) -> AsyncIterator[Batch]:
+    try:
+        query, tolerance, min_share = colour_query(request)
+        ranges = hue_ranges(query.hue, tolerance)
+    except ColourSpecError as exc:
+        raise VitrineError(ErrorCode.BAD_REQUEST, str(exc)) from None
+    flt = request.filters
+    if (
+        flt.min_price_cents is not None
+        and flt.max_price_cents is not None
+        and flt.min_price_cents > flt.max_price_cents
+    ):
+        raise VitrineError(
+            ErrorCode.BAD_REQUEST, "The minimum price is above the maximum price; swap them."
+        )
+    tags = normalise_tags(flt.tags)
+    store_query = colours_repo.HueQuery(
+        hue=query.hue,
+        tolerance=tolerance,
+        ranges=ranges,
+        min_share=min_share,
+        boxes=query.boxes,
+    )
+    hits = await ctx.services.db_call(_rank, ctx.user.id, store_query, tags, request)
+    scores = {h.image_id: round(h.score, 6) for h in hits}
+    matches = {
+        h.image_id: Colour(
+            r=h.rgb[0],
+            g=h.rgb[1],
+            b=h.rgb[2],
+            hue=h.hue,
+            saturation=h.saturation,
+            lightness=h.lightness,
+            share=h.share,
+        )
+        for h in hits
+    }
+    ids = [h.image_id for h in hits]
+    return await open_snapshot(
+        ctx, request.id, ids, request.options, scores=scores, matches=matches
+    )

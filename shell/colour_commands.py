@@ -1,0 +1,115 @@
+"""search_by_color: the products whose dominant colours match a hue, a name or a hex colour.
+
+COLOR, --tolerance and --min-share are checked here with the server's own rules
+(`util.colour_spec`), so a typo costs no round trip and gets the sentence that lists what is
+accepted; the COLOR text is also sent as typed (`ColourSearch.spec`) so the server applies a
+name's lightness/saturation regions exactly as documented in docs/colours.md. The listing
+itself (batches of 20, `more` 10, --batch, --json with `score`, `match` and `palette`, the
+match column, --sheet) is shell.listing's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import cmd2
+
+from protocol.catalog import ColourSearch, Filters, ListingOptions
+from shell import listing
+from shell.app import BROWSE, CommandFailed, VitrineShell, parser
+from shell.image_commands import tag_list
+from util.colour_spec import ColourSpecError, check_min_share, check_tolerance, parse_colour
+
+#: A colour must cover at least this share of the picture to match, unless --min-share says
+#: otherwise. Colours smaller than 5% are logos, trims, stitching and stray reflections; a
+#: product photo's own colour covers far more (docs/colours.md, "Search").
+DEFAULT_MIN_SHARE = 0.05
+MAX_SPEC_CHARS = 64  # protocol.catalog.ColourSearch.spec
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ColourSpecError(f"{what} must be a number, not {text!r}") from None
+    if not math.isfinite(value):
+        raise ColourSpecError(f"{what} must be a finite number, not {text!r}")
+    return value
+
+
+class ColourCommands(cmd2.CommandSet[VitrineShell]):
+    DEFAULT_CATEGORY = BROWSE
+
+    colour_parser = parser(
+        "Find the images whose dominant colours match COLOR, the clearest first (closeness to "
+        "the hue weighted by how much of the picture the colour covers). COLOR is a hue in "
+        "degrees (0-360), a name (red, orange, yellow, green, cyan, blue, purple, magenta, "
+        "pink, brown) or a hex colour #rrggbb. `more` continues the listing."
+    )
+    colour_parser.add_argument("color", metavar="COLOR", help="a hue, a colour name or #rrggbb")
+    colour_parser.add_argument(
+        "--tolerance",
+        metavar="DEG",
+        help="how far a colour's hue may be from COLOR's, in degrees (default: 15 for a hue or "
+        "hex colour, the name's own band for a name)",
+    )
+    colour_parser.add_argument(
+        "--min-share",
+        metavar="P",
+        default=str(DEFAULT_MIN_SHARE),
+        help="least fraction of the picture the colour must cover, 0 to 1 "
+        f"(default {DEFAULT_MIN_SHARE})",
+    )
+    colour_parser.add_argument(
+        "--tags",
+        type=tag_list,
+        default=[],
+        metavar="a,b",
+        completer=listing.complete_tag_list,
+        help="only images carrying all these tags",
+    )
+    colour_parser.add_argument(
+        "--in-stock", action="store_true", help="only images with at least one unit in stock"
+    )
+    listing.add_listing_arguments(colour_parser)
+
+    @cmd2.with_argparser(colour_parser)
+    def do_search_by_color(self, args: argparse.Namespace) -> None:
+        spec = args.color.strip()
+        try:
+            if len(spec) > MAX_SPEC_CHARS:
+                raise ColourSpecError(f"a colour is at most {MAX_SPEC_CHARS} characters")
+            query = parse_colour(spec)
+            tolerance = (
+                query.tolerance
+                if args.tolerance is None
+                else check_tolerance(_number(args.tolerance, "tolerance"))
+            )
+            min_share = check_min_share(_number(args.min_share, "min-share"))
+        except ColourSpecError as exc:
+            raise CommandFailed(f"search_by_color: {exc}.") from None
+        filters = Filters(tags=list(args.tags), in_stock=args.in_stock)
+        what = f"images of {listing.printable(query.name or spec)}"
+        extras = []
+        if args.tolerance is not None:
+            extras.append(f"within {tolerance:g}°")
+        if filters.tags:
+            extras.append("tagged " + " and ".join(listing.printable(t) for t in filters.tags))
+        if filters.in_stock:
+            extras.append("in stock")
+        if extras:
+            what += " (" + ", ".join(extras) + ")"
+
+        def request(options: ListingOptions) -> ColourSearch:
+            return ColourSearch(
+                id=0,
+                hue=query.hue,
+                tolerance=tolerance,
+                min_share=min_share,
+                spec=spec,
+                filters=filters,
+                options=options,
+            )
+
+        listing.start_listing(self._cmd, request, args, what=what)

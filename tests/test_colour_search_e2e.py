@@ -1,0 +1,218 @@
+"""search_by_color end to end: the real client.py against the real server.py.
+
+Pictures of known hue (a coloured card on white, so the backdrop is no colour), uploaded by
+two users, searched by name, by hex and by degrees across 0, with privacy, deletes, filters,
+batches and `more`, --json (score, match, palette), show_image's palette and every bad input.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.servers import ServerProcess, run_client
+from util.colour_spec import NAMES
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp("colour-e2e")).start()
+    home = tmp_path_factory.mktemp("accounts")
+    for name in ("alice", "bob"):
+        done = run_client(process, f"create_user {name}", config_dir=home, password=PASSWORD)
+        assert done.returncode == 0, done.stderr
+    yield process
+    process.stop()
+
+
+class Shell:
+    def __init__(self, server: ServerProcess, name: str, config_dir: Path) -> None:
+        self.server, self.name, self.config_dir = server, name, config_dir
+
+    def __call__(self, *commands: str) -> tuple[int, str, str]:
+        done = run_client(
+            self.server,
+            f"login {self.name}",
+            *commands,
+            config_dir=self.config_dir,
+            password=PASSWORD,
+            extra_env={"COLUMNS": "200"},
+        )
+        assert "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
+        return done.returncode, done.stdout, done.stderr
+
+
+def json_lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def card(
+    hue: float, path: Path, lightness: float = 0.5, saturation: float = 0.85, share: float = 0.5
+) -> Path:
+    """A card of one hue covering about `share` of a white picture."""
+    rgb = tuple(round(v * 255) for v in colorsys.hls_to_rgb(hue / 360, lightness, saturation))
+    img = Image.new("RGB", (200, 200), (250, 250, 250))
+    side = round(200 * share**0.5)
+    img.paste(Image.new("RGB", (side, side), rgb), ((200 - side) // 2, (200 - side) // 2))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def upload(shell: Shell, path: Path, *flags: str) -> int:
+    code, out, err = shell(f'add_image "{path}" --json ' + " ".join(flags))
+    assert code == 0, err
+    (row,) = json_lines(out)
+    return int(row["id"])
+
+
+@pytest.fixture(scope="module")
+def shop(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    """alice's public cards, her deleted one and bob's private one, all tagged e2e-colour."""
+    folder = tmp_path_factory.mktemp("cards")
+    alice = Shell(server, "alice", tmp_path_factory.mktemp("alice"))
+    bob = Shell(server, "bob", tmp_path_factory.mktemp("bob"))
+    ids = {
+        "red350": upload(
+            alice,
+            card(350, folder / "r350.png", lightness=0.42),
+            "--tags e2e-colour,warm",
+            "--quantity 2",
+        ),
+        "red10": upload(alice, card(10, folder / "r10.png", share=0.3), "--tags e2e-colour"),
+        "green": upload(alice, card(120, folder / "g.png"), "--tags e2e-colour", "--quantity 1"),
+        "blue": upload(
+            alice, card(210, folder / "b.png", lightness=0.56, saturation=1.0), "--tags e2e-colour"
+        ),
+        "grey": upload(alice, card(0, folder / "grey.png", saturation=0.0), "--tags e2e-colour"),
+        "deleted": upload(alice, card(355, folder / "del.png"), "--tags e2e-colour"),
+        "private": upload(bob, card(5, folder / "priv.png"), "--tags e2e-colour", "--private"),
+    }
+    code, _, err = alice(f"delete_image {ids['deleted']}")
+    assert code == 0, err
+    return ids
+
+
+@pytest.fixture
+def alice(server: ServerProcess, tmp_path: Path) -> Shell:
+    return Shell(server, "alice", tmp_path / "alice")
+
+
+@pytest.fixture
+def bob(server: ServerProcess, tmp_path: Path) -> Shell:
+    return Shell(server, "bob", tmp_path / "bob")
+
+
+def found(shell: Shell, command: str) -> list[dict]:
+    code, out, err = shell(command + " --tags e2e-colour --json")
+    assert code == 0, err
+    return json_lines(out)
+
+
+def test_by_name_across_zero_degrees(alice: Shell, shop: dict[str, int]) -> None:
+    rows = found(alice, "search_by_color red")
+    assert [r["id"] for r in rows] == [shop["red350"], shop["red10"]]  # the larger card first
+    first = rows[0]
+    assert first["score"] > rows[1]["score"]
+    assert first["match"]["share"] == pytest.approx(0.5, abs=0.05)
+    assert abs((first["match"]["hue"] - 350 + 180) % 360 - 180) <= 3
+    assert first["match"]["hex"].startswith("#")
+    assert first["palette"] and first["palette"][0]["hex"] == first["match"]["hex"]
+
+
+def test_by_degrees_across_zero(alice: Shell, shop: dict[str, int]) -> None:
+    for hue in ("0", "360", "355"):
+        ids = {r["id"] for r in found(alice, f"search_by_color {hue}")}
+        assert ids == {shop["red350"], shop["red10"]}, hue
+    assert {r["id"] for r in found(alice, "search_by_color 120")} == {shop["green"]}
+    assert found(alice, "search_by_color 10 --tolerance 5") == [
+        r for r in found(alice, "search_by_color 10 --tolerance 5") if r["id"] == shop["red10"]
+    ]
+    narrow = {r["id"] for r in found(alice, "search_by_color 10 --tolerance 5")}
+    assert narrow == {shop["red10"]}
+
+
+def test_by_hex(alice: Shell, shop: dict[str, int]) -> None:
+    assert [r["id"] for r in found(alice, "search_by_color #1e90ff")] == [shop["blue"]]
+    assert [r["id"] for r in found(alice, "search_by_color #1E90FF")] == [shop["blue"]]
+    # the same hue far lighter is not that colour
+    assert found(alice, "search_by_color #cfe8ff") == []
+
+
+def test_privacy_and_deletes(alice: Shell, bob: Shell, shop: dict[str, int]) -> None:
+    for shell, mine in ((alice, False), (bob, True)):
+        ids = {r["id"] for r in found(shell, "search_by_color red")}
+        assert shop["deleted"] not in ids
+        assert (shop["private"] in ids) == mine
+    assert shop["grey"] not in {r["id"] for r in found(alice, "search_by_color 0 --tolerance 180")}
+
+
+def test_filters(alice: Shell, shop: dict[str, int]) -> None:
+    code, out, err = alice("search_by_color red --tags e2e-colour,warm --json")
+    assert code == 0, err
+    assert [r["id"] for r in json_lines(out)] == [shop["red350"]]
+    code, out, err = alice("search_by_color red --tags e2e-colour --in-stock --json")
+    assert code == 0, err
+    assert [r["id"] for r in json_lines(out)] == [shop["red350"]]
+    code, out, err = alice("search_by_color red --tags no-such-tag-anywhere --json")
+    assert code == 0, err
+    assert json_lines(out) == [] and "No images" in err
+    # a larger minimum share leaves out the smaller card
+    code, out, err = alice("search_by_color red --tags e2e-colour --min-share 0.4 --json")
+    assert [r["id"] for r in json_lines(out)] == [shop["red350"]]
+
+
+def test_table_batches_and_more(alice: Shell, shop: dict[str, int]) -> None:
+    code, out, err = alice("search_by_color red --tags e2e-colour --no-images")
+    assert code == 0, err
+    assert "score" in out and "match" in out
+    assert "#" in out and "%" in out  # the matching colour's hex and share
+    assert "End of images of red" in out
+    code, out, err = alice(
+        "search_by_color red --tags e2e-colour --batch 1 --json", "more --json", "more --json"
+    )
+    assert code == 0, err
+    assert [r["id"] for r in json_lines(out)] == [shop["red350"], shop["red10"]]
+    assert "type more for the next 1" in err and "Already at the end" in err
+
+
+def test_show_image_json_has_the_palette(alice: Shell, shop: dict[str, int]) -> None:
+    code, out, err = alice(f"show_image {shop['green']} --json --no-images")
+    assert code == 0, err
+    (row,) = json_lines(out)
+    (colour,) = row["palette"]
+    assert abs(colour["hue"] - 120) <= 3 and colour["share"] == pytest.approx(0.5, abs=0.05)
+    code, out, err = alice(f"show_image {shop['green']} --no-images")
+    assert code == 0 and f"{colour['hex']} {round(colour['share'] * 100)}%" in out
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        ("search_by_color 400", "hue 400 is out of range"),
+        ("search_by_color -5", "out of range"),
+        ("search_by_color teal", "unknown colour 'teal'"),
+        ("search_by_color #12345", "malformed hex colour"),
+        ("search_by_color #zzzzzz", "malformed hex colour"),
+        ("search_by_color #808080", "too close to grey"),
+        ("search_by_color red --tolerance -3", "tolerance must be a number of degrees"),
+        ("search_by_color red --tolerance wide", "tolerance must be a number"),
+        ("search_by_color red --min-share 2", "min-share must be a fraction"),
+    ],
+)
+def test_bad_input_says_what_is_accepted(alice: Shell, command: str, says: str) -> None:
+    code, _out, err = alice(command)
+    assert code != 0
+    assert says in err, err
+    if "tolerance" not in says and "min-share" not in says:
+        assert f"a name ({', '.join(NAMES)})" in err
+        assert "#rrggbb" in err and "0 to 360" in err
