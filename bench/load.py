@@ -29,6 +29,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_browse import percentile
+from bench.bench_ingest import cpu_seconds
 from bench.fill import CATEGORIES, COLOUR_WORDS, MATERIALS, Filled, fill, start_server
 from bench.machine import describe, rss_mib
 
@@ -174,8 +176,9 @@ def run_clients(
     seconds: float,
     mix: dict[str, int],
     server_pid: int,
-) -> tuple[list[tuple[str, float, float, str]], list[tuple[float, float]], float]:
-    """Run the clients; return (samples, RSS samples (t, MiB), set-up seconds)."""
+) -> tuple[list[tuple[str, float, float, str]], list[tuple[float, float]], float, dict[str, float]]:
+    """Run the clients; return (samples, RSS samples (t, MiB), set-up seconds, CPU seconds of
+    the server during the run and of the client processes in all)."""
     plan = {
         "home": str(home),
         "host": host,
@@ -196,6 +199,8 @@ def run_clients(
     processes = max(1, min(processes, clients))
     share = [clients // processes + (i < clients % processes) for i in range(processes)]
     workers, first = [], 0
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    children_cpu_before = before.ru_utime + before.ru_stime
     t_setup = time.perf_counter()
     rss: list[tuple[float, float]] = []
     for count in share:
@@ -208,6 +213,7 @@ def run_clients(
             ready.get(timeout=600)
         setup = time.perf_counter() - t_setup
         start_at = time.time() + 1.0
+        cpu_at_start = cpu_seconds(server_pid)
         for _ in workers:
             go.put(start_at)
         # Sample RSS every second from the start until the end of the run.
@@ -215,6 +221,7 @@ def run_clients(
         while (elapsed := time.time() - start_at) < seconds:
             rss.append((round(elapsed, 2), rss_mib(server_pid)))
             time.sleep(max(0.0, 1.0 - (time.time() - start_at - elapsed)))
+        server_cpu = cpu_seconds(server_pid) - cpu_at_start
         samples: list[tuple[str, float, float, str]] = []
         for _ in workers:
             samples.extend(results.get(timeout=180))
@@ -223,7 +230,9 @@ def run_clients(
             worker.join(timeout=60)
             if worker.is_alive():
                 worker.kill()
-    return samples, rss, setup
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    clients_cpu = children.ru_utime + children.ru_stime - children_cpu_before
+    return samples, rss, setup, {"server": server_cpu, "clients": clients_cpu}
 
 
 def rss_verdict(rss: list[tuple[float, float]], seconds: float) -> dict[str, float | bool]:
@@ -277,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"colour search left out of the mix: the server refuses it ({refused})"
                 )
             rss_before = rss_mib(server.process.pid) if server.process else float("nan")
-            samples, rss, setup = run_clients(
+            samples, rss, setup, cpu = run_clients(
                 filled,
                 server.host,
                 server.port,
@@ -325,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         "operations": per_op,
         "worst_p99_ms": worst_p99,
         "rss_before_mib": rss_before,
+        # Where the two cores went: a server near 1 core is bound by its one Python interpreter.
+        "server_cpu_cores_during_run": cpu["server"] / args.seconds,
+        "client_processes_cpu_seconds": cpu["clients"],
         "rss_samples": rss,
         "rss": flat,
         "verdicts": {
@@ -358,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         for example in row["error_examples"]:
             print(f"    error: {example}")
     print(f"throughput: {report['throughput_ops_per_s']:.1f} operations/s, {total_errors} errors")
+    print(
+        f"CPU: server {report['server_cpu_cores_during_run']:.2f} cores during the run, "
+        f"client processes {cpu['clients']:.0f} CPU s in all (incl. logins), on "
+        f"{os.cpu_count()} cores"
+    )
     points = rss[:: max(1, len(rss) // 12)]
     print("server RSS (s: MiB): " + ", ".join(f"{t:.0f}: {m:.0f}" for t, m in points))
     print(
