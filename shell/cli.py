@@ -130,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             shell.intro = ""
             if shell.runcmds_plus_hooks(args.commands):
                 return shell.exit_code
-        return shell.cmdloop()
+        scripted_status = shell.exit_code
+        status = shell.cmdloop()
+        # A person at a terminal has seen each failure already; a typo earlier in the session
+        # should not make the whole session "fail". Scripts (arguments, piped input) keep it.
+        return scripted_status if sys.stdin.isatty() else status
     finally:
         connection.close()
