@@ -16,7 +16,7 @@ quarter of the hue circle, so a quarter of the shop's colours):
 
 So the lookups per query follow `limit`, not the size of the shop, and what grows with it is
 a walk of the index and some arithmetic per colour in the range. That walk is index-only with
-the covering index `image_colours(hue, share, lightness, saturation)` (`COVERING_INDEX_SQL`);
+the covering index `image_colours(hue, share, lightness, saturation)` (migration 2);
 with the hue-only index each colour in the range costs a primary-key lookup for its share.
 
 Nothing here knows the wire format or how a COLOR was parsed: the caller passes the hue
@@ -26,23 +26,20 @@ intervals, the query hue and tolerance, and the lightness/saturation boxes.
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from repository.images import VISIBLE, WRITE_LOCK  # the one definition of "may see"
+from repository.images import VISIBLE  # the one definition of "may see"
 
 __all__ = [
     "COVERING_INDEX",
-    "COVERING_INDEX_SQL",
     "MAX_RESULTS",
     "ColourFilters",
     "ColourHit",
     "HueQuery",
     "LightnessSaturationBox",
     "candidates_sql",
-    "ensure_covering_index",
     "rank_by_colour",
 ]
 
@@ -56,36 +53,8 @@ MAX_RESULTS = 500
 WANT_ROOM = 1.25
 WANT_GROWTH = 4
 
+#: Made by migration 2; named here so tests can check the query plan uses it.
 COVERING_INDEX = "image_colours_by_hue_share"
-#: The index that makes the walks index-only.
-COVERING_INDEX_SQL = (
-    f"CREATE INDEX IF NOT EXISTS {COVERING_INDEX} "
-    "ON image_colours(hue, share, lightness, saturation)"
-)
-_ensured: set[str] = set()
-_ensure_lock = threading.Lock()
-
-
-def ensure_covering_index(conn: sqlite3.Connection) -> bool:
-    """Create the covering index if this database lacks it; True if it was created now.
-
-    Stop-gap until it is a step in `repository.migrations` (the statement is idempotent, so
-    the step can be added as `lambda conn: conn.execute(COVERING_INDEX_SQL)` and this call
-    removed). Once per database file per process; at 100,000 images it takes well under a
-    second, under the write lock.
-    """
-    (path,) = [row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"]
-    with _ensure_lock:
-        if path in _ensured:
-            return False
-        exists = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (COVERING_INDEX,)
-        ).fetchone()
-        if not exists:
-            with WRITE_LOCK:
-                conn.execute(COVERING_INDEX_SQL)
-        _ensured.add(path)
-        return not exists
 
 
 class LightnessSaturationBox(Protocol):

@@ -118,4 +118,15 @@ def _run_statements(script: str) -> Callable[[sqlite3.Connection], None]:
     return step
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_run_statements(_V1_SCHEMA)]
+#: v2: colour search walks hue ranges reading share, lightness and saturation too; with them in
+#: the index the walk never touches the table. It supersedes the hue-only index.
+_V2_COLOUR_INDEX = """
+        CREATE INDEX image_colours_by_hue_share
+            ON image_colours(hue, share, lightness, saturation);
+        DROP INDEX image_colours_by_hue
+"""
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _run_statements(_V1_SCHEMA),
+    _run_statements(_V2_COLOUR_INDEX),
+]

@@ -63,9 +63,6 @@ def _rank(
     tags: list[str],
     request: ColourSearch,
 ) -> list[colours_repo.ColourHit]:
-    created = colours_repo.ensure_covering_index(conn)
-    if created:
-        log.info("created the covering colour index %s", colours_repo.COVERING_INDEX)
     known = repo.tag_ids(conn, tags)
     if len(known) < len(tags):
         return []  # a tag nobody has used: nothing carries it

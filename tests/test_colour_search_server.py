@@ -66,7 +66,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Database, dict[int,
         palettes[repo.insert_image(conn, new)] = palette
     for image_id in list(palettes)[::17]:
         repo.soft_delete(conn, image_id)
-    cq.ensure_covering_index(conn)
     return db, palettes
 
 
