@@ -25,7 +25,6 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +32,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+from util.files import write_atomically
 
 if TYPE_CHECKING:
     from ai_edge_litert.interpreter import Interpreter
@@ -194,20 +195,10 @@ def convert_to_tflite(weights: str | os.PathLike[str] | None) -> bytes:
     return bytes(flatbuffer)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """tmp + fsync + rename, so a crash or a concurrent loader never sees half a model."""
+def _write_model(path: Path, data: bytes) -> None:
+    """Atomic, so a crash or a concurrent loader never sees half a model."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, data)
 
 
 class Embedder:
@@ -255,7 +246,7 @@ class Embedder:
                 flatbuffer = convert_to_tflite(weights)
                 self.converted = True
                 try:
-                    _write_atomically(self.model_path, flatbuffer)
+                    _write_model(self.model_path, flatbuffer)
                 except OSError as exc:  # a read-only cache costs start-up time, not service
                     log.warning("cannot cache the model in %s (%s)", cache_dir, exc)
                     self.model_path, self._model_content = None, flatbuffer

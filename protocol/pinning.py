@@ -7,9 +7,10 @@ exactly what an attacker in the middle looks like.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from util.files import write_atomically
 
 
 class PinningError(Exception):
@@ -62,6 +63,5 @@ class KnownServers:
         entries = self._entries()
         entries[server] = fingerprint
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(f"{key} {value}\n" for key, value in entries.items()), "utf-8")
-        os.replace(tmp, self.path)
+        text = "".join(f"{key} {value}\n" for key, value in entries.items())
+        write_atomically(self.path, text.encode())

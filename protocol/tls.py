@@ -11,7 +11,6 @@ import base64
 import datetime as dt
 import hashlib
 import ipaddress
-import os
 import ssl
 from pathlib import Path
 
@@ -19,6 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from util.files import write_atomically
 
 CERT_FILE = "server-cert.pem"
 KEY_FILE = "server-key.pem"
@@ -33,17 +34,6 @@ def fingerprint(der_certificate: bytes) -> str:
 def certificate_fingerprint(cert_path: Path) -> str:
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     return fingerprint(cert.public_bytes(serialization.Encoding.DER))
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Create `path` readable by the owner only, from the first byte on."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def ensure_self_signed(
@@ -74,7 +64,7 @@ def ensure_self_signed(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    _write_private(
+    write_atomically(
         key_path,
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -82,7 +72,7 @@ def ensure_self_signed(
             serialization.NoEncryption(),
         ),
     )
-    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 
 

@@ -35,13 +35,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from util.files import TMP_SUFFIX, fsync_directory, write_atomically
+
 log = logging.getLogger(__name__)
 
 KEY_BYTES: Final = 32
 NONCE_BYTES: Final = 12
 TAG_BYTES: Final = 16
 MAGIC: Final = b"VTB1"  # versioned, so the format can change without guessing
-TMP_SUFFIX: Final = ".tmp"
 _NAME_RE: Final = re.compile(r"[0-9a-f]{64}")
 _FANOUT_RE: Final = re.compile(r"[0-9a-f]{2}")
 _NAME_INFO: Final = b"vitrine blobstore v1 name"
@@ -99,7 +100,7 @@ def load_or_create_key(path: Path) -> bytes:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    _fsync_dir(path.parent)
+    fsync_directory(path.parent)
     return key
 
 
@@ -117,14 +118,6 @@ def _read_key(path: Path) -> bytes:
         log.warning("blob key file %s had mode %o; restricting it to the owner (0600)", path, mode)
         os.chmod(path, 0o600)
     return key
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _subkey(master: bytes, info: bytes) -> bytes:
@@ -172,22 +165,10 @@ class BlobStore:
         directory = path.parent
         if not directory.exists():
             directory.mkdir(mode=0o700, exist_ok=True)
-            _fsync_dir(self.root)
+            fsync_directory(self.root)
         nonce = secrets.token_bytes(NONCE_BYTES)
         sealed = MAGIC + nonce + self._aead.encrypt(nonce, data, _aad(name))
-        tmp = directory / f".{name}.{secrets.token_hex(8)}{TMP_SUFFIX}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(sealed)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(directory)
+        write_atomically(path, sealed)
         return name
 
     def get(self, name: str) -> bytes:
@@ -222,7 +203,7 @@ class BlobStore:
             path.unlink()
         except FileNotFoundError:
             return False
-        _fsync_dir(path.parent)
+        fsync_directory(path.parent)
         return True
 
     def iter_names(self) -> Iterator[str]:
@@ -246,7 +227,7 @@ class BlobStore:
                     removed += 1
                     touched.add(directory)
         for directory in touched:
-            _fsync_dir(directory)
+            fsync_directory(directory)
         return removed
 
     def _scan(self) -> Iterator[tuple[Path, str]]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Annotated
 from urllib.parse import quote
 
 import msgspec
+
+from util.files import write_atomically
 
 #: A Checkout request carries at most this many lines (protocol.catalog.Checkout).
 MAX_LINES = 500
@@ -157,31 +158,6 @@ def _safe_name(text: str) -> str:
 
 def cart_path(data_dir: Path, server: str, user: str) -> Path:
     return data_dir / "carts" / _safe_name(server) / f"{_safe_name(user)}.json"
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename over, fsync the directory."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    _fsync_dir(path.parent)
 
 
 class CartStore:
