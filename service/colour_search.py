@@ -19,8 +19,7 @@ from protocol.errors import ErrorCode, VitrineError
 from repository import colour_queries as colours_repo
 from repository import images as repo
 from service.context import RequestContext
-from service.images import normalise_tags
-from service.listings import open_snapshot
+from service.listings import checked_filter_tags, open_snapshot
 from service.registry import route
 from util.colour_spec import (
     ColourQuery,
@@ -84,15 +83,7 @@ async def colour_search(ctx: RequestContext, request: ColourSearch) -> AsyncIter
     except ColourSpecError as exc:
         raise VitrineError(ErrorCode.BAD_REQUEST, str(exc)) from None
     flt = request.filters
-    if (
-        flt.min_price_cents is not None
-        and flt.max_price_cents is not None
-        and flt.min_price_cents > flt.max_price_cents
-    ):
-        raise VitrineError(
-            ErrorCode.BAD_REQUEST, "The minimum price is above the maximum price; swap them."
-        )
-    tags = normalise_tags(flt.tags)
+    tags = checked_filter_tags(flt)
     store_query = colours_repo.HueQuery(
         hue=query.hue,
         tolerance=tolerance,

@@ -28,6 +28,7 @@ from protocol.catalog import (
     Batch,
     Browse,
     Colour,
+    Filters,
     ImageSummary,
     ListingOptions,
     ListTags,
@@ -43,6 +44,17 @@ from service.images import normalise_tags, summaries
 from service.registry import route
 
 _CURSORS = "cursors"
+
+
+def checked_filter_tags(filters: Filters) -> list[str]:
+    """Validate the search filters the wire cannot (a price range upside down) and return the
+    normalised tags; shared by every ranked search so they refuse the same things alike."""
+    low, high = filters.min_price_cents, filters.max_price_cents
+    if low is not None and high is not None and low > high:
+        raise VitrineError(
+            ErrorCode.BAD_REQUEST, "The minimum price is above the maximum price; swap them."
+        )
+    return normalise_tags(filters.tags)
 
 
 @dataclass

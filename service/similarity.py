@@ -80,9 +80,8 @@ from repository.embeddings import (
     visible_vector,
 )
 from service.context import RequestContext, Services
-from service.images import normalise_tags
 from service.ingest import Prepared, rejection_error
-from service.listings import open_snapshot
+from service.listings import checked_filter_tags, open_snapshot
 from service.registry import route
 from util import config as cfg
 from util import images as imaging
@@ -553,15 +552,7 @@ async def image_search(ctx: RequestContext, request: ImageSearch) -> AsyncIterat
             "Search by image needs either a photo or the id of a stored image (one of them).",
         )
     flt = request.filters
-    if (
-        flt.min_price_cents is not None
-        and flt.max_price_cents is not None
-        and flt.min_price_cents > flt.max_price_cents
-    ):
-        raise VitrineError(
-            ErrorCode.BAD_REQUEST, "The minimum price is above the maximum price; swap them."
-        )
-    tags = normalise_tags(flt.tags)
+    tags = checked_filter_tags(flt)
     services = ctx.services
     engine = engine_of(services)
     if engine is None or not engine.ready or engine.batcher is None:

@@ -15,10 +15,10 @@ import math
 
 import cmd2
 
-from protocol.catalog import ColourSearch, Filters, ListingOptions
+from protocol.catalog import ColourSearch, ListingOptions
 from shell import listing
 from shell.app import BROWSE, CommandFailed, VitrineShell, parser
-from shell.image_commands import tag_list
+from shell.search_filters import add_filter_arguments, describe, filters_from
 from util.colour_spec import ColourSpecError, check_min_share, check_tolerance, parse_colour
 
 #: A colour must cover at least this share of the picture to match, unless --min-share says
@@ -61,17 +61,7 @@ class ColourCommands(cmd2.CommandSet[VitrineShell]):
         help="least fraction of the picture the colour must cover, 0 to 1 "
         f"(default {DEFAULT_MIN_SHARE})",
     )
-    colour_parser.add_argument(
-        "--tags",
-        type=tag_list,
-        default=[],
-        metavar="a,b",
-        completer=listing.complete_tag_list,
-        help="only images carrying all these tags",
-    )
-    colour_parser.add_argument(
-        "--in-stock", action="store_true", help="only images with at least one unit in stock"
-    )
+    add_filter_arguments(colour_parser)
     listing.add_listing_arguments(colour_parser)
 
     @cmd2.with_argparser(colour_parser)
@@ -89,15 +79,12 @@ class ColourCommands(cmd2.CommandSet[VitrineShell]):
             min_share = check_min_share(_number(args.min_share, "min-share"))
         except ColourSpecError as exc:
             raise CommandFailed(f"search_by_color: {exc}.") from None
-        filters = Filters(tags=list(args.tags), in_stock=args.in_stock)
+        filters = filters_from(args)
         what = f"images of {listing.printable(query.name or spec)}"
         extras = []
         if args.tolerance is not None:
             extras.append(f"within {tolerance:g}°")
-        if filters.tags:
-            extras.append("tagged " + " and ".join(listing.printable(t) for t in filters.tags))
-        if filters.in_stock:
-            extras.append("in stock")
+        extras += describe(filters)
         if extras:
             what += " (" + ", ".join(extras) + ")"
 

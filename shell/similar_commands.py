@@ -13,12 +13,12 @@ from pathlib import Path
 
 import cmd2
 
-from protocol.catalog import Filters, ImageSearch, ListingOptions
+from protocol.catalog import ImageSearch, ListingOptions
 from shell import listing
 from shell.app import BROWSE, CommandFailed, VitrineShell, parser
-from shell.image_commands import image_id, tag_list
+from shell.image_commands import image_id
+from shell.search_filters import add_filter_arguments, describe, filters_from
 from util import images as imaging
-from util.money import format_cents, price_arg
 
 
 class SimilarCommands(cmd2.CommandSet[VitrineShell]):
@@ -45,23 +45,7 @@ class SimilarCommands(cmd2.CommandSet[VitrineShell]):
         choices_provider=listing.complete_recent_ids,
         help="search with a stored image instead of a file",
     )
-    search_parser.add_argument(
-        "--tags",
-        type=tag_list,
-        default=[],
-        metavar="a,b",
-        completer=listing.complete_tag_list,
-        help="only images carrying all these tags",
-    )
-    search_parser.add_argument(
-        "--min-price", type=price_arg, metavar="12.50", help="only images at this price or more"
-    )
-    search_parser.add_argument(
-        "--max-price", type=price_arg, metavar="40", help="only images at this price or less"
-    )
-    search_parser.add_argument(
-        "--in-stock", action="store_true", help="only images with at least one unit in stock"
-    )
+    add_filter_arguments(search_parser)
     listing.add_listing_arguments(search_parser)
 
     @cmd2.with_argparser(search_parser)
@@ -69,29 +53,15 @@ class SimilarCommands(cmd2.CommandSet[VitrineShell]):
         shell = self._cmd
         if (args.path is None) == (args.image_id is None):
             raise CommandFailed("Give either a PATH to a photo or --id ID (one of them).")
-        if (
-            args.min_price is not None
-            and args.max_price is not None
-            and args.min_price > args.max_price
-        ):
-            raise CommandFailed(
-                f"--min-price {format_cents(args.min_price)} is above --max-price "
-                f"{format_cents(args.max_price)}."
-            )
-        filters = Filters(
-            tags=list(args.tags),
-            min_price_cents=args.min_price,
-            max_price_cents=args.max_price,
-            in_stock=args.in_stock,
-        )
+        filters = filters_from(args)
         data: bytes | None = None
         if args.path is not None:
             data = self._read_photo(Path(args.path).expanduser())
             what = f"images like {listing.printable(args.path)}"
         else:
             what = f"images like #{args.image_id}"
-        if filters != Filters():
-            what += _describe_filters(filters)
+        if parts := describe(filters):
+            what += " (" + ", ".join(parts) + ")"
 
         def request(options: ListingOptions) -> ImageSearch:
             return ImageSearch(
@@ -118,16 +88,3 @@ class SimilarCommands(cmd2.CommandSet[VitrineShell]):
             raise CommandFailed(f"{shown}: {exc.message}") from None
         except OSError as exc:
             raise CommandFailed(f"Cannot read {shown}: {exc.strerror or exc}.") from None
-
-
-def _describe_filters(filters: Filters) -> str:
-    parts = []
-    if filters.tags:
-        parts.append("tagged " + " and ".join(listing.printable(t) for t in filters.tags))
-    if filters.min_price_cents is not None:
-        parts.append(f"from {format_cents(filters.min_price_cents)}")
-    if filters.max_price_cents is not None:
-        parts.append(f"up to {format_cents(filters.max_price_cents)}")
-    if filters.in_stock:
-        parts.append("in stock")
-    return " (" + ", ".join(parts) + ")"
