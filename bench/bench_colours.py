@@ -191,29 +191,30 @@ def wb_real(thumbs: list[Image.Image]) -> list[dict]:
 
 
 def contact_sheet(paths: list[Path], out: Path) -> None:
-    """Photos with their palettes as swatches (width = share), to judge the extractor by eye."""
+    """Photos with their palettes as swatches (width = share), to judge the extractor by eye:
+    first row as extracted, second row without backdrop suppression."""
     from PIL import ImageDraw
 
-    cell_w, cell_h, cols = 160, 250, 6
+    cell_w, cell_h, cols = 160, 280, 6
     rows = (len(paths) + cols - 1) // cols
     sheet = Image.new("RGB", (cell_w * cols, cell_h * rows), "white")
     draw = ImageDraw.Draw(sheet)
     for i, path in enumerate(paths):
         im = decode_thumbnail(path)
-        palette = extract_palette(im)
         x, y = (i % cols) * cell_w, (i // cols) * cell_h
         small = im.copy()
         small.thumbnail((cell_w - 10, 190))
         sheet.paste(small, (x + 5, y + 2))
-        xx = x + 5
-        for c in palette:
-            sw = max(3, int((cell_w - 10) * c.share))
-            draw.rectangle([xx, y + 195, xx + sw, y + 215], fill=(c.r, c.g, c.b), outline="black")
-            xx += sw + 1
-        label = " ".join(f"{c.hue:.0f}/{c.share:.2f}" for c in palette)
-        draw.text((x + 5, y + 218), label[:40], fill="black")
-        lights = " ".join(f"L{c.lightness:.2f}" for c in palette)
-        draw.text((x + 5, y + 232), f"#{i} {lights}"[:40], fill="black")
+        draw.text((x + 5, y + 193), f"#{i} {path.parent.name}", fill="black")
+        # top row: as extracted; bottom row: without backdrop suppression, for comparison
+        for row, palette in enumerate((extract_palette(im), extract_palette(im, backdrop=False))):
+            yy, xx = y + 207 + 36 * row, x + 5
+            for c in palette:
+                sw = max(3, int((cell_w - 10) * c.share))
+                draw.rectangle([xx, yy, xx + sw, yy + 16], fill=(c.r, c.g, c.b), outline="black")
+                xx += sw + 1
+            label = " ".join(f"{c.hue:.0f}/{c.share:.2f}" for c in palette)
+            draw.text((x + 5, yy + 18), label[:40], fill="black")
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
 
@@ -234,17 +235,19 @@ def main(argv: list[str] | None = None) -> int:
     thumbs = [decode_thumbnail(p) for p in files]
     colour_ms = time_per_item(extract_palette, thumbs, repeat)
     nowb_ms = time_per_item(lambda im: extract_palette(im, white_balance=False), thumbs, repeat)
+    nobd_ms = time_per_item(lambda im: extract_palette(im, backdrop=False), thumbs, repeat)
 
     stages = {
         "decode+thumbnail": summary(decode_ms),
         "extract_palette": summary(colour_ms),
         "extract_palette (no white balance)": summary(nowb_ms),
+        "extract_palette (no backdrop suppression)": summary(nobd_ms),
     }
     ratio = stages["extract_palette"]["mean_ms"] / stages["decode+thumbnail"]["mean_ms"]
     print(f"{len(files)} photos from {DATASET.name}, thumbnails {THUMB[0]} px, best of {repeat}")
-    print(f"{'stage':<36}{'mean ms':>9}{'median':>9}{'p95':>9}")
+    print(f"{'stage':<44}{'mean ms':>9}{'median':>9}{'p95':>9}")
     for name, s in stages.items():
-        print(f"{name:<36}{s['mean_ms']:>9.3f}{s['median_ms']:>9.3f}{s['p95_ms']:>9.3f}")
+        print(f"{name:<44}{s['mean_ms']:>9.3f}{s['median_ms']:>9.3f}{s['p95_ms']:>9.3f}")
     print(f"extract_palette / (decode+thumbnail) = {ratio:.1%}")
     result: dict = {
         "machine": platform.platform(),

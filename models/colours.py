@@ -4,7 +4,9 @@ Runs at every upload on the thumbnail the pipeline already decoded, so it has to
 fraction of the embedding (about 1 ms against 5-8 ms) and must give the same answer every time:
 no k-means with random starts. Instead the chromatic pixels of a 64-pixel copy vote in a
 circular hue histogram; the smoothed histogram is cut at its valleys (each bin climbs to its
-peak) and peaks closer than MERGE_DEGREES are merged. Rule, thresholds and measurements:
+peak) and peaks closer than MERGE_DEGREES are merged. Before that, a coloured backdrop (wall,
+floor, carpet, sheet: what surrounds the product along the frame) is left out, so that the
+product's colour, not the room's, answers a colour search. Rule, thresholds and measurements:
 docs/colours.md.
 """
 
@@ -74,6 +76,25 @@ WB_MAX_BACKDROP = 0.85
 WB_CAST_HUES = (15.0, 65.0)
 # No channel is scaled by more than this (a cast larger than that is probably the object).
 WB_MAX_GAIN = 1.5
+
+
+# --- backdrop suppression (docs/colours.md: measured, and why) ------------------------------
+BACKDROP = True
+# The frame the backdrop is sampled from: this deep (fraction of the short side, at least 1 px).
+BD_RING = 0.04
+# Colours are compared in CIE Lab, on a grid of BD_CELL units; a pixel is backdrop-like when
+# the frame pixels in its cell and the 26 around it (about BD_CELL * 1.5 Delta E) are at least
+# BD_SUPPORT of the frame.
+BD_CELL = 10.0
+BD_SUPPORT = 0.15
+# Backdrop = backdrop-like pixels connected to the frame through backdrop-like pixels ...
+# ... unless they are more than BD_MAX of the picture: then the "backdrop" is the subject (a
+# swatch, a close-up, a pile of fruit filling the frame) and nothing is suppressed.
+BD_MAX = 0.80
+# ... or when they cover less than BD_RING_COVER of the frame: a backdrop surrounds the product,
+# which reaches the frame only in places; colours that share the frame more evenly (a split,
+# stripes, a garment filling one side) are all subject, and none is singled out as backdrop.
+BD_RING_COVER = 0.70
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +204,102 @@ def white_balance_gains(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | 
     return gains.astype(np.float32)
 
 
+# sRGB (D65) to XYZ, rows scaled by the D65 white so that white is (1, 1, 1)
+_XYZ = np.array(
+    [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]],
+    dtype=np.float32,
+) / np.array([[0.95047], [1.0], [1.08883]], dtype=np.float32)
+_LAB_BINS = (11, 26, 26)  # L 0..100, a and b -128..127, in BD_CELL steps
+
+
+def _lab(px: np.ndarray) -> np.ndarray:
+    """CIE Lab (planar, float32) of planar sRGB in 0..1: distances there are perceptual, so
+    one threshold serves a dark brown floor and a pale beige wall alike."""
+    lin = np.where(px <= 0.04045, px * np.float32(1 / 12.92), ((px + 0.055) / 1.055) ** 2.4)
+    xyz = _XYZ @ lin
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), xyz * np.float32(7.787) + np.float32(16 / 116))
+    return np.stack([116.0 * f[1] - 16.0, 500.0 * (f[0] - f[1]), 200.0 * (f[1] - f[2])])
+
+
+@functools.lru_cache(maxsize=64)
+def _ring(shape: tuple[int, int]) -> np.ndarray:
+    """Boolean (h, w) mask of the outer frame, BD_RING of the short side deep (>= 1 px)."""
+    h, w = shape
+    k = max(1, round(BD_RING * min(h, w)))
+    ring = np.zeros((h, w), dtype=bool)
+    ring[:k] = ring[-k:] = True
+    ring[:, :k] = ring[:, -k:] = True
+    return ring
+
+
+def _box3(grid: np.ndarray) -> np.ndarray:
+    """Sum over each cell and its 26 neighbours (zero outside), one axis at a time."""
+    g = np.zeros(tuple(n + 2 for n in grid.shape), dtype=grid.dtype)
+    g[1:-1, 1:-1, 1:-1] = grid
+    g = g[:-2] + g[1:-1] + g[2:]
+    g = g[:, :-2] + g[:, 1:-1] + g[:, 2:]
+    return g[:, :, :-2] + g[:, :, 1:-1] + g[:, :, 2:]
+
+
+def _spread_rows(reached: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Extend `reached` to every horizontal run of `mask` pixels that it touches."""
+    h, w = mask.shape
+    start = mask.copy()
+    start[:, 1:] &= ~mask[:, :-1]
+    run = np.cumsum(start.ravel()).reshape(h, w)  # run number of each mask pixel
+    hit = np.zeros(int(run[-1, -1]) + 1, dtype=bool)
+    hit[run[reached & mask]] = True
+    return hit[run] & mask
+
+
+def _grow(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Pixels of `mask` 4-connected to `seed` through `mask`.
+
+    Whole runs are filled at once, alternately along rows and columns, so it takes as many
+    passes as the paths have turns, not as many as they have pixels (a flood fill in Python
+    would cost milliseconds).
+    """
+    cur = seed & mask
+    while True:
+        nxt = _spread_rows(cur, mask)
+        nxt = _spread_rows(nxt.T, mask.T).T
+        if np.array_equal(nxt, cur):
+            return cur
+        cur = nxt
+
+
+def backdrop_mask(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+    """Flat boolean mask of the pixels that are the photo's backdrop, or None if there is none
+    to remove.
+
+    A product photo's backdrop (wall, floor, carpet, sheet) is what surrounds the product, so
+    it is estimated from the frame: a pixel is backdrop-like if at least BD_SUPPORT of the
+    frame has nearly its colour (Lab, within about 1.5 BD_CELL), and backdrop if it is also
+    connected to the frame through backdrop-like pixels. When that is more than BD_MAX of the
+    picture there is nothing in front of it: it is a swatch or a close-up, and its colour is
+    the answer.
+    """
+    lab = _lab(px)
+    idx = np.clip((lab + np.array([[0.0], [128.0], [128.0]], dtype=np.float32)) / BD_CELL, 0, None)
+    li = np.minimum(idx[0].astype(np.int64), _LAB_BINS[0] - 1)
+    ai = np.minimum(idx[1].astype(np.int64), _LAB_BINS[1] - 1)
+    bi = np.minimum(idx[2].astype(np.int64), _LAB_BINS[2] - 1)
+    cell = (li * _LAB_BINS[1] + ai) * _LAB_BINS[2] + bi
+    ring = _ring(shape)
+    flat_ring = ring.ravel()
+    counts = np.bincount(cell[flat_ring], minlength=int(np.prod(_LAB_BINS)))
+    support = _box3(counts.reshape(_LAB_BINS)).ravel()
+    ring_n = np.count_nonzero(flat_ring)
+    like = support[cell] >= BD_SUPPORT * ring_n
+    if not like.any():
+        return None
+    back = _grow(ring, like.reshape(shape)).ravel()
+    n = np.count_nonzero(back)
+    if n > BD_MAX * back.size or np.count_nonzero(back[flat_ring]) < BD_RING_COVER * ring_n:
+        return None
+    return back
+
+
 def _chromatic_hues(px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The chromatic pixels (planar) and their hues in degrees (the rule is at the top)."""
     mx, mn = _max_min(px)
@@ -253,11 +370,18 @@ def _merge(arcs: list[list[float]], smooth: np.ndarray, peaks: list[int]) -> lis
 
 
 def extract_palette(
-    thumbnail: Image.Image, max_colours: int = MAX_COLOURS, *, white_balance: bool | None = None
+    thumbnail: Image.Image,
+    max_colours: int = MAX_COLOURS,
+    *,
+    white_balance: bool | None = None,
+    backdrop: bool | None = None,
 ) -> list[PaletteColour]:
     """Up to `max_colours` dominant chromatic colours, largest share first; [] if none.
 
-    `white_balance` overrides WHITE_BALANCE (for measurement); the default is the module's.
+    Shares are of the whole picture. The backdrop (backdrop_mask) is left out of the colours
+    the way whites and greys are, but still counted in every share's denominator, so a red
+    dress on a wooden floor is red with the share of the picture the dress covers.
+    `white_balance` and `backdrop` override WHITE_BALANCE and BACKDROP (for measurement).
     """
     px, shape = _work_pixels(thumbnail)
     total = px.shape[1]
@@ -267,6 +391,10 @@ def extract_palette(
         gains = white_balance_gains(px, shape)
         if gains is not None:
             px = np.minimum(px * gains[:, None], 1.0)
+    if BACKDROP if backdrop is None else backdrop:
+        back = backdrop_mask(px, shape)
+        if back is not None:
+            px = px[:, ~back]  # not colours; still counted in `total`, like whites
     cpx, hue = _chromatic_hues(px)
     if len(hue) < MIN_CLUSTER_SHARE * total:
         return []

@@ -339,3 +339,58 @@ def test_real_photos_give_sane_palettes() -> None:
         for c in palette:
             assert 0 <= c.hue < 360 and 0 < c.share <= 1
             assert c.chroma >= CHROMA_MIN * 0.5  # a mean of chromatic pixels stays chromatic
+
+
+# --- backdrop suppression ------------------------------------------------------------------
+
+
+def _noisy(a: np.ndarray, seed: int = 3) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(np.clip(a + rng.normal(0, 4, a.shape), 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("floor_hue", [25, 35, 320, 190])
+def test_coloured_backdrop_around_the_product_is_not_a_colour(floor_hue: float) -> None:
+    # a product on a wooden floor / coloured sheet: the surround is a real colour of the photo,
+    # but it is the backdrop, so only the product is reported, with its share of the picture
+    w, h = SIZE
+    product = hls_rgb((floor_hue + 150) % 360, 0.45, 0.85)
+    a = np.empty((h, w, 3))
+    a[:] = hls_rgb(floor_hue, 0.45, 0.5)
+    a[:, :] *= np.linspace(0.85, 1.1, w)[None, :, None]  # uneven light across the floor
+    a[50:150, 70:190] = product
+    palette = extract_palette(_noisy(a))
+    assert hue_distance(palette[0].hue, true_hue(product)) <= HUE_TOL
+    assert abs(palette[0].share - 100 * 120 / (w * h)) <= SHARE_TOL
+    # the floor is gone; what may remain is the product's rim blended with it (an in-between
+    # hue, under the search's default min-share of 0.05)
+    assert all(hue_distance(c.hue, floor_hue) > 10 for c in palette)
+    assert all(c.share < 0.05 for c in palette[1:])
+    # without suppression the floor is there, so the test is not vacuous
+    plain = extract_palette(_noisy(a), backdrop=False)
+    assert any(hue_distance(c.hue, floor_hue) <= 10 and c.share > 0.5 for c in plain)
+
+
+def test_product_touching_the_frame_is_kept() -> None:
+    # a garment hanging from the top edge to the bottom edge in front of a coloured wall
+    w, h = SIZE
+    garment = hls_rgb(220, 0.4, 0.8)
+    a = np.empty((h, w, 3))
+    a[:] = hls_rgb(30, 0.6, 0.45)
+    a[:, 90:170] = garment
+    palette = extract_palette(_noisy(a))
+    c = nearest(palette, true_hue(garment))
+    assert hue_distance(c.hue, true_hue(garment)) <= HUE_TOL
+    assert abs(c.share - 80 / w) <= SHARE_TOL
+
+
+def test_a_close_up_with_a_small_mark_keeps_its_colour() -> None:
+    # the "backdrop" is nearly the whole frame: it is the subject (a swatch, a pile of fruit)
+    w, h = SIZE
+    a = np.empty((h, w, 3))
+    a[:] = hls_rgb(30, 0.5, 0.9)
+    a[80:110, 110:150] = (240, 240, 240)  # a label in the middle
+    palette = extract_palette(_noisy(a))
+    assert len(palette) == 1
+    assert hue_distance(palette[0].hue, true_hue(hls_rgb(30, 0.5, 0.9))) <= HUE_TOL
+    assert abs(palette[0].share - (1 - 30 * 40 / (w * h))) <= SHARE_TOL
