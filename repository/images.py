@@ -33,7 +33,7 @@ WRITE_LOCK = threading.Lock()
 PURGED = ""
 
 #: Search results are ranked once, then paged from a snapshot of at most this many ids.
-MAX_SEARCH_RESULTS = 5000
+MAX_SEARCH_RESULTS = 500
 
 #: bm25 weights per FTS column: title, description, tags, filename.
 BM25_WEIGHTS = (10.0, 2.0, 5.0, 1.0)
