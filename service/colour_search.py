@@ -1,24 +1,33 @@
 """Search by colour: the ColourSearch route.
 
-The request's COLOR is parsed again here with `util.colour_spec` (the shell already did, but
-the server trusts no client), so a name or hex colour brings its lightness/saturation regions
-(brown is not orange, pink is not red) and a bad one is refused with the same sentence the
-shell shows. Ranking and candidates are `repository.colour_queries` (indexed SQL; the score
-mirrors `models.colours.match_score`); batches, `More` and the visibility re-check of every
-batch come from `service.listings.open_snapshot`, which reads thumbnails for the batch only.
+The request's COLOR is parsed again here with `util.colour_spec` (the shell already did, but the
+server trusts no client), so a name or hex colour brings its lightness/saturation regions (brown
+is not orange, pink is not red) and a bad one is refused with the same sentence the shell shows.
+Ranking is `repository.colour_table` (every colour row in memory, scored with numpy; visibility
+and filters checked in SQL for the candidates), which answers exactly what the SQL ranking
+`repository.colour_queries` does, about twice as fast at 100k images. The table is loaded by the
+first colour search (0.35 s at 100k images warm, ~0.7 s as the first search of a freshly started
+server; logged), not in the background while the SQL ranking answers: a load competing for the
+GIL made the searches meanwhile slower than either. Until the first colour search a server pays
+nothing for it. The table follows uploads and deletes through the `Services.on_stored` /
+`on_deleted` hooks; updates change visibility, stock and tags only, and those are read in SQL at
+search time. Batches, `More` and the visibility re-check of every batch come from
+`service.listings.open_snapshot`, which reads thumbnails for the batch only.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 
 from protocol.catalog import Batch, Colour, ColourSearch
 from protocol.errors import ErrorCode, VitrineError
 from repository import colour_queries as colours_repo
 from repository import images as repo
-from service.context import RequestContext
+from repository.colour_table import ColourTable
+from service.context import RequestContext, Services
 from service.listings import checked_filter_tags, open_snapshot
 from service.registry import route
 from util.colour_spec import (
@@ -32,6 +41,37 @@ from util.colour_spec import (
 )
 
 log = logging.getLogger("vitrine.colours")
+
+_EXTRA = "colour_table"
+_INSTALL_LOCK = threading.Lock()
+
+
+def colour_table(services: Services) -> ColourTable:
+    """The server's colour table, installed on first use (built by `_rank`). Its hooks go in
+    before the build reads the database, so no upload falls between the two."""
+    table = services.extras.get(_EXTRA)
+    if table is not None:
+        return table
+    with _INSTALL_LOCK:
+        table = services.extras.get(_EXTRA)
+        if table is None:
+            table = ColourTable()
+            services.on_stored.append(_table_stored)
+            services.on_deleted.append(_table_deleted)
+            services.extras[_EXTRA] = table
+    return table
+
+
+async def _table_stored(services: Services, image_id: int, new: repo.NewImage) -> None:
+    table: ColourTable | None = services.extras.get(_EXTRA)
+    if table is not None:
+        await services.db_call(table.add, [image_id])
+
+
+async def _table_deleted(services: Services, image_id: int) -> None:
+    table: ColourTable | None = services.extras.get(_EXTRA)
+    if table is not None:
+        await services.run(table.remove, [image_id])
 
 
 def colour_query(request: ColourSearch) -> tuple[ColourQuery, float, float]:
@@ -61,6 +101,7 @@ def _rank(
     query: colours_repo.HueQuery,
     tags: list[str],
     request: ColourSearch,
+    table: ColourTable,
 ) -> list[colours_repo.ColourHit]:
     known = repo.tag_ids(conn, tags)
     if len(known) < len(tags):
@@ -72,7 +113,8 @@ def _rank(
         max_price_cents=flt.max_price_cents,
         in_stock=flt.in_stock,
     )
-    return colours_repo.rank_by_colour(conn, viewer, query, filters)
+    table.ensure_built(conn)
+    return table.rank(conn, viewer, query, filters)
 
 
 @route(ColourSearch)
@@ -91,7 +133,8 @@ async def colour_search(ctx: RequestContext, request: ColourSearch) -> AsyncIter
         min_share=min_share,
         boxes=query.boxes,
     )
-    hits = await ctx.services.db_call(_rank, ctx.user.id, store_query, tags, request)
+    table = colour_table(ctx.services)
+    hits = await ctx.services.db_call(_rank, ctx.user.id, store_query, tags, request, table)
     scores = {h.image_id: round(h.score, 6) for h in hits}
     matches = {
         h.image_id: Colour(
