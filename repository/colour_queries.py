@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from repository.images import VISIBLE  # the one definition of "may see"
+from repository.images import VISIBLE, filter_sql  # the one definition of "may see"
 
 __all__ = [
     "COVERING_INDEX",
@@ -164,22 +164,9 @@ def _accepts(boxes: Sequence[LightnessSaturationBox], params: dict[str, object])
 
 
 def _filters(filters: ColourFilters, params: dict[str, object]) -> str:
-    where = ""
-    if filters.min_price_cents is not None:
-        where += " AND i.price_cents >= :min_price"
-        params["min_price"] = filters.min_price_cents
-    if filters.max_price_cents is not None:
-        where += " AND i.price_cents <= :max_price"
-        params["max_price"] = filters.max_price_cents
-    if filters.in_stock:
-        where += " AND i.quantity > 0"
-    for n, tag_id in enumerate(filters.tag_ids):
-        params[f"t{n}"] = tag_id
-        where += (
-            f" AND EXISTS (SELECT 1 FROM image_tags x{n} "
-            f"WHERE x{n}.image_id = i.id AND x{n}.tag_id = :t{n})"
-        )
-    return where
+    return filter_sql(
+        params, filters.tag_ids, filters.min_price_cents, filters.max_price_cents, filters.in_stock
+    )
 
 
 def _local_hue(hue: float, interval: tuple[float, float]) -> float:

@@ -159,22 +159,9 @@ class SearchFilters:
 
     def sql(self, params: dict[str, object]) -> str:
         """Conditions on `images i` (tags as EXISTS), appended to a visibility WHERE."""
-        where = ""
-        if self.min_price_cents is not None:
-            where += " AND i.price_cents >= :min_price"
-            params["min_price"] = self.min_price_cents
-        if self.max_price_cents is not None:
-            where += " AND i.price_cents <= :max_price"
-            params["max_price"] = self.max_price_cents
-        if self.in_stock:
-            where += " AND i.quantity > 0"
-        for n, tag_id in enumerate(self.tag_ids):
-            params[f"t{n}"] = tag_id
-            where += (
-                f" AND EXISTS (SELECT 1 FROM image_tags x{n} "
-                f"WHERE x{n}.image_id = i.id AND x{n}.tag_id = :t{n})"
-            )
-        return where
+        return repo.filter_sql(
+            params, self.tag_ids, self.min_price_cents, self.max_price_cents, self.in_stock
+        )
 
 
 def resolve_filters(

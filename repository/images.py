@@ -41,6 +41,33 @@ BM25_WEIGHTS = (10.0, 2.0, 5.0, 1.0)
 VISIBLE = "i.deleted_at IS NULL AND (i.private = 0 OR i.owner_id = :viewer)"
 
 
+def filter_sql(
+    params: dict[str, object],
+    tag_ids: Sequence[int] = (),
+    min_price_cents: int | None = None,
+    max_price_cents: int | None = None,
+    in_stock: bool = False,
+) -> str:
+    """The search filters as conditions on `images i` (tags all required, as EXISTS), to append
+    to a WHERE that already holds VISIBLE; fills `params`. One definition for every search."""
+    where = ""
+    if min_price_cents is not None:
+        where += " AND i.price_cents >= :min_price"
+        params["min_price"] = min_price_cents
+    if max_price_cents is not None:
+        where += " AND i.price_cents <= :max_price"
+        params["max_price"] = max_price_cents
+    if in_stock:
+        where += " AND i.quantity > 0"
+    for n, tag_id in enumerate(tag_ids):
+        params[f"t{n}"] = tag_id
+        where += (
+            f" AND EXISTS (SELECT 1 FROM image_tags x{n} "
+            f"WHERE x{n}.image_id = i.id AND x{n}.tag_id = :t{n})"
+        )
+    return where
+
+
 @dataclass(frozen=True, slots=True)
 class ColourRecord:
     r: int

@@ -8,6 +8,7 @@ tests, the real `ServerConnection` class.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -160,3 +161,34 @@ def run_client(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+class LoggedInShell:
+    """`client.py` runs as one user: each call logs in, runs the commands, and returns
+    (exit status, stdout, stderr), failing the test on any traceback."""
+
+    def __init__(
+        self,
+        server: ServerProcess,
+        name: str,
+        config_dir: Path,
+        password: str = "correct horse battery",
+    ) -> None:
+        self.server, self.name, self.config_dir, self.password = server, name, config_dir, password
+
+    def __call__(self, *commands: str) -> tuple[int, str, str]:
+        done = run_client(
+            self.server,
+            f"login {self.name}",
+            *commands,
+            config_dir=self.config_dir,
+            password=self.password,
+            extra_env={"COLUMNS": "200"},
+        )
+        assert "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
+        return done.returncode, done.stdout, done.stderr
+
+
+def json_lines(out: str) -> list[dict]:
+    """The JSON objects a `--json` listing printed, one per line."""
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]

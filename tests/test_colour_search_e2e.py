@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import colorsys
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.servers import ServerProcess, run_client
+from tests.servers import LoggedInShell as Shell
+from tests.servers import ServerProcess, json_lines, run_client
 from util.colour_spec import NAMES
 
 PASSWORD = "correct horse battery"
@@ -31,27 +31,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         assert done.returncode == 0, done.stderr
     yield process
     process.stop()
-
-
-class Shell:
-    def __init__(self, server: ServerProcess, name: str, config_dir: Path) -> None:
-        self.server, self.name, self.config_dir = server, name, config_dir
-
-    def __call__(self, *commands: str) -> tuple[int, str, str]:
-        done = run_client(
-            self.server,
-            f"login {self.name}",
-            *commands,
-            config_dir=self.config_dir,
-            password=PASSWORD,
-            extra_env={"COLUMNS": "200"},
-        )
-        assert "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
-        return done.returncode, done.stdout, done.stderr
-
-
-def json_lines(out: str) -> list[dict]:
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
 def card(

@@ -7,14 +7,14 @@ the sentence shown when the server has no weights. Needs VITRINE_WEIGHTS (skippe
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.servers import ServerProcess, run_client
+from tests.servers import LoggedInShell as Shell
+from tests.servers import ServerProcess, json_lines, run_client
 from tests.test_similarity_server import MISSING_WEIGHTS, READY_TIMEOUT_S, photo, weights
 
 PASSWORD = "correct horse battery"
@@ -35,27 +35,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         time.sleep(0.2)
     yield process
     process.stop()
-
-
-class Shell:
-    def __init__(self, server: ServerProcess, name: str, config_dir: Path) -> None:
-        self.server, self.name, self.config_dir = server, name, config_dir
-
-    def __call__(self, *commands: str) -> tuple[int, str, str]:
-        done = run_client(
-            self.server,
-            f"login {self.name}",
-            *commands,
-            config_dir=self.config_dir,
-            password=PASSWORD,
-            extra_env={"COLUMNS": "200"},
-        )
-        assert "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
-        return done.returncode, done.stdout, done.stderr
-
-
-def json_lines(out: str) -> list[dict]:
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
 @pytest.fixture
