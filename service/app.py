@@ -152,6 +152,7 @@ async def serve(
     announce(f"Certificate fingerprint {fingerprint}")
     # The model and the index load in the background, after we already answer.
     similarity.start(services)
+    colour_search.start(services)
     try:
         await stop.wait()
     finally:

@@ -62,6 +62,20 @@ def colour_table(services: Services) -> ColourTable:
     return table
 
 
+def start(services: Services) -> None:
+    """Build the colour table in the background right after start-up, so the first colour
+    search does not pay for it (0.35 s at 100,000 images); searches before it is ready wait
+    for this one build."""
+
+    def build() -> None:
+        try:
+            colour_table(services).ensure_built(services.db.conn)
+        except Exception:
+            log.exception("building the colour table failed; the first colour search retries")
+
+    threading.Thread(target=build, name="vitrine-colour-table", daemon=True).start()
+
+
 async def _table_stored(services: Services, image_id: int, new: repo.NewImage) -> None:
     table: ColourTable | None = services.extras.get(_EXTRA)
     if table is not None:
