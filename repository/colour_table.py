@@ -41,10 +41,9 @@ from repository.colour_queries import (
     ColourFilters,
     ColourHit,
     HueQuery,
-    _filters,
     _local_hue,
 )
-from repository.images import VISIBLE
+from repository.images import passing_ids
 
 __all__ = ["ColourTable"]
 
@@ -370,10 +369,12 @@ def _passing(
 ) -> set[int]:
     """Which candidates `viewer` may see and pass the filters: one query, the SQL ranking's
     own visibility rule and filter SQL."""
-    params: dict[str, object] = {"viewer": viewer, "ids": json.dumps([int(i) for i in ids])}
-    where = _filters(filters, params)
-    sql = (
-        f"SELECT i.id FROM images i WHERE i.id IN (SELECT value FROM json_each(:ids)) "
-        f"AND {VISIBLE}{where}"
+    return passing_ids(
+        conn,
+        viewer,
+        ids,
+        filters.tag_ids,
+        filters.min_price_cents,
+        filters.max_price_cents,
+        filters.in_stock,
     )
-    return {row[0] for row in conn.execute(sql, params)}

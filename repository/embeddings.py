@@ -211,9 +211,12 @@ def passing(
     conn: sqlite3.Connection, viewer: int, ids: Sequence[int], filters: SearchFilters
 ) -> set[int]:
     """Which of some candidate ids the viewer may see and pass the filters (one query)."""
-    params: dict[str, object] = {"viewer": viewer, "ids": json.dumps([int(i) for i in ids])}
-    sql = (
-        f"SELECT i.id FROM images i WHERE i.id IN (SELECT value FROM json_each(:ids)) "
-        f"AND {VISIBLE}{filters.sql(params)}"
+    return repo.passing_ids(
+        conn,
+        viewer,
+        ids,
+        filters.tag_ids,
+        filters.min_price_cents,
+        filters.max_price_cents,
+        filters.in_stock,
     )
-    return {row[0] for row in conn.execute(sql, params)}

@@ -17,6 +17,7 @@ Nothing here knows the wire format: rows come back as `ImageRecord`.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -66,6 +67,26 @@ def filter_sql(
             f"WHERE x{n}.image_id = i.id AND x{n}.tag_id = :t{n})"
         )
     return where
+
+
+def passing_ids(
+    conn: sqlite3.Connection,
+    viewer: int,
+    ids: Sequence[int],
+    tag_ids: Sequence[int] = (),
+    min_price_cents: int | None = None,
+    max_price_cents: int | None = None,
+    in_stock: bool = False,
+) -> set[int]:
+    """Which of some ranked candidates `viewer` may see and pass the filters, in one query:
+    the post-filter of every in-memory search (vectors, colours)."""
+    params: dict[str, object] = {"viewer": viewer, "ids": json.dumps([int(i) for i in ids])}
+    where = filter_sql(params, tag_ids, min_price_cents, max_price_cents, in_stock)
+    sql = (
+        f"SELECT i.id FROM images i WHERE i.id IN (SELECT value FROM json_each(:ids)) "
+        f"AND {VISIBLE}{where}"
+    )
+    return {row[0] for row in conn.execute(sql, params)}
 
 
 @dataclass(frozen=True, slots=True)
