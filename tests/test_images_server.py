@@ -48,11 +48,6 @@ _names = itertools.count()
 # --- helpers shared by the image test modules ----------------------------------------------------
 
 
-def safe_close(conn: ServerConnection) -> None:
-    """Kept while other test modules still import it; `close()` is safe on its own now."""
-    conn.close()
-
-
 def unique(prefix: str) -> str:
     """A fresh user or tag name, so tests sharing a server never see each other's data."""
     return f"{prefix}{os.getpid() % 1000}x{next(_names)}"
