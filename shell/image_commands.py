@@ -85,6 +85,18 @@ def tag_list(text: str) -> list[str]:
     return tags
 
 
+def add_tag_list_argument(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
+    """A comma-separated tag flag, completed from the tags the server knows."""
+    parser.add_argument(
+        flag,
+        type=tag_list,
+        default=[],
+        metavar="a,b",
+        completer=listing.complete_tag_list,
+        help=help,
+    )
+
+
 def image_id(text: str) -> int:
     try:
         value = int(text.lstrip("#"))
@@ -224,14 +236,7 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
     add_parser.add_argument(
         "paths", nargs="+", metavar="PATH", completer=cmd2.Cmd.path_complete, help="what to send"
     )
-    add_parser.add_argument(
-        "--tags",
-        type=tag_list,
-        default=[],
-        metavar="a,b",
-        completer=listing.complete_tag_list,
-        help="comma-separated tags for every file",
-    )
+    add_tag_list_argument(add_parser, "--tags", "comma-separated tags for every file")
     _add_catalogue_flags(add_parser)
     add_parser.add_argument("--private", action="store_true", help="only you will see them")
     add_parser.add_argument(
@@ -309,22 +314,8 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         help="the image",
     )
     _add_catalogue_flags(update_parser)
-    update_parser.add_argument(
-        "--add-tags",
-        type=tag_list,
-        default=[],
-        metavar="a,b",
-        completer=listing.complete_tag_list,
-        help="tags to add",
-    )
-    update_parser.add_argument(
-        "--remove-tags",
-        type=tag_list,
-        default=[],
-        metavar="a,b",
-        completer=listing.complete_tag_list,
-        help="tags to take off",
-    )
+    add_tag_list_argument(update_parser, "--add-tags", "tags to add")
+    add_tag_list_argument(update_parser, "--remove-tags", "tags to take off")
     visibility = update_parser.add_mutually_exclusive_group()
     visibility.add_argument(
         "--public", dest="private", action="store_false", default=None, help="everyone sees it"

@@ -11,19 +11,12 @@ import argparse
 from protocol.catalog import Filters
 from shell import listing
 from shell.app import CommandFailed
-from shell.image_commands import tag_list
+from shell.image_commands import add_tag_list_argument
 from util.money import format_cents, price_arg
 
 
 def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tags",
-        type=tag_list,
-        default=[],
-        metavar="a,b",
-        completer=listing.complete_tag_list,
-        help="only images carrying all these tags",
-    )
+    add_tag_list_argument(parser, "--tags", "only images carrying all these tags")
     parser.add_argument(
         "--min-price", type=price_arg, metavar="12.50", help="only images at this price or more"
     )
