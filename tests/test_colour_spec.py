@@ -156,5 +156,34 @@ def test_pink_and_red_are_told_apart_by_lightness() -> None:
     red, pink = parse_colour("red"), parse_colour("pink")
     assert red.accepts(0, 0.45, 0.8) and not pink.accepts(0, 0.45, 0.8)
     assert pink.accepts(355, 0.8, 0.7) and not red.accepts(355, 0.8, 0.7)
-    assert pink.accepts(340, 0.58, 0.7) and not red.accepts(340, 0.58, 0.7)  # raspberry-pink
-    assert red.accepts(338, 0.43, 0.6)  # crimson
+    assert pink.accepts(345, 0.58, 0.7) and not red.accepts(345, 0.58, 0.7)  # raspberry-pink
+    assert red.accepts(348, 0.47, 0.83) and not pink.accepts(348, 0.47, 0.83)  # crimson
+    assert red.accepts(9, 0.64, 1.0) and not pink.accepts(9, 0.64, 1.0)  # tomato
+    assert pink.accepts(347, 0.49, 0.15) and not red.accepts(347, 0.49, 0.15)  # dusty rose
+
+
+def test_pink_and_magenta_are_told_apart_by_lightness_and_saturation() -> None:
+    magenta, pink = parse_colour("magenta"), parse_colour("pink")
+    assert pink.accepts(328, 0.54, 1.0) and not magenta.accepts(328, 0.54, 1.0)  # deep pink
+    assert magenta.accepts(322, 0.43, 0.81) and not pink.accepts(322, 0.43, 0.81)  # violet red
+    # medium violet red under warm light moves past 325 and stays magenta; a dull one is pink
+    assert magenta.accepts(327, 0.43, 0.82) and not pink.accepts(327, 0.43, 0.82)
+    assert pink.accepts(327, 0.46, 0.30) and not magenta.accepts(327, 0.46, 0.30)
+
+
+@given(
+    hue=st.floats(325, 352, exclude_max=True),
+    lightness=st.floats(0, 1),
+    saturation=st.floats(0, 1),
+)
+def test_pink_and_its_darker_neighbours_split_their_shared_hues(
+    hue: float, lightness: float, saturation: float
+) -> None:
+    """Between 325 and 352 every colour is pink or the darker name (magenta, then red from
+    340), and only a colour on one of the dividing lines is both."""
+    darker = parse_colour("magenta" if hue < 340 else "red")
+    pink = parse_colour("pink").accepts(hue, lightness, saturation)
+    dark = darker.accepts(hue, lightness, saturation)
+    assert pink or dark
+    if pink and dark:
+        assert hue in (325.0, 340.0) or lightness in (0.40, 0.50) or saturation == 0.5

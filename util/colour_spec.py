@@ -96,42 +96,70 @@ class ColourQuery:
         return not covering or any(b.contains(lightness, saturation) for b in covering)
 
 
-# Brown and orange share hues; they are told apart by lightness and saturation, and the two
-# regions are complements, so every colour in their shared hues is one or the other. Orange is
-# vivid even in shade (a shaded orange fruit averages L 0.38 at S 0.9: L >= 0.35 with S >= 0.75),
-# or bright and fairly saturated (L >= 0.45, S >= 0.6), or pale (L >= 0.75: peach). Brown is the
-# rest: dark (L < 0.35, which takes in saddle brown at S 0.76), dark and less vivid, or dull up to
-# L 0.75 (tan, camel, potatoes).
-_ORANGE = (LSBox(l_lo=0.35, s_lo=0.75), LSBox(l_lo=0.45, s_lo=0.6), LSBox(l_lo=0.75))
+# The lines below are drawn from named colours (CSS/X11; `tests/test_colour_names.py` checks them,
+# docs/colours.md "Colour queries" says why each is where it is) and then checked on labelled
+# photos, which read less saturated than the nominal colours (a red garment S 0.46-0.79).
+#
+# Brown and orange share hues 15..42; they are told apart by lightness and saturation and the
+# two regions are complements, so every colour there is one or the other. Brown is dark orange
+# (saddle brown L 0.31, sienna L 0.40) or dull orange up to L 0.70 (tan S 0.44 L 0.69, potatoes
+# S 0.15-0.3); orange is vivid even in shade (dark orange, a shaded orange fruit at L 0.38, S 0.9:
+# L >= 0.35 with S >= 0.75), fairly saturated from L 0.45 on, or pale (L >= 0.70: peach).
+# S 0.5 is the dull/vivid line throughout 8..42: red's part of 8..15 needs it as well.
+_DULL = 0.5
+_ORANGE = (LSBox(l_lo=0.35, s_lo=0.75), LSBox(l_lo=0.45, s_lo=_DULL), LSBox(l_lo=0.70))
 _BROWN = (
     LSBox(l_hi=0.35),
     LSBox(l_hi=0.45, s_hi=0.75),
-    LSBox(l_hi=0.75, s_hi=0.6),
+    LSBox(l_hi=0.70, s_hi=_DULL),
 )
-# Pink is light red-to-magenta: L >= 0.62, or already L >= 0.50 for the raspberry hues
-# 320..352 that lean to magenta. Red and magenta are the darker side of the same lines. Where red
-# shares hues with brown (8..20) it must also be vivid (S >= 0.6): a potato or sienna at hue 16
-# is brown, a tomato is red.
-_PINK = (LSBox(l_lo=0.62), LSBox(l_lo=0.50, h_lo=320.0, h_hi=352.0))
+# Red, pink and magenta share 290..20 and are complements hue by hue. Pink is the pale or dusty
+# side: from L 0.50 (deep pink L 0.54, pale violet red L 0.65), or already from L 0.40 when dull
+# (S <= 0.5, the same dull line as brown's: a dusty rose is pink, not red or magenta), and at
+# the pure reds only from L 0.66 (hot pink L 0.71; tomato L 0.64 is red).
+# - 352..8 and 8..15: red below L 0.66, at 8..15 only if S >= 0.5 (duller is brown: sienna);
+# - 340..352 (crimson L 0.47 S 0.83, raspberry): red is the darker, vivid side;
+# - 325..340: magenta is the darker, vivid side (medium violet red L 0.43 S 0.81, which warm
+#   light moves from 322 to 327);
+# - 292..325: magenta up to L 0.62 (medium violet red 322, fuchsia 300), pink above (light
+#   orchid). 325 lies between medium violet red (322) and deep pink (328);
+# - purple reaches 305 for dark colours (L <= 0.30): CSS purple #800080 sits at hue 300, and a
+#   dark magenta is called purple; both names then match.
+_PINK = (
+    LSBox(l_lo=0.62, h_lo=290.0, h_hi=325.0),
+    LSBox(l_lo=0.50, h_lo=325.0, h_hi=352.0),
+    LSBox(l_lo=0.40, s_hi=_DULL, h_lo=325.0, h_hi=352.0),
+    LSBox(l_lo=0.66, h_lo=352.0, h_hi=20.0),
+)
 _RED = (
-    LSBox(l_hi=0.62, h_lo=352.0, h_hi=8.0),
-    LSBox(l_hi=0.62, s_lo=0.6, h_lo=8.0, h_hi=20.0),
-    LSBox(l_hi=0.50, h_lo=320.0, h_hi=352.0),
+    LSBox(l_hi=0.40, h_lo=340.0, h_hi=352.0),
+    LSBox(l_hi=0.50, s_lo=_DULL, h_lo=340.0, h_hi=352.0),
+    LSBox(l_hi=0.66, h_lo=352.0, h_hi=8.0),
+    LSBox(l_hi=0.66, s_lo=_DULL, h_lo=8.0, h_hi=15.0),
 )
-_MAGENTA = (LSBox(l_hi=0.62),)
+_MAGENTA = (
+    LSBox(l_hi=0.62, h_lo=292.0, h_hi=325.0),
+    LSBox(l_hi=0.40, h_lo=325.0, h_hi=340.0),
+    LSBox(l_hi=0.50, s_lo=_DULL, h_lo=325.0, h_hi=340.0),
+)
+_PURPLE = (LSBox(l_hi=0.30, h_lo=295.0, h_hi=305.0),)
 
 # name -> (centre hue, default half-width, lightness/saturation boxes). Chosen from how the
 # names are used for products (blue clothes sit near 215-225, rarely at the sRGB primary 240).
-# The bands overlap a little; every chromatic colour falls under at least one name.
+# Bands meet at: red/orange 15 (tomato 9 is red, orange red 16 orange), orange/yellow 42 (CSS
+# orange 39, gold 51), yellow/green 70 (midway between olive 60 and olive drab 80), green/cyan
+# 167 (midway between aquamarine 160 and turquoise 174), cyan/blue 199 (turquoise garments
+# photograph at 188-199). The bands overlap a little; every chromatic colour falls under at
+# least one name (a property test checks it).
 NAMES: dict[str, tuple[float, float, tuple[LSBox, ...]]] = {
-    "red": (0.0, 20.0, _RED),
+    "red": (357.5, 17.5, _RED),
     "orange": (28.5, 13.5, _ORANGE),
     "brown": (25.0, 17.0, _BROWN),
-    "yellow": (57.0, 15.0, ()),
-    "green": (119.0, 47.0, ()),
-    "cyan": (182.0, 17.0, ()),
+    "yellow": (56.0, 14.0, ()),
+    "green": (118.5, 48.5, ()),
+    "cyan": (183.0, 16.0, ()),
     "blue": (222.0, 23.0, ()),
-    "purple": (270.0, 25.0, ()),
+    "purple": (275.0, 30.0, _PURPLE),
     "magenta": (316.0, 24.0, _MAGENTA),
     "pink": (335.0, 45.0, _PINK),
 }
