@@ -76,6 +76,12 @@ WB_MAX_BACKDROP = 0.85
 WB_CAST_HUES = (15.0, 65.0)
 # No channel is scaled by more than this (a cast larger than that is probably the object).
 WB_MAX_GAIN = 1.5
+# The backdrop is taken for white, so it must be the whitest thing there: if more than this
+# share of the picture is brighter than it and near-neutral, yet would be made a colour by the
+# correction, the "cast" is a beige backdrop (a wooden table, a cream wall) and the white or
+# pale garment in front of it would come out blue or lavender. Pale colours darker than the
+# backdrop (a pastel garment under warm light) are what the correction is for.
+WB_MAX_CREATED = 0.05
 
 
 # --- backdrop suppression (docs/colours.md: measured, and why) ------------------------------
@@ -175,7 +181,8 @@ def white_balance_gains(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | 
     of the frame is such a surface, when the cast is not warm (the light we correct is shop
     light; a cool or pink "cast" is more likely the backdrop's own colour), or when the
     correction would be too large to be a tint, or when that "backdrop" is nearly the whole
-    picture (a swatch).
+    picture (a swatch), or when it would turn white things brighter than the backdrop into a
+    colour (the backdrop is beige, not a white under warm light).
     `px` is planar (3, n) in 0..1, `shape` its (height, width).
     """
     ring = px[:, _border(shape)]
@@ -201,7 +208,26 @@ def white_balance_gains(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | 
     gains = neutral.mean() / np.maximum(neutral, 1e-6)
     if gains.max() > WB_MAX_GAIN or gains.min() < 1.0 / WB_MAX_GAIN:
         return None
-    return gains.astype(np.float32)
+    gains = gains.astype(np.float32)
+    if np.count_nonzero(_whiter_made_colour(px, gains, neutral)) > WB_MAX_CREATED * px.shape[1]:
+        return None
+    return gains
+
+
+def _whiter_made_colour(px: np.ndarray, gains: np.ndarray, backdrop: np.ndarray) -> np.ndarray:
+    """Pixels brighter than the backdrop, achromatic before the correction and a colour after."""
+    mx, mn = _max_min(px)
+    whiter = (mx + mn > float(backdrop.max() + backdrop.min())) & ~_chromatic_mask(mx, mn)
+    mx2, mn2 = _max_min(np.minimum(px * gains[:, None], 1.0))
+    return whiter & _chromatic_mask(mx2, mn2)
+
+
+def _chromatic_mask(mx: np.ndarray, mn: np.ndarray) -> np.ndarray:
+    """The achromatic rule at the top of the module, from per-pixel max and min."""
+    light2 = mx + mn
+    return (
+        (mx - mn >= CHROMA_MIN) & (light2 >= 2.0 * LIGHTNESS_MIN) & (light2 <= 2.0 * LIGHTNESS_MAX)
+    )
 
 
 # sRGB (D65) to XYZ, rows scaled by the D65 white so that white is (1, 1, 1)
@@ -304,10 +330,7 @@ def _chromatic_hues(px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The chromatic pixels (planar) and their hues in degrees (the rule is at the top)."""
     mx, mn = _max_min(px)
     chroma = mx - mn
-    light2 = mx + mn
-    mask = (
-        (chroma >= CHROMA_MIN) & (light2 >= 2.0 * LIGHTNESS_MIN) & (light2 <= 2.0 * LIGHTNESS_MAX)
-    )
+    mask = _chromatic_mask(mx, mn)
     cpx = px[:, mask]
     r, g, b = cpx
     mx = mx[mask]

@@ -187,6 +187,15 @@ def test_pale_garment_on_dark_cloth_is_not_washed_out() -> None:
     assert hue_distance(palette[0].hue, true_hue(peach)) <= HUE_TOL
 
 
+def test_white_garment_on_a_beige_backdrop_is_not_turned_blue() -> None:
+    # the beige frame looks like a warm cast, but correcting for it would turn the white shirt
+    # in front of it pale blue: a correction may remove colour, not make it
+    img = Image.new("RGB", SIZE, (205, 185, 155))
+    img.paste(Image.new("RGB", (140, 130), (246, 246, 244)), (58, 30))
+    for colour in extract_palette(img, white_balance=True):
+        assert not 170 <= colour.hue <= 260, colour
+
+
 def looks_like_lit_backdrop(rgb: tuple[int, int, int]) -> bool:
     mx, mn = max(rgb) / 255, min(rgb) / 255
     hue = true_hue(rgb)
