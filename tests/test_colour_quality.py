@@ -5,10 +5,14 @@ colour, >= 90% of the images of that colour found).
 The set has three parts, all uploaded to one server and searched together, so every image of
 another colour (or of none) is a chance for a false match:
 
-* real photos: `tests/data/colour_labels.json` names garments of
-  `../shared/datasets/clothing-small` by their colour, as judged by eye on contact sheets
-  ("none" = black, white or grey garments on neutral backdrops; photos where a coloured
-  backdrop or a pattern made the answer unclear were left out). Skipped without the dataset;
+* real photos: `tests/data/colour_labels.json` names the colours of garments of
+  `../shared/datasets/clothing-small`, as judged by eye: main colour first, then a second one
+  where it is a prominent part of the product (stripes, a print, a waistband); [] = black,
+  white or grey. Photos on strongly coloured backdrops and garments whose colour lies between
+  two names were left out (the file lists the latter with the reason). A returned image is
+  right if the name is among its colours; recall counts the images whose MAIN colour is the
+  name (a blue dress with a red print must be found by blue; found by red it is right, missed
+  by red it is not counted against it). Skipped without the dataset;
 * solid-colour swatches: full-frame and cards on white, shaded, noisy, some under warm light;
 * produce-like pictures: shaded, textured fruit shapes with stems or leaves on white, most
   under a warm light cast of random strength.
@@ -22,6 +26,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -133,29 +138,29 @@ def produce(body_hex: str, top: str, rng: np.random.Generator) -> bytes:
     return _jpeg(_warm(img, float(rng.uniform(0.0, 0.9))))
 
 
-def generated() -> list[tuple[str, bytes]]:
+def generated() -> list[tuple[tuple[str, ...], bytes]]:
     rng = np.random.default_rng(5)
-    out: list[tuple[str, bytes]] = []
+    out: list[tuple[tuple[str, ...], bytes]] = []
     for name, colours in SWATCHES.items():
         for hex_colour in colours:
             for _ in range(2):
-                out.append((name, swatch(hex_colour, rng)))
+                out.append(((name,), swatch(hex_colour, rng)))
     for name, bodies, top in PRODUCE:
         for body in bodies:
             for _ in range(3):
-                out.append((name, produce(body, top, rng)))
+                out.append(((name,), produce(body, top, rng)))
     for grey in (30, 128, 200, 250):  # achromatic swatches match nothing
-        out.append(("none", swatch(f"#{grey:02x}{grey:02x}{grey:02x}", rng)))
+        out.append(((), swatch(f"#{grey:02x}{grey:02x}{grey:02x}", rng)))
     return out
 
 
-def real_photos() -> list[tuple[str, bytes]]:
+def real_photos() -> list[tuple[tuple[str, ...], bytes]]:
     root = SHARED / "datasets"
     labels = json.loads(LABELS.read_text())
     folder = root / labels["dataset"]
     if not folder.is_dir():
         return []
-    return [(r["colour"], (folder / r["path"]).read_bytes()) for r in labels["labels"]]
+    return [(tuple(r["colours"]), (folder / r["path"]).read_bytes()) for r in labels["labels"]]
 
 
 @pytest.fixture(scope="module")
@@ -181,34 +186,64 @@ def _search(conn: ServerConnection, name: str, tag: str) -> list[int]:
     return [item.id for frame in frames for item in frame.items]
 
 
+class Figures(NamedTuple):
+    """One name's counts; precision and recall follow the rule in the module docstring."""
+
+    returned: int
+    right: int  # returned and the name is among the image's colours
+    main: int  # images whose main colour is the name
+    main_found: int
+    second: int  # images with the name as a second colour (reported, not required)
+    second_found: int
+
+    @property
+    def precision(self) -> float:
+        return self.right / self.returned if self.returned else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.main_found / self.main if self.main else 1.0
+
+
 def _figures(
-    conn: ServerConnection, truth: dict[int, str], tag: str
-) -> dict[str, tuple[int, int, int]]:
-    """name -> (returned, returned and right, images of that name)."""
+    conn: ServerConnection, truth: dict[int, tuple[str, ...]], tag: str
+) -> dict[str, Figures]:
     out = {}
     for name in NAMES:
-        found = _search(conn, name, tag)
-        right = sum(truth[i] == name for i in found)
-        out[name] = (len(found), right, sum(v == name for v in truth.values()))
+        found = set(_search(conn, name, tag))
+        mains = {i for i, colours in truth.items() if colours[:1] == (name,)}
+        seconds = {i for i, colours in truth.items() if name in colours[1:]}
+        out[name] = Figures(
+            returned=len(found),
+            right=sum(name in truth[i] for i in found),
+            main=len(mains),
+            main_found=len(mains & found),
+            second=len(seconds),
+            second_found=len(seconds & found),
+        )
     return out
 
 
-def _report(title: str, figures: dict[str, tuple[int, int, int]]) -> list[str]:
-    print(f"\n{title}\n| name | returned | right | of that colour | precision | recall |")
-    print("| --- | --- | --- | --- | --- | --- |")
+def _report(title: str, figures: dict[str, Figures]) -> list[str]:
+    print(f"\n{title}")
+    print("| name | returned | right | main colour | found | precision | recall | as 2nd found |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     failures = []
-    for name, (returned, right, total) in figures.items():
-        precision = right / returned if returned else 1.0
-        recall = right / total if total else 1.0
-        print(f"| {name} | {returned} | {right} | {total} | {precision:.3f} | {recall:.3f} |")
-        if precision < PRECISION_TARGET or recall < RECALL_TARGET:
-            failures.append(f"{name}: precision {precision:.3f}, recall {recall:.3f}")
+    for name, f in figures.items():
+        print(
+            f"| {name} | {f.returned} | {f.right} | {f.main} | {f.main_found} "
+            f"| {f.precision:.3f} | {f.recall:.3f} | {f.second_found}/{f.second} |"
+        )
+        if f.precision < PRECISION_TARGET or f.recall < RECALL_TARGET:
+            failures.append(f"{name}: precision {f.precision:.3f}, recall {f.recall:.3f}")
     return failures
 
 
-def _upload_set(conn: ServerConnection, items: list[tuple[str, bytes]], tag: str) -> dict[int, str]:
+def _upload_set(
+    conn: ServerConnection, items: list[tuple[tuple[str, ...], bytes]], tag: str
+) -> dict[int, tuple[str, ...]]:
     answers = upload_many(conn, [data for _, data in items], tags=[tag])
-    return {answer.image_id: name for answer, (name, _) in zip(answers, items, strict=True)}
+    return {answer.image_id: names for answer, (names, _) in zip(answers, items, strict=True)}
 
 
 def test_generated_swatches_and_produce(server: ServerProcess, tmp_path: Path) -> None:
@@ -220,20 +255,56 @@ def test_generated_swatches_and_produce(server: ServerProcess, tmp_path: Path) -
     assert not failures, failures
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 5 targets not met on the labelled clothing photos even with backdrop "
-    "suppression: what is left is naming (hue 19.5 burnt orange is also red, a mustard dress is "
-    "brown, pink garments at L < 0.62 are magenta, a teal-green at 165 is cyan) and garments of "
-    "two colours labelled with one; see the report in docs/colours.md",
-)
-def test_real_photos(server: ServerProcess, tmp_path: Path) -> None:
+# Names that still miss a target on the labelled photos, with the figures and why (image by
+# image in docs/colours.md). Strict: a name that starts passing must lose its mark.
+REAL_MISSES: dict[str, str] = {
+    "orange": "precision 0.500 (2 of 4: a cream sweater and a pale pink cap read pale orange, "
+    "hue 20-29 L 0.70), recall 0.667 (2 of 3: a peach shirt reads tan, L 0.60 S 0.28: brown)",
+    "brown": "precision 0.200 (2 of 10: white shirts and a cream sweater in warm light read "
+    "beige, a mustard dress and a golden anorak read hue 34-38, a carpet under slippers), "
+    "recall 0.333 (2 of 6: dark brown shoes and a leather jacket are under the 0.12 chroma "
+    "limit: black)",
+    "yellow": "precision 0.750 (3 of 4: a yellow floor strip under a red coat), recall 0.500 "
+    "(2 of 4: a mustard dress and a golden anorak read hue 34-38, orange's hues)",
+    "green": "recall 0.818 (9 of 11: pale mint trousers are under the chroma limit, dark green "
+    "corduroy reads hue 197)",
+    "cyan": "precision 0.833 (5 of 6: the dark green corduroy at 197), recall 0.833 (5 of 6: a "
+    "pale aqua sweatshirt reads hue 203, blue's)",
+    "blue": "precision 0.833 (15 of 18: the pale aqua sweatshirt at 203, the dark soles of "
+    "magenta boots made blue by white balance on a wooden floor, a grey T-shirt at 0.05)",
+    "pink": "precision 0.909 (10 of 11: a raspberry waistband on purple shorts, labelled red, "
+    "reads pink), recall 0.833 (10 of 12: pale pink shorts are under the chroma limit, a pale "
+    "pink cap reads hue 20.5, past pink's band)",
+}
+
+
+@pytest.fixture(scope="module")
+def real_figures(
+    server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Figures]:
+    """Upload the labelled photos once and search every name over them."""
     items = real_photos()
     if not items:
         pytest.skip("../shared/datasets/clothing-small is not there")
-    conn = server.user_connection(tmp_path, unique("quality"))
+    conn = server.user_connection(tmp_path_factory.mktemp("real"), unique("quality"))
     tag = unique("real")
     truth = _upload_set(conn, items, tag)
-    failures = _report("real photos (clothing-small, labelled)", _figures(conn, truth, tag))
+    figures = _figures(conn, truth, tag)
     conn.close()
-    assert not failures, failures
+    _report(f"real photos (clothing-small, {len(items)} labelled)", figures)
+    return figures
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=REAL_MISSES[n]))
+        if n in REAL_MISSES
+        else n
+        for n in NAMES
+    ],
+)
+def test_real_photos(real_figures: dict[str, Figures], name: str) -> None:
+    f = real_figures[name]
+    assert f.precision >= PRECISION_TARGET, f"{name}: precision {f.precision:.3f}"
+    assert f.recall >= RECALL_TARGET, f"{name}: recall {f.recall:.3f}"
