@@ -12,8 +12,8 @@ Left out, because a person could fairly give them two of our names or none:
   navajowhite, papayawhip, tan, wheat, lightgoldenrodyellow, lightyellow, lightcyan):
   not one of the ten; they fall under orange, brown, yellow or cyan by hue;
 * corals and salmons (coral, lightcoral, salmon, darksalmon, lightsalmon): red, orange or pink;
-* chocolate, peru and sandybrown: named brown, but #d2691e and #f4a460 look burnt or light
-  orange; CSS "brown" #a52a2a is a brick red at hue 0, and rosybrown a dusty pink;
+* chocolate and sandybrown: named brown, but #d2691e and #f4a460 look burnt and light orange;
+  CSS "brown" #a52a2a is a brick red at hue 0, and rosybrown a dusty pink;
 * olive and khaki shades (olive, darkkhaki, palegoldenrod): yellow, green or brown;
 * aquamarine and mediumaquamarine (hue 160): green or cyan;
 * the sky blues (deepskyblue, skyblue, lightblue, powderblue, cadetblue): cyan by hue
@@ -47,6 +47,7 @@ NAMED: list[tuple[str, str, str, tuple[str, ...]]] = [
     ("peachpuff", "#ffdab9", "orange", ("pink",)),
     ("saddlebrown", "#8b4513", "brown", ()),
     ("sienna", "#a0522d", "brown", ()),
+    ("peru", "#cd853f", "brown", ()),
     ("goldenrod", "#daa520", "yellow", ("orange",)),
     ("darkgoldenrod", "#b8860b", "yellow", ("orange", "brown")),
     ("gold", "#ffd700", "yellow", ()),

@@ -102,22 +102,23 @@ class ColourQuery:
 #
 # Brown and orange share hues 15..42; they are told apart by lightness and saturation and the
 # two regions are complements, so every colour there is one or the other. Brown is dark orange
-# (saddle brown L 0.31, sienna L 0.40) or dull orange up to L 0.70 (tan S 0.44 L 0.69, potatoes
-# S 0.15-0.3); orange is vivid even in shade (dark orange, a shaded orange fruit at L 0.38, S 0.9:
-# L >= 0.35 with S >= 0.75), fairly saturated from L 0.45 on, or pale (L >= 0.70: peach).
-# S 0.5 is the dull/vivid line throughout 8..42: red's part of 8..15 needs it as well.
-_DULL = 0.5
-_ORANGE = (LSBox(l_lo=0.35, s_lo=0.75), LSBox(l_lo=0.45, s_lo=_DULL), LSBox(l_lo=0.70))
+# (saddle brown L 0.31, sienna L 0.40) or dull orange up to L 0.75 (peru S 0.59 L 0.53, tan
+# S 0.44 L 0.69, potatoes S 0.15-0.3); orange is vivid even in shade (dark orange; a shaded
+# orange fruit at L 0.38, S 0.9: L >= 0.35 with S >= 0.75), saturated from L 0.45 on
+# (chocolate S 0.75 L 0.47 looks burnt orange), or pale (L >= 0.75: peach).
+# S 0.6 is also the line between red and brown at 8..15 (sienna S 0.56 is brown).
+_DULL = 0.6
+_ORANGE = (LSBox(l_lo=0.35, s_lo=0.75), LSBox(l_lo=0.45, s_lo=_DULL), LSBox(l_lo=0.75))
 _BROWN = (
     LSBox(l_hi=0.35),
     LSBox(l_hi=0.45, s_hi=0.75),
-    LSBox(l_hi=0.70, s_hi=_DULL),
+    LSBox(l_hi=0.75, s_hi=_DULL),
 )
 # Red, pink and magenta share 290..20 and are complements hue by hue. Pink is the pale or dusty
-# side: from L 0.50 (deep pink L 0.54, pale violet red L 0.65), or already from L 0.40 when dull
-# (S <= 0.5, the same dull line as brown's: a dusty rose is pink, not red or magenta), and at
-# the pure reds only from L 0.66 (hot pink L 0.71; tomato L 0.64 is red).
-# - 352..8 and 8..15: red below L 0.66, at 8..15 only if S >= 0.5 (duller is brown: sienna);
+# side: from L 0.50 (deep pink L 0.54, pale violet red L 0.65), or already from L 0.40 when
+# greyish (S <= 0.5: at hue 345, L 0.45, S 0.35 is a dusty rose #9b4b5f, S 0.55 a raspberry red
+# #b23453), and at the pure reds only from L 0.66 (hot pink L 0.71; tomato L 0.64 is red).
+# - 352..8 and 8..15: red below L 0.66, at 8..15 only if S >= 0.6 (duller is brown: sienna);
 # - 340..352 (crimson L 0.47 S 0.83, raspberry): red is the darker, vivid side;
 # - 325..340: magenta is the darker, vivid side (medium violet red L 0.43 S 0.81, which warm
 #   light moves from 322 to 327);
@@ -125,22 +126,23 @@ _BROWN = (
 #   orchid). 325 lies between medium violet red (322) and deep pink (328);
 # - purple reaches 305 for dark colours (L <= 0.30): CSS purple #800080 sits at hue 300, and a
 #   dark magenta is called purple; both names then match.
+_DUSTY = 0.5
 _PINK = (
     LSBox(l_lo=0.62, h_lo=290.0, h_hi=325.0),
     LSBox(l_lo=0.50, h_lo=325.0, h_hi=352.0),
-    LSBox(l_lo=0.40, s_hi=_DULL, h_lo=325.0, h_hi=352.0),
+    LSBox(l_lo=0.40, s_hi=_DUSTY, h_lo=325.0, h_hi=352.0),
     LSBox(l_lo=0.66, h_lo=352.0, h_hi=20.0),
 )
 _RED = (
     LSBox(l_hi=0.40, h_lo=340.0, h_hi=352.0),
-    LSBox(l_hi=0.50, s_lo=_DULL, h_lo=340.0, h_hi=352.0),
+    LSBox(l_hi=0.50, s_lo=_DUSTY, h_lo=340.0, h_hi=352.0),
     LSBox(l_hi=0.66, h_lo=352.0, h_hi=8.0),
     LSBox(l_hi=0.66, s_lo=_DULL, h_lo=8.0, h_hi=15.0),
 )
 _MAGENTA = (
     LSBox(l_hi=0.62, h_lo=292.0, h_hi=325.0),
     LSBox(l_hi=0.40, h_lo=325.0, h_hi=340.0),
-    LSBox(l_hi=0.50, s_lo=_DULL, h_lo=325.0, h_hi=340.0),
+    LSBox(l_hi=0.50, s_lo=_DUSTY, h_lo=325.0, h_hi=340.0),
 )
 _PURPLE = (LSBox(l_hi=0.30, h_lo=295.0, h_hi=305.0),)
 
