@@ -29,6 +29,8 @@ orders that bought the user's images, newest first, each with only that user's l
 
 from __future__ import annotations
 
+import sqlite3
+
 from protocol.catalog import (
     Checkout,
     ListOrders,
@@ -103,11 +105,16 @@ async def checkout(ctx: RequestContext, request: Checkout) -> OrderPlaced:
         repo.WantedLine(line.image_id, line.quantity, line.expected_price_cents)
         for line in request.lines
     ]
+    buyer = ctx.user.id
+
+    def place(conn: sqlite3.Connection) -> repo.OrderRecord | None:
+        """Place the order and read it back: one trip to the executor."""
+        return repo.order_by_id(conn, repo.place_order(conn, buyer, wanted))
+
     try:
-        order_id = await ctx.services.db_call(repo.place_order, ctx.user.id, wanted)
+        record = await ctx.services.db_call(place)
     except repo.CheckoutRefused as refused:
         raise refusal_error(refused.failures, len(wanted)) from None
-    record = await ctx.services.db_call(repo.order_by_id, order_id)
     assert record is not None
     return OrderPlaced(id=request.id, order=order_message(record))
 

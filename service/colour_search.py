@@ -12,7 +12,7 @@ GIL made the searches meanwhile slower than either. Until the first colour searc
 nothing for it. The table follows uploads and deletes through the `Services.on_stored` /
 `on_deleted` hooks; updates change visibility, stock and tags only, and those are read in SQL at
 search time. Batches, `More` and the visibility re-check of every batch come from
-`service.listings.open_snapshot`, which reads thumbnails for the batch only.
+`service.listings.open_ranked`, which reads thumbnails for the batch only.
 """
 
 from __future__ import annotations
@@ -20,16 +20,15 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
 
-from protocol.catalog import Batch, Colour, ColourSearch
+from protocol.catalog import Colour, ColourSearch
 from protocol.errors import ErrorCode, VitrineError
 from repository import colour_queries as colours_repo
 from repository import images as repo
 from repository.colour_table import ColourTable
 from service.context import RequestContext, Services
-from service.listings import checked_filter_tags, open_snapshot
-from service.registry import route
+from service.listings import Ranked, checked_filter_tags, open_ranked
+from service.registry import Frames, route
 from util.colour_spec import (
     ColourQuery,
     ColourSpecError,
@@ -47,7 +46,7 @@ _INSTALL_LOCK = threading.Lock()
 
 
 def colour_table(services: Services) -> ColourTable:
-    """The server's colour table, installed on first use (built by `_rank`). Its hooks go in
+    """The server's colour table, installed on first use (built by `_ranked`). Its hooks go in
     before the build reads the database, so no upload falls between the two."""
     table = services.extras.get(_EXTRA)
     if table is not None:
@@ -109,17 +108,18 @@ def colour_query(request: ColourSearch) -> tuple[ColourQuery, float, float]:
     return query, check_tolerance(request.tolerance), check_min_share(request.min_share)
 
 
-def _rank(
+def _ranked(
     conn: sqlite3.Connection,
     viewer: int,
     query: colours_repo.HueQuery,
     tags: list[str],
     request: ColourSearch,
     table: ColourTable,
-) -> list[colours_repo.ColourHit]:
+) -> Ranked:
+    """Ranked ids with their scores and matching colours (in the executor)."""
     known = repo.tag_ids(conn, tags)
     if len(known) < len(tags):
-        return []  # a tag nobody has used: nothing carries it
+        return [], {}, {}  # a tag nobody has used: nothing carries it
     flt = request.filters
     filters = colours_repo.ColourFilters(
         tag_ids=list(known.values()),
@@ -128,11 +128,25 @@ def _rank(
         in_stock=flt.in_stock,
     )
     table.ensure_built(conn)
-    return table.rank(conn, viewer, query, filters)
+    hits = table.rank(conn, viewer, query, filters)
+    scores = {h.image_id: round(h.score, 6) for h in hits}
+    matches = {
+        h.image_id: Colour(
+            r=h.rgb[0],
+            g=h.rgb[1],
+            b=h.rgb[2],
+            hue=h.hue,
+            saturation=h.saturation,
+            lightness=h.lightness,
+            share=h.share,
+        )
+        for h in hits
+    }
+    return [h.image_id for h in hits], scores, matches
 
 
 @route(ColourSearch)
-async def colour_search(ctx: RequestContext, request: ColourSearch) -> AsyncIterator[Batch]:
+async def colour_search(ctx: RequestContext, request: ColourSearch) -> Frames:
     try:
         query, tolerance, min_share = colour_query(request)
         ranges = hue_ranges(query.hue, tolerance)
@@ -148,21 +162,10 @@ async def colour_search(ctx: RequestContext, request: ColourSearch) -> AsyncIter
         boxes=query.boxes,
     )
     table = colour_table(ctx.services)
-    hits = await ctx.services.db_call(_rank, ctx.user.id, store_query, tags, request, table)
-    scores = {h.image_id: round(h.score, 6) for h in hits}
-    matches = {
-        h.image_id: Colour(
-            r=h.rgb[0],
-            g=h.rgb[1],
-            b=h.rgb[2],
-            hue=h.hue,
-            saturation=h.saturation,
-            lightness=h.lightness,
-            share=h.share,
-        )
-        for h in hits
-    }
-    ids = [h.image_id for h in hits]
-    return await open_snapshot(
-        ctx, request.id, ids, request.options, scores=scores, matches=matches
+    viewer = ctx.user.id
+    return await open_ranked(
+        ctx,
+        request.id,
+        request.options,
+        lambda conn: _ranked(conn, viewer, store_query, tags, request, table),
     )

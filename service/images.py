@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import unicodedata
 
 from protocol.catalog import (
@@ -28,7 +29,7 @@ from protocol.errors import ErrorCode, VitrineError
 from protocol.messages import Ok
 from repository import images as repo
 from repository.blobstore import BlobError, BlobStore
-from service.context import RequestContext, Services
+from service.context import RequestContext
 from service.ingest import Upload, ingest
 from service.registry import route
 from util.filenames import display_name
@@ -122,13 +123,14 @@ def read_thumbnails(blobs: BlobStore, records: list[repo.ImageRecord]) -> list[b
     return out
 
 
-async def summaries(
-    services: Services, records: list[repo.ImageRecord], thumbnails: bool
+def build_summaries(
+    blobs: BlobStore, records: list[repo.ImageRecord], thumbnails: bool
 ) -> list[ImageSummary]:
-    """Wire summaries for a batch; thumbnails are read only for these rows, only if asked."""
+    """Wire summaries for a batch (run in the executor, next to the query that found the rows,
+    so the event loop only writes); thumbnails are read only for these rows, only if asked."""
     if not thumbnails or not records:
         return [summary(r) for r in records]
-    thumbs = await services.run(read_thumbnails, services.blobs, records)
+    thumbs = read_thumbnails(blobs, records)
     return [summary(r, t) for r, t in zip(records, thumbs, strict=True)]
 
 
@@ -264,5 +266,11 @@ async def get_image(ctx: RequestContext, request: GetImage) -> ImageDetails:
 
 @route(GetImages)
 async def get_images(ctx: RequestContext, request: GetImages) -> Images:
-    records = await ctx.services.db_call(repo.images_by_ids, request.image_ids, ctx.user.id)
-    return Images(id=request.id, items=await summaries(ctx.services, records, request.thumbnails))
+    viewer, blobs = ctx.user.id, ctx.services.blobs
+
+    def read(conn: sqlite3.Connection) -> list[ImageSummary]:
+        """Rows and thumbnails: one trip to the executor."""
+        records = repo.images_by_ids(conn, request.image_ids, viewer)
+        return build_summaries(blobs, records, request.thumbnails)
+
+    return Images(id=request.id, items=await ctx.services.db_call(read))

@@ -8,7 +8,7 @@ finished or unknown cursor answers NOT_FOUND ("run the listing again"). A cursor
   images uploaded meanwhile never shift a page and deleted ones simply stop appearing;
 * a **snapshot** (ranked searches): the ordered ids found when the search ran; each batch
   re-reads its rows with the visibility rule, so anything deleted or made private since is
-  skipped. Other ranked listings (search by image or colour) can use `open_snapshot`.
+  skipped. Every ranked listing (text, by image, by colour) opens with `open_ranked`.
 
 A batch is sent as `Batch` frames of at most STREAM_CHUNK items; all but the last have
 `final=False`, and only the last carries the cursor (present while more results remain).
@@ -20,9 +20,10 @@ import re
 import secrets
 import sqlite3
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from protocol import codec, framing
 from protocol.catalog import (
     STREAM_CHUNK,
     Batch,
@@ -39,9 +40,10 @@ from protocol.catalog import (
 )
 from protocol.errors import ErrorCode, VitrineError
 from repository import images as repo
+from repository.blobstore import BlobStore
 from service.context import RequestContext
-from service.images import normalise_tags, summaries
-from service.registry import route
+from service.images import build_summaries, normalise_tags
+from service.registry import Frames, route
 
 _CURSORS = "cursors"
 
@@ -80,30 +82,37 @@ def _cursors(ctx: RequestContext) -> OrderedDict[str, ListingCursor]:
     return ctx.connection.extras.setdefault(_CURSORS, OrderedDict())
 
 
-def _keep(ctx: RequestContext, cursor: ListingCursor) -> str:
+def _new_token() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def _keep(ctx: RequestContext, token: str, cursor: ListingCursor) -> None:
+    """Remember a cursor (on the event loop, which alone touches the connection's state)."""
     store = _cursors(ctx)
-    token = secrets.token_urlsafe(12)
     store[token] = cursor
     while len(store) > ctx.services.config.max_cursors:
         store.popitem(last=False)
-    return token
 
 
-def _chunks(request_id: int, items: list[ImageSummary], cursor: str | None) -> AsyncIterator[Batch]:
-    async def gen() -> AsyncIterator[Batch]:
-        if not items:
-            yield Batch(id=request_id, items=[], cursor=cursor, final=True)
-            return
+def _encode_batch(request_id: int, items: list[ImageSummary], cursor: str | None) -> Frames:
+    """A batch as `Batch` frames of at most STREAM_CHUNK items, only the last one final and
+    carrying the cursor; encoded by the worker that built the items, so the event loop only
+    writes bytes."""
+    if not items:
+        messages = [Batch(id=request_id, items=[], cursor=cursor, final=True)]
+    else:
+        messages = []
         for start in range(0, len(items), STREAM_CHUNK):
             last = start + STREAM_CHUNK >= len(items)
-            yield Batch(
-                id=request_id,
-                items=items[start : start + STREAM_CHUNK],
-                cursor=cursor if last else None,
-                final=last,
+            messages.append(
+                Batch(
+                    id=request_id,
+                    items=items[start : start + STREAM_CHUNK],
+                    cursor=cursor if last else None,
+                    final=last,
+                )
             )
-
-    return gen()
+    return Frames(b"".join(framing.frame(codec.encode(m)) for m in messages))
 
 
 def _limit(ctx: RequestContext, options: ListingOptions) -> int:
@@ -113,97 +122,127 @@ def _limit(ctx: RequestContext, options: ListingOptions) -> int:
 # --- keyset (browse) ----------------------------------------------------------------------------
 
 
-async def _keyset_batch(
-    ctx: RequestContext, cursor: KeysetCursor, options: ListingOptions
-) -> tuple[list[ImageSummary], bool]:
-    """One batch from the cursor's position; advances it. Returns (items, more remain)."""
-    limit = _limit(ctx, options)
-    viewer = ctx.user.id
-
-    def query(conn: sqlite3.Connection) -> tuple[list[int], list[repo.ImageRecord]]:
-        ids = repo.browse_ids(
-            conn,
-            viewer,
-            cursor.tag_ids,
-            match_any=cursor.match_any,
-            before=cursor.last_id,
-            limit=limit + 1,
-        )
-        return ids, repo.images_by_ids(conn, ids[:limit])
-
-    ids, records = await ctx.services.db_call(query)
-    if ids[:limit]:
-        cursor.last_id = ids[:limit][-1]
-    return await summaries(ctx.services, records, options.thumbnails), len(ids) > limit
+def _keyset_frames(
+    conn: sqlite3.Connection,
+    blobs: BlobStore,
+    viewer: int,
+    request_id: int,
+    cursor: KeysetCursor,
+    limit: int,
+    thumbnails: bool,
+    token: str,
+) -> tuple[Frames, bool]:
+    """One batch from the cursor's position, encoded with `token` as its cursor if more
+    remain; advances the cursor. Returns (frames, more remain)."""
+    ids = repo.browse_ids(
+        conn,
+        viewer,
+        cursor.tag_ids,
+        match_any=cursor.match_any,
+        before=cursor.last_id,
+        limit=limit + 1,
+    )
+    shown = ids[:limit]
+    if shown:
+        cursor.last_id = shown[-1]
+    more = len(ids) > limit
+    items = build_summaries(blobs, repo.images_by_ids(conn, shown), thumbnails)
+    return _encode_batch(request_id, items, token if more else None), more
 
 
 @route(Browse)
-async def browse(ctx: RequestContext, request: Browse) -> AsyncIterator[Batch]:
+async def browse(ctx: RequestContext, request: Browse) -> Frames:
     names = normalise_tags(request.tags)
+    limit = _limit(ctx, request.options)
+    viewer = ctx.user.id
+    blobs = ctx.services.blobs
+    token = _new_token()
 
-    def resolve(conn: sqlite3.Connection) -> dict[str, int]:
+    def run(conn: sqlite3.Connection) -> tuple[KeysetCursor, Frames, bool]:
+        """Tags, then the first batch: one trip to the executor."""
         known = repo.tag_ids(conn, names)
-        if request.match_any or len(known) < 2:
-            return known
-        counts = repo.tag_image_counts(conn, list(known.values()))
-        return dict(sorted(known.items(), key=lambda kv: counts[kv[1]]))
+        if not request.match_any and len(known) >= 2:
+            counts = repo.tag_image_counts(conn, list(known.values()))
+            known = dict(sorted(known.items(), key=lambda kv: counts[kv[1]]))
+        cursor = KeysetCursor(list(known.values()), request.match_any, 2**62)
+        if names and (not known or (not request.match_any and len(known) < len(names))):
+            # A tag nobody has used yet matches nothing (all: the whole listing; any: that tag).
+            return cursor, _encode_batch(request.id, [], None), False
+        frames, more = _keyset_frames(
+            conn, blobs, viewer, request.id, cursor, limit, request.options.thumbnails, token
+        )
+        return cursor, frames, more
 
-    known = await ctx.services.db_call(resolve)
-    if names and (not known or (not request.match_any and len(known) < len(names))):
-        # A tag nobody has used yet matches nothing (all: the whole listing; any: that tag).
-        return _chunks(request.id, [], None)
-    cursor = KeysetCursor(list(known.values()), request.match_any, 2**62)
-    items, more = await _keyset_batch(ctx, cursor, request.options)
-    token = _keep(ctx, cursor) if more else None
-    return _chunks(request.id, items, token)
+    cursor, frames, more = await ctx.services.db_call(run)
+    if more:
+        _keep(ctx, token, cursor)
+    return frames
 
 
 # --- snapshot (ranked searches) -----------------------------------------------------------------
 
 
-async def _snapshot_batch(
-    ctx: RequestContext, cursor: SnapshotCursor, options: ListingOptions
-) -> list[ImageSummary]:
-    """The next `limit` still-visible items of a snapshot; advances it past what it read."""
-    limit = _limit(ctx, options)
-    viewer = ctx.user.id
+#: What a ranked search hands to `open_ranked`: ids best first, with optional scores and
+#: matching colours by id.
+Ranked = tuple[list[int], dict[int, float], dict[int, Colour]]
 
-    def query(conn: sqlite3.Connection) -> list[repo.ImageRecord]:
-        found: list[repo.ImageRecord] = []
-        while len(found) < limit and cursor.position < len(cursor.ids):
-            want = limit - len(found)
-            chunk = cursor.ids[cursor.position : cursor.position + want]
-            cursor.position += len(chunk)
-            found.extend(repo.images_by_ids(conn, chunk, viewer))
-        return found
 
-    records = await ctx.services.db_call(query)
-    items = await summaries(ctx.services, records, options.thumbnails)
+def _snapshot_frames(
+    conn: sqlite3.Connection,
+    blobs: BlobStore,
+    viewer: int,
+    request_id: int,
+    cursor: SnapshotCursor,
+    limit: int,
+    thumbnails: bool,
+    token: str,
+) -> tuple[Frames, bool]:
+    """The next `limit` still-visible items of a snapshot, encoded with `token` as cursor if
+    more remain; advances the cursor past what it read. Returns (frames, more remain)."""
+    found: list[repo.ImageRecord] = []
+    while len(found) < limit and cursor.position < len(cursor.ids):
+        want = limit - len(found)
+        chunk = cursor.ids[cursor.position : cursor.position + want]
+        cursor.position += len(chunk)
+        found.extend(repo.images_by_ids(conn, chunk, viewer))
+    items = build_summaries(blobs, found, thumbnails)
     for item in items:
         item.score = cursor.scores.get(item.id)
         item.match = cursor.matches.get(item.id)
-    return items
+    more = cursor.position < len(cursor.ids)
+    return _encode_batch(request_id, items, token if more else None), more
 
 
-async def open_snapshot(
+async def open_ranked(
     ctx: RequestContext,
     request_id: int,
-    ids: Sequence[int],
     options: ListingOptions,
-    *,
-    scores: dict[int, float] | None = None,
-    matches: dict[int, Colour] | None = None,
-) -> AsyncIterator[Batch]:
-    """First batch of a ranked listing (ids best first) and its cursor for `More`.
+    rank: Callable[[sqlite3.Connection], Ranked],
+) -> Frames:
+    """Run a ranked search and make its first batch in one trip to the executor (the event
+    loop, which every connection shares, only writes the result), keeping the cursor for
+    `More`.
 
-    For other ranked searches (by image, by colour): pass the ids you ranked; visibility is
-    re-checked here, batch by batch, so the caller's ids only need to be candidates.
+    For every ranked search (text, by image, by colour): `rank(conn)` may return candidates
+    the viewer cannot see; visibility is re-checked here, batch by batch.
     """
-    cursor = SnapshotCursor(list(ids), 0, scores or {}, matches or {})
-    items = await _snapshot_batch(ctx, cursor, options)
-    more = cursor.position < len(cursor.ids)
-    token = _keep(ctx, cursor) if more else None
-    return _chunks(request_id, items, token)
+    limit = _limit(ctx, options)
+    viewer = ctx.user.id
+    blobs = ctx.services.blobs
+    token = _new_token()
+
+    def run(conn: sqlite3.Connection) -> tuple[SnapshotCursor, Frames, bool]:
+        ids, scores, matches = rank(conn)
+        cursor = SnapshotCursor(ids, 0, scores, matches)
+        frames, more = _snapshot_frames(
+            conn, blobs, viewer, request_id, cursor, limit, options.thumbnails, token
+        )
+        return cursor, frames, more
+
+    cursor, frames, more = await ctx.services.db_call(run)
+    if more:
+        _keep(ctx, token, cursor)
+    return frames
 
 
 _WORD = re.compile(r"\w+")
@@ -231,17 +270,22 @@ def fts_query(text: str) -> str:
 
 
 @route(TextSearch)
-async def text_search(ctx: RequestContext, request: TextSearch) -> AsyncIterator[Batch]:
+async def text_search(ctx: RequestContext, request: TextSearch) -> Frames:
     query = fts_query(request.text)
-    ids = await ctx.services.db_call(repo.search_ids, ctx.user.id, query)
-    return await open_snapshot(ctx, request.id, ids, request.options)
+    viewer = ctx.user.id
+    return await open_ranked(
+        ctx,
+        request.id,
+        request.options,
+        lambda conn: (repo.search_ids(conn, viewer, query), {}, {}),
+    )
 
 
 # --- more and tags ------------------------------------------------------------------------------
 
 
 @route(More)
-async def more(ctx: RequestContext, request: More) -> AsyncIterator[Batch]:
+async def more(ctx: RequestContext, request: More) -> Frames:
     store = _cursors(ctx)
     cursor = store.get(request.cursor)
     if cursor is None:
@@ -251,16 +295,20 @@ async def more(ctx: RequestContext, request: More) -> AsyncIterator[Batch]:
             "run the listing again.",
         )
     store.move_to_end(request.cursor)
-    if isinstance(cursor, KeysetCursor):
-        items, remaining = await _keyset_batch(ctx, cursor, request.options)
-    else:
-        items = await _snapshot_batch(ctx, cursor, request.options)
-        remaining = cursor.position < len(cursor.ids)
-    token: str | None = request.cursor
+    next_frames = _keyset_frames if isinstance(cursor, KeysetCursor) else _snapshot_frames
+    frames, remaining = await ctx.services.db_call(
+        next_frames,  # type: ignore[arg-type]  (each gets its own kind of cursor)
+        ctx.services.blobs,
+        ctx.user.id,
+        request.id,
+        cursor,
+        _limit(ctx, request.options),
+        request.options.thumbnails,
+        request.cursor,
+    )
     if not remaining:
         store.pop(request.cursor, None)
-        token = None
-    return _chunks(request.id, items, token)
+    return frames
 
 
 @route(ListTags)

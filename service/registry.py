@@ -13,7 +13,17 @@ from typing import Any, TypeVar
 
 from protocol.base import Request, Response
 
-Reply = Response | AsyncIterator[Response]
+
+@dataclass(frozen=True, slots=True)
+class Frames:
+    """A reply already framed and encoded, written as it is: listings build and encode their
+    batches in the executor, next to the query, so the event loop (which every connection
+    shares) only writes bytes."""
+
+    data: bytes
+
+
+Reply = Response | Frames | AsyncIterator[Response]
 Handler = Callable[[Any, Any], Awaitable[Reply]]
 H = TypeVar("H", bound=Handler)
 

@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from models.embeddings import EMBEDDING_DIM, prepare_input
-from protocol.catalog import Batch, ImageSearch
+from protocol.catalog import ImageSearch
 from protocol.errors import ErrorCode, VitrineError
 from repository import images as repo
 from repository.embeddings import (
@@ -81,14 +81,12 @@ from repository.embeddings import (
 )
 from service.context import RequestContext, Services
 from service.ingest import Prepared, rejection_error
-from service.listings import checked_filter_tags, open_snapshot
-from service.registry import route
+from service.listings import Ranked, checked_filter_tags, open_ranked
+from service.registry import Frames, route
 from util import config as cfg
 from util import images as imaging
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from models.batcher import EmbeddingBatcher
     from repository.vector_index import VectorIndex
 
@@ -545,7 +543,7 @@ def _decode_query(data: bytes, services: Services) -> np.ndarray:
 
 
 @route(ImageSearch)
-async def image_search(ctx: RequestContext, request: ImageSearch) -> AsyncIterator[Batch]:
+async def image_search(ctx: RequestContext, request: ImageSearch) -> Frames:
     if (request.data is None) == (request.image_id is None):
         raise VitrineError(
             ErrorCode.BAD_REQUEST,
@@ -588,16 +586,14 @@ async def image_search(ctx: RequestContext, request: ImageSearch) -> AsyncIterat
             raise rejection_error(exc) from None
         vector = await engine.batcher.embed_async(model_input)
 
-    def rank(conn: sqlite3.Connection) -> list[tuple[int, float]]:
+    def rank(conn: sqlite3.Connection) -> Ranked:
         filters = resolve_filters(
             conn, tags, flt.min_price_cents, flt.max_price_cents, flt.in_stock
         )
-        return engine.rank(conn, viewer, vector, filters, exclude)
+        ranked = engine.rank(conn, viewer, vector, filters, exclude)
+        return [i for i, _ in ranked], {i: round(float(s), 6) for i, s in ranked}, {}
 
-    ranked = await services.db_call(rank)
-    scores: dict[int, float] = {i: round(float(s), 6) for i, s in ranked}
-    ids = [i for i, _ in ranked]
-    return await open_snapshot(ctx, request.id, ids, request.options, scores=scores)
+    return await open_ranked(ctx, request.id, request.options, rank)
 
 
 def status(services: Services) -> dict[str, Any]:
