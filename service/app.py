@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -150,6 +151,9 @@ async def serve(
     host, port = server.sockets[0].getsockname()[:2]
     announce(f"Vitrine server listening on {host}:{port}")
     announce(f"Certificate fingerprint {fingerprint}")
+    # What start-up built (modules, services) lives as long as the server: keep it out of the
+    # collector's full passes, which would otherwise rescan it on the request path.
+    gc.freeze()
     # The model and the index load in the background, after we already answer.
     similarity.start(services)
     colour_search.start(services)

@@ -19,7 +19,7 @@ from protocol.base import Request, Response
 from protocol.errors import ErrorCode, VitrineError
 from protocol.messages import PROTOCOL_VERSION, Error, Hello, Limits, Welcome
 from service.context import ConnectionState, RequestContext, Services
-from service.registry import ROUTES
+from service.registry import ROUTES, Frames
 
 log = logging.getLogger("vitrine.requests")
 SERVER_VERSION = "0.1.0"
@@ -46,14 +46,17 @@ class Connection:
 
     # --- writing ---------------------------------------------------------------------------------
 
-    async def send(self, message: Response) -> None:
-        """Write one frame; a peer that does not read within the write timeout is dropped, so
-        the memory it holds stays bounded by one frame plus the transport's buffer."""
-        data = framing.frame(codec.encode(message))
+    async def send(self, message: Response | Frames) -> None:
+        """Write one reply (a message, or frames encoded elsewhere); a peer that does not read
+        within the write timeout is dropped, so the memory it holds stays bounded by one reply
+        plus the transport's buffer."""
+        data = message.data if isinstance(message, Frames) else framing.frame(codec.encode(message))
         async with self._write_lock:
             self.writer.write(data)
             try:
-                await asyncio.wait_for(self.writer.drain(), self.config.write_timeout_s)
+                # asyncio.timeout, not wait_for: no extra task per frame on the shared loop.
+                async with asyncio.timeout(self.config.write_timeout_s):
+                    await self.writer.drain()
             except TimeoutError:
                 self.writer.transport.abort()
                 raise ConnectionError("peer stopped reading") from None
@@ -85,9 +88,8 @@ class Connection:
     async def _next_request(self, timeout: float) -> Request | None:
         """Read and decode one request; framing errors are answered, then the connection closes."""
         try:
-            body = await asyncio.wait_for(
-                framing.read_frame(self.reader, self.config.max_frame_bytes), timeout
-            )
+            async with asyncio.timeout(timeout):
+                body = await framing.read_frame(self.reader, self.config.max_frame_bytes)
         except TimeoutError:
             await self._send_error(
                 0,
@@ -233,7 +235,7 @@ class Connection:
                 f"{type(request).__name__} needs a logged-in user; log in first.",
             )
         reply = await route.handler(RequestContext(self.services, self.state), request)
-        if isinstance(reply, Response):
+        if isinstance(reply, Response | Frames):
             await self.send(reply)
         else:
             await self._stream(reply)
