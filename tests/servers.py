@@ -90,6 +90,15 @@ class ServerProcess:
     def log(self) -> str:
         return "".join(self.output)
 
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        """The log once it holds `text`: the server writes log lines from a background thread,
+        so a line can land just after the answer that it describes."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            assert time.monotonic() < deadline, f"{text!r} not logged within {timeout} s:\n{log}"
+            time.sleep(0.05)
+        return log
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.process is not None
         if self.process.poll() is None:

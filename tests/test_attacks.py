@@ -9,6 +9,7 @@ import io
 import re
 import sqlite3
 import struct
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,6 +105,8 @@ def schema(server: ServerProcess) -> list[tuple]:
 
 
 def assert_no_server_error(server: ServerProcess) -> None:
+    # The server logs from a background thread: give the last lines a moment to land.
+    time.sleep(0.3)
     log = server.log()
     assert "outcome=INTERNAL" not in log and "Traceback" not in log, log[-3000:]
 

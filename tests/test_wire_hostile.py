@@ -160,7 +160,7 @@ def test_protocol_version_mismatch_is_explained(hostile_server: ServerProcess) -
     assert f"version {PROTOCOL_VERSION}" in reply.message
     assert f"version {PROTOCOL_VERSION + 98}" in reply.message
     assert closed_by_server(sock)
-    assert "speaks protocol" in hostile_server.log()
+    hostile_server.wait_for_log("speaks protocol")
 
 
 def test_silent_connection_is_closed(hostile_server: ServerProcess, tmp_path: Path) -> None:
