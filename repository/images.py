@@ -570,15 +570,26 @@ def browse_ids(
 
 
 def search_ids(conn: sqlite3.Connection, viewer: int, fts_query: str) -> list[int]:
-    """Visible images matching an FTS5 query, best first (bm25), at most MAX_SEARCH_RESULTS."""
+    """Visible images matching an FTS5 query, best first (bm25), at most MAX_SEARCH_RESULTS.
+
+    Ranked in the FTS index alone, then the visibility rule is applied to the best candidates,
+    going deeper only if too many of them were hidden (hidden images are few: other people's
+    private ones and soft-deleted ones). Joining every match to `images` before the cut cost
+    as much again as the ranking itself: a common word matches a third of the catalogue.
+    """
     weights = ", ".join(str(w) for w in BM25_WEIGHTS)
     sql = (
-        f"SELECT f.rowid FROM images_fts f CROSS JOIN images i ON i.id = f.rowid "
-        f"WHERE images_fts MATCH :query AND {VISIBLE} "
-        f"ORDER BY bm25(images_fts, {weights}), f.rowid DESC LIMIT :limit"
+        f"SELECT rowid FROM images_fts WHERE images_fts MATCH :query "
+        f"ORDER BY bm25(images_fts, {weights}), rowid DESC LIMIT :limit"
     )
-    params = {"query": fts_query, "viewer": viewer, "limit": MAX_SEARCH_RESULTS}
-    return [row[0] for row in conn.execute(sql, params)]
+    depth = MAX_SEARCH_RESULTS + MAX_SEARCH_RESULTS // 4
+    while True:
+        ranked = [row[0] for row in conn.execute(sql, {"query": fts_query, "limit": depth})]
+        visible = passing_ids(conn, viewer, ranked)
+        kept = [i for i in ranked if i in visible]
+        if len(kept) >= MAX_SEARCH_RESULTS or len(ranked) < depth:
+            return kept[:MAX_SEARCH_RESULTS]
+        depth *= 4
 
 
 # --- consistency --------------------------------------------------------------------------------
