@@ -549,48 +549,76 @@ async def image_search(ctx: RequestContext, request: ImageSearch) -> Frames:
             ErrorCode.BAD_REQUEST,
             "Search by image needs either a photo or the id of a stored image (one of them).",
         )
-    flt = request.filters
-    tags = checked_filter_tags(flt)
+    tags = checked_filter_tags(request.filters)
     services = ctx.services
     engine = engine_of(services)
     if engine is None or not engine.ready or engine.batcher is None:
         raise _unavailable(engine)
-    model = engine.model_name
-    assert model is not None
-    viewer = ctx.user.id
-    exclude: int | None = None
     if request.image_id is not None:
         exclude = request.image_id
-        visible, vector, blob = await services.db_call(visible_vector, viewer, exclude, model)
-        if not visible:
-            raise VitrineError(ErrorCode.NOT_FOUND, f"There is no image {exclude} you can see.")
-        if vector is None:  # not backfilled yet: compute it now, the way the backfill would
-            ids, vectors = await services.run(engine.embed_stored, [(exclude, blob)])
+        try:
+            # The stored vector is read in the same executor trip as the ranking.
+            return await _open_search(ctx, request, tags, None, exclude)
+        except _NotEmbedded as missing:  # not backfilled yet: embed it the way the backfill would
+            ids, vectors = await services.run(engine.embed_stored, [(exclude, missing.blob)])
             if not ids:
                 raise VitrineError(
                     ErrorCode.INTERNAL,
                     f"The stored picture of image {exclude} cannot be read to search with it; "
                     "the server operator should run `server.py --check`.",
-                )
-            vector = vectors[0]
-    else:
-        data = request.data or b""
-        if not data or len(data) > services.config.max_image_bytes:
-            try:
-                imaging.precheck(data[:1024], len(data), max_bytes=services.config.max_image_bytes)
-            except imaging.ImageRejected as exc:
-                raise rejection_error(exc) from None
+                ) from None
+            return await _open_search(ctx, request, tags, vectors[0], exclude)
+    data = request.data or b""
+    if not data or len(data) > services.config.max_image_bytes:
         try:
-            model_input = await services.run(_decode_query, data, services)
+            imaging.precheck(data[:1024], len(data), max_bytes=services.config.max_image_bytes)
         except imaging.ImageRejected as exc:
             raise rejection_error(exc) from None
-        vector = await engine.batcher.embed_async(model_input)
+    try:
+        model_input = await services.run(_decode_query, data, services)
+    except imaging.ImageRejected as exc:
+        raise rejection_error(exc) from None
+    vector = await engine.batcher.embed_async(model_input)
+    return await _open_search(ctx, request, tags, vector, None)
+
+
+class _NotEmbedded(Exception):
+    """The image to search by has no vector of the current model yet."""
+
+    def __init__(self, blob: str) -> None:
+        super().__init__(blob)
+        self.blob = blob
+
+
+async def _open_search(
+    ctx: RequestContext,
+    request: ImageSearch,
+    tags: list[str],
+    vector: np.ndarray | None,
+    exclude: int | None,
+) -> Frames:
+    """Rank by `vector` (or by the stored vector of `exclude` when None) and send the first
+    batch, all in one executor trip."""
+    engine = engine_of(ctx.services)
+    assert engine is not None and engine.model_name is not None
+    model = engine.model_name
+    viewer = ctx.user.id
+    flt = request.filters
 
     def rank(conn: sqlite3.Connection) -> Ranked:
+        query = vector
+        if query is None:
+            assert exclude is not None
+            visible, stored, blob = visible_vector(conn, viewer, exclude, model)
+            if not visible:
+                raise VitrineError(ErrorCode.NOT_FOUND, f"There is no image {exclude} you can see.")
+            if stored is None:
+                raise _NotEmbedded(blob)
+            query = stored
         filters = resolve_filters(
             conn, tags, flt.min_price_cents, flt.max_price_cents, flt.in_stock
         )
-        ranked = engine.rank(conn, viewer, vector, filters, exclude)
+        ranked = engine.rank(conn, viewer, query, filters, exclude)
         return [i for i, _ in ranked], {i: round(float(s), 6) for i, s in ranked}, {}
 
     return await open_ranked(ctx, request.id, request.options, rank)
