@@ -79,14 +79,21 @@ def passing_ids(
     in_stock: bool = False,
 ) -> set[int]:
     """Which of some ranked candidates `viewer` may see and pass the filters, in one query:
-    the post-filter of every in-memory search (vectors, colours)."""
-    params: dict[str, object] = {"viewer": viewer, "ids": json.dumps([int(i) for i in ids])}
+    the post-filter of every ranked search (text, vectors, colours).
+
+    The query returns the candidates that fail (or have no row at all), which are normally
+    few, rather than the hundreds that pass: reading rows back is Python work under the GIL,
+    and this runs on every search.
+    """
+    wanted = [int(i) for i in ids]
+    params: dict[str, object] = {"viewer": viewer, "ids": json.dumps(wanted)}
     where = filter_sql(params, tag_ids, min_price_cents, max_price_cents, in_stock)
     sql = (
-        f"SELECT i.id FROM images i WHERE i.id IN (SELECT value FROM json_each(:ids)) "
-        f"AND {VISIBLE}{where}"
+        f"SELECT j.value FROM json_each(:ids) j LEFT JOIN images i ON i.id = j.value "
+        f"WHERE i.id IS NULL OR NOT ({VISIBLE}{where})"
     )
-    return {row[0] for row in conn.execute(sql, params)}
+    failing = {row[0] for row in conn.execute(sql, params)}
+    return set(wanted) - failing
 
 
 @dataclass(frozen=True, slots=True)
