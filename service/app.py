@@ -95,6 +95,7 @@ def open_services(config: ServerConfig) -> Services:
         db=db,
         throttle=LoginThrottle(),
         executor=ThreadPoolExecutor(max_workers=8, thread_name_prefix="vitrine-work"),
+        quick_executor=ThreadPoolExecutor(max_workers=2, thread_name_prefix="vitrine-quick"),
         blobs=blobs,
     )
     services.extras["data_dir_lock"] = lock_fd
@@ -169,6 +170,8 @@ async def serve(
         with contextlib.suppress(Exception):
             await asyncio.to_thread(similarity.stop, services)  # saves the vector index
         services.executor.shutdown(wait=True, cancel_futures=True)
+        if services.quick_executor is not None:
+            services.quick_executor.shutdown(wait=True, cancel_futures=True)
         services.db.close()
         os.close(services.extras.pop("data_dir_lock"))
         announce("Vitrine server stopped")

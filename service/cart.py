@@ -112,7 +112,7 @@ async def checkout(ctx: RequestContext, request: Checkout) -> OrderPlaced:
         return repo.order_by_id(conn, repo.place_order(conn, buyer, wanted))
 
     try:
-        record = await ctx.services.db_call(place)
+        record = await ctx.services.quick_db_call(place)
     except repo.CheckoutRefused as refused:
         raise refusal_error(refused.failures, len(wanted)) from None
     assert record is not None
