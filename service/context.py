@@ -44,6 +44,9 @@ class ServerConfig:
     session_lifetime_s: float = 7 * 24 * 3600.0
     #: Longest side of the thumbnails served in listings (and seen by colours and embeddings).
     thumbnail_side: int = 256
+    #: Extract dominant colours at upload (`--no-colours` turns it off: a shop that does not
+    #: use colour search saves the CPU, and the ingest benchmark measures what it costs).
+    colours: bool = True
     #: Soft-deleted images older than this are purged at start-up (their blobs then swept).
     purge_after_s: float = 30 * 24 * 3600.0
     #: Listing cursors kept per connection; the oldest is dropped beyond this.

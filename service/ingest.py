@@ -96,7 +96,7 @@ def prepare(blob: str, data: bytes, config: ServerConfig) -> Prepared:
     thumbnail, thumbnail_bytes = imaging.make_thumbnail(decoded.image, config.thumbnail_side)
     palette = [
         repo.ColourRecord(c.r, c.g, c.b, c.hue, c.saturation, c.lightness, c.share)
-        for c in extract_palette(thumbnail)
+        for c in (extract_palette(thumbnail) if config.colours else [])
     ]
     return Prepared(blob, data, decoded, thumbnail, thumbnail_bytes, palette)
 

@@ -195,3 +195,27 @@ def test_bad_input_says_what_is_accepted(alice: Shell, command: str, says: str) 
     if "tolerance" not in says and "min-share" not in says:
         assert f"a name ({', '.join(NAMES)})" in err
         assert "#rrggbb" in err and "0 to 360" in err
+
+
+def test_a_server_without_colours_stores_and_finds_everything_else(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """`--no-colours`: uploads keep an empty palette and colour search finds none of them, but
+    the image is stored, shown and browsable like any other."""
+    process = ServerProcess(tmp_path_factory.mktemp("no-colours"), ["--no-colours"]).start()
+    try:
+        home = tmp_path_factory.mktemp("no-colours-home")
+        done = run_client(process, "create_user carol", config_dir=home, password=PASSWORD)
+        assert done.returncode == 0, done.stderr
+        carol = Shell(process, "carol", home)
+        image_id = upload(carol, card(120, home / "g.png"), "--tags plain")
+        code, out, err = carol(f"show_image {image_id} --json --no-images")
+        assert code == 0, err
+        (row,) = json_lines(out)
+        assert row.get("palette", []) == []  # (an empty palette is left out of the JSON)
+        assert found(carol, "search_by_color green") == []
+        code, out, err = carol("browse_by_tags plain --json --no-images")
+        assert code == 0, err
+        assert [r["id"] for r in json_lines(out)] == [image_id]
+    finally:
+        process.stop()
