@@ -175,6 +175,7 @@ async def serve(
             await asyncio.wait_for(asyncio.gather(*connections, return_exceptions=True), 5)
         with contextlib.suppress(Exception):
             await asyncio.to_thread(similarity.stop, services)  # saves the vector index
+        await asyncio.to_thread(colour_search.stop, services)
         services.executor.shutdown(wait=True, cancel_futures=True)
         if services.quick_executor is not None:
             services.quick_executor.shutdown(wait=True, cancel_futures=True)

@@ -41,6 +41,7 @@ from util.colour_spec import (
 
 log = logging.getLogger("vitrine.colours")
 
+_BUILDER = "colour_table_builder"
 _EXTRA = "colour_table"
 _INSTALL_LOCK = threading.Lock()
 
@@ -72,7 +73,17 @@ def start(services: Services) -> None:
         except Exception:
             log.exception("building the colour table failed; the first colour search retries")
 
-    threading.Thread(target=build, name="vitrine-colour-table", daemon=True).start()
+    builder = threading.Thread(target=build, name="vitrine-colour-table", daemon=True)
+    services.extras[_BUILDER] = builder
+    builder.start()
+
+
+def stop(services: Services, timeout: float = 20.0) -> None:
+    """Wait for the start-up build: the database closes next, and closing a connection
+    that a thread is still reading through is not safe."""
+    builder: threading.Thread | None = services.extras.pop(_BUILDER, None)
+    if builder is not None:
+        builder.join(timeout)
 
 
 async def _table_stored(services: Services, image_id: int, new: repo.NewImage) -> None:

@@ -171,8 +171,11 @@ class SimilarityEngine:
         """Stop the backfill, drain the model's queue, save the index if it changed."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None and self.model_settled.is_set():
-            self._thread.join(timeout)  # (a model still loading, e.g. a stuck download, is left)
+        # A model loading from the cache settles within a second: wait for it, so that its
+        # native code is never running while the interpreter shuts down (a stop right after
+        # start then crashed the process with SIGSEGV in CI). A stuck download is left behind.
+        if self._thread is not None and self.model_settled.wait(timeout):
+            self._thread.join(timeout)
         if self._decoders is not None:
             self._decoders.shutdown(wait=True, cancel_futures=True)
         if self.batcher is not None:
@@ -217,6 +220,8 @@ class SimilarityEngine:
             self._settle_model()
             return
         self._settle_model()
+        if self._stop.is_set():
+            return  # stopping: no index to build
         try:
             self._open_index()
         except Exception as exc:
