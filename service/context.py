@@ -83,7 +83,7 @@ class Services:
 
     async def db_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run `fn(conn, ...)` with the worker thread's own database connection."""
-        return await self.run(lambda: fn(self.db.conn, *args, **kwargs))
+        return await _in_pool(self.executor, lambda: fn(self.db.conn, *args, **kwargs))
 
     async def quick_db_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`db_call` for work that takes a millisecond or two.

@@ -563,7 +563,7 @@ async def image_search(ctx: RequestContext, request: ImageSearch) -> Frames:
         exclude = request.image_id
         try:
             # The stored vector is read in the same executor trip as the ranking.
-            return await _open_search(ctx, request, tags, None, exclude)
+            return await _open_search(ctx, engine, request, tags, None, exclude)
         except _NotEmbedded as missing:  # not backfilled yet: embed it the way the backfill would
             ids, vectors = await services.run(engine.embed_stored, [(exclude, missing.blob)])
             if not ids:
@@ -572,7 +572,7 @@ async def image_search(ctx: RequestContext, request: ImageSearch) -> Frames:
                     f"The stored picture of image {exclude} cannot be read to search with it; "
                     "the server operator should run `server.py --check`.",
                 ) from None
-            return await _open_search(ctx, request, tags, vectors[0], exclude)
+            return await _open_search(ctx, engine, request, tags, vectors[0], exclude)
     data = request.data or b""
     if not data or len(data) > services.config.max_image_bytes:
         try:
@@ -584,7 +584,7 @@ async def image_search(ctx: RequestContext, request: ImageSearch) -> Frames:
     except imaging.ImageRejected as exc:
         raise rejection_error(exc) from None
     vector = await engine.batcher.embed_async(model_input)
-    return await _open_search(ctx, request, tags, vector, None)
+    return await _open_search(ctx, engine, request, tags, vector, None)
 
 
 class _NotEmbedded(Exception):
@@ -597,6 +597,7 @@ class _NotEmbedded(Exception):
 
 async def _open_search(
     ctx: RequestContext,
+    engine: SimilarityEngine,
     request: ImageSearch,
     tags: list[str],
     vector: np.ndarray | None,
@@ -604,9 +605,8 @@ async def _open_search(
 ) -> Frames:
     """Rank by `vector` (or by the stored vector of `exclude` when None) and send the first
     batch, all in one executor trip."""
-    engine = engine_of(ctx.services)
-    assert engine is not None and engine.model_name is not None
     model = engine.model_name
+    assert model is not None
     viewer = ctx.user.id
     flt = request.filters
 

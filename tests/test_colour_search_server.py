@@ -17,6 +17,7 @@ from models.colours import PaletteColour, best_match
 from repository import colour_queries as cq
 from repository import images as repo
 from repository.database import Database
+from tests.rows import add_users, new_image
 from util.colour_spec import NAMES, ColourQuery, hue_ranges, parse_colour
 
 
@@ -40,26 +41,17 @@ def _palette(rng: np.random.Generator) -> list[repo.ColourRecord]:
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Database, dict[int, list]]:
     db = Database(Path(tmp_path_factory.mktemp("colour-store")) / "vitrine.db")
     conn = db.conn
-    conn.execute("INSERT INTO users (name, password_hash, created_at) VALUES ('a', 'x', 0)")
-    conn.execute("INSERT INTO users (name, password_hash, created_at) VALUES ('b', 'x', 0)")
+    add_users(conn, "a", "b")
     rng = np.random.default_rng(11)
     palettes: dict[int, list] = {}
     for k in range(1500):
         palette = _palette(rng)
-        new = repo.NewImage(
+        new = new_image(
+            k,
             owner_id=1 + k % 2,
-            blob=f"b{k}",
-            thumb_blob=f"t{k}",
-            filename="",
-            title="",
-            description="",
             price_cents=100 * (k % 7),
             quantity=k % 3,
             private=k % 5 == 0,
-            format="JPEG",
-            width=1,
-            height=1,
-            byte_size=1,
             tags=["even"] if k % 2 == 0 else [],
             palette=palette,
         )

@@ -19,6 +19,7 @@ from repository import colour_queries as cq
 from repository import images as repo
 from repository.colour_table import ColourTable
 from repository.database import Database
+from tests.rows import add_users, new_image
 from util.colour_spec import NAMES, LSBox, hue_ranges, parse_colour
 
 TAGS = ["a", "b", "c"]
@@ -44,20 +45,12 @@ def _palette(rng: np.random.Generator) -> list[repo.ColourRecord]:
 def _add_images(conn: object, rng: np.random.Generator, count: int, start: int) -> list[int]:
     ids = []
     for k in range(start, start + count):
-        new = repo.NewImage(
+        new = new_image(
+            k,
             owner_id=1 + k % 2,
-            blob=f"b{k}",
-            thumb_blob=f"t{k}",
-            filename="",
-            title="",
-            description="",
             price_cents=100 * int(rng.integers(0, 8)),
             quantity=int(rng.integers(0, 3)),
             private=bool(rng.random() < 0.2),
-            format="JPEG",
-            width=1,
-            height=1,
-            byte_size=1,
             tags=[t for t in TAGS if rng.random() < 0.5],
             palette=_palette(rng),
         )
@@ -69,8 +62,7 @@ def _add_images(conn: object, rng: np.random.Generator, count: int, start: int) 
 def store(tmp_path: Path) -> Database:
     db = Database(tmp_path / "vitrine.db")
     conn = db.conn
-    conn.execute("INSERT INTO users (name, password_hash, created_at) VALUES ('a', 'x', 0)")
-    conn.execute("INSERT INTO users (name, password_hash, created_at) VALUES ('b', 'x', 0)")
+    add_users(conn, "a", "b")
     rng = np.random.default_rng(5)
     ids = _add_images(conn, rng, 1200, 0)
     for image_id in ids[::13]:
@@ -136,23 +128,7 @@ def test_ties_order_by_newest_image(store: Database) -> None:
     for k in range(5):  # identical palettes: equal scores
         repo.insert_image(
             conn,
-            repo.NewImage(
-                owner_id=1,
-                blob=f"tie{k}",
-                thumb_blob=f"tt{k}",
-                filename="",
-                title="",
-                description="",
-                price_cents=0,
-                quantity=1,
-                private=False,
-                format="JPEG",
-                width=1,
-                height=1,
-                byte_size=1,
-                tags=[],
-                palette=palette,
-            ),
+            new_image(k, blob=f"tie{k}", thumb_blob=f"tt{k}", palette=palette),
         )
     table = ColourTable()
     table.build(conn)

@@ -13,6 +13,7 @@ import pytest
 
 from repository import images as repo
 from repository.database import Database
+from tests.rows import add_users, new_image
 
 WORDS = ["red", "dress", "cotton", "wool", "shirt", "blue"]
 
@@ -29,46 +30,25 @@ def reference(conn: object, viewer: int, query: str) -> list[int]:
     return [row[0] for row in conn.execute(sql, params)]  # type: ignore[attr-defined]
 
 
-def _image(k: int, owner: int, private: bool, title: str) -> repo.NewImage:
-    return repo.NewImage(
-        owner_id=owner,
-        blob=f"b{k}",
-        thumb_blob=f"t{k}",
-        filename="",
-        title=title,
-        description="",
-        price_cents=100,
-        quantity=1,
-        private=private,
-        format="JPEG",
-        width=1,
-        height=1,
-        byte_size=1,
-        tags=[],
-        palette=[],
-    )
-
-
 @pytest.fixture()
 def store(tmp_path: Path) -> Database:
     db = Database(tmp_path / "vitrine.db")
     conn = db.conn
-    for name in ("a", "b", "c"):
-        conn.execute(
-            "INSERT INTO users (name, password_hash, created_at) VALUES (?, 'x', 0)", (name,)
-        )
+    add_users(conn, "a", "b", "c")
     rng = np.random.default_rng(3)
     for k in range(1500):
         title = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 5))))
-        new_id = repo.insert_image(conn, _image(k, 1 + k % 3, bool(rng.random() < 0.2), title))
+        image = new_image(k, owner_id=1 + k % 3, private=bool(rng.random() < 0.2), title=title)
+        new_id = repo.insert_image(conn, image)
         if rng.random() < 0.08:
             repo.soft_delete(conn, new_id)
     # The best "zebra" matches (short titles rank first) are private to user 1 and more
     # numerous than a first pass reads; user 2's visible ones rank below them.
     for k in range(1500, 2400):
-        repo.insert_image(conn, _image(k, 1, True, "zebra"))
+        repo.insert_image(conn, new_image(k, owner_id=1, private=True, title="zebra"))
     for k in range(2400, 2700):
-        repo.insert_image(conn, _image(k, 2, False, "zebra zebra stripes on a long title"))
+        title = "zebra zebra stripes on a long title"
+        repo.insert_image(conn, new_image(k, owner_id=2, title=title))
     return db
 
 
