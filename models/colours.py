@@ -267,31 +267,38 @@ def _box3(grid: np.ndarray) -> np.ndarray:
     return g[:, :, :-2] + g[:, :, 1:-1] + g[:, :, 2:]
 
 
-def _spread_rows(reached: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Extend `reached` to every horizontal run of `mask` pixels that it touches."""
-    h, w = mask.shape
+def _run_labels(mask: np.ndarray) -> np.ndarray:
+    """Number every horizontal run of `mask` pixels from 1 (0 outside the mask), flat."""
     start = mask.copy()
     start[:, 1:] &= ~mask[:, :-1]
-    run = np.cumsum(start.ravel()).reshape(h, w)  # run number of each mask pixel
-    hit = np.zeros(int(run[-1, -1]) + 1, dtype=bool)
-    hit[run[reached & mask]] = True
-    return hit[run] & mask
+    return np.cumsum(start.ravel()) * mask.ravel()
 
 
 def _grow(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Pixels of `mask` 4-connected to `seed` through `mask`.
+    """Pixels of `mask` 4-connected to `seed` through `mask`, flat.
 
     Whole runs are filled at once, alternately along rows and columns, so it takes as many
     passes as the paths have turns, not as many as they have pixels (a flood fill in Python
-    would cost milliseconds).
+    would cost milliseconds). The runs are numbered once; a pass is then two gathers.
     """
-    cur = seed & mask
+    h, w = mask.shape
+    rows = _run_labels(mask)
+    cols = np.ascontiguousarray(_run_labels(np.ascontiguousarray(mask.T)).reshape(w, h).T).ravel()
+    row_hit = np.zeros(int(rows.max()) + 1, dtype=bool)
+    col_hit = np.zeros(int(cols.max()) + 1, dtype=bool)
+    cur = (seed & mask).ravel()
+    reached = np.count_nonzero(cur)
     while True:
-        nxt = _spread_rows(cur, mask)
-        nxt = _spread_rows(nxt.T, mask.T).T
-        if np.array_equal(nxt, cur):
+        row_hit[rows[cur]] = True
+        row_hit[0] = False
+        cur = row_hit[rows]
+        col_hit[cols[cur]] = True
+        col_hit[0] = False
+        cur = col_hit[cols]
+        now = np.count_nonzero(cur)  # growth only adds pixels: same count, same set
+        if now == reached:
             return cur
-        cur = nxt
+        reached = now
 
 
 def backdrop_mask(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
@@ -319,7 +326,7 @@ def backdrop_mask(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
     like = support[cell] >= BD_SUPPORT * ring_n
     if not like.any():
         return None
-    back = _grow(ring, like.reshape(shape)).ravel()
+    back = _grow(ring, like.reshape(shape))
     n = np.count_nonzero(back)
     if n > BD_MAX * back.size or np.count_nonzero(back[flat_ring]) < BD_RING_COVER * ring_n:
         return None
@@ -354,41 +361,55 @@ def _segment(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return best, smooth
 
 
+def _mean_hue(arc: list[float]) -> float:
+    h, _, _ = colorsys.rgb_to_hls(arc[1] / arc[0], arc[2] / arc[0], arc[3] / arc[0])
+    return h * 360.0
+
+
+def _valley(smooth: np.ndarray, lo: int, hi: int) -> float:
+    """Lowest smoothed value on the way from hue bin `lo` up to `hi` (wrapping past 359)."""
+    if hi >= lo:
+        return float(smooth[lo : hi + 1].min())
+    return float(min(smooth[lo:].min(), smooth[: hi + 1].min()))
+
+
 def _merge(arcs: list[list[float]], smooth: np.ndarray, peaks: list[int]) -> list[list[float]]:
     """Merge neighbouring clusters that are one colour: close mean hues or a shallow valley.
 
     Each arc is [count, sum_r, sum_g, sum_b]; arcs and their peak bins are in hue order.
+    Mean hues and the valleys between neighbours are kept up to date as arcs merge (a valley
+    to a merged arc is the lower of the two it now spans), so one round is a pass over the
+    neighbours, not a scan of the histogram per pair: photos with many small hue peaks made
+    this the costliest step of extraction.
     """
-
-    def mean_hue(a: list[float]) -> float:
-        h, _, _ = colorsys.rgb_to_hls(a[1] / a[0], a[2] / a[0], a[3] / a[0])
-        return h * 360.0
-
-    def valley(i: int, j: int) -> float:
-        # lowest smoothed value on the way from peak i to peak j (going up in hue)
-        lo, hi = peaks[i], peaks[j]
-        idx = np.arange(lo, hi + 1) if hi >= lo else np.r_[lo:360, 0 : hi + 1]
-        return float(smooth[idx].min())
-
+    hues = [_mean_hue(a) for a in arcs]
+    heights = [float(smooth[p]) for p in peaks]
+    # gaps[k]: the valley between arc k and its neighbour up in hue, arc k + 1 (circularly)
+    gaps = [_valley(smooth, peaks[k], peaks[(k + 1) % len(peaks)]) for k in range(len(peaks))]
     while len(arcs) > 1:
-        best, best_k = None, -1
         n = len(arcs)
+        best, best_k = None, -1
         for k in range(n):
-            i, j = k, (k + 1) % n
-            d = hue_distance(mean_hue(arcs[i]), mean_hue(arcs[j]))
-            shallow = valley(i, j) > VALLEY_RATIO * min(smooth[peaks[i]], smooth[peaks[j]])
-            if (d < MERGE_DEGREES or shallow) and (best is None or d < best):
+            j = (k + 1) % n
+            d = hue_distance(hues[k], hues[j])
+            if (best is None or d < best) and (
+                d < MERGE_DEGREES or gaps[k] > VALLEY_RATIO * min(heights[k], heights[j])
+            ):
                 best, best_k = d, k
         if best is None:
             break
-        i, j = best_k, (best_k + 1) % n
-        merged = [arcs[i][m] + arcs[j][m] for m in range(4)]
-        # keep the higher peak as the cluster's peak
-        keep = i if smooth[peaks[i]] >= smooth[peaks[j]] else j
-        arcs[i] = merged
-        peaks[i] = peaks[keep]
-        del arcs[j]
-        del peaks[j]
+        i, j, left = best_k, (best_k + 1) % n, (best_k - 1) % n
+        keep_i = heights[i] >= heights[j]  # the higher peak stays the cluster's peak
+        # the merged arc spans both: its valleys reach from its kept peak across the other
+        left_gap = gaps[left] if keep_i else min(gaps[left], gaps[i])
+        right_gap = min(gaps[i], gaps[j]) if keep_i else gaps[j]
+        arcs[i] = [arcs[i][m] + arcs[j][m] for m in range(4)]
+        hues[i] = _mean_hue(arcs[i])
+        if not keep_i:
+            peaks[i], heights[i] = peaks[j], heights[j]
+        gaps[left], gaps[i] = left_gap, right_gap
+        for values in (arcs, hues, peaks, heights, gaps):
+            del values[j]
     return arcs
 
 
