@@ -45,6 +45,9 @@ DB_FILE = "vitrine.db"
 BLOB_DIR = "blobs"
 BLOB_KEY_FILE = "blob.key"
 LOCK_FILE = "server.lock"
+#: Threads for durable blob writes (Services.run_io): they wait on fsync, not on a core, and
+#: concurrent fsyncs share journal commits.
+IO_WORKERS = 4
 
 
 class DataDirBusy(Exception):
@@ -102,6 +105,7 @@ def open_services(config: ServerConfig) -> Services:
             max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="vitrine-work"
         ),
         quick_executor=ThreadPoolExecutor(max_workers=2, thread_name_prefix="vitrine-quick"),
+        io_executor=ThreadPoolExecutor(max_workers=IO_WORKERS, thread_name_prefix="vitrine-io"),
         blobs=blobs,
     )
     services.extras["data_dir_lock"] = lock_fd
@@ -177,8 +181,9 @@ async def serve(
             await asyncio.to_thread(similarity.stop, services)  # saves the vector index
         await asyncio.to_thread(colour_search.stop, services)
         services.executor.shutdown(wait=True, cancel_futures=True)
-        if services.quick_executor is not None:
-            services.quick_executor.shutdown(wait=True, cancel_futures=True)
+        for pool in (services.quick_executor, services.io_executor):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         services.db.close()
         os.close(services.extras.pop("data_dir_lock"))
         announce("Vitrine server stopped")

@@ -80,7 +80,7 @@ from repository.embeddings import (
     visible_vector,
 )
 from service.context import RequestContext, Services
-from service.ingest import Prepared, rejection_error
+from service.ingest import Analyser, Prepared, rejection_error
 from service.listings import Ranked, checked_filter_tags, open_ranked
 from service.registry import Frames, route
 from util import config as cfg
@@ -481,15 +481,30 @@ def stop(services: Services) -> None:
         engine.stop()
 
 
-async def embed_upload(services: Services, prepared: Prepared) -> None:
-    """Upload analyser: the embedding of the already decoded picture, batched across uploads."""
+async def _model_ready(services: Services) -> bool:
+    """Whether uploads get an embedding now; waits (bounded) for a model that is loading, and
+    when there is none they are stored without one: the backfill computes it later."""
     engine = engine_of(services)
-    if engine is None or not await engine.wait_model(UPLOAD_WAIT_S):
-        return  # stored without one; the backfill computes it once a model is there
-    assert engine.batcher is not None and engine.model_name is not None
-    model_input = await services.run(prepare_input, prepared.decoded.image)
-    vector = await engine.batcher.embed_async(model_input)
+    return engine is not None and await engine.wait_model(UPLOAD_WAIT_S)
+
+
+def _start_embedding(
+    services: Services, prepared: Prepared
+) -> concurrent.futures.Future[np.ndarray]:
+    """In the decoding worker: the model input from the same pixels, queued for the batcher."""
+    engine = engine_of(services)
+    assert engine is not None and engine.batcher is not None
+    return engine.batcher.submit(prepare_input(prepared.decoded.image))
+
+
+def _keep_embedding(services: Services, prepared: Prepared, vector: np.ndarray) -> None:
+    engine = engine_of(services)
+    assert engine is not None and engine.model_name is not None
     prepared.embedding = (engine.model_name, vector_bytes(vector))
+
+
+#: Upload analyser: the embedding of the already decoded picture, batched across uploads.
+embed_upload = Analyser(ready=_model_ready, start=_start_embedding, finish=_keep_embedding)
 
 
 async def index_stored(services: Services, image_id: int, new: repo.NewImage) -> None:
