@@ -44,6 +44,22 @@ CHROMA_MIN = 0.12
 LIGHTNESS_MIN = 0.08
 LIGHTNESS_MAX = 0.94
 
+# A faint tint is a colour too where light cannot have made it: pixels with chroma from
+# FAINT_CHROMA up to CHROMA_MIN count when they are at least FAINT_MIN_SHARE of the picture,
+# their hues agree (mean resultant length >= FAINT_COHERENCE) and their mean hue is in
+# FAINT_HUES, the greens (a sage or mint garment, pale produce). Light tints whites and greys
+# along the warm-cool line: orange to yellow (15-65: shop light, a cream wall) and blue (shade,
+# overcast; navy and blue-grey garments under warm light also spread faint pixels over
+# 185-255 on real photos); those stay grey. At the reds the names are split by lightness and
+# saturation along lines drawn for chroma >= CHROMA_MIN, so a faint red (leather, a dusty
+# pink) would be misnamed red or magenta. The pixels within FAINT_SPREAD degrees of the mean
+# hue join the chromatic ones. docs/colours.md has the measurements.
+FAINT_CHROMA = 0.06
+FAINT_MIN_SHARE = 0.15
+FAINT_COHERENCE = 0.8
+FAINT_SPREAD = 45.0
+FAINT_HUES = ((75.0, 170.0),)
+
 MAX_COLOURS = 4
 # Clusters smaller than this share of the whole picture are noise, edges and JPEG fringes.
 MIN_CLUSTER_SHARE = 0.02
@@ -333,19 +349,43 @@ def backdrop_mask(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
     return back
 
 
-def _chromatic_hues(px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The chromatic pixels (planar) and their hues in degrees (the rule is at the top)."""
-    mx, mn = _max_min(px)
-    chroma = mx - mn
-    mask = _chromatic_mask(mx, mn)
-    cpx = px[:, mask]
-    r, g, b = cpx
-    mx = mx[mask]
-    c = chroma[mask]
-    hue = np.where(mx == r, (g - b) / c, np.where(mx == g, (b - r) / c + 2.0, (r - g) / c + 4.0))
+def _hues(px: np.ndarray, mx: np.ndarray, chroma: np.ndarray) -> np.ndarray:
+    """HLS hues in degrees of planar pixels with their max and chroma (chroma > 0)."""
+    r, g, b = px
+    hue = np.where(
+        mx == r, (g - b) / chroma, np.where(mx == g, (b - r) / chroma + 2.0, (r - g) / chroma + 4.0)
+    )
     hue *= 60.0
     hue %= 360.0
-    return cpx, hue
+    return hue
+
+
+def _faint_hue(hue: float) -> bool:
+    return any(lo <= hue <= hi for lo, hi in FAINT_HUES)
+
+
+def _chromatic_hues(px: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """The chromatic pixels (planar) and their hues in degrees (the rule is at the top), with
+    the pixels of a faint tint when they make one (see FAINT_CHROMA). `total` is the number of
+    pixels of the whole picture, backdrop included."""
+    mx, mn = _max_min(px)
+    chroma = mx - mn
+    light2 = mx + mn
+    lit = (light2 >= 2.0 * LIGHTNESS_MIN) & (light2 <= 2.0 * LIGHTNESS_MAX)
+    mask = lit & (chroma >= CHROMA_MIN)
+    faint = lit & (chroma >= FAINT_CHROMA) & ~mask
+    if np.count_nonzero(faint) >= FAINT_MIN_SHARE * total:
+        hue = _hues(px[:, faint], mx[faint], chroma[faint])
+        rad = np.radians(hue)
+        x, y = float(np.cos(rad).mean()), float(np.sin(rad).mean())
+        mean = np.degrees(np.arctan2(y, x)) % 360.0
+        if np.hypot(x, y) >= FAINT_COHERENCE and _faint_hue(mean):
+            d = np.abs(hue - mean)
+            near = np.minimum(d, 360.0 - d) <= FAINT_SPREAD
+            faint[faint] = near
+            mask |= faint
+    cpx = px[:, mask]
+    return cpx, _hues(cpx, mx[mask], chroma[mask])
 
 
 def _segment(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -439,7 +479,7 @@ def extract_palette(
         back = backdrop_mask(px, shape)
         if back is not None:
             px = px[:, ~back]  # not colours; still counted in `total`, like whites
-    cpx, hue = _chromatic_hues(px)
+    cpx, hue = _chromatic_hues(px, total)
     if len(hue) < MIN_CLUSTER_SHARE * total:
         return []
     hbin = hue.astype(np.int64) % 360

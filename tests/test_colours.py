@@ -15,6 +15,7 @@ from PIL import Image
 
 from models.colours import (
     CHROMA_MIN,
+    FAINT_CHROMA,
     WB_CAST_HUES,
     WB_MAX_SAT,
     WB_MIN_LIGHTNESS,
@@ -116,6 +117,46 @@ def test_grey_ramp_with_slight_tints_has_no_colours() -> None:
 def test_near_white_and_near_black_are_not_colours() -> None:
     img = split([((250, 250, 255), 0.5), ((12, 8, 18), 0.5)])
     assert extract_palette(img) == []
+
+
+def _faint_garment(hue: float, chroma: float, lightness: float = 0.6) -> np.ndarray:
+    """A garment of a faint colour (chroma under CHROMA_MIN) filling the middle of a white
+    picture, shaded a little, as an (h, w, 3) array."""
+    w, h = SIZE
+    r, g, b = colorsys.hls_to_rgb(hue / 360.0, lightness, chroma / (1 - abs(2 * lightness - 1)))
+    a = np.full((h, w, 3), 245.0)
+    shade = np.linspace(0.92, 1.05, w)[None, 60:200, None]
+    a[40:160, 60:200] = np.array([r, g, b]) * 255.0 * shade
+    return a
+
+
+def test_faint_green_garment_is_a_colour() -> None:
+    # a sage or mint garment: chroma ~0.08, under CHROMA_MIN, but coherent and not a tint light
+    # gives to a white or grey
+    a = _faint_garment(140.0, 0.085)
+    palette = extract_palette(_noisy(a))
+    assert palette, "a coherent faint green is a colour"
+    assert hue_distance(palette[0].hue, 140.0) <= 6.0
+    assert abs(palette[0].share - 120 * 140 / (SIZE[0] * SIZE[1])) <= SHARE_TOL
+    assert FAINT_CHROMA * 0.9 <= palette[0].chroma < CHROMA_MIN
+
+
+@pytest.mark.parametrize("hue", [35.0, 220.0, 0.0, 330.0])
+def test_faint_warm_cool_or_red_tints_stay_grey(hue: float) -> None:
+    # a white shirt under shop light (35), a grey one in shade (220): what light does to
+    # neutrals; a faint red or mauve would be misnamed by the red/magenta lines
+    assert extract_palette(_noisy(_faint_garment(hue, 0.085)), white_balance=False) == []
+
+
+def test_scattered_faint_pixels_stay_grey() -> None:
+    # faint pixels of every hue (JPEG noise, a heather knit) are no colour
+    rng = np.random.default_rng(7)
+    w, h = SIZE
+    hues = rng.uniform(0, 360, (h, w))
+    rgb = np.stack(
+        [np.array(colorsys.hls_to_rgb(x / 360.0, 0.6, 0.1)) for x in hues.ravel()]
+    ).reshape(h, w, 3)
+    assert extract_palette(Image.fromarray((rgb * 255).round().astype(np.uint8))) == []
 
 
 def test_at_most_max_colours_largest_first() -> None:
