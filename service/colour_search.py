@@ -86,10 +86,12 @@ def stop(services: Services, timeout: float = 20.0) -> None:
         builder.join(timeout)
 
 
-async def _table_stored(services: Services, image_id: int, new: repo.NewImage) -> None:
+def _table_stored(
+    services: Services, conn: sqlite3.Connection, image_id: int, new: repo.NewImage
+) -> None:
     table: ColourTable | None = services.extras.get(_EXTRA)
     if table is not None:
-        await services.db_call(table.add, [image_id])
+        table.add(conn, [image_id])
 
 
 async def _table_deleted(services: Services, image_id: int) -> None:

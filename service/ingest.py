@@ -12,11 +12,12 @@ costs a keyed hash and one indexed lookup per file (no decoding at all):
    make the colour palette while those run;
 3. wait for those (the blobs are durable: each fsynced, renamed);
 4. commit row + tags + FTS + colours + embedding in one transaction;
-5. run the post-commit hooks (`Services.on_stored`: the vector index adds the new vector).
+5. in the same trip, run the post-commit hooks (`Services.on_stored`: the vector index and the
+   colour table add the new image).
 
 Every hop between the event loop and a thread costs context switches and GIL hand-offs. During
 a bulk upload on two cores they were a visible share of the server's CPU, so a new upload makes
-three trips to the executor (lookup, prepare, insert) rather than the six it used to.
+three trips to the executor (lookup, prepare, insert) rather than the eight it used to.
 
 A SIGKILL between 2 and 4 leaves blobs no row names; the start-up sweep removes them, and
 re-running the upload writes them again (a no-op for blobs already there) and commits.
@@ -211,15 +212,21 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
         new.palette = prepared.palette
         new.embedding = prepared.embedding
     try:
-        image_id = await services.db_call(repo.insert_image, new)
+        image_id = await services.db_call(_insert_and_announce, services, new)
     except repo.DuplicateImage as dup:
         return dup.image_id, False
+    return image_id, True
+
+
+def _insert_and_announce(conn: sqlite3.Connection, services: Services, new: repo.NewImage) -> int:
+    """Commit the row, then run the post-commit hooks in the same worker (`StoredHook`)."""
+    image_id = repo.insert_image(conn, new)
     for hook in services.on_stored:
         try:
-            await hook(services, image_id, new)
+            hook(services, conn, image_id, new)
         except Exception:  # the row is committed: a failing index update must not undo it
             log.exception("post-upload hook %r failed for image %d", hook, image_id)
-    return image_id, True
+    return image_id
 
 
 def _name_and_look_up(

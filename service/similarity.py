@@ -507,7 +507,9 @@ def _keep_embedding(services: Services, prepared: Prepared, vector: np.ndarray) 
 embed_upload = Analyser(ready=_model_ready, start=_start_embedding, finish=_keep_embedding)
 
 
-async def index_stored(services: Services, image_id: int, new: repo.NewImage) -> None:
+def index_stored(
+    services: Services, conn: sqlite3.Connection, image_id: int, new: repo.NewImage
+) -> None:
     """After an upload's row committed: index its vector, or have the backfill make one."""
     engine = engine_of(services)
     if engine is None or engine.model_name is None:
@@ -516,14 +518,12 @@ async def index_stored(services: Services, image_id: int, new: repo.NewImage) ->
     if new.embedding is not None and new.embedding[0] == engine.model_name:
         vector = vector_from(new.embedding[1])
     elif new.copy_analysis_from is not None:
-        _, vector, _ = await services.db_call(
-            visible_vector, new.owner_id, image_id, engine.model_name
-        )
+        _, vector, _ = visible_vector(conn, new.owner_id, image_id, engine.model_name)
     if vector is None:
         if engine.batcher is not None:
             engine.wake_backfill()
         return
-    await services.run(engine.add_live, [image_id], vector[None, :])
+    engine.add_live([image_id], vector[None, :])
 
 
 async def unindex_deleted(services: Services, image_id: int) -> None:
