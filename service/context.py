@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 #: Called after an upload's row (and embedding) committed, with the new id: e.g. to index it.
 #: It runs in the worker thread that committed, with that thread's connection, in the same trip
-#: to the executor (two more trips per upload were a measurable share of bulk ingest's CPU);
-#: so it must be quick, and must not await anything.
+#: to the executor (not two more thread hand-offs per upload); so it must be quick, and must
+#: not await anything.
 StoredHook = Callable[["Services", sqlite3.Connection, int, "NewImage"], None]
 #: Called after an image was (soft) deleted, with its id: e.g. to drop it from an index.
 DeletedHook = Callable[["Services", int], Awaitable[None]]
@@ -80,23 +80,14 @@ class Services:
     #: A small pool of its own for short transactional work (checkout, reading a few images),
     #: so it does not queue behind searches in `executor`; see `quick_db_call`.
     quick_executor: ThreadPoolExecutor | None = None
-    #: Threads that mostly wait on the disk (fsync of blob files and their directories); see
-    #: `run_io`.
+    #: Threads that mostly wait on the disk: each new upload fsyncs two blob files and their
+    #: directories, and in `executor` those waits held one of the two workers a third of the
+    #: time during bulk ingest. A thread waiting in fsync holds neither the GIL nor a core.
     io_executor: ThreadPoolExecutor | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking work (SQLite, hashing, decoding) off the event loop."""
         return await _in_pool(self.executor, functools.partial(fn, *args, **kwargs))
-
-    async def run_io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run blocking work that mostly waits on the disk, such as durable blob writes.
-
-        Each new upload fsyncs two files and their directories. In `executor` those waits held
-        one of the two workers a third of the time during bulk ingest, so decoding queued
-        behind the disk; a thread waiting in fsync holds neither the GIL nor a core.
-        """
-        pool = self.io_executor or self.executor
-        return await _in_pool(pool, functools.partial(fn, *args, **kwargs))
 
     async def db_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run `fn(conn, ...)` with the worker thread's own database connection."""

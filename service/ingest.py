@@ -15,9 +15,11 @@ costs a keyed hash and one indexed lookup per file (no decoding at all):
 5. in the same trip, run the post-commit hooks (`Services.on_stored`: the vector index and the
    colour table add the new image).
 
-Every hop between the event loop and a thread costs context switches and GIL hand-offs. During
-a bulk upload on two cores they were a visible share of the server's CPU, so a new upload makes
-three trips to the executor (lookup, prepare, insert) rather than the eight it used to.
+Every hop between the event loop and a thread costs context switches and GIL hand-offs (perf
+put 17% of the server's CPU in the kernel during bulk ingest, much of it switching), so a new
+upload makes three trips to the executor (lookup, prepare, insert) rather than the eight it
+used to. Measured, that alone did not move ingest beyond the run-to-run noise (about 5%):
+docs/architecture.md, "Bulk ingest".
 
 A SIGKILL between 2 and 4 leaves blobs no row names; the start-up sweep removes them, and
 re-running the upload writes them again (a no-op for blobs already there) and commits.
