@@ -9,11 +9,12 @@ its embedding (read from the server's SQLite file, not from the client's word). 
   (decoding overlapped with inference, the fastest way bench_model found); ingest is reported
   as a fraction of it (target >= 0.7);
 * **colour extraction** (target: adds <= 10% to ingest time), measured directly by A/B: half
-  the files ingested into fresh servers with and without `--no-colours`, four runs in the
-  order on, off, off, on; also `extract_palette`'s CPU ms per image on the same thumbnails,
-  measured alone, against ingest wall time and server CPU time per image (these ratios came out
-  lower than the A/B: under load the extraction costs more than alone, as it holds the GIL
-  for much of its small numpy steps);
+  the files ingested into fresh servers with and without `--no-colours`, eight runs in an
+  order that cancels drift (AB_ORDER), with the spread over its four pairs and the server CPU
+  per image the colours add under load; also `extract_palette`'s CPU ms per image on the same
+  thumbnails, measured alone, against ingest wall time and server CPU time per image (these
+  ratios come out lower than the A/B: under load the extraction costs about twice as much as
+  alone, as each of its small numpy steps lets go of the GIL and takes it back);
 * **dedup re-upload**: the same folder again, every file already stored, in MB/s (>= 100).
 
 The model runs first, alone; then the server. The client and the server share the machine's
@@ -213,12 +214,18 @@ def timed_ingest(
     )
 
 
+#: Colours on (True) and off in an order that cancels a linear drift of the machine's speed
+#: (each side's mean position is the same), as four on/off pairs for the spread.
+AB_ORDER = (True, False, False, True, False, True, True, False)
+
+
 def colour_ab(folder: Path, n: int, weights: str | None, model: str | None, home: Path) -> dict:
     """What colour extraction adds to ingest, measured directly: fresh servers with and
-    without `--no-colours`, in the order on, off, off, on so that drift cancels."""
+    without `--no-colours`, in AB_ORDER; also the server CPU per image it adds under load."""
     env = {"VITRINE_WEIGHTS": weights} if weights else {}
     seconds: dict[bool, list[float]] = {True: [], False: []}
-    for run, colours in enumerate((True, False, False, True)):
+    cpu_ms: dict[bool, list[float]] = {True: [], False: []}
+    for run, colours in enumerate(AB_ORDER):
         server = ServerProcess(
             home / f"ab{run}", [] if colours else ["--no-colours"], env=env
         ).start()
@@ -229,14 +236,20 @@ def colour_ab(folder: Path, n: int, weights: str | None, model: str | None, home
             if not done.complete:
                 raise RuntimeError(f"A/B ingest run {run} did not complete: {done.counts}")
             seconds[colours].append(done.seconds)
+            cpu_ms[colours].append(done.server_cpu_ms)
         finally:
             server.stop()
-    on, off = sum(seconds[True]) / 2, sum(seconds[False]) / 2
+    on, off = (sum(seconds[c]) / len(seconds[c]) for c in (True, False))
+    pairs = [a / b - 1 for a, b in zip(seconds[True], seconds[False], strict=True)]
     return {
         "images": n,
         "seconds_with": seconds[True],
         "seconds_without": seconds[False],
         "added_share": (on - off) / off,
+        "added_share_per_pair": pairs,
+        "server_cpu_ms_with": cpu_ms[True],
+        "server_cpu_ms_without": cpu_ms[False],
+        "added_server_cpu_ms": (sum(cpu_ms[True]) - sum(cpu_ms[False])) / len(cpu_ms[True]),
     }
 
 
@@ -290,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.stop()
         ab = None
-        if not args.quick:  # four more ingests: too long for the quick form
+        if not args.quick:  # eight more ingests: too long for the quick form
             half = home / "photos-ab"
             half.mkdir()
             for path in sorted(folder.iterdir())[: n // 2]:
@@ -379,6 +392,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{ab['added_share']:>10.1%}  <= 10%: {verdict(m['colour_le_10pct'])}"
         )
         print(f"  {ab['images']} images per run; with colours {on} s, --no-colours {off} s")
+        spread = ab["added_share_per_pair"]
+        print(f"  per on/off pair: {min(spread):.1%} to {max(spread):.1%}")
+        print(
+            f"{'colour extraction, server CPU it adds per image (ms)':<52} "
+            f"{ab['added_server_cpu_ms']:>10.2f}  (A/B, under load)"
+        )
     print(
         f"{'colour CPU / ingest wall time per image':<52} "
         f"{report['colour_share_of_ingest_wall']:>10.1%}  (CPU measured alone, not under load)"
