@@ -82,8 +82,6 @@ class Prepared:
     palette: list[repo.ColourRecord] = field(default_factory=list)
     #: Set by an analyser: (model name, float32 vector bytes).
     embedding: tuple[str, bytes] | None = None
-    #: Free room for analysers that need to pass something along.
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
