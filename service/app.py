@@ -47,7 +47,7 @@ BLOB_KEY_FILE = "blob.key"
 LOCK_FILE = "server.lock"
 #: Threads for durable blob writes (Services.io_executor). Two keep the disk busy at 100+
 #: uploads/s (about 2 ms of fsync waits per upload); four cost twice the CPU in GIL and
-#: wake-up traffic during bulk ingest (2.8 against 1.45 ms per upload with one thread).
+#: wake-up traffic during bulk ingest (2.8 against 1.45 ms per upload with one, one run each).
 IO_WORKERS = 2
 
 
