@@ -81,6 +81,16 @@ class _Pending:
     future: Future[Response] | None = None
 
 
+def _serve_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """The I/O thread: run the connection's loop until `close` stops it, then close it here,
+    in its own thread, so its self-pipe is released now rather than whenever (and wherever)
+    the garbage collector gets to it."""
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
 class ServerConnection:
     """One connection to a server, usable from any thread.
 
@@ -124,7 +134,9 @@ class ServerConnection:
         """Run a coroutine on the connection's I/O loop and wait for its result."""
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
-            threading.Thread(target=self._loop.run_forever, name="vitrine-io", daemon=True).start()
+            threading.Thread(
+                target=_serve_loop, args=(self._loop,), name="vitrine-io", daemon=True
+            ).start()
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -3,10 +3,12 @@ lost connections. Every failure is a clear sentence and a non-zero exit, never a
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pexpect
@@ -219,3 +221,27 @@ def test_sigint_and_sigterm_stop_cleanly(tmp_path: Path) -> None:
         process = ServerProcess(tmp_path / sig.name).start()
         assert process.stop(sig) == 0
         assert "stopped" in process.log()
+
+
+def test_closed_connections_release_their_descriptors(
+    shared_server: ServerProcess, tmp_path: Path
+) -> None:
+    """Each connection runs an event loop in a thread of its own; `close` must close that loop
+    (its epoll and self-pipe descriptors) then, not leave it to the garbage collector, which
+    a long scripted session may not run for a while (and which warned about it in tests)."""
+    fds = Path("/proc/self/fd")
+    connections = [shared_server.connect(tmp_path) for _ in range(3)]
+    for connection in connections:
+        connection.close()
+    gc.disable()
+    try:
+        before = len(list(fds.iterdir()))
+        for _ in range(10):
+            connection = shared_server.connect(tmp_path)
+            connection.close()
+        deadline = time.monotonic() + 5
+        while len(list(fds.iterdir())) > before and time.monotonic() < deadline:
+            time.sleep(0.05)  # each I/O thread closes its loop as it ends
+        assert len(list(fds.iterdir())) <= before
+    finally:
+        gc.enable()
