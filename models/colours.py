@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from models.colour_kernels import backdrop_core, classify_pixels, colour_pixels
 from util.colour_spec import ColourQuery, check_min_share, check_tolerance, hue_distance
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "best_match",
     "extract_palette",
     "match_score",
+    "warm_up",
 ]
 
 # --- the achromatic rule (docs/colours.md) -------------------------------------------------
@@ -252,6 +254,7 @@ _XYZ = np.array(
     dtype=np.float32,
 ) / np.array([[0.95047], [1.0], [1.08883]], dtype=np.float32)
 _LAB_BINS = (11, 26, 26)  # L 0..100, a and b -128..127, in BD_CELL steps
+_LAB_BIN_COUNTS = np.array(_LAB_BINS, dtype=np.int64)
 
 
 def _lab(px: np.ndarray) -> np.ndarray:
@@ -274,49 +277,6 @@ def _ring(shape: tuple[int, int]) -> np.ndarray:
     return ring
 
 
-def _box3(grid: np.ndarray) -> np.ndarray:
-    """Sum over each cell and its 26 neighbours (zero outside), one axis at a time."""
-    g = np.zeros(tuple(n + 2 for n in grid.shape), dtype=grid.dtype)
-    g[1:-1, 1:-1, 1:-1] = grid
-    g = g[:-2] + g[1:-1] + g[2:]
-    g = g[:, :-2] + g[:, 1:-1] + g[:, 2:]
-    return g[:, :, :-2] + g[:, :, 1:-1] + g[:, :, 2:]
-
-
-def _run_labels(mask: np.ndarray) -> np.ndarray:
-    """Number every horizontal run of `mask` pixels from 1 (0 outside the mask), flat."""
-    start = mask.copy()
-    start[:, 1:] &= ~mask[:, :-1]
-    return np.cumsum(start.ravel()) * mask.ravel()
-
-
-def _grow(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Pixels of `mask` 4-connected to `seed` through `mask`, flat.
-
-    Whole runs are filled at once, alternately along rows and columns, so it takes as many
-    passes as the paths have turns, not as many as they have pixels (a flood fill in Python
-    would cost milliseconds). The runs are numbered once; a pass is then two gathers.
-    """
-    h, w = mask.shape
-    rows = _run_labels(mask)
-    cols = np.ascontiguousarray(_run_labels(np.ascontiguousarray(mask.T)).reshape(w, h).T).ravel()
-    row_hit = np.zeros(int(rows.max()) + 1, dtype=bool)
-    col_hit = np.zeros(int(cols.max()) + 1, dtype=bool)
-    cur = (seed & mask).ravel()
-    reached = np.count_nonzero(cur)
-    while True:
-        row_hit[rows[cur]] = True
-        row_hit[0] = False
-        cur = row_hit[rows]
-        col_hit[cols[cur]] = True
-        col_hit[0] = False
-        cur = col_hit[cols]
-        now = np.count_nonzero(cur)  # growth only adds pixels: same count, same set
-        if now == reached:
-            return cur
-        reached = now
-
-
 def backdrop_mask(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
     """Flat boolean mask of the pixels that are the photo's backdrop, or None if there is none
     to remove.
@@ -328,25 +288,19 @@ def backdrop_mask(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
     picture there is nothing in front of it: it is a swatch or a close-up, and its colour is
     the answer.
     """
-    lab = _lab(px)
-    idx = np.clip((lab + np.array([[0.0], [128.0], [128.0]], dtype=np.float32)) / BD_CELL, 0, None)
-    li = np.minimum(idx[0].astype(np.int64), _LAB_BINS[0] - 1)
-    ai = np.minimum(idx[1].astype(np.int64), _LAB_BINS[1] - 1)
-    bi = np.minimum(idx[2].astype(np.int64), _LAB_BINS[2] - 1)
-    cell = (li * _LAB_BINS[1] + ai) * _LAB_BINS[2] + bi
-    ring = _ring(shape)
-    flat_ring = ring.ravel()
-    counts = np.bincount(cell[flat_ring], minlength=int(np.prod(_LAB_BINS)))
-    support = _box3(counts.reshape(_LAB_BINS)).ravel()
-    ring_n = np.count_nonzero(flat_ring)
-    like = support[cell] >= BD_SUPPORT * ring_n
-    if not like.any():
-        return None
-    back = _grow(ring, like.reshape(shape))
-    n = np.count_nonzero(back)
-    if n > BD_MAX * back.size or np.count_nonzero(back[flat_ring]) < BD_RING_COVER * ring_n:
-        return None
-    return back
+    height, width = shape
+    back = backdrop_core(
+        _lab(px),
+        height,
+        width,
+        _ring(shape).ravel(),
+        _LAB_BIN_COUNTS,
+        BD_CELL,
+        BD_SUPPORT,
+        BD_MAX,
+        BD_RING_COVER,
+    )
+    return back if back.any() else None
 
 
 def _hues(px: np.ndarray, mx: np.ndarray, chroma: np.ndarray) -> np.ndarray:
@@ -364,16 +318,22 @@ def _faint_hue(hue: float) -> bool:
     return any(lo <= hue <= hi for lo, hi in FAINT_HUES)
 
 
-def _chromatic_hues(px: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
-    """The chromatic pixels (planar) and their hues in degrees (the rule is at the top), with
-    the pixels of a faint tint when they make one (see FAINT_CHROMA). `total` is the number of
-    pixels of the whole picture, backdrop included."""
-    mx, mn = _max_min(px)
-    chroma = mx - mn
-    light2 = mx + mn
-    lit = (light2 >= 2.0 * LIGHTNESS_MIN) & (light2 <= 2.0 * LIGHTNESS_MAX)
-    mask = lit & (chroma >= CHROMA_MIN)
-    faint = lit & (chroma >= FAINT_CHROMA) & ~mask
+# The rule's thresholds as float32: how numpy compares the float32 pixels with them, and so
+# how the compiled classify_pixels must.
+_RULE_F32 = (
+    np.float32(CHROMA_MIN),
+    np.float32(FAINT_CHROMA),
+    np.float32(2.0 * LIGHTNESS_MIN),
+    np.float32(2.0 * LIGHTNESS_MAX),
+)
+
+
+def _chromatic_pixels(px: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """The chromatic pixels (planar) and their 1-degree hue bins (the rule is at the top),
+    with the pixels of a faint tint when they make one (see FAINT_CHROMA). `total` is the
+    number of pixels of the whole picture, backdrop included."""
+    mx, chroma, kind = classify_pixels(px, *_RULE_F32)
+    faint = kind == 2
     if np.count_nonzero(faint) >= FAINT_MIN_SHARE * total:
         hue = _hues(px[:, faint], mx[faint], chroma[faint])
         rad = np.radians(hue)
@@ -383,9 +343,8 @@ def _chromatic_hues(px: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]
             d = np.abs(hue - mean)
             near = np.minimum(d, 360.0 - d) <= FAINT_SPREAD
             faint[faint] = near
-            mask |= faint
-    cpx = px[:, mask]
-    return cpx, _hues(cpx, mx[mask], chroma[mask])
+            kind[faint] = 1
+    return colour_pixels(px, mx, chroma, kind)
 
 
 def _segment(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -479,10 +438,9 @@ def extract_palette(
         back = backdrop_mask(px, shape)
         if back is not None:
             px = px[:, ~back]  # not colours; still counted in `total`, like whites
-    cpx, hue = _chromatic_hues(px, total)
-    if len(hue) < MIN_CLUSTER_SHARE * total:
+    cpx, hbin = _chromatic_pixels(px, total)
+    if len(hbin) < MIN_CLUSTER_SHARE * total:
         return []
-    hbin = hue.astype(np.int64) % 360
     hist = np.bincount(hbin, minlength=360).astype(np.float64)
     label, smooth = _segment(hist)
     plabel = label[hbin]
@@ -511,6 +469,15 @@ def extract_palette(
         )
     out.sort(key=lambda c: (-c.share, c.hue))
     return out[:max_colours]
+
+
+def warm_up() -> None:
+    """Load (or, the first time on a machine, compile: about 2 s) the compiled kernels, on
+    pictures that take every path through them, so the first upload does not wait for it."""
+    warm = Image.new("RGB", (64, 48), (236, 226, 205))  # a warm white backdrop ...
+    warm.paste((190, 40, 30), (16, 12, 48, 36))  # ... behind a red product
+    for picture in (warm, Image.new("RGB", (32, 32), (40, 90, 200))):
+        extract_palette(picture)
 
 
 def match_score(

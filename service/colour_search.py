@@ -21,6 +21,7 @@ import logging
 import sqlite3
 import threading
 
+from models.colours import warm_up
 from protocol.catalog import Colour, ColourSearch
 from protocol.errors import ErrorCode, VitrineError
 from repository import colour_queries as colours_repo
@@ -65,13 +66,19 @@ def colour_table(services: Services) -> ColourTable:
 def start(services: Services) -> None:
     """Build the colour table in the background right after start-up, so the first colour
     search does not pay for it (0.35 s at 100,000 images); searches before it is ready wait
-    for this one build."""
+    for this one build. The same thread readies colour extraction's compiled kernels, so the
+    first upload does not pay for them either."""
 
     def build() -> None:
         try:
             colour_table(services).ensure_built(services.db.conn)
         except Exception:
             log.exception("building the colour table failed; the first colour search retries")
+        if services.config.colours:
+            try:
+                warm_up()
+            except Exception:  # the first upload compiles them instead
+                log.exception("readying the colour kernels failed")
 
     builder = threading.Thread(target=build, name="vitrine-colour-table", daemon=True)
     services.extras[_BUILDER] = builder

@@ -1,0 +1,170 @@
+"""The per-pixel inner loops of colour extraction, compiled (numba, `nogil`).
+
+Why compiled: `models.colours` runs at every upload, inside a server whose event loop, executor
+workers and embedding batcher all want the GIL. Written as numpy, backdrop suppression alone
+was some sixty array operations on a 64-pixel picture; each one let go of the GIL and took it
+back, and under a bulk upload every hand-off was a context switch, so extraction cost about
+twice its CPU measured alone (docs/colours.md, "Speed"). A compiled loop makes one call that
+holds nothing: no hand-offs, and the arithmetic is done once per pixel rather than once per
+array pass.
+
+Each kernel computes exactly what its numpy counterpart in `models.colours` computes, in the
+same float32 arithmetic; the module docstrings there explain the rules. `cache=True` keeps the
+machine code under `__pycache__`, so only the first process on a machine compiles (~2 s).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_F = np.float32
+
+
+@njit(nogil=True, cache=True)
+def backdrop_core(
+    lab: np.ndarray,
+    height: int,
+    width: int,
+    ring: np.ndarray,
+    lab_bins: np.ndarray,
+    cell_size: float,
+    support_share: float,
+    max_share: float,
+    ring_cover: float,
+) -> np.ndarray:  # pragma: no cover - compiled; tested through models.colours
+    """`models.colours.backdrop_mask` after the Lab conversion (which stays in numpy: its
+    vectorised pow and cbrt are faster than compiled scalar ones, and round differently): a
+    flat boolean mask, all False when there is no backdrop to remove."""
+    n = height * width
+    nl, na, nb = lab_bins[0], lab_bins[1], lab_bins[2]
+    cells = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        lab_l, lab_a, lab_b = lab[0, i], lab[1, i], lab[2, i]
+        li = min(int(max((lab_l + _F(0.0)) / _F(cell_size), _F(0.0))), nl - 1)
+        ai = min(int(max((lab_a + _F(128.0)) / _F(cell_size), _F(0.0))), na - 1)
+        bi = min(int(max((lab_b + _F(128.0)) / _F(cell_size), _F(0.0))), nb - 1)
+        cells[i] = (li * na + ai) * nb + bi
+    counts = np.zeros((nl + 2, na + 2, nb + 2), dtype=np.int64)
+    ring_n = 0
+    for i in range(n):
+        if ring[i]:
+            ring_n += 1
+            c = cells[i]
+            counts[c // (na * nb) + 1, (c // nb) % na + 1, c % nb + 1] += 1
+    like = np.zeros(n, dtype=np.bool_)
+    any_like = False
+    threshold = support_share * ring_n
+    support = np.full(nl * na * nb, -1, dtype=np.int64)  # per cell, summed when first met
+    for i in range(n):
+        c = cells[i]
+        if support[c] < 0:
+            x, y, z = c // (na * nb) + 1, (c // nb) % na + 1, c % nb + 1
+            s = 0
+            for dx in range(-1, 2):
+                for dy in range(-1, 2):
+                    for dz in range(-1, 2):
+                        s += counts[x + dx, y + dy, z + dz]
+            support[c] = s
+        if support[c] >= threshold:
+            like[i] = True
+            any_like = True
+    back = np.zeros(n, dtype=np.bool_)
+    if not any_like:
+        return back
+    stack = np.empty(n, dtype=np.int64)
+    top = 0
+    for i in range(n):
+        if ring[i] and like[i]:
+            back[i] = True
+            stack[top] = i
+            top += 1
+    while top > 0:
+        top -= 1
+        i = stack[top]
+        row, col = i // width, i % width
+        for j in (
+            i - width if row > 0 else -1,
+            i + width if row < height - 1 else -1,
+            i - 1 if col > 0 else -1,
+            i + 1 if col < width - 1 else -1,
+        ):
+            if j >= 0 and like[j] and not back[j]:
+                back[j] = True
+                stack[top] = j
+                top += 1
+    found = 0
+    on_ring = 0
+    for i in range(n):
+        if back[i]:
+            found += 1
+            if ring[i]:
+                on_ring += 1
+    if found > max_share * n or on_ring < ring_cover * ring_n:
+        back[:] = False
+    return back
+
+
+@njit(nogil=True, cache=True)
+def classify_pixels(
+    px: np.ndarray,
+    chroma_min: np.float32,
+    faint_min: np.float32,
+    light2_min: np.float32,
+    light2_max: np.float32,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """Per pixel: max(r, g, b), chroma, and its kind under the achromatic rule of
+    `models.colours` (0 grey, white or black; 1 a colour; 2 a faint tint, chroma between
+    `faint_min` and `chroma_min`). Thresholds come as float32, compared in float32 as numpy
+    compares a float32 array with a Python float."""
+    n = px.shape[1]
+    mx = np.empty(n, dtype=np.float32)
+    chroma = np.empty(n, dtype=np.float32)
+    kind = np.zeros(n, dtype=np.int8)
+    for i in range(n):
+        r, g, b = px[0, i], px[1, i], px[2, i]
+        hi = max(max(r, g), b)
+        lo = min(min(r, g), b)
+        c = hi - lo
+        light2 = hi + lo
+        mx[i] = hi
+        chroma[i] = c
+        if light2 >= light2_min and light2 <= light2_max:
+            if c >= chroma_min:
+                kind[i] = 1
+            elif c >= faint_min:
+                kind[i] = 2
+    return mx, chroma, kind
+
+
+@njit(nogil=True, cache=True)
+def colour_pixels(
+    px: np.ndarray, mx: np.ndarray, chroma: np.ndarray, kind: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """The pixels of kind 1 (planar) and their 1-degree hue bins: HLS hue, float32 as in
+    `models.colours._hues`, truncated to a bin."""
+    n = 0
+    for i in range(kind.size):
+        if kind[i] == 1:
+            n += 1
+    out = np.empty((3, n), dtype=np.float32)
+    bins = np.empty(n, dtype=np.int64)
+    k = 0
+    for i in range(kind.size):
+        if kind[i] != 1:
+            continue
+        r, g, b = px[0, i], px[1, i], px[2, i]
+        hi, c = mx[i], chroma[i]
+        if hi == r:
+            h = (g - b) / c
+        elif hi == g:
+            h = (b - r) / c + np.float32(2.0)
+        else:
+            h = (r - g) / c + np.float32(4.0)
+        h = h * np.float32(60.0)
+        if h < np.float32(0.0):
+            h = h + np.float32(360.0)
+        out[0, k], out[1, k], out[2, k] = r, g, b
+        bins[k] = int(h) % 360
+        k += 1
+    return out, bins
