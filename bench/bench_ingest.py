@@ -12,9 +12,9 @@ its embedding (read from the server's SQLite file, not from the client's word). 
   the files ingested into fresh servers with and without `--no-colours`, eight runs in an
   order that cancels drift (AB_ORDER), with the spread over its four pairs and the server CPU
   per image the colours add under load; also `extract_palette`'s CPU ms per image on the same
-  thumbnails, measured alone, against ingest wall time and server CPU time per image (these
-  ratios come out lower than the A/B: under load the extraction costs about twice as much as
-  alone, as each of its small numpy steps lets go of the GIL and takes it back);
+  thumbnails, measured alone, against ingest wall time and server CPU time per image (when the
+  extraction was numpy only, these ratios came out at half the A/B: under load each of its
+  small numpy steps let go of the GIL and took it back; docs/colours.md, "Speed");
 * **dedup re-upload**: the same folder again, every file already stored, in MB/s (>= 100).
 
 The model runs first, alone; then the server. The client and the server share the machine's
