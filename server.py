@@ -59,7 +59,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--no-colours",
         action="store_true",
-        help="do not extract dominant colours at upload: saves about 10%% of upload time, and "
+        help="do not extract dominant colours at upload: saves about 5%% of upload time, and "
         "search_by_color then finds no image uploaded meanwhile",
     )
     parser.add_argument(
