@@ -32,6 +32,7 @@ import os
 import re
 import resource
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -165,6 +166,20 @@ class Ingest:
     client_summary: dict
 
 
+def upload_folder(
+    server: ServerProcess, folder: Path, n: int, client_home: Path
+) -> subprocess.CompletedProcess[str]:
+    """`client.py login seller; add_image FOLDER --tags bench`, as a script would run it."""
+    return run_client(
+        server,
+        "login seller",
+        f"add_image {folder} --tags bench",
+        config_dir=client_home,
+        password=PASSWORD,
+        timeout=max(600.0, n),
+    )
+
+
 def timed_ingest(
     server: ServerProcess, folder: Path, n: int, model: str | None, client_home: Path
 ) -> Ingest:
@@ -177,14 +192,7 @@ def timed_ingest(
     cpu0 = cpu_seconds(pid)
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    upload = run_client(
-        server,
-        "login seller",
-        f"add_image {folder} --tags bench",
-        config_dir=client_home,
-        password=PASSWORD,
-        timeout=max(600.0, n),
-    )
+    upload = upload_folder(server, folder, n, client_home)
     client_done = time.perf_counter() - started
     if upload.returncode != 0:
         raise RuntimeError(f"add_image failed:\n{upload.stderr[-3000:]}")
@@ -291,14 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             pid = server.process.pid if server.process else 0
             rss = rss_mib(pid)
 
-            again = run_client(
-                server,
-                "login seller",
-                f"add_image {folder} --tags bench",
-                config_dir=client_home,
-                password=PASSWORD,
-                timeout=max(600.0, n),
-            )
+            again = upload_folder(server, folder, n, client_home)
             dedup = summary_of(again.stdout)
         finally:
             server.stop()

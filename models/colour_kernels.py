@@ -41,7 +41,7 @@ def backdrop_core(
     cells = np.empty(n, dtype=np.int64)
     for i in range(n):
         lab_l, lab_a, lab_b = lab[0, i], lab[1, i], lab[2, i]
-        li = min(int(max((lab_l + _F(0.0)) / _F(cell_size), _F(0.0))), nl - 1)
+        li = min(int(max(lab_l / _F(cell_size), _F(0.0))), nl - 1)
         ai = min(int(max((lab_a + _F(128.0)) / _F(cell_size), _F(0.0))), na - 1)
         bi = min(int(max((lab_b + _F(128.0)) / _F(cell_size), _F(0.0))), nb - 1)
         cells[i] = (li * na + ai) * nb + bi

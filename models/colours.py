@@ -254,8 +254,7 @@ _XYZ = np.array(
     [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]],
     dtype=np.float32,
 ) / np.array([[0.95047], [1.0], [1.08883]], dtype=np.float32)
-_LAB_BINS = (11, 26, 26)  # L 0..100, a and b -128..127, in BD_CELL steps
-_LAB_BIN_COUNTS = np.array(_LAB_BINS, dtype=np.int64)
+_LAB_BINS = np.array([11, 26, 26], dtype=np.int64)  # L 0..100, a and b -128..127, per BD_CELL
 
 
 def _lab(px: np.ndarray) -> np.ndarray:
@@ -295,7 +294,7 @@ def backdrop_mask(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
         height,
         width,
         _ring(shape).ravel(),
-        _LAB_BIN_COUNTS,
+        _LAB_BINS,
         BD_CELL,
         BD_SUPPORT,
         BD_MAX,
