@@ -105,6 +105,24 @@ def backdrop_core(
     return back
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _hue(
+    r: np.float32, g: np.float32, b: np.float32, hi: np.float32, c: np.float32
+) -> np.float32:  # pragma: no cover - compiled
+    """HLS hue in degrees, [0, 360], of one pixel with its max and chroma (c > 0), in float32
+    as `models.colours._hues` computes it."""
+    if hi == r:
+        h = (g - b) / c
+    elif hi == g:
+        h = (b - r) / c + np.float32(2.0)
+    else:
+        h = (r - g) / c + np.float32(4.0)
+    h = h * np.float32(60.0)
+    if h < np.float32(0.0):
+        h = h + np.float32(360.0)
+    return h
+
+
 @njit(nogil=True, cache=True)
 def classify_pixels(
     px: np.ndarray,
@@ -112,11 +130,17 @@ def classify_pixels(
     faint_min: np.float32,
     light2_min: np.float32,
     light2_max: np.float32,
+    dark_min: np.float32,
+    dark_ratio: np.float32,
+    dark_hue_lo: np.float32,
+    dark_hue_hi: np.float32,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
     """Per pixel: max(r, g, b), chroma, and its kind under the achromatic rule of
     `models.colours` (0 grey, white or black; 1 a colour; 2 a faint tint, chroma between
-    `faint_min` and `chroma_min`). Thresholds come as float32, compared in float32 as numpy
-    compares a float32 array with a Python float."""
+    `faint_min` and `chroma_min`). A dark pixel below `chroma_min` is a colour when its chroma
+    is at least `dark_min` and `dark_ratio` of its max and its hue is in
+    [`dark_hue_lo`, `dark_hue_hi`] (the DARK_* rule). Thresholds come as float32, compared in
+    float32 as numpy compares a float32 array with a Python float."""
     n = px.shape[1]
     mx = np.empty(n, dtype=np.float32)
     chroma = np.empty(n, dtype=np.float32)
@@ -130,7 +154,11 @@ def classify_pixels(
         mx[i] = hi
         chroma[i] = c
         if light2 >= light2_min and light2 <= light2_max:
-            if c >= chroma_min:
+            if c >= chroma_min or (
+                c >= dark_min
+                and c >= dark_ratio * hi
+                and dark_hue_lo <= _hue(r, g, b, hi, c) <= dark_hue_hi
+            ):
                 kind[i] = 1
             elif c >= faint_min:
                 kind[i] = 2
@@ -154,17 +182,7 @@ def colour_pixels(
         if kind[i] != 1:
             continue
         r, g, b = px[0, i], px[1, i], px[2, i]
-        hi, c = mx[i], chroma[i]
-        if hi == r:
-            h = (g - b) / c
-        elif hi == g:
-            h = (b - r) / c + np.float32(2.0)
-        else:
-            h = (r - g) / c + np.float32(4.0)
-        h = h * np.float32(60.0)
-        if h < np.float32(0.0):
-            h = h + np.float32(360.0)
         out[0, k], out[1, k], out[2, k] = r, g, b
-        bins[k] = int(h) % 360
+        bins[k] = int(_hue(r, g, b, mx[i], chroma[i])) % 360
         k += 1
     return out, bins

@@ -63,6 +63,17 @@ FAINT_COHERENCE = 0.8
 FAINT_SPREAD = 45.0
 FAINT_HUES = ((75.0, 170.0),)
 
+# Dark colours: C <= 2L, so a navy or an aubergine has little chroma however deep its colour;
+# (30, 35, 60) has C 0.118 and looks plainly blue. A dark pixel with chroma from DARK_CHROMA up
+# to CHROMA_MIN is a colour when that chroma is at least DARK_RATIO of its max (HSV saturation:
+# only pixels with max <= CHROMA_MIN / DARK_RATIO = 0.3 can qualify) and its hue is in
+# DARK_HUES, greens through blues and purples. The warm side stays out: warm light, wood,
+# leather and skin put faint warm casts in every shadow, and the red/brown line is drawn for
+# chroma >= CHROMA_MIN (dark brown shoes would turn red). docs/colours.md, "Dark colours".
+DARK_CHROMA = 0.08
+DARK_RATIO = 0.4
+DARK_HUES = (75.0, 330.0)
+
 MAX_COLOURS = 4
 # Clusters smaller than this share of the whole picture are noise, edges and JPEG fringes.
 MIN_CLUSTER_SHARE = 0.02
@@ -242,7 +253,8 @@ def _whiter_made_colour(px: np.ndarray, gains: np.ndarray, backdrop: np.ndarray)
 
 
 def _chromatic_mask(mx: np.ndarray, mn: np.ndarray) -> np.ndarray:
-    """The achromatic rule at the top of the module, from per-pixel max and min."""
+    """The achromatic rule at the top of the module, from per-pixel max and min. Used on
+    pixels brighter than a white backdrop only, where the DARK_* rule cannot apply."""
     light2 = mx + mn
     return (
         (mx - mn >= CHROMA_MIN) & (light2 >= 2.0 * LIGHTNESS_MIN) & (light2 <= 2.0 * LIGHTNESS_MAX)
@@ -325,6 +337,10 @@ _RULE_F32 = (
     np.float32(FAINT_CHROMA),
     np.float32(2.0 * LIGHTNESS_MIN),
     np.float32(2.0 * LIGHTNESS_MAX),
+    np.float32(DARK_CHROMA),
+    np.float32(DARK_RATIO),
+    np.float32(DARK_HUES[0]),
+    np.float32(DARK_HUES[1]),
 )
 
 

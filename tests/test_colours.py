@@ -159,6 +159,33 @@ def test_scattered_faint_pixels_stay_grey() -> None:
     assert extract_palette(Image.fromarray((rgb * 255).round().astype(np.uint8))) == []
 
 
+@pytest.mark.parametrize("hue", [225.0, 280.0, 190.0])
+def test_dark_navy_aubergine_and_teal_are_colours(hue: float) -> None:
+    # C <= 2L: a deep colour has little chroma however plain it looks (navy jeans, an
+    # aubergine, a dark teal coat at L 0.17 with chroma 0.10, under CHROMA_MIN)
+    palette = extract_palette(_noisy(_faint_garment(hue, 0.10, lightness=0.17)))
+    assert palette, "a dark blue, purple or teal is a colour"
+    assert hue_distance(palette[0].hue, hue) <= 6.0
+    assert abs(palette[0].share - 120 * 140 / (SIZE[0] * SIZE[1])) <= SHARE_TOL
+    assert palette[0].chroma < CHROMA_MIN  # the dark rule found it, not the main one
+
+
+@pytest.mark.parametrize("hue", [0.0, 20.0, 45.0, 345.0])
+def test_dark_warm_tints_stay_grey(hue: float) -> None:
+    # dark brown leather, a shadow under shop light, dark wood: warm light and warm materials
+    # tint every shadow, and the red/brown line is drawn for chroma >= CHROMA_MIN
+    a = _noisy(_faint_garment(hue, 0.10, lightness=0.17))
+    assert extract_palette(a, white_balance=False) == []
+
+
+@pytest.mark.parametrize(("chroma", "lightness"), [(0.05, 0.17), (0.09, 0.35)])
+def test_dark_and_mid_blue_greys_stay_grey(chroma: float, lightness: float) -> None:
+    # a charcoal in shade (too little chroma even for a dark colour), a blue-grey garment
+    # (chroma 0.09 but only a quarter of its max: lighter than the dark rule reaches)
+    a = _noisy(_faint_garment(220.0, chroma, lightness=lightness))
+    assert extract_palette(a, white_balance=False) == []
+
+
 def test_at_most_max_colours_largest_first() -> None:
     hues = [0, 60, 120, 180, 240, 300]
     shares = [0.25, 0.2, 0.18, 0.15, 0.12, 0.1]

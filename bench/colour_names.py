@@ -1,0 +1,68 @@
+"""Which colour names find which photos of clothing-small, and what a rule change moved.
+
+The labelled photos (tests/test_colour_quality.py) are a fifth of the set and were chosen to be
+clear; a change to the colour rules can also add or take away names on the other 380. This
+runs the upload path's decode, thumbnail and `extract_palette`, then `best_match` for every
+name at the search's default min-share, over every photo, and writes {photo: [names]} as JSON.
+Given the JSON of an earlier run, it lists the photos whose names changed, to look at by eye
+(docs/colours.md, "Dark colours"):
+
+    .venv/bin/python -m bench.colour_names /tmp/before.json          # on the old rules
+    .venv/bin/python -m bench.colour_names /tmp/after.json --against /tmp/before.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bench.bench_colours import DATASET
+from models.colours import best_match, extract_palette
+from shell.colour_commands import DEFAULT_MIN_SHARE
+from util.colour_spec import NAMES, parse_colour
+from util.images import decode_image, make_thumbnail
+
+THUMBNAIL_SIDE = 256
+
+
+def names_per_photo(root: Path) -> dict[str, list[str]]:
+    queries = {name: parse_colour(name) for name in NAMES}
+    out = {}
+    for path in sorted(root.glob("*/*/*.jpg")):
+        decoded = decode_image(
+            path.read_bytes(), max_bytes=1 << 30, max_pixels=1 << 30, target=THUMBNAIL_SIDE
+        )
+        thumbnail, _ = make_thumbnail(decoded.image, THUMBNAIL_SIDE)
+        palette = extract_palette(thumbnail)
+        out[str(path.relative_to(root))] = [
+            name
+            for name, query in queries.items()
+            if best_match(palette, query, query.tolerance, DEFAULT_MIN_SHARE)
+        ]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="where to write {photo: [names]} as JSON")
+    parser.add_argument("--against", type=Path, help="an earlier run's JSON, to list changes")
+    args = parser.parse_args(argv)
+    if not DATASET.is_dir():
+        print(f"{DATASET} is not there", file=sys.stderr)
+        return 1
+    names = names_per_photo(DATASET)
+    args.out.write_text(json.dumps(names, indent=0))
+    print(f"{len(names)} photos, {sum(map(bool, names.values()))} with a name; wrote {args.out}")
+    if args.against:
+        before = json.loads(args.against.read_text())
+        changed = [p for p in names if before.get(p) != names[p]]
+        for photo in changed:
+            print(f"{photo}: {before.get(photo)} -> {names[photo]}")
+        print(f"{len(changed)} photos changed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
