@@ -11,10 +11,14 @@ its embedding (read from the server's SQLite file, not from the client's word). 
 * **colour extraction** (target: adds <= 10% to ingest time), measured directly by A/B: half
   the files ingested into fresh servers with and without `--no-colours`, eight runs in an
   order that cancels drift (AB_ORDER), with the spread over its four pairs and the server CPU
-  per image the colours add under load; also `extract_palette`'s CPU ms per image on the same
-  thumbnails, measured alone, against ingest wall time and server CPU time per image (when the
-  extraction was numpy only, these ratios came out at half the A/B: under load each of its
-  small numpy steps let go of the GIL and took it back; docs/colours.md, "Speed");
+  per image the colours add under load; also `extract_palette`'s CPU ms per image measured
+  alone, against ingest wall time and server CPU time per image (when the extraction was
+  numpy only, these ratios came out at half the A/B: under load each of its small numpy steps
+  let go of the GIL and took it back; docs/colours.md, "Speed");
+* **the floor**: every server step beside the model (hash, thumbnail, palette, blob writes,
+  insert) timed alone, added to the bare model's and the client's CPU per image: the least
+  an upload can cost, and so the highest fraction of the bare model that ingest could reach
+  with no contention at all (docs/architecture.md, "Bulk ingest");
 * **dedup re-upload**: the same folder again, every file already stored, in MB/s (>= 100).
 
 The model runs first, alone; then the server. The client and the server share the machine's
@@ -36,8 +40,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from bench.fill import PASSWORD, default_weights, model_name_for, photo_cache, wait_for_index
 from bench.machine import describe, rss_mib
@@ -55,6 +61,8 @@ TARGET_COLOUR_SHARE = 0.10
 TARGET_DEDUP_MBS = 100.0
 #: Give up when the counts have not moved for this long after the client finished.
 STALL_S = 60.0
+
+T = TypeVar("T")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -115,24 +123,60 @@ def _cache_dir() -> str:
     return str(default_cache_dir())
 
 
-def colour_cost(paths: list[Path]) -> dict[str, float]:
-    """CPU ms per image of extract_palette on the thumbnails the upload path makes."""
+def steps_alone(paths: list[Path]) -> dict[str, float]:
+    """CPU ms per image of each step the server adds to the bare model, one after another in
+    this process, with nothing else running: the floor of what ingest costs beyond decode and
+    embedding. (TLS, framing and the event loop are not in it; the client's CPU is measured in
+    the run itself.) The same calls as service/ingest.py, on a real blob store and database in
+    a temporary directory on the same disk as the server's."""
+    import secrets
+
     from models.colours import extract_palette
+    from repository import images as repo
+    from repository.blobstore import BlobStore
+    from repository.database import Database
     from util import images as imaging
 
-    thumbs = []
-    for path in paths[: min(len(paths), 500)]:
-        decoded = imaging.decode_image(path.read_bytes(), target=256)
-        thumbs.append(imaging.make_thumbnail(decoded.image, 256)[0])
-    extract_palette(thumbs[0])
-    t0, c0 = time.perf_counter(), time.process_time()
-    for thumb in thumbs:
-        extract_palette(thumb)
-    return {
-        "images": len(thumbs),
-        "cpu_ms_per_img": (time.process_time() - c0) / len(thumbs) * 1000,
-        "wall_ms_per_img": (time.perf_counter() - t0) / len(thumbs) * 1000,
-    }
+    sample = [p.read_bytes() for p in paths[: min(len(paths), 500)]]
+    decoded = [imaging.decode_image(data, target=256).image for data in sample]
+    extract_palette(imaging.make_thumbnail(decoded[0], 256)[0])  # load the compiled kernels
+    steps: dict[str, float] = {}
+
+    def timed(step: str, work: Callable[[int], T]) -> list[T]:
+        c0 = time.process_time()
+        out = [work(i) for i in range(len(sample))]
+        steps[step] = (time.process_time() - c0) / len(sample) * 1000
+        return out
+
+    with tempfile.TemporaryDirectory(prefix="vitrine-steps-") as tmp:
+        blobs = BlobStore(Path(tmp) / "blobs", secrets.token_bytes(32))
+        db = Database(Path(tmp) / "vitrine.db")
+        db.conn.execute("INSERT INTO users (name, password_hash, created_at) VALUES ('b', 'x', 0)")
+        names = timed("content name (HMAC-SHA256)", lambda i: blobs.name_for(sample[i]))
+        thumbs = timed("thumbnail", lambda i: imaging.make_thumbnail(decoded[i], 256))
+        palettes = timed("palette", lambda i: extract_palette(thumbs[i][0]))
+        thumb_names = timed(
+            "blob writes (original + thumbnail, fsynced)",
+            lambda i: (blobs.put(sample[i]), blobs.put(thumbs[i][1]))[1],
+        )
+        vector = ("bench", bytes(4 * 1280))
+
+        def insert(i: int) -> int:
+            palette = [
+                repo.ColourRecord(c.r, c.g, c.b, c.hue, c.saturation, c.lightness, c.share)
+                for c in palettes[i]
+            ]
+            new = repo.NewImage(
+                owner_id=1, blob=names[i], thumb_blob=thumb_names[i], filename=f"{i}.jpg",
+                title="", description="", price_cents=0, quantity=1, private=False,
+                format="JPEG", width=512, height=512, byte_size=len(sample[i]), tags=["bench"],
+                palette=palette, embedding=vector,
+            )  # fmt: skip
+            return repo.insert_image(db.conn, new)
+
+        timed("insert (row, tag, FTS, colours, embedding)", insert)
+        db.close()
+    return steps
 
 
 def summary_of(stdout: str) -> dict[str, float]:
@@ -275,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = photo_cache(n)
     total_mb = sum(p.stat().st_size for p in paths) / 1e6
     bare = bare_model(paths, weights) if weights else None
-    colours = colour_cost(paths)
+    steps = steps_alone(paths)
+    palette_ms = steps["palette"]
 
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
@@ -314,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     rate = n / ingest_s
     fraction = rate / bare["best_img_per_s"] if bare else None
     per_image_ms = ingest_s / n * 1000
+    floor_ms = (bare["best_cpu_ms_per_img"] if bare else 0.0) + sum(steps.values()) + client_cpu_ms
     report = {
         "images": n,
         "mean_jpeg_kb": total_mb / n * 1000,
@@ -334,10 +380,14 @@ def main(argv: list[str] | None = None) -> int:
         "server_rss_mib_after": rss,
         "bare_model": bare,
         "fraction_of_bare_model": fraction,
-        "colour": colours,
+        "steps_alone_cpu_ms_per_img": steps,
+        # Bare model + the server's steps alone + the client: the least CPU an upload can
+        # cost, and the fraction of the bare model that allows with both cores always busy.
+        "floor_cpu_ms_per_img": floor_ms,
+        "fraction_ceiling": bare["best_cpu_ms_per_img"] / floor_ms if bare else None,
         "colour_ab": ab,
-        "colour_share_of_ingest_wall": colours["cpu_ms_per_img"] / per_image_ms,
-        "colour_share_of_server_cpu": colours["cpu_ms_per_img"] / server_cpu_ms,
+        "colour_share_of_ingest_wall": palette_ms / per_image_ms,
+        "colour_share_of_server_cpu": palette_ms / server_cpu_ms,
         "dedup": dedup,
         "meets": {
             "rate_ge_66": rate >= TARGET_RATE,
@@ -384,7 +434,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{'bare model CPU / (server + client CPU) per image':<52} "
             f"{report['cpu_fraction_of_bare_model']:>10.2f}  (load-independent view)"
         )
-    print(f"{'colour extraction, CPU per image (ms)':<52} {colours['cpu_ms_per_img']:>10.2f}")
+    print("server steps beside the model, each alone (CPU ms per image):")
+    for step, ms in steps.items():
+        print(f"  {step:<50} {ms:>10.2f}")
+    if bare:
+        print(
+            f"{'floor: bare model + those steps + client (ms)':<52} {floor_ms:>10.1f}  "
+            f"(ingest measured {server_cpu_ms + client_cpu_ms:.1f})"
+        )
+        print(
+            f"{'  = at most this fraction of the bare model':<52} "
+            f"{report['fraction_ceiling']:>10.2f}  (no contention, both cores always busy)"
+        )
     if ab is not None:
         on = " ".join(f"{t:.1f}" for t in ab["seconds_with"])
         off = " ".join(f"{t:.1f}" for t in ab["seconds_without"])
@@ -401,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         f"{'colour CPU / ingest wall time per image':<52} "
-        f"{report['colour_share_of_ingest_wall']:>10.1%}  (CPU measured alone, not under load)"
+        f"{report['colour_share_of_ingest_wall']:>10.1%}  (palette CPU alone, not under load)"
     )
     print(f"{'colour / server CPU per image':<52} {report['colour_share_of_server_cpu']:>10.1%}")
     print(
