@@ -1,8 +1,9 @@
 """Dominant colours of a product photo, and how well one of them answers a colour query.
 
 Runs at every upload on the thumbnail the pipeline already decoded, so it has to cost a small
-fraction of the embedding (about 0.5 ms against 7-8 ms; its per-pixel loops are compiled in
-models/colour_kernels.py, which says why) and must give the same answer every time:
+fraction of the embedding (about 0.5 ms against 7-8 ms; its per-pixel loops and the hue
+clustering are compiled in models/colour_kernels.py, which says why) and must give the same
+answer every time:
 no k-means with random starts. Instead the chromatic pixels of a 64-pixel copy vote in a
 circular hue histogram; the smoothed histogram is cut at its valleys (each bin climbs to its
 peak) and peaks closer than MERGE_DEGREES are merged. Before that, a coloured backdrop (wall,
@@ -20,7 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from models.colour_kernels import backdrop_core, classify_pixels, colour_pixels
+from models.colour_kernels import (
+    backdrop_core,
+    classify_pixels,
+    cluster_arcs,
+    colour_pixels,
+)
 from util.colour_spec import ColourQuery, check_min_share, check_tolerance, hue_distance
 
 __all__ = [
@@ -163,12 +169,6 @@ def _gaussian_kernel(sigma: float) -> np.ndarray:
 
 
 _KERNEL = _gaussian_kernel(SMOOTH_SIGMA)
-_HALF = len(_KERNEL) // 2
-_BINS = np.arange(360)
-# each bin's left neighbour, itself and right neighbour, for the climb in _segment
-_NEIGHBOURS = np.stack([np.roll(_BINS, 1), _BINS, np.roll(_BINS, -1)])
-# the bin itself wins ties, so flat stretches stay put instead of drifting
-_SELF_BONUS = np.array([[0.0], [1e-12], [0.0]])
 
 
 def _work_pixels(thumbnail: Image.Image) -> tuple[np.ndarray, tuple[int, int]]:
@@ -363,71 +363,6 @@ def _chromatic_pixels(px: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarra
     return colour_pixels(px, mx, chroma, kind)
 
 
-def _segment(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Label every hue bin with the peak it climbs to in the circularly smoothed histogram;
-    also return that smoothed histogram."""
-    padded = np.concatenate([hist[-_HALF:], hist, hist[:_HALF]])
-    smooth = np.convolve(padded, _KERNEL, mode="valid")
-    # Each bin points at its highest neighbour (itself on a peak), deterministically;
-    # pointer jumping then finds every bin's peak in log2(360) rounds.
-    best = _NEIGHBOURS[np.argmax(smooth[_NEIGHBOURS] + _SELF_BONUS, axis=0), _BINS]
-    for _ in range(9):
-        best = best[best]
-    return best, smooth
-
-
-def _mean_hue(arc: list[float]) -> float:
-    h, _, _ = colorsys.rgb_to_hls(arc[1] / arc[0], arc[2] / arc[0], arc[3] / arc[0])
-    return h * 360.0
-
-
-def _valley(smooth: np.ndarray, lo: int, hi: int) -> float:
-    """Lowest smoothed value on the way from hue bin `lo` up to `hi` (wrapping past 359)."""
-    if hi >= lo:
-        return float(smooth[lo : hi + 1].min())
-    return float(min(smooth[lo:].min(), smooth[: hi + 1].min()))
-
-
-def _merge(arcs: list[list[float]], smooth: np.ndarray, peaks: list[int]) -> list[list[float]]:
-    """Merge neighbouring clusters that are one colour: close mean hues or a shallow valley.
-
-    Each arc is [count, sum_r, sum_g, sum_b]; arcs and their peak bins are in hue order.
-    Mean hues and the valleys between neighbours are kept up to date as arcs merge (a valley
-    to a merged arc is the lower of the two it now spans), so one round is a pass over the
-    neighbours, not a scan of the histogram per pair: photos with many small hue peaks made
-    this the costliest step of extraction.
-    """
-    hues = [_mean_hue(a) for a in arcs]
-    heights = [float(smooth[p]) for p in peaks]
-    # gaps[k]: the valley between arc k and its neighbour up in hue, arc k + 1 (circularly)
-    gaps = [_valley(smooth, peaks[k], peaks[(k + 1) % len(peaks)]) for k in range(len(peaks))]
-    while len(arcs) > 1:
-        n = len(arcs)
-        best, best_k = None, -1
-        for k in range(n):
-            j = (k + 1) % n
-            d = hue_distance(hues[k], hues[j])
-            if (best is None or d < best) and (
-                d < MERGE_DEGREES or gaps[k] > VALLEY_RATIO * min(heights[k], heights[j])
-            ):
-                best, best_k = d, k
-        if best is None:
-            break
-        i, j, left = best_k, (best_k + 1) % n, (best_k - 1) % n
-        keep_i = heights[i] >= heights[j]  # the higher peak stays the cluster's peak
-        # the merged arc spans both: its valleys reach from its kept peak across the other
-        left_gap = gaps[left] if keep_i else min(gaps[left], gaps[i])
-        right_gap = min(gaps[i], gaps[j]) if keep_i else gaps[j]
-        arcs[i] = [arcs[i][m] + arcs[j][m] for m in range(4)]
-        hues[i] = _mean_hue(arcs[i])
-        if not keep_i:
-            peaks[i], heights[i] = peaks[j], heights[j]
-        gaps[left], gaps[i] = left_gap, right_gap
-        for values in (arcs, hues, peaks, heights, gaps):
-            del values[j]
-    return arcs
-
-
 def extract_palette(
     thumbnail: Image.Image,
     max_colours: int = MAX_COLOURS,
@@ -457,16 +392,8 @@ def extract_palette(
     cpx, hbin = _chromatic_pixels(px, total)
     if len(hbin) < MIN_CLUSTER_SHARE * total:
         return []
-    hist = np.bincount(hbin, minlength=360).astype(np.float64)
-    label, smooth = _segment(hist)
-    plabel = label[hbin]
-    counts = np.bincount(plabel, minlength=360)
-    sums = [np.bincount(plabel, weights=cpx[c], minlength=360) for c in range(3)]
-    peaks = [int(p) for p in np.flatnonzero(counts)]  # in hue order, so arcs are too
-    arcs = [[float(counts[p])] + [float(sums[c][p]) for c in range(3)] for p in peaks]
-    arcs = _merge(arcs, smooth, peaks)
     out: list[PaletteColour] = []
-    for count, sr, sg, sb in arcs:
+    for count, sr, sg, sb in cluster_arcs(cpx, hbin, _KERNEL, MERGE_DEGREES, VALLEY_RATIO):
         share = count / total
         if share < MIN_CLUSTER_SHARE:
             continue
