@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from util.colour_spec import hue_distance
+
 _F = np.float32
 
 
@@ -219,10 +221,8 @@ def _arc_hue(arc: np.ndarray) -> float:  # pragma: no cover - compiled
     return _hls_hue(arc[1] / arc[0], arc[2] / arc[0], arc[3] / arc[0])
 
 
-@njit(nogil=True, cache=True)
-def _hue_distance(a: float, b: float) -> float:  # pragma: no cover - compiled
-    d = abs(a - b) % 360.0
-    return 360.0 - d if d > 180.0 else d
+#: The query side's hue distance (355 and 5 are 10 apart), compiled for the merge.
+_hue_distance = njit(nogil=True, cache=True)(hue_distance)
 
 
 @njit(nogil=True, cache=True)
