@@ -47,6 +47,7 @@ from typing import TypeVar
 
 from bench.fill import PASSWORD, default_weights, model_name_for, photo_cache, wait_for_index
 from bench.machine import describe, rss_mib
+from tests.rows import add_users
 from tests.servers import ServerProcess, run_client
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_ingest.json"
@@ -151,7 +152,7 @@ def steps_alone(paths: list[Path]) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="vitrine-steps-") as tmp:
         blobs = BlobStore(Path(tmp) / "blobs", secrets.token_bytes(32))
         db = Database(Path(tmp) / "vitrine.db")
-        db.conn.execute("INSERT INTO users (name, password_hash, created_at) VALUES ('b', 'x', 0)")
+        add_users(db.conn, "bench")
         names = timed("content name (HMAC-SHA256)", lambda i: blobs.name_for(sample[i]))
         thumbs = timed("thumbnail", lambda i: imaging.make_thumbnail(decoded[i], 256))
         palettes = timed("palette", lambda i: extract_palette(thumbs[i][0]))
