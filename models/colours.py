@@ -137,6 +137,15 @@ BD_MAX = 0.80
 # which reaches the frame only in places; colours that share the frame more evenly (a split,
 # stripes, a garment filling one side) are all subject, and none is singled out as backdrop.
 BD_RING_COVER = 0.70
+# When the backdrop is more than BD_MAX of the picture, the same is tried again on a grid of
+# BD_FINE_CELL (about Delta E 10 instead of 15): a pale garment lying on a beige floor or a
+# cream sheet is close enough to the floor's colour to join it on the coarse grid, which then
+# swallows the whole picture, and the floor would be reported instead of nothing. A swatch or
+# a close-up is still kept whole: at the finer match it either stays more than BD_MAX of the
+# picture, or what it would give back to the subject is mostly a colour (more than
+# BD_FINE_MAX_COLOUR of those pixels): its own colour in other light, not a pale garment.
+BD_FINE_CELL = 6.5
+BD_FINE_MAX_COLOUR = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,8 +262,10 @@ def _whiter_made_colour(px: np.ndarray, gains: np.ndarray, backdrop: np.ndarray)
 
 
 def _chromatic_mask(mx: np.ndarray, mn: np.ndarray) -> np.ndarray:
-    """The achromatic rule at the top of the module, from per-pixel max and min. Used on
-    pixels brighter than a white backdrop only, where the DARK_* rule cannot apply."""
+    """The achromatic rule at the top of the module, from per-pixel max and min, without the
+    faint and dark extensions: for the white balance's guard (pixels brighter than a white
+    backdrop, where the dark rule cannot apply) and for what the backdrop's finer match gives
+    back (where a dark colour counted as grey only lets a garment be given back)."""
     light2 = mx + mn
     return (
         (mx - mn >= CHROMA_MIN) & (light2 >= 2.0 * LIGHTNESS_MIN) & (light2 <= 2.0 * LIGHTNESS_MAX)
@@ -266,7 +277,15 @@ _XYZ = np.array(
     [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]],
     dtype=np.float32,
 ) / np.array([[0.95047], [1.0], [1.08883]], dtype=np.float32)
-_LAB_BINS = np.array([11, 26, 26], dtype=np.int64)  # L 0..100, a and b -128..127, per BD_CELL
+
+
+def _lab_bins(cell: float) -> np.ndarray:
+    """Grid cells per Lab axis (L 0..100, a and b -128..127) for cells `cell` units wide."""
+    return np.array([100 // cell + 1, 256 // cell + 1, 256 // cell + 1], dtype=np.int64)
+
+
+_LAB_BINS = _lab_bins(BD_CELL)
+_FINE_LAB_BINS = _lab_bins(BD_FINE_CELL)
 
 
 def _lab(px: np.ndarray) -> np.ndarray:
@@ -297,22 +316,34 @@ def backdrop_mask(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
     it is estimated from the frame: a pixel is backdrop-like if at least BD_SUPPORT of the
     frame has nearly its colour (Lab, within about 1.5 BD_CELL), and backdrop if it is also
     connected to the frame through backdrop-like pixels. When that is more than BD_MAX of the
-    picture there is nothing in front of it: it is a swatch or a close-up, and its colour is
-    the answer.
+    picture, a closer match (BD_FINE_CELL) is tried. If the backdrop is still that large, or
+    if what the closer match gives back is mostly a colour, there is nothing in front of it:
+    it is a swatch or a close-up, and its colour is the answer.
     """
     height, width = shape
+    lab, ring = _lab(px), _ring(shape).ravel()
+    # BD_MAX is applied here rather than in the kernel, to know when to try the finer grid
     back = backdrop_core(
-        _lab(px),
-        height,
-        width,
-        _ring(shape).ravel(),
-        _LAB_BINS,
-        BD_CELL,
-        BD_SUPPORT,
-        BD_MAX,
-        BD_RING_COVER,
+        lab, height, width, ring, _LAB_BINS, BD_CELL, BD_SUPPORT, 1.0, BD_RING_COVER
     )
+    if np.count_nonzero(back) > BD_MAX * back.size:
+        fine = backdrop_core(
+            lab, height, width, ring, _FINE_LAB_BINS, BD_FINE_CELL, BD_SUPPORT, BD_MAX,
+            BD_RING_COVER,
+        )  # fmt: skip
+        if not fine.any() or not _gives_back_neutral(px, back & ~fine):
+            return None  # a swatch or a close-up: its colour is the answer
+        back = fine
     return back if back.any() else None
+
+
+def _gives_back_neutral(px: np.ndarray, released: np.ndarray) -> bool:
+    """Whether the pixels the finer match gives back to the subject are mostly white, grey or
+    black (a pale garment the coarse grid merged with the floor). If they are mostly a colour,
+    that is the backdrop's own colour in another light (a shaded swatch), and the swatch rule
+    stands."""
+    mx, mn = _max_min(px[:, released])
+    return np.count_nonzero(_chromatic_mask(mx, mn)) <= BD_FINE_MAX_COLOUR * mx.size
 
 
 def _hues(px: np.ndarray, mx: np.ndarray, chroma: np.ndarray) -> np.ndarray:

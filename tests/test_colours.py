@@ -13,13 +13,21 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from models.colour_kernels import backdrop_core
 from models.colours import (
+    _LAB_BINS,
+    BD_CELL,
+    BD_MAX,
+    BD_SUPPORT,
     CHROMA_MIN,
     FAINT_CHROMA,
     WB_CAST_HUES,
     WB_MAX_SAT,
     WB_MIN_LIGHTNESS,
     PaletteColour,
+    _lab,
+    _ring,
+    _work_pixels,
     best_match,
     extract_palette,
     match_score,
@@ -459,6 +467,42 @@ def test_product_touching_the_frame_is_kept() -> None:
     c = nearest(palette, true_hue(garment))
     assert hue_distance(c.hue, true_hue(garment)) <= HUE_TOL
     assert abs(c.share - 80 / w) <= SHARE_TOL
+
+
+def test_pale_garment_on_a_beige_floor_leaves_no_floor_colour() -> None:
+    # an off-white shirt lying on a beige floor, its hem at the bottom edge: on the coarse Lab
+    # grid the shirt is close enough to the floor to join it, the "backdrop" is then the whole
+    # picture and the swatch rule would report the floor; the finer grid gives the shirt back
+    w, h = SIZE
+    a = np.empty((h, w, 3))
+    a[:] = (196, 176, 148)
+    a[:, :] *= np.linspace(0.9, 1.05, w)[None, :, None]
+    a[30:, 70:190] = (226, 220, 208)
+    img = _noisy(a)
+    assert extract_palette(img) == []
+    # not vacuous: the floor is a colour of the picture, and the coarse grid alone keeps it
+    assert any(c.share > 0.5 for c in extract_palette(img, backdrop=False))
+    px, shape = _work_pixels(img)
+    coarse = backdrop_core(
+        _lab(px), *shape, _ring(shape).ravel(), _LAB_BINS, BD_CELL, BD_SUPPORT, BD_MAX, 0.0
+    )
+    assert not coarse.any()
+
+
+def test_a_vignetted_close_up_keeps_its_colour() -> None:
+    # a swatch filling the frame, lit in the middle and dark in the corners: the finer grid
+    # matches only the frame's shades, but what it would give back to the subject is the
+    # swatch's own colour in brighter light, so the swatch rule stands
+    w, h = SIZE
+    yy, xx = np.mgrid[0:h, 0:w]
+    r2 = ((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2
+    a = np.empty((h, w, 3))
+    a[:] = hls_rgb(200, 0.5, 0.8)
+    a *= (1.15 - 0.35 * r2)[..., None]
+    palette = extract_palette(_noisy(a))
+    assert len(palette) == 1
+    assert hue_distance(palette[0].hue, 200) <= HUE_TOL
+    assert palette[0].share > 0.9
 
 
 def test_a_close_up_with_a_small_mark_keeps_its_colour() -> None:
