@@ -132,15 +132,17 @@ def steps_alone(paths: list[Path]) -> dict[str, float]:
     a temporary directory on the same disk as the server's."""
     import secrets
 
-    from models.colours import extract_palette
+    from models.colours import extract_palette, warm_up
     from repository import images as repo
     from repository.blobstore import BlobStore
     from repository.database import Database
+    from service.context import ServerConfig
     from util import images as imaging
 
+    side = ServerConfig().thumbnail_side
     sample = [p.read_bytes() for p in paths[: min(len(paths), 500)]]
-    decoded = [imaging.decode_image(data, target=256).image for data in sample]
-    extract_palette(imaging.make_thumbnail(decoded[0], 256)[0])  # load the compiled kernels
+    decoded = [imaging.decode_image(data, target=side).image for data in sample]
+    warm_up()
     steps: dict[str, float] = {}
 
     def timed(step: str, work: Callable[[int], T]) -> list[T]:
@@ -154,7 +156,7 @@ def steps_alone(paths: list[Path]) -> dict[str, float]:
         db = Database(Path(tmp) / "vitrine.db")
         add_users(db.conn, "bench")
         names = timed("content name (HMAC-SHA256)", lambda i: blobs.name_for(sample[i]))
-        thumbs = timed("thumbnail", lambda i: imaging.make_thumbnail(decoded[i], 256))
+        thumbs = timed("thumbnail", lambda i: imaging.make_thumbnail(decoded[i], side))
         palettes = timed("palette", lambda i: extract_palette(thumbs[i][0]))
         thumb_names = timed(
             "blob writes (original + thumbnail, fsynced)",

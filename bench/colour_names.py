@@ -20,21 +20,19 @@ from pathlib import Path
 
 from bench.bench_colours import DATASET
 from models.colours import best_match, extract_palette
+from service.context import ServerConfig
 from shell.colour_commands import DEFAULT_MIN_SHARE
 from util.colour_spec import NAMES, parse_colour
 from util.images import decode_image, make_thumbnail
 
-THUMBNAIL_SIDE = 256
-
 
 def names_per_photo(root: Path) -> dict[str, list[str]]:
     queries = {name: parse_colour(name) for name in NAMES}
+    side = ServerConfig().thumbnail_side
     out = {}
     for path in sorted(root.glob("*/*/*.jpg")):
-        decoded = decode_image(
-            path.read_bytes(), max_bytes=1 << 30, max_pixels=1 << 30, target=THUMBNAIL_SIDE
-        )
-        thumbnail, _ = make_thumbnail(decoded.image, THUMBNAIL_SIDE)
+        decoded = decode_image(path.read_bytes(), target=side)
+        thumbnail, _ = make_thumbnail(decoded.image, side)
         palette = extract_palette(thumbnail)
         out[str(path.relative_to(root))] = [
             name
