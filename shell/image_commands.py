@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -349,7 +348,10 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         )
         listing.memory(shell).remember([answer.image])
         shell.poutput(f"Updated #{answer.image.id}.")
-        shell.poutput(listing.listing_table([answer.image], "none"), soft_wrap=False)
+        shell.poutput(
+            listing.listing_table([answer.image], "none", listing.terminal_columns()),
+            soft_wrap=False,
+        )
 
     delete_parser = parser(
         "Delete images you own (admins: any image). They disappear from every listing."
@@ -510,7 +512,7 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         picture_bytes = answer.original or image.thumbnail
         if mode == "none" or not picture_bytes:
             return None, facts
-        columns = shutil.get_terminal_size((80, 24)).columns
+        columns = listing.terminal_columns()
         width = max(8, min(SHOW_CELLS[0], columns - 2))
         aspect = image.height / image.width if image.width and image.height else 1.0
         height = max(4, min(SHOW_CELLS[1], round(width * aspect / 2)))

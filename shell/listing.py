@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 import unicodedata
 import weakref
@@ -34,6 +35,7 @@ from typing import Any
 import cmd2
 import msgspec
 from cmd2 import Choices, CompletionItem, Completions
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -60,6 +62,10 @@ MORE_BATCH = 10
 MAX_BATCH = 500  # protocol.catalog.Limit
 #: Cells a listing thumbnail occupies (half-blocks make that 16 x 16 pixels).
 THUMB_CELLS = (16, 8)
+#: Terminals narrower than this get the compact listing: a shorter palette bar and the
+#: matching colour without its hex value, so titles keep room to be read (at 80 columns the
+#: full table left a title five cells and folded it over eight lines).
+WIDE_LISTING = 110
 #: How many recently listed ids completion offers.
 RECENT_IDS = 200
 #: Seconds a fetched tag list stays good enough for completion.
@@ -235,9 +241,7 @@ def continue_listing(shell: cmd2.Cmd, args: argparse.Namespace) -> None:
         raise CommandFailed("There is no listing to continue yet: browse or search first.")
     render = render_options(args, latest.render)
     if latest.cursor is None:
-        _note(
-            shell, render, f"Already at the end of {latest.what} ({latest.shown} shown)."
-        )
+        _note(shell, render, f"Already at the end of {latest.what} ({latest.shown} shown).")
         return
     limit = args.batch or latest.more_batch
     request = More(id=0, cursor=latest.cursor, options=_wire_options(shell, render, limit))
@@ -269,7 +273,7 @@ def _show(
         shell.stdout.flush()
     elif items:
         mode = graphics_mode(shell) if render.images else "none"
-        shell.poutput(listing_table(items, mode), soft_wrap=False)
+        shell.poutput(listing_table(items, mode, terminal_columns()), soft_wrap=False)
     if render.sheet is not None and items:
         labels = [(f"{item.id} {printable(item.title)}", item.thumbnail or b"") for item in items]
         try:
@@ -325,17 +329,33 @@ def _thumbnail_cell(item: ImageSummary, mode: GraphicsMode) -> Any:
     return picture_renderable(item.thumbnail, mode, *THUMB_CELLS)
 
 
-def listing_table(items: Sequence[ImageSummary], mode: GraphicsMode) -> Table:
-    """The table people see; the picture column exists only when pictures can be drawn."""
+def terminal_columns() -> int:
+    """The width listings are laid out for (COLUMNS, else the terminal, else 80)."""
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def listing_table(
+    items: Sequence[ImageSummary], mode: GraphicsMode, width: int | None = None
+) -> Table:
+    """The table people see; the picture column exists only when pictures can be drawn, and
+    a terminal `width` under WIDE_LISTING gets the compact form."""
+    compact = width is not None and width < WIDE_LISTING
     pictures = mode != "none" and any(item.thumbnail for item in items)
     scores = any(item.score is not None for item in items)
     matches = any(item.match is not None for item in items)
-    table = Table(show_lines=pictures, header_style="bold")
+    table = Table(
+        show_lines=pictures,
+        header_style="bold",
+        # no lines between columns, no padding at the edges: about ten cells more for titles
+        box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
+        collapse_padding=compact,
+        pad_edge=not compact,
+    )
     if pictures:
         table.add_column("", width=THUMB_CELLS[0], no_wrap=True)
     table.add_column("id", justify="right", no_wrap=True)
-    table.add_column("title", overflow="fold", ratio=3)
-    table.add_column("tags", overflow="fold", ratio=2)
+    table.add_column("title", overflow="fold", ratio=3, min_width=12)
+    table.add_column("tags", overflow="fold", ratio=2, min_width=8)
     table.add_column("price", justify="right", no_wrap=True)
     table.add_column("qty", justify="right", no_wrap=True)
     table.add_column("owner", no_wrap=True)
@@ -356,13 +376,13 @@ def listing_table(items: Sequence[ImageSummary], mode: GraphicsMode) -> Table:
             format_cents(item.price_cents),
             str(item.quantity),
             owner,
-            palette_bar(item.palette, width=8),
+            palette_bar(item.palette, width=4 if compact else 8),
         ]
         if scores:
             row.append("" if item.score is None else f"{item.score:.3f}")
         if matches:
             # the colour that matched, as swatch, hex and share (the palette column is a bar)
-            row.append(palette_text([item.match]) if item.match else "")
+            row.append(palette_text([item.match], hex_values=not compact) if item.match else "")
         table.add_row(*row)
     return table
 

@@ -44,8 +44,9 @@ def format_share(share: float) -> str:
     return f"{percent:.0f}%"
 
 
-def palette_text(palette: Sequence[Any], separator: str = "  ") -> Text:
-    """Each colour as "██ #rrggbb 42%", for show_image and wide listings.
+def palette_text(palette: Sequence[Any], separator: str = "  ", *, hex_values: bool = True) -> Text:
+    """Each colour as "██ #rrggbb 42%", for show_image and wide listings ("██ 42%" without
+    `hex_values`, where a narrow terminal has no room for them).
 
     An empty palette (no chromatic colour in the picture) says so instead of printing nothing.
     """
@@ -57,7 +58,9 @@ def palette_text(palette: Sequence[Any], separator: str = "  ") -> Text:
         if index:
             text.append(separator)
         text.append(BLOCK * 2, Style(color=_hex(rgb)))
-        text.append(f" {_hex(rgb)} {format_share(share)}")
+        text.append(
+            f" {_hex(rgb)} {format_share(share)}" if hex_values else f" {format_share(share)}"
+        )
     return text
 
 

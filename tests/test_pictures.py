@@ -21,7 +21,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from protocol.catalog import Colour as CatalogColour
+from protocol.catalog import ImageSummary
 from shell.contact_sheet import GAP, write_contact_sheet
+from shell.listing import listing_table
 from shell.pictures import (
     DEFAULT_CELL_PX,
     GRAPHICS_MODES,
@@ -494,6 +497,36 @@ def test_palette_bar_is_proportional_and_exact_width() -> None:
     assert widths[(0, 255, 0)] >= 1
     assert widths[(255, 0, 0)] > widths[(0, 0, 255)] >= widths[(0, 255, 0)]
     assert sum(widths.values()) == 10
+
+
+def _summary(image_id: int, title: str) -> ImageSummary:
+    red = CatalogColour(r=167, g=37, b=51, hue=353.7, saturation=0.63, lightness=0.4, share=0.62)
+    return ImageSummary(
+        id=image_id, title=title, description="", filename="a.jpg", tags=["shop", "dress"],
+        price_cents=1999, quantity=3, owner="alice", visibility="public", created_at=0.0,
+        width=400, height=533, palette=[red], score=0.6, match=red,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("columns", [80, 100])
+def test_a_colour_search_listing_fits_a_narrow_terminal(columns: int) -> None:
+    """At 80 columns the full table once left the title five cells, folded over eight lines."""
+    items = [_summary(140, "18ed7f47-b091-4eb0-ae81-89f2ef139a9b"), _summary(141, "Red dress")]
+    console = Console(width=columns, record=True, color_system=None)
+    console.print(listing_table(items, "none", columns))
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= columns for line in lines)
+    assert any("62%" in line for line in lines)  # the match's share is not cropped
+    title_lines = [
+        line for line in lines if "18ed7f47" in line or "b091" in line or "139a9b" in line
+    ]
+    assert 1 <= len(title_lines) <= 3
+
+
+def test_a_wide_listing_shows_the_matching_colour_with_its_hex() -> None:
+    console = Console(width=160, record=True, color_system=None)
+    console.print(listing_table([_summary(140, "Red dress")], "none", 160))
+    assert "#a72533 62%" in console.export_text()
 
 
 # --------------------------------------------------------------------------- a real photo
