@@ -146,6 +146,17 @@ BD_RING_COVER = 0.70
 # BD_FINE_MAX_COLOUR of those pixels): its own colour in other light, not a pale garment.
 BD_FINE_CELL = 6.5
 BD_FINE_MAX_COLOUR = 0.5
+# When the backdrop is kept (the guard above), what lies in front of it is clustered apart from
+# it: a lemon or an orange on a wooden table that fills most of the frame must not merge into
+# the wood's hue arc (53 and 32 degrees are closer than MERGE_DEGREES) and come out as one
+# brown. A cluster in front joins a backdrop cluster only when it is the same colour: their
+# mean colours are as close as the coarse backdrop match itself (Delta E, 1.5 BD_CELL), or
+# they differ only in lightness, as one colour does in light and in shade (hues within
+# KEPT_MERGE_HUE, HLS saturations within KEPT_MERGE_SAT). An orange on the wood differs in
+# saturation (0.9 against 0.5), a lemon in hue.
+KEPT_MERGE_DE = 1.5 * BD_CELL
+KEPT_MERGE_HUE = 8.0
+KEPT_MERGE_SAT = 0.15
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,17 +319,18 @@ def _ring(shape: tuple[int, int]) -> np.ndarray:
     return ring
 
 
-def backdrop_mask(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
-    """Flat boolean mask of the pixels that are the photo's backdrop, or None if there is none
-    to remove.
+def backdrop_mask(px: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, bool] | None:
+    """The photo's backdrop as a flat boolean mask, and whether to remove it; None if there is
+    no backdrop at all.
 
     A product photo's backdrop (wall, floor, carpet, sheet) is what surrounds the product, so
     it is estimated from the frame: a pixel is backdrop-like if at least BD_SUPPORT of the
     frame has nearly its colour (Lab, within about 1.5 BD_CELL), and backdrop if it is also
     connected to the frame through backdrop-like pixels. When that is more than BD_MAX of the
     picture, a closer match (BD_FINE_CELL) is tried. If the backdrop is still that large, or
-    if what the closer match gives back is mostly a colour, there is nothing in front of it:
-    it is a swatch or a close-up, and its colour is the answer.
+    if what the closer match gives back is mostly a colour, there may be nothing in front of
+    it: a swatch or a close-up, whose colour is the answer. Then the coarse backdrop comes back
+    with False: kept as a colour, but what is in front of it is clustered apart (KEPT_MERGE_DE).
     """
     height, width = shape
     lab, ring = _lab(px), _ring(shape).ravel()
@@ -326,15 +338,17 @@ def backdrop_mask(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
     back = backdrop_core(
         lab, height, width, ring, _LAB_BINS, BD_CELL, BD_SUPPORT, 1.0, BD_RING_COVER
     )
+    if not back.any():
+        return None
     if np.count_nonzero(back) > BD_MAX * back.size:
         fine = backdrop_core(
             lab, height, width, ring, _FINE_LAB_BINS, BD_FINE_CELL, BD_SUPPORT, BD_MAX,
             BD_RING_COVER,
         )  # fmt: skip
         if not fine.any() or not _gives_back_neutral(px, back & ~fine):
-            return None  # a swatch or a close-up: its colour is the answer
+            return back, False  # a swatch, a close-up, or a small thing on a large table
         back = fine
-    return back if back.any() else None
+    return back, True
 
 
 def _gives_back_neutral(px: np.ndarray, released: np.ndarray) -> bool:
@@ -416,15 +430,22 @@ def extract_palette(
         gains = white_balance_gains(px, shape)
         if gains is not None:
             px = np.minimum(px * gains[:, None], 1.0)
-    if BACKDROP if backdrop is None else backdrop:
-        back = backdrop_mask(px, shape)
-        if back is not None:
-            px = px[:, ~back]  # not colours; still counted in `total`, like whites
-    cpx, hbin = _chromatic_pixels(px, total)
-    if len(hbin) < MIN_CLUSTER_SHARE * total:
+    parts = [px]
+    found = backdrop_mask(px, shape) if (BACKDROP if backdrop is None else backdrop) else None
+    if found is not None:
+        back, remove = found
+        # removed: not colours, but still counted in `total`, like whites; kept: apart
+        parts = [px[:, ~back]] if remove else [px[:, back], px[:, ~back]]
+    chromatic = [_chromatic_pixels(part, total) for part in parts]
+    if sum(len(hbin) for _, hbin in chromatic) < MIN_CLUSTER_SHARE * total:
         return []
+    groups = [
+        cluster_arcs(cpx, hbin, _KERNEL, MERGE_DEGREES, VALLEY_RATIO) if len(hbin) else _NO_ARCS
+        for cpx, hbin in chromatic
+    ]
+    arcs = _merge_into_backdrop(*groups) if len(groups) == 2 else groups[0]
     out: list[PaletteColour] = []
-    for count, sr, sg, sb in cluster_arcs(cpx, hbin, _KERNEL, MERGE_DEGREES, VALLEY_RATIO):
+    for count, sr, sg, sb in arcs:
         share = count / total
         if share < MIN_CLUSTER_SHARE:
             continue
@@ -443,6 +464,38 @@ def extract_palette(
         )
     out.sort(key=lambda c: (-c.share, c.hue))
     return out[:max_colours]
+
+
+_NO_ARCS = np.empty((0, 4))
+
+
+def _merge_into_backdrop(kept: np.ndarray, front: np.ndarray) -> np.ndarray:
+    """The arcs of a kept backdrop and of what is in front of it (rows of pixel count and
+    r, g, b sums): each front arc joins the nearest backdrop arc that is the same colour
+    (KEPT_MERGE_*), and stays a colour of its own otherwise."""
+    if not len(kept) or not len(front):
+        return np.concatenate([kept, front])
+    means = [(arcs[:, 1:] / arcs[:, :1]).T.astype(np.float32) for arcs in (kept, front)]
+    lab = [_lab(m) for m in means]
+    distance = np.linalg.norm(lab[0][:, :, None] - lab[1][:, None, :], axis=0)
+    hls = [[colorsys.rgb_to_hls(*(float(v) for v in rgb)) for rgb in m.T] for m in means]
+    merged = kept.copy()
+    alone = []
+    for j, (hue_f, _, sat_f) in enumerate(hls[1]):
+        same = [
+            i
+            for i, (hue_k, _, sat_k) in enumerate(hls[0])
+            if distance[i, j] <= KEPT_MERGE_DE
+            or (
+                hue_distance(hue_k * 360.0, hue_f * 360.0) <= KEPT_MERGE_HUE
+                and abs(sat_k - sat_f) <= KEPT_MERGE_SAT
+            )
+        ]
+        if same:
+            merged[min(same, key=lambda i: distance[i, j])] += front[j]
+        else:
+            alone.append(front[j])
+    return np.concatenate([merged, np.array(alone).reshape(-1, 4)])
 
 
 def warm_up() -> None:

@@ -515,3 +515,49 @@ def test_a_close_up_with_a_small_mark_keeps_its_colour() -> None:
     assert len(palette) == 1
     assert hue_distance(palette[0].hue, true_hue(hls_rgb(30, 0.5, 0.9))) <= HUE_TOL
     assert abs(palette[0].share - (1 - 30 * 40 / (w * h))) <= SHARE_TOL
+
+
+def _fruit_on_a_wooden_table(fruit_hue: float, fruit_lightness: float) -> np.ndarray:
+    """One shaded round fruit covering about 8% of the frame on grained wood (hue 30)."""
+    w, h = SIZE
+    yy, xx = np.mgrid[0:h, 0:w].astype(float)
+    grain = 1 + 0.12 * np.sin(yy / 5 + 2 * np.sin(xx / 40))
+    a = np.asarray(hls_rgb(30, 0.4, 0.5), float) * grain[..., None]
+    d = ((xx - w / 2) / 40) ** 2 + ((yy - h / 2) / 36) ** 2
+    shade = 1.1 - 0.35 * np.clip(d, 0, 1)
+    fruit = np.asarray(hls_rgb(fruit_hue, fruit_lightness, 0.9), float) * shade[..., None]
+    return np.where((d <= 1)[..., None], fruit, a)
+
+
+@pytest.mark.parametrize(
+    ("fruit_hue", "lightness", "name"), [(52, 0.55, "yellow"), (27, 0.5, "orange")]
+)
+def test_a_small_fruit_on_a_large_wooden_table_keeps_its_own_colour(
+    fruit_hue: float, lightness: float, name: str
+) -> None:
+    # the table is more than BD_MAX of the picture, so the guard keeps it as a colour; the fruit
+    # must not merge into the wood's hue arc (a lemon at 52 degrees is closer than MERGE_DEGREES
+    # to the wood at 30), or the photo would be one brown and no yellow
+    a = _fruit_on_a_wooden_table(fruit_hue, lightness)
+    palette = extract_palette(_noisy(a))
+    query = parse_colour(name)
+    assert best_match(palette, query, query.tolerance, 0.05) is not None
+    fruit = nearest(palette, fruit_hue)
+    assert hue_distance(fruit.hue, fruit_hue) <= HUE_TOL
+    assert abs(fruit.share - np.pi * 40 * 36 / (SIZE[0] * SIZE[1])) <= SHARE_TOL
+    # not vacuous: the table is kept (the guard), and is there as its own colour
+    assert any(hue_distance(c.hue, 30) <= HUE_TOL and c.share > 0.8 for c in palette)
+
+
+def test_a_shadow_on_a_kept_backdrop_is_the_same_colour() -> None:
+    # a swatch filling the frame with a deep shadow in the middle: the shadow is too far from
+    # the frame's colour to be backdrop, so it is clustered apart, but it differs only in
+    # lightness (same hue and saturation), so it joins the swatch as one colour
+    w, h = SIZE
+    a = np.empty((h, w, 3))
+    a[:] = hls_rgb(200, 0.55, 0.7)
+    a[70:120, 100:160] = hls_rgb(200, 0.25, 0.7)
+    palette = extract_palette(_noisy(a))
+    assert len(palette) == 1
+    assert hue_distance(palette[0].hue, 200) <= HUE_TOL
+    assert palette[0].share > 0.95
