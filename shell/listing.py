@@ -12,7 +12,8 @@ last `tags` answer (fetched on demand, briefly cached, when none is at hand).
 
 Output forms:
 - people get a rich table with a thumbnail per row (Kitty, Sixel or half-blocks, from
-  shell.pictures), the palette as a swatch bar, and a closing line that says whether more remains;
+  shell.pictures), the palette as swatches with hex values and shares, and a closing line
+  that says whether more remains;
 - `--json` prints one JSON object per image per line on stdout and nothing else there (notes go
   to stderr), so `| jq` works;
 - `--sheet PATH` also writes the batch as a contact-sheet PNG.
@@ -54,7 +55,7 @@ from protocol.errors import ErrorCode, VitrineError
 from shell.app import CommandFailed
 from shell.contact_sheet import write_contact_sheet
 from shell.pictures import GraphicsMode, detect_graphics, picture_renderable
-from shell.swatches import palette_bar, palette_text
+from shell.swatches import palette_text
 from util.money import format_cents
 
 FIRST_BATCH = 20
@@ -62,10 +63,12 @@ MORE_BATCH = 10
 MAX_BATCH = 500  # protocol.catalog.Limit
 #: Cells a listing thumbnail occupies (half-blocks make that 16 x 16 pixels).
 THUMB_CELLS = (16, 8)
-#: Terminals narrower than this get the compact listing: a shorter palette bar and the
-#: matching colour without its hex value, so titles keep room to be read (at 80 columns the
-#: full table left a title five cells and folded it over eight lines).
+#: Terminals narrower than this get the compact listing, without lines between columns, so
+#: titles keep room to be read (at 80 columns the full table once left a title five cells and
+#: folded it over eight lines).
 WIDE_LISTING = 110
+#: Marks the colour a colour search matched, in the colours column.
+MATCH_MARK = "◂"
 #: How many recently listed ids completion offers.
 RECENT_IDS = 200
 #: Seconds a fetched tag list stays good enough for completion.
@@ -329,6 +332,20 @@ def _thumbnail_cell(item: ImageSummary, mode: GraphicsMode) -> Any:
     return picture_renderable(item.thumbnail, mode, *THUMB_CELLS)
 
 
+def colours_cell(item: ImageSummary) -> Text:
+    """The palette, one colour a line as swatch, hex and share; after a colour search the
+    colour that matched comes first, marked."""
+    if item.match is None or item.match not in item.palette:
+        return palette_text(item.palette, "\n")
+    cell = palette_text([item.match])
+    cell.append(f" {MATCH_MARK}", style="bold")
+    rest = [colour for colour in item.palette if colour != item.match]
+    if rest:
+        cell.append("\n")
+        cell.append_text(palette_text(rest, "\n"))
+    return cell
+
+
 def terminal_columns() -> int:
     """The width listings are laid out for (COLUMNS, else the terminal, else 80)."""
     return shutil.get_terminal_size((80, 24)).columns
@@ -359,11 +376,9 @@ def listing_table(
     table.add_column("price", justify="right", no_wrap=True)
     table.add_column("qty", justify="right", no_wrap=True)
     table.add_column("owner", no_wrap=True)
-    table.add_column("colours", no_wrap=True)
+    table.add_column(f"colours {MATCH_MARK} match" if matches else "colours", no_wrap=True)
     if scores:
         table.add_column("score", justify="right", no_wrap=True)
-    if matches:
-        table.add_column("match", no_wrap=True)
     for item in items:
         owner = Text(printable(item.owner))
         if item.visibility == "private":
@@ -376,13 +391,10 @@ def listing_table(
             format_cents(item.price_cents),
             str(item.quantity),
             owner,
-            palette_bar(item.palette, width=4 if compact else 8),
+            colours_cell(item),
         ]
         if scores:
             row.append("" if item.score is None else f"{item.score:.3f}")
-        if matches:
-            # the colour that matched, as swatch, hex and share (the palette column is a bar)
-            row.append(palette_text([item.match], hex_values=not compact) if item.match else "")
         table.add_row(*row)
     return table
 

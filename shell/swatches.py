@@ -44,9 +44,8 @@ def format_share(share: float) -> str:
     return f"{percent:.0f}%"
 
 
-def palette_text(palette: Sequence[Any], separator: str = "  ", *, hex_values: bool = True) -> Text:
-    """Each colour as "██ #rrggbb 42%", for show_image and wide listings ("██ 42%" without
-    `hex_values`, where a narrow terminal has no room for them).
+def palette_text(palette: Sequence[Any], separator: str = "  ") -> Text:
+    """Each colour as "██ #rrggbb 42%", for show_image and listings.
 
     An empty palette (no chromatic colour in the picture) says so instead of printing nothing.
     """
@@ -58,35 +57,5 @@ def palette_text(palette: Sequence[Any], separator: str = "  ", *, hex_values: b
         if index:
             text.append(separator)
         text.append(BLOCK * 2, Style(color=_hex(rgb)))
-        text.append(
-            f" {_hex(rgb)} {format_share(share)}" if hex_values else f" {format_share(share)}"
-        )
-    return text
-
-
-def palette_bar(palette: Sequence[Any], width: int = 8) -> Text:
-    """Blocks only, each colour's width proportional to its share, for a narrow table column.
-
-    The bar always fills ``width`` cells (shares are normalised over the palette, and every
-    colour gets at least one cell while there is room), so the column stays aligned.
-    Largest remainders decide the rounding so the widths add up exactly.
-    """
-    if width < 1:
-        raise ValueError(f"width must be at least 1, got {width}")
-    colours = [_colour(entry) for entry in palette][:width]
-    if not colours:
-        return Text("·" * width, style="dim")
-    total = sum(share for _, share in colours)
-    weights = [share / total if total > 0 else 1 / len(colours) for _, share in colours]
-    spare = width - len(colours)
-    exact = [weight * spare for weight in weights]
-    cells = [1 + int(value) for value in exact]
-    by_remainder = sorted(
-        range(len(colours)), key=lambda i: (exact[i] - int(exact[i]), -i), reverse=True
-    )
-    for i in by_remainder[: width - sum(cells)]:
-        cells[i] += 1
-    text = Text(no_wrap=True, overflow="crop")
-    for (rgb, _), count in zip(colours, cells, strict=True):
-        text.append(BLOCK * count, Style(color=_hex(rgb)))
+        text.append(f" {_hex(rgb)} {format_share(share)}")
     return text

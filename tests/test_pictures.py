@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 from PIL import Image
@@ -24,7 +25,7 @@ from rich.text import Text
 from protocol.catalog import Colour as CatalogColour
 from protocol.catalog import ImageSummary
 from shell.contact_sheet import GAP, write_contact_sheet
-from shell.listing import listing_table
+from shell.listing import MATCH_MARK, listing_table
 from shell.pictures import (
     DEFAULT_CELL_PX,
     GRAPHICS_MODES,
@@ -37,7 +38,7 @@ from shell.pictures import (
     picture_renderable,
     sixel_escape,
 )
-from shell.swatches import palette_bar, palette_text
+from shell.swatches import palette_text
 
 DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "clothing-small"
 RED, BLUE, GREEN, YELLOW = (255, 0, 0), (0, 0, 255), (0, 204, 51), (255, 204, 0)
@@ -487,46 +488,42 @@ def test_empty_palette_says_so() -> None:
     assert "no dominant colours" in palette_text([]).plain
 
 
-def test_palette_bar_is_proportional_and_exact_width() -> None:
-    palette = [Colour(255, 0, 0, 0.6), Colour(0, 0, 255, 0.2), Colour(0, 255, 0, 0.01)]
-    bar = palette_bar(palette, width=10)
-    assert bar.cell_len == 10 and set(bar.plain) == {"█"}
-    widths = {
-        tuple(span.style.color.get_truecolor()): span.end - span.start for span in bar.spans
-    }
-    assert widths[(0, 255, 0)] >= 1
-    assert widths[(255, 0, 0)] > widths[(0, 0, 255)] >= widths[(0, 255, 0)]
-    assert sum(widths.values()) == 10
-
-
 def _summary(image_id: int, title: str) -> ImageSummary:
     red = CatalogColour(r=167, g=37, b=51, hue=353.7, saturation=0.63, lightness=0.4, share=0.62)
+    olive = CatalogColour(r=136, g=112, b=50, hue=42.7, saturation=0.46, lightness=0.37, share=0.07)
     return ImageSummary(
         id=image_id, title=title, description="", filename="a.jpg", tags=["shop", "dress"],
         price_cents=1999, quantity=3, owner="alice", visibility="public", created_at=0.0,
-        width=400, height=533, palette=[red], score=0.6, match=red,
+        width=400, height=533, palette=[olive, red], score=0.6, match=red,
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("columns", [80, 100])
-def test_a_colour_search_listing_fits_a_narrow_terminal(columns: int) -> None:
-    """At 80 columns the full table once left the title five cells, folded over eight lines."""
+@pytest.mark.parametrize("columns", [80, 100, 160])
+def test_a_colour_search_listing_fits_and_shows_every_colour(columns: int) -> None:
+    """Every colour with its hex and share, the match first and marked, within the terminal's
+    width (at 80 columns the table once left the title five cells, folded over eight lines)."""
     items = [_summary(140, "18ed7f47-b091-4eb0-ae81-89f2ef139a9b"), _summary(141, "Red dress")]
     console = Console(width=columns, record=True, color_system=None)
     console.print(listing_table(items, "none", columns))
     lines = console.export_text().splitlines()
     assert all(len(line) <= columns for line in lines)
-    assert any("62%" in line for line in lines)  # the match's share is not cropped
+    assert sum(f"#a72533 62% {MATCH_MARK}" in line for line in lines) == 2
+    assert sum("#887032 7%" in line for line in lines) == 2
+    # the match is listed first: on the row's first line
+    assert all(MATCH_MARK in line for line in lines if "#a72533" in line)
     title_lines = [
         line for line in lines if "18ed7f47" in line or "b091" in line or "139a9b" in line
     ]
     assert 1 <= len(title_lines) <= 3
 
 
-def test_a_wide_listing_shows_the_matching_colour_with_its_hex() -> None:
+def test_a_browse_listing_shows_the_palette_without_a_mark() -> None:
+    item = _summary(140, "Red dress")
+    browse = ImageSummary(**{**msgspec.structs.asdict(item), "score": None, "match": None})
     console = Console(width=160, record=True, color_system=None)
-    console.print(listing_table([_summary(140, "Red dress")], "none", 160))
-    assert "#a72533 62%" in console.export_text()
+    console.print(listing_table([browse], "none", 160))
+    text = console.export_text()
+    assert "#a72533 62%" in text and "#887032 7%" in text and MATCH_MARK not in text
 
 
 # --------------------------------------------------------------------------- a real photo
