@@ -104,6 +104,11 @@ WB_MAX_SAT = 0.30
 # and must cover WB_MIN_FRACTION of that frame.
 WB_BORDER = 0.12
 WB_MIN_FRACTION = 0.25
+# The estimate (their median) must be a colour the frame has: at least WB_MIN_PRESENT of the
+# frame within WB_BACKDROP_RADIUS of it. Two pale colours along the frame (a pink and a khaki)
+# have a median between them, a "cast" that no pixel has. Patterned carpets and unevenly lit
+# sofas, on real photos, have 15-25% of the frame there.
+WB_MIN_PRESENT = 0.10
 # ... and pixels within WB_BACKDROP_RADIUS (per channel) of that backdrop colour must leave
 # room for something else: more than WB_MAX_BACKDROP of the picture, and it is the subject.
 WB_BACKDROP_RADIUS = 0.10
@@ -149,11 +154,12 @@ BD_FINE_MAX_COLOUR = 0.5
 # When the backdrop is kept (the guard above), what lies in front of it is clustered apart from
 # it: a lemon or an orange on a wooden table that fills most of the frame must not merge into
 # the wood's hue arc (53 and 32 degrees are closer than MERGE_DEGREES) and come out as one
-# brown. A cluster in front joins a backdrop cluster only when it is the same colour: their
+# brown. A cluster in front joins a backdrop cluster when it is that colour after all: their
 # mean colours are as close as the coarse backdrop match itself (Delta E, 1.5 BD_CELL), or
-# they differ only in lightness, as one colour does in light and in shade (hues within
-# KEPT_MERGE_HUE, HLS saturations within KEPT_MERGE_SAT). An orange on the wood differs in
-# saturation (0.9 against 0.5), a lemon in hue.
+# they have the same hue (within KEPT_MERGE_HUE) and the one in front is not clearly more
+# vivid (HLS saturation at most KEPT_MERGE_SAT above): the backdrop's own colour in shade, or
+# blended with white or black where it meets them. A vivid orange (S 0.9) on the wood (S 0.5)
+# stays apart, and so does the lemon, by its hue.
 KEPT_MERGE_DE = 1.5 * BD_CELL
 KEPT_MERGE_HUE = 8.0
 KEPT_MERGE_SAT = 0.15
@@ -244,6 +250,10 @@ def white_balance_gains(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | 
     # the median, not the mean: where a garment reaches the frame, its pale parts are
     # candidates too, and must not pull the estimate
     neutral = np.median(ring[:, cand], axis=1).astype(np.float64)
+    # ... and it must be a surface that is there (WB_MIN_PRESENT)
+    close = np.abs(ring[:, cand] - neutral.astype(np.float32)[:, None]).max(axis=0)
+    if np.count_nonzero(close <= WB_BACKDROP_RADIUS) < WB_MIN_PRESENT * ring.shape[1]:
+        return None
     r, g, b = (float(v) for v in neutral)
     if max(r, g, b) - min(r, g, b) < 1.0 / 255.0:
         return None  # already neutral
@@ -488,7 +498,7 @@ def _merge_into_backdrop(kept: np.ndarray, front: np.ndarray) -> np.ndarray:
             if distance[i, j] <= KEPT_MERGE_DE
             or (
                 hue_distance(hue_k * 360.0, hue_f * 360.0) <= KEPT_MERGE_HUE
-                and abs(sat_k - sat_f) <= KEPT_MERGE_SAT
+                and sat_f - sat_k <= KEPT_MERGE_SAT
             )
         ]
         if same:
