@@ -334,7 +334,10 @@ def _thumbnail_cell(item: ImageSummary, mode: GraphicsMode) -> Any:
 
 def colours_cell(item: ImageSummary) -> Text:
     """The palette, one colour a line as swatch, hex and share; after a colour search the
-    colour that matched comes first, marked."""
+    colour that matched comes first, marked. A picture without colours says "none", short
+    enough not to widen the column."""
+    if not item.palette:
+        return Text("none", style="dim")
     if item.match is None or item.match not in item.palette:
         return palette_text(item.palette, "\n")
     cell = palette_text([item.match])

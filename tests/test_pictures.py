@@ -524,6 +524,11 @@ def test_a_browse_listing_shows_the_palette_without_a_mark() -> None:
     console.print(listing_table([browse], "none", 160))
     text = console.export_text()
     assert "#a72533 62%" in text and "#887032 7%" in text and MATCH_MARK not in text
+    # a picture without colours says so in a word, not in a sentence that widens the column
+    plain = ImageSummary(**{**msgspec.structs.asdict(browse), "palette": []})
+    console = Console(width=80, record=True, color_system=None)
+    console.print(listing_table([plain], "none", 80))
+    assert "none" in console.export_text() and "no dominant colours" not in console.export_text()
 
 
 # --------------------------------------------------------------------------- a real photo
