@@ -338,11 +338,16 @@ def colours_cell(item: ImageSummary) -> Text:
     enough not to widen the column."""
     if not item.palette:
         return Text("none", style="dim")
-    if item.match is None or item.match not in item.palette:
+    match = item.match
+    # the server's match comes from its colour index, whose floats need not equal the
+    # palette's to the last bit: the same colour is the same RGB with the nearest share
+    same = [c for c in item.palette if match and (c.r, c.g, c.b) == (match.r, match.g, match.b)]
+    if match is None or not same:
         return palette_text(item.palette, "\n")
-    cell = palette_text([item.match])
+    first = min(same, key=lambda c: abs(c.share - match.share))
+    cell = palette_text([first])
     cell.append(f" {MATCH_MARK}", style="bold")
-    rest = [colour for colour in item.palette if colour != item.match]
+    rest = [colour for colour in item.palette if colour is not first]
     if rest:
         cell.append("\n")
         cell.append_text(palette_text(rest, "\n"))

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from shell.listing import MATCH_MARK
 from tests.servers import LoggedInShell as Shell
 from tests.servers import ServerProcess, json_lines, run_client
 from util.colour_spec import NAMES
@@ -155,6 +156,7 @@ def test_table_batches_and_more(alice: Shell, shop: dict[str, int]) -> None:
     assert code == 0, err
     assert "score" in out and "match" in out
     assert "#" in out and "%" in out  # the matching colour's hex and share
+    assert f"% {MATCH_MARK}" in out  # and the colour that matched is marked in the palette
     assert "End of images of red" in out
     code, out, err = alice(
         "search_by_color red --tags e2e-colour --batch 1 --json", "more --json", "more --json"

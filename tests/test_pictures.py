@@ -517,6 +517,15 @@ def test_a_colour_search_listing_fits_and_shows_every_colour(columns: int) -> No
     assert 1 <= len(title_lines) <= 3
 
 
+def test_the_match_is_marked_though_the_index_rounds_its_floats() -> None:
+    item = _summary(140, "Red dress")
+    match = msgspec.structs.replace(item.match, share=0.62010002, hue=353.70001)
+    rounded = msgspec.structs.replace(item, match=match)
+    console = Console(width=160, record=True, color_system=None)
+    console.print(listing_table([rounded], "none", 160))
+    assert f"#a72533 62% {MATCH_MARK}" in console.export_text()
+
+
 def test_a_browse_listing_shows_the_palette_without_a_mark() -> None:
     item = _summary(140, "Red dress")
     browse = ImageSummary(**{**msgspec.structs.asdict(item), "score": None, "match": None})
