@@ -379,8 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     rate = n / ingest_s
     # The bare model's mean over its runs before and after the ingest.
     measured = [b for b in (bare, bare_after) if b]
-    model_rate = sum(b["best_img_per_s"] for b in measured) / len(measured) if bare else 0.0
-    model_cpu_ms = sum(b["best_cpu_ms_per_img"] for b in measured) / len(measured) if bare else 0.0
+
+    def bare_mean(key: str) -> float:
+        return sum(b[key] for b in measured) / len(measured) if measured else 0.0
+
+    model_rate, model_cpu_ms = bare_mean("best_img_per_s"), bare_mean("best_cpu_ms_per_img")
     fraction = rate / model_rate if bare else None
     per_image_ms = ingest_s / n * 1000
     floor_ms = model_cpu_ms + sum(steps.values()) + client_cpu_ms

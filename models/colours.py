@@ -249,9 +249,10 @@ def white_balance_gains(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | 
         return None
     # the median, not the mean: where a garment reaches the frame, its pale parts are
     # candidates too, and must not pull the estimate
-    neutral = np.median(ring[:, cand], axis=1).astype(np.float64)
+    pale = ring[:, cand]
+    neutral = np.median(pale, axis=1).astype(np.float64)
     # ... and it must be a surface that is there (WB_MIN_PRESENT)
-    close = np.abs(ring[:, cand] - neutral.astype(np.float32)[:, None]).max(axis=0)
+    close = np.abs(pale - neutral.astype(np.float32)[:, None]).max(axis=0)
     if np.count_nonzero(close <= WB_BACKDROP_RADIUS) < WB_MIN_PRESENT * ring.shape[1]:
         return None
     r, g, b = (float(v) for v in neutral)
@@ -340,7 +341,7 @@ def backdrop_mask(px: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, b
     picture, a closer match (BD_FINE_CELL) is tried. If the backdrop is still that large, or
     if what the closer match gives back is mostly a colour, there may be nothing in front of
     it: a swatch or a close-up, whose colour is the answer. Then the coarse backdrop comes back
-    with False: kept as a colour, but what is in front of it is clustered apart (KEPT_MERGE_DE).
+    with False: kept as a colour, but what is in front of it is clustered apart (KEPT_MERGE_*).
     """
     height, width = shape
     lab, ring = _lab(px), _ring(shape).ravel()

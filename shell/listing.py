@@ -341,7 +341,8 @@ def colours_cell(item: ImageSummary) -> Text:
     match = item.match
     # the server's match comes from its colour index, whose floats need not equal the
     # palette's to the last bit: the same colour is the same RGB with the nearest share
-    same = [c for c in item.palette if match and (c.r, c.g, c.b) == (match.r, match.g, match.b)]
+    rgb = None if match is None else (match.r, match.g, match.b)
+    same = [c for c in item.palette if (c.r, c.g, c.b) == rgb]
     if match is None or not same:
         return palette_text(item.palette, "\n")
     first = min(same, key=lambda c: abs(c.share - match.share))
