@@ -275,13 +275,14 @@ def cluster_arcs(
     kernel: np.ndarray,
     merge_degrees: float,
     valley_ratio: float,
+    lit_fraction: float,
 ) -> np.ndarray:  # pragma: no cover - compiled
     """`models.colours` steps 4-5: the chromatic pixels (`cpx`, planar) vote with their hue
     bins in a circularly smoothed histogram, each joins the arc of the peak its bin climbs to,
     and neighbouring arcs merge while their mean hues are closer than `merge_degrees` or the
     valley between them is above `valley_ratio` of the smaller peak, closest pair first.
-    Returns the arcs in hue order as rows of (pixel count, sum of r, sum of g, sum of b), in
-    double precision.
+    Returns the arcs in hue order as rows of (pixel count, sum of r, sum of g, sum of b), then
+    the same four sums over the arc's brightest pixels only (`_lit_sums`), in double precision.
 
     Mean hues and the valleys between neighbours are kept up to date as arcs merge (a valley
     to a merged arc is the lower of the two it now spans), so one round is a pass over the
@@ -306,6 +307,11 @@ def cluster_arcs(
             arcs[k] = arcs_by_bin[p]
             peaks[k] = p
             k += 1
+    n_first = n
+    # each arc's first arc (before merging); `merged_into` links every first arc to the one
+    # whose arc took it in, so that each peak's pixels can be followed to their final arc
+    ident = np.arange(n)
+    merged_into = np.arange(n)
     hues = np.empty(n)
     heights = np.empty(n)
     gaps = np.empty(n)  # gaps[k]: the valley between arc k and arc k + 1 (circularly)
@@ -330,17 +336,74 @@ def cluster_arcs(
         left_gap = gaps[left] if keep_i else min(gaps[left], gaps[i])
         right_gap = min(gaps[i], gaps[j]) if keep_i else gaps[j]
         arcs[i] = arcs[i] + arcs[j]
+        merged_into[ident[j]] = ident[i]
         hues[i] = _arc_hue(arcs[i])
         if not keep_i:
             peaks[i], heights[i] = peaks[j], heights[j]
         gaps[left], gaps[i] = left_gap, right_gap
         for m in range(j, n - 1):  # remove arc j
             arcs[m] = arcs[m + 1]
-            hues[m], peaks[m], heights[m], gaps[m] = (
+            hues[m], peaks[m], heights[m], gaps[m], ident[m] = (
                 hues[m + 1],
                 peaks[m + 1],
                 heights[m + 1],
                 gaps[m + 1],
+                ident[m + 1],
             )
         n -= 1
-    return arcs[:n].copy()
+    # which final arc every peak's pixels ended in, through the chain of merges
+    position = np.empty(n_first, dtype=np.int64)
+    for k in range(n):
+        position[ident[k]] = k
+    arc_of_peak = np.full(360, -1, dtype=np.int64)
+    k = 0
+    for p in range(360):
+        if arcs_by_bin[p, 0] > 0:
+            root = k
+            while merged_into[root] != root:
+                root = merged_into[root]
+            arc_of_peak[p] = position[root]
+            k += 1
+    out = np.empty((n, 8))
+    out[:, :4] = arcs[:n]
+    out[:, 4:] = _lit_sums(cpx, hbin, label, arc_of_peak, n, lit_fraction)
+    return out
+
+
+@njit(nogil=True, cache=True)
+def _lit_sums(
+    cpx: np.ndarray,
+    hbin: np.ndarray,
+    label: np.ndarray,
+    arc_of_peak: np.ndarray,
+    n: int,
+    lit_fraction: float,
+) -> np.ndarray:  # pragma: no cover - compiled
+    """Per arc, (count, sum of r, g, b) of its brightest `lit_fraction` of pixels by value
+    (max of r, g, b, in 1/255 steps; ties at the cut all count, so at least that fraction)."""
+    levels = np.zeros((n, 256), dtype=np.int64)
+    value = np.empty(hbin.size, dtype=np.int64)
+    arc = np.empty(hbin.size, dtype=np.int64)
+    for i in range(hbin.size):
+        v = max(cpx[0, i], cpx[1, i], cpx[2, i])
+        value[i] = min(255, max(0, int(v * 255.0 + 0.5)))
+        arc[i] = arc_of_peak[label[hbin[i]]]
+        levels[arc[i], value[i]] += 1
+    cut = np.zeros(n, dtype=np.int64)
+    for k in range(n):
+        need = np.ceil(lit_fraction * levels[k].sum())
+        seen = 0
+        for q in range(255, -1, -1):
+            seen += levels[k, q]
+            if seen >= need:
+                cut[k] = q
+                break
+    lit = np.zeros((n, 4))
+    for i in range(hbin.size):
+        k = arc[i]
+        if value[i] >= cut[k]:
+            lit[k, 0] += 1.0
+            lit[k, 1] += np.float64(cpx[0, i])
+            lit[k, 2] += np.float64(cpx[1, i])
+            lit[k, 3] += np.float64(cpx[2, i])
+    return lit

@@ -3,13 +3,12 @@
 Runs at every upload on the thumbnail the pipeline already decoded, so it has to cost a small
 fraction of the embedding (about 0.5 ms against 7-8 ms; its per-pixel loops and the hue
 clustering are compiled in models/colour_kernels.py, which says why) and must give the same
-answer every time:
-no k-means with random starts. Instead the chromatic pixels of a 64-pixel copy vote in a
-circular hue histogram; the smoothed histogram is cut at its valleys (each bin climbs to its
-peak) and peaks closer than MERGE_DEGREES are merged. Before that, a coloured backdrop (wall,
-floor, carpet, sheet: what surrounds the product along the frame) is left out, so that the
-product's colour, not the room's, answers a colour search. Rule, thresholds and measurements:
-docs/colours.md.
+answer every time: no k-means with random starts. Instead the chromatic pixels of a 64-pixel
+copy vote in a circular hue histogram; the smoothed histogram is cut at its valleys (each bin
+climbs to its peak) and peaks closer than MERGE_DEGREES are merged. Each cluster is reported
+as its lit part looks (LIT_FRACTION). Before that, a coloured backdrop (wall, floor, carpet,
+sheet: what surrounds the product along the frame) is left out, so that the product's colour,
+not the room's, answers a colour search. Rule, thresholds and measurements: docs/colours.md.
 """
 
 from __future__ import annotations
@@ -81,6 +80,11 @@ DARK_RATIO = 0.4
 DARK_HUES = (75.0, 330.0)
 
 MAX_COLOURS = 4
+# A colour is reported as its brightest LIT_FRACTION of pixels look (by value, max of r, g, b),
+# not as the mean of all of them: shading darkens a round fruit's far side to half its lit
+# colour, and the mean of a vivid orange is then a saddle brown. People name an object by its
+# lit side. A flat swatch moves by its noise only. docs/colours.md, "Lit colour".
+LIT_FRACTION = 0.5
 # Clusters smaller than this share of the whole picture are noise, edges and JPEG fringes.
 MIN_CLUSTER_SHARE = 0.02
 # Peaks whose mean hues are this close are one colour (shading moves a garment's hue a little).
@@ -167,8 +171,9 @@ KEPT_MERGE_SAT = 0.15
 
 @dataclass(frozen=True, slots=True)
 class PaletteColour:
-    """One dominant colour: its mean sRGB, the HLS of that mean, and its share of ALL pixels
-    (background included), so shares of one image add up to at most 1."""
+    """One dominant colour: the mean sRGB of its lit part (LIT_FRACTION), the HLS of that, and
+    the share of ALL pixels (background included) the whole colour covers, so shares of one
+    image add up to at most 1."""
 
     r: int
     g: int
@@ -451,16 +456,18 @@ def extract_palette(
     if sum(len(hbin) for _, hbin in chromatic) < MIN_CLUSTER_SHARE * total:
         return []
     groups = [
-        cluster_arcs(cpx, hbin, _KERNEL, MERGE_DEGREES, VALLEY_RATIO) if len(hbin) else _NO_ARCS
+        cluster_arcs(cpx, hbin, _KERNEL, MERGE_DEGREES, VALLEY_RATIO, LIT_FRACTION)
+        if len(hbin)
+        else _NO_ARCS
         for cpx, hbin in chromatic
     ]
     arcs = _merge_into_backdrop(*groups) if len(groups) == 2 else groups[0]
     out: list[PaletteColour] = []
-    for count, sr, sg, sb in arcs:
+    for count, _, _, _, lit, sr, sg, sb in arcs:
         share = count / total
         if share < MIN_CLUSTER_SHARE:
             continue
-        r, g, b = float(sr / count), float(sg / count), float(sb / count)
+        r, g, b = float(sr / lit), float(sg / lit), float(sb / lit)
         h, lightness, s = colorsys.rgb_to_hls(r, g, b)
         out.append(
             PaletteColour(
@@ -477,7 +484,7 @@ def extract_palette(
     return out[:max_colours]
 
 
-_NO_ARCS = np.empty((0, 4))
+_NO_ARCS = np.empty((0, 8))
 
 
 def _merge_into_backdrop(kept: np.ndarray, front: np.ndarray) -> np.ndarray:
@@ -486,7 +493,7 @@ def _merge_into_backdrop(kept: np.ndarray, front: np.ndarray) -> np.ndarray:
     (KEPT_MERGE_*), and stays a colour of its own otherwise."""
     if not len(kept) or not len(front):
         return np.concatenate([kept, front])
-    means = [(arcs[:, 1:] / arcs[:, :1]).T.astype(np.float32) for arcs in (kept, front)]
+    means = [(arcs[:, 1:4] / arcs[:, :1]).T.astype(np.float32) for arcs in (kept, front)]
     lab = [_lab(m) for m in means]
     distance = np.linalg.norm(lab[0][:, :, None] - lab[1][:, None, :], axis=0)
     hls = [[colorsys.rgb_to_hls(*(float(v) for v in rgb)) for rgb in m.T] for m in means]
@@ -506,7 +513,7 @@ def _merge_into_backdrop(kept: np.ndarray, front: np.ndarray) -> np.ndarray:
             merged[min(same, key=lambda i: distance[i, j])] += front[j]
         else:
             alone.append(front[j])
-    return np.concatenate([merged, np.array(alone).reshape(-1, 4)])
+    return np.concatenate([merged, np.array(alone).reshape(-1, 8)])
 
 
 def warm_up() -> None:

@@ -382,8 +382,12 @@ def test_names_separate_brown_from_orange_and_pink_from_red() -> None:
     orange = colour(28, 0.5, lightness=0.5, saturation=0.95)
     pink = colour(350, 0.5, lightness=0.8, saturation=0.7)
     red = colour(358, 0.5, lightness=0.45, saturation=0.8)
+    # pale: a peach is orange, a beige (a mushroom, a camel garment in light) is brown
+    peach = colour(28, 0.5, lightness=0.85, saturation=0.9)
+    beige = colour(33, 0.5, lightness=0.8, saturation=0.4)
     for name, yes, no in (("brown", brown, orange), ("orange", orange, brown),
-                          ("pink", pink, red), ("red", red, pink)):  # fmt: skip
+                          ("pink", pink, red), ("red", red, pink),
+                          ("orange", peach, beige), ("brown", beige, peach)):  # fmt: skip
         q = parse_colour(name)
         assert match_score(yes, q, q.tolerance, 0.0) is not None, name
         assert match_score(no, q, q.tolerance, 0.0) is None, name
@@ -575,3 +579,42 @@ def test_two_pale_colours_along_the_frame_are_not_taken_for_a_warm_cast() -> Non
         c = nearest(palette, true_hue(rgb))
         assert hue_distance(c.hue, true_hue(rgb)) <= HUE_TOL
         assert abs(c.share - 0.5) <= SHARE_TOL
+
+
+def _shaded_ball_on_white(rgb: tuple[int, int, int]) -> np.ndarray:
+    """A round fruit lit from the upper left, on a white table: its far side is in shade down
+    to a quarter of its lit colour, as a ball is under one light."""
+    w, h = SIZE
+    yy, xx = np.mgrid[0:h, 0:w].astype(float)
+    d = ((xx - w / 2) / 60) ** 2 + ((yy - h / 2) / 60) ** 2
+    lit = ((xx - w / 2 + 24) / 60) ** 2 + ((yy - h / 2 + 24) / 60) ** 2
+    shade = 1.05 - 0.8 * np.clip(lit / 2.0, 0, 1)
+    ball = np.asarray(rgb, float) * shade[..., None]
+    return np.where((d <= 1)[..., None], ball, 245.0)
+
+
+@pytest.mark.parametrize(
+    ("rgb", "name", "not_name"),
+    [((217, 114, 38), "orange", "brown"), ((110, 59, 30), "brown", "orange")],
+)
+def test_a_shaded_fruit_is_named_by_its_lit_side(
+    rgb: tuple[int, int, int], name: str, not_name: str
+) -> None:
+    # the mean of the whole orange is about #8f4a13, a saddle brown: it is its lit side that
+    # people name (LIT_FRACTION). A chestnut, as dark on its lit side, stays brown.
+    palette = extract_palette(_noisy(_shaded_ball_on_white(rgb)))
+    assert len(palette) == 1
+    assert hue_distance(palette[0].hue, true_hue(rgb)) <= HUE_TOL
+    assert abs(palette[0].share - np.pi * 60 * 60 / (SIZE[0] * SIZE[1])) <= SHARE_TOL
+    for query, expected in ((name, True), (not_name, False)):
+        q = parse_colour(query)
+        assert (best_match(palette, q, q.tolerance, 0.05) is not None) is expected, query
+
+
+def test_a_flat_colour_is_reported_as_it_is() -> None:
+    # the lit part of a flat colour is the colour itself, up to its noise
+    rgb = hls_rgb(28, 0.45, 0.7)
+    a = np.empty((SIZE[1], SIZE[0], 3))
+    a[:] = rgb
+    (c,) = extract_palette(_noisy(a))
+    assert max(abs(c.r - rgb[0]), abs(c.g - rgb[1]), abs(c.b - rgb[2])) <= 4

@@ -108,11 +108,17 @@ class ColourQuery:
 # (chocolate S 0.75 L 0.47 looks burnt orange), or pale (L >= 0.75: peach).
 # S 0.6 is also the line between red and brown at 8..15 (sienna S 0.56 is brown).
 _DULL = 0.6
-_ORANGE = (LSBox(l_lo=0.35, s_lo=0.75), LSBox(l_lo=0.45, s_lo=_DULL), LSBox(l_lo=0.75))
+_BEIGE = 0.5
+_ORANGE = (
+    LSBox(l_lo=0.35, s_lo=0.75),
+    LSBox(l_lo=0.45, s_lo=_DULL),
+    LSBox(l_lo=0.75, s_lo=_BEIGE),
+)
 _BROWN = (
     LSBox(l_hi=0.35),
     LSBox(l_hi=0.45, s_hi=0.75),
     LSBox(l_hi=0.75, s_hi=_DULL),
+    LSBox(l_lo=0.75, s_hi=_BEIGE),
 )
 # Red, pink and magenta share 290..20 and are complements hue by hue. Pink is the pale or dusty
 # side: from L 0.50 (deep pink L 0.54, pale violet red L 0.65), or already from L 0.40 when
