@@ -12,8 +12,9 @@ per image, during which the event loop and the batcher could not run, and two th
 extracting at once cost 30% more per image than one.
 
 Each kernel computes exactly what the numpy or Python code it replaced computed, in the same
-arithmetic (float32 for pixels, double for the clustering, as Python's floats): palettes stay
-byte-identical on 1,100 thumbnails. The docstrings of `models.colours` explain the rules.
+arithmetic (float32 for pixels, double for the clustering, as Python's floats): palettes stayed
+byte-identical on 1,100 thumbnails. `_lit_sums` (each colour as its lit half looks) came later
+and was written here directly. The docstrings of `models.colours` explain the rules.
 `cache=True` keeps the machine code under `__pycache__`, so only the first process on a
 machine compiles (~2 s).
 """
