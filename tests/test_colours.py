@@ -13,18 +13,22 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from models.colour_kernels import backdrop_core
+from models.colour_kernels import backdrop_core, cluster_arcs
 from models.colours import (
+    _KERNEL,
     _LAB_BINS,
     BD_CELL,
     BD_MAX,
     BD_SUPPORT,
     CHROMA_MIN,
     FAINT_CHROMA,
+    MERGE_DEGREES,
+    VALLEY_RATIO,
     WB_CAST_HUES,
     WB_MAX_SAT,
     WB_MIN_LIGHTNESS,
     PaletteColour,
+    _chromatic_pixels,
     _lab,
     _ring,
     _work_pixels,
@@ -618,3 +622,29 @@ def test_a_flat_colour_is_reported_as_it_is() -> None:
     a[:] = rgb
     (c,) = extract_palette(_noisy(a))
     assert max(abs(c.r - rgb[0]), abs(c.g - rgb[1]), abs(c.b - rgb[2])) <= 4
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    hues=st.lists(st.floats(0, 359), min_size=1, max_size=6),
+    seed=st.integers(0, 2**16),
+)
+def test_lit_sums_follow_every_pixel_to_its_merged_colour(hues: list[float], seed: int) -> None:
+    # bands of shaded colours, some close enough in hue to merge; with the whole of each
+    # cluster taken as "lit" (fraction 1), the lit sums must be the cluster's own sums, which
+    # only holds if every pixel was followed through the merges to the right cluster
+    rng = np.random.default_rng(seed)
+    w, h = 64, 48
+    a = np.zeros((h, w, 3))
+    for k, hue in enumerate(hues):
+        band = slice(k * w // len(hues), (k + 1) * w // len(hues))
+        shade = rng.uniform(0.4, 1.0, (h, band.stop - band.start, 1))
+        a[:, band] = np.asarray(hls_rgb(hue, 0.5, 0.8), float) * shade
+    px, _ = _work_pixels(Image.fromarray(a.astype(np.uint8)))
+    cpx, hbin = _chromatic_pixels(px, px.shape[1])
+    assume(len(hbin) > 0)
+    whole = cluster_arcs(cpx, hbin, _KERNEL, MERGE_DEGREES, VALLEY_RATIO, 1.0)
+    np.testing.assert_allclose(whole[:, 4:], whole[:, :4], rtol=1e-9)
+    half = cluster_arcs(cpx, hbin, _KERNEL, MERGE_DEGREES, VALLEY_RATIO, 0.5)
+    np.testing.assert_array_equal(half[:, :4], whole[:, :4])
+    assert np.all(half[:, 4] >= 0.5 * half[:, 0])
