@@ -389,9 +389,14 @@ def test_names_separate_brown_from_orange_and_pink_from_red() -> None:
     # pale: a peach is orange, a beige (a mushroom, a camel garment in light) is brown
     peach = colour(28, 0.5, lightness=0.85, saturation=0.9)
     beige = colour(33, 0.5, lightness=0.8, saturation=0.4)
+    # very dark and dull at 292..325: an aubergine under warm light is purple; magenta is vivid
+    plum = colour(310, 0.5, lightness=0.18, saturation=0.3)
+    dark_magenta = colour(310, 0.5, lightness=0.2, saturation=0.8)
     for name, yes, no in (("brown", brown, orange), ("orange", orange, brown),
                           ("pink", pink, red), ("red", red, pink),
-                          ("orange", peach, beige), ("brown", beige, peach)):  # fmt: skip
+                          ("orange", peach, beige), ("brown", beige, peach),
+                          ("purple", plum, dark_magenta),
+                          ("magenta", dark_magenta, plum)):  # fmt: skip
         q = parse_colour(name)
         assert match_score(yes, q, q.tolerance, 0.0) is not None, name
         assert match_score(no, q, q.tolerance, 0.0) is None, name

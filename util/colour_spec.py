@@ -131,7 +131,10 @@ _BROWN = (
 # - 292..325: magenta up to L 0.62 (medium violet red 322, fuchsia 300), pink above (light
 #   orchid). 325 lies between medium violet red (322) and deep pink (328);
 # - purple reaches 305 for dark colours (L <= 0.30): CSS purple #800080 sits at hue 300, and a
-#   dark magenta is called purple; both names then match.
+#   dark magenta is called purple; both names then match;
+# - a colour both very dark and dull (L <= 0.25, S < 0.4) at 292..325 is purple only: magenta
+#   is vivid, and this is an aubergine, a plum or a blackberry, which warm light moves from
+#   280-295 to 300-312 (bench.colour_scenes). CSS purple and dark magenta are vivid (S 1.0).
 _DUSTY = 0.5
 _PINK = (
     LSBox(l_lo=0.62, h_lo=290.0, h_hi=325.0),
@@ -145,12 +148,18 @@ _RED = (
     LSBox(l_hi=0.66, h_lo=352.0, h_hi=8.0),
     LSBox(l_hi=0.66, s_lo=_DULL, h_lo=8.0, h_hi=15.0),
 )
+_PLUM_L = 0.25
+_PLUM_S = 0.4
 _MAGENTA = (
-    LSBox(l_hi=0.62, h_lo=292.0, h_hi=325.0),
+    LSBox(l_lo=_PLUM_L, l_hi=0.62, h_lo=292.0, h_hi=325.0),
+    LSBox(l_hi=_PLUM_L, s_lo=_PLUM_S, h_lo=292.0, h_hi=325.0),
     LSBox(l_hi=0.40, h_lo=325.0, h_hi=340.0),
     LSBox(l_hi=0.50, s_lo=_DUSTY, h_lo=325.0, h_hi=340.0),
 )
-_PURPLE = (LSBox(l_hi=0.30, h_lo=295.0, h_hi=305.0),)
+_PURPLE = (
+    LSBox(l_hi=0.30, h_lo=295.0, h_hi=305.0),
+    LSBox(l_hi=_PLUM_L, s_hi=_PLUM_S, h_lo=305.0, h_hi=325.0),
+)
 
 # name -> (centre hue, default half-width, lightness/saturation boxes). Chosen from how the
 # names are used for products (blue clothes sit near 215-225, rarely at the sRGB primary 240).
@@ -167,7 +176,7 @@ NAMES: dict[str, tuple[float, float, tuple[LSBox, ...]]] = {
     "green": (118.5, 48.5, ()),
     "cyan": (183.0, 16.0, ()),
     "blue": (222.0, 23.0, ()),
-    "purple": (275.0, 30.0, _PURPLE),
+    "purple": (285.0, 40.0, _PURPLE),
     "magenta": (316.0, 24.0, _MAGENTA),
     "pink": (335.0, 45.0, _PINK),
 }
