@@ -81,9 +81,9 @@ DARK_HUES = (75.0, 330.0)
 
 MAX_COLOURS = 4
 # A colour is reported as its brightest LIT_FRACTION of pixels look (by value, max of r, g, b),
-# not as the mean of all of them: shading darkens a round fruit's far side to half its lit
-# colour, and the mean of a vivid orange is then a saddle brown. People name an object by its
-# lit side. A flat swatch moves by its noise only. docs/colours.md, "Lit colour".
+# not as the mean of all of them: shading darkens a round fruit's far side to a third of its
+# lit colour or less, and the mean of a vivid orange is then a saddle brown. People name an
+# object by its lit side. A flat swatch moves by its noise only. docs/colours.md, "Lit colour".
 LIT_FRACTION = 0.5
 # Clusters smaller than this share of the whole picture are noise, edges and JPEG fringes.
 MIN_CLUSTER_SHARE = 0.02

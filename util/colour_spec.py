@@ -105,7 +105,8 @@ class ColourQuery:
 # (saddle brown L 0.31, sienna L 0.40) or dull orange up to L 0.75 (peru S 0.59 L 0.53, tan
 # S 0.44 L 0.69, potatoes S 0.15-0.3); orange is vivid even in shade (dark orange; a shaded
 # orange fruit at L 0.38, S 0.9: L >= 0.35 with S >= 0.75), saturated from L 0.45 on
-# (chocolate S 0.75 L 0.47 looks burnt orange), or pale (L >= 0.75: peach).
+# (chocolate S 0.75 L 0.47 looks burnt orange), or pale (L >= 0.75: peach) unless dull too:
+# pale with S below 0.5 is beige (a mushroom, a camel coat in light), grouped with brown.
 # S 0.6 is also the line between red and brown at 8..15 (sienna S 0.56 is brown).
 _DULL = 0.6
 _BEIGE = 0.5
