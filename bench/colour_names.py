@@ -19,27 +19,37 @@ import sys
 from pathlib import Path
 
 from bench.bench_colours import DATASET
-from models.colours import best_match, extract_palette
+from models.colours import PaletteColour, best_match, extract_palette
 from service.context import ServerConfig
 from shell.colour_commands import DEFAULT_MIN_SHARE
 from util.colour_spec import NAMES, parse_colour
 from util.images import decode_image, make_thumbnail
 
+QUERIES = {name: parse_colour(name) for name in NAMES}
+THUMBNAIL_SIDE = ServerConfig().thumbnail_side
+
+
+def upload_palette(data: bytes) -> list[PaletteColour]:
+    """What the upload path stores for a picture: decode, thumbnail, palette."""
+    decoded = decode_image(data, target=THUMBNAIL_SIDE)
+    thumbnail, _ = make_thumbnail(decoded.image, THUMBNAIL_SIDE)
+    return extract_palette(thumbnail)
+
+
+def matching_names(palette: list[PaletteColour]) -> list[str]:
+    """The colour names a search by name finds this palette by, at the default min-share."""
+    return [
+        name
+        for name, query in QUERIES.items()
+        if best_match(palette, query, query.tolerance, DEFAULT_MIN_SHARE)
+    ]
+
 
 def names_per_photo(root: Path) -> dict[str, list[str]]:
-    queries = {name: parse_colour(name) for name in NAMES}
-    side = ServerConfig().thumbnail_side
-    out = {}
-    for path in sorted(root.glob("*/*/*.jpg")):
-        decoded = decode_image(path.read_bytes(), target=side)
-        thumbnail, _ = make_thumbnail(decoded.image, side)
-        palette = extract_palette(thumbnail)
-        out[str(path.relative_to(root))] = [
-            name
-            for name, query in queries.items()
-            if best_match(palette, query, query.tolerance, DEFAULT_MIN_SHARE)
-        ]
-    return out
+    return {
+        str(path.relative_to(root)): matching_names(upload_palette(path.read_bytes()))
+        for path in sorted(root.glob("*/*/*.jpg"))
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

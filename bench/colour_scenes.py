@@ -5,8 +5,8 @@
 a change against: produce on white, grey, black and wooden tables or piled to fill the frame,
 lit by one light (shaded to a quarter on the far side), under neutral, warm, cool or dim light,
 and dark, dusty and pale swatches on cards or filling the frame. Nothing here goes through the
-server: it runs the upload path's decode, thumbnail and `extract_palette`, then `best_match`
-for every name at the search's default min-share, like `bench.colour_names`.
+server: it runs the upload path's decode, thumbnail and palette, then the names a search
+finds each picture by, with `bench.colour_names`' helpers.
 
     .venv/bin/python -m bench.colour_scenes [--seed N ...] [--misses]
 
@@ -24,11 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from models.colours import PaletteColour, best_match, extract_palette
-from service.context import ServerConfig
-from shell.colour_commands import DEFAULT_MIN_SHARE
-from util.colour_spec import NAMES, parse_colour
-from util.images import decode_image, make_thumbnail
+from bench.colour_names import matching_names, upload_palette
+from models.colours import PaletteColour
+from util.colour_spec import NAMES
 
 HEIGHT, WIDTH = 240, 320
 #: linear-light RGB gains of each light at full strength
@@ -165,32 +163,15 @@ def scenes(seed: int) -> Iterator[Scene]:
                 yield Scene(name, *swatch(colour, rng))
 
 
-def palette(jpeg: bytes, config: ServerConfig) -> list[PaletteColour]:
-    """What the upload path stores: decode, thumbnail, palette."""
-    decoded = decode_image(
-        jpeg,
-        max_bytes=config.max_image_bytes,
-        max_pixels=config.max_image_pixels,
-        target=config.thumbnail_side,
-    )
-    thumbnail, _ = make_thumbnail(decoded.image, config.thumbnail_side)
-    return extract_palette(thumbnail)
-
-
 def evaluate(seed: int, misses: bool) -> None:
-    config = ServerConfig()
-    queries = {name: parse_colour(name) for name in NAMES}
-    rows = [(scene, palette(scene.jpeg, config)) for scene in scenes(seed)]
+    rows = [(scene, upload_palette(scene.jpeg)) for scene in scenes(seed)]
+    names = [set(matching_names(colours)) for _, colours in rows]
     print(f"\nseed {seed}: {len(rows)} pictures")
     print("| name | returned | right | of that name | precision | recall |")
     print("| --- | --- | --- | --- | --- | --- |")
     wrong: list[str] = []
-    for name, query in queries.items():
-        found = [
-            i
-            for i, (_, colours) in enumerate(rows)
-            if best_match(colours, query, query.tolerance, DEFAULT_MIN_SHARE)
-        ]
+    for name in NAMES:
+        found = [i for i, matched in enumerate(names) if name in matched]
         truth = {i for i, (scene, _) in enumerate(rows) if scene.name == name}
         right = len(truth.intersection(found))
         precision = right / len(found) if found else 1.0

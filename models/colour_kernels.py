@@ -308,7 +308,7 @@ def cluster_arcs(
             arcs[k] = arcs_by_bin[p]
             peaks[k] = p
             k += 1
-    n_first = n
+    first_peaks = peaks.copy()
     # each arc's first arc (before merging); `merged_into` links every first arc to the one
     # whose arc took it in, so that each peak's pixels can be followed to their final arc
     ident = np.arange(n)
@@ -353,18 +353,15 @@ def cluster_arcs(
             )
         n -= 1
     # which final arc every peak's pixels ended in, through the chain of merges
-    position = np.empty(n_first, dtype=np.int64)
+    position = np.empty(first_peaks.size, dtype=np.int64)
     for k in range(n):
         position[ident[k]] = k
     arc_of_peak = np.full(360, -1, dtype=np.int64)
-    k = 0
-    for p in range(360):
-        if arcs_by_bin[p, 0] > 0:
-            root = k
-            while merged_into[root] != root:
-                root = merged_into[root]
-            arc_of_peak[p] = position[root]
-            k += 1
+    for first in range(first_peaks.size):
+        root = first
+        while merged_into[root] != root:
+            root = merged_into[root]
+        arc_of_peak[first_peaks[first]] = position[root]
     out = np.empty((n, 8))
     out[:, :4] = arcs[:n]
     out[:, 4:] = _lit_sums(cpx, hbin, label, arc_of_peak, n, lit_fraction)
