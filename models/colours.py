@@ -163,7 +163,10 @@ BD_FINE_MAX_COLOUR = 0.5
 # they have the same hue (within KEPT_MERGE_HUE) and the one in front is not clearly more
 # vivid (HLS saturation at most KEPT_MERGE_SAT above): the backdrop's own colour in shade, or
 # blended with white or black where it meets them. A vivid orange (S 0.9) on the wood (S 0.5)
-# stays apart, and so does the lemon, by its hue.
+# stays apart, and so does the lemon, by its hue. And when something in front stays apart and
+# is a colour of its own (MIN_CLUSTER_SHARE), a kept backdrop of one colour was a table after
+# all: a swatch or a garment filling the frame has nothing else in front of it, so the backdrop
+# is left out as any other (docs/colours.md, "A small thing on a large table").
 KEPT_MERGE_DE = 1.5 * BD_CELL
 KEPT_MERGE_HUE = 8.0
 KEPT_MERGE_SAT = 0.15
@@ -461,7 +464,7 @@ def extract_palette(
         else _NO_ARCS
         for cpx, hbin in chromatic
     ]
-    arcs = _merge_into_backdrop(*groups) if len(groups) == 2 else groups[0]
+    arcs = _merge_into_backdrop(*groups, total) if len(groups) == 2 else groups[0]
     out: list[PaletteColour] = []
     for count, _, _, _, lit, sr, sg, sb in arcs:
         share = count / total
@@ -487,10 +490,16 @@ def extract_palette(
 _NO_ARCS = np.empty((0, 8))
 
 
-def _merge_into_backdrop(kept: np.ndarray, front: np.ndarray) -> np.ndarray:
-    """The arcs of a kept backdrop and of what is in front of it (rows of pixel count and
-    r, g, b sums): each front arc joins the nearest backdrop arc that is the same colour
-    (KEPT_MERGE_*), and stays a colour of its own otherwise."""
+def _merge_into_backdrop(kept: np.ndarray, front: np.ndarray, total: int) -> np.ndarray:
+    """The arcs of a kept backdrop and of what is in front of it (rows of `cluster_arcs`),
+    out of `total` pixels: each front arc joins the nearest backdrop arc that is the same
+    colour (KEPT_MERGE_*), and stays a colour of its own otherwise.
+
+    If the backdrop is one colour and something that stays apart is large enough to be
+    reported, the backdrop was a table under it, and only what stands in front is returned. A
+    backdrop of two colours or more is not taken for a table: it can be a garment touching two
+    edges of the frame in front of a wall (each in enough of the frame to count as backdrop),
+    and what stays apart is then their blend where they meet."""
     if not len(kept) or not len(front):
         return np.concatenate([kept, front])
     means = [(arcs[:, 1:4] / arcs[:, :1]).T.astype(np.float32) for arcs in (kept, front)]
@@ -513,7 +522,12 @@ def _merge_into_backdrop(kept: np.ndarray, front: np.ndarray) -> np.ndarray:
             merged[min(same, key=lambda i: distance[i, j])] += front[j]
         else:
             alone.append(front[j])
-    return np.concatenate([merged, np.array(alone).reshape(-1, 8)])
+    apart = np.array(alone).reshape(-1, 8)
+    reported = MIN_CLUSTER_SHARE * total
+    one_colour_behind = np.count_nonzero(merged[:, 0] >= reported) == 1
+    if one_colour_behind and len(apart) and apart[:, 0].max() >= reported:
+        return apart  # a table: what stands on it is the picture's colour
+    return np.concatenate([merged, apart])
 
 
 def warm_up() -> None:
