@@ -21,8 +21,7 @@ from pathlib import Path
 from bench.bench_colours import DATASET
 from models.colours import PaletteColour, best_match, extract_palette
 from service.context import ServerConfig
-from shell.colour_commands import DEFAULT_MIN_SHARE
-from util.colour_spec import NAMES, parse_colour
+from util.colour_spec import DEFAULT_MIN_SHARE, NAMES, parse_colour
 from util.images import decode_image, make_thumbnail
 
 QUERIES = {name: parse_colour(name) for name in NAMES}

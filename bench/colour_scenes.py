@@ -2,11 +2,12 @@
 
 `tests/test_colour_quality.py` generates swatches and produce that the rules must get right
 (its figures are a pass/fail test). This generates the scenes they still get wrong, to measure
-a change against: produce on white, grey, black and wooden tables or piled to fill the frame,
-lit by one light (shaded to a quarter on the far side), under neutral, warm, cool or dim light,
-and dark, dusty and pale swatches on cards or filling the frame. Nothing here goes through the
-server: it runs the upload path's decode, thumbnail and palette, then the names a search
-finds each picture by, with `bench.colour_names`' helpers.
+a change against: produce on white, grey, black and wooden tables, piled on black, or packed
+in a crate that fills the frame with a few leaves on top, lit by one light (shaded to a
+quarter on the far side), under neutral, warm, cool or dim light, and dark, dusty and pale
+swatches on cards or filling the frame. Nothing here goes through the server: it runs the
+upload path's decode, thumbnail and palette, then the names a search finds each picture by,
+with `bench.colour_names`' helpers.
 
     .venv/bin/python -m bench.colour_scenes [--seed N ...] [--misses]
 
@@ -32,6 +33,7 @@ HEIGHT, WIDTH = 240, 320
 #: linear-light RGB gains of each light at full strength
 LIGHTS = {"none": (1.0, 1.0, 1.0), "warm": (1.0, 0.78, 0.5), "cool": (0.8, 0.9, 1.0)}
 WOODS = ["#a0703c", "#8b5a2b", "#c19a6b", "#6b4423"]
+LEAF = "#3a7d2c"
 #: name -> [(body colour, bloom)]: bloom greys the body as on plums and blueberries
 PRODUCE: dict[str, list[tuple[str, float]]] = {
     "purple": [("#2d1b33", 0.0), ("#3a1f47", 0.0), ("#4b2a5a", 0.0)],  # aubergines
@@ -134,6 +136,33 @@ def produce(body: str, bloom: float, rng: np.random.Generator) -> tuple[str, byt
     return f"produce {body} on {kind}, {light} light", _jpeg(img, int(rng.integers(70, 93)))
 
 
+def _leaves(img: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` green leaves lying on the picture (the tops of a crate of fruit)."""
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float64)
+    for _ in range(count):
+        cx, cy = rng.uniform(0.1, 0.9) * WIDTH, rng.uniform(0.1, 0.9) * HEIGHT
+        angle, length = rng.uniform(0, np.pi), rng.uniform(15, 30)
+        u = ((xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)) / length
+        v = ((yy - cy) * np.cos(angle) - (xx - cx) * np.sin(angle)) / (0.4 * length)
+        vein = 0.8 + 0.2 * rng.random(u.shape)
+        img = np.where((u * u + v * v <= 1)[..., None], _rgb(LEAF) * vein[..., None], img)
+    return img
+
+
+def crate(body: str, bloom: float, rng: np.random.Generator) -> tuple[str, bytes]:
+    """Fruit packed to fill the frame, nothing else around them (the gaps are their own
+    shadow), with up to three leaves: what a table under a fruit must not be taken for."""
+    img = _fruit(
+        np.full((HEIGHT, WIDTH, 3), 0.35) * _rgb(body), _rgb(body), bloom, 40, (30, 50), rng
+    )
+    count = int(rng.integers(0, 4))
+    img = _leaves(img, count, rng)
+    light = str(rng.choice(["none", "warm", "cool", "dim"]))
+    img = _lit(img, light, rng.uniform(0.3, 0.7)) + rng.normal(0, 3, img.shape)
+    what = f"produce {body} in a crate, {count} leaves, {light} light"
+    return what, _jpeg(img, int(rng.integers(70, 93)))
+
+
 def swatch(colour: str, rng: np.random.Generator) -> tuple[str, bytes]:
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH] / np.array([HEIGHT, WIDTH]).reshape(2, 1, 1)
     gradient = 1 + 0.15 * (xx - 0.5) * rng.uniform(-1, 1) + 0.12 * (yy - 0.5) * rng.uniform(-1, 1)
@@ -151,7 +180,8 @@ def swatch(colour: str, rng: np.random.Generator) -> tuple[str, bytes]:
 
 
 def scenes(seed: int) -> Iterator[Scene]:
-    """175 pictures: four of each produce colour, three of each swatch."""
+    """221 pictures: four of each produce colour, three of each swatch, then two crates of each
+    produce colour (last, so that the earlier pictures of a seed stay the same draws)."""
     rng = np.random.default_rng(seed)
     for name, bodies in PRODUCE.items():
         for body, bloom in bodies:
@@ -161,6 +191,10 @@ def scenes(seed: int) -> Iterator[Scene]:
         for colour in colours:
             for _ in range(3):
                 yield Scene(name, *swatch(colour, rng))
+    for name, bodies in PRODUCE.items():
+        for body, bloom in bodies:
+            for _ in range(2):
+                yield Scene(name, *crate(body, bloom, rng))
 
 
 def evaluate(seed: int, misses: bool) -> None:

@@ -26,7 +26,14 @@ from models.colour_kernels import (
     cluster_arcs,
     colour_pixels,
 )
-from util.colour_spec import ColourQuery, check_min_share, check_tolerance, hue_distance
+from util.colour_spec import (
+    DEFAULT_MIN_SHARE,
+    ColourQuery,
+    check_min_share,
+    check_tolerance,
+    hue_distance,
+    parse_colour,
+)
 
 __all__ = [
     "CHROMA_MIN",
@@ -163,13 +170,21 @@ BD_FINE_MAX_COLOUR = 0.5
 # they have the same hue (within KEPT_MERGE_HUE) and the one in front is not clearly more
 # vivid (HLS saturation at most KEPT_MERGE_SAT above): the backdrop's own colour in shade, or
 # blended with white or black where it meets them. A vivid orange (S 0.9) on the wood (S 0.5)
-# stays apart, and so does the lemon, by its hue. And when something in front stays apart and
-# is a colour of its own (MIN_CLUSTER_SHARE), a kept backdrop of one colour was a table after
-# all: a swatch or a garment filling the frame has nothing else in front of it, so the backdrop
-# is left out as any other (docs/colours.md, "A small thing on a large table").
+# stays apart, and so does the lemon, by its hue.
 KEPT_MERGE_DE = 1.5 * BD_CELL
 KEPT_MERGE_HUE = 8.0
 KEPT_MERGE_SAT = 0.15
+# And the kept backdrop was a table after all, and is left out like any other, when it is one
+# colour, a table's colour (wood, cork, cream: what the names call brown, or pale on brown's
+# hues, a white table under warm light that white balance left alone), and something that
+# stays apart covers TABLE_SUBJECT_SHARE of the picture: a product a search would find (its
+# default min-share). A swatch or a garment filling the frame has nothing that large in front
+# of it; a crate of potatoes may have a leaf or a label, which is smaller; a pile of vivid
+# fruit is not a table's colour (its highlights' pale fringe stays apart from it). Docs:
+# docs/colours.md, "A small thing on a large table".
+TABLE_COLOUR = "brown"
+TABLE_CREAM_LIGHTNESS = 0.75
+TABLE_SUBJECT_SHARE = DEFAULT_MIN_SHARE
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,11 +510,10 @@ def _merge_into_backdrop(kept: np.ndarray, front: np.ndarray, total: int) -> np.
     out of `total` pixels: each front arc joins the nearest backdrop arc that is the same
     colour (KEPT_MERGE_*), and stays a colour of its own otherwise.
 
-    If the backdrop is one colour and something that stays apart is large enough to be
-    reported, the backdrop was a table under it, and only what stands in front is returned. A
-    backdrop of two colours or more is not taken for a table: it can be a garment touching two
-    edges of the frame in front of a wall (each in enough of the frame to count as backdrop),
-    and what stays apart is then their blend where they meet."""
+    If the backdrop is a table under a product (TABLE_*), only what stands in front is
+    returned. A backdrop of two colours or more is not taken for a table: it can be a garment
+    touching two edges of the frame in front of a wall (each in enough of the frame to count as
+    backdrop), and what stays apart is then their blend where they meet."""
     if not len(kept) or not len(front):
         return np.concatenate([kept, front])
     means = [(arcs[:, 1:4] / arcs[:, :1]).T.astype(np.float32) for arcs in (kept, front)]
@@ -523,11 +537,24 @@ def _merge_into_backdrop(kept: np.ndarray, front: np.ndarray, total: int) -> np.
         else:
             alone.append(front[j])
     apart = np.array(alone).reshape(-1, 8)
-    reported = MIN_CLUSTER_SHARE * total
-    one_colour_behind = np.count_nonzero(merged[:, 0] >= reported) == 1
-    if one_colour_behind and len(apart) and apart[:, 0].max() >= reported:
-        return apart  # a table: what stands on it is the picture's colour
+    behind = merged[merged[:, 0] >= MIN_CLUSTER_SHARE * total]
+    on_it = len(apart) and apart[:, 0].max() >= TABLE_SUBJECT_SHARE * total
+    if on_it and len(behind) == 1 and _table_coloured(behind[0]):
+        return apart
     return np.concatenate([merged, apart])
+
+
+_TABLE = parse_colour(TABLE_COLOUR)
+
+
+def _table_coloured(arc: np.ndarray) -> bool:
+    """Whether a cluster (a row of `cluster_arcs`, named by its lit half as the palette is)
+    has a table's colour (TABLE_COLOUR, TABLE_CREAM_LIGHTNESS)."""
+    hue, lightness, saturation = colorsys.rgb_to_hls(*(float(v) for v in arc[5:8] / arc[4]))
+    hue *= 360.0
+    if hue_distance(hue, _TABLE.hue) > _TABLE.tolerance:
+        return False
+    return lightness >= TABLE_CREAM_LIGHTNESS or _TABLE.accepts(hue, lightness, saturation)
 
 
 def warm_up() -> None:

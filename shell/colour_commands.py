@@ -19,12 +19,14 @@ from protocol.catalog import ColourSearch, ListingOptions
 from shell import listing
 from shell.app import BROWSE, CommandFailed, VitrineShell, parser
 from shell.search_filters import add_filter_arguments, describe, filters_from
-from util.colour_spec import ColourSpecError, check_min_share, check_tolerance, parse_colour
+from util.colour_spec import (
+    DEFAULT_MIN_SHARE,
+    ColourSpecError,
+    check_min_share,
+    check_tolerance,
+    parse_colour,
+)
 
-#: A colour must cover at least this share of the picture to match, unless --min-share says
-#: otherwise. Colours smaller than 5% are logos, trims, stitching and stray reflections; a
-#: product photo's own colour covers far more (docs/colours.md, "Search").
-DEFAULT_MIN_SHARE = 0.05
 MAX_SPEC_CHARS = 64  # protocol.catalog.ColourSearch.spec
 
 

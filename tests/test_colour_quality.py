@@ -34,12 +34,11 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from protocol.catalog import ColourSearch, Filters, ListingOptions
-from shell.colour_commands import DEFAULT_MIN_SHARE
 from shell.connection import ServerConnection
 from tests.conftest import SHARED
 from tests.servers import ServerProcess
 from tests.test_images_server import unique, upload_many
-from util.colour_spec import NAMES, parse_colour
+from util.colour_spec import DEFAULT_MIN_SHARE, NAMES, parse_colour
 
 LABELS = Path(__file__).resolve().parent / "data" / "colour_labels.json"
 PRECISION_TARGET = 0.95

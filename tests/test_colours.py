@@ -573,24 +573,43 @@ def test_a_small_fruit_on_a_large_wooden_table_is_its_colour_and_not_the_tables(
     assert best_match(plain, brown, brown.tolerance, 0.5) is not None
 
 
-def test_a_swatch_with_a_sticker_too_small_to_report_keeps_its_colour() -> None:
-    # a red sticker on a green swatch filling the frame: under MIN_CLUSTER_SHARE it is no
-    # colour of its own, so the swatch is not taken for a table under it ...
+@pytest.mark.parametrize(
+    ("backdrop", "thing", "share", "table"),
+    [
+        ((30, 0.4, 0.5), (0, 0.5, 0.9), 0.08, True),  # a tomato on wood: the wood is a table
+        ((30, 0.4, 0.5), (110, 0.35, 0.6), 0.03, False),  # a leaf on potatoes, under 5%
+        ((120, 0.45, 0.6), (0, 0.5, 0.9), 0.08, False),  # a label on a green swatch
+        ((355, 0.35, 0.9), (5, 0.8, 0.6), 0.08, False),  # tomatoes with a pale fringe
+    ],
+)
+def test_a_kept_backdrop_is_a_table_only_if_brown_with_a_product_on_it(
+    backdrop: tuple[float, float, float],
+    thing: tuple[float, float, float],
+    share: float,
+    table: bool,
+) -> None:
+    # the backdrop fills the frame around a patch of `share`, so the guard keeps it; it is a
+    # table (and left out) only when it has a table's colour and the patch is as large as a
+    # product a search finds (TABLE_SUBJECT_SHARE)
     w, h = SIZE
     a = np.empty((h, w, 3))
-    a[:] = hls_rgb(120, 0.45, 0.6)
-    side = int(np.sqrt(0.012 * w * h))
-    a[80 : 80 + side, 100 : 100 + side] = hls_rgb(0, 0.5, 0.9)
-    palette = extract_palette(_noisy(a))
-    assert len(palette) == 1 and hue_distance(palette[0].hue, 120) <= HUE_TOL
-    assert palette[0].share > 0.95
-    # ... and one that is a colour makes it a table: the rule is the sticker's size. This is
-    # the rule's known cost (docs/colours.md): a garment filling the frame with a logo of 4%
-    # of another colour is reported as the logo
-    side = int(np.sqrt(0.04 * w * h))
-    a[80 : 80 + side, 100 : 100 + side] = hls_rgb(0, 0.5, 0.9)
-    palette = extract_palette(_noisy(a))
-    assert len(palette) == 1 and hue_distance(palette[0].hue, 0) <= HUE_TOL
+    a[:] = hls_rgb(*backdrop)
+    side = int(np.sqrt(share * w * h))
+    a[80 : 80 + side, 100 : 100 + side] = hls_rgb(*thing)
+    img = _noisy(a)
+    px, shape = _work_pixels(img)
+    found = backdrop_mask(px, shape)
+    assert found is not None and found[1] is False  # kept by the guard
+    palette = extract_palette(img)
+    behind = [c for c in palette if hue_distance(c.hue, backdrop[0]) <= HUE_TOL]
+    if table:
+        assert behind == []
+        assert len(palette) == 1 and hue_distance(palette[0].hue, thing[0]) <= HUE_TOL
+    else:
+        assert len(behind) == 1 and behind[0].share > 0.85
+        in_front = nearest(palette, thing[0])
+        assert hue_distance(in_front.hue, thing[0]) <= HUE_TOL
+        assert abs(in_front.share - side * side / (w * h)) <= SHARE_TOL
 
 
 def test_a_shadow_on_a_kept_backdrop_is_the_same_colour() -> None:

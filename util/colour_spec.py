@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "DEFAULT_MIN_SHARE",
     "DEFAULT_TOLERANCE",
     "NAMES",
     "ColourQuery",
@@ -31,6 +32,10 @@ __all__ = [
 
 # A degree or hex query without --tolerance matches hues within this many degrees.
 DEFAULT_TOLERANCE = 15.0
+#: A colour must cover at least this share of the picture to match, unless --min-share says
+#: otherwise. Colours smaller than 5% are logos, trims, stitching, leaves and stray
+#: reflections; a product photo's own colour covers far more (docs/colours.md, "Search").
+DEFAULT_MIN_SHARE = 0.05
 
 # How far a hex query's lightness and saturation may stray from the hex colour's own. Wide,
 # because shading moves a garment's lightness a lot, but narrow enough that a dark brown hex
