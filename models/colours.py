@@ -538,7 +538,7 @@ def _merge_into_backdrop(kept: np.ndarray, front: np.ndarray, total: int) -> np.
             alone.append(front[j])
     apart = np.array(alone).reshape(-1, 8)
     behind = merged[merged[:, 0] >= MIN_CLUSTER_SHARE * total]
-    on_it = len(apart) and apart[:, 0].max() >= TABLE_SUBJECT_SHARE * total
+    on_it = len(apart) > 0 and apart[:, 0].max() >= TABLE_SUBJECT_SHARE * total
     if on_it and len(behind) == 1 and _table_coloured(behind[0]):
         return apart
     return np.concatenate([merged, apart])
