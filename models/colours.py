@@ -85,6 +85,18 @@ FAINT_HUES = ((75.0, 170.0),)
 DARK_CHROMA = 0.08
 DARK_RATIO = 0.4
 DARK_HUES = (75.0, 330.0)
+# Dark browns as a group. Pixel by pixel the warm side stays out (above), so a dark brown
+# swatch, a chocolate or a leather bag (#3e2723: C 0.106, C/max 0.44) had no colour at all;
+# and noise puts half of such a swatch's pixels under DARK_RATIO, so a per-pixel rule finds
+# few of them. Dark warm pixels (max <= CHROMA_MIN / DARK_RATIO, chroma from FAINT_CHROMA up
+# to CHROMA_MIN, hue outside DARK_HUES) count as a colour together, like the faint greens:
+# when they are at least FAINT_MIN_SHARE of the picture, agree in hue (FAINT_COHERENCE; those
+# within FAINT_SPREAD of the mean join), their mean hue is in DARK_GROUP_COLOUR's band (the
+# names call every dark colour there brown, so the group can make neither a red nor a yellow),
+# and as a whole they are as saturated as the dark rule asks of one pixel: mean chroma at least
+# DARK_RATIO of mean max. A shadow is rarely that much of a picture and that coherent.
+# docs/colours.md, "Dark colours".
+DARK_GROUP_COLOUR = "brown"
 
 MAX_COLOURS = 4
 # A colour is reported as its brightest LIT_FRACTION of pixels look (by value, max of r, g, b),
@@ -439,7 +451,38 @@ def _chromatic_pixels(px: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarra
             near = np.minimum(d, 360.0 - d) <= FAINT_SPREAD
             faint[faint] = near
             kind[faint] = 1
+    _join_dark_brown_group(px, mx, chroma, kind, total)
     return colour_pixels(px, mx, chroma, kind)
+
+
+_DARK_GROUP = parse_colour(DARK_GROUP_COLOUR)
+
+
+def _join_dark_brown_group(
+    px: np.ndarray, mx: np.ndarray, chroma: np.ndarray, kind: np.ndarray, total: int
+) -> None:
+    """Mark the pixels of a dark brown group (DARK_GROUP_COLOUR) as colours, in `kind`."""
+    dark = np.flatnonzero((kind == 2) & (mx <= np.float32(CHROMA_MIN / DARK_RATIO)))
+    if len(dark) < FAINT_MIN_SHARE * total:
+        return
+    hue = _hues(px[:, dark], mx[dark], chroma[dark])
+    warm = (hue <= DARK_HUES[0]) | (hue >= DARK_HUES[1])
+    dark, hue = dark[warm], hue[warm]
+    if len(dark) < FAINT_MIN_SHARE * total:
+        return
+    rad = np.radians(hue)
+    x, y = float(np.cos(rad).mean()), float(np.sin(rad).mean())
+    mean = float(np.degrees(np.arctan2(y, x)) % 360.0)
+    if np.hypot(x, y) < FAINT_COHERENCE:
+        return
+    if hue_distance(mean, _DARK_GROUP.hue) > _DARK_GROUP.tolerance:
+        return
+    d = np.abs(hue - mean)
+    group = dark[np.minimum(d, 360.0 - d) <= FAINT_SPREAD]
+    if len(group) < FAINT_MIN_SHARE * total:
+        return
+    if float(chroma[group].mean()) >= DARK_RATIO * float(mx[group].mean()):
+        kind[group] = 1
 
 
 def extract_palette(

@@ -183,12 +183,37 @@ def test_dark_navy_aubergine_and_teal_are_colours(hue: float) -> None:
     assert palette[0].chroma < CHROMA_MIN  # the dark rule found it, not the main one
 
 
-@pytest.mark.parametrize("hue", [0.0, 20.0, 45.0, 345.0])
-def test_dark_warm_tints_stay_grey(hue: float) -> None:
-    # dark brown leather, a shadow under shop light, dark wood: warm light and warm materials
-    # tint every shadow, and the red/brown line is drawn for chroma >= CHROMA_MIN
+@pytest.mark.parametrize("hue", [0.0, 45.0, 345.0])
+def test_dark_warm_tints_off_browns_hues_stay_grey(hue: float) -> None:
+    # a dark warm tint at red's or yellow's hues: warm light and warm materials tint every
+    # shadow, and the red/brown and brown/yellow lines are drawn for chroma >= CHROMA_MIN, so a
+    # colour here would be named red or yellow; only brown's hues make a dark group
     a = _noisy(_faint_garment(hue, 0.10, lightness=0.17))
     assert extract_palette(a, white_balance=False) == []
+
+
+@pytest.mark.parametrize("hue", [12.0, 25.0, 38.0])
+def test_a_large_dark_brown_is_brown(hue: float) -> None:
+    # dark brown leather or a chocolate swatch: every pixel under CHROMA_MIN, and pixel by
+    # pixel too warm for the dark rule, but a third of the picture and one hue together
+    a = _noisy(_faint_garment(hue, 0.10, lightness=0.17))
+    palette = extract_palette(a, white_balance=False)
+    assert len(palette) == 1
+    assert hue_distance(palette[0].hue, hue) <= 6.0
+    assert abs(palette[0].share - 120 * 140 / (SIZE[0] * SIZE[1])) <= SHARE_TOL
+    brown = parse_colour("brown")
+    assert best_match(palette, brown, brown.tolerance, 0.05) is not None
+    red = parse_colour("red")
+    assert best_match(palette, red, red.tolerance, 0.0) is None
+
+
+def test_a_small_dark_brown_stays_grey() -> None:
+    # the same dark brown over a tenth of the picture: a shadow or a strap, not a colour of it
+    w, h = SIZE
+    r, g, b = colorsys.hls_to_rgb(25 / 360.0, 0.17, 0.10 / (1 - abs(2 * 0.17 - 1)))
+    a = np.full((h, w, 3), 245.0)
+    a[60:110, 80:180] = np.array([r, g, b]) * 255.0
+    assert extract_palette(_noisy(a), white_balance=False) == []
 
 
 @pytest.mark.parametrize(("chroma", "lightness"), [(0.05, 0.17), (0.09, 0.35)])
