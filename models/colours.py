@@ -442,17 +442,25 @@ def _chromatic_pixels(px: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarra
     mx, chroma, kind = classify_pixels(px, *_RULE_F32)
     faint = kind == 2
     if np.count_nonzero(faint) >= FAINT_MIN_SHARE * total:
-        hue = _hues(px[:, faint], mx[faint], chroma[faint])
-        rad = np.radians(hue)
-        x, y = float(np.cos(rad).mean()), float(np.sin(rad).mean())
-        mean = np.degrees(np.arctan2(y, x)) % 360.0
-        if np.hypot(x, y) >= FAINT_COHERENCE and _faint_hue(mean):
-            d = np.abs(hue - mean)
-            near = np.minimum(d, 360.0 - d) <= FAINT_SPREAD
-            faint[faint] = near
+        found = _coherent_hues(_hues(px[:, faint], mx[faint], chroma[faint]))
+        if found is not None and _faint_hue(found[0]):
+            faint[faint] = found[1]
             kind[faint] = 1
     _join_dark_brown_group(px, mx, chroma, kind, total)
     return colour_pixels(px, mx, chroma, kind)
+
+
+def _coherent_hues(hue: np.ndarray) -> tuple[float, np.ndarray] | None:
+    """The circular mean of `hue` (degrees) and which of them lie within FAINT_SPREAD of it;
+    None when they do not agree (mean resultant length under FAINT_COHERENCE), as the hues of
+    JPEG noise or a heather knit do not."""
+    rad = np.radians(hue)
+    x, y = float(np.cos(rad).mean()), float(np.sin(rad).mean())
+    if np.hypot(x, y) < FAINT_COHERENCE:
+        return None
+    mean = float(np.degrees(np.arctan2(y, x)) % 360.0)
+    d = np.abs(hue - mean)
+    return mean, np.minimum(d, 360.0 - d) <= FAINT_SPREAD
 
 
 _DARK_GROUP = parse_colour(DARK_GROUP_COLOUR)
@@ -461,7 +469,9 @@ _DARK_GROUP = parse_colour(DARK_GROUP_COLOUR)
 def _join_dark_brown_group(
     px: np.ndarray, mx: np.ndarray, chroma: np.ndarray, kind: np.ndarray, total: int
 ) -> None:
-    """Mark the pixels of a dark brown group (DARK_GROUP_COLOUR) as colours, in `kind`."""
+    """Mark a dark brown group's pixels as colours in `kind` (DARK_GROUP_COLOUR). The test is
+    of the group, not of each pixel, because noise spreads a dark brown's pixels on both sides
+    of DARK_RATIO."""
     dark = np.flatnonzero((kind == 2) & (mx <= np.float32(CHROMA_MIN / DARK_RATIO)))
     if len(dark) < FAINT_MIN_SHARE * total:
         return
@@ -470,15 +480,10 @@ def _join_dark_brown_group(
     dark, hue = dark[warm], hue[warm]
     if len(dark) < FAINT_MIN_SHARE * total:
         return
-    rad = np.radians(hue)
-    x, y = float(np.cos(rad).mean()), float(np.sin(rad).mean())
-    mean = float(np.degrees(np.arctan2(y, x)) % 360.0)
-    if np.hypot(x, y) < FAINT_COHERENCE:
+    found = _coherent_hues(hue)
+    if found is None or hue_distance(found[0], _DARK_GROUP.hue) > _DARK_GROUP.tolerance:
         return
-    if hue_distance(mean, _DARK_GROUP.hue) > _DARK_GROUP.tolerance:
-        return
-    d = np.abs(hue - mean)
-    group = dark[np.minimum(d, 360.0 - d) <= FAINT_SPREAD]
+    group = dark[found[1]]
     if len(group) < FAINT_MIN_SHARE * total:
         return
     if float(chroma[group].mean()) >= DARK_RATIO * float(mx[group].mean()):
