@@ -437,8 +437,9 @@ _RULE_F32 = (
 
 def _chromatic_pixels(px: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
     """The chromatic pixels (planar) and their 1-degree hue bins (the rule is at the top),
-    with the pixels of a faint tint when they make one (see FAINT_CHROMA). `total` is the
-    number of pixels of the whole picture, backdrop included."""
+    with the pixels of a faint tint or of a dark brown when they make a group of their own
+    (FAINT_CHROMA, DARK_GROUP_COLOUR). `total` is the number of pixels of the whole picture,
+    backdrop included."""
     mx, chroma, kind = classify_pixels(px, *_RULE_F32)
     faint = kind == 2
     if np.count_nonzero(faint) >= FAINT_MIN_SHARE * total:
