@@ -405,3 +405,44 @@ def _lit_sums(
             lit[k, 2] += np.float64(cpx[1, i])
             lit[k, 3] += np.float64(cpx[2, i])
     return lit
+
+
+@njit(nogil=True, cache=True)
+def shade_counts(
+    px: np.ndarray,
+    mx: np.ndarray,
+    chroma: np.ndarray,
+    kind: np.ndarray,
+    lit_hue: np.ndarray,
+    lit_ratio: np.ndarray,
+    lit_max: np.ndarray,
+    chroma_min: float,
+    darker: float,
+    hue_tolerance: float,
+    ratio_tolerance: float,
+) -> np.ndarray:  # pragma: no cover - compiled
+    """`models.colours`' shade: per colour (its lit half's hue, C/max and max), how many of
+    the pixels not yet a colour (`kind` != 1) with chroma at least `chroma_min` are that colour
+    in less light: below `darker` of its max, within `hue_tolerance` degrees of its hue and
+    within `ratio_tolerance` (relative) of its C/max. A pixel counts for the colour nearest in
+    hue (the first of equals)."""
+    counts = np.zeros(lit_hue.size, dtype=np.int64)
+    for i in range(kind.size):
+        c = chroma[i]
+        if kind[i] == 1 or c < chroma_min:
+            continue
+        hi = mx[i]
+        hue = _hue(px[0, i], px[1, i], px[2, i], hi, c)
+        ratio = c / hi
+        best, best_apart = -1, 361.0
+        for k in range(lit_hue.size):
+            if hi >= darker * lit_max[k]:
+                continue
+            if abs(ratio - lit_ratio[k]) > ratio_tolerance * lit_ratio[k]:
+                continue
+            apart = _hue_distance(hue, lit_hue[k])
+            if apart <= hue_tolerance and apart < best_apart:
+                best, best_apart = k, apart
+        if best >= 0:
+            counts[best] += 1
+    return counts

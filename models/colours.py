@@ -25,6 +25,7 @@ from models.colour_kernels import (
     classify_pixels,
     cluster_arcs,
     colour_pixels,
+    shade_counts,
 )
 from util.colour_spec import (
     DEFAULT_MIN_SHARE,
@@ -78,12 +79,15 @@ FAINT_HUES = ((75.0, 170.0),)
 # Dark colours: C <= 2L, so a navy or an aubergine has little chroma however deep its colour;
 # (30, 35, 60) has C 0.118 and looks plainly blue. A dark pixel with chroma from DARK_CHROMA up
 # to CHROMA_MIN is a colour when that chroma is at least DARK_RATIO of its max (HSV saturation:
-# only pixels with max <= CHROMA_MIN / DARK_RATIO = 0.3 can qualify) and its hue is in
+# only pixels with max <= CHROMA_MIN / DARK_RATIO = 0.4 can qualify) and its hue is in
 # DARK_HUES, greens through blues and purples. The warm side stays out: warm light, wood,
 # leather and skin put faint warm casts in every shadow, and the red/brown line is drawn for
-# chroma >= CHROMA_MIN (dark brown shoes would turn red). docs/colours.md, "Dark colours".
+# chroma >= CHROMA_MIN (dark brown shoes would turn red). DARK_RATIO was 0.4 until the shade
+# (SHADE_*) was measured: 0.3 also finds washed navies and blueberries under their grey bloom
+# (C/max about 0.3), at the cost of blue on two black garments of 500. docs/colours.md, "Dark
+# colours" and "Shade".
 DARK_CHROMA = 0.08
-DARK_RATIO = 0.4
+DARK_RATIO = 0.3
 DARK_HUES = (75.0, 330.0)
 # Dark browns as a group. Pixel by pixel the warm side stays out (above), so a dark brown
 # swatch, a chocolate or a leather bag (#3e2723: C 0.106, C/max 0.44) had no colour at all;
@@ -97,6 +101,22 @@ DARK_HUES = (75.0, 330.0)
 # DARK_RATIO of mean max. A shadow is rarely that much of a picture and that coherent.
 # docs/colours.md, "Dark colours".
 DARK_GROUP_COLOUR = "brown"
+# A colour's shade counts in its share. Shading scales a pixel's r, g and b together, which
+# keeps its hue and HSV saturation (C/max) and lowers its chroma: the far side of a blueberry,
+# an aubergine or a navy fold falls under the chroma rules while still plainly that colour, so
+# a fruit filling 8% of the picture came out at 3-4%, under the 5% a search asks by default.
+# A pixel the rules above leave out (chroma at least SHADE_CHROMA, under which its hue is
+# noise) is counted into a colour's share, though not into its swatch, when it is darker
+# than SHADE_DARKER of the colour's lit max, within SHADE_HUE degrees of its hue and within
+# SHADE_SATURATION (relative) of its C/max: the same colour in less light. Only colours in
+# SHADE_HUES: on the warm side the shadows of wood, floors and skin are that colour's shade
+# as well, and counting them made floors and doors brown or orange on the clothing photos.
+# docs/colours.md, "Shade".
+SHADE_CHROMA = 0.03
+SHADE_DARKER = 0.7
+SHADE_HUE = 15.0
+SHADE_SATURATION = 0.25
+SHADE_HUES = DARK_HUES
 
 MAX_COLOURS = 4
 # A colour is reported as its brightest LIT_FRACTION of pixels look (by value, max of r, g, b),
@@ -435,11 +455,14 @@ _RULE_F32 = (
 )
 
 
-def _chromatic_pixels(px: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
+def _chromatic_pixels(
+    px: np.ndarray, total: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The chromatic pixels (planar) and their 1-degree hue bins (the rule is at the top),
     with the pixels of a faint tint or of a dark brown when they make a group of their own
-    (FAINT_CHROMA, DARK_GROUP_COLOUR). `total` is the number of pixels of the whole picture,
-    backdrop included."""
+    (FAINT_CHROMA, DARK_GROUP_COLOUR); then every pixel's max, chroma and kind (1 where it is
+    one of those), for the shade (`_count_shade`). `total` is the number of pixels of the
+    whole picture, backdrop included."""
     mx, chroma, kind = classify_pixels(px, *_RULE_F32)
     faint = kind == 2
     if np.count_nonzero(faint) >= FAINT_MIN_SHARE * total:
@@ -448,7 +471,7 @@ def _chromatic_pixels(px: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarra
             faint[faint] = found[1]
             kind[faint] = 1
     _join_dark_brown_group(px, mx, chroma, kind, total)
-    return colour_pixels(px, mx, chroma, kind)
+    return *colour_pixels(px, mx, chroma, kind), mx, chroma, kind
 
 
 def _coherent_hues(hue: np.ndarray) -> tuple[float, np.ndarray] | None:
@@ -520,15 +543,16 @@ def extract_palette(
         # removed: not colours, but still counted in `total`, like whites; kept: apart
         parts = [px[:, ~back]] if remove else [px[:, back], px[:, ~back]]
     chromatic = [_chromatic_pixels(part, total) for part in parts]
-    if sum(len(hbin) for _, hbin in chromatic) < MIN_CLUSTER_SHARE * total:
+    if sum(len(found[1]) for found in chromatic) < MIN_CLUSTER_SHARE * total:
         return []
     groups = [
         cluster_arcs(cpx, hbin, _KERNEL, MERGE_DEGREES, VALLEY_RATIO, LIT_FRACTION)
         if len(hbin)
         else _NO_ARCS
-        for cpx, hbin in chromatic
+        for cpx, hbin, *_ in chromatic
     ]
     arcs = _merge_into_backdrop(*groups, total) if len(groups) == 2 else groups[0]
+    arcs = _count_shade(arcs, parts[-1], *chromatic[-1][2:], total)
     out: list[PaletteColour] = []
     for count, _, _, _, lit, sr, sg, sb in arcs:
         share = count / total
@@ -552,6 +576,45 @@ def extract_palette(
 
 
 _NO_ARCS = np.empty((0, 8))
+
+
+def _count_shade(
+    arcs: np.ndarray,
+    px: np.ndarray,
+    mx: np.ndarray,
+    chroma: np.ndarray,
+    kind: np.ndarray,
+    total: int,
+) -> np.ndarray:
+    """`arcs` (rows of `cluster_arcs`) with each colour's shade added to its pixel count
+    (SHADE_*). The shade is looked for among the pixels in front of the backdrop (`px`, with
+    their max, chroma and kind from `_chromatic_pixels`): a kept backdrop's colours already
+    cover most of the picture."""
+    lit = arcs[:, 5:8] / arcs[:, 4:5]
+    lit_hue = np.array([colorsys.rgb_to_hls(*(float(v) for v in rgb))[0] for rgb in lit]) * 360.0
+    takes = (
+        (arcs[:, 0] >= MIN_CLUSTER_SHARE * total)
+        & (lit_hue >= SHADE_HUES[0])
+        & (lit_hue <= SHADE_HUES[1])
+    )
+    if not takes.any():
+        return arcs
+    lit_max = lit.max(axis=1)
+    counted = arcs.copy()
+    counted[takes, 0] += shade_counts(
+        px,
+        mx,
+        chroma,
+        kind,
+        lit_hue[takes],
+        ((lit_max - lit.min(axis=1)) / lit_max)[takes],
+        lit_max[takes],
+        SHADE_CHROMA,
+        SHADE_DARKER,
+        SHADE_HUE,
+        SHADE_SATURATION,
+    )
+    return counted
 
 
 def _merge_into_backdrop(kept: np.ndarray, front: np.ndarray, total: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from models import colours
 from models.colour_kernels import backdrop_core, cluster_arcs
 from models.colours import (
     _KERNEL,
@@ -181,6 +182,16 @@ def test_dark_navy_aubergine_and_teal_are_colours(hue: float) -> None:
     assert hue_distance(palette[0].hue, hue) <= 6.0
     assert abs(palette[0].share - 120 * 140 / (SIZE[0] * SIZE[1])) <= SHARE_TOL
     assert palette[0].chroma < CHROMA_MIN  # the dark rule found it, not the main one
+
+
+@pytest.mark.parametrize("hue", [225.0, 280.0])
+def test_a_dull_dark_blue_or_purple_is_a_colour(hue: float) -> None:
+    # C/max 0.34, between DARK_RATIO and the 0.4 it was: a washed navy, blueberries' bloom
+    palette = extract_palette(
+        _noisy(_faint_garment(hue, 0.09, lightness=0.22)), white_balance=False
+    )
+    assert palette and hue_distance(palette[0].hue, hue) <= 6.0
+    assert abs(palette[0].share - 120 * 140 / (SIZE[0] * SIZE[1])) <= SHARE_TOL
 
 
 @pytest.mark.parametrize("hue", [0.0, 45.0, 345.0])
@@ -694,6 +705,47 @@ def test_a_shaded_fruit_is_named_by_its_lit_side(
         assert (best_match(palette, q, q.tolerance, 0.05) is not None) is expected, query
 
 
+@pytest.mark.parametrize("rgb", [(97, 107, 133), (120, 97, 133)])
+def test_a_dull_fruits_shade_counts_in_its_share(
+    rgb: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a blueberry or a plum under its grey bloom (C/max 0.27, under DARK_RATIO): only the lit
+    # side has CHROMA_MIN, the shaded side keeps its hue and C/max and counts as its shade
+    ball = np.pi * 60 * 60 / (SIZE[0] * SIZE[1])
+    img = _noisy(_shaded_ball_on_white(rgb))
+    palette = extract_palette(img)
+    assert len(palette) == 1
+    assert hue_distance(palette[0].hue, true_hue(rgb)) <= HUE_TOL
+    assert 0.7 * ball <= palette[0].share <= ball + SHARE_TOL
+    monkeypatch.setattr(colours, "SHADE_DARKER", 0.0)  # no pixel is darker than that
+    (lit_only,) = extract_palette(img)
+    assert lit_only.share < 0.5 * ball
+    assert (lit_only.r, lit_only.g, lit_only.b) == (palette[0].r, palette[0].g, palette[0].b)
+
+
+def test_a_warm_fruits_shade_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the same ball at a dull orange: on the warm side the shade of wood, floors and skin
+    # looks the same, so nothing is added (SHADE_HUES)
+    img = _noisy(_shaded_ball_on_white((133, 112, 97)))
+    (warm,) = extract_palette(img)
+    assert warm.share < 0.5 * np.pi * 60 * 60 / (SIZE[0] * SIZE[1])
+    monkeypatch.setattr(colours, "SHADE_HUES", (0.0, 360.0))
+    (counted,) = extract_palette(img)
+    assert counted.share > warm.share + SHARE_TOL  # not vacuous: the hue limit held it back
+
+
+def test_a_paler_neighbour_is_not_a_colours_shade() -> None:
+    # a blue patch on a blue-grey garment of about its C/max and as bright: the garment is
+    # not darker (SHADE_DARKER), so it is not the patch in less light and stays grey
+    w, h = SIZE
+    a = np.full((h, w, 3), 245.0)
+    a[30:170, 40:220] = (105, 111, 128)
+    a[70:110, 100:150] = (100, 110, 140)
+    (patch,) = extract_palette(_noisy(a), white_balance=False)
+    assert hue_distance(patch.hue, true_hue((100, 110, 140))) <= HUE_TOL
+    assert abs(patch.share - 40 * 50 / (w * h)) <= 0.01
+
+
 def test_a_flat_colour_is_reported_as_it_is() -> None:
     # the lit part of a flat colour is the colour itself, up to its noise
     rgb = hls_rgb(28, 0.45, 0.7)
@@ -720,7 +772,7 @@ def test_lit_sums_follow_every_pixel_to_its_merged_colour(hues: list[float], see
         shade = rng.uniform(0.4, 1.0, (h, band.stop - band.start, 1))
         a[:, band] = np.asarray(hls_rgb(hue, 0.5, 0.8), float) * shade
     px, _ = _work_pixels(Image.fromarray(a.astype(np.uint8)))
-    cpx, hbin = _chromatic_pixels(px, px.shape[1])
+    cpx, hbin, *_ = _chromatic_pixels(px, px.shape[1])
     assume(len(hbin) > 0)
     whole = cluster_arcs(cpx, hbin, _KERNEL, MERGE_DEGREES, VALLEY_RATIO, 1.0)
     np.testing.assert_allclose(whole[:, 4:], whole[:, :4], rtol=1e-9)
