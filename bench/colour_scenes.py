@@ -180,7 +180,7 @@ def swatch(colour: str, rng: np.random.Generator) -> tuple[str, bytes]:
 
 
 def scenes(seed: int) -> Iterator[Scene]:
-    """221 pictures: four of each produce colour, three of each swatch, then two crates of each
+    """225 pictures: four of each produce colour, three of each swatch, then two crates of each
     produce colour (last, so that the earlier pictures of a seed stay the same draws)."""
     rng = np.random.default_rng(seed)
     for name, bodies in PRODUCE.items():
