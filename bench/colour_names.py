@@ -5,7 +5,7 @@ clear; a change to the colour rules can also add or take away names on the other
 runs the upload path's decode, thumbnail and `extract_palette`, then `best_match` for every
 name at the search's default min-share, over every photo, and writes {photo: [names]} as JSON.
 Given the JSON of an earlier run, it lists the photos whose names changed, to look at by eye
-(docs/colours.md, "Dark colours"):
+(docs/colour-measurements.md, "Dark colours"):
 
     .venv/bin/python -m bench.colour_names /tmp/before.json          # on the old rules
     .venv/bin/python -m bench.colour_names /tmp/after.json --against /tmp/before.json

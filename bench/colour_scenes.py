@@ -11,8 +11,9 @@ with `bench.colour_names`' helpers.
 
     .venv/bin/python -m bench.colour_scenes [--seed N ...] [--misses]
 
-Prints precision and recall per name and seed (docs/colours.md, "Lit colour" and "A small
-thing on a large table"); `--misses` lists every wrong or missed picture with its palette.
+Prints precision and recall per name and seed (docs/colour-measurements.md, "Lit colour", "A
+small thing on a large table" and "Shade"); `--misses` lists every wrong or missed picture
+with its palette.
 """
 
 from __future__ import annotations

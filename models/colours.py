@@ -8,7 +8,8 @@ copy vote in a circular hue histogram; the smoothed histogram is cut at its vall
 climbs to its peak) and peaks closer than MERGE_DEGREES are merged. Each cluster is reported
 as its lit part looks (LIT_FRACTION). Before that, a coloured backdrop (wall, floor, carpet,
 sheet: what surrounds the product along the frame) is left out, so that the product's colour,
-not the room's, answers a colour search. Rule, thresholds and measurements: docs/colours.md.
+not the room's, answers a colour search. Rule and thresholds: docs/colours.md; how each rule
+was measured: docs/colour-measurements.md.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ LIGHTNESS_MAX = 0.94
 # 185-255 on real photos); those stay grey. At the reds the names are split by lightness and
 # saturation along lines drawn for chroma >= CHROMA_MIN, so a faint red (leather, a dusty
 # pink) would be misnamed red or magenta. The pixels within FAINT_SPREAD degrees of the mean
-# hue join the chromatic ones. docs/colours.md has the measurements.
+# hue join the chromatic ones. docs/colour-measurements.md, "Faint greens".
 FAINT_CHROMA = 0.06
 FAINT_MIN_SHARE = 0.15
 FAINT_COHERENCE = 0.8
@@ -84,8 +85,8 @@ FAINT_HUES = ((75.0, 170.0),)
 # leather and skin put faint warm casts in every shadow, and the red/brown line is drawn for
 # chroma >= CHROMA_MIN (dark brown shoes would turn red). DARK_RATIO was 0.4 until the shade
 # (SHADE_*) was measured: 0.3 also finds washed navies and blueberries under their grey bloom
-# (C/max about 0.3), at the cost of blue on two black garments of 500. docs/colours.md, "Dark
-# colours" and "Shade".
+# (C/max about 0.3), at the cost of blue on two black garments of 500 and a tartan on the
+# blue/purple line turning purple. docs/colour-measurements.md, "Dark colours" and "Shade".
 DARK_CHROMA = 0.08
 DARK_RATIO = 0.3
 DARK_HUES = (75.0, 330.0)
@@ -99,7 +100,7 @@ DARK_HUES = (75.0, 330.0)
 # names call every dark colour there brown, so the group can make neither a red nor a yellow),
 # and as a whole they are as saturated as the dark rule asks of one pixel: mean chroma at least
 # DARK_RATIO of mean max. A shadow is rarely that much of a picture and that coherent.
-# docs/colours.md, "Dark colours".
+# docs/colour-measurements.md, "Dark colours".
 DARK_GROUP_COLOUR = "brown"
 # A colour's shade counts in its share. Shading scales a pixel's r, g and b together, which
 # keeps its hue and HSV saturation (C/max) and lowers its chroma: the far side of a blueberry,
@@ -111,7 +112,7 @@ DARK_GROUP_COLOUR = "brown"
 # SHADE_SATURATION (relative) of its C/max: the same colour in less light. Only colours in
 # SHADE_HUES: on the warm side the shadows of wood, floors and skin are that colour's shade
 # as well, and counting them made floors and doors brown or orange on the clothing photos.
-# docs/colours.md, "Shade".
+# docs/colour-measurements.md, "Shade".
 SHADE_CHROMA = 0.03
 SHADE_DARKER = 0.7
 SHADE_HUE = 15.0
@@ -122,7 +123,8 @@ MAX_COLOURS = 4
 # A colour is reported as its brightest LIT_FRACTION of pixels look (by value, max of r, g, b),
 # not as the mean of all of them: shading darkens a round fruit's far side to a third of its
 # lit colour or less, and the mean of a vivid orange is then a saddle brown. People name an
-# object by its lit side. A flat swatch moves by its noise only. docs/colours.md, "Lit colour".
+# object by its lit side. A flat swatch moves by its noise only. docs/colour-measurements.md,
+# "Lit colour".
 LIT_FRACTION = 0.5
 # Clusters smaller than this share of the whole picture are noise, edges and JPEG fringes.
 MIN_CLUSTER_SHARE = 0.02
@@ -213,7 +215,7 @@ KEPT_MERGE_SAT = 0.15
 # default min-share). A swatch or a garment filling the frame has nothing that large in front
 # of it; a crate of potatoes may have a leaf or a label, which is smaller; a pile of vivid
 # fruit is not a table's colour (its highlights' pale fringe stays apart from it). Docs:
-# docs/colours.md, "A small thing on a large table".
+# docs/colour-measurements.md, "A small thing on a large table".
 TABLE_COLOUR = "brown"
 TABLE_CREAM_LIGHTNESS = 0.75
 TABLE_SUBJECT_SHARE = DEFAULT_MIN_SHARE

@@ -2,7 +2,8 @@
 
 Like the quick benchmarks (tests/test_bench_quick.py), it is code nobody runs daily. This runs
 one seed and checks that every picture is counted once under its own name and that the
-figures are consistent, not what they are: those are measurements, in docs/colours.md.
+figures are consistent, not what they are: those are measurements, in
+docs/colour-measurements.md.
 """
 
 from __future__ import annotations
