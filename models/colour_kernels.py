@@ -409,24 +409,37 @@ def _lit_sums(
 
 @njit(nogil=True, cache=True)
 def shade_counts(
+    arcs: np.ndarray,
     px: np.ndarray,
     mx: np.ndarray,
     chroma: np.ndarray,
     kind: np.ndarray,
-    lit_hue: np.ndarray,
-    lit_ratio: np.ndarray,
-    lit_max: np.ndarray,
+    min_count: float,
+    hue_lo: float,
+    hue_hi: float,
     chroma_min: float,
     darker: float,
     hue_tolerance: float,
     ratio_tolerance: float,
 ) -> np.ndarray:  # pragma: no cover - compiled
-    """`models.colours`' shade: per colour (its lit half's hue, C/max and max), how many of
-    the pixels not yet a colour (`kind` != 1) with chroma at least `chroma_min` are that colour
-    in less light: below `darker` of its max, within `hue_tolerance` degrees of its hue and
-    within `ratio_tolerance` (relative) of its C/max. A pixel counts for the colour nearest in
-    hue (the first of equals)."""
-    counts = np.zeros(lit_hue.size, dtype=np.int64)
+    """`models.colours`' shade: per arc (a row of `cluster_arcs`), how many of the pixels not
+    yet a colour (`kind` != 1) with chroma at least `chroma_min` are that colour in less light.
+    Only arcs of at least `min_count` pixels whose lit half's hue is in [`hue_lo`, `hue_hi`]
+    take any. A pixel is an arc's shade when it is below `darker` of the lit half's max, within
+    `hue_tolerance` degrees of its hue and within `ratio_tolerance` (relative) of its C/max; it
+    counts for the arc nearest in hue (the first of equals)."""
+    n = arcs.shape[0]
+    lit_hue = np.empty(n)
+    lit_ratio = np.empty(n)
+    below = np.zeros(n)  # a pixel must be darker than this; 0 for arcs that take nothing
+    for k in range(n):
+        r, g, b = arcs[k, 5] / arcs[k, 4], arcs[k, 6] / arcs[k, 4], arcs[k, 7] / arcs[k, 4]
+        hi = max(r, g, b)
+        lit_hue[k] = _hls_hue(r, g, b)
+        lit_ratio[k] = (hi - min(r, g, b)) / hi if hi > 0.0 else 0.0
+        if arcs[k, 0] >= min_count and hue_lo <= lit_hue[k] <= hue_hi:
+            below[k] = darker * hi
+    counts = np.zeros(n)
     for i in range(kind.size):
         c = chroma[i]
         if kind[i] == 1 or c < chroma_min:
@@ -435,14 +448,12 @@ def shade_counts(
         hue = _hue(px[0, i], px[1, i], px[2, i], hi, c)
         ratio = c / hi
         best, best_apart = -1, 361.0
-        for k in range(lit_hue.size):
-            if hi >= darker * lit_max[k]:
-                continue
-            if abs(ratio - lit_ratio[k]) > ratio_tolerance * lit_ratio[k]:
+        for k in range(n):
+            if hi >= below[k] or abs(ratio - lit_ratio[k]) > ratio_tolerance * lit_ratio[k]:
                 continue
             apart = _hue_distance(hue, lit_hue[k])
             if apart <= hue_tolerance and apart < best_apart:
                 best, best_apart = k, apart
         if best >= 0:
-            counts[best] += 1
+            counts[best] += 1.0
     return counts

@@ -592,30 +592,13 @@ def _count_shade(
     (SHADE_*). The shade is looked for among the pixels in front of the backdrop (`px`, with
     their max, chroma and kind from `_chromatic_pixels`): a kept backdrop's colours already
     cover most of the picture."""
-    lit = arcs[:, 5:8] / arcs[:, 4:5]
-    lit_hue = np.array([colorsys.rgb_to_hls(*(float(v) for v in rgb))[0] for rgb in lit]) * 360.0
-    takes = (
-        (arcs[:, 0] >= MIN_CLUSTER_SHARE * total)
-        & (lit_hue >= SHADE_HUES[0])
-        & (lit_hue <= SHADE_HUES[1])
-    )
-    if not takes.any():
+    if not len(arcs):
         return arcs
-    lit_max = lit.max(axis=1)
     counted = arcs.copy()
-    counted[takes, 0] += shade_counts(
-        px,
-        mx,
-        chroma,
-        kind,
-        lit_hue[takes],
-        ((lit_max - lit.min(axis=1)) / lit_max)[takes],
-        lit_max[takes],
-        SHADE_CHROMA,
-        SHADE_DARKER,
-        SHADE_HUE,
-        SHADE_SATURATION,
-    )
+    counted[:, 0] += shade_counts(
+        arcs, px, mx, chroma, kind, MIN_CLUSTER_SHARE * total, *SHADE_HUES,
+        SHADE_CHROMA, SHADE_DARKER, SHADE_HUE, SHADE_SATURATION,
+    )  # fmt: skip
     return counted
 
 
