@@ -553,8 +553,10 @@ def extract_palette(
         else _NO_ARCS
         for cpx, hbin, *_ in chromatic
     ]
+    # the shade before the merge: whether what stands on a kept backdrop is as large as a
+    # product (TABLE_SUBJECT_SHARE) counts its shade too
+    groups[-1] = _count_shade(groups[-1], parts[-1], *chromatic[-1][2:], total)
     arcs = _merge_into_backdrop(*groups, total) if len(groups) == 2 else groups[0]
-    arcs = _count_shade(arcs, parts[-1], *chromatic[-1][2:], total)
     out: list[PaletteColour] = []
     for count, _, _, _, lit, sr, sg, sb in arcs:
         share = count / total
