@@ -11,9 +11,9 @@ with `bench.colour_names`' helpers.
 
     .venv/bin/python -m bench.colour_scenes [--seed N ...] [--misses]
 
-Prints precision and recall per name and seed (docs/colour-measurements.md, "Lit colour", "A
-small thing on a large table" and "Shade"); `--misses` lists every wrong or missed picture
-with its palette.
+Prints precision and recall per name for each seed, then pooled over the seeds: the figures
+docs/colour-measurements.md quotes ("Lit colour", "A small thing on a large table", "Shade").
+`--misses` lists every wrong or missed picture with its palette.
 """
 
 from __future__ import annotations
@@ -198,28 +198,35 @@ def scenes(seed: int) -> Iterator[Scene]:
                 yield Scene(name, *crate(body, bloom, rng))
 
 
-def evaluate(seed: int, misses: bool) -> None:
+def evaluate(seed: int, misses: bool) -> dict[str, tuple[int, int, int]]:
+    """Print one seed's table (and with `misses`, every wrong or missed picture); return
+    {name: (returned, right, of that name)} for the pooled table."""
     rows = [(scene, upload_palette(scene.jpeg)) for scene in scenes(seed)]
     names = [set(matching_names(colours)) for _, colours in rows]
     print(f"\nseed {seed}: {len(rows)} pictures")
-    print("| name | returned | right | of that name | precision | recall |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    counts: dict[str, tuple[int, int, int]] = {}
     wrong: list[str] = []
     for name in NAMES:
         found = [i for i, matched in enumerate(names) if name in matched]
         truth = {i for i, (scene, _) in enumerate(rows) if scene.name == name}
-        right = len(truth.intersection(found))
-        precision = right / len(found) if found else 1.0
-        recall = right / len(truth) if truth else 1.0
-        print(
-            f"| {name} | {len(found)} | {right} | {len(truth)} | {precision:.3f} | {recall:.3f} |"
-        )
+        counts[name] = (len(found), len(truth.intersection(found)), len(truth))
         for i in sorted(set(found) - truth):
             wrong.append(f"{name} returns {rows[i][0].description}: {_show(rows[i][1])}")
         for i in sorted(truth - set(found)):
             wrong.append(f"{name} misses {rows[i][0].description}: {_show(rows[i][1])}")
+    _print_table(counts)
     if misses:
         print("\n".join(wrong))
+    return counts
+
+
+def _print_table(counts: dict[str, tuple[int, int, int]]) -> None:
+    print("| name | returned | right | of that name | precision | recall |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, (returned, right, of_name) in counts.items():
+        precision = right / returned if returned else 1.0
+        recall = right / of_name if of_name else 1.0
+        print(f"| {name} | {returned} | {right} | {of_name} | {precision:.3f} | {recall:.3f} |")
 
 
 def _show(colours: list[PaletteColour]) -> str:
@@ -235,8 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, nargs="+", default=[1, 2, 3, 4])
     ap.add_argument("--misses", action="store_true", help="list every wrong or missed picture")
     args = ap.parse_args(argv)
+    pooled = dict.fromkeys(NAMES, (0, 0, 0))
     for seed in args.seed:
-        evaluate(seed, args.misses)
+        for name, counts in evaluate(seed, args.misses).items():
+            pooled[name] = tuple(a + b for a, b in zip(pooled[name], counts, strict=True))
+    total = sum(of_name for _, _, of_name in pooled.values())
+    print(f"\npooled over seeds {', '.join(map(str, args.seed))}: {total} pictures")
+    _print_table(pooled)
     return 0
 
 

@@ -32,9 +32,14 @@ def test_every_scene_is_a_jpeg_of_a_known_name() -> None:
 def test_figures_cover_every_name_and_add_up(capsys: pytest.CaptureFixture[str]) -> None:
     assert colour_scenes.main(["--seed", "11", "--misses"]) == 0
     out = capsys.readouterr().out
+    one_seed, pooled = out.split("\npooled over seeds 11:")
     rows = {m[1]: [int(m[2]), int(m[3]), int(m[4]), float(m[5]), float(m[6])]
-            for m in ROW.finditer(out)}  # fmt: skip
+            for m in ROW.finditer(one_seed)}  # fmt: skip
     assert list(rows) == list(NAMES)
+    # one seed pooled is that seed
+    assert [m.groups() for m in ROW.finditer(pooled)] == [
+        m.groups() for m in ROW.finditer(one_seed)
+    ]
     pictures = int(re.search(r"seed 11: (\d+) pictures", out)[1])
     assert sum(of_name for _, _, of_name, _, _ in rows.values()) == pictures
     for name, (returned, right, of_name, precision, recall) in rows.items():
@@ -42,5 +47,5 @@ def test_figures_cover_every_name_and_add_up(capsys: pytest.CaptureFixture[str])
         assert precision == pytest.approx(right / returned if returned else 1.0, abs=5e-4)
         assert recall == pytest.approx(right / of_name if of_name else 1.0, abs=5e-4)
     # every wrong or missed picture is listed
-    listed = len(re.findall(r"^\w+ (returns|misses) ", out, re.M))
+    listed = len(re.findall(r"^\w+ (returns|misses) ", one_seed, re.M))
     assert listed == sum((r - ok) + (n - ok) for r, ok, n, _, _ in rows.values())
