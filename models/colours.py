@@ -17,6 +17,7 @@ from __future__ import annotations
 import colorsys
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -457,14 +458,20 @@ _RULE_F32 = (
 )
 
 
-def _chromatic_pixels(
-    px: np.ndarray, total: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The chromatic pixels (planar) and their 1-degree hue bins (the rule is at the top),
-    with the pixels of a faint tint or of a dark brown when they make a group of their own
-    (FAINT_CHROMA, DARK_GROUP_COLOUR); then every pixel's max, chroma and kind (1 where it is
-    one of those), for the shade (`_count_shade`). `total` is the number of pixels of the
-    whole picture, backdrop included."""
+class _Classified(NamedTuple):
+    """A part of the picture sorted by the achromatic rule and its extensions."""
+
+    colours: np.ndarray  # the chromatic pixels, planar
+    bins: np.ndarray  # their 1-degree hue bins
+    mx: np.ndarray  # every pixel's max(r, g, b) ...
+    chroma: np.ndarray  # ... its chroma ...
+    kind: np.ndarray  # ... and its kind (1: a colour), for the shade (`_count_shade`)
+
+
+def _chromatic_pixels(px: np.ndarray, total: int) -> _Classified:
+    """The chromatic pixels (the rule is at the top), with the pixels of a faint tint or of a
+    dark brown when they make a group of their own (FAINT_CHROMA, DARK_GROUP_COLOUR). `total`
+    is the number of pixels of the whole picture, backdrop included."""
     mx, chroma, kind = classify_pixels(px, *_RULE_F32)
     faint = kind == 2
     if np.count_nonzero(faint) >= FAINT_MIN_SHARE * total:
@@ -473,7 +480,7 @@ def _chromatic_pixels(
             faint[faint] = found[1]
             kind[faint] = 1
     _join_dark_brown_group(px, mx, chroma, kind, total)
-    return *colour_pixels(px, mx, chroma, kind), mx, chroma, kind
+    return _Classified(*colour_pixels(px, mx, chroma, kind), mx, chroma, kind)
 
 
 def _coherent_hues(hue: np.ndarray) -> tuple[float, np.ndarray] | None:
@@ -545,17 +552,17 @@ def extract_palette(
         # removed: not colours, but still counted in `total`, like whites; kept: apart
         parts = [px[:, ~back]] if remove else [px[:, back], px[:, ~back]]
     chromatic = [_chromatic_pixels(part, total) for part in parts]
-    if sum(len(found[1]) for found in chromatic) < MIN_CLUSTER_SHARE * total:
+    if sum(len(part.bins) for part in chromatic) < MIN_CLUSTER_SHARE * total:
         return []
     groups = [
-        cluster_arcs(cpx, hbin, _KERNEL, MERGE_DEGREES, VALLEY_RATIO, LIT_FRACTION)
-        if len(hbin)
+        cluster_arcs(part.colours, part.bins, _KERNEL, MERGE_DEGREES, VALLEY_RATIO, LIT_FRACTION)
+        if len(part.bins)
         else _NO_ARCS
-        for cpx, hbin, *_ in chromatic
+        for part in chromatic
     ]
     # the shade before the merge: whether what stands on a kept backdrop is as large as a
     # product (TABLE_SUBJECT_SHARE) counts its shade too
-    groups[-1] = _count_shade(groups[-1], parts[-1], *chromatic[-1][2:], total)
+    groups[-1] = _count_shade(groups[-1], parts[-1], chromatic[-1], total)
     arcs = _merge_into_backdrop(*groups, total) if len(groups) == 2 else groups[0]
     out: list[PaletteColour] = []
     for count, _, _, _, lit, sr, sg, sb in arcs:
@@ -583,23 +590,18 @@ _NO_ARCS = np.empty((0, 8))
 
 
 def _count_shade(
-    arcs: np.ndarray,
-    px: np.ndarray,
-    mx: np.ndarray,
-    chroma: np.ndarray,
-    kind: np.ndarray,
-    total: int,
+    arcs: np.ndarray, px: np.ndarray, classified: _Classified, total: int
 ) -> np.ndarray:
     """`arcs` (rows of `cluster_arcs`) with each colour's shade added to its pixel count
-    (SHADE_*). The shade is looked for among the pixels in front of the backdrop (`px`, with
-    their max, chroma and kind from `_chromatic_pixels`): a kept backdrop's colours already
-    cover most of the picture."""
+    (SHADE_*). The shade is looked for among the pixels in front of the backdrop (`px`, as
+    `_chromatic_pixels` classified them): a kept backdrop's colours already cover most of the
+    picture."""
     if not len(arcs):
         return arcs
     counted = arcs.copy()
     counted[:, 0] += shade_counts(
-        arcs, px, mx, chroma, kind, MIN_CLUSTER_SHARE * total, *SHADE_HUES,
-        SHADE_CHROMA, SHADE_DARKER, SHADE_HUE, SHADE_SATURATION,
+        arcs, px, classified.mx, classified.chroma, classified.kind, MIN_CLUSTER_SHARE * total,
+        *SHADE_HUES, SHADE_CHROMA, SHADE_DARKER, SHADE_HUE, SHADE_SATURATION,
     )  # fmt: skip
     return counted
 
