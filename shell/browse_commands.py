@@ -104,4 +104,4 @@ class BrowseCommands(cmd2.CommandSet[VitrineShell]):
         for tag in answer.tags:
             table.add_row(Text(listing.printable(tag.name), style="cyan"), str(tag.count))
         shell.poutput(table, soft_wrap=False)
-        shell.poutput(f"{len(answer.tags)} tags.")
+        shell.poutput(f"{listing.plural(len(answer.tags), 'tag')}.")

@@ -53,6 +53,7 @@ from shell import listing
 from shell.app import CART, CommandFailed, VitrineShell, parser
 from shell.cart_store import MAX_LINES, Cart, CartError, CartItem, CartStore
 from shell.connection import ConnectionLost
+from shell.listing import plural
 from shell.pictures import picture_renderable
 from util.money import format_cents
 
@@ -222,10 +223,6 @@ def _write_json(shell: cmd2.Cmd, values: list[dict[str, Any]]) -> None:
     for value in values:
         shell.stdout.write(msgspec.json.encode(value).decode() + "\n")
     shell.stdout.flush()
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _when(timestamp: float) -> str:

@@ -85,6 +85,11 @@ def printable(text: str) -> str:
     )
 
 
+def plural(count: int, noun: str) -> str:
+    """Sentences the shell prints count things; "1 tags" reads like a bug."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 # --- what a listing remembers --------------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ from protocol.base import Request, Response
 from protocol.catalog import Uploaded, UploadImage
 from protocol.errors import VitrineError
 from shell.connection import ConnectionLost
+from shell.listing import plural
 from util.filenames import display_name
 from util.images import DEFAULT_MAX_BYTES, ImageRejected, precheck
 
@@ -179,7 +180,7 @@ class UploadSummary:
         seconds = max(self.seconds, 1e-9)
         megabytes = self.bytes_sent / 1e6
         return (
-            f"{files} file{'s' if files != 1 else ''}: {self.count(Outcome.NEW)} new, "
+            f"{plural(files, 'file')}: {self.count(Outcome.NEW)} new, "
             f"{self.count(Outcome.PRESENT)} already present, "
             f"{self.count(Outcome.REJECTED)} rejected "
             f"({megabytes:.1f} MB in {self.seconds:.1f} s: {files / seconds:.1f} files/s, "

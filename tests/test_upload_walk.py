@@ -222,7 +222,13 @@ def test_window_bounds_requests_in_flight_and_every_file_gets_one_outcome(tmp_pa
     assert {r.filename for r in server.sent} >= {"img-000.jpg", "refused.jpg"}
     assert not {"text.jpg", "zero.jpg"} & {r.filename for r in server.sent}
     assert summary.count(Outcome.NEW) == 60
-    assert "60 new" in summary.line() and "3 rejected" in summary.line()
+    assert summary.line().startswith("63 files: 60 new, 0 already present, 3 rejected")
+
+
+def test_a_single_file_is_counted_in_the_singular(tmp_path: Path) -> None:
+    files = walk_paths([str(_folder(tmp_path, 1))]).files
+    summary = Uploader(ScriptedServer().submit, window=4).run(files, UploadFields())
+    assert summary.line().startswith("1 file: 1 new, ")
 
 
 def test_the_same_run_again_reports_everything_present(tmp_path: Path) -> None:
