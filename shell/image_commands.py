@@ -388,7 +388,7 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             listing.memory(shell).forget(number)
             shell.poutput(f"Deleted #{number}.")
         if failed:
-            shell.fail(f"{failed} of {len(ids)} images were not deleted.")
+            shell.fail(f"{failed} of {len(ids)} not deleted.")
 
     show_parser = parser("Show everything about one image, with a larger picture.")
     show_parser.add_argument(

@@ -290,9 +290,9 @@ def _show(
             raise CommandFailed(f"Cannot write the sheet {render.sheet}: {exc.strerror}.") from None
         _note(shell, render, f"Wrote a contact sheet of {len(items)} images to {path}.")
     if not items and latest.shown == 0:
-        _note(shell, render, f"No images for {latest.what}.")
+        _note(shell, render, f"Nothing found for {latest.what}.")
     elif latest.cursor is None:
-        _note(shell, render, f"End of {latest.what}: {latest.shown} images in all.")
+        _note(shell, render, f"End of {latest.what}: {plural(latest.shown, 'image')} in all.")
     else:
         _note(
             shell,

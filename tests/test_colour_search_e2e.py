@@ -145,7 +145,7 @@ def test_filters(alice: Shell, shop: dict[str, int]) -> None:
     assert [r["id"] for r in json_lines(out)] == [shop["red350"]]
     code, out, err = alice("search_by_color red --tags no-such-tag-anywhere --json")
     assert code == 0, err
-    assert json_lines(out) == [] and "No images" in err
+    assert json_lines(out) == [] and "Nothing found" in err
     # a larger minimum share leaves out the smaller card
     code, out, err = alice("search_by_color red --tags e2e-colour --min-share 0.4 --json")
     assert [r["id"] for r in json_lines(out)] == [shop["red350"]]

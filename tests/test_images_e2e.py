@@ -196,7 +196,7 @@ def test_search_by_text(alice: Shell, tmp_path: Path) -> None:
     assert [r["id"] for r in alice("search linen summer --json").json_lines()] == [image]
     assert [r["id"] for r in alice("search xyzzyfabric --json").json_lines()] == [image]
     none = alice("search nothingmatchesthis")
-    assert none.code == 0 and "No images for the search" in none.out
+    assert none.code == 0 and "Nothing found for the search" in none.out
 
 
 # --- update and delete, and who may -------------------------------------------------------------
