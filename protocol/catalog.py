@@ -179,6 +179,9 @@ class ColourSearch(Request):
 
 
 class More(Request):
+    """The next batch of a listing, read now: images deleted or hidden since, or that no
+    longer pass the search's filters (price, stock, tags), are left out."""
+
     cursor: Cursor
     options: ListingOptions = ListingOptions(limit=10)
 
@@ -250,16 +253,38 @@ class OrderPlaced(Response):
     order: Order
 
 
+#: Most lines an order can have: what `Checkout` accepts.
+MAX_ORDER_LINES = 500
+#: Most order lines one `OrderList` page carries: a page ends before the order that would pass
+#: this, so no answer grows with a history (a whole one once passed the 32 MiB frame limit).
+#: Twice MAX_ORDER_LINES, so a page always has room for one whole order. Worst case (every
+#: title 200 four-byte characters, 64-character four-byte names, the largest ints): 1.73 MB.
+ORDER_PAGE_LINES = 2 * MAX_ORDER_LINES
+OrderId = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+
+
 class ListOrders(Request):
-    pass
+    """Paged, newest first: one answer with a whole history once outgrew the frame limit."""
+
+    #: Only orders older than this order id: the previous page's `next_before`.
+    before: OrderId | None = None
+    #: Most orders in the page (the server also caps it at `Limits.max_batch`).
+    limit: Limit = 20
 
 
 class ListSales(Request):
-    pass
+    """Orders that bought the user's images, newest first, paged like `ListOrders`."""
+
+    before: OrderId | None = None
+    limit: Limit = 20
 
 
 class OrderList(Response):
+    #: Newest first: at most `limit` orders and, unless a single order holds more, at most
+    #: ORDER_PAGE_LINES lines in all.
     orders: list[Order]
+    #: Present while older orders remain: send it as `before` for the next page.
+    next_before: int | None = None
 
 
 REQUESTS: tuple[type[Request], ...] = (

@@ -55,7 +55,7 @@ def encode(message: Message) -> bytes:
 def _salvage_id(body: bytes) -> int:
     try:
         envelope = _envelope_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         return 0
     request_id = envelope.id
     if (
@@ -74,6 +74,12 @@ def _decode(decoder: msgspec.msgpack.Decoder, body: bytes) -> Any:
         raise MessageError(f"Invalid message: {exc}", _salvage_id(body)) from None
     except msgspec.DecodeError as exc:
         raise MessageError(f"Malformed MessagePack: {exc}", 0) from None
+    except UnicodeDecodeError as exc:
+        # msgspec lets a string that is not UTF-8 escape as this rather than as a DecodeError.
+        raise MessageError(
+            f"Malformed MessagePack: a string is not valid UTF-8 (byte {exc.start} of it)",
+            _salvage_id(body),
+        ) from None
 
 
 def decode_request(body: bytes) -> Request:

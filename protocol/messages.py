@@ -83,6 +83,9 @@ class WhoAmI(Request):
 
 
 class ChangePassword(Request):
+    """Answered by a `Session` with a new token: every earlier token of the user is revoked,
+    this connection's too, and other connections logged in as the user are logged out."""
+
     old_password: Password
     new_password: Password
 
@@ -93,7 +96,8 @@ class UserInfo(Response):
 
 
 class Session(Response):
-    """Answer to Login and Resume: who you are now and the token that resumes this session."""
+    """Answer to Login, Resume and ChangePassword: who you are now and the token that resumes
+    this session."""
 
     name: str
     admin: bool

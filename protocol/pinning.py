@@ -41,6 +41,12 @@ class KnownServers:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return entries
+        except (OSError, UnicodeDecodeError) as exc:
+            # Pins that cannot be read cannot vouch for any server: refuse, and say what to fix.
+            raise PinningError(
+                f"Cannot read the known servers file {self.path}: {_reason(exc)}. "
+                "Fix or remove it (every server is then asked about again)."
+            ) from None
         for line in text.splitlines():
             fields = line.split()
             if len(fields) >= 2 and not line.lstrip().startswith("#"):
@@ -62,6 +68,17 @@ class KnownServers:
     def add(self, server: str, fingerprint: str) -> None:
         entries = self._entries()
         entries[server] = fingerprint
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         text = "".join(f"{key} {value}\n" for key, value in entries.items())
-        write_atomically(self.path, text.encode())
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # pins and history
+            write_atomically(self.path, text.encode())
+        except OSError as exc:
+            raise PinningError(
+                f"Cannot save the pin for {server} in {self.path}: {_reason(exc)}."
+            ) from None
+
+
+def _reason(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"byte {exc.start} is not UTF-8"
+    return exc.strerror or str(exc)

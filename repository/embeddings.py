@@ -7,6 +7,7 @@ them, so a model change is detected (and backfilled) rather than mixed into one 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -62,19 +63,23 @@ def iter_embeddings(
 
 
 def index_generation(conn: sqlite3.Connection, model: str) -> str:
-    """A token that changes whenever the set of live embedded images of `model` changes.
+    """A token that changes whenever the set of live embedded images of `model` changes: a
+    digest of their ids in order. Checked before a saved index is trusted, and a vector is
+    never rewritten in place under the same model name, so the ids are all that can change.
 
-    Count, largest id, sum and sum of squares of the ids: an insert, a delete or a backfill
-    changes at least the count or the sums, and a vector is never rewritten in place under the
-    same model name. Checked before a saved index is trusted.
+    (v1 kept the count, the largest id and the sum and sum of squares of the ids: three ids
+    deleted and three others backfilled with the same sums, after a crash, would have let a
+    stale index load. Reading the ids costs about 50 ms at 100,000 images, at start-up and
+    at shutdown.)
     """
-    count, top, total, squares = conn.execute(
-        "SELECT COUNT(*), COALESCE(MAX(e.image_id), 0), TOTAL(e.image_id), "
-        "TOTAL(e.image_id * e.image_id) FROM embeddings e CROSS JOIN images i "
-        "ON i.id = e.image_id WHERE e.model = ? AND i.deleted_at IS NULL",
+    rows = conn.execute(
+        "SELECT e.image_id FROM embeddings e CROSS JOIN images i ON i.id = e.image_id "
+        "WHERE e.model = ? AND i.deleted_at IS NULL ORDER BY e.image_id",
         (model,),
-    ).fetchone()
-    return f"v1|{model}|{count}|{top}|{int(total)}|{int(squares)}"
+    )
+    ids = np.fromiter((row[0] for row in rows), dtype=np.int64)
+    digest = hashlib.blake2b(ids.tobytes(), digest_size=16).hexdigest()
+    return f"v2|{model}|{len(ids)}|{digest}"
 
 
 def missing_embeddings(

@@ -14,6 +14,10 @@ everything inside a single `BEGIN IMMEDIATE` transaction, taken after the proces
   was, and the seller, so history stays true after prices change or images are purged.
 
 All lines commit together or nothing does. Nothing here knows the wire format.
+
+Histories are read a page at a time, keyed on order id (newest first, "older than order X"):
+whole orders only, at most `limit` of them and `max_lines` lines, so no answer grows with a
+history that anyone, even a stranger buying a free item over and over, can lengthen.
 """
 
 from __future__ import annotations
@@ -102,7 +106,9 @@ def _check_line(
     if row is None or (row["private"] and row["owner_id"] != buyer_id):
         return fail(Refusal.GONE, "no longer available (it does not exist or is not shown to you)")
     if row["deleted_at"] is not None:
-        return fail(Refusal.GONE, "deleted by its seller")
+        # Its owner or an admin may have deleted it, and the row does not say which: blaming the
+        # seller for an admin's deletion would be wrong.
+        return fail(Refusal.GONE, "deleted, so it can no longer be bought")
     if row["owner_id"] == buyer_id:
         return fail(Refusal.OWN_IMAGE, "it is your own image; you cannot buy from yourself")
     price = row["price_cents"]
@@ -224,17 +230,86 @@ def order_by_id(conn: sqlite3.Connection, order_id: int) -> OrderRecord | None:
     return found[0] if found else None
 
 
-def orders_of_buyer(conn: sqlite3.Connection, buyer_id: int) -> list[OrderRecord]:
-    """A buyer's orders, newest first, each with all its lines."""
-    rows = conn.execute(
-        _LINE_QUERY + "WHERE o.buyer_id = ? ORDER BY o.id DESC, l.line_no", (buyer_id,)
-    ).fetchall()
-    return _gather(rows, seller_share=False)
+@dataclass(frozen=True, slots=True)
+class OrderPage:
+    #: Newest first.
+    orders: list[OrderRecord]
+    #: The order id to continue below (the oldest one here) while older orders remain.
+    next_before: int | None
 
 
-def sales_of_seller(conn: sqlite3.Connection, seller_id: int) -> list[OrderRecord]:
-    """Orders that bought a seller's images, newest first, with only that seller's lines."""
-    rows = conn.execute(
-        _LINE_QUERY + "WHERE l.seller_id = ? ORDER BY o.id DESC, l.line_no", (seller_id,)
+#: `before` for a first page: above any order id SQLite will hand out.
+NEWEST = 2**62
+
+
+def _cut(counts: list[sqlite3.Row], limit: int, max_lines: int) -> tuple[list[int], bool]:
+    """Order ids for one page out of (id, line count) rows, newest first, fetched one past
+    `limit`: whole orders only, stopping before the lines would pass `max_lines` (a first order
+    bigger than that still goes alone, or the page could never move on). Returns (ids, more
+    remain)."""
+    chosen: list[int] = []
+    lines = 0
+    for order_id, count in counts:
+        if len(chosen) >= limit or (chosen and lines + count > max_lines):
+            return chosen, True
+        chosen.append(order_id)
+        lines += count
+    return chosen, False
+
+
+def _page(
+    conn: sqlite3.Connection,
+    counts: list[sqlite3.Row],
+    limit: int,
+    max_lines: int,
+    *,
+    seller_id: int | None = None,
+) -> OrderPage:
+    ids, more = _cut(counts, limit, max_lines)
+    if not ids:
+        return OrderPage([], None)
+    marks = ",".join("?" * len(ids))
+    where = f"WHERE o.id IN ({marks}) "
+    params: list[int] = list(ids)
+    if seller_id is not None:
+        where += "AND l.seller_id = ? "
+        params.append(seller_id)
+    rows = conn.execute(_LINE_QUERY + where + "ORDER BY o.id DESC, l.line_no", params).fetchall()
+    orders = _gather(rows, seller_share=seller_id is not None)
+    return OrderPage(orders, ids[-1] if more else None)
+
+
+def orders_of_buyer(
+    conn: sqlite3.Connection,
+    buyer_id: int,
+    *,
+    before: int | None = None,
+    limit: int,
+    max_lines: int,
+) -> OrderPage:
+    """A page of a buyer's orders older than order `before`, newest first, each with all its
+    lines. Paging by order id (a keyset) means orders placed meanwhile never shift a page."""
+    counts = conn.execute(
+        "SELECT o.id, (SELECT COUNT(*) FROM order_lines l WHERE l.order_id = o.id) "
+        "FROM orders o WHERE o.buyer_id = ? AND o.id < ? ORDER BY o.id DESC LIMIT ?",
+        (buyer_id, NEWEST if before is None else before, limit + 1),
     ).fetchall()
-    return _gather(rows, seller_share=True)
+    return _page(conn, counts, limit, max_lines)
+
+
+def sales_of_seller(
+    conn: sqlite3.Connection,
+    seller_id: int,
+    *,
+    before: int | None = None,
+    limit: int,
+    max_lines: int,
+) -> OrderPage:
+    """A page of the orders that bought a seller's images, older than order `before`, newest
+    first, with only that seller's lines (which alone count towards `max_lines`)."""
+    counts = conn.execute(
+        "SELECT order_id, COUNT(*) FROM order_lines WHERE seller_id = ? AND order_id < ? "
+        "GROUP BY order_id ORDER BY order_id DESC LIMIT ?",
+        (seller_id, NEWEST if before is None else before, limit + 1),
+    ).fetchall()
+    return _page(conn, counts, limit, max_lines, seller_id=seller_id)

@@ -252,6 +252,13 @@ class VectorIndex:
     def __len__(self) -> int:
         return self._n
 
+    def __contains__(self, image_id: object) -> bool:
+        if not isinstance(image_id, int | np.integer):
+            return False
+        with self._rw.read():
+            _, hit = self._lookup(np.asarray([image_id], dtype=np.int64))
+        return bool(hit[0])
+
     @property
     def uses_ann(self) -> bool:
         """Whether unfiltered searches currently go through the approximate index."""

@@ -41,22 +41,27 @@ async def _start_session(ctx: RequestContext, request_id: int, user: User) -> Se
     session_id = await services.db_call(
         accounts.create_session, user.id, _token_hash(token), services.config.session_lifetime_s
     )
-    ctx.connection.user = user
-    ctx.connection.session_id = session_id
+    ctx.connection.start(user, session_id)
     return Session(id=request_id, name=user.name, admin=user.is_admin, resume_token=token)
+
+
+def _taken(name: str) -> VitrineError:
+    return VitrineError(ErrorCode.CONFLICT, f"The name {name!r} is taken; choose another.")
 
 
 @route(CreateUser, needs_login=False, exclusive=True)
 async def create_user(ctx: RequestContext, request: CreateUser) -> UserInfo:
     name = auth.normalise_username(request.name)
     auth.check_new_password(request.password)
+    # Before hashing: anyone may ask for a taken name, and each hash costs the shared pool
+    # tens of milliseconds. The insert still decides a race between two new accounts.
+    if await ctx.services.db_call(accounts.user_by_name, name) is not None:
+        raise _taken(name)
     password_hash = await ctx.services.run(auth.hash_password, request.password)
     try:
         user = await ctx.services.db_call(accounts.create_user, name, password_hash)
     except accounts.NameTaken:
-        raise VitrineError(
-            ErrorCode.CONFLICT, f"The name {name!r} is taken; choose another."
-        ) from None
+        raise _taken(name) from None
     return UserInfo(id=request.id, name=user.name, admin=user.is_admin)
 
 
@@ -65,15 +70,15 @@ async def login(ctx: RequestContext, request: Login) -> Session:
     services = ctx.services
     account = request.name.strip().lower()
     peer = ctx.connection.peer
-    services.throttle.check(account, peer)
-    user = await services.db_call(accounts.user_by_name, account)
-    ok = await services.run(
-        auth.verify_or_waste_time, request.password, user.password_hash if user else None
-    )
-    if not ok or user is None:
-        await asyncio.sleep(services.throttle.failure(account, peer))
-        raise VitrineError(ErrorCode.UNAUTHENTICATED, BAD_CREDENTIALS)
-    services.throttle.success(account)
+    async with services.throttle.attempt(account, peer) as attempt:
+        user = await services.db_call(accounts.user_by_name, account)
+        ok = await services.run(
+            auth.verify_or_waste_time, request.password, user.password_hash if user else None
+        )
+        if not ok or user is None:
+            await asyncio.sleep(attempt.failed())
+            raise VitrineError(ErrorCode.UNAUTHENTICATED, BAD_CREDENTIALS)
+        attempt.succeeded(forgive_account=True)
     return await _start_session(ctx, request.id, user)
 
 
@@ -86,18 +91,22 @@ async def resume(ctx: RequestContext, request: Resume) -> Session:
             "That session has ended (logged out, expired or revoked); log in again.",
         )
     session_id, user = found
-    ctx.connection.user = user
-    ctx.connection.session_id = session_id
+    ctx.connection.start(user, session_id)
     return Session(id=request.id, name=user.name, admin=user.is_admin, resume_token=request.token)
 
 
 @route(Logout, exclusive=True)
 async def logout(ctx: RequestContext, request: Logout) -> Ok:
-    if ctx.connection.session_id is not None:
-        await ctx.services.db_call(accounts.revoke_session, ctx.connection.session_id)
-    ctx.connection.user = None
-    ctx.connection.session_id = None
-    ctx.connection.extras.clear()
+    state = ctx.connection
+    if state.user is not None and state.session_id is not None:
+        await ctx.services.db_call(accounts.revoke_session, state.session_id)
+        ctx.services.end_sessions(
+            state.user.id,
+            "This session was logged out on another connection; log in again.",
+            session_id=state.session_id,
+            keep=state,
+        )
+    state.end()
     return Ok(id=request.id)
 
 
@@ -107,17 +116,25 @@ async def whoami(ctx: RequestContext, request: WhoAmI) -> UserInfo:
 
 
 @route(ChangePassword, exclusive=True)
-async def change_password(ctx: RequestContext, request: ChangePassword) -> Ok:
+async def change_password(ctx: RequestContext, request: ChangePassword) -> Session:
+    """Every session of the user ends, this one's token included (it may be the stolen one):
+    the answer carries a fresh token for this connection."""
     services = ctx.services
     user = await services.db_call(accounts.user_by_id, ctx.user.id)
     if user is None:
         raise VitrineError(ErrorCode.UNAUTHENTICATED, "Your account no longer exists.")
-    services.throttle.check(user.name, ctx.connection.peer)
-    if not await services.run(auth.verify_password, request.old_password, user.password_hash):
-        await asyncio.sleep(services.throttle.failure(user.name, ctx.connection.peer))
-        raise VitrineError(ErrorCode.UNAUTHENTICATED, "The current password is wrong.")
+    async with services.throttle.attempt(user.name, ctx.connection.peer) as attempt:
+        if not await services.run(auth.verify_password, request.old_password, user.password_hash):
+            await asyncio.sleep(attempt.failed())
+            raise VitrineError(ErrorCode.UNAUTHENTICATED, "The current password is wrong.")
+        attempt.succeeded(forgive_account=False)
     auth.check_new_password(request.new_password)
     new_hash = await services.run(auth.hash_password, request.new_password)
     await services.db_call(accounts.set_password_hash, user.id, new_hash)
-    await services.db_call(accounts.revoke_user_sessions, user.id, ctx.connection.session_id)
-    return Ok(id=request.id)
+    await services.db_call(accounts.revoke_user_sessions, user.id)
+    services.end_sessions(
+        user.id,
+        "The password was changed on another connection; log in again.",
+        keep=ctx.connection,
+    )
+    return await _start_session(ctx, request.id, user)

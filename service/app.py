@@ -115,6 +115,16 @@ def open_services(config: ServerConfig) -> Services:
     return services
 
 
+def close_services(services: Services) -> None:
+    """The reverse of `open_services`, once no request is running: pools, database, lock."""
+    services.executor.shutdown(wait=True, cancel_futures=True)
+    for pool in (services.quick_executor, services.io_executor):
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    services.db.close()
+    os.close(services.extras.pop("data_dir_lock"))
+
+
 def _quiet_handshake_failures(loop: asyncio.AbstractEventLoop, context: dict) -> None:
     """A plaintext or TLS 1.2 client is the peer's problem, not a server error worth a traceback."""
     exc = context.get("exception")
@@ -181,12 +191,7 @@ async def serve(
         with contextlib.suppress(Exception):
             await asyncio.to_thread(similarity.stop, services)  # saves the vector index
         await asyncio.to_thread(colour_search.stop, services)
-        services.executor.shutdown(wait=True, cancel_futures=True)
-        for pool in (services.quick_executor, services.io_executor):
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-        services.db.close()
-        os.close(services.extras.pop("data_dir_lock"))
+        close_services(services)
         announce("Vitrine server stopped")
 
 

@@ -7,11 +7,14 @@ peers) and per peer (one peer, many victims).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidKey
@@ -23,6 +26,8 @@ ARGON2_MEMORY_KIB = 19 * 1024
 ARGON2_ITERATIONS = 2
 ARGON2_LANES = 1
 MIN_PASSWORD_LENGTH = 8
+#: Longest a queued login waits before looking at the throttle's counts again.
+WAIT_RECHECK_S = 1.0
 
 USERNAME_RULE = re.compile(r"[a-z0-9][a-z0-9._-]{2,31}")
 USERNAME_RULE_TEXT = (
@@ -85,12 +90,53 @@ class _Failures:
     times: deque[float] = field(default_factory=deque)
 
 
+class LoginAttempt:
+    """One password check that holds a place in the throttle's counts until its verdict.
+
+    The place is taken before hashing, so attempts sent at once on many connections cannot all
+    pass the check while each other's failures are still being computed.
+    """
+
+    def __init__(self, throttle: LoginThrottle, account: str, peer: str) -> None:
+        self._throttle = throttle
+        self._account = account
+        self._peer = peer
+        self._open = True
+
+    def failed(self) -> float:
+        """Count the attempt as a failure; returns how long to wait before answering it."""
+        self._close()
+        return self._throttle.failure(self._account, self._peer)
+
+    def succeeded(self, *, forgive_account: bool) -> None:
+        """A right password is no failure; a login also forgives the account's earlier ones."""
+        self._close()
+        if forgive_account:
+            self._throttle.success(self._account)
+
+    def abandon(self) -> None:
+        """No verdict reached the peer (an error, a dropped connection): it taught nothing."""
+        if self._open:
+            self._close()
+
+    def _close(self) -> None:
+        if not self._open:
+            raise RuntimeError("this login attempt already has its verdict")
+        self._open = False
+        self._throttle._release(self._account, self._peer)
+
+
 class LoginThrottle:
     """Growing delays after failed logins, and RATE_LIMITED past a threshold.
 
     Failures are counted within a sliding window, separately per account name and per peer
     address; the stricter of the two applies. Memory is bounded by forgetting the least recently
     failed keys first.
+
+    Attempts still being verified count too: when recorded failures plus attempts in flight reach
+    a limit, a new attempt waits for their verdicts instead of being hashed alongside them. So a
+    burst of guesses gets no more verdicts than the limit, while a burst of right passwords (many
+    clients behind one address) is only queued, never refused.
     """
 
     def __init__(
@@ -110,6 +156,8 @@ class LoginThrottle:
         self.window_s = window_s
         self.max_keys = max_keys
         self._failures: OrderedDict[str, _Failures] = OrderedDict()
+        self._in_flight: dict[str, int] = {}
+        self._waiters: list[asyncio.Future[None]] = []
         self._lock = threading.Lock()
 
     def _recent(self, key: str, now: float) -> deque[float]:
@@ -120,21 +168,73 @@ class LoginThrottle:
             entry.times.popleft()
         return entry.times
 
+    def _limits(self, account: str, peer: str) -> tuple[tuple[str, int], ...]:
+        return ((f"a:{account}", self.account_limit), (f"p:{peer}", self.peer_limit))
+
+    def _refuse_if_over(self, account: str, peer: str, now: float) -> None:
+        """Under the lock: RATE_LIMITED once recorded failures reach either limit."""
+        for key, limit in self._limits(account, peer):
+            recent = self._recent(key, now)
+            if len(recent) >= limit:
+                retry = int(recent[0] + self.window_s - now) + 1
+                raise VitrineError(
+                    ErrorCode.RATE_LIMITED,
+                    f"Too many failed logins; try again in {retry} seconds.",
+                )
+
     def check(self, account: str, peer: str) -> None:
-        """Raise RATE_LIMITED if either key is over its limit; called before verifying."""
+        """Raise RATE_LIMITED if either key is over its limit, without taking a place.
+
+        Request handlers use `attempt`; this is the bare rule, for callers that verify nothing.
+        """
+        with self._lock:
+            self._refuse_if_over(account, peer, time.monotonic())
+
+    def _try_reserve(self, account: str, peer: str) -> LoginAttempt | None:
+        """A place for one attempt, None if attempts in flight fill what the limits leave."""
         now = time.monotonic()
         with self._lock:
-            for key, limit in (
-                (f"a:{account}", self.account_limit),
-                (f"p:{peer}", self.peer_limit),
-            ):
-                recent = self._recent(key, now)
-                if len(recent) >= limit:
-                    retry = int(recent[0] + self.window_s - now) + 1
-                    raise VitrineError(
-                        ErrorCode.RATE_LIMITED,
-                        f"Too many failed logins; try again in {retry} seconds.",
-                    )
+            self._refuse_if_over(account, peer, now)
+            limits = self._limits(account, peer)
+            for key, limit in limits:
+                if len(self._recent(key, now)) + self._in_flight.get(key, 0) >= limit:
+                    return None
+            for key, _ in limits:
+                self._in_flight[key] = self._in_flight.get(key, 0) + 1
+            return LoginAttempt(self, account, peer)
+
+    async def reserve(self, account: str, peer: str) -> LoginAttempt:
+        """Wait for a place (or RATE_LIMITED); the caller must give the attempt a verdict."""
+        while (attempt := self._try_reserve(account, peer)) is None:
+            waiter = asyncio.get_running_loop().create_future()
+            with self._lock:
+                self._waiters.append(waiter)
+            # Re-checked after the wake-up or the timeout: the timeout only guards against a
+            # wake-up missed between the failed reservation and joining the waiters.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, WAIT_RECHECK_S)
+        return attempt
+
+    @contextlib.asynccontextmanager
+    async def attempt(self, account: str, peer: str) -> AsyncIterator[LoginAttempt]:
+        """`reserve`, and give up the place if the body ends without a verdict."""
+        attempt = await self.reserve(account, peer)
+        try:
+            yield attempt
+        finally:
+            attempt.abandon()
+
+    def _release(self, account: str, peer: str) -> None:
+        with self._lock:
+            for key, _ in self._limits(account, peer):
+                left = self._in_flight.get(key, 0) - 1
+                if left > 0:
+                    self._in_flight[key] = left
+                else:
+                    self._in_flight.pop(key, None)
+            waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.get_loop().call_soon_threadsafe(_wake, waiter)
 
     def failure(self, account: str, peer: str) -> float:
         """Record a failure and return how long to wait before answering it."""
@@ -157,3 +257,8 @@ class LoginThrottle:
     def success(self, account: str) -> None:
         with self._lock:
             self._failures.pop(f"a:{account}", None)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

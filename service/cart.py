@@ -25,13 +25,23 @@ Checkout contract:
 `ListOrders` answers the user's orders, newest first, with all lines. `ListSales` answers the
 orders that bought the user's images, newest first, each with only that user's lines, its
 `buyer` filled in, and `total_cents` the sum of those lines (the seller's takings).
+
+Both answer one page: at most `limit` orders (capped at `max_batch`, as listings are) and
+ORDER_PAGE_LINES lines, older than `before`, with `next_before` set while older ones remain.
+A history once went out whole, and 421 free hundred-line orders made a 37 MB frame that no
+client could read again; a page's worst case is now 1.73 MB whatever the history holds.
+The page is encoded in the worker that read it, as listing batches are, so the event loop only
+writes bytes.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
+from protocol import codec, framing
 from protocol.catalog import (
+    ORDER_PAGE_LINES,
     Checkout,
     ListOrders,
     ListSales,
@@ -43,7 +53,7 @@ from protocol.catalog import (
 from protocol.errors import ErrorCode, VitrineError
 from repository import orders as repo
 from service.context import RequestContext
-from service.registry import route
+from service.registry import Frames, route
 
 _CODES = {
     repo.Refusal.OUT_OF_STOCK: ErrorCode.OUT_OF_STOCK,
@@ -119,13 +129,46 @@ async def checkout(ctx: RequestContext, request: Checkout) -> OrderPlaced:
     return OrderPlaced(id=request.id, order=order_message(record))
 
 
+def _page_frames(
+    conn: sqlite3.Connection,
+    read: Callable[..., repo.OrderPage],
+    user_id: int,
+    request_id: int,
+    before: int | None,
+    limit: int,
+) -> Frames:
+    page = read(conn, user_id, before=before, limit=limit, max_lines=ORDER_PAGE_LINES)
+    answer = OrderList(
+        id=request_id,
+        orders=[order_message(record) for record in page.orders],
+        next_before=page.next_before,
+    )
+    return Frames(framing.frame(codec.encode(answer)))
+
+
+def _limit(ctx: RequestContext, limit: int) -> int:
+    return min(limit, ctx.services.config.max_batch)
+
+
 @route(ListOrders)
-async def list_orders(ctx: RequestContext, request: ListOrders) -> OrderList:
-    records = await ctx.services.db_call(repo.orders_of_buyer, ctx.user.id)
-    return OrderList(id=request.id, orders=[order_message(record) for record in records])
+async def list_orders(ctx: RequestContext, request: ListOrders) -> Frames:
+    return await ctx.services.db_call(
+        _page_frames,
+        repo.orders_of_buyer,
+        ctx.user.id,
+        request.id,
+        request.before,
+        _limit(ctx, request.limit),
+    )
 
 
 @route(ListSales)
-async def list_sales(ctx: RequestContext, request: ListSales) -> OrderList:
-    records = await ctx.services.db_call(repo.sales_of_seller, ctx.user.id)
-    return OrderList(id=request.id, orders=[order_message(record) for record in records])
+async def list_sales(ctx: RequestContext, request: ListSales) -> Frames:
+    return await ctx.services.db_call(
+        _page_frames,
+        repo.sales_of_seller,
+        ctx.user.id,
+        request.id,
+        request.before,
+        _limit(ctx, request.limit),
+    )

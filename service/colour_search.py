@@ -28,7 +28,7 @@ from repository import colour_queries as colours_repo
 from repository import images as repo
 from repository.colour_table import ColourTable
 from service.context import RequestContext, Services
-from service.listings import Ranked, checked_filter_tags, open_ranked
+from service.listings import Ranked, Recheck, checked_filter_tags, open_ranked
 from service.registry import Frames, route
 from util.colour_spec import (
     ColourQuery,
@@ -188,4 +188,5 @@ async def colour_search(ctx: RequestContext, request: ColourSearch) -> Frames:
         request.id,
         request.options,
         lambda conn: _ranked(conn, viewer, store_query, tags, request, table),
+        Recheck.of(tags, flt),
     )

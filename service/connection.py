@@ -39,6 +39,7 @@ class Connection:
         self.writer = writer
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.state = ConnectionState(peer=str(peer[0]))
+        services.connections.add(self.state)
         self.label = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._write_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(self.config.max_in_flight)
@@ -77,6 +78,7 @@ class Connection:
         except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
             log.debug("connection %s dropped: %s", self.label, exc)
         finally:
+            self.services.connections.discard(self.state)
             for task in self._tasks:
                 task.cancel()
             if self._tasks:
@@ -85,11 +87,19 @@ class Connection:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.writer.wait_closed(), 2)
 
+    def _frame_limit(self) -> int:
+        """Upload-sized frames only once someone is logged in (exclusive requests such as Login
+        finish before the next frame is read, so the state seen here is current)."""
+        if self.state.user is None:
+            return min(self.config.max_anonymous_frame_bytes, self.config.max_frame_bytes)
+        return self.config.max_frame_bytes
+
     async def _next_request(self, timeout: float) -> Request | None:
         """Read and decode one request; framing errors are answered, then the connection closes."""
+        limit = self._frame_limit()
         try:
             async with asyncio.timeout(timeout):
-                body = await framing.read_frame(self.reader, self.config.max_frame_bytes)
+                body = await framing.read_frame(self.reader, limit)
         except TimeoutError:
             await self._send_error(
                 0,
@@ -98,7 +108,10 @@ class Connection:
             )
             raise _Closing from None
         except framing.FrameTooLarge as exc:
-            await self._send_error(0, ErrorCode.TOO_LARGE, str(exc))
+            message = str(exc)
+            if limit < self.config.max_frame_bytes:
+                message += " Until a login, only small frames are read: log in first."
+            await self._send_error(0, ErrorCode.TOO_LARGE, message)
             raise _Closing from None
         except framing.FrameError as exc:
             with contextlib.suppress(ConnectionError, OSError):
@@ -113,12 +126,13 @@ class Connection:
             return None
 
     async def _handshake(self) -> None:
-        while True:
-            request = await self._next_request(
-                min(self.config.handshake_timeout_s, self.config.idle_timeout_s)
-            )
-            if request is not None:
-                break
+        """One frame, within one deadline: a peer that cannot send Hello first is not a client,
+        and a malformed frame must not buy it another handshake timeout."""
+        request = await self._next_request(
+            min(self.config.handshake_timeout_s, self.config.idle_timeout_s)
+        )
+        if request is None:  # malformed: the error is already sent
+            raise _Closing
         if not isinstance(request, Hello):
             await self._send_error(
                 request.id,
@@ -232,7 +246,8 @@ class Connection:
         if route.needs_login and self.state.user is None:
             raise VitrineError(
                 ErrorCode.UNAUTHENTICATED,
-                f"{type(request).__name__} needs a logged-in user; log in first.",
+                self.state.ended
+                or f"{type(request).__name__} needs a logged-in user; log in first.",
             )
         reply = await route.handler(RequestContext(self.services, self.state), request)
         if isinstance(reply, Response | Frames):

@@ -38,6 +38,9 @@ class ServerConfig:
     port: int = 7878
     data_dir: Path = Path(".")
     max_frame_bytes: int = 32 * 1024 * 1024
+    #: Frames before a login are Hello, Login, CreateUser and Resume, all a few hundred bytes:
+    #: an anonymous peer may not make the server buffer an upload-sized frame.
+    max_anonymous_frame_bytes: int = 64 * 1024
     max_image_bytes: int = 25 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_batch: int = 500
@@ -84,6 +87,25 @@ class Services:
     #: directories, and in `executor` those waits held one of the two workers a third of the
     #: time during bulk ingest. A thread waiting in fsync holds neither the GIL nor a core.
     io_executor: ThreadPoolExecutor | None = None
+    #: Every open connection's state, so ending a session ends it where it is in use too: a
+    #: token resumed by someone else must not outlive a logout or a password change.
+    connections: set[ConnectionState] = field(default_factory=set)
+
+    def end_sessions(
+        self,
+        user_id: int,
+        reason: str,
+        *,
+        session_id: int | None = None,
+        keep: ConnectionState | None = None,
+    ) -> None:
+        """Log out every open connection of `user_id` (only those on `session_id`, if given)
+        but `keep`; their next request is told `reason`."""
+        for state in self.connections:
+            if state is keep or state.user is None or state.user.id != user_id:
+                continue
+            if session_id is None or state.session_id == session_id:
+                state.end(reason)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking work (SQLite, hashing, decoding) off the event loop."""
@@ -108,13 +130,23 @@ async def _in_pool(pool: ThreadPoolExecutor, call: Callable[[], T]) -> T:
     return await asyncio.get_running_loop().run_in_executor(pool, call)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: one per connection, kept in Services.connections
 class ConnectionState:
     peer: str
     user: User | None = None
     session_id: int | None = None
     #: Per-connection state owned by feature modules (listing cursors, for example).
     extras: dict[str, Any] = field(default_factory=dict)
+    #: Why this connection's session was ended from elsewhere, told to its next request.
+    ended: str | None = None
+
+    def start(self, user: User, session_id: int) -> None:
+        self.user, self.session_id, self.ended = user, session_id, None
+
+    def end(self, reason: str | None = None) -> None:
+        """Nobody logged in; what the last user listed is forgotten with them."""
+        self.user, self.session_id, self.ended = None, None, reason
+        self.extras.clear()
 
 
 @dataclass

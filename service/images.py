@@ -39,11 +39,25 @@ log = logging.getLogger("vitrine.images")
 # --- tags ---------------------------------------------------------------------------------------
 
 MAX_TAG_LENGTH = 64
+#: Python's \w leaves out combining marks (categories Mn, Mc, Me), yet Devanagari and Thai
+#: vowel signs, Hebrew points and the dot that `İ`.lower() adds are parts of words; so a mark
+#: is accepted anywhere but first (see `_fits_tag_rule`).
 TAG_RULE = re.compile(r"[^\W_][\w.&+'-]*")
+COMBINING_MARKS = frozenset({"Mn", "Mc", "Me"})
 TAG_RULE_TEXT = (
-    "letters, digits and . & + ' - _ (spaces become '-'), starting with a letter or digit, "
+    "letters (with their accents, vowel signs and other combining marks), digits and "
+    ". & + ' - _ (spaces become '-'), starting with a letter or digit, "
     f"at most {MAX_TAG_LENGTH} characters"
 )
+
+
+def _is_mark(ch: str) -> bool:
+    return unicodedata.category(ch) in COMBINING_MARKS
+
+
+def _fits_tag_rule(tag: str) -> bool:
+    """TAG_RULE with each combining mark after the first character standing in for a letter."""
+    return bool(TAG_RULE.fullmatch(tag[0] + "".join("a" if _is_mark(c) else c for c in tag[1:])))
 
 
 def normalise_tag(raw: str) -> str:
@@ -56,7 +70,13 @@ def normalise_tag(raw: str) -> str:
     tag = "-".join(unicodedata.normalize("NFC", raw).strip().lower().split())
     if not tag:
         raise VitrineError(ErrorCode.BAD_REQUEST, "A tag cannot be empty.")
-    if len(tag) > MAX_TAG_LENGTH or not TAG_RULE.fullmatch(tag):
+    if _is_mark(tag[0]):
+        raise VitrineError(
+            ErrorCode.BAD_REQUEST,
+            f"Invalid tag {raw!r:.80}: it starts with the combining mark U+{ord(tag[0]):04X}, "
+            f"which belongs after a letter; tags use {TAG_RULE_TEXT}.",
+        )
+    if len(tag) > MAX_TAG_LENGTH or not _fits_tag_rule(tag):
         raise VitrineError(
             ErrorCode.BAD_REQUEST, f"Invalid tag {raw!r:.80}: tags use {TAG_RULE_TEXT}."
         )
@@ -76,6 +96,31 @@ def _clean_text(text: str, what: str) -> str:
             ErrorCode.BAD_REQUEST, f"The {what} contains control characters; remove them."
         )
     return text
+
+
+MAX_TITLE_CHARS = 200  # protocol.catalog.Title
+
+
+def _upload_title(title: str, filename: str) -> str:
+    """Every image has a title to show and search: a blank one becomes the file's stem, which is
+    what the shell sends when none is given."""
+    cleaned = _clean_text(title, "title")
+    if cleaned:
+        return cleaned
+    stem = filename.rsplit(".", 1)[0] if "." in filename.lstrip(".") else filename
+    return stem.strip()[:MAX_TITLE_CHARS] or filename[:MAX_TITLE_CHARS]
+
+
+def _new_title(title: str | None) -> str | None:
+    if title is None:
+        return None
+    cleaned = _clean_text(title, "title")
+    if not cleaned:
+        raise VitrineError(
+            ErrorCode.BAD_REQUEST,
+            "A title cannot be blank: give one, or leave the title out to keep the current one.",
+        )
+    return cleaned
 
 
 # --- wire shapes --------------------------------------------------------------------------------
@@ -149,10 +194,12 @@ async def _editable(ctx: RequestContext, image_id: int) -> repo.ImageRecord:
     user = ctx.user
     if record is None or record.deleted_at is not None:
         raise _not_found(image_id)
-    if record.owner_id == user.id or user.is_admin:
+    if record.owner_id == user.id:
         return record
-    if record.private:
+    if record.private:  # private to its owner, the admin included: not even its existence shows
         raise _not_found(image_id)
+    if user.is_admin:
+        return record
     raise VitrineError(
         ErrorCode.FORBIDDEN,
         f"Image {image_id} belongs to {record.owner}; only its owner or an admin may change it.",
@@ -164,11 +211,12 @@ async def _editable(ctx: RequestContext, image_id: int) -> repo.ImageRecord:
 
 @route(UploadImage)
 async def upload_image(ctx: RequestContext, request: UploadImage) -> Uploaded:
+    filename = display_name(request.filename)
     upload = Upload(
         owner_id=ctx.user.id,
         data=request.data,
-        filename=display_name(request.filename),
-        title=_clean_text(request.title, "title"),
+        filename=filename,
+        title=_upload_title(request.title, filename),
         description=_clean_text(request.description, "description"),
         tags=normalise_tags(request.tags),
         price_cents=request.price_cents,
@@ -190,7 +238,7 @@ async def update_image(ctx: RequestContext, request: UpdateImage) -> ImageUpdate
             f"Tags both added and removed: {', '.join(sorted(both))}; choose one.",
         )
     changes = repo.Changes(
-        title=None if request.title is None else _clean_text(request.title, "title"),
+        title=_new_title(request.title),
         description=(
             None if request.description is None else _clean_text(request.description, "description")
         ),

@@ -66,6 +66,37 @@ class KeysetCursor:
     last_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class Recheck:
+    """The filters a ranked search was asked with, applied again to every later batch: a
+    price, a stock count or a tag can change between `more`s, and a listing headed "up to
+    5.00" must not then show an image at 99.00."""
+
+    tags: tuple[str, ...] = ()
+    min_price_cents: int | None = None
+    max_price_cents: int | None = None
+    in_stock: bool = False
+
+    @classmethod
+    def of(cls, tags: list[str], filters: Filters) -> Recheck:
+        """From the normalised tags (`checked_filter_tags`) and the wire filters."""
+        return cls(tuple(tags), filters.min_price_cents, filters.max_price_cents, filters.in_stock)
+
+    def passing(self, conn: sqlite3.Connection, viewer: int, ids: list[int]) -> set[int]:
+        known = repo.tag_ids(conn, self.tags)
+        if len(known) < len(self.tags):
+            return set()
+        return repo.passing_ids(
+            conn,
+            viewer,
+            ids,
+            list(known.values()),
+            self.min_price_cents,
+            self.max_price_cents,
+            self.in_stock,
+        )
+
+
 @dataclass
 class SnapshotCursor:
     ids: list[int]
@@ -73,6 +104,7 @@ class SnapshotCursor:
     #: Per-id extras for ranked searches: score and the matching colour.
     scores: dict[int, float] = field(default_factory=dict)
     matches: dict[int, Colour] = field(default_factory=dict)
+    recheck: Recheck | None = None
 
 
 ListingCursor = KeysetCursor | SnapshotCursor
@@ -197,13 +229,20 @@ def _snapshot_frames(
     thumbnails: bool,
     token: str,
 ) -> tuple[Frames, bool]:
-    """The next `limit` still-visible items of a snapshot, encoded with `token` as cursor if
-    more remain; advances the cursor past what it read. Returns (frames, more remain)."""
+    """The next `limit` items of a snapshot still visible (and, after the first batch, still
+    passing its filters), encoded with `token` as cursor if more remain; advances the cursor
+    past what it read. Returns (frames, more remain).
+
+    The first batch needs no recheck: it is read in the same trip as the ranking."""
+    recheck = cursor.recheck if cursor.position > 0 else None
     found: list[repo.ImageRecord] = []
     while len(found) < limit and cursor.position < len(cursor.ids):
         want = limit - len(found)
         chunk = cursor.ids[cursor.position : cursor.position + want]
         cursor.position += len(chunk)
+        if recheck is not None:
+            allowed = recheck.passing(conn, viewer, chunk)
+            chunk = [image_id for image_id in chunk if image_id in allowed]
         found.extend(repo.images_by_ids(conn, chunk, viewer))
     items = build_summaries(blobs, found, thumbnails)
     for item in items:
@@ -218,13 +257,15 @@ async def open_ranked(
     request_id: int,
     options: ListingOptions,
     rank: Callable[[sqlite3.Connection], Ranked],
+    recheck: Recheck | None = None,
 ) -> Frames:
     """Run a ranked search and make its first batch in one trip to the executor (the event
     loop, which every connection shares, only writes the result), keeping the cursor for
     `More`.
 
     For every ranked search (text, by image, by colour): `rank(conn)` may return candidates
-    the viewer cannot see; visibility is re-checked here, batch by batch.
+    the viewer cannot see; visibility is re-checked here, batch by batch, and so are the
+    search's filters (`recheck`) from the second batch on.
     """
     limit = _limit(ctx, options)
     viewer = ctx.user.id
@@ -233,7 +274,7 @@ async def open_ranked(
 
     def run(conn: sqlite3.Connection) -> tuple[SnapshotCursor, Frames, bool]:
         ids, scores, matches = rank(conn)
-        cursor = SnapshotCursor(ids, 0, scores, matches)
+        cursor = SnapshotCursor(ids, 0, scores, matches, recheck)
         frames, more = _snapshot_frames(
             conn, blobs, viewer, request_id, cursor, limit, options.thumbnails, token
         )
@@ -253,14 +294,24 @@ def fts_query(text: str) -> str:
 
     Every word (a run of letters, digits or underscores) becomes a quoted FTS string, so
     operators (`AND`, `OR`, `NOT`, `NEAR`), column filters (`title:`), `^`, parentheses and
-    quotes in the input are plain text; words are ANDed. A word typed with a trailing `*`
-    stays a prefix search (`shir*` finds `shirt`). Raises BAD_REQUEST if no word is left.
+    stray quotes in the input are plain text; terms are ANDed. Words between a pair of double
+    quotes are one phrase: they must stand together, in that order (`"straw hat"` does not
+    find "hat with straw"); an unpaired quote is ignored. A word or a closing quote followed by
+    `*` is a prefix search (`shir*` finds `shirt`). Raises BAD_REQUEST if no word is left.
     """
     terms = []
-    for match in _WORD.finditer(text):
-        word = match.group(0)
-        prefix = text[match.end() : match.end() + 1] == "*"
-        terms.append(f'"{word}"' + ("*" if prefix else ""))
+    pieces = text.split('"')
+    paired = len(pieces) - (len(pieces) % 2 == 0)  # an odd count of quotes leaves the last open
+    for index, piece in enumerate(pieces):
+        after = pieces[index + 1][:1] if index + 1 < len(pieces) else ""
+        if index % 2 == 1 and index < paired:
+            words = _WORD.findall(piece)
+            if words:
+                terms.append('"' + " ".join(words) + '"' + ("*" if after == "*" else ""))
+            continue
+        for match in _WORD.finditer(piece):
+            prefix = piece[match.end() : match.end() + 1] == "*"
+            terms.append(f'"{match.group(0)}"' + ("*" if prefix else ""))
     if not terms:
         raise VitrineError(
             ErrorCode.BAD_REQUEST,

@@ -81,7 +81,7 @@ from repository.embeddings import (
 )
 from service.context import RequestContext, Services
 from service.ingest import Analyser, Prepared, rejection_error
-from service.listings import Ranked, checked_filter_tags, open_ranked
+from service.listings import Ranked, Recheck, checked_filter_tags, open_ranked
 from service.registry import Frames, route
 from util import config as cfg
 from util import images as imaging
@@ -432,7 +432,9 @@ class SimilarityEngine:
             found = index.search(query, k, exclude=exclude)
             ok = passing(conn, viewer, [i for i, _ in found], filters)
             kept = [(i, s) for i, s in found if i in ok]
-            exhaustive = len(found) < k or k >= n - (exclude is not None)
+            # Every vector was a candidate; the query's own image (left out) counts only if it
+            # is in the index: one searched by id before its backfill is not.
+            exhaustive = len(found) < k or k >= n - (exclude is not None and exclude in index)
             if len(kept) >= MAX_RESULTS or exhaustive:
                 return kept[:MAX_RESULTS]
         allowed = allowed_ids(conn, viewer, filters)
@@ -641,7 +643,7 @@ async def _open_search(
         ranked = engine.rank(conn, viewer, query, filters, exclude)
         return [i for i, _ in ranked], {i: round(float(s), 6) for i, s in ranked}, {}
 
-    return await open_ranked(ctx, request.id, request.options, rank)
+    return await open_ranked(ctx, request.id, request.options, rank, Recheck.of(tags, flt))
 
 
 def status(services: Services) -> dict[str, Any]:

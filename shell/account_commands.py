@@ -10,7 +10,7 @@ import argparse
 
 import cmd2
 
-from protocol.messages import ChangePassword, CreateUser, UserInfo, WhoAmI
+from protocol.messages import CreateUser, UserInfo, WhoAmI
 from shell.app import ACCOUNT, VitrineShell, parser
 
 
@@ -18,7 +18,9 @@ class AccountCommands(cmd2.CommandSet[VitrineShell]):
     DEFAULT_CATEGORY = ACCOUNT
 
     create_parser = parser("Create an account on the server. The first account is the admin.")
-    create_parser.add_argument("name", help="3-32 characters: a-z, 0-9, '.', '_' or '-'")
+    create_parser.add_argument(
+        "name", metavar="NAME", help="3-32 characters: a-z, 0-9, '.', '_' or '-'"
+    )
 
     @cmd2.with_argparser(create_parser)
     def do_create_user(self, args: argparse.Namespace) -> None:
@@ -26,10 +28,10 @@ class AccountCommands(cmd2.CommandSet[VitrineShell]):
         password = shell.ask_new_secret("New password: ", "VITRINE_PASSWORD")
         user = shell.session.call(CreateUser(id=0, name=args.name, password=password), UserInfo)
         role = " as the admin" if user.admin else ""
-        shell.poutput(f"Created user {user.name}{role}. Log in with: login {user.name}")
+        shell.confirm(f"Created user {user.name}{role}. Log in with: login {user.name}")
 
     login_parser = parser("Log in to the server.")
-    login_parser.add_argument("name", help="your user name")
+    login_parser.add_argument("name", metavar="NAME", help="your user name")
 
     @cmd2.with_argparser(login_parser)
     def do_login(self, args: argparse.Namespace) -> None:
@@ -37,14 +39,14 @@ class AccountCommands(cmd2.CommandSet[VitrineShell]):
         password = shell.ask_secret("Password: ")
         session = shell.session.login(args.name, password)
         role = " (admin)" if session.admin else ""
-        shell.poutput(f"Logged in as {session.name}{role}.")
+        shell.confirm(f"Logged in as {session.name}{role}.")
 
     @cmd2.with_argparser(parser("Log out; the session cannot be resumed afterwards."))
     def do_logout(self, _: argparse.Namespace) -> None:
         shell = self._cmd
         name = shell.session.user
         shell.session.logout()
-        shell.poutput(f"Logged out {name}.")
+        shell.confirm(f"Logged out {name}.")
 
     @cmd2.with_argparser(parser("Show who you are logged in as."))
     def do_whoami(self, _: argparse.Namespace) -> None:
@@ -58,5 +60,5 @@ class AccountCommands(cmd2.CommandSet[VitrineShell]):
         shell = self._cmd
         old = shell.ask_secret("Current password: ")
         new = shell.ask_new_secret("New password: ", "VITRINE_NEW_PASSWORD")
-        shell.session.call(ChangePassword(id=0, old_password=old, new_password=new))
-        shell.poutput("Password changed.")
+        shell.session.change_password(old, new)
+        shell.confirm("Password changed; your other sessions have ended.")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import cmd2
-from cmd2.exceptions import Cmd2ArgparseError
+from cmd2.exceptions import Cmd2ArgparseError, Cmd2ShlexError
 from rich.console import Console
 
 from protocol.errors import VitrineError
@@ -53,7 +53,7 @@ class VitrineShell(cmd2.Cmd):
         command_sets: Iterable[cmd2.CommandSet[Any]] = (),
         **kwargs: Any,
     ) -> None:
-        config_dir.mkdir(parents=True, exist_ok=True)
+        _private_history(config_dir / "history")
         super().__init__(
             command_sets=list(command_sets),
             persistent_history_file=str(config_dir / "history"),
@@ -70,11 +70,20 @@ class VitrineShell(cmd2.Cmd):
             self.disable_command(name, f"{name} is not available in Vitrine.")
             self.hidden_commands.append(name)
         self._member_ui: bool | None = None
+        self._user: str | None = None
+        #: Goes up whenever the logged-in user changes (a logout too), so what was remembered
+        #: for one user (the latest listing, recent ids) is not offered to the next.
+        self.login_epoch = 0
         self.sync_login_state()
 
     # --- what is offered when --------------------------------------------------------------------
 
     def sync_login_state(self) -> None:
+        if self.session.user != self._user:
+            self._user = self.session.user
+            self.login_epoch += 1
+            if self.session.user is not None:
+                self.prompt = f"vitrine {self.session.user}@{self.session.server}> "
         logged_in = self.session.user is not None
         if logged_in == self._member_ui:
             return
@@ -106,6 +115,24 @@ class VitrineShell(cmd2.Cmd):
         self.exit_code = 1
         self.perror(message)
 
+    def confirm(self, message: str) -> None:
+        """What a command did, when that is all it has to say (logged in, logged out): shown to
+        a person, but on stderr when stdout is not a terminal, so a script's stdout holds only
+        what its commands produce (`client.py "login alice" "tags --json" | jq`)."""
+        if self.stdout.isatty():
+            self.poutput(message)
+        else:
+            self.perror(message, style=None)
+
+    def onecmd_plus_hooks(self, line: str, **kwargs: Any) -> bool:
+        """cmd2 reports a line it cannot split into words (an unclosed quote) by itself and runs
+        nothing, so onecmd never sees it: counted here, scripts see it in the exit status."""
+        try:
+            self.statement_parser.parse(line)
+        except Cmd2ShlexError:
+            self.exit_code = 1
+        return super().onecmd_plus_hooks(line, **kwargs)
+
     def onecmd(self, statement: cmd2.Statement | str, *, add_to_history: bool = True) -> bool:
         try:
             return super().onecmd(statement, add_to_history=add_to_history)
@@ -120,7 +147,7 @@ class VitrineShell(cmd2.Cmd):
                 self.perror(f"  {detail}")
         except ConnectionLost as exc:
             self.fail(
-                f"Lost the connection to {self.session.server}: {exc}. "
+                f"Lost the connection to {self.session.server}: {str(exc).rstrip('.')}. "
                 "The next command will reconnect."
             )
         except PinningError as exc:
@@ -129,6 +156,11 @@ class VitrineShell(cmd2.Cmd):
             self.fail(str(exc))
         except KeyboardInterrupt:
             self.fail("Interrupted.")
+        except Exception:
+            # A bug, not a refusal: cmd2 reports it (with the traceback under `set debug true`),
+            # and a script must still see that the command failed.
+            self.exit_code = 1
+            raise
         return False
 
     def default(self, statement: cmd2.Statement) -> bool | None:
@@ -141,6 +173,15 @@ class VitrineShell(cmd2.Cmd):
         self.exit_code = 1
         super()._report_disabled_command_usage(*args, message_to_print=message_to_print, **kwargs)
 
+    def do__eof(self, _: cmd2.Statement) -> bool:
+        """End of input (Ctrl-D) quits. cmd2's own version prints an empty line first, which
+        a terminal needs to leave the prompt's line, but which piped output would carry after
+        the last JSON line."""
+        if self.stdin.isatty() and self.stdout.isatty():
+            self.poutput()
+        self.last_result = True
+        return True
+
     # --- input -----------------------------------------------------------------------------------
 
     def ask_secret(self, prompt: str, env: str = "VITRINE_PASSWORD") -> str:
@@ -149,7 +190,7 @@ class VitrineShell(cmd2.Cmd):
         if from_env is not None:
             return from_env
         if not self.stdin.isatty():
-            raise CommandFailed("No terminal to ask for a password: set VITRINE_PASSWORD.")
+            raise CommandFailed(f"No terminal to ask for a password: set {env}.")
         try:
             return self.read_secret(prompt)
         except EOFError:
@@ -172,6 +213,15 @@ class VitrineShell(cmd2.Cmd):
         except EOFError:
             return False
         return answer.strip().lower() in ("y", "yes")
+
+
+def _private_history(path: Path) -> None:
+    """The history holds every line typed, a password typed by mistake on a command line too:
+    owner-only, like known_servers. cmd2 rewrites the file in place, so the mode it is created
+    with here stays."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
 
 
 def parser(description: str) -> cmd2.Cmd2ArgumentParser:

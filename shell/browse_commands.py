@@ -7,6 +7,7 @@ only say what to ask for, so every listing behaves alike.
 from __future__ import annotations
 
 import argparse
+from typing import Any, NoReturn
 
 import cmd2
 import msgspec
@@ -16,8 +17,47 @@ from rich.text import Text
 from protocol.catalog import Browse, ListingOptions, ListTags, TagList, TextSearch
 from shell import listing
 from shell.app import BROWSE, CommandFailed, VitrineShell, parser
+from shell.text import plural, printable
 
 MAX_SEARCH_CHARS = 500  # protocol.catalog.SearchText
+
+
+class TextArgumentParser(cmd2.Cmd2ArgumentParser):
+    """A parser for free text, whose words may start with '-' like options do.
+
+    argparse reads `search straw -hat` as -h with the value "at" and says "ignored explicit
+    argument 'at'", which tells a person nothing; this says what happened and what to type.
+    """
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description=description)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._words = list(args) if args is not None else []
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        words = getattr(self, "_words", [])
+        options = {option: action for action in self._actions for option in action.option_strings}
+        dashed = [word for word in words if word.startswith("-") and word not in options]
+        if dashed and "--" not in words:
+            flags: list[str] = []
+            text: list[str] = []
+            rest = iter(words)
+            for word in rest:
+                action = options.get(word)
+                if action is None:
+                    text.append(word)
+                    continue
+                flags.append(word)
+                if action.nargs != 0:
+                    flags.append(next(rest, ""))
+            example = " ".join([self.prog, *flags, "--", *text])
+            message = (
+                f"words starting with '-' ({', '.join(dashed)}) are read as options; "
+                f"put the words after --, as in: {example}"
+            )
+        super().error(message)
 
 
 class BrowseCommands(cmd2.CommandSet[VitrineShell]):
@@ -42,23 +82,27 @@ class BrowseCommands(cmd2.CommandSet[VitrineShell]):
             what = "all images"
         else:
             joiner = " or " if args.any else " and "
-            what = "images tagged " + joiner.join(listing.printable(tag) for tag in tags)
+            what = "images tagged " + joiner.join(printable(tag) for tag in tags)
 
         def request(options: ListingOptions) -> Browse:
             return Browse(id=0, tags=tags, match_any=args.any, options=options)
 
         listing.start_listing(self._cmd, request, args, what=what)
 
-    search_parser = parser(
-        'Full-text search over titles, descriptions and tags (words, "a phrase", prefix*). '
-        "`more` continues the listing."
+    search_parser = TextArgumentParser(
+        "Full-text search over titles, descriptions, tags and file names "
+        '(words, "a phrase", prefix*). `more` continues the listing.'
     )
     search_parser.add_argument("text", nargs="+", metavar="TEXT", help="what to look for")
     listing.add_listing_arguments(search_parser)
 
     @cmd2.with_argparser(search_parser)
     def do_search(self, args: argparse.Namespace) -> None:
-        text = " ".join(args.text).strip()
+        # The shell's own quotes group words into one argument ("straw hat"): that is the phrase
+        # the person meant, so it goes to the server quoted (which reads it as a phrase).
+        text = " ".join(
+            f'"{word}"' if len(word.split()) > 1 and '"' not in word else word for word in args.text
+        ).strip()
         if not text:
             raise CommandFailed("Give some words to search for.")
         if len(text) > MAX_SEARCH_CHARS:
@@ -73,7 +117,7 @@ class BrowseCommands(cmd2.CommandSet[VitrineShell]):
         "Show the next batch of the latest listing (browse, search...), the way it was shown. "
         "Flags given here change this batch; --batch also changes the following ones."
     )
-    listing.add_listing_arguments(more_parser, first=listing.MORE_BATCH)
+    listing.add_listing_arguments(more_parser, continues=True)
 
     @cmd2.with_argparser(more_parser)
     def do_more(self, args: argparse.Namespace) -> None:
@@ -102,6 +146,6 @@ class BrowseCommands(cmd2.CommandSet[VitrineShell]):
         table.add_column("tag")
         table.add_column("images", justify="right")
         for tag in answer.tags:
-            table.add_row(Text(listing.printable(tag.name), style="cyan"), str(tag.count))
+            table.add_row(Text(printable(tag.name), style="cyan"), str(tag.count))
         shell.poutput(table, soft_wrap=False)
-        shell.poutput(f"{listing.plural(len(answer.tags), 'tag')}.")
+        shell.poutput(f"{plural(len(answer.tags), 'tag')}.")

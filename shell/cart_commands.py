@@ -7,7 +7,9 @@ answers fresh facts (`GetImages`) and decides checkouts. Choices made here:
 * `add_to_cart` asks the server first, so an image that is missing, deleted, someone else's
   private one, the user's own, or short of stock is refused before it reaches the cart.
 * A line keeps the unit price seen when it was added; `view_cart` and `checkout` fetch fresh
-  prices and stock and warn per line (price changed, stock short, image gone).
+  prices and stock and warn per line (price changed, stock short, image gone). Their total is
+  of what checkout could buy now, at current prices, and names the lines it leaves out; each
+  `--json` line has a `status`, "ok" only when `checkout --yes` would buy it as it stands.
 * `update_cart` re-reads the line's price and shows it, so the line then holds the price the
   buyer just saw.
 * `checkout` shows the lines at current prices and asks. Confirmed at a terminal, the order is
@@ -20,6 +22,11 @@ answers fresh facts (`GetImages`) and decides checkouts. Choices made here:
   leave the cart and the order id is shown.
 * A connection lost while a checkout is in flight leaves the outcome unknown: the cart is kept
   and the user is told to look at `orders` before trying again.
+* `orders` and `sales` show one page of the history, newest first; `--older` continues below
+  the last page this shell showed, and `--before ID` (for scripts, which run each command in a
+  fresh process) starts below an order id. They are flags rather than a turn for `more`,
+  which continues image listings and keeps its own latest one; a history of one page says
+  nothing about paging, so it reads as it did before pages existed.
 """
 
 from __future__ import annotations
@@ -53,8 +60,8 @@ from shell import listing
 from shell.app import CART, CommandFailed, VitrineShell, parser
 from shell.cart_store import MAX_LINES, Cart, CartError, CartItem, CartStore
 from shell.connection import ConnectionLost
-from shell.listing import plural
 from shell.pictures import picture_renderable
+from shell.text import plural, printable
 from util.money import format_cents
 
 #: A server detail line names its image first: "image 12: sold out, 1 wanted".
@@ -102,13 +109,27 @@ def complete_cart_ids(app: cmd2.Cmd) -> Choices:
         return Choices(items=[])
     return Choices(
         items=[
-            CompletionItem(str(line.image_id), display_meta=listing.printable(line.title)[:40])
+            CompletionItem(str(line.image_id), display_meta=printable(line.title)[:40])
             for line in cart.lines
         ]
     )
 
 
 # --- fresh facts about cart lines ----------------------------------------------------------------
+
+
+#: A line's `status` in `view_cart --json`, worst first: the one a line gets is the worst that
+#: applies. Only "ok" lines are bought by `checkout --yes`, which sends the prices stored in the
+#: cart; "price_changed" lines are still bought by a checkout at a terminal, at the price shown.
+STATUSES = ("gone", "own_image", "sold_out", "stock_short", "price_changed", "ok")
+
+#: How the summary names lines left out of the total, by status.
+_LEFT_OUT = {
+    "gone": "gone",
+    "own_image": "your own",
+    "sold_out": "sold out",
+    "stock_short": "stock short",
+}
 
 
 @dataclass
@@ -120,6 +141,16 @@ class LineView:
     warnings: list[str] = field(default_factory=list)
     #: True when checkout cannot succeed as the line is (gone, short of stock, own image).
     blocked: bool = False
+    #: One of STATUSES, so a script can tell "buy as is" from "needs attention" by one field.
+    status: str = "ok"
+
+    def flag(self, status: str, warning: str) -> None:
+        """Keep the worst status: a gone line that also changed price must be removed, and
+        `update_cart` (the fix for a price) would not help it."""
+        self.warnings.append(warning)
+        if STATUSES.index(status) < STATUSES.index(self.status):
+            self.status = status
+        self.blocked = self.blocked or status in _LEFT_OUT
 
     @property
     def title(self) -> str:
@@ -150,28 +181,45 @@ def assess(cart: Cart, fresh: dict[int, ImageSummary], me: str) -> list[LineView
         view = LineView(item, fresh.get(item.image_id))
         now = view.fresh
         if now is None:
-            view.warnings.append("gone: deleted, made private or no longer there")
-            view.blocked = True
+            view.flag("gone", "gone: deleted, made private or no longer there")
         else:
             if now.owner == me:
-                view.warnings.append("your own image: you cannot buy it")
-                view.blocked = True
+                view.flag("own_image", "your own image: you cannot buy it")
             if now.price_cents != item.price_cents:
-                view.warnings.append(
+                view.flag(
+                    "price_changed",
                     f"price changed: was {format_cents(item.price_cents)}, "
-                    f"now {format_cents(now.price_cents)}"
+                    f"now {format_cents(now.price_cents)}",
                 )
-            if now.quantity < item.quantity:
-                view.warnings.append(
-                    "sold out" if now.quantity == 0 else f"stock short: only {now.quantity} left"
-                )
-                view.blocked = True
+            if now.quantity == 0:
+                view.flag("sold_out", "sold out")
+            elif now.quantity < item.quantity:
+                view.flag("stock_short", f"stock short: only {now.quantity} left")
         views.append(view)
     return views
 
 
 def _total(views: list[LineView]) -> int:
-    return sum(view.line_total or 0 for view in views)
+    """What checkout could buy now: a line that cannot be bought would only inflate the sum."""
+    return sum(view.line_total or 0 for view in views if not view.blocked)
+
+
+def _left_out(views: list[LineView]) -> list[LineView]:
+    return [view for view in views if view.blocked]
+
+
+def cart_summary(views: list[LineView], units: int) -> str:
+    """The sentence under a cart table; it names what the total leaves out, so a total lower
+    than the table's line totals add up to does not read as a mistake."""
+    text = (
+        f"{plural(len(views), 'line')}, {plural(units, 'item')}. Total at current prices: "
+        f"{format_cents(_total(views))}"
+    )
+    left = _left_out(views)
+    if left:
+        reasons = ", ".join(dict.fromkeys(_LEFT_OUT[view.status] for view in left))
+        text += f" ({plural(len(left), 'line')} left out: {reasons})"
+    return text + "."
 
 
 def cart_table(views: list[LineView], mode: listing.GraphicsMode) -> Table:
@@ -194,7 +242,7 @@ def cart_table(views: list[LineView], mode: listing.GraphicsMode) -> Table:
         total = view.line_total
         row += [
             str(view.item.image_id),
-            Text(listing.printable(view.title)),
+            Text(printable(view.title)),
             format_cents(price) if price is not None else Text("-", style="dim"),
             str(view.item.quantity),
             format_cents(total) if total is not None else Text("-", style="dim"),
@@ -215,6 +263,7 @@ def line_json(view: LineView) -> dict[str, Any]:
         "line_total": None if total is None else format_cents(total),
         "stock": None if view.fresh is None else view.fresh.quantity,
         "available": not view.blocked,
+        "status": view.status,
         "warnings": view.warnings,
     }
 
@@ -253,11 +302,117 @@ def order_json(order: Order) -> dict[str, Any]:
     }
 
 
+# --- order history pages -------------------------------------------------------------------------
+
+#: Orders per page of `orders` and `sales` unless --batch says (as a listing's first batch).
+PAGE_SIZE = listing.FIRST_BATCH
+
+
+@dataclass(frozen=True)
+class HistoryKind:
+    """What differs between `orders` and `sales` when paging."""
+
+    #: The command's name, which is also what it lists.
+    command: str
+    request: type[ListOrders] | type[ListSales]
+
+
+ORDERS = HistoryKind("orders", ListOrders)
+SALES = HistoryKind("sales", ListSales)
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """Where a page ended: `--older` asks for what lies below it, in pages of the same size."""
+
+    next_before: int | None
+    batch: int
+
+
+@dataclass(frozen=True)
+class ShownPage:
+    """A page as asked for: what it continued from decides what is said around it."""
+
+    answer: OrderList
+    #: The `before` it was asked with: None for the newest page.
+    before: int | None
+    batch: int
+
+    @property
+    def paged(self) -> bool:
+        """False for a history of one page, which then reads as it did before paging."""
+        return self.before is not None or self.answer.next_before is not None
+
+
+def order_id(text: str) -> int:
+    try:
+        value = int(text.strip().lstrip("#"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an order id (a number)") from None
+    if not 1 <= value <= 2**53:
+        raise argparse.ArgumentTypeError(f"{value} is not an order id")
+    return value
+
+
+def page_size(text: str) -> int:
+    """listing.batch_size's range, in a message about orders rather than images."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of orders") from None
+    if not 1 <= value <= listing.MAX_BATCH:
+        raise argparse.ArgumentTypeError(
+            f"a page holds 1 to {listing.MAX_BATCH} orders, not {value}"
+        )
+    return value
+
+
+def add_history_arguments(parser: argparse.ArgumentParser, noun: str) -> None:
+    """The paging flags `orders` and `sales` share."""
+    parser.add_argument(
+        "--batch",
+        type=page_size,
+        metavar="N",
+        help=f"{noun} per page (default {PAGE_SIZE}; --older keeps the previous page's size)",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--older",
+        action="store_true",
+        help="the next page: what is older than the last page shown",
+    )
+    where.add_argument(
+        "--before",
+        type=order_id,
+        metavar="ID",
+        help=f"start below order ID: only {noun} older than it (for scripts)",
+    )
+
+
+def _note(shell: cmd2.Cmd, json: bool, message: str) -> None:
+    """A sentence for people: on stdout under a table, on stderr when stdout carries JSON."""
+    if json:
+        shell.perror(message, style=None)
+    else:
+        shell.poutput(message)
+
+
+def _span(orders: list[Order]) -> str:
+    """The order ids a page covers, newest first."""
+    newest, oldest = orders[0].id, orders[-1].id
+    return f"order #{newest}" if newest == oldest else f"orders #{newest} to #{oldest}"
+
+
 # --- the commands --------------------------------------------------------------------------------
 
 
 class CartCommands(cmd2.CommandSet[VitrineShell]):
     DEFAULT_CATEGORY = CART
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Where the last page of `orders` and of `sales` ended, per user, for `--older`.
+        self._pages: dict[tuple[str, str], HistoryPage] = {}
 
     def _store(self) -> CartStore:
         return store_for(self._cmd)
@@ -296,7 +451,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
                 f"Image {number} is not available: it does not exist, was deleted, or is "
                 "private to its owner. Nothing was added."
             )
-        title = listing.printable(image.title) or f"#{number}"
+        title = printable(image.title) or f"#{number}"
         if image.owner == shell.session.user:
             raise CommandFailed(f"Image {number} ({title}) is your own; you cannot buy it.")
         store = self._store()
@@ -345,14 +500,14 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             raise CommandFailed(str(exc)) from None
         mode = listing.graphics_mode(shell) if args.images and not args.json else "none"
         views = self._views(cart, thumbnails=mode != "none") if cart.lines else []
-        total = _total(views)
         flagged = sum(1 for view in views if view.warnings)
         if args.json:
             summary = {
-                "total": format_cents(total),
+                "total": format_cents(_total(views)),
                 "lines": len(views),
                 "units": cart.units,
                 "warnings": flagged,
+                "left_out": len(_left_out(views)),
             }
             _write_json(shell, [*(line_json(view) for view in views), summary])
             return
@@ -360,12 +515,15 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             shell.poutput("Your cart is empty: add_to_cart ID [QTY] puts an image in it.")
             return
         shell.poutput(cart_table(views, mode), soft_wrap=False)
-        shell.poutput(
-            f"{plural(len(views), 'line')}, {plural(cart.units, 'item')}. Total at current prices: "
-            f"{format_cents(total)}."
-        )
+        shell.poutput(cart_summary(views, cart.units))
         if flagged:
-            shell.poutput(f"{plural(flagged, 'line')} need attention; see the notes column.")
+            verb = "needs" if flagged == 1 else "need"
+            shell.poutput(f"{plural(flagged, 'line')} {verb} attention; see the notes column.")
+        if any(view.status == "price_changed" for view in views):
+            shell.poutput(
+                "update_cart ID QTY accepts a new price; until then `checkout --yes` refuses "
+                "that line."
+            )
 
     # --- update / remove / clear ----------------------------------------------------------------
 
@@ -396,7 +554,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             if quantity == 0:
                 with store.edit() as cart:
                     removed = cart.remove(number)
-                shell.poutput(f"Removed {listing.printable(removed.title)} (#{number}).")
+                shell.poutput(f"Removed {printable(removed.title)} (#{number}).")
                 return
             store.load().get(number)
             image = fetch_images(shell, [number], thumbnails=False).get(number)
@@ -420,7 +578,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             f" (was {format_cents(old_price)} when added)" if old_price != image.price_cents else ""
         )
         shell.poutput(
-            f"The cart now holds {quantity} x {listing.printable(image.title)} (#{number}) at "
+            f"The cart now holds {quantity} x {printable(image.title)} (#{number}) at "
             f"{format_cents(image.price_cents)} each{note}."
         )
 
@@ -445,7 +603,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
                         missing.append(str(number))
                         continue
                     removed = cart.remove(number)
-                    shell.poutput(f"Removed {listing.printable(removed.title)} (#{number}).")
+                    shell.poutput(f"Removed {printable(removed.title)} (#{number}).")
         except CartError as exc:
             raise CommandFailed(str(exc)) from None
         if missing:
@@ -499,16 +657,12 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         say = (lambda text: shell.perror(text, style=None)) if args.json else shell.poutput
         if not args.json:
             shell.poutput(cart_table(views, mode), soft_wrap=False)
-        say(
-            f"{plural(len(views), 'line')}, {plural(cart.units, 'item')}. Total at current prices: "
-            f"{format_cents(total)}."
-        )
+        say(cart_summary(views, cart.units))
         blocked = [view for view in views if view.blocked]
         if blocked and not args.yes:
             for view in blocked:
                 shell.perror(
-                    f"  #{view.item.image_id} {listing.printable(view.title)}: "
-                    f"{'; '.join(view.warnings)}",
+                    f"  #{view.item.image_id} {printable(view.title)}: {'; '.join(view.warnings)}",
                     style=None,
                 )
             raise CommandFailed(
@@ -518,7 +672,9 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         if args.yes:
             prices = {line.image_id: line.price_cents for line in cart.lines}
         else:
-            if not shell.ask_yes_no(f"Buy these {cart.units} items for {format_cents(total)}?"):
+            these = "this" if cart.units == 1 else "these"
+            question = f"Buy {these} {plural(cart.units, 'item')} for {format_cents(total)}?"
+            if not shell.ask_yes_no(question):
                 shell.poutput("Checkout cancelled; your cart is unchanged.")
                 return
             prices = {view.item.image_id: view.unit_price or 0 for view in views}
@@ -533,8 +689,47 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
                 for line in cart.lines
             ],
         )
+        bought = {line.image_id: line.quantity for line in cart.lines}
+        order: Order | None = None
+        left: int | None = 0
         try:
-            placed = shell.session.call(request, OrderPlaced)
+            # The cart's lock is held from here until what was bought has left the cart, so two
+            # shells of one buyer cannot both place an order for the same lines.
+            with store.edit() as current:
+                if {line.image_id: line.quantity for line in current.lines} != bought:
+                    raise CommandFailed(
+                        "Your cart changed in another shell while this checkout was being "
+                        "prepared; nothing was bought. Run checkout again to see it as it is."
+                    )
+                order = self._place(cart, request)
+                current.take({line.image_id: line.quantity for line in order.lines})
+                left = len(current)
+        except CartError as exc:
+            if order is None:
+                raise CommandFailed(f"{exc} Nothing was bought.") from None
+            shell.perror(f"Order #{order.id} was placed, but the cart could not be updated: {exc}")
+            left = None
+        if args.json:
+            _write_json(shell, [order_json(order)])
+            return
+        units = sum(line.quantity for line in order.lines)
+        shell.poutput(
+            f"Order #{order.id} placed: {plural(units, 'item')} for "
+            f"{format_cents(order.total_cents)}. "
+            + (
+                "The bought lines are still in your cart: clear_cart empties it."
+                if left is None
+                else f"{plural(left, 'line')} added meanwhile stay in your cart."
+                if left
+                else "Your cart is empty; `orders` lists your orders."
+            )
+        )
+
+    def _place(self, cart: Cart, request: Checkout) -> Order:
+        """The order, or CommandFailed saying why nothing (or, after a lost connection, maybe
+        something) was bought."""
+        try:
+            return self._cmd.session.call(request, OrderPlaced).order
         except ConnectionLost as exc:
             raise CommandFailed(
                 f"The connection was lost during checkout ({exc}), so it is not known whether "
@@ -546,69 +741,102 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             raise CommandFailed(
                 f"Checkout refused ({exc.code.value}): nothing was bought; your cart is unchanged."
             ) from None
-        order = placed.order
-        left = 0
-        try:
-            with store.edit() as current:
-                current.take({line.image_id: line.quantity for line in order.lines})
-                left = len(current)
-        except CartError as exc:
-            shell.perror(f"Order #{order.id} was placed, but the cart could not be updated: {exc}")
-        if args.json:
-            _write_json(shell, [order_json(order)])
-            return
-        units = sum(line.quantity for line in order.lines)
-        shell.poutput(
-            f"Order #{order.id} placed: {plural(units, 'item')} for "
-            f"{format_cents(order.total_cents)}. "
-            + (
-                f"{plural(left, 'line')} added meanwhile stay in your cart."
-                if left
-                else "Your cart is empty; `orders` lists your orders."
-            )
-        )
 
     def _report_refusal(self, cart: Cart, exc: VitrineError) -> None:
         shell = self._cmd
         shell.perror(f"{exc.message}", style=None)
-        hints: set[str] = set()
+        #: In cart order (the server names lines in request order), each said once.
+        hints: dict[str, None] = {}
         for detail in exc.details:
             match = _DETAIL.fullmatch(detail)
             if match is None:
-                shell.perror(f"  {listing.printable(detail)}", style=None)
+                shell.perror(f"  {printable(detail)}", style=None)
                 continue
             number, reason = int(match.group(1)), match.group(2)
             line = cart.find(number)
-            title = listing.printable(line.title) if line else ""
-            shell.perror(f"  #{number} {title}: {listing.printable(reason)}", style=None)
+            title = printable(line.title) if line else ""
+            shell.perror(f"  #{number} {title}: {printable(reason)}", style=None)
             if "price changed" in reason:
-                hints.add(
-                    f"update_cart {number} QTY accepts the new price (or checkout at a "
-                    "terminal, which shows the current prices before asking)."
+                # Someone at a terminal is already where that advice would send them.
+                elsewhere = (
+                    ""
+                    if shell.stdin.isatty()
+                    else " (or checkout at a terminal, which shows the current prices before "
+                    "asking)"
                 )
-            elif "left" in reason or "sold out" in reason:
-                hints.add(f"update_cart {number} QTY with fewer, or remove_from_cart {number}.")
-            else:
-                hints.add(f"remove_from_cart {number} takes the line out.")
-        for hint in sorted(hints):
+                hints[f"update_cart {number} QTY accepts the new price{elsewhere}."] = None
+            elif "left" in reason and "sold out" not in reason:
+                hints[f"update_cart {number} QTY with fewer, or remove_from_cart {number}."] = None
+            else:  # sold out, gone or one's own: no quantity would make it buyable
+                hints[f"remove_from_cart {number} takes the line out."] = None
+        for hint in hints:
             shell.perror(f"Hint: {hint}", style=None)
 
     # --- history ---------------------------------------------------------------------------------
 
-    orders_parser = parser("List your orders, newest first, with their lines and totals.")
+    def _history_page(self, kind: HistoryKind, args: argparse.Namespace) -> ShownPage | None:
+        """Ask for the page the flags name and remember where it ended for `--older`; None
+        when `--older` has nothing left to show (which has been said)."""
+        shell = self._cmd
+        key = (shell.session.user or "", kind.command)
+        previous = self._pages.get(key)
+        batch = args.batch or (previous.batch if args.older and previous else PAGE_SIZE)
+        before: int | None = args.before
+        if args.older:
+            if previous is None:
+                name = kind.command
+                raise CommandFailed(
+                    f"There is no page of {name} to continue yet: run `{name}` first."
+                )
+            if previous.next_before is None:
+                _note(shell, args.json, f"Already at the oldest of your {kind.command}.")
+                return None
+            before = previous.next_before
+        request = kind.request(id=0, before=before, limit=batch)
+        answer = shell.session.call(request, OrderList)
+        self._pages[key] = HistoryPage(answer.next_before, batch)
+        return ShownPage(answer, before, batch)
+
+    def _history_end(self, kind: HistoryKind, page: ShownPage, *, json: bool) -> None:
+        """Where this page sits in the history: said only when there is more than one page,
+        so a short history reads exactly as it did before paging."""
+        older = page.answer.next_before
+        if older is not None:
+            _note(
+                self._cmd,
+                json,
+                f"Older {kind.command} remain: `{kind.command} --older` shows the next "
+                f"{page.batch}, or `{kind.command} --before {older}`.",
+            )
+        elif page.before is not None and page.answer.orders:
+            _note(self._cmd, json, f"End of your {kind.command}: there are none older.")
+
+    orders_parser = parser(
+        "List your orders, newest first, with their lines and totals, a page at a time "
+        f"({PAGE_SIZE} orders unless --batch says): --older continues with older ones."
+    )
     orders_parser.add_argument(
         "--json", action="store_true", help="one JSON object per order per line, with its lines"
     )
+    add_history_arguments(orders_parser, "orders")
 
     @cmd2.with_argparser(orders_parser)
     def do_orders(self, args: argparse.Namespace) -> None:
         shell = self._cmd
-        answer = shell.session.call(ListOrders(id=0), OrderList)
+        page = self._history_page(ORDERS, args)
+        if page is None:
+            return
+        answer, before, paged = page.answer, page.before, page.paged
         if args.json:
             _write_json(shell, [order_json(order) for order in answer.orders])
+            self._history_end(ORDERS, page, json=True)
             return
         if not answer.orders:
-            shell.poutput("No orders yet: add_to_cart, then checkout.")
+            shell.poutput(
+                "No orders yet: add_to_cart, then checkout."
+                if before is None
+                else f"You have no orders older than #{before}."
+            )
             return
         table = Table(header_style="bold")
         for name, justify in (
@@ -629,8 +857,8 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
                     f"#{order.id}" if first else "",
                     _when(order.created_at) if first else "",
                     str(line.image_id),
-                    Text(listing.printable(line.title)),
-                    Text(listing.printable(line.seller)),
+                    Text(printable(line.title)),
+                    Text(printable(line.seller)),
                     str(line.quantity),
                     format_cents(line.unit_price_cents),
                     format_cents(line.quantity * line.unit_price_cents),
@@ -647,23 +875,34 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
                 end_section=True,
             )
         shell.poutput(table, soft_wrap=False)
-        spent = sum(order.total_cents for order in answer.orders)
-        shell.poutput(f"{plural(len(answer.orders), 'order')}, {format_cents(spent)} in all.")
+        spent = format_cents(sum(order.total_cents for order in answer.orders))
+        count = plural(len(answer.orders), "order")
+        if paged:
+            span = _span(answer.orders)
+            shell.poutput(f"{count} on this page ({span}), {spent}.")
+        else:
+            shell.poutput(f"{count}, {spent} in all.")
+        self._history_end(ORDERS, page, json=False)
 
     sales_parser = parser(
         "What has been sold of your images: one row per order line (when, buyer, title, "
-        "quantity, unit price, line total), then the totals."
+        "quantity, unit price, line total), then the totals; a page of orders at a time "
+        f"({PAGE_SIZE} unless --batch says), newest first: --older continues with older ones."
     )
     sales_parser.add_argument(
         "--json",
         action="store_true",
-        help="one JSON object per sold line, then one with the totals",
+        help="one JSON object per sold line, then one with the totals (of this page)",
     )
+    add_history_arguments(sales_parser, "orders")
 
     @cmd2.with_argparser(sales_parser)
     def do_sales(self, args: argparse.Namespace) -> None:
         shell = self._cmd
-        answer = shell.session.call(ListSales(id=0), OrderList)
+        page = self._history_page(SALES, args)
+        if page is None:
+            return
+        answer, before, paged = page.answer, page.before, page.paged
         rows = [(order, line) for order in answer.orders for line in order.lines]
         units = sum(line.quantity for _, line in rows)
         revenue = sum(order.total_cents for order in answer.orders)
@@ -684,9 +923,14 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             ]
             totals = {"total": format_cents(revenue), "units": units, "orders": len(answer.orders)}
             _write_json(shell, [*values, totals])
+            self._history_end(SALES, page, json=True)
             return
         if not rows:
-            shell.poutput("Nothing of yours has been sold yet.")
+            shell.poutput(
+                "Nothing of yours has been sold yet."
+                if before is None
+                else f"Nothing of yours was sold before order #{before}."
+            )
             return
         table = Table(header_style="bold")
         for name, justify in (
@@ -704,15 +948,17 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             table.add_row(
                 _when(order.created_at),
                 f"#{order.id}",
-                Text(listing.printable(order.buyer)),
+                Text(printable(order.buyer)),
                 str(line.image_id),
-                Text(listing.printable(line.title)),
+                Text(printable(line.title)),
                 str(line.quantity),
                 format_cents(line.unit_price_cents),
                 format_cents(line.quantity * line.unit_price_cents),
             )
         shell.poutput(table, soft_wrap=False)
-        shell.poutput(
-            f"{plural(units, 'item')} sold in {plural(len(answer.orders), 'order')}, "
-            f"{format_cents(revenue)} in all."
-        )
+        sold = f"{plural(units, 'item')} sold in {plural(len(answer.orders), 'order')}"
+        if paged:
+            shell.poutput(f"{sold} on this page ({_span(answer.orders)}), {format_cents(revenue)}.")
+        else:
+            shell.poutput(f"{sold}, {format_cents(revenue)} in all.")
+        self._history_end(SALES, page, json=False)

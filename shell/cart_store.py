@@ -32,6 +32,7 @@ from urllib.parse import quote
 import msgspec
 
 from util.files import write_atomically
+from util.money import MAX_CENTS
 
 #: A Checkout request carries at most this many lines (protocol.catalog.Checkout).
 MAX_LINES = 500
@@ -54,7 +55,7 @@ class CartItem(msgspec.Struct, kw_only=True):
     image_id: Annotated[int, msgspec.Meta(ge=1, le=2**53)]
     quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_LINE_QUANTITY)]
     #: The unit price the buyer saw when adding (or last updating) the line.
-    price_cents: Annotated[int, msgspec.Meta(ge=0)]
+    price_cents: Annotated[int, msgspec.Meta(ge=0, le=MAX_CENTS)]
     title: str = ""
     added_at: float = 0.0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ssl
 import sys
 from pathlib import Path
 
@@ -75,7 +76,8 @@ def _ask_trust(server: str, fingerprint: str) -> bool:
     print(f"Its certificate fingerprint is {fingerprint}.")
     try:
         answer = input("Are you sure you want to trust it and connect (yes/no)? ")
-    except EOFError:
+    except (EOFError, KeyboardInterrupt):
+        print()
         return False
     return answer.strip().lower() in ("yes", "y")
 
@@ -94,9 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         expected=args.fingerprint,
         ask=_ask_trust if sys.stdin.isatty() else None,
     )
-    connection = ServerConnection(
-        host, port, trust, ca_file=Path(args.ca_file) if args.ca_file else None
-    )
+    if args.ca_file is not None:
+        try:  # a CA bundle that cannot be used is not the server's fault: say which file
+            ssl.create_default_context(cafile=args.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            print(f"vitrine: cannot use --ca-file {args.ca_file}: {reason}", file=sys.stderr)
+            return 2
+    connection = ServerConnection(host, port, trust, ca_file=args.ca_file)
     try:
         connection.connect()
     except (ConnectionError, ConnectionLost, PinningError, VitrineError) as exc:
@@ -104,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     shell: VitrineShell | None = None
-    session = ClientSession(
-        connection, notify=lambda text: shell.pfeedback(text) if shell else None
-    )
+    session = ClientSession(connection, notify=lambda text: shell.confirm(text) if shell else None)
     shell = VitrineShell(
         session,
         data_dir=data_dir,
@@ -121,15 +126,19 @@ def main(argv: list[str] | None = None) -> int:
         ],
         allow_cli_args=False,
     )
-    shell.intro = (
+    intro = (
         f"Connected to Vitrine {connection.server_version} at {connection.server} "
         f"({connection.fingerprint}). Type help for commands."
     )
+    # Only a person at a terminal is greeted on stdout; for a script stdout carries nothing
+    # but the commands' output (so `| jq` works), and the greeting goes to stderr if anywhere.
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    shell.intro = intro if interactive and not args.commands else ""
+    if not interactive and not args.commands:
+        print(intro, file=sys.stderr)
     try:
-        if args.commands:
-            shell.intro = ""
-            if shell.runcmds_plus_hooks(args.commands):
-                return shell.exit_code
+        if args.commands and shell.runcmds_plus_hooks(args.commands):
+            return shell.exit_code
         scripted_status = shell.exit_code
         status = shell.cmdloop()
         # A person at a terminal has seen each failure already; a typo earlier in the session

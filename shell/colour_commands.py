@@ -19,6 +19,7 @@ from protocol.catalog import ColourSearch, ListingOptions
 from shell import listing
 from shell.app import BROWSE, CommandFailed, VitrineShell, parser
 from shell.search_filters import add_filter_arguments, describe, filters_from
+from shell.text import printable
 from util.colour_spec import (
     DEFAULT_MIN_SHARE,
     ColourSpecError,
@@ -82,10 +83,10 @@ class ColourCommands(cmd2.CommandSet[VitrineShell]):
         except ColourSpecError as exc:
             raise CommandFailed(f"search_by_color: {exc}.") from None
         filters = filters_from(args)
-        what = f"images of {listing.printable(query.name or spec)}"
+        what = f"images of {printable(query.name or spec)}"
         extras = []
         if args.tolerance is not None:
-            extras.append(f"within {tolerance:g}°")
+            extras.append(f"within {tolerance + 0.0:g}°")  # + 0.0: "-0" reads as a bug
         extras += describe(filters)
         if extras:
             what += " (" + ", ".join(extras) + ")"

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 import os
-import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from shell.text import printable
 from util.images import decode_image
 
 BACKGROUND = (255, 255, 255)
@@ -23,15 +23,6 @@ TEXT = (30, 30, 30)
 MISSING = (150, 150, 150)
 GAP = 10
 ELLIPSIS = "…"
-
-
-def _printable(label: str) -> str:
-    """Drop control and format characters: labels are titles chosen by other users."""
-    return "".join(
-        " " if ch in "\t\n\r" else ch
-        for ch in label
-        if ch in "\t\n\r" or not unicodedata.category(ch).startswith("C")
-    ).strip()
 
 
 def _fit_label(label: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> str:
@@ -98,7 +89,7 @@ def write_contact_sheet(
         else:
             offset = (left + (cell - picture.width) // 2, top + (cell - picture.height) // 2)
             sheet.paste(picture, offset)
-        text = _fit_label(_printable(label), font, cell)
+        text = _fit_label(printable(label, replacement="").strip(), font, cell)
         draw.text((left, top + cell + GAP // 4), text, fill=TEXT, font=font)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

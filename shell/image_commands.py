@@ -42,6 +42,7 @@ from shell.app import IMAGES, CommandFailed, VitrineShell, parser
 from shell.connection import ConnectionLost
 from shell.pictures import picture_renderable
 from shell.swatches import palette_text
+from shell.text import printable
 from shell.upload import (
     DEFAULT_WINDOW,
     FileResult,
@@ -50,7 +51,7 @@ from shell.upload import (
     UploadFields,
     walk_paths,
 )
-from util.filenames import display_name
+from util.filenames import save_name
 from util.images import DEFAULT_MAX_BYTES
 from util.money import format_cents, price_arg, quantity_arg
 
@@ -171,12 +172,12 @@ class _Report:
             if result.reason:
                 value["reason"] = result.reason
             return msgspec.json.encode(value).decode()
-        shown = listing.printable(result.file.shown)
+        shown = printable(result.file.shown)
         if result.outcome is Outcome.NEW:
             return f"new       #{result.image_id}  {shown}" if self.list_new else None
         if result.outcome is Outcome.PRESENT:
             return f"present   #{result.image_id}  {shown} (already stored)"
-        return f"rejected  {shown}: {listing.printable(result.reason)}"
+        return f"rejected  {shown}: {printable(result.reason)}"
 
     def __call__(self, result: FileResult) -> None:
         if self.progress is not None and self.task is not None:
@@ -259,7 +260,7 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         shell = self._cmd
         walked = walk_paths(args.paths)
         for given, reason in walked.problems:
-            shell.perror(f"skipped {listing.printable(given)}: {reason}")
+            shell.perror(f"skipped {printable(given)}: {reason}")
         if not walked.files:
             raise CommandFailed("No files to upload.")
         shell.session.ensure_connected()
@@ -292,7 +293,7 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         finally:
             report.flush()
         line = summary.line()
-        if not report.list_new and summary.count(Outcome.NEW):
+        if not report.list_new and not args.json and summary.count(Outcome.NEW):
             line += " Add --verbose to list every file."
         if args.json:
             shell.perror(line, style=None)
@@ -400,7 +401,6 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
     )
     show_parser.add_argument(
         "--save",
-        type=Path,
         metavar="PATH",
         completer=cmd2.Cmd.path_complete,
         help="write the original file to PATH (a directory keeps the original's name)",
@@ -408,7 +408,9 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
     show_parser.add_argument(
         "--force", action="store_true", help="with --save: overwrite an existing file"
     )
-    show_parser.add_argument("--no-images", dest="images", action="store_false")
+    show_parser.add_argument(
+        "--no-images", dest="images", action="store_false", help="leave the picture out"
+    )
     show_parser.add_argument("--json", action="store_true", help="the details as one JSON object")
 
     @cmd2.with_argparser(show_parser)
@@ -416,14 +418,20 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         shell = self._cmd
         mode = listing.graphics_mode(shell) if args.images and not args.json else "none"
         target = self._save_target(args) if args.save is not None else None
+        if target is not None and target.is_dir() and not args.force:
+            # the file's name is the image's: learn it without the original, so a file that
+            # exists already is refused before any download
+            details = shell.session.call(
+                GetImage(id=0, image_id=args.image_id, with_original=False), ImageDetails
+            )
+            self._refuse_existing(target / save_name(details.image.filename), args.force)
         want_original = target is not None or mode != "none"
         answer = shell.session.call(
             GetImage(id=0, image_id=args.image_id, with_original=want_original), ImageDetails
         )
         image = answer.image
         listing.memory(shell).remember([image])
-        if target is not None:
-            self._save(answer, target, args.force)
+        saved = self._save(answer, target, args.force) if target is not None else None
         if args.json:
             value = listing.image_json(image)
             value.update(
@@ -443,8 +451,8 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
                 # A half-block picture ends without a newline; printed alone, it gets one.
                 shell.poutput(picture, soft_wrap=False)
             shell.poutput(facts, soft_wrap=False)
-        if target is not None:
-            message = f"Saved the original of #{image.id} to {target}."
+        if saved is not None:
+            message = f"Saved the original of #{image.id} to {printable(str(saved))}."
             if args.json:
                 shell.perror(message, style=None)
             else:
@@ -454,23 +462,34 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
 
     @staticmethod
     def _save_target(args: argparse.Namespace) -> Path:
-        """Checked before asking the server, so a refused --save costs no download."""
+        """The file to write, or the directory to write it into (under the original's name).
+
+        Checked before asking the server, so a refused --save costs no download. Like cp, a
+        path ending in a slash must be a directory that exists: `--save new/` never quietly
+        becomes a file called `new`.
+        """
         target = Path(os.path.expanduser(args.save))
         if target.is_dir():
-            return target  # the name is known once the answer is in
-        if target.exists() and not args.force:
-            raise CommandFailed(f"{target} exists already; add --force to overwrite it.")
-        if not target.parent.is_dir():
-            raise CommandFailed(f"{target.parent} is not a directory.")
+            return target
+        listing.check_new_file(args.save, args.force)
         return target
 
-    def _save(self, answer: ImageDetails, target: Path, force: bool) -> None:
+    @staticmethod
+    def _refuse_existing(path: Path, force: bool) -> None:
+        if path.exists() and not force:
+            raise CommandFailed(
+                f"{printable(str(path))} exists already; add --force to overwrite it."
+            )
+
+    def _save(self, answer: ImageDetails, target: Path, force: bool) -> Path:
+        """Write the original to `target` (a file, or a directory to hold it) and return the
+        file written."""
         if answer.original is None:
             raise CommandFailed("The server sent no original to save.")
         if target.is_dir():
-            target = target / display_name(answer.image.filename)
-            if target.exists() and not force:
-                raise CommandFailed(f"{target} exists already; add --force to overwrite it.")
+            target = target / save_name(answer.image.filename)
+            # checked before the download already; again in case it appeared meanwhile
+            self._refuse_existing(target, force)
         temporary = target.with_name(f".{target.name}.{os.getpid()}.part")
         try:
             with open(temporary, "xb") as handle:
@@ -482,6 +501,7 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             raise CommandFailed(f"Cannot write {target}: {exc.strerror}.") from None
         finally:
             temporary.unlink(missing_ok=True)
+        return target
 
     @staticmethod
     def _details(answer: ImageDetails, mode: listing.GraphicsMode) -> tuple[Any, Table]:
@@ -493,14 +513,14 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         visibility = Text(image.visibility, style="yellow" if image.visibility == "private" else "")
         rows: list[tuple[str, Any]] = [
             ("id", str(image.id)),
-            ("title", Text(listing.printable(image.title))),
-            ("description", Text(listing.printable(image.description))),
-            ("tags", Text(", ".join(listing.printable(t) for t in image.tags), style="cyan")),
+            ("title", Text(printable(image.title))),
+            ("description", Text(printable(image.description))),
+            ("tags", Text(", ".join(printable(t) for t in image.tags), style="cyan")),
             ("price", format_cents(image.price_cents)),
             ("quantity", str(image.quantity)),
-            ("owner", Text(listing.printable(image.owner))),
+            ("owner", Text(printable(image.owner))),
             ("visibility", visibility),
-            ("file", Text(listing.printable(image.filename))),
+            ("file", Text(printable(image.filename))),
             ("size", f"{image.width} x {image.height} {answer.format}".rstrip()),
             ("added", time.strftime("%Y-%m-%d %H:%M", time.localtime(image.created_at))),
             ("colours", palette_text(image.palette)),

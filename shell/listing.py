@@ -25,7 +25,6 @@ import argparse
 import os
 import shutil
 import time
-import unicodedata
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -37,6 +36,8 @@ import cmd2
 import msgspec
 from cmd2 import Choices, CompletionItem, Completions
 from rich import box
+from rich.cells import cell_len
+from rich.console import JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
@@ -56,6 +57,7 @@ from shell.app import CommandFailed
 from shell.contact_sheet import write_contact_sheet
 from shell.pictures import GraphicsMode, detect_graphics, picture_renderable
 from shell.swatches import palette_text
+from shell.text import plural, printable
 from util.money import format_cents
 
 FIRST_BATCH = 20
@@ -63,6 +65,8 @@ MORE_BATCH = 10
 MAX_BATCH = 500  # protocol.catalog.Limit
 #: Cells a listing thumbnail occupies (half-blocks make that 16 x 16 pixels).
 THUMB_CELLS = (16, 8)
+#: The thumbnail of terminals too narrow for the full one beside the numbers.
+SMALL_THUMB_CELLS = (8, 4)
 #: Terminals narrower than this get the compact listing, without lines between columns, so
 #: titles keep room to be read (at 80 columns the full table once left a title five cells and
 #: folded it over eight lines).
@@ -73,22 +77,6 @@ MATCH_MARK = "◂"
 RECENT_IDS = 200
 #: Seconds a fetched tag list stays good enough for completion.
 TAG_CACHE_S = 30.0
-
-_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-
-
-def printable(text: str) -> str:
-    """Titles, tags and names come from other users: no escape sequence reaches the terminal."""
-    return "".join(
-        " " if ch in "\t\n\r" else ("\ufffd" if unicodedata.category(ch) in _UNPRINTABLE else ch)
-        for ch in text
-    )
-
-
-def plural(count: int, noun: str) -> str:
-    """Sentences the shell prints count things; "1 tags" reads like a bug."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
 
 # --- what a listing remembers --------------------------------------------------------------------
 
@@ -113,6 +101,9 @@ class LatestListing:
 
 @dataclass
 class ListingMemory:
+    #: VitrineShell.login_epoch when this memory began: another user (or a logout) since then
+    #: means another set of visible images, and server cursors that belong to the old session
+    epoch: int = 0
     latest: LatestListing | None = None
     recent: OrderedDict[int, str] = field(default_factory=OrderedDict)
     tags: list[TagCount] | None = None
@@ -136,10 +127,12 @@ _MEMORIES: weakref.WeakKeyDictionary[cmd2.Cmd, ListingMemory] = weakref.WeakKeyD
 
 
 def memory(shell: cmd2.Cmd) -> ListingMemory:
-    """This shell's listing memory (one per shell, gone with it)."""
+    """This shell's listing memory (one per shell, gone with it), started afresh whenever the
+    user changed: `more` must not continue, nor completion offer, what another user listed."""
+    epoch = getattr(shell, "login_epoch", 0)
     found = _MEMORIES.get(shell)
-    if found is None:
-        found = _MEMORIES[shell] = ListingMemory()
+    if found is None or found.epoch != epoch:
+        found = _MEMORIES[shell] = ListingMemory(epoch=epoch)
     return found
 
 
@@ -156,13 +149,20 @@ def batch_size(text: str) -> int:
     return value
 
 
-def add_listing_arguments(parser: argparse.ArgumentParser, *, first: int = FIRST_BATCH) -> None:
-    """The flags every listing command shares (and `more`, whose defaults come from the listing)."""
+def add_listing_arguments(parser: argparse.ArgumentParser, *, continues: bool = False) -> None:
+    """The flags every listing command shares, and `more` (`continues`), whose defaults are
+    the listing's own."""
     parser.add_argument(
         "--batch",
         type=batch_size,
         metavar="N",
-        help=f"images per batch: this one and each `more` (default {first}, then {MORE_BATCH})",
+        help=(
+            "images in this batch and the following ones (default: the listing's own --batch, "
+            f"else {MORE_BATCH})"
+            if continues
+            else f"images per batch: this one and each `more` (default {FIRST_BATCH}, "
+            f"then {MORE_BATCH})"
+        ),
     )
     parser.add_argument(
         "--json",
@@ -180,9 +180,11 @@ def add_listing_arguments(parser: argparse.ArgumentParser, *, first: int = FIRST
     parser.add_argument(
         "--sheet",
         metavar="PATH",
-        type=Path,
         completer=cmd2.Cmd.path_complete,
         help="also write the batch as a contact-sheet PNG to PATH",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="with --sheet: overwrite an existing file"
     )
 
 
@@ -193,11 +195,29 @@ def render_options(args: argparse.Namespace, base: RenderOptions | None = None) 
     destroy it silently.
     """
     base = base or RenderOptions()
+    if args.sheet is not None:
+        check_new_file(args.sheet, args.force)
     return RenderOptions(
         json=base.json if args.json is None else args.json,
         images=base.images if args.images is None else args.images,
-        sheet=args.sheet,
+        sheet=Path(os.path.expanduser(args.sheet)) if args.sheet is not None else None,
     )
+
+
+def check_new_file(given: str, force: bool) -> None:
+    """Refuse a path a command would write (like cp: an existing file only with --force, a
+    trailing slash only for a directory that exists) before anything is asked of the server,
+    so a refusal costs no query and no download."""
+    path = Path(os.path.expanduser(given))
+    shown = printable(given)
+    if given.endswith(("/", os.sep)) and not path.is_dir():
+        raise CommandFailed(f"{shown} is not a directory.")
+    if path.is_dir():
+        raise CommandFailed(f"{shown} is a directory; give a file name.")
+    if path.exists() and not force:
+        raise CommandFailed(f"{shown} exists already; add --force to overwrite it.")
+    if not path.parent.is_dir():
+        raise CommandFailed(f"{printable(str(path.parent))} is not a directory.")
 
 
 # --- running a listing ---------------------------------------------------------------------------
@@ -294,11 +314,11 @@ def _show(
     elif latest.cursor is None:
         _note(shell, render, f"End of {latest.what}: {plural(latest.shown, 'image')} in all.")
     else:
+        shown = f"{start}-{latest.shown}" if latest.shown > start else f"{start}"
         _note(
             shell,
             render,
-            f"Showing {start}-{latest.shown} of {latest.what}; "
-            f"type more for the next {latest.more_batch}.",
+            f"Showing {shown} of {latest.what}; type more for the next {latest.more_batch}.",
         )
 
 
@@ -331,16 +351,16 @@ def image_json(item: ImageSummary) -> dict[str, Any]:
     return value
 
 
-def _thumbnail_cell(item: ImageSummary, mode: GraphicsMode) -> Any:
+def _thumbnail_cell(item: ImageSummary, mode: GraphicsMode, cells: tuple[int, int]) -> Any:
     if item.thumbnail is None:
         return Text("")
-    return picture_renderable(item.thumbnail, mode, *THUMB_CELLS)
+    return picture_renderable(item.thumbnail, mode, *cells)
 
 
-def colours_cell(item: ImageSummary) -> Text:
-    """The palette, one colour a line as swatch, hex and share; after a colour search the
-    colour that matched comes first, marked. A picture without colours says "none", short
-    enough not to widen the column."""
+def colours_cell(item: ImageSummary, hex_codes: bool = True) -> Text:
+    """The palette, one colour a line as swatch, hex and share (narrow terminals leave the hex
+    out, never the share); after a colour search the colour that matched comes first, marked.
+    A picture without colours says "none", short enough not to widen the column."""
     if not item.palette:
         return Text("none", style="dim")
     match = item.match
@@ -349,14 +369,14 @@ def colours_cell(item: ImageSummary) -> Text:
     rgb = None if match is None else (match.r, match.g, match.b)
     same = [c for c in item.palette if (c.r, c.g, c.b) == rgb]
     if match is None or not same:
-        return palette_text(item.palette, "\n")
+        return palette_text(item.palette, "\n", hex_codes=hex_codes)
     first = min(same, key=lambda c: abs(c.share - match.share))
-    cell = palette_text([first])
+    cell = palette_text([first], hex_codes=hex_codes)
     cell.append(f" {MATCH_MARK}", style="bold")
     rest = [colour for colour in item.palette if colour is not first]
     if rest:
         cell.append("\n")
-        cell.append_text(palette_text(rest, "\n"))
+        cell.append_text(palette_text(rest, "\n", hex_codes=hex_codes))
     return cell
 
 
@@ -365,15 +385,150 @@ def terminal_columns() -> int:
     return shutil.get_terminal_size((80, 24)).columns
 
 
+# --- the table -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One shape of the listing table; narrower terminals get the later ones of LAYOUTS."""
+
+    #: title, tags and owner stacked in one column instead of three side by side
+    stacked: bool
+    #: colours as swatch, hex and share instead of swatch and share
+    hex_codes: bool
+    #: thumbnail size in cells, or None for no picture column
+    thumbnail: tuple[int, int] | None
+    #: fewest cells the title (or the stacked column) may fold to, so a title never becomes a
+    #: letter a line; a big picture is worth keeping only while the words keep 16
+    title_least: int
+
+
+#: Narrowing steps, in order. Numbers (ids, prices, quantities, shares, scores) are never cut:
+#: the words give way first (stacked and folded, which costs no height beside a picture), then
+#: the hex codes, then the picture's size, then the picture.
+LAYOUTS = (
+    Layout(stacked=False, hex_codes=True, thumbnail=THUMB_CELLS, title_least=12),
+    Layout(stacked=True, hex_codes=True, thumbnail=THUMB_CELLS, title_least=16),
+    Layout(stacked=True, hex_codes=False, thumbnail=THUMB_CELLS, title_least=16),
+    Layout(stacked=True, hex_codes=False, thumbnail=SMALL_THUMB_CELLS, title_least=12),
+    Layout(stacked=True, hex_codes=False, thumbnail=None, title_least=12),
+)
+#: Fewest cells the tags and owner columns fold to (shorter content keeps its own width).
+TAGS_MIN, OWNER_MIN = 8, 7
+
+
+@dataclass
+class _Column:
+    header: str
+    cells: list[Text | str]
+    justify: JustifyMethod = "left"
+    #: None: never wrapped nor cut (numbers, swatches); else folded down to this many cells
+    least: int | None = None
+    #: how much of the spare room it gets, among the folding columns
+    weight: int = 0
+
+    @property
+    def natural(self) -> int:
+        """The widest line of the header and the cells, in terminal cells."""
+        lines = (
+            line
+            for cell in (self.header, *self.cells)
+            for line in (cell.plain if isinstance(cell, Text) else cell).split("\n")
+        )
+        return max(cell_len(line) for line in lines)
+
+
+def _text_columns(items: Sequence[ImageSummary], layout: Layout) -> list[_Column]:
+    """Every column but the picture, shaped by `layout`, in the order they are shown."""
+    titles = [Text(printable(item.title)) for item in items]
+    tags = [Text(", ".join(printable(tag) for tag in item.tags), style="cyan") for item in items]
+    owners = []
+    for item in items:
+        owner = Text(printable(item.owner))
+        if item.visibility == "private":
+            owner.append(" private", style="yellow")
+        owners.append(owner)
+    colours_header = "colours"
+    if any(item.match is not None for item in items):
+        colours_header += f" {MATCH_MARK} match" if layout.hex_codes else f"\n{MATCH_MARK} match"
+    columns = [_Column("id", [str(item.id) for item in items], justify="right")]
+    if layout.stacked:
+        stacked = [
+            Text("\n").join(part for part in (title, tag, owner) if part.plain)
+            for title, tag, owner in zip(titles, tags, owners, strict=True)
+        ]
+        columns.append(
+            _Column("title, tags, owner", list(stacked), least=layout.title_least, weight=1)
+        )
+    else:
+        columns.append(_Column("title", list(titles), least=layout.title_least, weight=3))
+        columns.append(_Column("tags", list(tags), least=TAGS_MIN, weight=2))
+    columns.append(
+        _Column("price", [format_cents(item.price_cents) for item in items], justify="right")
+    )
+    columns.append(_Column("qty", [str(item.quantity) for item in items], justify="right"))
+    if not layout.stacked:
+        columns.append(_Column("owner", list(owners), least=OWNER_MIN, weight=1))
+    columns.append(
+        _Column(colours_header, [colours_cell(item, layout.hex_codes) for item in items])
+    )
+    if any(item.score is not None for item in items):
+        scores = ["" if item.score is None else f"{item.score:.3f}" for item in items]
+        columns.append(_Column("score", list(scores), justify="right"))
+    return columns
+
+
+def _frame(columns: int, compact: bool) -> int:
+    """Cells taken by borders and padding: the compact box has a one-cell edge either side and
+    a divider and one padding cell between columns; the heavy box pads both sides of each."""
+    return 2 * columns if compact else 3 * columns + 1
+
+
+def _share_room(room: int, folding: Sequence[_Column]) -> list[int]:
+    """Widths for the folding columns: each its least (or its natural width when smaller),
+    then the rest of `room` by weight to those that want more, up to their natural width."""
+    natural = [column.natural for column in folding]
+    widths = [min(n, column.least or n) for n, column in zip(natural, folding, strict=True)]
+    spare = room - sum(widths)
+    while spare > 0:
+        wanting = [i for i, width in enumerate(widths) if width < natural[i]]
+        if not wanting:
+            break
+        total = sum(folding[i].weight for i in wanting)
+        for i in wanting:
+            given = min(natural[i] - widths[i], max(1, spare * folding[i].weight // total), spare)
+            widths[i] += given
+            spare -= given
+    return widths
+
+
 def listing_table(
     items: Sequence[ImageSummary], mode: GraphicsMode, width: int | None = None
 ) -> Table:
-    """The table people see; the picture column exists only when pictures can be drawn, and
-    a terminal `width` under WIDE_LISTING gets the compact form."""
+    """The table people see, laid out for a terminal `width` (None: as wide as it likes).
+
+    Under WIDE_LISTING the lines between columns go. Then the first of LAYOUTS whose columns
+    fit is used, so a narrow terminal loses words and hex codes before any number would be
+    cut; only a terminal too narrow even for the last layout leaves the cutting to rich.
+    """
     compact = width is not None and width < WIDE_LISTING
     pictures = mode != "none" and any(item.thumbnail for item in items)
-    scores = any(item.score is not None for item in items)
-    matches = any(item.match is not None for item in items)
+    layouts = LAYOUTS if width is not None else LAYOUTS[:1]
+    widths: list[int] | None = None
+    for layout in layouts:
+        thumbnail = layout.thumbnail if pictures else None
+        columns = _text_columns(items, layout)
+        if width is None:
+            break
+        folding = [column for column in columns if column.least is not None]
+        used = sum(column.natural for column in columns if column.least is None)
+        if thumbnail is not None:
+            used += thumbnail[0]
+        room = width - used - _frame(len(columns) + (thumbnail is not None), compact)
+        fits = room >= sum(min(column.natural, column.least or 0) for column in folding)
+        if fits or layout is layouts[-1]:
+            widths = _share_room(room, folding)
+            break
     table = Table(
         show_lines=pictures,
         header_style="bold",
@@ -382,33 +537,22 @@ def listing_table(
         collapse_padding=compact,
         pad_edge=not compact,
     )
-    if pictures:
-        table.add_column("", width=THUMB_CELLS[0], no_wrap=True)
-    table.add_column("id", justify="right", no_wrap=True)
-    table.add_column("title", overflow="fold", ratio=3, min_width=12)
-    table.add_column("tags", overflow="fold", ratio=2, min_width=8)
-    table.add_column("price", justify="right", no_wrap=True)
-    table.add_column("qty", justify="right", no_wrap=True)
-    table.add_column("owner", no_wrap=True)
-    table.add_column(f"colours {MATCH_MARK} match" if matches else "colours", no_wrap=True)
-    if scores:
-        table.add_column("score", justify="right", no_wrap=True)
-    for item in items:
-        owner = Text(printable(item.owner))
-        if item.visibility == "private":
-            owner.append(" private", style="yellow")
-        row: list[Any] = [_thumbnail_cell(item, mode)] if pictures else []
-        row += [
-            str(item.id),
-            Text(printable(item.title)),
-            Text(", ".join(printable(tag) for tag in item.tags), style="cyan"),
-            format_cents(item.price_cents),
-            str(item.quantity),
-            owner,
-            colours_cell(item),
-        ]
-        if scores:
-            row.append("" if item.score is None else f"{item.score:.3f}")
+    if thumbnail is not None:
+        table.add_column("", width=thumbnail[0], no_wrap=True)
+    folded = iter(widths or [])
+    for column in columns:
+        folds = column.least is not None
+        table.add_column(
+            column.header,
+            justify=column.justify,
+            no_wrap=not folds,
+            overflow="fold",
+            width=next(folded, None) if folds else None,
+            min_width=column.least if folds and widths is None else None,
+        )
+    for index, item in enumerate(items):
+        row = [_thumbnail_cell(item, mode, thumbnail)] if thumbnail is not None else []
+        row += [column.cells[index] for column in columns]
         table.add_row(*row)
     return table
 

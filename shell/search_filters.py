@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 
 from protocol.catalog import Filters
-from shell import listing
 from shell.app import CommandFailed
 from shell.image_commands import add_tag_list_argument
+from shell.text import printable
 from util.money import format_cents, price_arg
 
 
@@ -50,7 +50,7 @@ def describe(filters: Filters) -> list[str]:
     """Phrases for the listing's title, e.g. ["tagged dress", "up to 40.00", "in stock"]."""
     parts = []
     if filters.tags:
-        parts.append("tagged " + " and ".join(listing.printable(t) for t in filters.tags))
+        parts.append("tagged " + " and ".join(printable(t) for t in filters.tags))
     if filters.min_price_cents is not None:
         parts.append(f"from {format_cents(filters.min_price_cents)}")
     if filters.max_price_cents is not None:

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from protocol.base import Request, Response
 from protocol.errors import ErrorCode, VitrineError
-from protocol.messages import Login, Logout, Resume, Session
+from protocol.messages import ChangePassword, Login, Logout, Resume, Session
 from shell.connection import ConnectionLost, ServerConnection
 
 R = TypeVar("R", bound=Response)
@@ -63,7 +63,16 @@ class ClientSession:
         return self.connection.stream(request)
 
     def login(self, name: str, password: str) -> Session:
-        session = self.call(Login(id=0, name=name, password=password), Session)
+        return self._adopt(self.call(Login(id=0, name=name, password=password), Session))
+
+    def change_password(self, old: str, new: str) -> Session:
+        """The server revokes every token of the user, the one held here too, and answers with
+        a new one: keep it, or the next reconnect could not resume."""
+        return self._adopt(
+            self.call(ChangePassword(id=0, old_password=old, new_password=new), Session)
+        )
+
+    def _adopt(self, session: Session) -> Session:
         self.user, self.admin, self._token = session.name, session.admin, session.resume_token
         return session
 

@@ -18,6 +18,7 @@ from shell import listing
 from shell.app import BROWSE, CommandFailed, VitrineShell, parser
 from shell.image_commands import image_id
 from shell.search_filters import add_filter_arguments, describe, filters_from
+from shell.text import printable
 from util import images as imaging
 
 
@@ -57,7 +58,7 @@ class SimilarCommands(cmd2.CommandSet[VitrineShell]):
         data: bytes | None = None
         if args.path is not None:
             data = self._read_photo(Path(args.path).expanduser())
-            what = f"images like {listing.printable(args.path)}"
+            what = f"images like {printable(args.path)}"
         else:
             what = f"images like #{args.image_id}"
         if parts := describe(filters):
@@ -75,8 +76,10 @@ class SimilarCommands(cmd2.CommandSet[VitrineShell]):
         shell.session.ensure_connected()
         limits = shell.session.connection.limits
         max_bytes = limits.max_image_bytes if limits else imaging.DEFAULT_MAX_BYTES
-        shown = listing.printable(str(path))
+        shown = printable(str(path))
         try:
+            if not path.exists():
+                raise CommandFailed(f"{shown}: no such file.")
             if not path.is_file():
                 raise CommandFailed(f"{shown} is not a file.")
             size = path.stat().st_size

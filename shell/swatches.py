@@ -44,8 +44,9 @@ def format_share(share: float) -> str:
     return f"{percent:.0f}%"
 
 
-def palette_text(palette: Sequence[Any], separator: str = "  ") -> Text:
-    """Each colour as "██ #rrggbb 42%", for show_image and listings.
+def palette_text(palette: Sequence[Any], separator: str = "  ", *, hex_codes: bool = True) -> Text:
+    """Each colour as "██ #rrggbb 42%", for show_image and listings; "██ 42%" without
+    `hex_codes`, for terminals too narrow for both (the share is the part never left out).
 
     An empty palette (no chromatic colour in the picture) says so instead of printing nothing.
     """
@@ -57,5 +58,7 @@ def palette_text(palette: Sequence[Any], separator: str = "  ") -> Text:
         if index:
             text.append(separator)
         text.append(BLOCK * 2, Style(color=_hex(rgb)))
-        text.append(f" {_hex(rgb)} {format_share(share)}")
+        text.append(
+            f" {_hex(rgb)} {format_share(share)}" if hex_codes else f" {format_share(share)}"
+        )
     return text

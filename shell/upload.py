@@ -34,7 +34,7 @@ from protocol.base import Request, Response
 from protocol.catalog import Uploaded, UploadImage
 from protocol.errors import VitrineError
 from shell.connection import ConnectionLost
-from shell.listing import plural
+from shell.text import plural
 from util.filenames import display_name
 from util.images import DEFAULT_MAX_BYTES, ImageRejected, precheck
 

@@ -21,10 +21,11 @@ def test_create_login_whoami_logout(shared_server: ServerProcess, config_dir: Pa
         password=PASSWORD,
     )
     assert result.returncode == 0, result.stderr
-    assert "Created user carol" in result.stdout
-    assert "Logged in as carol" in result.stdout
-    assert "carol" in result.stdout.split("Logged in as carol")[1]
-    assert "Logged out carol" in result.stdout
+    # Confirmations go to stderr for a script: its stdout holds only what commands produce.
+    assert "Created user carol" in result.stderr
+    assert "Logged in as carol" in result.stderr
+    assert result.stdout.startswith("carol ") and " on " in result.stdout  # whoami's answer
+    assert "Logged out carol" in result.stderr
 
 
 def test_wrong_password_fails_with_clear_message(

@@ -3,7 +3,10 @@ sessions and what the log may contain."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,12 @@ from protocol.messages import (
     UserInfo,
     WhoAmI,
 )
+from service import auth
+from service.accounts import create_user
+from service.app import close_services, open_services
 from service.auth import LoginThrottle, hash_password, verify_password
+from service.context import ConnectionState, RequestContext, ServerConfig
+from shell.connection import ServerConnection
 from tests.servers import ServerProcess
 
 PASSWORD = "correct horse battery"
@@ -73,6 +81,52 @@ def test_password_guessing_is_slowed_then_rate_limited(
     assert "try again in" in error.message
 
 
+def _logins_at_once(connections: list[ServerConnection], passwords: list[str]) -> list[object]:
+    """Each connection's Login sent at the same moment; the Session or error each one got."""
+    results: list[object] = [None] * len(connections)
+    start = threading.Barrier(len(connections))
+
+    def login(index: int) -> None:
+        start.wait()
+        try:
+            results[index] = connections[index].call(
+                Login(id=0, name="burst", password=passwords[index])
+            )
+        except VitrineError as error:
+            results[index] = error
+
+    threads = [threading.Thread(target=login, args=(i,)) for i in range(len(connections))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+def test_guesses_sent_at_once_get_no_more_verdicts_than_the_limit(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    server.connect(tmp_path).call(CreateUser(id=0, name="burst", password=PASSWORD))
+    connections = [server.connect(tmp_path) for _ in range(40)]
+    results = _logins_at_once(connections, [f"guess-{i:04d}" for i in range(40)])
+    codes = Counter(r.code if isinstance(r, VitrineError) else r for r in results)
+    # 5 failures per account: only 5 guesses are ever hashed, the other 35 are refused unheard.
+    assert codes == {ErrorCode.UNAUTHENTICATED: 5, ErrorCode.RATE_LIMITED: 35}
+    assert all("try again in" in r.message for r in results if r.code is ErrorCode.RATE_LIMITED)
+    # The account is locked for the window: even the right password is refused.
+    error = error_of(lambda: connections[0].call(Login(id=0, name="burst", password=PASSWORD)))
+    assert error.code is ErrorCode.RATE_LIMITED
+
+
+def test_right_passwords_sent_at_once_are_queued_not_refused(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    server.connect(tmp_path).call(CreateUser(id=0, name="burst", password=PASSWORD))
+    connections = [server.connect(tmp_path) for _ in range(25)]  # more than the peer limit, 20
+    results = _logins_at_once(connections, [PASSWORD] * 25)
+    assert all(isinstance(r, Session) and r.name == "burst" for r in results), results
+
+
 def test_resume_token_is_useless_after_logout(shared_server: ServerProcess, tmp_path: Path) -> None:
     thief = shared_server.connect(tmp_path / "thief")
     victim = shared_server.user_connection(tmp_path / "victim", "mallory-target", PASSWORD)
@@ -85,10 +139,15 @@ def test_resume_token_is_useless_after_logout(shared_server: ServerProcess, tmp_
     assert error.code is ErrorCode.UNAUTHENTICATED  # ...and never after logout
     error = error_of(lambda: later.call(WhoAmI(id=0)))
     assert error.code is ErrorCode.UNAUTHENTICATED
+    # The connection that resumed it before the logout is logged out with it, and told why.
+    error = error_of(lambda: thief.call(WhoAmI(id=0)))
+    assert error.code is ErrorCode.UNAUTHENTICATED and "logged out on another" in error.message
 
 
 def test_change_password_ends_other_sessions(shared_server: ServerProcess, tmp_path: Path) -> None:
-    here = shared_server.user_connection(tmp_path / "a", "changer", PASSWORD)
+    here = shared_server.connect(tmp_path / "a")
+    here.call(CreateUser(id=0, name="changer", password=PASSWORD))
+    here_token = here.call(Login(id=0, name="changer", password=PASSWORD), Session).resume_token
     there = shared_server.connect(tmp_path / "b")
     token = there.call(Login(id=0, name="changer", password=PASSWORD), Session).resume_token
     error = error_of(
@@ -97,9 +156,21 @@ def test_change_password_ends_other_sessions(shared_server: ServerProcess, tmp_p
         )
     )
     assert error.code is ErrorCode.UNAUTHENTICATED
-    here.call(ChangePassword(id=0, old_password=PASSWORD, new_password="another password"))
+    thief = shared_server.connect(tmp_path / "d")
+    assert thief.call(Resume(id=0, token=here_token), Session).name == "changer"
+    changed = here.call(
+        ChangePassword(id=0, old_password=PASSWORD, new_password="another password"), Session
+    )
+    assert changed.name == "changer" and changed.resume_token not in (here_token, token)
+    assert here.call(WhoAmI(id=0), UserInfo).name == "changer"  # this connection carries on
+    for other in (there, thief):  # every other connection of the user is logged out, told why
+        error = error_of(lambda other=other: other.call(WhoAmI(id=0)))
+        assert error.code is ErrorCode.UNAUTHENTICATED and "password was changed" in error.message
     fresh = shared_server.connect(tmp_path / "c")
-    assert error_of(lambda: fresh.call(Resume(id=0, token=token))).code is ErrorCode.UNAUTHENTICATED
+    for old_token in (token, here_token):  # this connection's old token too: it may be stolen
+        error = error_of(lambda old_token=old_token: fresh.call(Resume(id=0, token=old_token)))
+        assert error.code is ErrorCode.UNAUTHENTICATED
+    assert fresh.call(Resume(id=0, token=changed.resume_token), Session).name == "changer"
     assert fresh.call(Login(id=0, name="changer", password="another password"), Session)
     assert (
         error_of(lambda: fresh.call(Login(id=0, name="changer", password=PASSWORD))).code
@@ -150,3 +221,58 @@ def test_throttle_counts_per_account_and_per_peer() -> None:
         throttle.check("dave", "10.0.0.1")  # one peer cannot spray many accounts
     throttle.success("alice")
     throttle.check("alice", "10.0.0.2")
+
+
+def test_throttle_counts_attempts_still_being_verified() -> None:
+    """A place is taken before hashing; past the limit, newcomers wait for the verdicts."""
+
+    async def scenario() -> None:
+        throttle = LoginThrottle(base_delay=0.0, account_limit=2, peer_limit=10)
+        first = await throttle.reserve("alice", "10.0.0.1")
+        second = await throttle.reserve("alice", "10.0.0.2")
+        third = asyncio.create_task(throttle.reserve("alice", "10.0.0.3"))
+        await asyncio.sleep(0.05)
+        assert not third.done()  # two in flight fill alice's limit: the third waits
+        first.succeeded(forgive_account=False)  # a right password frees its place...
+        (await asyncio.wait_for(third, 1)).failed()
+        second.failed()  # ...wrong ones keep theirs, as failures
+        with pytest.raises(VitrineError) as caught:
+            await throttle.reserve("alice", "10.0.0.4")
+        assert caught.value.code is ErrorCode.RATE_LIMITED
+        async with throttle.attempt("bob", "10.0.0.1"):
+            pass  # no verdict (a dropped connection): the place is given back
+        for index in range(10):  # right passwords never use up the peer's limit
+            (await throttle.reserve(f"user{index}", "10.0.0.9")).succeeded(forgive_account=True)
+
+    asyncio.run(scenario())
+
+
+def test_a_taken_name_is_refused_before_hashing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone may ask for a taken name, and each Argon2 hash holds a worker of the shared pool
+    for tens of milliseconds: the lookup must come first. (Counting the hashes needs the handler
+    in this process; the answer itself is checked on a real server elsewhere.)"""
+    services = open_services(ServerConfig(data_dir=tmp_path / "data"))
+    hashed: list[str] = []
+    real_hash = auth.hash_password
+
+    def counting_hash(password: str) -> str:
+        hashed.append(password)
+        return real_hash(password)
+
+    monkeypatch.setattr(auth, "hash_password", counting_hash)
+
+    async def sign_up(password: str) -> UserInfo:
+        ctx = RequestContext(services, ConnectionState(peer="10.0.0.9"))
+        return await create_user(ctx, CreateUser(id=0, name="Taken", password=password))
+
+    try:
+        assert asyncio.run(sign_up(PASSWORD)).name == "taken"
+        assert hashed == [PASSWORD]
+        with pytest.raises(VitrineError) as caught:
+            asyncio.run(sign_up("another password"))
+        assert caught.value.code is ErrorCode.CONFLICT and "taken" in caught.value.message
+        assert hashed == [PASSWORD]  # no second hash
+    finally:
+        close_services(services)

@@ -176,6 +176,28 @@ def test_show_image_save_writes_only_where_told(
     assert not [p for p in tmp_path.rglob("zzescape.jpg") if p.parent != into]
 
 
+@pytest.mark.parametrize(
+    ("sent", "written"), [(".bash_profile", "bash_profile"), ("..", "unnamed")]
+)
+def test_show_image_save_never_writes_a_hidden_file(
+    server: ServerProcess, alice: ServerConnection, tmp_path: Path, sent: str, written: str
+) -> None:
+    """A seller chooses the file name over the wire (the shell's own walk skips hidden files,
+    the wire does not): saved into a folder, it must not become a dotfile a shell would read."""
+    up = alice.call(UploadImage(id=0, filename=sent, data=fresh()), Uploaded).image_id
+    into = tmp_path / "home"
+    into.mkdir()
+    done = run_client(
+        server,
+        "login alice",
+        f"show_image {up} --save {into}/ --no-images",
+        config_dir=tmp_path / "client",
+        password=PASSWORD,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [p.name for p in into.iterdir()] == [written]
+
+
 # --- polyglot images -----------------------------------------------------------------------------
 
 

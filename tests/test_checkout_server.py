@@ -183,7 +183,7 @@ def test_deleted_hidden_and_missing_images_fail_with_their_reason(
     error = refusal(buyer, (fine, 1), (deleted, 1), (hidden, 1), (missing, 1))
     assert error.code is ErrorCode.NOT_FOUND
     assert error.details == [
-        f"image {deleted}: deleted by its seller",
+        f"image {deleted}: deleted, so it can no longer be bought",
         f"image {hidden}: no longer available (it does not exist or is not shown to you)",
         f"image {missing}: no longer available (it does not exist or is not shown to you)",
     ]

@@ -57,6 +57,57 @@ def test_random_msgpack_maps_raise_only_message_errors(fields: dict) -> None:
         codec.decode_request(body)
 
 
+# Strings that are not UTF-8: an overlong NUL, a lone CESU surrogate, a stray continuation byte,
+# a truncated sequence, and bytes that are never UTF-8.
+NOT_UTF8 = [b"\xc0\x80", b"\xed\xa0\x80", b"\x80", b"\xe2\x82", b"\xff\xfe"]
+
+
+# Where a string sits in a request, and in a response: (type, field, wrapped in a list).
+STRING_FIELDS = [
+    ("Login", "name", False),
+    ("Login", "password", False),
+    ("TextSearch", "text", False),
+    ("UploadImage", "title", False),
+    ("UploadImage", "tags", True),
+    ("Error", "message", False),
+    ("Error", "details", True),
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    where=st.sampled_from(STRING_FIELDS),
+    bad=st.sampled_from(NOT_UTF8),
+    before=st.text(st.characters(max_codepoint=0x7F), max_size=4),
+    request_id=st.integers(min_value=0, max_value=2**53),
+)
+def test_strings_that_are_not_utf8_raise_message_errors_naming_the_request(
+    where: tuple[str, str, bool], bad: bytes, before: str, request_id: int
+) -> None:
+    """msgspec raises UnicodeDecodeError for these, which the connection loop would not answer."""
+    type_name, field, listed = where
+    placeholder = "\x01" * (len(before) + len(bad))
+    fields = {"type": type_name, "id": request_id, field: [placeholder] if listed else placeholder}
+    # The string is the last field: replace its last occurrence, never bytes of the id.
+    head, _, tail = msgspec.msgpack.encode(fields).rpartition(placeholder.encode())
+    body = head + before.encode() + bad + tail
+    decode = codec.decode_response if type_name == "Error" else codec.decode_request
+    with pytest.raises(codec.MessageError, match="not valid UTF-8") as caught:
+        decode(body)
+    assert caught.value.request_id == request_id  # the id comes first, so the answer names it
+
+
+@settings(max_examples=100, deadline=None)
+@given(bad=st.sampled_from(NOT_UTF8), request_id=st.integers(min_value=0, max_value=2**53))
+def test_a_type_name_that_is_not_utf8_is_a_message_error(bad: bytes, request_id: int) -> None:
+    body = msgspec.msgpack.encode({"id": request_id, "type": "\x01" * len(bad)})
+    head, _, tail = body.rpartition(b"\x01" * len(bad))
+    body = head + bad + tail
+    for decode in (codec.decode_request, codec.decode_response):
+        with pytest.raises(codec.MessageError, match="not valid UTF-8"):
+            decode(body)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=256), st.integers(min_value=1, max_value=1024))
 def test_random_streams_raise_only_frame_errors(stream: bytes, limit: int) -> None:

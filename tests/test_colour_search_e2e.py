@@ -221,3 +221,9 @@ def test_a_server_without_colours_stores_and_finds_everything_else(
         assert [r["id"] for r in json_lines(out)] == [image_id]
     finally:
         process.stop()
+
+
+def test_a_tolerance_of_minus_zero_reads_as_zero(alice: Shell, shop: dict[str, int]) -> None:
+    code, out, err = alice("search_by_color red --tolerance -0 --tags e2e-colour --no-images")
+    assert code == 0, err
+    assert "within 0°" in out and "-0°" not in out, out

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from util.filenames import FALLBACK_NAME, MAX_NAME_BYTES, display_name
+from util.filenames import FALLBACK_NAME, MAX_NAME_BYTES, display_name, save_name
 
 
 def assert_harmless(name: str) -> None:
@@ -95,3 +95,18 @@ def test_any_text_becomes_harmless(raw: str) -> None:
     name = display_name(raw)
     assert_harmless(name)
     assert display_name(name) == name  # stable: cleaning twice changes nothing
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(".bashrc", "bashrc"), ("...profile", "profile"), (". .x.jpg", "x.jpg"), (".", "unnamed"),
+     ("dir/.hidden.jpg", "hidden.jpg"), ("photo.jpg", "photo.jpg"), (". ", "unnamed")],
+)  # fmt: skip
+def test_a_saved_original_is_never_a_hidden_file(raw: str, expected: str) -> None:
+    assert save_name(raw) == expected
+
+
+@given(st.text(max_size=300))
+def test_save_names_are_display_names_without_leading_dots(raw: str) -> None:
+    name = save_name(raw)
+    assert name and not name.startswith(".") and "/" not in name

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,6 +198,16 @@ def test_search_by_text(alice: Shell, tmp_path: Path) -> None:
     assert [r["id"] for r in alice("search xyzzyfabric --json").json_lines()] == [image]
     none = alice("search nothingmatchesthis")
     assert none.code == 0 and "Nothing found for the search" in none.out
+
+
+def test_quoted_words_are_a_phrase(alice: Shell, tmp_path: Path) -> None:
+    together = _upload_one(alice, _jpeg(tmp_path / "p1.jpg", 511), '--title "Zqxstraw zqxhat"')
+    apart = _upload_one(alice, _jpeg(tmp_path / "p2.jpg", 512), '--title "Zqxhat of zqxstraw"')
+    both = alice("search zqxstraw zqxhat --json").json_lines()
+    assert sorted(r["id"] for r in both) == sorted([together, apart])
+    phrase = alice('search "zqxstraw zqxhat" --json').json_lines()
+    assert [r["id"] for r in phrase] == [together]
+    assert alice("search '\"zqxhat zqxstraw\"' --json").json_lines() == []  # quotes passed through
 
 
 # --- update and delete, and who may -------------------------------------------------------------
@@ -422,3 +433,132 @@ def test_terminal_session_draws_pictures_and_completes(
         child.expect(pexpect.EOF)
     finally:
         child.close(force=True)
+
+
+# --- writing files: --save and --sheet -----------------------------------------------------------
+
+
+def test_save_to_a_missing_directory_is_refused_and_the_file_written_is_named(
+    alice: Shell, tmp_path: Path
+) -> None:
+    original = _jpeg(tmp_path / "orig" / "named.jpg", 901, (60, 40))
+    image = _upload_one(alice, original, "--tags save-e2e")
+    missing = tmp_path / "nodir"
+    refused = alice(f"show_image {image} --save {missing}/")
+    assert refused.code != 0, refused
+    assert f"{missing}/ is not a directory." in refused.err, refused
+    assert not missing.exists()  # not even as a file called "nodir"
+
+    into = tmp_path / "into"
+    into.mkdir()
+    saved = alice(f"show_image {image} --save {into}/ --no-images")
+    assert saved.code == 0, saved
+    assert f"Saved the original of #{image} to {into / 'named.jpg'}." in saved.out, saved
+    assert (into / "named.jpg").read_bytes() == original.read_bytes()
+    again = alice(f"show_image {image} --save {into}")
+    assert again.code != 0, again
+    assert f"{into / 'named.jpg'} exists already; add --force to overwrite it." in again.err
+    assert "named.jpg" in alice(f"show_image {image} --save {into} --force").out
+
+
+def test_a_sheet_never_overwrites_a_file_without_force(alice: Shell, tmp_path: Path) -> None:
+    _upload_one(alice, _jpeg(tmp_path / "sheet-one.jpg", 902), "--tags sheet-force-e2e")
+    sheet = tmp_path / "sheet.png"
+    sheet.write_bytes(b"precious")
+    refused = alice(f"browse_by_tags sheet-force-e2e --sheet {sheet}")
+    assert refused.code != 0, refused
+    assert f"{sheet} exists already; add --force to overwrite it." in refused.err, refused
+    assert "sheet-one" not in refused.out  # refused before anything was listed
+    assert sheet.read_bytes() == b"precious"
+    assert alice(f"browse_by_tags sheet-force-e2e --sheet {tmp_path}/none/").code != 0
+    forced = alice(f"browse_by_tags sheet-force-e2e --sheet {sheet} --force")
+    assert forced.code == 0, forced
+    assert sheet.read_bytes().startswith(b"\x89PNG")
+
+
+# --- scripts -------------------------------------------------------------------------------------
+
+
+def _piped(server: ServerProcess, config_dir: Path, text: str) -> subprocess.CompletedProcess[str]:
+    """client.py reading its commands from a pipe, as `printf ... | client.py` does."""
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "client.py"),
+            "--server",
+            server.address,
+            "--config-dir",
+            str(config_dir),
+            "--fingerprint",
+            server.fingerprint,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "VITRINE_PASSWORD": PASSWORD, "COLUMNS": "160"},
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_an_unclosed_quote_fails_the_script(server: ServerProcess, tmp_path: Path) -> None:
+    done = run_client(
+        server, "login alice", 'search "oops', "quit", config_dir=tmp_path, password=PASSWORD
+    )
+    assert done.returncode != 0, done
+    assert "No closing quotation" in done.stderr
+    piped = _piped(server, tmp_path, 'login alice\nsearch "oops\n')
+    assert piped.returncode != 0, piped
+    assert "No closing quotation" in piped.stderr
+
+
+def test_piped_input_leaves_stdout_to_the_commands(server: ServerProcess, tmp_path: Path) -> None:
+    done = _piped(server, tmp_path, "login alice\ntags --json\n")
+    assert done.returncode == 0, done
+    assert "Connected to Vitrine" in done.stderr and "Connected" not in done.stdout
+    assert "Logged in as alice." in done.stderr
+    lines = done.stdout.splitlines()
+    assert lines, done
+    for line in lines:  # no banner, no confirmation, no trailing blank line: all of it is for jq
+        assert isinstance(json.loads(line), dict), line
+
+
+def test_more_after_another_user_logs_in_has_nothing_to_continue(
+    alice: Shell, tmp_path: Path
+) -> None:
+    for seed in (903, 904):
+        _upload_one(alice, _jpeg(tmp_path / f"switch-{seed}.jpg", seed), "--tags switch-e2e")
+    done = alice("browse_by_tags switch-e2e --batch 1 --json", "logout", "login bob", "more")
+    assert done.code != 0, done
+    assert "There is no listing to continue yet" in done.err, done
+    assert "expired" not in done.err
+
+
+def test_search_words_starting_with_a_dash(alice: Shell, tmp_path: Path) -> None:
+    image = _upload_one(alice, _jpeg(tmp_path / "dash.jpg", 905), "--title 'zqxstraw -hat'")
+    done = alice("search zqxstraw -hat")
+    assert done.code != 0, done
+    assert "ignored explicit argument" not in done.err, done
+    assert "words starting with '-' (-hat) are read as options" in done.err, done
+    assert "search -- zqxstraw -hat" in done.err.replace("\n", " "), done
+    found = alice("search --json -- zqxstraw -hat")
+    assert found.code == 0, found
+    assert image in [row["id"] for row in found.json_lines()]
+
+
+def test_a_batch_of_one_says_which_one(alice: Shell, tmp_path: Path) -> None:
+    for seed in (906, 907, 908):
+        _upload_one(alice, _jpeg(tmp_path / f"one-{seed}.jpg", seed), "--tags one-e2e")
+    done = alice("browse_by_tags one-e2e --batch 1 --json", "more --json", "more --batch 2 --json")
+    assert done.code == 0, done
+    assert "Showing 1 of images tagged one-e2e" in done.err, done
+    assert "Showing 2 of images tagged one-e2e" in done.err, done
+    assert "-1 of" not in done.err and "-2 of" not in done.err
+
+
+def test_json_upload_summary_has_no_hint_about_verbose(alice: Shell, tmp_path: Path) -> None:
+    folder = _folder(tmp_path / "many", 21, offset=1100)
+    done = alice(f"add_image {folder} --json --tags many-e2e")
+    assert done.code == 0, done
+    assert len(done.json_lines()) == 21  # JSON lists every file already...
+    assert "21 new" in done.err and "--verbose" not in done.err  # ...so no hint to ask for it

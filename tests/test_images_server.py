@@ -84,6 +84,9 @@ def png_declaring(width: int, height: int) -> bytes:
     )
 
 
+_blank_title_seeds = itertools.count(90_000)
+
+
 def upload(conn: ServerConnection, data: bytes, **fields: object) -> Uploaded:
     fields.setdefault("filename", "photo.jpg")
     return conn.call(UploadImage(id=0, data=data, **fields), Uploaded)  # type: ignore[arg-type]
@@ -292,6 +295,42 @@ def test_odd_tags_are_refused_with_the_rule(alice: ServerConnection, bad: str) -
     assert "tag" in error.message.lower()
 
 
+#: Words whose letters carry combining marks: vowel signs, Hebrew points, and the dot above
+#: that lower-casing `İ` adds (`İstanbul` becomes `i` + U+0307 + `stanbul`).
+MARKED_TAGS = ["हिंदी", "สวัสดี", "שָׁלוֹם", "İstanbul"]
+
+
+@pytest.mark.parametrize("raw", MARKED_TAGS)
+def test_tags_with_combining_marks_round_trip(alice: ServerConnection, raw: str) -> None:
+    tag = raw.lower()
+    uploaded = upload(alice, jpeg(hash(raw) % 10_000 + 300), tags=[raw])
+    updated = upload(alice, jpeg(hash(raw) % 10_000 + 400))
+    image = alice.call(
+        UpdateImage(id=0, image_id=updated.image_id, add_tags=[raw]), ImageUpdated
+    ).image
+    stored = alice.call(GetImage(id=0, image_id=uploaded.image_id), ImageDetails).image
+    assert stored.tags == [tag] and image.tags == [tag]
+    found = ids_of(listing(alice, Browse(id=0, tags=[raw])))
+    assert {uploaded.image_id, updated.image_id} <= set(found)
+    assert ids_of(listing(alice, Browse(id=0, tags=[tag]))) == found  # one spelling
+    counts = alice.call(ListTags(id=0), TagList).tags
+    assert tag in [count.name for count in counts]
+
+
+@pytest.mark.parametrize("bad", ["\u0301", "\u0301abc", "\u093f", "\u0e31\u0e35", "\u05b8\u05e9"])
+def test_tags_starting_with_a_combining_mark_are_refused(alice: ServerConnection, bad: str) -> None:
+    up = upload(alice, jpeg(14))
+    for request in (
+        UploadImage(id=0, filename="x.jpg", data=jpeg(15), tags=[bad]),
+        UpdateImage(id=0, image_id=up.image_id, add_tags=[bad]),
+        Browse(id=0, tags=[bad]),
+    ):
+        error = error_of(alice, request)
+        assert error.code == ErrorCode.BAD_REQUEST
+        assert f"starts with the combining mark U+{ord(bad[0]):04X}" in error.message
+        assert "starting with a letter or digit" in error.message
+
+
 def test_tags_are_normalised(alice: ServerConnection) -> None:
     up = upload(alice, jpeg(10), tags=["Summer  Dress", "ÉTÉ", "t-shirt"])
     image = alice.call(GetImage(id=0, image_id=up.image_id), ImageDetails).image
@@ -310,6 +349,26 @@ def test_bad_money_and_stock_are_refused(alice: ServerConnection, fields: dict) 
         setattr(request, key, value)
     error = error_of(alice, request)
     assert error.code == ErrorCode.BAD_REQUEST
+
+
+@pytest.mark.parametrize(
+    ("filename", "title"),
+    [("linen-shirt.jpg", "linen-shirt"), (".hidden.jpg", ".hidden"), ("noext", "noext")],
+)
+@pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
+def test_a_blank_title_at_upload_becomes_the_file_stem(
+    alice: ServerConnection, blank: str, filename: str, title: str
+) -> None:
+    up = upload(alice, jpeg(next(_blank_title_seeds)), title=blank, filename=filename)
+    assert alice.call(GetImage(id=0, image_id=up.image_id), ImageDetails).image.title == title
+
+
+def test_a_title_cannot_be_changed_to_a_blank_one(alice: ServerConnection) -> None:
+    up = upload(alice, jpeg(18), title="Straw hat")
+    for blank in ("", "  \t "):
+        error = error_of(alice, UpdateImage(id=0, image_id=up.image_id, title=blank))
+        assert error.code == ErrorCode.BAD_REQUEST and "cannot be blank" in error.message
+    assert alice.call(GetImage(id=0, image_id=up.image_id), ImageDetails).image.title == "Straw hat"
 
 
 def test_update_with_nothing_to_change_is_refused(alice: ServerConnection) -> None:
@@ -354,11 +413,32 @@ def test_others_may_not_change_or_delete(alice: ServerConnection, bob: ServerCon
 
 
 def test_admin_may_change_and_delete(alice: ServerConnection, admin: ServerConnection) -> None:
-    up = upload(alice, jpeg(15), private=True)
+    up = upload(alice, jpeg(15))
     changed = admin.call(UpdateImage(id=0, image_id=up.image_id, quantity=4), ImageUpdated)
     assert changed.image.quantity == 4
     assert isinstance(admin.call(DeleteImage(id=0, image_id=up.image_id)), Ok)
     assert error_of(alice, GetImage(id=0, image_id=up.image_id)).code == ErrorCode.NOT_FOUND
+
+
+def test_a_private_image_is_private_from_the_admin_too(
+    alice: ServerConnection, admin: ServerConnection
+) -> None:
+    """A no-op update used to answer the admin with the whole summary of someone's private image
+    (title, description, tags, price) while GetImage said it did not exist."""
+    up = upload(alice, jpeg(17), private=True)
+    for request in (
+        UpdateImage(id=0, image_id=up.image_id, remove_tags=["no-such-tag"]),
+        UpdateImage(id=0, image_id=up.image_id, quantity=4),
+        DeleteImage(id=0, image_id=up.image_id),
+        GetImage(id=0, image_id=up.image_id),
+    ):
+        error = error_of(admin, request)
+        assert error.code == ErrorCode.NOT_FOUND
+        assert error.message == error_of(admin, GetImage(id=0, image_id=2**40)).message.replace(
+            str(2**40), str(up.image_id)
+        )
+    mine = alice.call(GetImage(id=0, image_id=up.image_id), ImageDetails)
+    assert (mine.image.quantity, mine.image.visibility) == (0, "private")  # as uploaded
 
 
 def test_unknown_ids_are_not_found(alice: ServerConnection) -> None:

@@ -174,9 +174,12 @@ def test_cursors_belong_to_their_connection(
 def test_text_search_over_title_description_tags_and_filename(seller: ServerConnection) -> None:
     word = unique("zebra")
     in_title = upload(seller, fresh(1)[0], title=f"{word} jacket").image_id
-    in_desc = upload(seller, fresh(1)[0], description=f"a soft {word} scarf").image_id
-    in_tags = upload(seller, fresh(1)[0], tags=[word]).image_id
-    in_name = upload(seller, fresh(1)[0], filename=f"{word}.jpg").image_id
+    # Each of the others has the word in one field only (a blank title would become the stem).
+    in_desc = upload(
+        seller, fresh(1)[0], title="scarf", description=f"a soft {word} scarf"
+    ).image_id
+    in_tags = upload(seller, fresh(1)[0], title="tagged", tags=[word]).image_id
+    in_name = upload(seller, fresh(1)[0], title="named", filename=f"{word}.jpg").image_id
     upload(seller, fresh(1)[0], title="unrelated")
     found = ids_of(listing(seller, TextSearch(id=0, text=word)))
     assert sorted(found) == sorted([in_title, in_desc, in_tags, in_name])

@@ -317,10 +317,24 @@ def test_sixel_quantises_a_many_coloured_picture_faithfully() -> None:
         ({"TERM": "foot-extra"}, True, "sixel"),
         ({"TERM": "mlterm"}, True, "sixel"),
         ({"TERM": "contour"}, True, "sixel"),
-        ({"TERM": "xterm-256color", "TERM_PROGRAM": "iTerm.app",
-          "TERM_PROGRAM_VERSION": "3.5.0"}, True, "sixel"),
-        ({"TERM": "xterm-256color", "TERM_PROGRAM": "iTerm.app",
-          "TERM_PROGRAM_VERSION": "3.2.9"}, True, "blocks"),
+        (
+            {
+                "TERM": "xterm-256color",
+                "TERM_PROGRAM": "iTerm.app",
+                "TERM_PROGRAM_VERSION": "3.5.0",
+            },
+            True,
+            "sixel",
+        ),
+        (
+            {
+                "TERM": "xterm-256color",
+                "TERM_PROGRAM": "iTerm.app",
+                "TERM_PROGRAM_VERSION": "3.2.9",
+            },
+            True,
+            "blocks",
+        ),
         ({"TERM": "xterm-256color", "KONSOLE_VERSION": "230805"}, True, "sixel"),
         ({"TERM": "xterm-256color", "KONSOLE_VERSION": "210800"}, True, "blocks"),
         ({"TERM": "xterm-256color", "COLORTERM": "truecolor"}, True, "blocks"),
@@ -329,8 +343,7 @@ def test_sixel_quantises_a_many_coloured_picture_faithfully() -> None:
         ({"TERM": "xterm-256color"}, False, "none"),
         ({"TERM": "dumb"}, True, "none"),
         ({"TERM": "xterm-256color", "NO_COLOR": "1"}, True, "none"),
-        ({"TERM": "screen-256color", "KITTY_WINDOW_ID": "3", "TMUX": "/tmp/t,1,0"}, True,
-         "blocks"),
+        ({"TERM": "screen-256color", "KITTY_WINDOW_ID": "3", "TMUX": "/tmp/t,1,0"}, True, "blocks"),
         ({"TERM": "tmux-256color", "TERM_PROGRAM": "tmux"}, True, "blocks"),
         ({"TERM": "xterm-256color", "VITRINE_GRAPHICS": "sixel"}, True, "sixel"),
         ({"TERM": "xterm-kitty", "VITRINE_GRAPHICS": "blocks"}, True, "blocks"),
@@ -424,8 +437,9 @@ def test_graphics_shrink_with_a_squeezed_column() -> None:
 
 def test_contact_sheet_grid_tiles_and_labels(tmp_path: Path) -> None:
     colours = [RED, BLUE, GREEN, YELLOW, (128, 0, 128), (0, 128, 128), (200, 100, 0)]
-    items = [(f"#{i} {'a long product title ' * 3}", png_bytes(solid(c))) for i, c in
-             enumerate(colours)]
+    items = [
+        (f"#{i} {'a long product title ' * 3}", png_bytes(solid(c))) for i, c in enumerate(colours)
+    ]
     cell, columns = 64, 3
     out = write_contact_sheet(items, tmp_path / "sheet.png", columns=columns, cell=cell)
     assert out == tmp_path / "sheet.png"

@@ -92,6 +92,81 @@ def test_answering_no_refuses_and_pins_nothing(server: ServerProcess, config_dir
     assert not (config_dir / "known_servers").exists()
 
 
+def test_ctrl_c_at_the_trust_question_refuses_without_a_traceback(
+    server: ServerProcess, config_dir: Path
+) -> None:
+    child = spawn_client(server, config_dir)
+    child.expect(r"\(yes/no\)\?")
+    child.sendintr()
+    child.expect("untrusted server")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 2
+    assert "Traceback" not in (child.before or "")
+    assert not (config_dir / "known_servers").exists()
+
+
+def test_an_unreadable_known_servers_file_is_named_not_a_traceback(
+    server: ServerProcess, config_dir: Path
+) -> None:
+    config_dir.mkdir(parents=True, exist_ok=True)
+    pins = config_dir / "known_servers"
+    pins.write_bytes(b"# caf\xe9 server\n")  # Latin-1, not UTF-8
+    result = bare_client(server.address, config_dir, "--trust-new-server", "quit")
+    assert result.returncode == 2, result
+    assert f"Cannot read the known servers file {pins}" in result.stderr
+    assert "not UTF-8" in result.stderr and "Traceback" not in result.stderr
+    pins.unlink()
+    pins.mkdir()  # a folder where the file should be: it cannot be saved either
+    result = bare_client(server.address, config_dir, "--trust-new-server", "quit")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result
+    assert str(pins) in result.stderr
+
+
+def test_a_ca_file_that_cannot_be_used_is_named(server: ServerProcess, config_dir: Path) -> None:
+    missing = config_dir / "no-such-ca.pem"
+    result = bare_client(server.address, config_dir, "--ca-file", str(missing), "quit")
+    assert result.returncode == 2
+    assert f"cannot use --ca-file {missing}" in result.stderr and "running" not in result.stderr
+    garbage = config_dir / "garbage.pem"
+    garbage.parent.mkdir(parents=True, exist_ok=True)
+    garbage.write_text("not a certificate")
+    result = bare_client(server.address, config_dir, "--ca-file", str(garbage), "quit")
+    assert result.returncode == 2 and f"cannot use --ca-file {garbage}" in result.stderr
+
+
+def test_the_history_is_owner_only(server: ServerProcess, config_dir: Path) -> None:
+    fresh = config_dir / "fresh"
+    result = bare_client(server.address, fresh, "--trust-new-server", "help", "quit")
+    assert result.returncode == 0, result
+    assert (fresh / "history").stat().st_mode & 0o777 == 0o600
+    assert fresh.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_reconnect_notice_in_a_script_goes_to_stderr(
+    server: ServerProcess, config_dir: Path
+) -> None:
+    """After a lost connection the next command reconnects and says so; in a script that note
+    must not come before the JSON on stdout."""
+    run_client(server, "create_user hale", "quit", config_dir=config_dir, password=PASSWORD)
+    child = subprocess.Popen(
+        [PYTHON, str(ROOT / "client.py"), "--server", server.address, "--config-dir",
+         str(config_dir), "--data-dir", str(config_dir / "data"), "--fingerprint",
+         server.fingerprint],
+        cwd=str(ROOT), env={**os.environ, "VITRINE_PASSWORD": PASSWORD}, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert child.stdin is not None
+    child.stdin.write("login hale\n")
+    child.stdin.flush()
+    server.wait_for_log("user=hale")
+    server.stop()
+    server.restart()
+    out, err = child.communicate("tags --json\nquit\n", timeout=60)
+    assert "resumed the session as hale" in err, err
+    assert all(line.startswith("{") for line in out.splitlines()), out
+
+
 def test_script_without_trust_flag_is_refused(server: ServerProcess, config_dir: Path) -> None:
     result = bare_client(server.address, config_dir, "quit")
     assert result.returncode != 0
@@ -146,7 +221,7 @@ def test_server_not_running(tmp_path: Path, config_dir: Path) -> None:
 def test_missing_argument_fails_the_script(shared_server: ServerProcess, config_dir: Path) -> None:
     result = run_client(shared_server, "login", "quit", config_dir=config_dir, password=PASSWORD)
     assert result.returncode != 0
-    assert "the following arguments are required: name" in result.stderr
+    assert "the following arguments are required: NAME" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -183,6 +258,35 @@ def test_reconnects_and_resumes_after_server_restart(
     child.sendline("whoami")
     child.expect("resumed the session as erin")
     child.expect(r"erin .*on 127\.0\.0\.1")
+    child.sendline("quit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_after_a_password_change_the_shell_resumes_with_its_new_token(
+    server: ServerProcess, config_dir: Path
+) -> None:
+    """ChangePassword revokes every token of the user, the shell's own too, and answers with a
+    new one; a shell that kept the old token could not resume after the next outage."""
+    run_client(server, "create_user gale", "quit", config_dir=config_dir, password=PASSWORD)
+    child = spawn_client(
+        server,
+        config_dir,
+        "--fingerprint",
+        server.fingerprint,
+        env={"VITRINE_PASSWORD": PASSWORD, "VITRINE_NEW_PASSWORD": "a brand new secret"},
+    )
+    child.expect("Type help for commands")
+    child.sendline("login gale")
+    child.expect("Logged in as gale")
+    child.sendline("change_password")
+    child.expect("Password changed; your other sessions have ended")
+    server.stop()
+    server.restart()
+    child.sendline("whoami")
+    child.expect("resumed the session as gale")
+    child.expect(r"gale .*on 127\.0\.0\.1")
     child.sendline("quit")
     child.expect(pexpect.EOF)
     child.close()

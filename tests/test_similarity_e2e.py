@@ -144,7 +144,9 @@ def test_mistakes_are_refused_before_anything_is_sent(alice: Shell, tmp_path: Pa
     code, _, err = alice("search_by_image")
     assert code != 0 and "either a PATH" in err
     code, _, err = alice(f'search_by_image "{tmp_path / "nowhere.jpg"}"')
-    assert code != 0 and "is not a file" in err
+    assert code != 0 and "nowhere.jpg: no such file." in err, err
+    code, _, err = alice(f'search_by_image "{tmp_path}"')
+    assert code != 0 and "is not a file" in err, err
     notes = tmp_path / "notes.jpg"
     notes.write_text("not a photo")
     code, _, err = alice(f'search_by_image "{notes}"')

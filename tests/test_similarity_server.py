@@ -20,6 +20,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from protocol.catalog import (
+    ColourSearch,
     DeleteImage,
     Filters,
     ImageSearch,
@@ -176,6 +177,50 @@ def test_batches_and_more_page_through_the_ranking(alice: ServerConnection) -> N
     assert {i.id for i in first + rest} == ids
     scores = [i.score for i in first + rest]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_more_applies_the_filters_again(alice: ServerConnection) -> None:
+    """A later batch is read when it is asked for: an image whose price, stock or tags no
+    longer pass the search's filters must not show up in it under those filters."""
+    tag, other = unique("refilter"), unique("untag")
+    datas = [fresh() for _ in range(12)]
+    ids = [upload(alice, d, tags=[tag, other], price_cents=300, quantity=2).image_id for d in datas]
+    filters = Filters(tags=[tag, other], max_price_cents=500, in_stock=True)
+    first, cursor = search(alice, data=datas[0], limit=3, filters=filters)
+    assert len(first) == 3 and cursor is not None
+    later = [i for i in ids if i not in {item.id for item in first}]
+    pricey, sold_out, untagged = later[:3]
+    alice.call(UpdateImage(id=0, image_id=pricey, price_cents=9900))
+    alice.call(UpdateImage(id=0, image_id=sold_out, quantity=0))
+    alice.call(UpdateImage(id=0, image_id=untagged, remove_tags=[other]))
+    frames = list(alice.stream(More(id=0, cursor=cursor, options=ListingOptions(limit=50))))
+    rest = {item.id for frame in frames for item in frame.items}
+    assert rest == set(later) - {pricey, sold_out, untagged}
+    assert all(item.price_cents <= 500 for frame in frames for item in frame.items)
+
+
+def test_more_applies_the_filters_again_in_a_colour_search(alice: ServerConnection) -> None:
+    """The same rule for search by colour, which shares the listing code but not the wiring."""
+    tag = unique("redcheck")
+    ids = []
+    for n in range(8):
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (200, 20 + n, 20)).save(buf, "PNG")
+        ids.append(upload(alice, buf.getvalue(), tags=[tag], price_cents=100).image_id)
+    request = ColourSearch(
+        id=0,
+        hue=0.0,
+        filters=Filters(tags=[tag], max_price_cents=500),
+        options=ListingOptions(limit=2, thumbnails=False),
+    )
+    frames = list(alice.stream(request))
+    first, cursor = [item.id for frame in frames for item in frame.items], frames[-1].cursor
+    assert len(first) == 2 and cursor is not None
+    pricey = next(i for i in ids if i not in first)
+    alice.call(UpdateImage(id=0, image_id=pricey, price_cents=9900))
+    frames = list(alice.stream(More(id=0, cursor=cursor, options=ListingOptions(limit=50))))
+    rest = {item.id for frame in frames for item in frame.items}
+    assert rest == set(ids) - set(first) - {pricey}
 
 
 def test_bad_requests_get_clear_errors(alice: ServerConnection) -> None:

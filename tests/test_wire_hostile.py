@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from protocol.errors import ErrorCode
-from protocol.messages import PROTOCOL_VERSION, Error, Welcome, WhoAmI
+from protocol.messages import PROTOCOL_VERSION, Error, Session, Welcome, WhoAmI
 from tests.servers import ServerProcess
 from tests.wire import closed_by_server, read_response, send_body, send_message, tls_socket
 
@@ -190,3 +190,52 @@ def test_many_clients_at_once(hostile_server: ServerProcess, tmp_path: Path) -> 
     with ThreadPoolExecutor(16) as pool:
         names = list(pool.map(session, range(16)))
     assert names == [f"crowd{i}" for i in range(16)]
+
+
+def test_a_malformed_first_frame_closes_the_connection(hostile_server: ServerProcess) -> None:
+    """One handshake deadline: a peer may not keep sending junk instead of Hello."""
+    sock = tls_socket(hostile_server)
+    hello = msgspec.msgpack.encode(HELLO)
+    junk = b"\xc1\xc1\xc1"
+    sock.sendall(struct.pack(">I", len(junk)) + junk + struct.pack(">I", len(hello)) + hello)
+    reply = read_response(sock)
+    assert isinstance(reply, Error) and reply.code is ErrorCode.BAD_REQUEST
+    assert read_response(sock) is None  # closed: the Hello after the junk is never answered
+
+
+def test_a_string_that_is_not_utf8_is_answered_and_the_connection_stays_open(
+    hostile_server: ServerProcess, tmp_path: Path
+) -> None:
+    sock = greeted(hostile_server)
+    body = msgspec.msgpack.encode({"type": "Login", "id": 3, "name": "\x01\x01", "password": "x"})
+    send_body(sock, body.replace(b"\x01\x01", b"\xff\xfe"))
+    reply = read_response(sock)
+    assert isinstance(reply, Error) and reply.code is ErrorCode.BAD_REQUEST
+    assert reply.id == 3 and "not valid UTF-8" in reply.message
+    send_message(sock, {"type": "WhoAmI", "id": 4})
+    reply = read_response(sock)
+    assert isinstance(reply, Error) and reply.code is ErrorCode.UNAUTHENTICATED
+    assert "Traceback" not in hostile_server.log()
+    assert_still_serving(hostile_server, tmp_path)
+
+
+def test_frames_before_login_are_small_and_uploads_need_a_login(
+    hostile_server: ServerProcess, tmp_path: Path
+) -> None:
+    megabyte_upload = {"type": "UploadImage", "id": 9, "filename": "a.jpg", "data": b"x" * 2**20}
+    sock = greeted(hostile_server)
+    sock.sendall(struct.pack(">I", 2**20))  # refused on the header: no need to send the body
+    reply = read_response(sock)
+    assert isinstance(reply, Error) and reply.code is ErrorCode.TOO_LARGE
+    assert str(2**20) in reply.message
+    assert "log in first" in reply.message
+    assert closed_by_server(sock)
+
+    hostile_server.user_connection(tmp_path, "uploader").close()  # creates the account
+    sock = greeted(hostile_server)
+    send_message(sock, {"type": "Login", "id": 2, "name": "uploader", "password": "correct horse"})
+    assert isinstance(read_response(sock), Session)
+    send_message(sock, {**megabyte_upload, "price_cents": -5})
+    reply = read_response(sock)  # read in full and decoded, not refused as a frame
+    assert isinstance(reply, Error) and reply.code is ErrorCode.BAD_REQUEST, reply
+    assert reply.id == 9 and "price_cents" in reply.message

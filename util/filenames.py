@@ -39,6 +39,16 @@ def display_name(raw: str) -> str:
     return name
 
 
+def save_name(raw: str) -> str:
+    """The name under which a downloaded original is written into a folder the user chose.
+
+    `display_name`, without leading dots: the name comes from another user, and a hidden file
+    (`.bashrc`, `.profile`) is one a shell or a tool may read or run.
+    """
+    name = display_name(raw).lstrip(". ")
+    return name if name else FALLBACK_NAME
+
+
 def _clean_char(ch: str) -> str:
     category = unicodedata.category(ch)
     if category in _UNPRINTABLE_CATEGORIES:

@@ -1,0 +1,31 @@
+"""Text the shell shows people: made safe to print, and counted in words that read right.
+
+Every command set and the contact sheet share these, so a title chosen by another user is made
+printable the same way wherever it appears.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+# Control, format, surrogate, private-use and unassigned characters, and the line and paragraph
+# separators: anything that could move the cursor, hide text or reorder it.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def printable(text: str, replacement: str = "\ufffd") -> str:
+    """Titles, tags and names come from other users: no escape sequence reaches the terminal.
+
+    Tabs and line breaks become spaces so a row stays a row. Anything else unprintable becomes
+    `replacement`: the visible U+FFFD in a terminal, so a reader sees that something was there;
+    a picture passes "" because its font may have no glyph for it.
+    """
+    return "".join(
+        " " if ch in "\t\n\r" else (replacement if unicodedata.category(ch) in _UNPRINTABLE else ch)
+        for ch in text
+    )
+
+
+def plural(count: int, noun: str) -> str:
+    """Sentences the shell prints count things; "1 tags" reads like a bug."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

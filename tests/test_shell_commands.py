@@ -1,0 +1,117 @@
+"""The shell's commands against a stand-in session that records what would go to the server.
+
+End-to-end tests show what a person sees; these check what is *sent*, which the output cannot
+show: a refused `--save` must cost no download of the original. Help texts are checked from
+the parsers themselves.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import cmd2
+
+from protocol.base import Request
+from protocol.catalog import GetImage, ImageDetails, ImageSummary
+from shell.app import VitrineShell
+from shell.browse_commands import BrowseCommands
+from shell.image_commands import ImageCommands
+
+ORIGINAL = b"\xff\xd8original bytes"
+
+
+class RecordingSession:
+    """Just enough of ClientSession: a logged-in user, and GetImage answered from memory."""
+
+    user = "alice"
+    admin = False
+    server = "test:1"
+
+    def __init__(self) -> None:
+        self.sent: list[Request] = []
+
+    def ensure_connected(self) -> None:
+        pass
+
+    def call(self, request: Request, expect: Any = None) -> Any:
+        self.sent.append(request)
+        assert isinstance(request, GetImage)
+        image = ImageSummary(
+            id=request.image_id, title="t", description="", filename="photo.jpg", tags=[],
+            price_cents=0, quantity=0, owner="alice", visibility="public", created_at=0.0,
+            width=1, height=1,
+        )  # fmt: skip
+        original = ORIGINAL if request.with_original else None
+        return ImageDetails(id=request.id, image=image, original=original, format="JPEG")
+
+
+def _shell(tmp_path: Path) -> tuple[VitrineShell, RecordingSession, io.StringIO]:
+    session = RecordingSession()
+    out = io.StringIO()
+    shell = VitrineShell(
+        session,  # type: ignore[arg-type]
+        data_dir=tmp_path / "data",
+        config_dir=tmp_path / "config",
+        command_sets=[ImageCommands(), BrowseCommands()],
+        stdin=io.StringIO(),
+        stdout=out,
+    )
+    return shell, session, out
+
+
+def test_save_into_a_directory_refuses_an_existing_file_before_downloading(
+    tmp_path: Path,
+) -> None:
+    shell, session, out = _shell(tmp_path)
+    folder = tmp_path / "into"
+    folder.mkdir()
+    shell.onecmd_plus_hooks(f"show_image 9 --save {folder} --no-images")
+    assert (folder / "photo.jpg").read_bytes() == ORIGINAL
+    assert f"Saved the original of #9 to {folder / 'photo.jpg'}." in out.getvalue()
+    assert shell.exit_code == 0
+
+    session.sent.clear()
+    shell.onecmd_plus_hooks(f"show_image 9 --save {folder} --no-images")
+    assert shell.exit_code == 1
+    assert [request.with_original for request in session.sent] == [False]  # type: ignore[attr-defined]
+
+
+def test_save_to_a_file_that_exists_asks_the_server_nothing(tmp_path: Path) -> None:
+    shell, session, _ = _shell(tmp_path)
+    target = tmp_path / "kept.jpg"
+    target.write_bytes(b"kept")
+    shell.onecmd_plus_hooks(f"show_image 9 --save {target} --no-images")
+    assert shell.exit_code == 1 and session.sent == [] and target.read_bytes() == b"kept"
+
+
+def test_help_texts_say_what_the_shell_does() -> None:
+    more = " ".join(BrowseCommands.more_parser.format_help().split())
+    assert "the listing's own --batch" in more and "default 10, then 10" not in more
+    search = " ".join(BrowseCommands.search_parser.format_help().split())
+    assert "file names" in search
+    show = " ".join(ImageCommands.show_parser.format_help().split())
+    assert "--no-images leave the picture out" in show
+
+
+class _Broken(cmd2.CommandSet):
+    """A command with a bug in it: what every command could turn out to have."""
+
+    def do_broken(self, _: cmd2.Statement) -> None:
+        raise OverflowError("int too large to convert")
+
+
+def test_a_command_that_fails_unexpectedly_still_fails_the_script(tmp_path: Path) -> None:
+    session = RecordingSession()
+    shell = VitrineShell(
+        session,  # type: ignore[arg-type]
+        data_dir=tmp_path / "data",
+        config_dir=tmp_path / "config",
+        command_sets=[_Broken()],
+        stdin=io.StringIO(),
+        stdout=io.StringIO(),
+    )
+    assert shell.exit_code == 0
+    shell.onecmd_plus_hooks("broken")
+    assert shell.exit_code == 1  # cmd2 reported it; a script must still see it in the status
