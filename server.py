@@ -6,12 +6,21 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from service.app import DataDirBusy, serve, tls_identity
 from service.check import check_data_dir
 from service.context import ServerConfig
 from util import config as cfg
 from util import logs
+
+
+def announce(line: str, stream: TextIO = sys.stdout) -> None:
+    """Write a start-up line in one call. `print` writes the text and the newline separately,
+    and a log line from a background thread (the embedding backfill starts at once) could land
+    between them, gluing its date onto the port that scripts and tests read from this line."""
+    stream.write(line + "\n")
+    stream.flush()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -90,9 +99,6 @@ def main(argv: list[str] | None = None) -> int:
         colours=not args.no_colours,
     )
     ssl_context, fingerprint = tls_identity(config, args.tls_cert, args.tls_key)
-
-    def announce(line: str) -> None:
-        print(line, flush=True)
 
     try:
         asyncio.run(serve(config, ssl_context, fingerprint, announce))
