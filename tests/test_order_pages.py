@@ -9,7 +9,6 @@ orders hold, and drive `orders` / `sales` through their pages from the shell.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from protocol.errors import ErrorCode
 from protocol.messages import PROTOCOL_VERSION, CreateUser, Error, Session, UserInfo, Welcome
 from service.context import ServerConfig
 from shell.connection import ServerConnection
-from tests.servers import ServerProcess, run_client
+from tests.servers import LoggedInShell, ServerProcess, json_lines
 from tests.test_images_server import jpeg, unique, upload_many
 from tests.wire import read_response, send_message, tls_socket
 
@@ -250,29 +249,10 @@ def test_a_huge_history_stays_readable_within_the_page_bound(
 # --- the shell -----------------------------------------------------------------------------------
 
 
-class Shell:
+def shell(server: ServerProcess, home: Path, name: str) -> LoggedInShell:
     """One user's client.py runs: each call logs in and runs the commands given."""
-
-    def __init__(self, server: ServerProcess, home: Path, name: str) -> None:
-        self.server, self.name, self.config_dir = server, name, home / name
-        self.config_dir.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, *commands: str) -> tuple[int, str, str]:
-        done = run_client(
-            self.server,
-            f"login {self.name}",
-            *commands,
-            config_dir=self.config_dir,
-            password=PASSWORD,
-            extra_env={"COLUMNS": "200"},
-        )
-        assert "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
-        return done.returncode, done.stdout, done.stderr
-
-
-def json_lines(text: str) -> list[dict[str, object]]:
-    """The JSON objects on stdout (`login` prints its own line first)."""
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    (home / name).mkdir(parents=True, exist_ok=True)
+    return LoggedInShell(server, name, home / name, PASSWORD)
 
 
 def test_the_shell_pages_through_orders_and_sales(server: ServerProcess, home: Path) -> None:
@@ -286,7 +266,7 @@ def test_the_shell_pages_through_orders_and_sales(server: ServerProcess, home: P
         seller.close()
         buyer.close()
     newest_first = sorted(placed, reverse=True)
-    shopper, merchant = Shell(server, home, buyer_name), Shell(server, home, seller_name)
+    shopper, merchant = shell(server, home, buyer_name), shell(server, home, seller_name)
 
     code, out, err = shopper(
         "orders --json --batch 2",
@@ -343,7 +323,7 @@ def test_a_short_history_reads_as_before(server: ServerProcess, home: Path) -> N
     conn = server.connect(home)
     conn.call(CreateUser(id=0, name=name, password=PASSWORD), UserInfo)
     conn.close()
-    code, out, err = Shell(server, home, name)("orders", "sales", "orders --json")
+    code, out, err = shell(server, home, name)("orders", "sales", "orders --json")
     assert code == 0, out + err
     assert "No orders yet" in out and "Nothing of yours has been sold yet." in out
     assert "older" not in (out + err).lower()
