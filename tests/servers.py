@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from protocol.errors import VitrineError
 from protocol.messages import CreateUser, Login, Session
@@ -26,9 +27,10 @@ from shell.connection import ServerConnection, TrustPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-LISTENING = re.compile(r"listening on (\S+):(\d+)")
+LISTENING = re.compile(r"listening on (\S+):(\d+)$")
 FINGERPRINT = re.compile(r"(SHA256:[A-Za-z0-9+/=]+)")
 START_TIMEOUT_S = 120.0
+RESTART_ATTEMPTS = 5
 
 
 @dataclass
@@ -41,12 +43,17 @@ class ServerProcess:
     fingerprint: str = ""
     process: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)
+    _drains: list[threading.Thread] = field(default_factory=list, repr=False)
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     def start(self) -> ServerProcess:
+        """Start the server and read its announced address and fingerprint from stdout.
+
+        The log has its own pipe: native libraries write their lines in pieces from other
+        threads, so a merged pipe can glue a log line onto the announced port."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         port_args = ["--port", str(self.port)]
         self.process = subprocess.Popen(
@@ -61,31 +68,43 @@ class ServerProcess:
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE,
             text=True,
         )
+        assert self.process.stdout is not None and self.process.stderr is not None
+        self._drains = [self._drain_in_background(self.process.stderr)]
         deadline = time.monotonic() + START_TIMEOUT_S
-        assert self.process.stdout is not None
         port = fingerprint = None
         while time.monotonic() < deadline and (port is None or fingerprint is None):
             line = self.process.stdout.readline()
             if not line:
-                raise RuntimeError("server exited during start-up:\n" + "".join(self.output))
+                self.process.wait(30)
+                self._join_drains()
+                raise RuntimeError("server exited during start-up:\n" + self.log())
             self.output.append(line)
-            if match := LISTENING.search(line):
+            if match := LISTENING.search(line.rstrip("\n")):
                 self.host, port = match.group(1), int(match.group(2))
             if "fingerprint" in line.lower() and (match := FINGERPRINT.search(line)):
                 fingerprint = match.group(1)
         if port is None or fingerprint is None:
-            raise RuntimeError("server did not announce itself:\n" + "".join(self.output))
+            raise RuntimeError("server did not announce itself:\n" + self.log())
         self.port, self.fingerprint = port, fingerprint
-        threading.Thread(target=self._drain, daemon=True).start()
+        self._drains.append(self._drain_in_background(self.process.stdout))
         return self
 
-    def _drain(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
+    def _drain_in_background(self, stream: IO[str]) -> threading.Thread:
+        def drain() -> None:
+            for line in stream:
+                self.output.append(line)
+
+        thread = threading.Thread(target=drain, daemon=True)
+        thread.start()
+        return thread
+
+    def _join_drains(self) -> None:
+        """Wait until every line the exited process wrote is in the log."""
+        for thread in self._drains:
+            thread.join(10)
 
     def log(self) -> str:
         return "".join(self.output)
@@ -103,13 +122,25 @@ class ServerProcess:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(sig)
-        return self.process.wait(timeout)
+        code = self.process.wait(timeout)
+        self._join_drains()
+        return code
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
     def restart(self) -> ServerProcess:
-        """Start again on the same port, so pinned clients and resume tokens still apply."""
+        """Start again on the same port, so pinned clients and resume tokens still apply. The
+        port was free a moment ago, but another program may take it meanwhile: try a few
+        times before giving up."""
+        for _ in range(RESTART_ATTEMPTS - 1):
+            self.output = []
+            try:
+                return self.start()
+            except RuntimeError:
+                if "cannot listen" not in self.log():
+                    raise
+                time.sleep(0.5)
         self.output = []
         return self.start()
 
