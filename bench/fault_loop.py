@@ -174,8 +174,15 @@ class FaultLoop:
             except Exception:
                 pass  # the server died under us: that is the point
 
+        # Every draw from the seeded generator happens here, before any thread starts, so a
+        # seed always names the same kill point and the same shoppers' choices.
+        shopper_seeds = [self.rng.random() for _ in buyers]
+        # Anywhere in the first three quarters of the upload, so most kills land mid-way.
+        kill_after = self.rng.randint(1, max(1, len(datas) * 3 // 4))
+        pause_before_kill = self.rng.uniform(0.0, 0.01)
+
         def shop(index: int, conn: ServerConnection) -> None:
-            rng = random.Random(self.rng.random())
+            rng = random.Random(shopper_seeds[index])
             ids = list(self.initial)
             while not stop.is_set():
                 chosen = rng.sample(ids, rng.randint(1, 3))
@@ -200,12 +207,10 @@ class FaultLoop:
             thread.start()
         uploader = threading.Thread(target=upload_all, daemon=True)
         uploader.start()
-        # Anywhere in the first three quarters of the upload, so most kills land mid-way.
-        kill_after = self.rng.randint(1, max(1, len(datas) * 3 // 4))
         for _ in range(kill_after):
             if not done.acquire(timeout=HANG_S):
                 raise RuntimeError("uploads did not progress")
-        time.sleep(self.rng.uniform(0.0, 0.01))
+        time.sleep(pause_before_kill)
         self.server.kill()
         stop.set()
         uploader.join(HANG_S)

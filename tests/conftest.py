@@ -7,8 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.servers import ServerProcess
+
+# No per-example deadline anywhere: CI runs a thousand tests on two cores beside real servers,
+# and one example starved for 200 ms would fail a property that holds.
+settings.register_profile("vitrine", deadline=None)
+settings.load_profile("vitrine")
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 WEIGHTS = os.environ.get("VITRINE_WEIGHTS")
