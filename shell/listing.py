@@ -509,7 +509,8 @@ def listing_table(
 
     Under WIDE_LISTING the lines between columns go. Then the first of LAYOUTS whose columns
     fit is used, so a narrow terminal loses words and hex codes before any number would be
-    cut; only a terminal too narrow even for the last layout leaves the cutting to rich.
+    cut. A terminal too narrow even for the last layout gets one record per image, a field a
+    line: rich would otherwise cut the numbers, and a cut id names another image.
     """
     compact = width is not None and width < WIDE_LISTING
     pictures = mode != "none" and any(item.thumbnail for item in items)
@@ -526,9 +527,11 @@ def listing_table(
             used += thumbnail[0]
         room = width - used - _frame(len(columns) + (thumbnail is not None), compact)
         fits = room >= sum(min(column.natural, column.least or 0) for column in folding)
-        if fits or layout is layouts[-1]:
+        if fits:
             widths = _share_room(room, folding)
             break
+    else:
+        return _record_table(items)
     table = Table(
         show_lines=pictures,
         header_style="bold",
@@ -554,6 +557,35 @@ def listing_table(
         row = [_thumbnail_cell(item, mode, thumbnail)] if thumbnail is not None else []
         row += [column.cells[index] for column in columns]
         table.add_row(*row)
+    return table
+
+
+def _record_table(items: Sequence[ImageSummary]) -> Table:
+    """One image after another, a field a line (as psql's expanded display): the labels are
+    short, so a number has nearly the whole width and only the words fold."""
+    table = Table(show_header=False, box=box.SIMPLE, pad_edge=False, collapse_padding=True)
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    if any(item.match is not None for item in items):
+        table.caption = f"{MATCH_MARK} the colour that matched"
+    for number, item in enumerate(items, 1):
+        owner = Text(printable(item.owner))
+        if item.visibility == "private":
+            owner.append(" private", style="yellow")
+        fields: list[tuple[str, Text | str]] = [
+            ("id", Text(str(item.id), style="bold")),
+            ("title", Text(printable(item.title))),
+            ("tags", Text(", ".join(printable(tag) for tag in item.tags), style="cyan")),
+            ("price", format_cents(item.price_cents)),
+            ("qty", str(item.quantity)),
+            ("owner", owner),
+            ("colours", colours_cell(item, hex_codes=False)),
+        ]
+        if item.score is not None:
+            fields.append(("score", f"{item.score:.3f}"))
+        last = len(fields) - 1
+        for index, (label, value) in enumerate(fields):
+            table.add_row(label, value, end_section=index == last and number < len(items))
     return table
 
 

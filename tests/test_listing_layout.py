@@ -21,6 +21,8 @@ from shell.swatches import format_share
 from util.money import format_cents
 
 WIDTHS = [60, 80]
+#: Too narrow for any table of columns: each image becomes a record, a field a line.
+RECORD_WIDTHS = [30, 40, 47]
 
 
 def _thumbnail(rgb: tuple[int, int, int]) -> bytes:
@@ -108,7 +110,7 @@ def _whole(token: str, text: str) -> bool:
     return re.search(rf"(?<![\d.<]){re.escape(token)}(?![\d.%…])", text) is not None
 
 
-@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("width", WIDTHS + RECORD_WIDTHS)
 @pytest.mark.parametrize("mode", ["blocks", "none"])
 @pytest.mark.parametrize("listing", [colour_search, image_search, browse])
 def test_every_number_is_shown_whole(listing, mode: str, width: int) -> None:  # type: ignore[no-untyped-def]
@@ -131,6 +133,15 @@ def test_every_number_is_shown_whole(listing, mode: str, width: int) -> None:  #
         assert "match" in text
     if items[0].score is not None:
         assert "score" in text
+
+
+@pytest.mark.parametrize("width", RECORD_WIDTHS)
+def test_below_every_table_each_image_is_a_record_with_its_id_first(width: int) -> None:
+    """At 40 columns rich used to squeeze the id column: image 96 showed as 9, another id."""
+    items = colour_search()
+    lines = _render(items, "blocks", width).splitlines()
+    ids = [line.split()[1] for line in lines if line.split()[:1] == ["id"]]
+    assert ids == [str(item.id) for item in items], lines
 
 
 @pytest.mark.parametrize("width", WIDTHS)
