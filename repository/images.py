@@ -152,7 +152,8 @@ class NewImage:
     palette: list[ColourRecord] = field(default_factory=list)
     #: (model name, vector bytes) when an embedding was computed at upload.
     embedding: tuple[str, bytes] | None = None
-    #: Copy colours and embedding from this existing image (same content, another owner).
+    #: Copy the embedding, and the colours unless `palette` is given, from this existing image
+    #: (same content, another owner).
     copy_analysis_from: int | None = None
 
 
@@ -265,6 +266,8 @@ class StoredContent:
     format: str
     width: int
     height: int
+    #: whether that row has dominant colours (a row stored under --no-colours has none)
+    has_colours: bool
 
 
 def dedup_lookup(
@@ -275,8 +278,9 @@ def dedup_lookup(
     One indexed query decides the cheap paths of an upload before anything is decoded.
     """
     rows = conn.execute(
-        "SELECT id, owner_id, thumb_blob, format, width, height, deleted_at FROM images "
-        "WHERE blob = ? ORDER BY deleted_at IS NOT NULL, id LIMIT 50",
+        "SELECT id, owner_id, thumb_blob, format, width, height, deleted_at, "
+        "EXISTS (SELECT 1 FROM image_colours c WHERE c.image_id = images.id) AS has_colours "
+        "FROM images WHERE blob = ? ORDER BY deleted_at IS NOT NULL, id LIMIT 50",
         (blob,),
     ).fetchall()
     mine = next(
@@ -285,7 +289,9 @@ def dedup_lookup(
     if not rows:
         return mine, None
     r = rows[0]
-    return mine, StoredContent(r["id"], r["thumb_blob"], r["format"], r["width"], r["height"])
+    return mine, StoredContent(
+        r["id"], r["thumb_blob"], r["format"], r["width"], r["height"], bool(r["has_colours"])
+    )
 
 
 # --- tags ---------------------------------------------------------------------------------------
@@ -400,17 +406,12 @@ def insert_image(conn: sqlite3.Connection, new: NewImage) -> int:
                 "INSERT INTO image_tags (image_id, tag_id) VALUES (?, ?)",
                 [(image_id, t) for t in _ensure_tags(conn, new.tags)],
             )
-        if new.copy_analysis_from is not None:
-            source = new.copy_analysis_from
+        source = new.copy_analysis_from
+        if source is not None and not new.palette:
             conn.execute(
                 "INSERT INTO image_colours (image_id, rank, r, g, b, hue, saturation, lightness, "
                 "share) SELECT ?, rank, r, g, b, hue, saturation, lightness, share "
                 "FROM image_colours WHERE image_id = ?",
-                (image_id, source),
-            )
-            conn.execute(
-                "INSERT INTO embeddings (image_id, model, vector) "
-                "SELECT ?, model, vector FROM embeddings WHERE image_id = ?",
                 (image_id, source),
             )
         else:
@@ -422,11 +423,17 @@ def insert_image(conn: sqlite3.Connection, new: NewImage) -> int:
                     for rank, c in enumerate(new.palette)
                 ],
             )
-            if new.embedding is not None:
-                conn.execute(
-                    "INSERT INTO embeddings (image_id, model, vector) VALUES (?, ?, ?)",
-                    (image_id, *new.embedding),
-                )
+        if source is not None:
+            conn.execute(
+                "INSERT INTO embeddings (image_id, model, vector) "
+                "SELECT ?, model, vector FROM embeddings WHERE image_id = ?",
+                (image_id, source),
+            )
+        elif new.embedding is not None:
+            conn.execute(
+                "INSERT INTO embeddings (image_id, model, vector) VALUES (?, ?, ?)",
+                (image_id, *new.embedding),
+            )
         _fts_row(conn, image_id)
     return image_id
 

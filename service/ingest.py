@@ -41,7 +41,7 @@ from models.colours import extract_palette
 from protocol.errors import ErrorCode, VitrineError
 from repository import images as repo
 from repository.blobstore import BlobStore
-from service.context import Services
+from service.context import ServerConfig, Services
 from util import images as imaging
 
 log = logging.getLogger("vitrine.ingest")
@@ -119,12 +119,7 @@ def _prepare_and_start(
     upload: its model runs while this thread goes on with the thumbnail and the palette.
     """
     config = services.config
-    decoded = imaging.decode_image(
-        data,
-        max_bytes=config.max_image_bytes,
-        max_pixels=config.max_image_pixels,
-        target=config.thumbnail_side,
-    )
+    decoded = _decode(config, data)
     prepared = Prepared(blob, data, decoded)
     started = []
     for analyser in analysers:
@@ -138,11 +133,31 @@ def _prepare_and_start(
     pool = services.io_executor or services.executor
     written = pool.submit(_store_blobs, services.blobs, prepared)
     if config.colours:
-        prepared.palette = [
-            repo.ColourRecord(c.r, c.g, c.b, c.hue, c.saturation, c.lightness, c.share)
-            for c in extract_palette(prepared.thumbnail)
-        ]
+        prepared.palette = _palette_records(prepared.thumbnail)
     return prepared, written, started
+
+
+def _palette_records(thumbnail: Image.Image) -> list[repo.ColourRecord]:
+    return [
+        repo.ColourRecord(c.r, c.g, c.b, c.hue, c.saturation, c.lightness, c.share)
+        for c in extract_palette(thumbnail)
+    ]
+
+
+def _palette_of_upload(config: ServerConfig, data: bytes) -> list[repo.ColourRecord]:
+    """The palette a fresh upload of `data` gets: decoded and thumbnailed the same way, so the
+    colours equal those of any other upload of these bytes."""
+    thumbnail, _ = imaging.make_thumbnail(_decode(config, data).image, config.thumbnail_side)
+    return _palette_records(thumbnail)
+
+
+def _decode(config: ServerConfig, data: bytes) -> imaging.DecodedImage:
+    return imaging.decode_image(
+        data,
+        max_bytes=config.max_image_bytes,
+        max_pixels=config.max_image_pixels,
+        target=config.thumbnail_side,
+    )
 
 
 async def _finish_analysers(
@@ -197,6 +212,13 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
         new.thumb_blob = known.thumb_blob
         new.format, new.width, new.height = known.format, known.width, known.height
         new.copy_analysis_from = known.image_id
+        if config.colours and not known.has_colours:
+            # That row may have been stored under --no-colours: extract rather than copy
+            # nothing (for bytes that truly have no colour, this finds none again).
+            try:
+                new.palette = await services.run(_palette_of_upload, config, upload.data)
+            except imaging.ImageRejected as exc:  # the limits may have changed since
+                raise rejection_error(exc) from None
     else:
         analysers = [a for a in services.analysers if await a.ready(services)]
         try:

@@ -332,7 +332,8 @@ def colour_json(colour: Colour) -> dict[str, Any]:
 
 
 def image_json(item: ImageSummary) -> dict[str, Any]:
-    """The --json form of an image: price as a decimal string, never a float."""
+    """The --json form of an image: price as a decimal string, never a float. The palette is
+    always there, [] for an image without chromatic colours, so scripts need no KeyError guard."""
     value: dict[str, Any] = {
         "id": item.id,
         "title": item.title,
@@ -341,9 +342,8 @@ def image_json(item: ImageSummary) -> dict[str, Any]:
         "quantity": item.quantity,
         "owner": item.owner,
         "visibility": item.visibility,
+        "palette": [colour_json(colour) for colour in item.palette],
     }
-    if item.palette:
-        value["palette"] = [colour_json(colour) for colour in item.palette]
     if item.score is not None:
         value["score"] = item.score
     if item.match is not None:

@@ -214,11 +214,40 @@ def test_a_server_without_colours_stores_and_finds_everything_else(
         code, out, err = carol(f"show_image {image_id} --json --no-images")
         assert code == 0, err
         (row,) = json_lines(out)
-        assert row.get("palette", []) == []  # (an empty palette is left out of the JSON)
+        assert row["palette"] == []  # present and empty, so scripts need no KeyError guard
         assert found(carol, "search_by_color green") == []
         code, out, err = carol("browse_by_tags plain --json --no-images")
         assert code == 0, err
         assert [r["id"] for r in json_lines(out)] == [image_id]
+    finally:
+        process.stop()
+
+
+def test_the_same_bytes_uploaded_after_no_colours_get_their_colours(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Another owner's upload of the same bytes copies the stored analysis instead of decoding
+    again; a copy of what `--no-colours` left (nothing) kept that image colourless for good."""
+    process = ServerProcess(tmp_path_factory.mktemp("colours-later"), ["--no-colours"]).start()
+    try:
+        home = tmp_path_factory.mktemp("colours-later-home")
+        picture = card(120, home / "g.png")
+        for name in ("carol", "dave"):
+            done = run_client(process, f"create_user {name}", config_dir=home, password=PASSWORD)
+            assert done.returncode == 0, done.stderr
+        carol, dave = Shell(process, "carol", home), Shell(process, "dave", home)
+        colourless = upload(carol, picture, "--tags e2e-colour")
+        process.stop()
+        process.extra_args = []
+        process.restart()
+        copied = upload(dave, picture, "--tags e2e-colour")
+        code, out, err = dave(f"show_image {copied} --json --no-images")
+        assert code == 0, err
+        (row,) = json_lines(out)
+        assert [round(c["hue"]) for c in row["palette"]] == [120], row
+        assert [r["id"] for r in found(dave, "search_by_color green")] == [copied]
+        # The first upload keeps what it was stored with, as --help says.
+        assert colourless not in [r["id"] for r in found(carol, "search_by_color green")]
     finally:
         process.stop()
 
