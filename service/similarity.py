@@ -545,11 +545,17 @@ def _unavailable(engine: SimilarityEngine | None) -> VitrineError:
             f"The image model is still loading (for {waited:.0f} s so far); "
             "try again in a few seconds.",
         )
-    reason = f" ({engine.reason})" if engine is not None and engine.reason else ""
+    # The reason (a path, an exception, a URL) is in the server's log, for whoever runs it;
+    # any logged-in user can ask, so the answer names no server internals.
+    if engine is not None and engine.model_name is not None:
+        return VitrineError(
+            ErrorCode.UNAVAILABLE,
+            "Search by image is unavailable on this server: its vector index could not be "
+            "built. The server's log says why.",
+        )
     return VitrineError(
         ErrorCode.UNAVAILABLE,
-        f"Search by image is unavailable on this server: it has no image model{reason}. "
-        + WEIGHTS_HINT,
+        "Search by image is unavailable on this server: it has no image model. " + WEIGHTS_HINT,
     )
 
 

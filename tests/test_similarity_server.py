@@ -340,10 +340,13 @@ def test_without_weights_the_rest_works_and_search_says_how_to_fix_it(tmp_path: 
             error = error_of(conn, request)
             assert error.code == ErrorCode.UNAVAILABLE
             assert "VITRINE_WEIGHTS" in error.message
+            # why the model is missing is for the log: users see no path nor exception
+            assert MISSING_WEIGHTS not in error.message and "Error" not in error.message
         conn.close()
     finally:
         process.stop()
     assert "search by image is unavailable" in process.log()
+    assert MISSING_WEIGHTS in process.log()
 
 
 def test_keras_download_failing_offline_does_not_hang_the_server(tmp_path: Path) -> None:
