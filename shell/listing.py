@@ -269,7 +269,8 @@ def continue_listing(shell: cmd2.Cmd, args: argparse.Namespace) -> None:
         raise CommandFailed("There is no listing to continue yet: browse or search first.")
     render = render_options(args, latest.render)
     if latest.cursor is None:
-        _note(shell, render, f"Already at the end of {latest.what} ({latest.shown} shown).")
+        shown = plural(latest.shown, "image")
+        _note(shell, render, f"Already at the end of {latest.what}: {shown} shown.")
         return
     limit = args.batch or latest.more_batch
     request = More(id=0, cursor=latest.cursor, options=_wire_options(shell, render, limit))
@@ -314,11 +315,11 @@ def _show(
     elif latest.cursor is None:
         _note(shell, render, f"End of {latest.what}: {plural(latest.shown, 'image')} in all.")
     else:
-        shown = f"{start}-{latest.shown}" if latest.shown > start else f"{start}"
+        shown = f"results {start}-{latest.shown}" if latest.shown > start else f"result {start}"
         _note(
             shell,
             render,
-            f"Showing {shown} of {latest.what}; type more for the next {latest.more_batch}.",
+            f"Showing {shown} of {latest.what}; type more for up to {latest.more_batch} more.",
         )
 
 

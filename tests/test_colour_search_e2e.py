@@ -163,7 +163,7 @@ def test_table_batches_and_more(alice: Shell, shop: dict[str, int]) -> None:
     )
     assert code == 0, err
     assert [r["id"] for r in json_lines(out)] == [shop["red350"], shop["red10"]]
-    assert "type more for the next 1" in err and "Already at the end" in err
+    assert "type more for up to 1 more" in err and "Already at the end" in err
 
 
 def test_show_image_json_has_the_palette(alice: Shell, shop: dict[str, int]) -> None:

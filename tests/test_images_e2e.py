@@ -126,9 +126,10 @@ def test_upload_a_folder_then_browse_it_in_batches(alice: Shell, tmp_path: Path)
     ids = [row["id"] for row in rows]
     assert len(set(ids)) == 25
     assert ids == sorted(ids, reverse=True)  # newest first, across batches
-    assert "Showing 1-20" in listed.err and "Showing 21-25" not in listed.err
+    assert "Showing results 1-20" in listed.err and "results 21-25" not in listed.err
     assert "End of images tagged shirt-e2e: 25 images in all." in listed.err
-    assert "Already at the end" in listed.err  # `more` keeps the listing's --json
+    # `more` keeps the listing's --json
+    assert "Already at the end of images tagged shirt-e2e: 25 images shown." in listed.err
     for row in rows:
         assert row["price"] == "12.50" and row["quantity"] == 3
         assert row["owner"] == "alice" and row["visibility"] == "public"
@@ -142,7 +143,7 @@ def test_upload_a_folder_then_browse_it_in_batches(alice: Shell, tmp_path: Path)
 
     sized = alice("browse_by_tags shirt-e2e blue --batch 7 --json", "more --json", "more --json")
     assert [len(sized.json_lines())] == [21]
-    assert "Showing 8-14" in sized.err and "type more for the next 7" in sized.err
+    assert "Showing results 8-14" in sized.err and "type more for up to 7 more" in sized.err
 
 
 def test_any_versus_all_tags_and_browse_everything(
@@ -551,8 +552,8 @@ def test_a_batch_of_one_says_which_one(alice: Shell, tmp_path: Path) -> None:
         _upload_one(alice, _jpeg(tmp_path / f"one-{seed}.jpg", seed), "--tags one-e2e")
     done = alice("browse_by_tags one-e2e --batch 1 --json", "more --json", "more --batch 2 --json")
     assert done.code == 0, done
-    assert "Showing 1 of images tagged one-e2e" in done.err, done
-    assert "Showing 2 of images tagged one-e2e" in done.err, done
+    assert "Showing result 1 of images tagged one-e2e" in done.err, done
+    assert "Showing result 2 of images tagged one-e2e" in done.err, done
     assert "-1 of" not in done.err and "-2 of" not in done.err
 
 

@@ -70,7 +70,7 @@ def test_search_by_file_table_json_batches_and_more(alice: Shell, tmp_path: Path
     code, out, err = alice(f'search_by_image "{query}" --tags e2e-sim-a --no-images')
     assert code == 0, err
     assert "score" in out and "1.000" in out
-    assert "Showing 1-12" not in out and "End of images like" in out
+    assert "Showing results 1-12" not in out and "End of images like" in out
     code, out, err = alice(
         f'search_by_image "{query}" --tags e2e-sim-a --json --batch 5',
         "more --json",
@@ -84,7 +84,7 @@ def test_search_by_file_table_json_batches_and_more(alice: Shell, tmp_path: Path
     scores = [r["score"] for r in lines]
     assert scores == sorted(scores, reverse=True)
     assert all(r["price"] == "3.50" for r in lines)
-    assert "type more for the next 5" in err
+    assert "type more for up to 5 more" in err
 
 
 def test_search_by_id_and_filters(alice: Shell, bob: Shell, tmp_path: Path) -> None:
