@@ -33,12 +33,24 @@ MAX_SPEC_CHARS = 64  # protocol.catalog.ColourSearch.spec
 
 def _number(text: str, what: str) -> float:
     try:
-        value = float(text)
+        value = float(text.strip())
     except ValueError:
         raise ColourSpecError(f"{what} must be a number, not {text!r}") from None
     if not math.isfinite(value):
         raise ColourSpecError(f"{what} must be a finite number, not {text!r}")
     return value
+
+
+def _degrees(text: str) -> float:
+    """A --tolerance: `20` or `20°`, as hues are written in listings."""
+    return _number(text.strip().removesuffix("°"), "tolerance")
+
+
+def _fraction(text: str) -> float:
+    """A --min-share: `0.2` or `20%`, as shares are written in listings."""
+    if text.strip().endswith("%"):
+        return _number(text.strip()[:-1], "min-share") / 100.0
+    return _number(text, "min-share")
 
 
 class ColourCommands(cmd2.CommandSet[VitrineShell]):
@@ -54,15 +66,15 @@ class ColourCommands(cmd2.CommandSet[VitrineShell]):
     colour_parser.add_argument(
         "--tolerance",
         metavar="DEG",
-        help="how far a colour's hue may be from COLOR's, in degrees (default: 15 for a hue or "
-        "hex colour, the name's own band for a name)",
+        help="how far a colour's hue may be from COLOR's, in degrees; 180 or more takes any hue "
+        "(default: 15 for a hue or hex colour, the name's own band for a name)",
     )
     colour_parser.add_argument(
         "--min-share",
         metavar="P",
         default=str(DEFAULT_MIN_SHARE),
-        help="least fraction of the picture the colour must cover, 0 to 1 "
-        f"(default {DEFAULT_MIN_SHARE})",
+        help="least fraction of the picture the colour must cover, 0 to 1 or a percentage "
+        f"such as 20%% (default {DEFAULT_MIN_SHARE})",
     )
     add_filter_arguments(colour_parser)
     listing.add_listing_arguments(colour_parser)
@@ -77,9 +89,9 @@ class ColourCommands(cmd2.CommandSet[VitrineShell]):
             tolerance = (
                 query.tolerance
                 if args.tolerance is None
-                else check_tolerance(_number(args.tolerance, "tolerance"))
+                else check_tolerance(_degrees(args.tolerance))
             )
-            min_share = check_min_share(_number(args.min_share, "min-share"))
+            min_share = check_min_share(_fraction(args.min_share))
         except ColourSpecError as exc:
             raise CommandFailed(f"search_by_color: {exc}.") from None
         filters = filters_from(args)

@@ -149,6 +149,12 @@ def test_filters(alice: Shell, shop: dict[str, int]) -> None:
     # a larger minimum share leaves out the smaller card
     code, out, err = alice("search_by_color red --tags e2e-colour --min-share 0.4 --json")
     assert [r["id"] for r in json_lines(out)] == [shop["red350"]]
+    # written as listings write them: a share as a percentage, a hue with its degree sign
+    code, out, err = alice(
+        "search_by_color 355° --tolerance 20° --tags e2e-colour --min-share 40% --json"
+    )
+    assert code == 0, err
+    assert [r["id"] for r in json_lines(out)] == [shop["red350"]]
 
 
 def test_table_batches_and_more(alice: Shell, shop: dict[str, int]) -> None:
@@ -188,6 +194,8 @@ def test_show_image_json_has_the_palette(alice: Shell, shop: dict[str, int]) -> 
         ("search_by_color red --tolerance -3", "tolerance must be a number of degrees"),
         ("search_by_color red --tolerance wide", "tolerance must be a number"),
         ("search_by_color red --min-share 2", "min-share must be a fraction"),
+        ("search_by_color red --min-share 140%", "min-share must be a fraction"),
+        ("search_by_color red --min-share lots%", "min-share must be a number"),
     ],
 )
 def test_bad_input_says_what_is_accepted(alice: Shell, command: str, says: str) -> None:

@@ -206,7 +206,8 @@ def check_tolerance(tolerance: float) -> float:
     """Validate a --tolerance value; anything over 180 already covers the whole circle."""
     if not isinstance(tolerance, int | float) or not math.isfinite(tolerance) or tolerance < 0:
         raise ColourSpecError(
-            f"tolerance must be a number of degrees from 0 to 180, not {tolerance!r}"
+            f"tolerance must be a number of degrees from 0 to 180 (180 or more takes any hue), "
+            f"not {tolerance!r}"
         )
     return float(min(tolerance, 180.0))
 
