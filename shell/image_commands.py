@@ -42,7 +42,7 @@ from shell.app import IMAGES, CommandFailed, VitrineShell, parser
 from shell.connection import ConnectionLost
 from shell.pictures import picture_renderable
 from shell.swatches import palette_text
-from shell.text import printable
+from shell.text import plural, printable
 from shell.upload import (
     DEFAULT_WINDOW,
     FileResult,
@@ -171,6 +171,7 @@ class _Report:
                 value["id"] = result.image_id
             if result.reason:
                 value["reason"] = result.reason
+                value["code"] = result.code
             return msgspec.json.encode(value).decode()
         shown = printable(result.file.shown)
         if result.outcome is Outcome.NEW:
@@ -261,6 +262,9 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         walked = walk_paths(args.paths)
         for given, reason in walked.problems:
             shell.perror(f"skipped {printable(given)}: {reason}")
+            if args.json:  # scripts see every path they gave on stdout, as one line each
+                skipped = {"path": given, "outcome": "skipped", "reason": reason}
+                shell.stdout.write(msgspec.json.encode(skipped).decode() + "\n")
         if not walked.files:
             raise CommandFailed("No files to upload.")
         shell.session.ensure_connected()
@@ -299,9 +303,11 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             shell.perror(line, style=None)
         else:
             shell.poutput(line)
-        rejected = summary.count(Outcome.REJECTED) + len(walked.problems)
-        if rejected:
-            shell.fail(f"{rejected} of the paths given could not be uploaded; see above.")
+        rejected, skipped = summary.count(Outcome.REJECTED), len(walked.problems)
+        if rejected or skipped:
+            parts = [plural(rejected, "file") + " rejected"] if rejected else []
+            parts += [plural(skipped, "path") + " skipped"] if skipped else []
+            shell.fail(f"Not everything was uploaded: {' and '.join(parts)}; see above.")
 
     update_parser = parser(
         "Change an image you own (admins: any image). Only the flags given are changed."

@@ -148,6 +148,13 @@ class FileResult:
     image_id: int | None = None
     #: Why it was rejected, worded for a person ("UNSUPPORTED_IMAGE: ...").
     reason: str = ""
+    #: The same as a stable word for scripts: the image check's reason ("truncated",
+    #: "too_many_pixels"), else the server's error code, "unreadable" or "connection_lost".
+    code: str = ""
+
+
+def lost_file(file: Candidate, reason: str, size: int = 0) -> FileResult:
+    return FileResult(file, Outcome.REJECTED, size, reason=reason, code="connection_lost")
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,9 +286,10 @@ class Uploader:
                 precheck(head, size, max_bytes=self.max_image_bytes)
                 data = head + handle.read()
         except ImageRejected as exc:
-            return FileResult(file, Outcome.REJECTED, reason=f"{exc.message}")
+            return FileResult(file, Outcome.REJECTED, reason=exc.message, code=exc.reason)
         except OSError as exc:
-            return FileResult(file, Outcome.REJECTED, reason=f"cannot read it: {exc.strerror}")
+            reason = f"cannot read it: {exc.strerror}"
+            return FileResult(file, Outcome.REJECTED, reason=reason, code="unreadable")
         return _Read(file, data)
 
     def run(self, files: list[Candidate], fields: UploadFields) -> UploadSummary:
@@ -319,7 +327,7 @@ class Uploader:
                     continue
                 assert isinstance(item, _Read)
                 if lost is not None:
-                    record(FileResult(item.file, Outcome.REJECTED, reason=lost))
+                    record(lost_file(item.file, lost))
                     continue
                 size = len(item.data)
                 while in_flight >= self.window or (
@@ -330,7 +338,7 @@ class Uploader:
                     future = self.submit(build_request(item.file, item.data, fields))
                 except ConnectionLost as exc:
                     lost = f"not sent: the connection was lost ({exc}); run the command again"
-                    record(FileResult(item.file, Outcome.REJECTED, reason=lost))
+                    record(lost_file(item.file, lost))
                     continue
                 in_flight += 1
                 bytes_in_flight += size
@@ -361,10 +369,11 @@ class Uploader:
             reason = f"{exc.code.value}: {exc.message}"
             if exc.details:
                 reason += " (" + "; ".join(exc.details) + ")"
-            return FileResult(file, Outcome.REJECTED, size, reason=reason)
+            code = exc.details[0] if exc.details else exc.code.value
+            return FileResult(file, Outcome.REJECTED, size, reason=reason, code=code)
         except ConnectionLost as exc:
             reason = f"no answer: the connection was lost ({exc}); run the command again"
-            return FileResult(file, Outcome.REJECTED, size, reason=reason)
+            return lost_file(file, reason, size)
         if not isinstance(response, Uploaded):
             reason = f"unexpected answer {type(response).__name__}"
             return FileResult(file, Outcome.REJECTED, size, reason=reason)

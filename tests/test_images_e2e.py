@@ -109,6 +109,31 @@ def _upload_one(shell: Shell, path: Path, *flags: str) -> int:
 # --- upload and browse ---------------------------------------------------------------------------
 
 
+def test_add_image_json_gives_scripts_a_line_and_a_stable_code_for_every_path(
+    alice: Shell, tmp_path: Path
+) -> None:
+    """Rejections used to carry their code inside the sentence, and a missing path only
+    reached stderr: a script could not tell what happened to each path it gave."""
+    good = _jpeg(tmp_path / "good.jpg", 960)
+    whole = _jpeg(tmp_path / "whole.jpg", 961, (200, 200)).read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) // 2])  # the server finds this out
+    (tmp_path / "notes.jpg").write_text("not a photo at all")  # the shell finds this out
+    missing = tmp_path / "no-such.jpg"
+    paths = " ".join(str(p) for p in (good, tmp_path / "cut.jpg", tmp_path / "notes.jpg", missing))
+    done = alice(f"add_image {paths} --json")
+    assert done.code != 0, done
+    lines = {Path(str(line["path"])).name: line for line in done.json_lines()}
+    assert lines["good.jpg"]["outcome"] == "new"
+    assert (lines["cut.jpg"]["outcome"], lines["cut.jpg"]["code"]) == ("rejected", "truncated")
+    assert lines["notes.jpg"]["outcome"] == "rejected" and lines["notes.jpg"]["code"]
+    assert lines["no-such.jpg"] == {
+        "path": str(missing),
+        "outcome": "skipped",
+        "reason": "no such file or directory",
+    }
+    assert "Not everything was uploaded: 2 files rejected and 1 path skipped" in done.err
+
+
 def test_upload_a_folder_then_browse_it_in_batches(alice: Shell, tmp_path: Path) -> None:
     folder = _folder(tmp_path / "shop", 25, offset=1000)
     (folder / "notes.jpg").write_text("not a photo at all")
@@ -117,7 +142,7 @@ def test_upload_a_folder_then_browse_it_in_batches(alice: Shell, tmp_path: Path)
     assert done.code != 0, done  # notes.jpg was rejected...
     assert re.search(r"26 files: 25 new, 0 already present, 1 rejected", done.out), done
     assert "notes.jpg" in done.out and "not an image" in done.out
-    assert "1 of the paths given could not be uploaded" in done.err
+    assert "Not everything was uploaded: 1 file rejected; see above." in done.err
 
     listed = alice("browse_by_tags shirt-e2e --json", "more --json", "more --json", "more")
     assert listed.code == 0, listed
