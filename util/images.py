@@ -295,7 +295,7 @@ def _bomb(size: tuple[int, int] | None, max_pixels: int) -> ImageRejected:
     return ImageRejected(
         TOO_MANY_PIXELS,
         f"The image{declared} exceeds the {max_pixels:,}-pixel limit (a decompression bomb "
-        "or an oversized scan); resize it before uploading.",
+        "or an oversized scan); resize it and try again.",
     )
 
 
