@@ -342,8 +342,8 @@ async def more(ctx: RequestContext, request: More) -> Frames:
     if cursor is None:
         raise VitrineError(
             ErrorCode.NOT_FOUND,
-            "That listing has ended or expired (only the most recent listings are kept); "
-            "run the listing again.",
+            "That listing is no longer open: it ended, it was one of the oldest (only the "
+            "most recent are kept), or the server restarted since. Run the listing again.",
         )
     store.move_to_end(request.cursor)
     next_frames = _keyset_frames if isinstance(cursor, KeysetCursor) else _snapshot_frames

@@ -144,14 +144,16 @@ def test_new_uploads_do_not_shift_an_open_listing(seller: ServerConnection) -> N
 
 
 def test_more_on_unknown_finished_or_dropped_cursors(seller: ServerConnection) -> None:
-    assert error_of(seller, More(id=0, cursor="no-such-cursor")).code == ErrorCode.NOT_FOUND
+    gone = error_of(seller, More(id=0, cursor="no-such-cursor"))
+    assert gone.code == ErrorCode.NOT_FOUND
+    assert "server restarted" in gone.message and "Run the listing again" in gone.message
     tag = unique("cur")
     upload_many(seller, fresh(22), tags=[tag])
     first = list(seller.stream(Browse(id=0, tags=[tag])))[-1].cursor
     assert first is not None
     list(seller.stream(More(id=0, cursor=first)))  # the last two: the cursor ends
     error = error_of(seller, More(id=0, cursor=first))
-    assert error.code == ErrorCode.NOT_FOUND and "run the listing again" in error.message
+    assert error.code == ErrorCode.NOT_FOUND and "Run the listing again" in error.message
     # Only the newest 16 cursors are kept per connection.
     oldest = list(seller.stream(Browse(id=0, tags=[tag])))[-1].cursor
     for _ in range(16):
