@@ -118,6 +118,13 @@ class ServerProcess:
             time.sleep(0.05)
         return log
 
+    def settled_log(self, config_dir: Path) -> str:
+        """The log once the lines about every request answered so far are in it, without a
+        fixed sleep: a login under a fresh name is logged after them, by the same thread."""
+        name = f"settle{time.monotonic_ns()}"
+        self.user_connection(config_dir, name).close()
+        return self.wait_for_log(f"user={name} ")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.process is not None
         if self.process.poll() is None:

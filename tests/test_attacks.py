@@ -9,7 +9,6 @@ import io
 import re
 import sqlite3
 import struct
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,10 +103,8 @@ def schema(server: ServerProcess) -> list[tuple]:
         db.close()
 
 
-def assert_no_server_error(server: ServerProcess) -> None:
-    # The server logs from a background thread: give the last lines a moment to land.
-    time.sleep(0.3)
-    log = server.log()
+def assert_no_server_error(server: ServerProcess, config_dir: Path) -> None:
+    log = server.settled_log(config_dir)
     assert "outcome=INTERNAL" not in log and "Traceback" not in log, log[-3000:]
 
 
@@ -353,7 +350,7 @@ def test_sql_in_passwords_is_just_a_password(server: ServerProcess, home: Path) 
 
 
 def test_sql_in_titles_descriptions_tags_and_names_is_stored_verbatim(
-    server: ServerProcess, alice: ServerConnection, bob: ServerConnection
+    server: ServerProcess, home: Path, alice: ServerConnection, bob: ServerConnection
 ) -> None:
     before = schema(server)
     for payload in SQL:
@@ -394,7 +391,7 @@ def test_sql_in_titles_descriptions_tags_and_names_is_stored_verbatim(
         ).image
         assert (changed.title, changed.description) == (f"{payload}!", payload)
     assert schema(server) == before
-    assert_no_server_error(server)
+    assert_no_server_error(server, home)
 
 
 def test_nul_in_titles_and_descriptions_is_refused_clearly(alice: ServerConnection) -> None:
@@ -461,7 +458,7 @@ def test_sql_in_cart_commands_is_refused_by_the_shell(
         assert done.returncode != 0
         assert "Traceback" not in done.stdout + done.stderr
         assert "RATE_LIMITED" not in done.stderr and "Error: argument" in done.stderr, done
-    assert_no_server_error(server)
+    assert_no_server_error(server, tmp_path)
 
 
 # --- a stolen disk or backup ---------------------------------------------------------------------
