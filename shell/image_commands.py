@@ -143,6 +143,10 @@ def _add_catalogue_flags(command: argparse.ArgumentParser) -> None:
 # --- add_image's output --------------------------------------------------------------------------
 
 
+#: How many left-alone file names the summary spells out.
+IGNORED_SHOWN = 5
+
+
 class _Report:
     """Per-file lines and the progress bar of one add_image run.
 
@@ -265,6 +269,10 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             if args.json:  # scripts see every path they gave on stdout, as one line each
                 skipped = {"path": given, "outcome": "skipped", "reason": reason}
                 shell.stdout.write(msgspec.json.encode(skipped).decode() + "\n")
+        if args.json:
+            for path in walked.ignored:
+                ignored = {"path": path, "outcome": "ignored", "reason": "not an image file name"}
+                shell.stdout.write(msgspec.json.encode(ignored).decode() + "\n")
         if not walked.files:
             raise CommandFailed("No files to upload.")
         shell.session.ensure_connected()
@@ -299,6 +307,14 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         line = summary.line()
         if not report.list_new and not args.json and summary.count(Outcome.NEW):
             line += " Add --verbose to list every file."
+        if walked.ignored:
+            shown = walked.ignored[:IGNORED_SHOWN]
+            names = ", ".join(printable(os.path.basename(path)) for path in shown)
+            more = ", …" if len(walked.ignored) > len(shown) else ""
+            line += (
+                f" Left alone {plural(len(walked.ignored), 'file')} in the folders whose names "
+                f"are not images ({names}{more}); name one to try it."
+            )
         if args.json:
             shell.perror(line, style=None)
         else:

@@ -18,6 +18,7 @@ say re-running the command finishes the job (the server reports stored files as 
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
 import queue
@@ -30,13 +31,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from PIL import Image
+
 from protocol.base import Request, Response
 from protocol.catalog import Uploaded, UploadImage
 from protocol.errors import VitrineError
 from shell.connection import ConnectionLost
 from shell.text import plural
 from util.filenames import display_name
-from util.images import DEFAULT_MAX_BYTES, ImageRejected, precheck
+from util.images import ACCEPTED_FORMATS, DEFAULT_MAX_BYTES, ImageRejected, precheck
 
 #: Requests in flight by default; the server's `max_in_flight` caps it.
 DEFAULT_WINDOW = 32
@@ -67,6 +70,32 @@ class WalkResult:
     files: list[Candidate] = field(default_factory=list)
     #: (PATH as given, why nothing was taken from it).
     problems: list[tuple[str, str]] = field(default_factory=list)
+    #: Files inside walked directories whose names say they are not images (looks_like_an_image).
+    ignored: list[str] = field(default_factory=list)
+
+
+@functools.cache
+def image_suffixes() -> frozenset[str]:
+    """Names a directory walk takes: the suffixes of the formats the server accepts, and of
+    other image formats people keep beside their photos, so those are tried and refused with
+    the reason rather than passed over in silence. (Cached: it loads every Pillow plugin.)"""
+    registered = Image.registered_extensions()
+    accepted = {ext for ext, fmt in registered.items() if fmt in ACCEPTED_FORMATS}
+    others = {".tif", ".tiff", ".heic", ".heif", ".avif", ".svg", ".psd", ".jp2", ".ico", ".dng"}
+    return frozenset(accepted | others)
+
+
+def looks_like_an_image(name: str) -> bool:
+    """Whether a directory walk takes this file: an image suffix, or none at all (a camera or
+    a download may leave a photo without one). A readme or a PDF beside the photos is left
+    alone instead of making the run fail."""
+    suffix = os.path.splitext(name)[1].lower()
+    return not suffix or suffix in image_suffixes()
+
+
+def _shown(path: str) -> str:
+    """Undecodable bytes in a name (kept as lone surrogates) cannot be printed or encoded."""
+    return os.fsencode(path).decode("utf-8", errors="replace")
 
 
 def _regular(path: str) -> os.stat_result | None:
@@ -101,9 +130,7 @@ def walk_paths(paths: Iterable[str]) -> WalkResult:
         key = (info.st_dev, info.st_ino)
         if key not in seen:
             seen.add(key)
-            # Undecodable bytes in a name (kept as lone surrogates) cannot be printed or encoded.
-            shown = os.fsencode(path).decode("utf-8", errors="replace")
-            result.files.append(Candidate(Path(path), shown, info.st_size))
+            result.files.append(Candidate(Path(path), _shown(path), info.st_size))
         return True
 
     for given in paths:
@@ -120,11 +147,15 @@ def walk_paths(paths: Iterable[str]) -> WalkResult:
             continue
         for target in targets:
             if os.path.isdir(target):
-                before = len(result.files)
+                before, ignored_before = len(result.files), len(result.ignored)
                 for path in _walk_directory(target):
-                    take(path)
+                    if looks_like_an_image(os.path.basename(path)):
+                        take(path)
+                    elif _regular(path) is not None:
+                        result.ignored.append(_shown(path))
                 if len(result.files) == before and target == expanded:
-                    result.problems.append((given, "the directory holds no files"))
+                    none = "image files" if len(result.ignored) > ignored_before else "files"
+                    result.problems.append((given, f"the directory holds no {none}"))
             elif not take(target) and target == expanded:
                 reason = "not a regular file" if os.path.exists(target) else "a broken link"
                 result.problems.append((given, reason))

@@ -138,9 +138,11 @@ def test_upload_a_folder_then_browse_it_in_batches(alice: Shell, tmp_path: Path)
     folder = _folder(tmp_path / "shop", 25, offset=1000)
     (folder / "notes.jpg").write_text("not a photo at all")
     (folder / ".DS_Store").write_bytes(b"\0" * 10)
+    (folder / "readme.txt").write_text("sizes run small")  # not an image by name: left alone
     done = alice(f"add_image {folder} --tags shirt-e2e,Blue --price 12.50 --quantity 3")
     assert done.code != 0, done  # notes.jpg was rejected...
     assert re.search(r"26 files: 25 new, 0 already present, 1 rejected", done.out), done
+    assert "Left alone 1 file in the folders whose names are not images (readme.txt)" in done.out
     assert "notes.jpg" in done.out and "not an image" in done.out
     assert "Not everything was uploaded: 1 file rejected; see above." in done.err
 

@@ -290,3 +290,34 @@ def test_reader_thread_stops_when_the_sender_fails(tmp_path: Path) -> None:
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert threading.active_count() <= before
+
+
+def test_a_directory_walk_leaves_files_not_named_as_images_alone(tmp_path: Path) -> None:
+    """A readme beside the photos used to be sent, refused, and fail the whole run."""
+    root = tmp_path / "folder"
+    root.mkdir()
+    for name in ("photo.JPG", "NOSUFFIX", "scan.TIF", "notes.jpg"):
+        (root / name).write_bytes(_jpeg())
+    (root / "readme.txt").write_text("prices are per item")
+    (root / "catalogue.PDF").write_bytes(b"%PDF-1.4")
+    walked = walk_paths([str(root)])
+    # an unsupported image format is still tried, so its refusal says why
+    assert _names([f.path for f in walked.files]) == [
+        "NOSUFFIX",
+        "notes.jpg",
+        "photo.JPG",
+        "scan.TIF",
+    ]
+    assert _names([Path(p) for p in walked.ignored]) == ["catalogue.PDF", "readme.txt"]
+    assert walked.problems == []
+    # named outright, any file is tried
+    assert _names([f.path for f in walk_paths([str(root / "readme.txt")]).files]) == ["readme.txt"]
+
+
+def test_a_directory_of_only_other_files_says_it_holds_no_image_files(tmp_path: Path) -> None:
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "readme.txt").write_text("nothing to see")
+    walked = walk_paths([str(root)])
+    assert walked.files == []
+    assert walked.problems == [(str(root), "the directory holds no image files")]
