@@ -569,13 +569,15 @@ def extract_palette(
         share = count / total
         if share < MIN_CLUSTER_SHARE:
             continue
-        r, g, b = float(sr / lit), float(sg / lit), float(sb / lit)
-        h, lightness, s = colorsys.rgb_to_hls(r, g, b)
+        # Hue, lightness and saturation of the 8-bit colour that is stored and shown, so that
+        # searching for the hex a listing shows finds it even at --tolerance 0.
+        r8, g8, b8 = (round(float(v / lit) * 255) for v in (sr, sg, sb))
+        h, lightness, s = colorsys.rgb_to_hls(r8 / 255, g8 / 255, b8 / 255)
         out.append(
             PaletteColour(
-                r=round(r * 255),
-                g=round(g * 255),
-                b=round(b * 255),
+                r=r8,
+                g=g8,
+                b=b8,
                 hue=round(h * 360.0, 2) % 360.0,
                 saturation=round(float(s), 4),
                 lightness=round(float(lightness), 4),

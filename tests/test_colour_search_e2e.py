@@ -180,6 +180,9 @@ def test_show_image_json_has_the_palette(alice: Shell, shop: dict[str, int]) -> 
     assert abs(colour["hue"] - 120) <= 3 and colour["share"] == pytest.approx(0.5, abs=0.05)
     code, out, err = alice(f"show_image {shop['green']} --no-images")
     assert code == 0 and f"{colour['hex']} {round(colour['share'] * 100)}%" in out
+    # the hex shown finds its image even with no tolerance at all
+    exact = found(alice, f"search_by_color '{colour['hex']}' --tolerance 0")
+    assert shop["green"] in [r["id"] for r in exact]
 
 
 @pytest.mark.parametrize(
