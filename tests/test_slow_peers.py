@@ -168,29 +168,26 @@ def peak_rss(server: ServerProcess, seconds: float) -> int:
     return peak
 
 
+def _catalogue(factory: pytest.TempPathFactory, name: str, flags: list[str]) -> Iterator[Catalogue]:
+    server = ServerProcess(factory.mktemp(name), extra_args=flags).start()
+    try:
+        yield Catalogue(server, factory.mktemp(f"{name}-clients"))
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def patient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalogue]:
     """A server that waits long for readers: stalls last until the test ends them."""
-    server = ServerProcess(
-        tmp_path_factory.mktemp("patient"), extra_args=["--write-timeout", "600"]
-    ).start()
-    try:
-        yield Catalogue(server, tmp_path_factory.mktemp("patient-clients"))
-    finally:
-        server.stop()
+    yield from _catalogue(tmp_path_factory, "patient", ["--write-timeout", "600"])
 
 
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalogue]:
     """A server with short write and idle timeouts, to watch it drop stalled peers."""
-    server = ServerProcess(
-        tmp_path_factory.mktemp("strict"),
-        extra_args=["--write-timeout", "2", "--idle-timeout", "5"],
-    ).start()
-    try:
-        yield Catalogue(server, tmp_path_factory.mktemp("strict-clients"))
-    finally:
-        server.stop()
+    yield from _catalogue(
+        tmp_path_factory, "strict", ["--write-timeout", "2", "--idle-timeout", "5"]
+    )
 
 
 # --- peers that stop reading ---------------------------------------------------------------------
@@ -256,14 +253,11 @@ def test_a_stalled_reader_that_pipelines_many_requests_is_capped_by_in_flight(
 def writes_timed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalogue]:
     """A short write timeout and an idle timeout far beyond the test, so that only the write
     timeout can be what drops a peer."""
-    server = ServerProcess(
-        tmp_path_factory.mktemp("writes-timed"),
-        extra_args=["--write-timeout", "2", "--idle-timeout", str(10 * HANG_S)],
-    ).start()
-    try:
-        yield Catalogue(server, tmp_path_factory.mktemp("writes-timed-clients"))
-    finally:
-        server.stop()
+    yield from _catalogue(
+        tmp_path_factory,
+        "writes-timed",
+        ["--write-timeout", "2", "--idle-timeout", str(10 * HANG_S)],
+    )
 
 
 def test_a_peer_that_stops_reading_is_dropped_after_the_write_timeout(
