@@ -31,6 +31,7 @@ from models.colour_kernels import (
 )
 from util.colour_spec import (
     DEFAULT_MIN_SHARE,
+    HUE_DECIMALS,
     ColourQuery,
     check_min_share,
     check_tolerance,
@@ -578,7 +579,7 @@ def extract_palette(
                 r=r8,
                 g=g8,
                 b=b8,
-                hue=round(h * 360.0, 2) % 360.0,
+                hue=round(h * 360.0, HUE_DECIMALS) % 360.0,
                 saturation=round(float(s), 4),
                 lightness=round(float(lightness), 4),
                 share=round(float(share), 4),

@@ -183,6 +183,11 @@ def test_show_image_json_has_the_palette(alice: Shell, shop: dict[str, int]) -> 
     # the hex shown finds its image even with no tolerance at all
     exact = found(alice, f"search_by_color '{colour['hex']}' --tolerance 0")
     assert shop["green"] in [r["id"] for r in exact]
+    code, out, err = alice(f"show_image {shop['red350']} --json --no-images")
+    (red,) = json_lines(out)[0]["palette"]
+    assert red["hue"] != round(red["hue"])  # 350.11: a hue that 8 bits do not make exact
+    exact = found(alice, f"search_by_color '{red['hex']}' --tolerance 0")
+    assert shop["red350"] in [r["id"] for r in exact]
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,8 @@ __all__ = [
     "parse_colour",
 ]
 
+# Stored hues are rounded to this many decimals of a degree (models.colours).
+HUE_DECIMALS = 2
 # A degree or hex query without --tolerance matches hues within this many degrees.
 DEFAULT_TOLERANCE = 15.0
 #: A colour must cover at least this share of the picture to match, unless --min-share says
@@ -255,8 +257,13 @@ def _hex_query(text: str, digits: str) -> ColourQuery:
         s_lo=max(0.0, s - HEX_SATURATION_WINDOW),
         s_hi=min(1.0, s + HEX_SATURATION_WINDOW),
     )
+    # rounded as stored hues are (models.colours), so the hex a listing shows finds its image
+    # even at --tolerance 0
     return ColourQuery(
-        hue=(h * 360.0) % 360.0, tolerance=DEFAULT_TOLERANCE, boxes=(box,), text=text.lower()
+        hue=round(h * 360.0, HUE_DECIMALS) % 360.0,
+        tolerance=DEFAULT_TOLERANCE,
+        boxes=(box,),
+        text=text.lower(),
     )
 
 
