@@ -26,6 +26,9 @@ SERVER_VERSION = "0.1.0"
 # Small enough that a stalled peer holds little beyond the socket's own buffer; large enough
 # that a 25 MB original is a hundred writes, not thousands.
 WRITE_CHUNK_BYTES = 256 * 1024
+# The slowest average a reply may be read at (beyond one write timeout): a 25 MB original gets
+# about 400 s. Slower, a peer could hold its in-flight replies for hours, a chunk at a time.
+MIN_READ_BYTES_PER_S = 64 * 1024
 
 
 class _Closing(Exception):
@@ -51,25 +54,29 @@ class Connection:
     # --- writing ---------------------------------------------------------------------------------
 
     async def send(self, message: Response | Frames) -> None:
-        """Write one reply in chunks, waiting for each to drain: a peer that takes no chunk
-        within the write timeout is dropped, so the memory it holds stays bounded by one reply
-        plus the transport's buffer.
+        """Write one reply in chunks. A peer is dropped when it takes no chunk within the write
+        timeout, or reads the whole reply slower than MIN_READ_BYTES_PER_S on average (after a
+        write timeout's grace): the memory it holds stays bounded by one reply plus the
+        transport's buffer, and for a bounded time.
 
         Chunks, because asyncio's TLS transport hands a whole write to the socket transport
         underneath, whose buffer its own flow control does not count: one 12 MB write drained
         at once into memory, and a peer that then stopped reading was never timed out."""
         data = message.data if isinstance(message, Frames) else framing.frame(codec.encode(message))
         view = memoryview(data)
+        stall = self.config.write_timeout_s
+        budget = stall + len(view) / MIN_READ_BYTES_PER_S
         async with self._write_lock:
-            for start in range(0, len(view), WRITE_CHUNK_BYTES):
-                self.writer.write(view[start : start + WRITE_CHUNK_BYTES])
-                try:
-                    # asyncio.timeout, not wait_for: no extra task per chunk on the shared loop.
-                    async with asyncio.timeout(self.config.write_timeout_s):
-                        await self.writer.drain()
-                except TimeoutError:
-                    self.writer.transport.abort()
-                    raise ConnectionError("peer stopped reading") from None
+            try:
+                # asyncio.timeout, not wait_for: no extra task per chunk on the shared loop.
+                async with asyncio.timeout(budget):
+                    for start in range(0, len(view), WRITE_CHUNK_BYTES):
+                        self.writer.write(view[start : start + WRITE_CHUNK_BYTES])
+                        async with asyncio.timeout(stall):
+                            await self.writer.drain()
+            except TimeoutError:
+                self.writer.transport.abort()
+                raise ConnectionError("peer stopped reading") from None
 
     async def _send_error(
         self, request_id: int, code: ErrorCode, message: str, details: list[str] | None = None
