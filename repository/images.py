@@ -280,7 +280,8 @@ def dedup_lookup(
     rows = conn.execute(
         "SELECT id, owner_id, thumb_blob, format, width, height, deleted_at, "
         "EXISTS (SELECT 1 FROM image_colours c WHERE c.image_id = images.id) AS has_colours "
-        "FROM images WHERE blob = ? ORDER BY deleted_at IS NOT NULL, id LIMIT 50",
+        "FROM images WHERE blob = ? "
+        "ORDER BY deleted_at IS NOT NULL, has_colours DESC, id LIMIT 50",
         (blob,),
     ).fetchall()
     mine = next(

@@ -547,7 +547,7 @@ def _unavailable(engine: SimilarityEngine | None) -> VitrineError:
         )
     # The reason (a path, an exception, a URL) is in the server's log, for whoever runs it;
     # any logged-in user can ask, so the answer names no server internals.
-    if engine is not None and engine.model_name is not None:
+    if engine is not None and engine.batcher is not None:
         return VitrineError(
             ErrorCode.UNAVAILABLE,
             "Search by image is unavailable on this server: its vector index could not be "

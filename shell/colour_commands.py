@@ -42,8 +42,8 @@ def _number(text: str, what: str) -> float:
 
 
 def _degrees(text: str) -> float:
-    """A --tolerance: `20` or `20°`, as hues are written in listings."""
-    return _number(text.strip().removesuffix("°"), "tolerance")
+    """A --tolerance: `20`, `20°` or `20deg`, as COLOR's hues may be written."""
+    return _number(text.strip().removesuffix("°").removesuffix("deg"), "tolerance")
 
 
 def _fraction(text: str) -> float:

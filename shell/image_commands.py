@@ -49,6 +49,7 @@ from shell.upload import (
     Outcome,
     Uploader,
     UploadFields,
+    shown_path,
     walk_paths,
 )
 from util.filenames import save_name
@@ -267,7 +268,7 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         for given, reason in walked.problems:
             shell.perror(f"skipped {printable(given)}: {reason}")
             if args.json:  # scripts see every path they gave on stdout, as one line each
-                skipped = {"path": given, "outcome": "skipped", "reason": reason}
+                skipped = {"path": shown_path(given), "outcome": "skipped", "reason": reason}
                 shell.stdout.write(msgspec.json.encode(skipped).decode() + "\n")
         if args.json:
             for path in walked.ignored:

@@ -93,7 +93,7 @@ def looks_like_an_image(name: str) -> bool:
     return not suffix or suffix in image_suffixes()
 
 
-def _shown(path: str) -> str:
+def shown_path(path: str) -> str:
     """Undecodable bytes in a name (kept as lone surrogates) cannot be printed or encoded."""
     return os.fsencode(path).decode("utf-8", errors="replace")
 
@@ -119,19 +119,28 @@ def _walk_directory(top: str) -> Iterator[str]:
 
 
 def walk_paths(paths: Iterable[str]) -> WalkResult:
-    """Expand PATHs (files, directories, globs) into the files to upload, in order, once each."""
+    """Expand PATHs (files, directories, globs) into the files to upload, in order, once each.
+
+    A file named outright is always taken; one found by walking a directory or expanding a
+    glob only when its name looks like an image (looks_like_an_image), the others are listed
+    as ignored, each once too."""
     result = WalkResult()
     seen: set[tuple[int, int]] = set()
 
-    def take(path: str) -> bool:
+    def found(path: str, named: bool) -> str | None:
+        """Take or ignore a file; None if `path` is no regular file, else what became of it."""
         info = _regular(path)
         if info is None:
-            return False
+            return None
         key = (info.st_dev, info.st_ino)
+        taken = named or looks_like_an_image(os.path.basename(path))
         if key not in seen:
             seen.add(key)
-            result.files.append(Candidate(Path(path), _shown(path), info.st_size))
-        return True
+            if taken:
+                result.files.append(Candidate(Path(path), shown_path(path), info.st_size))
+            else:
+                result.ignored.append(shown_path(path))
+        return "taken" if taken else "ignored"
 
     for given in paths:
         expanded = os.path.expanduser(given)
@@ -146,17 +155,13 @@ def walk_paths(paths: Iterable[str]) -> WalkResult:
             result.problems.append((given, "no such file or directory"))
             continue
         for target in targets:
+            named = target == expanded
             if os.path.isdir(target):
-                before, ignored_before = len(result.files), len(result.ignored)
-                for path in _walk_directory(target):
-                    if looks_like_an_image(os.path.basename(path)):
-                        take(path)
-                    elif _regular(path) is not None:
-                        result.ignored.append(_shown(path))
-                if len(result.files) == before and target == expanded:
-                    none = "image files" if len(result.ignored) > ignored_before else "files"
+                outcomes = {found(path, named=False) for path in _walk_directory(target)}
+                if named and "taken" not in outcomes:
+                    none = "image files" if "ignored" in outcomes else "files"
                     result.problems.append((given, f"the directory holds no {none}"))
-            elif not take(target) and target == expanded:
+            elif found(target, named) is None and named:
                 reason = "not a regular file" if os.path.exists(target) else "a broken link"
                 result.problems.append((given, reason))
     return result
@@ -407,6 +412,6 @@ class Uploader:
             return lost_file(file, reason, size)
         if not isinstance(response, Uploaded):
             reason = f"unexpected answer {type(response).__name__}"
-            return FileResult(file, Outcome.REJECTED, size, reason=reason)
+            return FileResult(file, Outcome.REJECTED, size, reason=reason, code="unexpected_answer")
         outcome = Outcome.NEW if response.created else Outcome.PRESENT
         return FileResult(file, outcome, size, image_id=response.image_id)

@@ -93,9 +93,11 @@ class ServerProcess:
         return self
 
     def _drain_in_background(self, stream: IO[str]) -> threading.Thread:
+        sink = self.output  # this run's log: restart() starts a new list for the next run
+
         def drain() -> None:
             for line in stream:
-                self.output.append(line)
+                sink.append(line)
 
         thread = threading.Thread(target=drain, daemon=True)
         thread.start()

@@ -321,3 +321,19 @@ def test_a_directory_of_only_other_files_says_it_holds_no_image_files(tmp_path: 
     walked = walk_paths([str(root)])
     assert walked.files == []
     assert walked.problems == [(str(root), "the directory holds no image files")]
+
+
+def test_globs_and_repeated_directories_ignore_each_other_file_once(tmp_path: Path) -> None:
+    """`shop/**` matched readme.txt itself and sent it; `shop shop/sub` listed sub's readme
+    twice and said sub held no files although its photo had been taken already."""
+    root = tmp_path / "shop"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.jpg").write_bytes(_jpeg())
+    (root / "sub" / "b.jpg").write_bytes(_jpeg())
+    (root / "readme.txt").write_text("hello")
+    (root / "sub" / "notes.txt").write_text("hello")
+    for given in ([str(root / "**")], [str(root), str(root / "sub")]):
+        walked = walk_paths(given)
+        assert sorted(_names([f.path for f in walked.files])) == ["a.jpg", "b.jpg"], given
+        assert sorted(_names([Path(p) for p in walked.ignored])) == ["notes.txt", "readme.txt"]
+        assert walked.problems == [], given
