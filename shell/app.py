@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +227,26 @@ def _private_history(path: Path) -> None:
 def parser(description: str) -> cmd2.Cmd2ArgumentParser:
     """Every command's parser: argparse gives both the help text and the tab completion."""
     return cmd2.Cmd2ArgumentParser(description=description)
+
+
+def id_argument(kind: str) -> Callable[[str], int]:
+    """An argparse type for an image or order id, written `12` or `#12` as listings show them;
+    1 to 2**53, the largest integer a JSON number keeps exact."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip().lstrip("#"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an {kind} id (a number)") from None
+        if not 1 <= value <= 2**53:
+            raise argparse.ArgumentTypeError(f"{value} is not an {kind} id")
+        return value
+
+    parse.__name__ = f"{kind}_id"  # argparse names a type by it in its own messages
+    return parse
+
+
+image_id = id_argument("image")
 
 
 def namespace_get(args: argparse.Namespace, name: str, default: Any = None) -> Any:

@@ -57,7 +57,7 @@ from protocol.catalog import (
 )
 from protocol.errors import VitrineError
 from shell import listing
-from shell.app import CART, CommandFailed, VitrineShell, parser
+from shell.app import CART, CommandFailed, VitrineShell, id_argument, image_id, parser
 from shell.cart_store import MAX_LINES, Cart, CartError, CartItem, CartStore
 from shell.connection import ConnectionLost
 from shell.pictures import picture_renderable
@@ -69,16 +69,6 @@ _DETAIL = re.compile(r"image (\d+): (.*)", re.DOTALL)
 
 
 # --- arguments -----------------------------------------------------------------------------------
-
-
-def image_id(text: str) -> int:
-    try:
-        value = int(text.strip().lstrip("#"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an image id (a number)") from None
-    if not 1 <= value <= 2**53:
-        raise argparse.ArgumentTypeError(f"{value} is not an image id")
-    return value
 
 
 def whole_number(text: str) -> int:
@@ -344,14 +334,7 @@ class ShownPage:
         return self.before is not None or self.answer.next_before is not None
 
 
-def order_id(text: str) -> int:
-    try:
-        value = int(text.strip().lstrip("#"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an order id (a number)") from None
-    if not 1 <= value <= 2**53:
-        raise argparse.ArgumentTypeError(f"{value} is not an order id")
-    return value
+order_id = id_argument("order")
 
 
 def page_size(text: str) -> int:

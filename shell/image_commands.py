@@ -38,7 +38,7 @@ from protocol.catalog import (
 )
 from protocol.errors import VitrineError
 from shell import listing
-from shell.app import IMAGES, CommandFailed, VitrineShell, parser
+from shell.app import IMAGES, CommandFailed, VitrineShell, image_id, parser
 from shell.connection import ConnectionLost
 from shell.pictures import picture_renderable
 from shell.swatches import palette_text
@@ -96,16 +96,6 @@ def add_tag_list_argument(parser: argparse.ArgumentParser, flag: str, help: str)
         completer=listing.complete_tag_list,
         help=help,
     )
-
-
-def image_id(text: str) -> int:
-    try:
-        value = int(text.lstrip("#"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an image id (a number)") from None
-    if not 1 <= value <= 2**53:
-        raise argparse.ArgumentTypeError(f"{value} is not an image id")
-    return value
 
 
 def bounded_text(limit: int, what: str) -> Any:

@@ -439,16 +439,22 @@ class _Column:
         return max(cell_len(line) for line in lines)
 
 
+def _tags_cell(item: ImageSummary) -> Text:
+    return Text(", ".join(printable(tag) for tag in item.tags), style="cyan")
+
+
+def _owner_cell(item: ImageSummary) -> Text:
+    owner = Text(printable(item.owner))
+    if item.visibility == "private":
+        owner.append(" private", style="yellow")
+    return owner
+
+
 def _text_columns(items: Sequence[ImageSummary], layout: Layout) -> list[_Column]:
     """Every column but the picture, shaped by `layout`, in the order they are shown."""
     titles = [Text(printable(item.title)) for item in items]
-    tags = [Text(", ".join(printable(tag) for tag in item.tags), style="cyan") for item in items]
-    owners = []
-    for item in items:
-        owner = Text(printable(item.owner))
-        if item.visibility == "private":
-            owner.append(" private", style="yellow")
-        owners.append(owner)
+    tags = [_tags_cell(item) for item in items]
+    owners = [_owner_cell(item) for item in items]
     colours_header = "colours"
     if any(item.match is not None for item in items):
         colours_header += f" {MATCH_MARK} match" if layout.hex_codes else f"\n{MATCH_MARK} match"
@@ -570,16 +576,13 @@ def _record_table(items: Sequence[ImageSummary]) -> Table:
     if any(item.match is not None for item in items):
         table.caption = f"{MATCH_MARK} the colour that matched"
     for number, item in enumerate(items, 1):
-        owner = Text(printable(item.owner))
-        if item.visibility == "private":
-            owner.append(" private", style="yellow")
         fields: list[tuple[str, Text | str]] = [
             ("id", Text(str(item.id), style="bold")),
             ("title", Text(printable(item.title))),
-            ("tags", Text(", ".join(printable(tag) for tag in item.tags), style="cyan")),
+            ("tags", _tags_cell(item)),
             ("price", format_cents(item.price_cents)),
             ("qty", str(item.quantity)),
-            ("owner", owner),
+            ("owner", _owner_cell(item)),
             ("colours", colours_cell(item, hex_codes=False)),
         ]
         if item.score is not None:

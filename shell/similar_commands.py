@@ -15,8 +15,7 @@ import cmd2
 
 from protocol.catalog import ImageSearch, ListingOptions
 from shell import listing
-from shell.app import BROWSE, CommandFailed, VitrineShell, parser
-from shell.image_commands import image_id
+from shell.app import BROWSE, CommandFailed, VitrineShell, image_id, parser
 from shell.search_filters import add_filter_arguments, describe, filters_from
 from shell.text import printable
 from util import images as imaging
