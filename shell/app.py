@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import cmd2
+import msgspec
 from cmd2.exceptions import Cmd2ArgparseError, Cmd2ShlexError
 from rich.console import Console
 
@@ -247,6 +248,14 @@ def id_argument(kind: str) -> Callable[[str], int]:
 
 
 image_id = id_argument("image")
+
+
+def write_json_lines(shell: cmd2.Cmd, values: Iterable[Any]) -> None:
+    """`--json` output: one object per line on stdout and nothing else there, flushed at once
+    so a script reading a pipe sees each batch as it is shown."""
+    for value in values:
+        shell.stdout.write(msgspec.json.encode(value).decode() + "\n")
+    shell.stdout.flush()
 
 
 def namespace_get(args: argparse.Namespace, name: str, default: Any = None) -> Any:

@@ -10,13 +10,12 @@ import argparse
 from typing import Any, NoReturn
 
 import cmd2
-import msgspec
 from rich.table import Table
 from rich.text import Text
 
 from protocol.catalog import Browse, ListingOptions, ListTags, TagList, TextSearch
 from shell import listing
-from shell.app import BROWSE, CommandFailed, VitrineShell, parser
+from shell.app import BROWSE, CommandFailed, VitrineShell, parser, write_json_lines
 from shell.text import plural, printable
 
 MAX_SEARCH_CHARS = 500  # protocol.catalog.SearchText
@@ -134,10 +133,7 @@ class BrowseCommands(cmd2.CommandSet[VitrineShell]):
         answer = shell.session.call(ListTags(id=0), TagList)
         listing.memory(shell).remember_tags(answer.tags)
         if args.json:
-            for tag in answer.tags:
-                line = msgspec.json.encode({"tag": tag.name, "count": tag.count}).decode()
-                shell.stdout.write(line + "\n")
-            shell.stdout.flush()
+            write_json_lines(shell, ({"tag": tag.name, "count": tag.count} for tag in answer.tags))
             return
         if not answer.tags:
             shell.poutput("No tags yet: add_image PATH --tags a,b creates them.")

@@ -16,6 +16,7 @@ from shell.cart_commands import CartCommands
 from shell.colour_commands import ColourCommands
 from shell.connection import ConnectionLost, ServerConnection, TrustPolicy
 from shell.image_commands import ImageCommands
+from shell.order_commands import OrderHistoryCommands
 from shell.session import ClientSession
 from shell.similar_commands import SimilarCommands
 from util import config as cfg
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             SimilarCommands(),
             ColourCommands(),
             CartCommands(),
+            OrderHistoryCommands(),
         ],
         allow_cli_args=False,
     )

@@ -38,7 +38,7 @@ from protocol.catalog import (
 )
 from protocol.errors import VitrineError
 from shell import listing
-from shell.app import IMAGES, CommandFailed, VitrineShell, image_id, parser
+from shell.app import IMAGES, CommandFailed, VitrineShell, image_id, parser, write_json_lines
 from shell.connection import ConnectionLost
 from shell.pictures import picture_renderable
 from shell.swatches import palette_text
@@ -259,11 +259,16 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             shell.perror(f"skipped {printable(given)}: {reason}")
             if args.json:  # scripts see every path they gave on stdout, as one line each
                 skipped = {"path": shown_path(given), "outcome": "skipped", "reason": reason}
-                shell.stdout.write(msgspec.json.encode(skipped).decode() + "\n")
+                write_json_lines(shell, [skipped])
         if args.json:
-            for path in walked.ignored:
-                ignored = {"path": path, "outcome": "ignored", "reason": "not an image file name"}
-                shell.stdout.write(msgspec.json.encode(ignored).decode() + "\n")
+            not_an_image = "not an image file name"
+            write_json_lines(
+                shell,
+                (
+                    {"path": path, "outcome": "ignored", "reason": not_an_image}
+                    for path in walked.ignored
+                ),
+            )
         if not walked.files:
             raise CommandFailed("No files to upload.")
         shell.session.ensure_connected()
@@ -456,8 +461,7 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
                 format=answer.format,
                 bytes=answer.byte_size,
             )
-            shell.stdout.write(msgspec.json.encode(value).decode() + "\n")
-            shell.stdout.flush()
+            write_json_lines(shell, [value])
         else:
             picture, facts = self._details(answer, mode)
             if picture is not None:

@@ -53,7 +53,7 @@ from protocol.catalog import (
     TagList,
 )
 from protocol.errors import ErrorCode, VitrineError
-from shell.app import CommandFailed
+from shell.app import CommandFailed, write_json_lines
 from shell.contact_sheet import write_contact_sheet
 from shell.pictures import GraphicsMode, detect_graphics, picture_renderable
 from shell.swatches import palette_text
@@ -296,10 +296,7 @@ def _show(
     start = latest.shown + 1
     latest.shown += len(items)
     if render.json:
-        write = shell.stdout.write
-        for item in items:
-            write(msgspec.json.encode(image_json(item)).decode() + "\n")
-        shell.stdout.flush()
+        write_json_lines(shell, map(image_json, items))
     elif items:
         mode = graphics_mode(shell) if render.images else "none"
         shell.poutput(listing_table(items, mode, terminal_columns()), soft_wrap=False)
