@@ -75,6 +75,11 @@ class VitrineShell(cmd2.Cmd):
         #: Goes up whenever the logged-in user changes (a logout too), so what was remembered
         #: for one user (the latest listing, recent ids) is not offered to the next.
         self.login_epoch = 0
+        #: Scripts stop at their first failed command, as `sh -e` does: a `checkout --yes`
+        #: after a mistyped `update_cart` must not buy the cart as it was. shell.cli sets it.
+        self.stop_on_failure = False
+        #: The command that stopped a script, for shell.cli to name.
+        self.failed_command: str | None = None
         self.sync_login_state()
 
     # --- what is offered when --------------------------------------------------------------------
@@ -127,12 +132,20 @@ class VitrineShell(cmd2.Cmd):
 
     def onecmd_plus_hooks(self, line: str, **kwargs: Any) -> bool:
         """cmd2 reports a line it cannot split into words (an unclosed quote) by itself and runs
-        nothing, so onecmd never sees it: counted here, scripts see it in the exit status."""
+        nothing, so onecmd never sees it: counted here, scripts see it in the exit status.
+        With `stop_on_failure`, a failed command ends the run (failed_command names it)."""
+        failed_before, self.exit_code = self.exit_code, 0
         try:
             self.statement_parser.parse(line)
         except Cmd2ShlexError:
             self.exit_code = 1
-        return super().onecmd_plus_hooks(line, **kwargs)
+        stop = super().onecmd_plus_hooks(line, **kwargs)
+        failed = self.exit_code != 0
+        self.exit_code = max(failed_before, self.exit_code)
+        if failed and self.stop_on_failure:
+            self.failed_command = line.strip()
+            return True
+        return stop
 
     def onecmd(self, statement: cmd2.Statement | str, *, add_to_history: bool = True) -> bool:
         try:

@@ -7,7 +7,8 @@ answers fresh facts (`GetImages`) and decides checkouts. Choices made here:
   private one, the user's own, or short of stock is refused before it reaches the cart.
 * A line keeps the unit price seen when it was added; `view_cart` and `checkout` fetch fresh
   prices and stock and warn per line (price changed, stock short, image gone). Their total is
-  of what checkout could buy now, at current prices, and names the lines it leaves out; each
+  of the lines that can be bought now, at current prices, and names the lines it leaves out
+  (checkout buys every line or none, so those must be fixed or removed first); each
   `--json` line has a `status`, "ok" only when `checkout --yes` would buy it as it stands.
 * `update_cart` re-reads the line's price and shows it, so the line then holds the price the
   buyer just saw.
@@ -182,7 +183,8 @@ def assess(cart: Cart, fresh: dict[int, ImageSummary], me: str) -> list[LineView
 
 
 def _total(views: list[LineView]) -> int:
-    """What checkout could buy now: a line that cannot be bought would only inflate the sum."""
+    """What the lines that can be bought now cost: one that cannot would only inflate the sum.
+    (Checkout itself buys every line or none.)"""
     return sum(view.line_total or 0 for view in views if not view.blocked)
 
 
@@ -313,7 +315,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
                 listing.memory(shell).remember([image])
         except CartError as exc:
             raise CommandFailed(str(exc)) from None
-        shell.poutput(
+        shell.confirm(
             f"Added {quantity} x {title} (#{number}) at {format_cents(image.price_cents)} each; "
             f"the cart holds {line.quantity} of it, {plural(len(cart), 'line')} in all."
         )
@@ -358,6 +360,10 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             return
         shell.poutput(cart_table(views, mode), soft_wrap=False)
         shell.poutput(cart_summary(views, cart.units))
+        if _left_out(views):  # the total leaves them out, but checkout does not buy around them
+            shell.poutput(
+                "Checkout buys every line or none: update or remove the lines left out first."
+            )
         if flagged:
             verb = "needs" if flagged == 1 else "need"
             shell.poutput(f"{plural(flagged, 'line')} {verb} attention; see the notes column.")
@@ -396,7 +402,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             if quantity == 0:
                 with store.edit() as cart:
                     removed = cart.remove(number)
-                shell.poutput(f"Removed {printable(removed.title)} (#{number}).")
+                shell.confirm(f"Removed {printable(removed.title)} (#{number}).")
                 return
             store.load().get(number)
             image = fetch_images(shell, [number], thumbnails=False).get(number)
@@ -419,7 +425,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         note = (
             f" (was {format_cents(old_price)} when added)" if old_price != image.price_cents else ""
         )
-        shell.poutput(
+        shell.confirm(
             f"The cart now holds {quantity} x {printable(image.title)} (#{number}) at "
             f"{format_cents(image.price_cents)} each{note}."
         )
@@ -445,7 +451,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
                         missing.append(str(number))
                         continue
                     removed = cart.remove(number)
-                    shell.poutput(f"Removed {printable(removed.title)} (#{number}).")
+                    shell.confirm(f"Removed {printable(removed.title)} (#{number}).")
         except CartError as exc:
             raise CommandFailed(str(exc)) from None
         if missing:
@@ -459,9 +465,9 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         except CartError as exc:
             raise CommandFailed(str(exc)) from None
         if count:
-            self._cmd.poutput(f"Emptied the cart ({plural(count, 'line')}).")
+            self._cmd.confirm(f"Emptied the cart ({plural(count, 'line')}).")
         else:
-            self._cmd.poutput("Your cart was already empty.")
+            self._cmd.confirm("Your cart was already empty.")
 
     # --- checkout --------------------------------------------------------------------------------
 

@@ -14,11 +14,17 @@ from shell.app import VitrineShell
 from shell.browse_commands import BrowseCommands
 from shell.cart_commands import CartCommands
 from shell.colour_commands import ColourCommands
-from shell.connection import ConnectionLost, ServerConnection, TrustPolicy
+from shell.connection import (
+    DEFAULT_ANSWER_TIMEOUT_S,
+    ConnectionLost,
+    ServerConnection,
+    TrustPolicy,
+)
 from shell.image_commands import ImageCommands
 from shell.order_commands import OrderHistoryCommands
 from shell.session import ClientSession
 from shell.similar_commands import SimilarCommands
+from shell.text import plural
 from util import config as cfg
 
 DEFAULT_PORT = 7878
@@ -46,6 +52,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=str(cfg.default_client_data_dir()),
         type=Path,
         help="where carts live",
+        # not VITRINE_DATA_DIR, the server's: one exported environment must not put the
+        # client's carts into the server's data directory
+        env="VITRINE_CLIENT_DATA_DIR",
     )
     parser.add_argument(
         "--trust-new-server",
@@ -63,6 +72,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=Path,
         help="verify the server's certificate against this CA bundle",
     )
+    cfg.add_option(
+        parser,
+        "--timeout",
+        default=str(DEFAULT_ANSWER_TIMEOUT_S),
+        type=_seconds,
+        metavar="SECONDS",
+        help="give the connection up when the server has not answered a waiting command for "
+        "this long (its commands then fail, exit status 1)",
+    )
     parser.add_argument(
         "commands",
         nargs="*",
@@ -70,6 +88,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help='shell commands to run, each one argument (quote it: "login bob")',
     )
     return parser.parse_args(argv)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"the timeout must be above 0 s, not {text}")
+    return value
 
 
 def _ask_trust(server: str, fingerprint: str) -> bool:
@@ -104,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             print(f"vitrine: cannot use --ca-file {args.ca_file}: {reason}", file=sys.stderr)
             return 2
-    connection = ServerConnection(host, port, trust, ca_file=args.ca_file)
+    connection = ServerConnection(
+        host, port, trust, ca_file=args.ca_file, answer_timeout=args.timeout
+    )
     try:
         connection.connect()
     except (ConnectionError, ConnectionLost, PinningError, VitrineError) as exc:
@@ -138,13 +168,48 @@ def main(argv: list[str] | None = None) -> int:
     shell.intro = intro if interactive and not args.commands else ""
     if not interactive and not args.commands:
         print(intro, file=sys.stderr)
+    at_terminal = sys.stdin.isatty()
     try:
-        if args.commands and shell.runcmds_plus_hooks(args.commands):
+        # Without a terminal, commands given as arguments are the whole script: reading stdin
+        # as well would take the lines of a `while read` loop around the client for commands.
+        if args.commands and (
+            run_arguments(shell, args.commands, at_terminal=at_terminal) or not at_terminal
+        ):
             return shell.exit_code
         scripted_status = shell.exit_code
+        shell.stop_on_failure = not at_terminal
         status = shell.cmdloop()
+        if shell.failed_command is not None:
+            shell.perror(
+                f"Stopped at `{shell.failed_command}`, which failed: nothing after it was run.",
+                style=None,
+            )
         # A person at a terminal has seen each failure already; a typo earlier in the session
         # should not make the whole session "fail". Scripts (arguments, piped input) keep it.
-        return scripted_status if sys.stdin.isatty() else status
+        return scripted_status if at_terminal else status
     finally:
         connection.close()
+
+
+def run_arguments(shell: VitrineShell, commands: list[str], *, at_terminal: bool) -> bool:
+    """Run the argument commands in order, stopping at the first that fails; True when the
+    client should exit now (a `quit`, or a failure with nobody at a terminal to carry on)."""
+    shell.stop_on_failure = True
+    try:
+        for done, command in enumerate(commands, start=1):
+            if not shell.onecmd_plus_hooks(command):
+                continue
+            if shell.failed_command is None:
+                return True  # quit
+            skipped = len(commands) - done
+            if skipped:
+                shell.perror(
+                    f"Stopped at `{shell.failed_command}`, which failed: "
+                    f"{plural(skipped, 'command')} after it not run.",
+                    style=None,
+                )
+            shell.failed_command = None
+            return not at_terminal
+        return False
+    finally:
+        shell.stop_on_failure = False

@@ -13,6 +13,7 @@ import itertools
 import queue
 import ssl
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ R = TypeVar("R", bound=Response)
 T = TypeVar("T")
 
 CONNECT_TIMEOUT_S = 10.0
+#: How long the server may stay silent while requests wait for it before the connection is
+#: given up (client.py --timeout). Silent, not slow: every frame that arrives restarts it.
+DEFAULT_ANSWER_TIMEOUT_S = 120.0
 _END = object()
 
 
@@ -107,6 +111,7 @@ class ServerConnection:
         *,
         ca_file: Path | None = None,
         max_frame: int = framing.DEFAULT_MAX_FRAME,
+        answer_timeout: float = DEFAULT_ANSWER_TIMEOUT_S,
     ) -> None:
         self.host = host
         self.port = port
@@ -114,6 +119,9 @@ class ServerConnection:
         self.trust = trust
         self.ca_file = ca_file
         self.max_frame = max_frame
+        self.answer_timeout = answer_timeout
+        #: When the server last answered, or a request started waiting with none before it.
+        self._last_heard = time.monotonic()
         self.limits: Limits | None = None
         self.server_version = ""
         self.fingerprint = ""
@@ -127,6 +135,7 @@ class ServerConnection:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
+        self._watchdog_task: asyncio.Task[None] | None = None
 
     # --- the I/O thread --------------------------------------------------------------------------
 
@@ -152,11 +161,33 @@ class ServerConnection:
         )
 
     async def _start_reader(self, reader: asyncio.StreamReader) -> None:
-        self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(reader))
+        loop = asyncio.get_running_loop()
+        self._reader_task = loop.create_task(self._read_loop(reader))
+        self._watchdog_task = loop.create_task(self._watchdog())
+
+    async def _watchdog(self) -> None:
+        """Give the connection up when requests have waited `answer_timeout` seconds without a
+        word from the server (stopped, hung, a dead link with no RST): every waiting call then
+        fails with ConnectionLost instead of blocking a script forever."""
+        tick = min(1.0, self.answer_timeout / 4)
+        while not self._closed.is_set():
+            await asyncio.sleep(tick)
+            with self._lock:
+                waiting = bool(self._pending)
+            silent = time.monotonic() - self._last_heard
+            if waiting and silent > self.answer_timeout:
+                self._mark_closed(f"the server did not answer for {self.answer_timeout:g} s")
+                writer = self._writer
+                if writer is not None:
+                    writer.transport.abort()
+                return
 
     async def _drop_transport(self) -> None:
         writer, self._writer = self._writer, None
         task, self._reader_task = self._reader_task, None
+        watchdog, self._watchdog_task = self._watchdog_task, None
+        if watchdog is not None:
+            watchdog.cancel()
         if writer is not None:
             writer.close()
             with contextlib.suppress(Exception):
@@ -226,6 +257,8 @@ class ServerConnection:
         with self._lock:
             if self._closed.is_set():
                 raise ConnectionLost(self.close_reason)
+            if not self._pending:  # the silence that counts starts now, not at the last answer
+                self._last_heard = time.monotonic()
             self._pending[request_id] = pending
         return msgspec.structs.replace(request, id=request_id)
 
@@ -298,6 +331,7 @@ class ServerConnection:
                 body = await framing.read_frame(reader, self.max_frame)
                 if body is None:
                     break
+                self._last_heard = time.monotonic()
                 self._deliver(codec.decode_response(body))
         except (OSError, framing.FrameError, codec.MessageError) as exc:
             reason = f"connection error: {exc}"

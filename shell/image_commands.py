@@ -50,6 +50,7 @@ from shell.upload import (
     Uploader,
     UploadFields,
     shown_path,
+    skip_code,
     walk_paths,
 )
 from util.filenames import save_name
@@ -258,7 +259,12 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         for given, reason in walked.problems:
             shell.perror(f"skipped {printable(given)}: {reason}")
             if args.json:  # scripts see every path they gave on stdout, as one line each
-                skipped = {"path": shown_path(given), "outcome": "skipped", "reason": reason}
+                skipped = {
+                    "path": shown_path(given),
+                    "outcome": "skipped",
+                    "reason": reason,
+                    "code": skip_code(reason),
+                }
                 write_json_lines(shell, [skipped])
         if args.json:
             not_an_image = "not an image file name"
@@ -303,6 +309,14 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         line = summary.line()
         if not report.list_new and not args.json and summary.count(Outcome.NEW):
             line += " Add --verbose to list every file."
+        present = summary.count(Outcome.PRESENT)
+        if present and fields != UploadFields():
+            # a re-run with new flags does not change what is stored; say so, or it reads as done
+            they = "it keeps" if present == 1 else "they keep"
+            line += (
+                f" {plural(present, 'file')} already present: {they} the title, description, "
+                "tags, price, stock and visibility stored before; update_image ID changes them."
+            )
         if walked.ignored:
             shown = walked.ignored[:IGNORED_SHOWN]
             names = ", ".join(printable(os.path.basename(path)) for path in shown)
@@ -341,6 +355,9 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
     visibility.add_argument(
         "--private", dest="private", action="store_true", help="only you see it"
     )
+    update_parser.add_argument(
+        "--json", action="store_true", help="print the updated image as one JSON line"
+    )
 
     @cmd2.with_argparser(update_parser)
     def do_update_image(self, args: argparse.Namespace) -> None:
@@ -366,7 +383,10 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             UpdateImage(id=0, image_id=args.image_id, **changes), ImageUpdated
         )
         listing.memory(shell).remember([answer.image])
-        shell.poutput(f"Updated #{answer.image.id}.")
+        shell.confirm(f"Updated #{answer.image.id}.")
+        if args.json:
+            write_json_lines(shell, [listing.image_json(answer.image)])
+            return
         shell.poutput(
             listing.listing_table([answer.image], "none", listing.terminal_columns()),
             soft_wrap=False,
@@ -405,7 +425,7 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
                 shell.perror(f"#{number}: no answer, the connection was lost ({exc}).")
                 continue
             listing.memory(shell).forget(number)
-            shell.poutput(f"Deleted #{number}.")
+            shell.confirm(f"Deleted #{number}.")
         if failed:
             shell.fail(f"{failed} of {len(ids)} not deleted.")
 

@@ -118,6 +118,18 @@ def _walk_directory(top: str) -> Iterator[str]:
                 yield os.path.join(root, name)
 
 
+def skip_code(reason: str) -> str:
+    """The stable word `add_image --json` gives scripts beside a skipped PATH's reason."""
+    if reason.startswith("the directory holds no"):
+        return "nothing_to_upload"
+    return {
+        "matches no file": "no_match",
+        "no such file or directory": "not_found",
+        "not a regular file": "not_a_file",
+        "a broken link": "broken_link",
+    }[reason]
+
+
 def walk_paths(paths: Iterable[str]) -> WalkResult:
     """Expand PATHs (files, directories, globs) into the files to upload, in order, once each.
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -210,6 +211,14 @@ def run_client(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def create_users(server: ServerProcess, home: Path, names: Iterable[str], password: str) -> None:
+    """Accounts made the way a person makes them, through client.py; the first is the admin
+    on a fresh server."""
+    for name in names:
+        done = run_client(server, f"create_user {name}", config_dir=home, password=password)
+        assert done.returncode == 0, done.stderr
 
 
 class LoggedInShell:

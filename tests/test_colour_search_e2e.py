@@ -17,7 +17,7 @@ from PIL import Image
 
 from shell.listing import MATCH_MARK
 from tests.servers import LoggedInShell as Shell
-from tests.servers import ServerProcess, json_lines, run_client
+from tests.servers import ServerProcess, create_users, json_lines, run_client
 from util.colour_spec import NAMES
 
 PASSWORD = "correct horse battery"
@@ -26,10 +26,7 @@ PASSWORD = "correct horse battery"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     process = ServerProcess(tmp_path_factory.mktemp("colour-e2e")).start()
-    home = tmp_path_factory.mktemp("accounts")
-    for name in ("alice", "bob"):
-        done = run_client(process, f"create_user {name}", config_dir=home, password=PASSWORD)
-        assert done.returncode == 0, done.stderr
+    create_users(process, tmp_path_factory.mktemp("accounts"), ("alice", "bob"), PASSWORD)
     yield process
     process.stop()
 
@@ -248,9 +245,7 @@ def test_the_same_bytes_uploaded_after_no_colours_get_their_colours(
     try:
         home = tmp_path_factory.mktemp("colours-later-home")
         picture = card(120, home / "g.png")
-        for name in ("carol", "dave"):
-            done = run_client(process, f"create_user {name}", config_dir=home, password=PASSWORD)
-            assert done.returncode == 0, done.stderr
+        create_users(process, home, ("carol", "dave"), PASSWORD)
         carol, dave = Shell(process, "carol", home), Shell(process, "dave", home)
         colourless = upload(carol, picture, "--tags e2e-colour")
         process.stop()

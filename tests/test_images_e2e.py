@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.servers import ROOT, ServerProcess, run_client
+from tests.servers import ROOT, ServerProcess, create_users, run_client
 
 PASSWORD = "correct horse battery"
 
@@ -29,10 +29,7 @@ PASSWORD = "correct horse battery"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server for this module, whose first account (the admin) is `root`."""
     process = ServerProcess(tmp_path_factory.mktemp("images-server")).start()
-    home = tmp_path_factory.mktemp("accounts")
-    for name in ("root", "alice", "bob"):
-        created = run_client(process, f"create_user {name}", config_dir=home, password=PASSWORD)
-        assert created.returncode == 0, created.stderr
+    create_users(process, tmp_path_factory.mktemp("accounts"), ("root", "alice", "bob"), PASSWORD)
     yield process
     process.stop()
 
@@ -130,6 +127,7 @@ def test_add_image_json_gives_scripts_a_line_and_a_stable_code_for_every_path(
         "path": str(missing),
         "outcome": "skipped",
         "reason": "no such file or directory",
+        "code": "not_found",
     }
     assert "Not everything was uploaded: 2 files rejected and 1 path skipped" in done.err
 
@@ -248,7 +246,7 @@ def test_update_by_owner_and_refusals(alice: Shell, bob: Shell, tmp_path: Path) 
         "--add-tags new --remove-tags old"
     )
     assert changed.code == 0, changed
-    assert f"Updated #{image}." in changed.out
+    assert f"Updated #{image}." in changed.err and "Renamed" in changed.out
     (row,) = alice(f"show_image {image} --json").json_lines()
     assert (row["price"], row["quantity"], row["title"]) == ("7.25", 9, "Renamed")
     assert set(row["tags"]) == {"upd-e2e", "new"}  # type: ignore[arg-type]
@@ -280,7 +278,7 @@ def test_delete_hides_everywhere_and_admin_may(
     theirs = _upload_one(bob, _jpeg(tmp_path / "d2.jpg", 701), "--tags del-e2e")
     done = alice(f"delete_image {mine} {theirs}")
     assert done.code != 0, done
-    assert f"Deleted #{mine}." in done.out and f"#{theirs} not deleted" in done.err
+    assert f"Deleted #{mine}." in done.err and f"#{theirs} not deleted" in done.err
     assert [r["id"] for r in bob("browse_by_tags del-e2e --json").json_lines()] == [theirs]
     gone = alice(f"show_image {mine}")
     assert gone.code != 0 and "NOT_FOUND" in gone.err

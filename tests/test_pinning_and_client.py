@@ -231,6 +231,25 @@ def test_unknown_command_fails_the_script(shared_server: ServerProcess, config_d
     assert "fly_to_the_moon is not a Vitrine command" in result.stderr
 
 
+def test_at_a_terminal_a_failed_argument_command_skips_the_rest_and_hands_over(
+    shared_server: ServerProcess, config_dir: Path
+) -> None:
+    """The arguments stop at their first failure at a terminal too, and the person then gets
+    the prompt to carry on from there; what is typed there does not change the status."""
+    child = spawn_client(
+        shared_server, config_dir, "--fingerprint", shared_server.fingerprint,
+        "fly_to_the_moon", "help",
+    )  # fmt: skip
+    child.expect("fly_to_the_moon is not a Vitrine command")
+    child.expect("Stopped at `fly_to_the_moon`, which failed: 1 command after it not run.")
+    child.expect("> ")
+    assert "create_user" not in child.before  # `help` did not run
+    child.sendline("quit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 1
+
+
 def test_only_account_commands_before_login(shared_server: ServerProcess, config_dir: Path) -> None:
     result = run_client(shared_server, "help", "quit", config_dir=config_dir)
     assert result.returncode == 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.servers import LoggedInShell as Shell
-from tests.servers import ServerProcess, json_lines, run_client
+from tests.servers import ServerProcess, create_users, json_lines, run_client
 from tests.test_similarity_server import MISSING_WEIGHTS, READY_TIMEOUT_S, photo, weights
 
 PASSWORD = "correct horse battery"
@@ -25,10 +25,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     process = ServerProcess(
         tmp_path_factory.mktemp("similar-e2e"), env={"VITRINE_WEIGHTS": weights()}
     ).start()
-    home = tmp_path_factory.mktemp("accounts")
-    for name in ("alice", "bob"):
-        done = run_client(process, f"create_user {name}", config_dir=home, password=PASSWORD)
-        assert done.returncode == 0, done.stderr
+    create_users(process, tmp_path_factory.mktemp("accounts"), ("alice", "bob"), PASSWORD)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while "vector index" not in process.log():  # the model and index load in the background
         assert time.monotonic() < deadline, process.log()

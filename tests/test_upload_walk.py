@@ -22,7 +22,7 @@ from protocol.base import Request, Response
 from protocol.catalog import Uploaded, UploadImage
 from protocol.errors import ErrorCode, VitrineError
 from shell.connection import ConnectionLost
-from shell.upload import Outcome, Uploader, UploadFields, build_request, walk_paths
+from shell.upload import Outcome, Uploader, UploadFields, build_request, skip_code, walk_paths
 
 
 def _jpeg(colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -108,6 +108,10 @@ def test_problems_are_reported_per_path_and_do_not_stop_the_rest(
     assert reasons[str(tmp_path / "empty")] == "the directory holds no files"
     assert reasons[str(tmp_path / "pipe.jpg")] == "not a regular file"
     assert reasons[str(tmp_path / "dangling.jpg")] == "a broken link"
+    codes = {given: skip_code(reason) for given, reason in walked.problems}
+    assert list(codes.values()) == [
+        "not_found", "no_match", "nothing_to_upload", "not_a_file", "broken_link"
+    ]  # fmt: skip
 
 
 def test_directory_link_loops_are_not_followed(tmp_path: Path) -> None:

@@ -43,10 +43,12 @@ def add_option(
     *,
     default: object = None,
     help: str,
+    env: str | None = None,
     **kwargs: object,
 ) -> None:
-    """Add `flag` with its environment twin as the default, and say so in the help."""
-    env = env_name(flag)
+    """Add `flag` with its environment twin as the default, and say so in the help. `env`
+    names the twin where env_name's would be another program's (the client's --data-dir)."""
+    env = env or env_name(flag)
     value = os.environ.get(env, default)
     parser.add_argument(flag, default=value, help=f"{help} (env {env})", **kwargs)  # type: ignore[arg-type]
 

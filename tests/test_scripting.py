@@ -1,0 +1,213 @@
+"""client.py driven by scripts: commands as arguments or piped in, stdout kept for data.
+
+What a bash script around the client needs, through a real server: a failed command stops the
+run before anything after it happens (a mistyped `update_cart` must not be followed by the
+`checkout --yes` meant for the corrected cart); commands given as arguments are the whole
+script, so the client never reads its caller's stdin (a `while read` loop around it keeps its
+lines); and confirmations go to stderr, so stdout holds only what `--json` promises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from shell.cli import parse_args
+from tests.servers import ROOT, ServerProcess, create_users
+from util.money import format_cents
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp("scripting-server")).start()
+    create_users(process, tmp_path_factory.mktemp("accounts"), ("admin", "alice", "bob"), PASSWORD)
+    yield process
+    process.stop()
+
+
+def client(
+    server: ServerProcess, home: Path, *commands: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """client.py as a script runs it: arguments, and stdin a pipe (empty unless given)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "client.py"),
+            "--server",
+            server.address,
+            "--config-dir",
+            str(home),
+            "--data-dir",
+            str(home / "data"),
+            "--fingerprint",
+            server.fingerprint,
+            *commands,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "VITRINE_PASSWORD": PASSWORD, "COLUMNS": "160"},
+        input=stdin or "",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in done.stdout + done.stderr, done
+    return done
+
+
+def upload(server: ServerProcess, home: Path, seed: int, *flags: str) -> int:
+    path = home / f"photo-{seed}.jpg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 30), (seed % 256, (seed * 7) % 256, 90)).save(path, "JPEG")
+    done = client(server, home, "login alice", f"add_image {path} --json " + " ".join(flags))
+    assert done.returncode == 0, done
+    (line,) = [json.loads(text) for text in done.stdout.splitlines()]
+    return int(line["id"])
+
+
+def image_exists(server: ServerProcess, home: Path, image_id: int) -> bool:
+    return client(server, home, "login alice", f"show_image {image_id} --json").returncode == 0
+
+
+def test_a_failed_argument_command_stops_the_rest(server: ServerProcess, tmp_path: Path) -> None:
+    """The reviewer's case: `update_cart 12 1x` failed, the `checkout --yes` after it still
+    ran and bought the three that were in the cart instead of the one meant."""
+    image = upload(server, tmp_path / "alice", 1, "--price 10 --quantity 5")
+    bob = tmp_path / "bob"
+    added = client(server, bob, "login bob", f"add_to_cart {image} 3")
+    assert added.returncode == 0, added
+    done = client(server, bob, "login bob", f"update_cart {image} 1x", "checkout --yes --json")
+    assert done.returncode == 1, done
+    assert done.stdout == "", done
+    assert f"Stopped at `update_cart {image} 1x`, which failed: 1 command after it not run." in (
+        done.stderr
+    )
+    orders = client(server, bob, "login bob", "orders --json")
+    assert orders.returncode == 0 and orders.stdout == "", orders
+    cart = client(server, bob, "login bob", "view_cart --json")
+    assert json.loads(cart.stdout.splitlines()[0])["quantity"] == 3, cart
+
+
+def test_a_quit_after_success_still_exits_zero(server: ServerProcess, tmp_path: Path) -> None:
+    done = client(server, tmp_path, "login bob", "whoami", "quit")
+    assert done.returncode == 0, done
+    assert done.stdout.startswith("bob on "), done
+
+
+def test_argument_commands_never_read_stdin(server: ServerProcess, tmp_path: Path) -> None:
+    """`ls | while read f; do client.py ... ; done`: the loop's lines are not commands."""
+    image = upload(server, tmp_path / "alice", 2)
+    done = client(
+        server, tmp_path / "alice", "login alice", "whoami", stdin=f"delete_image {image}\n"
+    )
+    assert done.returncode == 0, done
+    assert "Deleted" not in done.stdout + done.stderr, done
+    assert image_exists(server, tmp_path / "alice", image)
+
+
+def test_a_piped_script_stops_at_its_first_failure(server: ServerProcess, tmp_path: Path) -> None:
+    image = upload(server, tmp_path / "alice", 3)
+    script = f"login alice\nsearch_by_color nosuch\ndelete_image {image}\n"
+    done = client(server, tmp_path / "alice", stdin=script)
+    assert done.returncode == 1, done
+    assert "Stopped at `search_by_color nosuch`, which failed" in done.stderr, done
+    assert image_exists(server, tmp_path / "alice", image)
+
+
+def test_confirmations_leave_stdout_to_the_data(server: ServerProcess, tmp_path: Path) -> None:
+    """Mixed with `--json` commands in one run, "Added 1 x ..." on stdout broke `jq`."""
+    alice = tmp_path / "alice"
+    image = upload(server, alice, 4, "--price 8 --quantity 4")
+    spare = upload(server, alice, 5)
+    bob = tmp_path / "bob"
+    done = client(
+        server,
+        bob,
+        "login bob",
+        "clear_cart",
+        f"add_to_cart {image}",
+        f"update_cart {image} 2",
+        f"remove_from_cart {image}",
+        "clear_cart",
+    )
+    assert done.returncode == 0, done
+    assert done.stdout == "", done
+    for said in ("already empty", "Added 1 x", "The cart now holds 2 x", "Removed"):
+        assert said in done.stderr, (said, done)
+
+    updated = client(server, alice, "login alice", f"update_image {image} --price 5 --json")
+    assert updated.returncode == 0, updated
+    (line,) = [json.loads(text) for text in updated.stdout.splitlines()]
+    assert (line["id"], line["price"]) == (image, format_cents(500)), updated
+    assert f"Updated #{image}." in updated.stderr
+
+    deleted = client(server, alice, "login alice", f"delete_image {spare}", "tags --json")
+    assert deleted.returncode == 0, deleted
+    assert f"Deleted #{spare}." in deleted.stderr
+    assert all(json.loads(text) for text in deleted.stdout.splitlines()), deleted
+
+
+def test_the_client_data_dir_has_its_own_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """VITRINE_DATA_DIR is the server's: exported for it, it must not move the carts."""
+    monkeypatch.setenv("VITRINE_DATA_DIR", "/srv/vitrine")
+    monkeypatch.delenv("VITRINE_CLIENT_DATA_DIR", raising=False)
+    assert parse_args([]).data_dir != Path("/srv/vitrine")
+    monkeypatch.setenv("VITRINE_CLIENT_DATA_DIR", "/home/shop/carts")
+    assert parse_args([]).data_dir == Path("/home/shop/carts")
+
+
+def test_a_silent_server_fails_the_command_after_the_timeout(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """A stopped (SIGSTOP) server accepts nothing and answers nothing; a cron job's client
+    used to wait for it forever. Now the waiting command fails and the script ends."""
+    args = [sys.executable, str(ROOT / "client.py"), "--server", server.address]
+    args += ["--config-dir", str(tmp_path), "--fingerprint", server.fingerprint, "--timeout", "2"]
+    env = {**os.environ, "VITRINE_PASSWORD": PASSWORD}
+    with subprocess.Popen(
+        args, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    ) as shell:  # fmt: skip
+        assert shell.stdin is not None and shell.stderr is not None
+        shell.stdin.write("login bob\n")
+        shell.stdin.flush()
+        for line in shell.stderr:  # ends at EOF if the client quits before logging in
+            if "Logged in as bob" in line:
+                break
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            shell.stdin.write("tags --json\nwhoami\n")
+            shell.stdin.close()
+            code = shell.wait(timeout=60)
+            err = shell.stderr.read()
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+    assert code == 1, err
+    assert "the server did not answer for 2 s" in err, err
+    assert "Stopped at `tags --json`" in err, err
+
+
+def test_a_re_upload_with_new_flags_says_the_stored_values_stay(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Present files are answered with their existing id and nothing else changes: a re-run
+    with a new --price must not read as if the price had been set."""
+    alice = tmp_path / "alice"
+    upload(server, alice, 6, "--price 3")
+    again = client(
+        server, alice, "login alice", f"add_image {alice / 'photo-6.jpg'} --price 9 --json"
+    )
+    assert again.returncode == 0, again
+    assert json.loads(again.stdout)["outcome"] == "present", again
+    assert "1 file already present: it keeps the title, description, tags, price" in again.stderr
+    plain = client(server, alice, "login alice", f"add_image {alice / 'photo-6.jpg'}")
+    assert "already present:" not in plain.stdout + plain.stderr, plain
