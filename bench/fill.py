@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import sqlite_utils
 
 from tests.servers import ServerProcess
 
@@ -58,6 +59,10 @@ EMBEDDING_DIM = 1280
 PHOTO_DIR = Path(tempfile.gettempdir()) / "vitrine-bench" / "photos-v1"
 PHOTO_SEED = 20_261_122
 CHUNK = 5000
+#: Rows per INSERT statement in sqlite-utils' insert_all (its default is 100); SQLite allows
+#: 32,766 bound values a statement, and an images row binds 16.
+INSERT_BATCH = 1000
+COLOUR_COLUMNS = ("image_id", "rank", "r", "g", "b", "hue", "saturation", "lightness", "share")
 
 # Skewed on purpose: the first entries of each list are picked far more often than the last.
 CATEGORIES = [
@@ -206,14 +211,17 @@ def fill(
     sellers = [f"seller{i}" for i in range(n_sellers)]
     buyer_names = [f"buyer{i}" for i in range(buyers)]
     now = time.time()
+    # Rows go in as dicts through sqlite-utils' batched insert_all, inside one transaction of
+    # our own (sqlite-utils keeps an open transaction open); the schema is the server's own.
+    rows_db = sqlite_utils.Database(conn)
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(
-        "INSERT INTO users (name, password_hash, is_admin, created_at) VALUES (?, ?, 0, ?)",
-        [(name, phc, now) for name in sellers + buyer_names],
+    rows_db["users"].insert_all(
+        {"name": name, "password_hash": phc, "is_admin": 0, "created_at": now}
+        for name in sellers + buyer_names
     )
     user_ids = dict(conn.execute("SELECT name, id FROM users"))
     vocabulary = CATEGORIES + MATERIALS + COLOUR_WORDS + EXTRA_TAGS
-    conn.executemany("INSERT INTO tags (name) VALUES (?)", [(t,) for t in vocabulary])
+    rows_db["tags"].insert_all({"name": t} for t in vocabulary)
     tag_id = dict(conn.execute("SELECT name, id FROM tags"))
     centroids = rng.standard_normal((CENTROIDS, EMBEDDING_DIM)).astype(np.float32)
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
@@ -227,7 +235,10 @@ def fill(
         cats = _skewed(rng, CATEGORIES, n)
         mats = _skewed(rng, MATERIALS, n)
         cols = _skewed(rng, COLOUR_WORDS, n)
-        rows, tag_rows, fts_rows, colour_rows = [], [], [], []
+        rows: list[dict[str, object]] = []
+        tag_rows: list[dict[str, object]] = []
+        fts_rows: list[dict[str, object]] = []
+        colour_rows: list[dict[str, object]] = []
         for k in range(n):
             index = start + k
             image_id = index + 1  # a fresh table hands out 1, 2, 3...
@@ -259,41 +270,55 @@ def fill(
             filename = f"IMG_{image_id:06d}.jpg"
             created = t0 + index
             rows.append(
-                (image_id, user_ids[owner], blob, thumb, filename, title, description,
-                 int(rng.integers(100, 50_000)), quantity, int(private), "JPEG", 512, 512, size,
-                 created, created)
-            )  # fmt: skip
-            tag_rows.extend((image_id, tag_id[t]) for t in tags)
-            fts_rows.append((image_id, title, description, " ".join(tags), filename))
-            colour_rows.extend(
-                (image_id, rank, *colour) for rank, colour in enumerate(_palette(rng))
+                {
+                    "id": image_id,
+                    "owner_id": user_ids[owner],
+                    "blob": blob,
+                    "thumb_blob": thumb,
+                    "filename": filename,
+                    "title": title,
+                    "description": description,
+                    "price_cents": int(rng.integers(100, 50_000)),
+                    "quantity": quantity,
+                    "private": int(private),
+                    "format": "JPEG",
+                    "width": 512,
+                    "height": 512,
+                    "byte_size": size,
+                    "created_at": created,
+                    "updated_at": created,
+                }
             )
-        conn.executemany(
-            "INSERT INTO images (id, owner_id, blob, thumb_blob, filename, title, description, "
-            "price_cents, quantity, private, format, width, height, byte_size, created_at, "
-            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
-        conn.executemany("INSERT INTO image_tags (image_id, tag_id) VALUES (?, ?)", tag_rows)
-        conn.executemany(
-            "INSERT INTO images_fts (rowid, title, description, tags, filename) "
-            "VALUES (?, ?, ?, ?, ?)",
-            fts_rows,
-        )
-        conn.executemany(
-            "INSERT INTO image_colours (image_id, rank, r, g, b, hue, saturation, lightness, "
-            "share) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            colour_rows,
-        )
+            tag_rows.extend({"image_id": image_id, "tag_id": tag_id[t]} for t in tags)
+            fts_rows.append(
+                {
+                    "rowid": image_id,
+                    "title": title,
+                    "description": description,
+                    "tags": " ".join(tags),
+                    "filename": filename,
+                }
+            )
+            colour_rows.extend(
+                dict(zip(COLOUR_COLUMNS, (image_id, rank, *colour), strict=True))
+                for rank, colour in enumerate(_palette(rng))
+            )
+        rows_db["images"].insert_all(rows, batch_size=INSERT_BATCH)
+        rows_db["image_tags"].insert_all(tag_rows, batch_size=INSERT_BATCH)
+        rows_db["images_fts"].insert_all(fts_rows, batch_size=INSERT_BATCH)
+        rows_db["image_colours"].insert_all(colour_rows, batch_size=INSERT_BATCH)
         if model is not None:
             which = rng.integers(0, CENTROIDS, n)
             noise = rng.standard_normal((n, EMBEDDING_DIM)).astype(np.float32)
             vectors = centroids[which] + noise * (SPREAD / math.sqrt(EMBEDDING_DIM))
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors.astype("<f4")
-            conn.executemany(
-                "INSERT INTO embeddings (image_id, model, vector) VALUES (?, ?, ?)",
-                [(start + k + 1, model, vectors[k].tobytes()) for k in range(n)],
+            rows_db["embeddings"].insert_all(
+                (
+                    {"image_id": start + k + 1, "model": model, "vector": vectors[k].tobytes()}
+                    for k in range(n)
+                ),
+                batch_size=INSERT_BATCH,
             )
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
