@@ -46,6 +46,7 @@ from service.images import build_summaries, normalise_tags
 from service.registry import Frames, route
 
 _CURSORS = "cursors"
+_BUSY = "cursors_busy"
 
 
 def checked_filter_tags(filters: Filters) -> list[str]:
@@ -118,8 +119,14 @@ def _new_token() -> str:
     return secrets.token_urlsafe(12)
 
 
+def _busy(ctx: RequestContext) -> set[str]:
+    """Cursors whose next batch a worker is reading now (see `more`)."""
+    return ctx.connection.extras.setdefault(_BUSY, set())
+
+
 def _keep(ctx: RequestContext, token: str, cursor: ListingCursor) -> None:
-    """Remember a cursor (on the event loop, which alone touches the connection's state)."""
+    """Remember a cursor. The store is touched on the event loop only; a cursor itself is
+    advanced by a worker thread, one batch at a time (`more` refuses a second at once)."""
     store = _cursors(ctx)
     store[token] = cursor
     while len(store) > ctx.services.config.max_cursors:
@@ -345,18 +352,31 @@ async def more(ctx: RequestContext, request: More) -> Frames:
             "That listing is no longer open: it ended, it was one of the oldest (only the "
             "most recent are kept), or the server restarted since. Run the listing again.",
         )
+    # Two pipelined `more`s for one cursor would run in two workers, both read its position
+    # before either moved it, and send the same batch twice: the second is refused instead.
+    busy = _busy(ctx)
+    if request.cursor in busy:
+        raise VitrineError(
+            ErrorCode.CONFLICT,
+            "The previous `more` of this listing is still being answered; ask again once it "
+            "has arrived.",
+        )
     store.move_to_end(request.cursor)
     next_frames = _keyset_frames if isinstance(cursor, KeysetCursor) else _snapshot_frames
-    frames, remaining = await ctx.services.db_call(
-        next_frames,  # type: ignore[arg-type]  (each gets its own kind of cursor)
-        ctx.services.blobs,
-        ctx.user.id,
-        request.id,
-        cursor,
-        _limit(ctx, request.options),
-        request.options.thumbnails,
-        request.cursor,
-    )
+    busy.add(request.cursor)
+    try:
+        frames, remaining = await ctx.services.db_call(
+            next_frames,  # type: ignore[arg-type]  (each gets its own kind of cursor)
+            ctx.services.blobs,
+            ctx.user.id,
+            request.id,
+            cursor,
+            _limit(ctx, request.options),
+            request.options.thumbnails,
+            request.cursor,
+        )
+    finally:
+        busy.discard(request.cursor)
     if not remaining:
         store.pop(request.cursor, None)
     return frames

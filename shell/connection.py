@@ -14,7 +14,7 @@ import queue
 import ssl
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,9 +262,10 @@ class ServerConnection:
             self._pending[request_id] = pending
         return msgspec.structs.replace(request, id=request_id)
 
-    def _send(self, request: Request) -> None:
-        """Write one frame; returns once it is in the transport (back-pressure for uploads)."""
-        data = framing.frame(codec.encode(request))
+    def _send(self, *requests: Request) -> None:
+        """Write their frames in one write; returns once they are in the transport
+        (back-pressure for uploads)."""
+        data = b"".join(framing.frame(codec.encode(request)) for request in requests)
         try:
             self._io(self._write(data))
         except OSError as exc:
@@ -273,10 +274,19 @@ class ServerConnection:
 
     def submit(self, request: Request) -> Future[Response]:
         """Send without waiting; the future resolves to the response or raises its error."""
-        future: Future[Response] = Future()
-        pending = _Pending(future=future)
-        self._send(self._register(request, pending))
+        (future,) = self.submit_all([request])
         return future
+
+    def submit_all(self, requests: Sequence[Request]) -> list[Future[Response]]:
+        """`submit` for several requests at once, sent in one write, so that the server reads
+        them together (a delete of many ids costs one round trip, not one each)."""
+        futures: list[Future[Response]] = [Future() for _ in requests]
+        registered = [
+            self._register(request, _Pending(future=future))
+            for request, future in zip(requests, futures, strict=True)
+        ]
+        self._send(*registered)
+        return futures
 
     def call(self, request: Request, expect: type[R] | None = None) -> R:
         response = self.submit(request).result()

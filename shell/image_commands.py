@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from protocol.base import Response
 from protocol.catalog import (
     DeleteImage,
     GetImage,
@@ -409,9 +407,11 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         shell = self._cmd
         shell.session.ensure_connected()
         ids = list(dict.fromkeys(args.image_ids))
-        futures: list[tuple[int, Future[Response]]] = [
-            (number, shell.session.submit(DeleteImage(id=0, image_id=number))) for number in ids
-        ]
+        futures = zip(
+            ids,
+            shell.session.submit_all([DeleteImage(id=0, image_id=number) for number in ids]),
+            strict=True,
+        )
         failed = 0
         for number, future in futures:
             try:

@@ -6,7 +6,7 @@ went away and carry on as the same user without asking for the password again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import TypeVar
 
@@ -57,6 +57,9 @@ class ClientSession:
 
     def submit(self, request: Request) -> Future[Response]:
         return self.connection.submit(request)
+
+    def submit_all(self, requests: Sequence[Request]) -> list[Future[Response]]:
+        return self.connection.submit_all(requests)
 
     def stream(self, request: Request) -> Iterator[Response]:
         self.ensure_connected()

@@ -19,7 +19,7 @@ from protocol.catalog import (
     TextSearch,
     UpdateImage,
 )
-from protocol.errors import ErrorCode
+from protocol.errors import ErrorCode, VitrineError
 from shell.connection import ServerConnection
 from tests.servers import ServerProcess
 from tests.test_images_server import (
@@ -159,6 +159,35 @@ def test_more_on_unknown_finished_or_dropped_cursors(seller: ServerConnection) -
     for _ in range(16):
         list(seller.stream(Browse(id=0, tags=[tag])))
     assert error_of(seller, More(id=0, cursor=oldest or "")).code == ErrorCode.NOT_FOUND
+
+
+def test_pipelined_mores_of_one_cursor_never_send_a_batch_twice(seller: ServerConnection) -> None:
+    """Sent without waiting, two `more`s of one listing ran in two workers that both read the
+    cursor's position before either moved it, and the same images came back twice. Now the
+    one that arrives while a batch is being read is refused, and asking again continues."""
+    tag = unique("piped")
+    upload_many(seller, fresh(400), tags=[tag])
+    first = list(seller.stream(Browse(id=0, tags=[tag], options=ListingOptions(limit=10))))
+    cursor = first[-1].cursor
+    assert cursor is not None
+    big = ListingOptions(limit=STREAM_CHUNK)  # each answer one frame
+    # One write: the server reads all four before the first is answered.
+    asks = seller.submit_all([More(id=0, cursor=cursor, options=big) for _ in range(4)])
+    sent: list[int] = []
+    refused = 0
+    for ask in asks:
+        try:
+            batch = ask.result(timeout=60)
+        except VitrineError as exc:
+            assert exc.code == ErrorCode.CONFLICT and "still being answered" in exc.message
+            refused += 1
+            continue
+        assert isinstance(batch, Batch)
+        sent += [item.id for item in batch.items]
+    assert len(sent) == len(set(sent)), "a batch was sent twice"
+    assert (refused, len(sent)) == (3, STREAM_CHUNK)
+    everything = ids_of(listing(seller, Browse(id=0, tags=[tag])))
+    assert sorted(sent, reverse=True) == everything[10 : 10 + len(sent)]
 
 
 def test_cursors_belong_to_their_connection(
