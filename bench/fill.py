@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
+from models.embeddings import EMBEDDING_DIM
 from tests.servers import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +56,6 @@ NO_COLOUR_SHARE = 0.10
 CENTROIDS = 400
 #: Noise norm around a centroid: cosine to it is then about 1 / sqrt(1 + 0.8²) = 0.78.
 SPREAD = 0.8
-EMBEDDING_DIM = 1280
 PHOTO_DIR = Path(tempfile.gettempdir()) / "vitrine-bench" / "photos-v1"
 PHOTO_SEED = 20_261_122
 CHUNK = 5000

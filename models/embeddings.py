@@ -26,7 +26,6 @@ import io
 import logging
 import os
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -308,9 +307,3 @@ class Embedder:
                 out[start : start + size] = interpreter.get_tensor(res)
                 start += size
         return l2_normalise(out)
-
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Convenience for callers holding decoded images: ``prepare_input`` then ``embed``."""
-        if not images:
-            return np.empty((0, EMBEDDING_DIM), dtype=np.float32)
-        return self.embed(np.stack([prepare_input(image) for image in images]))

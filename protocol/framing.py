@@ -72,7 +72,8 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
 
 
 def read_frame_blocking(sock: socket.socket, max_bytes: int) -> bytes | None:
-    """The blocking twin of `read_frame`, for the client's reader thread."""
+    """The blocking twin of `read_frame`, for plain sockets: the hostile-wire tests
+    (tests/wire.py) and the codec fuzzer. The shell's connection uses `read_frame`."""
     try:
         header = _recv_exactly(sock, HEADER.size)
     except EOFError:

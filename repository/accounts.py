@@ -57,8 +57,16 @@ def user_by_id(conn: sqlite3.Connection, user_id: int | None) -> User | None:
     return _user(conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone())
 
 
-def set_password_hash(conn: sqlite3.Connection, user_id: int, password_hash: str) -> None:
-    conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+def replace_password(conn: sqlite3.Connection, user_id: int, password_hash: str) -> None:
+    """The new hash and the end of every session of the user, in one transaction: the old
+    password may be known to someone, and a crash between the two must not leave its sessions
+    alive under the new one."""
+    with transaction(conn, immediate=True):
+        conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+        conn.execute(
+            "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+            (time.time(), user_id),
+        )
 
 
 def create_session(
@@ -89,13 +97,4 @@ def revoke_session(conn: sqlite3.Connection, session_id: int) -> None:
     conn.execute(
         "UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
         (time.time(), session_id),
-    )
-
-
-def revoke_user_sessions(conn: sqlite3.Connection, user_id: int, keep: int | None = None) -> None:
-    """After a password change every other session must end: the old password may be known."""
-    conn.execute(
-        "UPDATE sessions SET revoked_at = ? "
-        "WHERE user_id = ? AND revoked_at IS NULL AND id IS NOT ?",
-        (time.time(), user_id, keep),
     )

@@ -58,7 +58,8 @@ COVERING_INDEX = "image_colours_by_hue_share"
 
 
 class LightnessSaturationBox(Protocol):
-    """What `util.colour_spec.LSBox` offers; restated so the repository imports no util."""
+    """What `util.colour_spec.LSBox` offers, restated: the storage layer needs only these four
+    bounds, not the parser of colour names that defines them."""
 
     @property
     def l_lo(self) -> float: ...

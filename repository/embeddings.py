@@ -18,8 +18,8 @@ import numpy as np
 from repository import images as repo
 from repository.database import transaction
 from repository.images import VISIBLE
+from repository.vector_index import EMBEDDING_DIM
 
-EMBEDDING_DIM = 1280
 #: Images read per backfill step by default.
 BACKFILL_CHUNK = 64
 #: Rows read per chunk when the index is rebuilt from SQLite (about 40 MB of vectors).

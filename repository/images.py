@@ -318,7 +318,9 @@ def _ensure_tags(conn: sqlite3.Connection, names: Sequence[str]) -> list[int]:
 
 
 def tag_image_counts(conn: sqlite3.Connection, tag_id_list: Sequence[int]) -> dict[int, int]:
-    """How many rows each tag has (live or not): only used to pick the rarest tag to walk."""
+    """How many rows each tag has, deleted images' too (an estimate is enough): which tag is
+    rarest to walk first, and for search by image whether tags are selective enough to list
+    the allowed ids before ranking."""
     return {
         tag_id: conn.execute(
             "SELECT COUNT(*) FROM image_tags WHERE tag_id = ?", (tag_id,)

@@ -30,6 +30,7 @@ from enum import StrEnum
 
 from repository.database import transaction
 from repository.images import WRITE_LOCK
+from util.money import format_cents
 
 
 class Refusal(StrEnum):
@@ -92,11 +93,6 @@ class OrderRecord:
     lines: list[OrderLineRecord] = field(default_factory=list)
 
 
-def _format_cents(cents: int) -> str:
-    whole, part = divmod(cents, 100)
-    return f"{whole}.{part:02d}"
-
-
 def _check_line(
     number: int, line: WantedLine, row: sqlite3.Row | None, buyer_id: int
 ) -> LineFailure | None:
@@ -115,8 +111,8 @@ def _check_line(
     if line.expected_price_cents is not None and price != line.expected_price_cents:
         return fail(
             Refusal.PRICE_CHANGED,
-            f"price changed from {_format_cents(line.expected_price_cents)} to "
-            f"{_format_cents(price)}",
+            f"price changed from {format_cents(line.expected_price_cents)} to "
+            f"{format_cents(price)}",
         )
     stock = row["quantity"]
     if stock < line.quantity:

@@ -26,13 +26,15 @@ import math
 import os
 import secrets
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import faiss
 import numpy as np
 import numpy.typing as npt
+
+from util.files import fsync_directory
 
 __all__ = [
     "DEFAULT_EXACT_THRESHOLD",
@@ -42,6 +44,8 @@ __all__ = [
     "VectorIndex",
 ]
 
+#: The width of a stored vector: the image model's output (models.embeddings, which the
+#: storage layer does not import; tests/test_vector_index.py checks that the two agree).
 EMBEDDING_DIM = 1280
 # Largest size answered by exact search; measured in bench/bench_ann.py (see docs/vector-index.md).
 DEFAULT_EXACT_THRESHOLD = 20_000
@@ -230,7 +234,8 @@ class VectorIndex:
 
     @classmethod
     def from_arrays(cls, ids: npt.ArrayLike, vectors: npt.ArrayLike, **kwargs: Any) -> VectorIndex:
-        """Build in one go (start-up rebuild from the database): one copy, one ANN training."""
+        """Build in one go from arrays already in memory (tests, benchmarks): one copy, one ANN
+        training. The server's start-up rebuild streams from the database (`from_chunks`)."""
         index = cls(**kwargs)
         index.add(ids, vectors)
         return index
@@ -626,7 +631,7 @@ class VectorIndex:
             root / f".{_MANIFEST}.{tag}", lambda f: f.write(json.dumps(manifest).encode())
         )
         os.replace(root / f".{_MANIFEST}.{tag}", root / _MANIFEST)
-        _fsync_dir(root)
+        fsync_directory(root)
         self.generation = generation
         keep = {_MANIFEST, *names.values()}
         for old in root.iterdir():  # files of earlier saves, or of saves that crashed midway
@@ -706,17 +711,9 @@ def _dots(matrix: FloatArray, rows: int, query: FloatArray, out: npt.NDArray[np.
     )
 
 
-def _write_durable(path: Path, write: Any) -> None:
+def _write_durable(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write via a callback and fsync, so the later manifest rename never points at lost data."""
     with open(path, "wb") as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

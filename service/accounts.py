@@ -130,8 +130,7 @@ async def change_password(ctx: RequestContext, request: ChangePassword) -> Sessi
         attempt.succeeded(forgive_account=False)
     auth.check_new_password(request.new_password)
     new_hash = await services.run(auth.hash_password, request.new_password)
-    await services.db_call(accounts.set_password_hash, user.id, new_hash)
-    await services.db_call(accounts.revoke_user_sessions, user.id)
+    await services.db_call(accounts.replace_password, user.id, new_hash)
     services.end_sessions(
         user.id,
         "The password was changed on another connection; log in again.",

@@ -188,8 +188,10 @@ async def serve(
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*connections, return_exceptions=True), 5)
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.to_thread(similarity.stop, services)  # saves the vector index
+        except Exception:
+            log.exception("stopping search by image failed")
         await asyncio.to_thread(colour_search.stop, services)
         close_services(services)
         announce("Vitrine server stopped")

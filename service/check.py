@@ -54,8 +54,9 @@ def check_data_dir(data_dir: Path, purge_after_s: float = 30 * 24 * 3600.0) -> C
         lock_fd = lock_data_dir(data_dir)
     except DataDirBusy:
         report.lines.append("The server is running: checking without the start-up sweep.")
-    db = Database(data_dir / DB_FILE)
+    db: Database | None = None
     try:
+        db = Database(data_dir / DB_FILE)
         blobs = open_blob_store(data_dir)
         conn = db.conn
         if lock_fd is not None:
@@ -84,7 +85,8 @@ def check_data_dir(data_dir: Path, purge_after_s: float = 30 * 24 * 3600.0) -> C
             report.problems.append(f"{len(orphans)} blobs on disk are named by no row")
         report.problems += repo.database_problems(conn)
     finally:
-        db.close()
+        if db is not None:
+            db.close()
         if lock_fd is not None:
             os.close(lock_fd)
     return report

@@ -5,11 +5,12 @@ server trusts no client), so a name or hex colour brings its lightness/saturatio
 is not orange, pink is not red) and a bad one is refused with the same sentence the shell shows.
 Ranking is `repository.colour_table` (every colour row in memory, scored with numpy; visibility
 and filters checked in SQL for the candidates), which answers exactly what the SQL ranking
-`repository.colour_queries` does, about twice as fast at 100k images. The table is loaded by the
-first colour search (0.35 s at 100k images warm, ~0.7 s as the first search of a freshly started
-server; logged), not in the background while the SQL ranking answers: a load competing for the
-GIL made the searches meanwhile slower than either. Until the first colour search a server pays
-nothing for it. The table follows uploads and deletes through the `Services.on_stored` /
+`repository.colour_queries` does (kept as the tests' reference), about twice as fast at 100k
+images. `start` builds the table in a background thread right after start-up (0.35 s at 100k
+images warm; logged), so the first colour search does not pay for it; a search that arrives
+before the build is done waits for it rather than ranking in SQL meanwhile, since a build
+competing for the GIL made those searches slower than either. The table follows uploads and
+deletes through the `Services.on_stored` /
 `on_deleted` hooks; updates change visibility, stock and tags only, and those are read in SQL at
 search time. Batches, `More` and the visibility re-check of every batch come from
 `service.listings.open_ranked`, which reads thumbnails for the batch only.
@@ -48,8 +49,9 @@ _INSTALL_LOCK = threading.Lock()
 
 
 def colour_table(services: Services) -> ColourTable:
-    """The server's colour table, installed on first use (built by `_ranked`). Its hooks go in
-    before the build reads the database, so no upload falls between the two."""
+    """The server's colour table, installed on first use (by `start`'s build, or a search
+    before it). Its hooks go in before the build reads the database, so no upload falls
+    between the two."""
     table = services.extras.get(_EXTRA)
     if table is not None:
         return table

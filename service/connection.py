@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 
 from protocol import codec, framing
 from protocol.base import Request, Response
@@ -266,11 +265,4 @@ class Connection:
                 or f"{type(request).__name__} needs a logged-in user; log in first.",
             )
         reply = await route.handler(RequestContext(self.services, self.state), request)
-        if isinstance(reply, Response | Frames):
-            await self.send(reply)
-        else:
-            await self._stream(reply)
-
-    async def _stream(self, replies: AsyncIterator[Response]) -> None:
-        async for reply in replies:
-            await self.send(reply)
+        await self.send(reply)

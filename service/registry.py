@@ -7,7 +7,7 @@ required unless a route says otherwise) is applied by the loop, never forgotten 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -23,7 +23,7 @@ class Frames:
     data: bytes
 
 
-Reply = Response | Frames | AsyncIterator[Response]
+Reply = Response | Frames
 Handler = Callable[[Any, Any], Awaitable[Reply]]
 H = TypeVar("H", bound=Handler)
 

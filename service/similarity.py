@@ -24,8 +24,9 @@ Life of the model (one `SimilarityEngine` per server, in ``Services.extras["simi
 
 The index (``repository.vector_index.VectorIndex``) holds the live images' vectors of the
 current model. It is loaded from ``<data dir>/vector-index`` when its generation token still
-matches the database (model name + count, max and sums of the live embedded ids: embeddings
-are never updated in place), else rebuilt from the embeddings table; the time is logged. It is
+matches the database (model name and a BLAKE2b digest of the live embedded ids,
+`repository.embeddings.index_generation`: embeddings are never updated in place), else rebuilt
+from the embeddings table; the time is logged. It is
 kept in step after each commit: add after an upload's row commits, remove after a delete, both
 under one lock with a liveness check in SQL, so a delete racing an add never leaves a deleted
 image in the index. Changes that arrive while the index is being built are queued and applied
@@ -40,8 +41,8 @@ Selective tags go straight to the allowed-id path (a walk of the rarest tag's in
 ranked ids and cosines then go into a listing snapshot: batches, ``More`` and visibility
 re-checks come from ``service.listings``.
 
-The SQL for the embeddings table lives here rather than in ``repository.images`` only because
-this feature owns the table's use; it uses that module's visibility rule and write lock.
+The SQL for the embeddings table is in ``repository.embeddings``, which uses
+``repository.images``' visibility rule and write lock.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -63,6 +64,7 @@ from models.embeddings import EMBEDDING_DIM, prepare_input
 from protocol.catalog import ImageSearch
 from protocol.errors import ErrorCode, VitrineError
 from repository import images as repo
+from repository.blobstore import BlobError
 from repository.embeddings import (
     BACKFILL_CHUNK,
     SearchFilters,
@@ -107,6 +109,8 @@ BACKFILL_LOG_EVERY = 500
 BACKFILL_LOG_S = 10.0
 INDEX_DIR = "vector-index"
 _EXTRA = "similarity"
+#: Exceptions that mean a bug in this code rather than a missing or bad model file.
+PROGRAMMING_ERRORS = (AttributeError, AssertionError, NameError, TypeError, KeyError, IndexError)
 
 WEIGHTS_HINT = (
     "Start the server with VITRINE_WEIGHTS=/path/to/mobilenet_v2_1.0_224_imagenet_no_top"
@@ -145,7 +149,6 @@ class SimilarityEngine:
         #: Set once the model is ready or known to be unavailable.
         self.model_settled = threading.Event()
         #: Set when a backfill pass has finished and nothing is left to do.
-        self.backfill_idle = threading.Event()
         self._model_async: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()  # index mutations + the pending queue
@@ -182,13 +185,20 @@ class SimilarityEngine:
             self.batcher.close(timeout)
         if self._thread is not None and self._thread.is_alive():
             return  # still loading (a stuck download): saving now could race it
-        with contextlib.suppress(Exception), self._lock:
-            if self.index is not None and self._dirty and self.model_name is not None:
-                t0 = time.monotonic()
+        with self._lock:
+            if self.index is None or not self._dirty or self.model_name is None:
+                return
+            t0 = time.monotonic()
+            try:
                 generation = index_generation(self.services.db.conn, self.model_name)
                 self.index.save(self.index_dir, generation)
-                self._dirty = False
-                log.info("vector index saved: %d vectors in %.2f s", len(self.index), _since(t0))
+            except Exception:
+                # Nothing is lost (the embeddings are in the database), but the next start
+                # pays for a rebuild, and a bug here should not pass unseen.
+                log.exception("the vector index could not be saved; the next start rebuilds it")
+                return
+            self._dirty = False
+            log.info("vector index saved: %d vectors in %.2f s", len(self.index), _since(t0))
 
     @property
     def ready(self) -> bool:
@@ -216,7 +226,14 @@ class SimilarityEngine:
         except BaseException as exc:  # anything at all: the server must keep serving
             self.reason = _describe(exc)
             self.state = "unavailable"
-            log.warning("search by image is unavailable: %s. %s", self.reason, WEIGHTS_HINT)
+            # No weights, a bad file or no network for Keras' download need one line and the
+            # hint; a programming error is a bug, and its traceback goes to the log as well.
+            log.warning(
+                "search by image is unavailable: %s. %s",
+                self.reason,
+                WEIGHTS_HINT,
+                exc_info=isinstance(exc, PROGRAMMING_ERRORS),
+            )
             self._settle_model()
             return
         self._settle_model()
@@ -310,7 +327,6 @@ class SimilarityEngine:
             self._dirty = True
 
     def wake_backfill(self) -> None:
-        self.backfill_idle.clear()
         self._wake.set()
 
     # --- backfill ----------------------------------------------------------------------------
@@ -325,8 +341,6 @@ class SimilarityEngine:
             except Exception:
                 log.exception("backfill pass failed; it will run again on the next upload")
             first = False
-            if not self._wake.is_set():
-                self.backfill_idle.set()
             self._wake.wait()
 
     def _backfill_pass(self, first: bool) -> None:
@@ -369,9 +383,24 @@ class SimilarityEngine:
             failed,
         )
 
+    def _embedding_failed(self, image_id: int, exc: Exception) -> None:
+        """A picture that cannot be read or decoded is remembered and not tried again. Anything
+        else may be a bug here rather than in the picture: it is logged with its traceback and
+        tried again at the next pass, so one bug cannot leave every image without an embedding
+        until a restart."""
+        if isinstance(exc, imaging.ImageRejected | BlobError):
+            log.warning("image %d cannot be embedded: %s", image_id, _describe(exc))
+            self._failed.add(image_id)
+        else:
+            log.error(
+                "image %d could not be embedded; the next backfill tries again",
+                image_id,
+                exc_info=exc,
+            )
+
     def embed_stored(self, rows: Sequence[tuple[int, str]]) -> tuple[list[int], np.ndarray]:
         """Embed stored images from their originals, decoded exactly as at upload; images that
-        cannot be read or decoded are logged and remembered, not retried."""
+        cannot be read or decoded are logged and remembered, not retried (_embedding_failed)."""
         batcher, decoders = self.batcher, self._decoders
         assert batcher is not None
         config = self.services.config
@@ -387,8 +416,7 @@ class SimilarityEngine:
                 )
                 return batcher.submit(prepare_input(decoded.image))
             except Exception as exc:
-                log.warning("image %d cannot be embedded: %s", image_id, _describe(exc))
-                self._failed.add(image_id)
+                self._embedding_failed(image_id, exc)
                 return None
 
         futures = [one(r) for r in rows] if decoders is None else list(decoders.map(one, rows))
@@ -400,8 +428,7 @@ class SimilarityEngine:
             try:
                 vectors.append(future.result())
             except Exception as exc:
-                log.warning("image %d cannot be embedded: %s", image_id, _describe(exc))
-                self._failed.add(image_id)
+                self._embedding_failed(image_id, exc)
                 continue
             ids.append(image_id)
         if not vectors:
@@ -650,20 +677,3 @@ async def _open_search(
         return [i for i, _ in ranked], {i: round(float(s), 6) for i, s in ranked}, {}
 
     return await open_ranked(ctx, request.id, request.options, rank, Recheck.of(tags, flt))
-
-
-def status(services: Services) -> dict[str, Any]:
-    """What benchmarks and operators ask: state, model, index size, missing embeddings."""
-    engine = engine_of(services)
-    if engine is None:
-        return {"state": "absent"}
-    out: dict[str, Any] = {
-        "state": engine.state,
-        "model": engine.model_name,
-        "reason": engine.reason,
-    }
-    if engine.index is not None:
-        out["indexed"] = len(engine.index)
-    if engine.model_name is not None:
-        out["missing"] = count_missing(services.db.conn, engine.model_name)
-    return out

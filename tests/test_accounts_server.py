@@ -4,6 +4,7 @@ sessions and what the log may contain."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -22,6 +23,8 @@ from protocol.messages import (
     UserInfo,
     WhoAmI,
 )
+from repository import accounts
+from repository.database import Database
 from service import auth
 from service.accounts import create_user
 from service.app import close_services, open_services
@@ -276,3 +279,25 @@ def test_a_taken_name_is_refused_before_hashing(
         assert hashed == [PASSWORD]  # no second hash
     finally:
         close_services(services)
+
+
+def test_a_new_password_and_the_end_of_its_sessions_are_one_transaction(tmp_path: Path) -> None:
+    """They were two statements: a failure (or a crash) between them left the sessions that
+    the old password had opened alive under the new one."""
+    db = Database(tmp_path / "accounts.db")
+    conn = db.conn
+    user_id = accounts.create_user(conn, "pat", "old-hash").id
+    accounts.create_session(conn, user_id, b"t" * 32, 3600.0)
+    conn.execute(
+        "CREATE TEMP TRIGGER no_revoke BEFORE UPDATE ON sessions "
+        "BEGIN SELECT RAISE(ABORT, 'the disk went away'); END"
+    )
+    with pytest.raises(sqlite3.IntegrityError):
+        accounts.replace_password(conn, user_id, "new-hash")
+    assert conn.execute("SELECT password_hash FROM users").fetchone()[0] == "old-hash"
+    conn.execute("DROP TRIGGER no_revoke")
+    accounts.replace_password(conn, user_id, "new-hash")
+    assert conn.execute("SELECT password_hash FROM users").fetchone()[0] == "new-hash"
+    assert accounts.session_user(conn, b"t" * 32) is None
+    assert conn.execute("SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL").fetchone()[0] == 0
+    db.close()

@@ -14,6 +14,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -30,9 +31,12 @@ from protocol.catalog import (
     UpdateImage,
 )
 from protocol.errors import ErrorCode, VitrineError
+from repository.blobstore import BlobError
+from service.similarity import SimilarityEngine
 from shell.connection import ServerConnection
 from tests.servers import ServerProcess
 from tests.test_images_server import error_of, unique, upload
+from util.images import TRUNCATED, ImageRejected
 
 MISSING_WEIGHTS = "/nonexistent/vitrine-test/no-such.weights.h5"
 READY_TIMEOUT_S = 180.0
@@ -422,3 +426,19 @@ def test_images_stored_without_weights_are_backfilled(tmp_path: Path) -> None:
         conn.close()
     finally:
         process.stop()
+
+
+def test_a_bug_while_backfilling_is_retried_and_logged_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every failure used to mark the image as not embeddable until a restart, with one line
+    and no traceback: a bug in the model input would have silently left every image out."""
+    engine = SimpleNamespace(_failed=set())  # the one attribute the decision touches
+    decide = SimilarityEngine._embedding_failed
+    decide(engine, 1, BlobError("the blob is gone"))  # type: ignore[arg-type]
+    decide(engine, 2, ImageRejected(TRUNCATED, "cut short"))  # type: ignore[arg-type]
+    with caplog.at_level("ERROR", logger="vitrine"):
+        decide(engine, 3, AttributeError("a bug"))  # type: ignore[arg-type]
+    assert engine._failed == {1, 2}
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "image 3" in record.getMessage() and record.exc_info is not None

@@ -316,3 +316,11 @@ def test_ann_sparse_ids_and_forced_exact(ann_data) -> None:
     for q in queries[:5]:
         got = [i for i, _ in index.search(q, 10, exact=True)]
         assert got == brute(sparse, vecs[:3000], q, 10)
+
+
+def test_the_stored_width_is_the_models_width() -> None:
+    """The storage layer keeps its own constant rather than importing the model's module."""
+    from models import embeddings as model
+    from repository import vector_index as storage
+
+    assert storage.EMBEDDING_DIM == model.EMBEDDING_DIM

@@ -34,8 +34,8 @@ DEFAULT_MAX_SIDE: Final = 30_000
 ACCEPTED_FORMATS: Final = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
 
 # Reason codes carried by ImageRejected. They are stable strings so the server can map them to
-# wire errors (TOO_LARGE for "too_large", UNSUPPORTED_IMAGE for the rest) and tests can assert
-# them.
+# wire errors (TOO_LARGE for "too_large" and "too_many_pixels", UNSUPPORTED_IMAGE for the rest)
+# and tests can assert them.
 EMPTY: Final = "empty"
 TOO_LARGE: Final = "too_large"
 NOT_AN_IMAGE: Final = "not_an_image"
@@ -58,7 +58,6 @@ REASONS: Final = frozenset(
 )
 
 THUMBNAIL_FORMAT: Final = "JPEG"
-THUMBNAIL_MIME: Final = "image/jpeg"
 _THUMBNAIL_QUALITY: Final = 80
 _WHITE: Final = (255, 255, 255)
 
@@ -331,12 +330,13 @@ def _human(n: int) -> str:
 def make_thumbnail(image: Image.Image, max_side: int = 256) -> tuple[Image.Image, bytes]:
     """Shrink to fit ``max_side`` (never enlarge) and encode it for listings.
 
-    The returned image is kept by the caller for the embedding and colour steps, so they see
-    exactly the pixels the buyer sees. JPEG at quality 80 is used because it encodes several
-    times faster than WebP at this size (0.2 ms against 4-10 ms measured at 256x256 q80), and
-    the terminal renderers all read it. ``reducing_gap=1.0`` lets Pillow box-reduce by an
-    integer factor before the bicubic pass: about half the cost of a full bicubic resample,
-    with an RMS difference of ~2/255 from Lanczos, invisible at thumbnail size.
+    The returned image is kept by the caller for the colour step, so the palette is of exactly
+    the pixels the buyer sees (the embedding takes its own input from the decoded picture).
+    JPEG at quality 80 is used because it encodes several times faster than WebP at this size
+    (0.2 ms against 4-10 ms measured at 256x256 q80), and the terminal renderers all read it.
+    ``reducing_gap=1.0`` lets Pillow box-reduce by an integer factor before the bicubic pass:
+    about half the cost of a full bicubic resample, with an RMS difference of ~2/255 from
+    Lanczos, invisible at thumbnail size.
     """
     if max_side < 1:
         raise ValueError("max_side must be positive")

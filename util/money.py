@@ -1,9 +1,9 @@
 """Prices and quantities as people type them, turned into the integers the wire carries.
 
-Money is integer cents end to end (DESIGN.md): a float would turn 0.1 + 0.2 into 0.30000000000000004
-and a price into something no till agrees with. Text is parsed with `decimal` only after a strict
-pattern check, so inputs Decimal would happily accept ("1e3", "NaN", "Infinity", "1_000") are
-refused with a sentence instead of becoming surprising numbers.
+Money is integer cents end to end (../shared/DESIGN.md): a float would turn 0.1 + 0.2 into
+0.30000000000000004 and a price into something no till agrees with. Text is parsed with `decimal`
+only after a strict pattern check, so inputs Decimal would happily accept ("1e3", "NaN",
+"Infinity", "1_000") are refused with a sentence instead of becoming surprising numbers.
 
 Each parser raises `ValueError` with a message a person can act on; argparse `type=` wrappers
 turn that into a usage error.
