@@ -32,9 +32,7 @@ from models.embeddings import (  # noqa: E402
     centre_crop,
     draft_size,
     l2_normalise,
-    letterbox,
     prepare_input,
-    squash,
 )
 
 DEFAULT_WEIGHTS = ROOT.parent / "shared/models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
@@ -45,6 +43,45 @@ QE_K = 5  # average query expansion over the top 5, a common textbook setting (n
 REFERENCE = "squash (plain resize, reference)"
 
 Prepare = Callable[[Image.Image], np.ndarray]
+
+
+# The alternatives to the server's centre crop that this benchmark measures (docs/embeddings.md).
+#: Mid-grey is exactly 0 after preprocessing, i.e. "no signal" for the network.
+PAD_COLOUR = (128, 128, 128)
+
+
+def letterbox(
+    image: Image.Image, size: int = INPUT_SIZE, fill: tuple[int, int, int] | None = PAD_COLOUR
+) -> np.ndarray:
+    """Fit the whole image into a ``size`` square without distortion, padding the rest.
+
+    ``fill=None`` pads with the median colour of the image's border, i.e. extends its
+    background; it is measured in bench/eval_quality.py as an alternative to a fixed colour.
+    """
+    rgb = image.convert("RGB")
+    if fill is None:
+        fill = border_colour(rgb)
+    w, h = rgb.size
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = rgb.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    canvas = Image.new("RGB", (size, size), fill)
+    canvas.paste(resized, ((size - nw) // 2, (size - nh) // 2))
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def border_colour(image: Image.Image) -> tuple[int, int, int]:
+    """Median RGB of the one-pixel frame around an RGB image (its likely background)."""
+    a = np.asarray(image)
+    frame = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    r, g, b = (int(v) for v in np.median(frame, axis=0))
+    return r, g, b
+
+
+def squash(image: Image.Image, size: int = INPUT_SIZE) -> np.ndarray:
+    """Plain resize of the whole image to a square: the dataset's reference preprocessing."""
+    rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 def imagenet_crop(image: Image.Image) -> np.ndarray:

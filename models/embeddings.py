@@ -50,10 +50,6 @@ CACHE_FORMAT = "f32-v1"
 PREPARE_POLICY = "centre-crop-v1"
 # Key used when the weights come from Keras' own ImageNet download rather than a file.
 KERAS_IMAGENET_KEY = "keras-imagenet"
-# Background for the letterbox alternative (measured, not the default). Mid-grey is exactly 0
-# after preprocessing, i.e. "no signal" for the network.
-PAD_COLOUR = (128, 128, 128)
-
 _HASH_CHUNK = 1 << 20
 
 
@@ -83,40 +79,6 @@ def draft_size(size: tuple[int, int], target: int = INPUT_SIZE) -> tuple[int, in
     """
     del size
     return target, target
-
-
-def letterbox(
-    image: Image.Image, size: int = INPUT_SIZE, fill: tuple[int, int, int] | None = PAD_COLOUR
-) -> np.ndarray:
-    """Fit the whole image into a ``size`` square without distortion, padding the rest.
-
-    ``fill=None`` pads with the median colour of the image's border, i.e. extends its
-    background; it is measured in bench/eval_quality.py as an alternative to a fixed colour.
-    """
-    rgb = _as_rgb(image)
-    if fill is None:
-        fill = border_colour(rgb)
-    w, h = rgb.size
-    scale = size / max(w, h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    resized = rgb.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    canvas = Image.new("RGB", (size, size), fill)
-    canvas.paste(resized, ((size - nw) // 2, (size - nh) // 2))
-    return np.asarray(canvas, dtype=np.uint8)
-
-
-def border_colour(image: Image.Image) -> tuple[int, int, int]:
-    """Median RGB of the one-pixel frame around an RGB image (its likely background)."""
-    a = np.asarray(image)
-    frame = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    r, g, b = (int(v) for v in np.median(frame, axis=0))
-    return r, g, b
-
-
-def squash(image: Image.Image, size: int = INPUT_SIZE) -> np.ndarray:
-    """Plain resize of the whole image to a square: the dataset's reference preprocessing."""
-    rgb = _as_rgb(image).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    return np.asarray(rgb, dtype=np.uint8)
 
 
 def centre_crop(image: Image.Image, size: int = INPUT_SIZE) -> np.ndarray:
