@@ -3,8 +3,7 @@
 The server ranks with `repository.colour_table` (the same scores in memory, about twice as
 fast at 100,000 images); this module holds the types both share and the SQL ranking that the
 table is tested against (tests/test_colour_table.py), itself held equal to
-`models.colours.best_match` (tests/test_colour_search_server.py). It is kept as that
-reference, and as the fallback a smaller deployment could use without the table's memory.
+`models.colours.best_match` (tests/test_colour_search_server.py).
 
 How a query stays off a scan of every image, and cheap even when it is broad (green covers a
 quarter of the hue circle, so a quarter of the shop's colours):
