@@ -148,7 +148,6 @@ class SimilarityEngine:
         self.started_at = time.monotonic()
         #: Set once the model is ready or known to be unavailable.
         self.model_settled = threading.Event()
-        #: Set when a backfill pass has finished and nothing is left to do.
         self._model_async: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()  # index mutations + the pending queue
@@ -387,7 +386,9 @@ class SimilarityEngine:
         """A picture that cannot be read or decoded is remembered and not tried again. Anything
         else may be a bug here rather than in the picture: it is logged with its traceback and
         tried again at the next pass, so one bug cannot leave every image without an embedding
-        until a restart."""
+        until a restart. While the server stops, nothing is said: the next start tries again."""
+        if self._stop.is_set():
+            return
         if isinstance(exc, imaging.ImageRejected | BlobError):
             log.warning("image %d cannot be embedded: %s", image_id, _describe(exc))
             self._failed.add(image_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -433,7 +434,7 @@ def test_a_bug_while_backfilling_is_retried_and_logged_with_its_traceback(
 ) -> None:
     """Every failure used to mark the image as not embeddable until a restart, with one line
     and no traceback: a bug in the model input would have silently left every image out."""
-    engine = SimpleNamespace(_failed=set())  # the one attribute the decision touches
+    engine = SimpleNamespace(_failed=set(), _stop=threading.Event())  # what the decision reads
     decide = SimilarityEngine._embedding_failed
     decide(engine, 1, BlobError("the blob is gone"))  # type: ignore[arg-type]
     decide(engine, 2, ImageRejected(TRUNCATED, "cut short"))  # type: ignore[arg-type]
