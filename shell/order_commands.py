@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import cmd2
+from rich.console import JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
-from protocol.catalog import ListOrders, ListSales, Order, OrderList
+from protocol.catalog import ListOrders, ListSales, Order, OrderLine, OrderList
 from shell import listing
 from shell.app import CART, CommandFailed, VitrineShell, id_argument, parser, write_json_lines
 from shell.text import plural, printable
@@ -31,6 +32,23 @@ def _when(timestamp: float) -> str:
 
 def _iso(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def _line_total(line: OrderLine) -> str:
+    return format_cents(line.quantity * line.unit_price_cents)
+
+
+#: Columns whose cells are numbers or ids, set flush right.
+_RIGHT = frozenset({"order", "image", "qty", "price", "total"})
+
+
+def _history_table(*columns: str) -> Table:
+    """The table `orders` and `sales` fill: numbers flush right, only titles may wrap."""
+    table = Table(header_style="bold")
+    for name in columns:
+        justify: JustifyMethod = "right" if name in _RIGHT else "left"
+        table.add_column(name, justify=justify, no_wrap=name != "title")
+    return table
 
 
 def order_json(order: Order) -> dict[str, Any]:
@@ -46,7 +64,7 @@ def order_json(order: Order) -> dict[str, Any]:
                 "seller": line.seller,
                 "quantity": line.quantity,
                 "unit_price": format_cents(line.unit_price_cents),
-                "line_total": format_cents(line.quantity * line.unit_price_cents),
+                "line_total": _line_total(line),
             }
             for line in order.lines
         ],
@@ -222,18 +240,7 @@ class OrderHistoryCommands(cmd2.CommandSet[VitrineShell]):
                 else f"You have no orders older than #{before}."
             )
             return
-        table = Table(header_style="bold")
-        for name, justify in (
-            ("order", "right"),
-            ("date", "left"),
-            ("image", "right"),
-            ("title", "left"),
-            ("seller", "left"),
-            ("qty", "right"),
-            ("price", "right"),
-            ("total", "right"),
-        ):
-            table.add_column(name, justify=justify, no_wrap=name != "title")  # type: ignore[arg-type]
+        table = _history_table("order", "date", "image", "title", "seller", "qty", "price", "total")
         for order in answer.orders:
             for number, line in enumerate(order.lines):
                 first = number == 0
@@ -245,7 +252,7 @@ class OrderHistoryCommands(cmd2.CommandSet[VitrineShell]):
                     Text(printable(line.seller)),
                     str(line.quantity),
                     format_cents(line.unit_price_cents),
-                    format_cents(line.quantity * line.unit_price_cents),
+                    _line_total(line),
                 )
             table.add_row(
                 "",
@@ -301,7 +308,7 @@ class OrderHistoryCommands(cmd2.CommandSet[VitrineShell]):
                     "title": line.title,
                     "quantity": line.quantity,
                     "unit_price": format_cents(line.unit_price_cents),
-                    "line_total": format_cents(line.quantity * line.unit_price_cents),
+                    "line_total": _line_total(line),
                 }
                 for order, line in rows
             ]
@@ -316,18 +323,7 @@ class OrderHistoryCommands(cmd2.CommandSet[VitrineShell]):
                 else f"Nothing of yours was sold before order #{before}."
             )
             return
-        table = Table(header_style="bold")
-        for name, justify in (
-            ("date", "left"),
-            ("order", "right"),
-            ("buyer", "left"),
-            ("image", "right"),
-            ("title", "left"),
-            ("qty", "right"),
-            ("price", "right"),
-            ("total", "right"),
-        ):
-            table.add_column(name, justify=justify, no_wrap=name != "title")  # type: ignore[arg-type]
+        table = _history_table("date", "order", "buyer", "image", "title", "qty", "price", "total")
         for order, line in rows:
             table.add_row(
                 _when(order.created_at),
@@ -337,7 +333,7 @@ class OrderHistoryCommands(cmd2.CommandSet[VitrineShell]):
                 Text(printable(line.title)),
                 str(line.quantity),
                 format_cents(line.unit_price_cents),
-                format_cents(line.quantity * line.unit_price_cents),
+                _line_total(line),
             )
         shell.poutput(table, soft_wrap=False)
         sold = f"{plural(units, 'item')} sold in {plural(len(answer.orders), 'order')}"

@@ -182,8 +182,10 @@ def run_client(
     extra_env: dict[str, str] | None = None,
     flags: tuple[str, ...] = (),
     timeout: float = 120.0,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `client.py` once with commands as arguments, the way a script would."""
+    """Run `client.py` once with commands as arguments, the way a script would; `stdin` is
+    piped in when given (a script's own input, or commands with no arguments)."""
     env = {**os.environ, **(extra_env or {})}
     env.pop("VITRINE_PASSWORD", None)
     if password is not None:
@@ -209,7 +211,7 @@ def run_client(
         capture_output=True,
         text=True,
         timeout=timeout,
-        stdin=subprocess.DEVNULL,
+        **({"stdin": subprocess.DEVNULL} if stdin is None else {"input": stdin}),
     )
 
 

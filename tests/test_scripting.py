@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from shell.cli import parse_args
-from tests.servers import ROOT, ServerProcess, create_users
+from tests.servers import ROOT, ServerProcess, create_users, run_client
 from util.money import format_cents
 
 PASSWORD = "correct horse battery"
@@ -39,26 +39,13 @@ def client(
     server: ServerProcess, home: Path, *commands: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """client.py as a script runs it: arguments, and stdin a pipe (empty unless given)."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "client.py"),
-            "--server",
-            server.address,
-            "--config-dir",
-            str(home),
-            "--data-dir",
-            str(home / "data"),
-            "--fingerprint",
-            server.fingerprint,
-            *commands,
-        ],
-        cwd=ROOT,
-        env={**os.environ, "VITRINE_PASSWORD": PASSWORD, "COLUMNS": "160"},
-        input=stdin or "",
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = run_client(
+        server,
+        *commands,
+        config_dir=home,
+        password=PASSWORD,
+        extra_env={"COLUMNS": "160"},
+        stdin=stdin or "",
     )
     assert "Traceback" not in done.stdout + done.stderr, done
     return done
