@@ -1,22 +1,28 @@
-"""The inner loops of colour extraction, compiled (numba, `nogil`).
+"""The inner loops of colour extraction, compiled (numba), holding the GIL.
 
 Why compiled: `models.colours` runs at every upload, inside a server whose event loop, executor
 workers and embedding batcher all want the GIL. Written as numpy, backdrop suppression alone
 was some sixty array operations on a 64-pixel picture; each one let go of the GIL and took it
 back, and under a bulk upload every hand-off was a context switch, so extraction cost about
-twice its CPU measured alone (docs/colours.md, "Speed"). A compiled loop makes one call that
-holds nothing: no hand-offs, and the arithmetic is done once per pixel rather than once per
-array pass. The hue clustering (histogram, smoothing, climb to the peaks, merging of arcs) is
-compiled for the other half of the same reason: as Python it held the GIL for about 0.15 ms
-per image, during which the event loop and the batcher could not run, and two threads
-extracting at once cost 30% more per image than one.
+twice its CPU measured alone (docs/colours.md, "Speed"). A compiled loop does the arithmetic
+once per pixel rather than once per array pass, in one call. The hue clustering (histogram,
+smoothing, climb to the peaks, merging of arcs) is compiled for the other half of the same
+reason: as Python it held the GIL for about 0.15 ms per image, during which the event loop and
+the batcher could not run, and two threads extracting at once cost 30% more per image than one.
 
-Each kernel computes exactly what the numpy or Python code it replaced computed, in the same
+Why `nogil=False`: with `nogil=True` numba lets go of the GIL on entering a kernel and takes it
+back on leaving, which is one hand-off per call, and each call here lasts 10-50 microseconds.
+Holding it instead took extraction from about ten hand-offs per image to six, and compiling
+the pixel unpacking and the Lab conversion (`planar_from_bytes`, `lab_from_linear`) to about
+two: Pillow's box reduction and the white balance's estimate (docs/colours.md, "Speed").
+
+Each kernel computes what the numpy or Python code it replaced computed, in the same
 arithmetic (float32 for pixels, double for the clustering, as Python's floats): palettes stayed
-byte-identical on 1,100 thumbnails. `_lit_sums` (each colour as its lit half looks) came later
-and was written here directly. The docstrings of `models.colours` explain the rules.
-`cache=True` keeps the machine code under `__pycache__`, so only the first process on a
-machine compiles (~2 s).
+byte-identical on 1,100 thumbnails, and the Lab conversion moved one palette of 3,400 by one
+pixel's share (its cube root is correctly rounded; numpy's vectorised one is not always).
+`_lit_sums` (each colour as its lit half looks) came later and was written here directly. The
+docstrings of `models.colours` explain the rules. `cache=True` keeps the machine code under
+`__pycache__`, so only the first process on a machine compiles (~2 s).
 """
 
 from __future__ import annotations
@@ -29,7 +35,63 @@ from util.colour_spec import hue_distance
 _F = np.float32
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=False, cache=True)
+def planar_from_bytes(
+    rgb: np.ndarray, linear_table: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled; tested through models.colours
+    """8-bit pixels, (n, 3), as planar (3, n) float32 in 0..1 and their sRGB decoding, looked up
+    in `linear_table` (the decoding of each byte value): in numpy, three array passes and a
+    pow per value, each letting go of the GIL."""
+    n = rgb.shape[0]
+    px = np.empty((3, n), dtype=np.float32)
+    linear = np.empty((3, n), dtype=np.float32)
+    scale = _F(1.0 / 255.0)
+    for i in range(n):
+        for c in range(3):
+            v = rgb[i, c]
+            px[c, i] = _F(v) * scale
+            linear[c, i] = linear_table[v]
+    return px, linear
+
+
+@njit(nogil=False, cache=True)
+def lab_from_linear(
+    linear: np.ndarray, to_xyz: np.ndarray
+) -> np.ndarray:  # pragma: no cover - compiled; tested through models.colours
+    """CIE Lab, planar float32, of planar linear RGB, with `to_xyz` the D65 matrix scaled so
+    that white is (1, 1, 1). The cube root is a first guess from the float's bits refined by
+    two Halley steps in double, which is as exact as the float32 result can be, and unlike a
+    call to libm's cbrtf it vectorises."""
+    n = linear.shape[1]
+    xyz = np.empty(3 * n, dtype=np.float32)
+    for i in range(n):
+        r, g, b = linear[0, i], linear[1, i], linear[2, i]
+        for k in range(3):
+            xyz[k * n + i] = to_xyz[k, 0] * r + to_xyz[k, 1] * g + to_xyz[k, 2] * b
+    bits = xyz.view(np.int32)
+    guess = np.empty(3 * n, dtype=np.int32)
+    for i in range(3 * n):
+        guess[i] = bits[i] // 3 + 709921077  # about the exponent divided by three
+    first = guess.view(np.float32)
+    f = np.empty(3 * n, dtype=np.float32)
+    for i in range(3 * n):
+        t = xyz[i]
+        x = np.float64(t)
+        y = np.float64(first[i])
+        for _ in range(2):
+            y3 = y * y * y
+            y = y * (y3 + 2.0 * x) / (2.0 * y3 + x)
+        f[i] = _F(y) if t > _F(0.008856) else t * _F(7.787) + _F(16.0 / 116.0)
+    lab = np.empty((3, n), dtype=np.float32)
+    for i in range(n):
+        fx, fy, fz = f[i], f[n + i], f[2 * n + i]
+        lab[0, i] = _F(116.0) * fy - _F(16.0)
+        lab[1, i] = _F(500.0) * (fx - fy)
+        lab[2, i] = _F(200.0) * (fy - fz)
+    return lab
+
+
+@njit(nogil=False, cache=True)
 def backdrop_core(
     lab: np.ndarray,
     height: int,
@@ -41,9 +103,8 @@ def backdrop_core(
     max_share: float,
     ring_cover: float,
 ) -> np.ndarray:  # pragma: no cover - compiled; tested through models.colours
-    """`models.colours.backdrop_mask` after the Lab conversion (which stays in numpy: its
-    vectorised pow and cbrt are faster than compiled scalar ones, and round differently): a
-    flat boolean mask, all False when there is no backdrop to remove."""
+    """`models.colours.backdrop_mask` after the Lab conversion: a flat boolean mask, all False
+    when there is no backdrop to remove."""
     n = height * width
     nl, na, nb = lab_bins[0], lab_bins[1], lab_bins[2]
     cells = np.empty(n, dtype=np.int64)
@@ -113,7 +174,7 @@ def backdrop_core(
     return back
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=False, cache=True, inline="always")
 def _hue(
     r: np.float32, g: np.float32, b: np.float32, hi: np.float32, c: np.float32
 ) -> np.float32:  # pragma: no cover - compiled
@@ -131,7 +192,7 @@ def _hue(
     return h
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=False, cache=True)
 def classify_pixels(
     px: np.ndarray,
     chroma_min: np.float32,
@@ -173,7 +234,7 @@ def classify_pixels(
     return mx, chroma, kind
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=False, cache=True)
 def colour_pixels(
     px: np.ndarray, mx: np.ndarray, chroma: np.ndarray, kind: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
@@ -196,7 +257,7 @@ def colour_pixels(
     return out, bins
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=False, cache=True)
 def _hls_hue(r: float, g: float, b: float) -> float:  # pragma: no cover - compiled
     """`colorsys.rgb_to_hls(r, g, b)[0] * 360`, step for step in double precision, so the
     compiled merge sees the very hues the Python one did."""
@@ -217,16 +278,16 @@ def _hls_hue(r: float, g: float, b: float) -> float:  # pragma: no cover - compi
     return ((h / 6.0) % 1.0) * 360.0
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=False, cache=True)
 def _arc_hue(arc: np.ndarray) -> float:  # pragma: no cover - compiled
     return _hls_hue(arc[1] / arc[0], arc[2] / arc[0], arc[3] / arc[0])
 
 
 #: The query side's hue distance (355 and 5 are 10 apart), compiled for the merge.
-_hue_distance = njit(nogil=True, cache=True)(hue_distance)
+_hue_distance = njit(nogil=False, cache=True)(hue_distance)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=False, cache=True)
 def _valley(smooth: np.ndarray, lo: int, hi: int) -> float:  # pragma: no cover - compiled
     """Lowest smoothed value on the way from hue bin `lo` up to `hi` (wrapping past 359)."""
     if hi >= lo:
@@ -234,7 +295,7 @@ def _valley(smooth: np.ndarray, lo: int, hi: int) -> float:  # pragma: no cover 
     return min(smooth[lo:].min(), smooth[: hi + 1].min())
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=False, cache=True)
 def _segment(
     hbin: np.ndarray, kernel: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
@@ -269,7 +330,7 @@ def _segment(
     return label, smooth
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=False, cache=True)
 def cluster_arcs(
     cpx: np.ndarray,
     hbin: np.ndarray,
@@ -368,7 +429,7 @@ def cluster_arcs(
     return out
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=False, cache=True)
 def _lit_sums(
     cpx: np.ndarray,
     hbin: np.ndarray,
@@ -407,7 +468,7 @@ def _lit_sums(
     return lit
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=False, cache=True)
 def shade_counts(
     arcs: np.ndarray,
     px: np.ndarray,

@@ -27,6 +27,8 @@ from models.colour_kernels import (
     classify_pixels,
     cluster_arcs,
     colour_pixels,
+    lab_from_linear,
+    planar_from_bytes,
     shade_counts,
 )
 from util.colour_spec import (
@@ -256,19 +258,23 @@ def _gaussian_kernel(sigma: float) -> np.ndarray:
 _KERNEL = _gaussian_kernel(SMOOTH_SIGMA)
 
 
-def _work_pixels(thumbnail: Image.Image) -> tuple[np.ndarray, tuple[int, int]]:
-    """The picture as a planar (3, n) float32 array in 0..1, box-reduced to about WORK_SIDE,
-    and its (height, width).
+def _work_pixels(
+    thumbnail: Image.Image,
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """The picture box-reduced to about WORK_SIDE, as planar (3, n) float32 in 0..1, the same
+    pixels sRGB-decoded (for `_lab`), and its (height, width).
 
     Planar because per-pixel max/min over a trailing axis of 3 is several times slower in
-    numpy than element-wise maximum of three contiguous rows.
+    numpy than element-wise maximum of three contiguous rows. Both arrays come from one
+    compiled pass over the reduced bytes, and the decoding is a table lookup, because each
+    numpy pass would let go of the GIL and wait to take it back (docs/colours.md, "Speed").
     """
     img = thumbnail if thumbnail.mode == "RGB" else thumbnail.convert("RGB")
     factor = max(1, max(img.size) // WORK_SIDE)
     if factor > 1:
         img = img.reduce(factor)
-    arr = np.asarray(img, dtype=np.float32).reshape(-1, 3).T
-    return np.ascontiguousarray(arr) * np.float32(1.0 / 255.0), (img.height, img.width)
+    px, linear = planar_from_bytes(np.asarray(img).reshape(-1, 3), _LINEAR_TABLE)
+    return px, linear, (img.height, img.width)
 
 
 def _max_min(px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -369,13 +375,20 @@ _LAB_BINS = _lab_bins(BD_CELL)
 _FINE_LAB_BINS = _lab_bins(BD_FINE_CELL)
 
 
-def _lab(px: np.ndarray) -> np.ndarray:
-    """CIE Lab (planar, float32) of planar sRGB in 0..1: distances there are perceptual, so
-    one threshold serves a dark brown floor and a pale beige wall alike."""
-    lin = np.where(px <= 0.04045, px * np.float32(1 / 12.92), ((px + 0.055) / 1.055) ** 2.4)
-    xyz = _XYZ @ lin
-    f = np.where(xyz > 0.008856, np.cbrt(xyz), xyz * np.float32(7.787) + np.float32(16 / 116))
-    return np.stack([116.0 * f[1] - 16.0, 500.0 * (f[0] - f[1]), 200.0 * (f[1] - f[2])])
+def _linear(px: np.ndarray) -> np.ndarray:
+    """sRGB decoding of pixels in 0..1: linear light, the first step to Lab."""
+    return np.where(px <= 0.04045, px * np.float32(1 / 12.92), ((px + 0.055) / 1.055) ** 2.4)
+
+
+# The decoding of every byte value, so that pixels straight from the picture are decoded by
+# lookup; only white-balanced ones, no longer on the 8-bit grid, go through `_linear`.
+_LINEAR_TABLE = _linear(np.arange(256, dtype=np.float32) * np.float32(1.0 / 255.0))
+
+
+def _lab(linear: np.ndarray) -> np.ndarray:
+    """CIE Lab (planar, float32) of planar linear RGB: distances there are perceptual, so one
+    threshold serves a dark brown floor and a pale beige wall alike."""
+    return lab_from_linear(linear, _XYZ)
 
 
 @functools.lru_cache(maxsize=64)
@@ -389,7 +402,9 @@ def _ring(shape: tuple[int, int]) -> np.ndarray:
     return ring
 
 
-def backdrop_mask(px: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, bool] | None:
+def backdrop_mask(
+    px: np.ndarray, linear: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, bool] | None:
     """The photo's backdrop as a flat boolean mask, and whether to remove it; None if there is
     no backdrop at all.
 
@@ -403,7 +418,7 @@ def backdrop_mask(px: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, b
     with False: kept as a colour, but what is in front of it is clustered apart (KEPT_MERGE_*).
     """
     height, width = shape
-    lab, ring = _lab(px), _ring(shape).ravel()
+    lab, ring = _lab(linear), _ring(shape).ravel()
     # BD_MAX is applied here rather than in the kernel, to know when to try the finer grid
     back = backdrop_core(
         lab, height, width, ring, _LAB_BINS, BD_CELL, BD_SUPPORT, 1.0, BD_RING_COVER
@@ -538,7 +553,7 @@ def extract_palette(
     dress on a wooden floor is red with the share of the picture the dress covers.
     `white_balance` and `backdrop` override WHITE_BALANCE and BACKDROP (for measurement).
     """
-    px, shape = _work_pixels(thumbnail)
+    px, linear, shape = _work_pixels(thumbnail)
     total = px.shape[1]
     if total == 0 or max_colours <= 0:
         return []
@@ -546,8 +561,10 @@ def extract_palette(
         gains = white_balance_gains(px, shape)
         if gains is not None:
             px = np.minimum(px * gains[:, None], 1.0)
+            linear = _linear(px)
     parts = [px]
-    found = backdrop_mask(px, shape) if (BACKDROP if backdrop is None else backdrop) else None
+    use_backdrop = BACKDROP if backdrop is None else backdrop
+    found = backdrop_mask(px, linear, shape) if use_backdrop else None
     if found is not None:
         back, remove = found
         # removed: not colours, but still counted in `total`, like whites; kept: apart
@@ -621,7 +638,7 @@ def _merge_into_backdrop(kept: np.ndarray, front: np.ndarray, total: int) -> np.
     if not len(kept) or not len(front):
         return np.concatenate([kept, front])
     means = [(arcs[:, 1:4] / arcs[:, :1]).T.astype(np.float32) for arcs in (kept, front)]
-    lab = [_lab(m) for m in means]
+    lab = [_lab(_linear(m)) for m in means]
     distance = np.linalg.norm(lab[0][:, :, None] - lab[1][:, None, :], axis=0)
     hls = [[colorsys.rgb_to_hls(*(float(v) for v in rgb)) for rgb in m.T] for m in means]
     merged = kept.copy()

@@ -31,6 +31,7 @@ from models.colours import (
     PaletteColour,
     _chromatic_pixels,
     _lab,
+    _linear,
     _ring,
     _work_pixels,
     backdrop_mask,
@@ -462,6 +463,41 @@ _DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / 
 
 
 @pytest.mark.skipif(not _DATASET.is_dir(), reason="shared clothing dataset not present")
+def _textbook_lab(rgb: np.ndarray) -> np.ndarray:
+    """CIE Lab of 8-bit sRGB pixels (n, 3) under D65, in float64, straight from the definitions."""
+    c = rgb / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    to_xyz = np.array(
+        [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]
+    )
+    t = linear @ to_xyz.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(t > (6 / 29) ** 3, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_lab_of_a_pictures_pixels_is_the_textbook_lab(seed: int) -> None:
+    # the compiled path: bytes decoded by table lookup, then the cube root by Halley steps
+    rgb = np.random.default_rng(seed).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    px, linear, shape = _work_pixels(Image.fromarray(rgb))
+    assert shape == (40, 50)
+    np.testing.assert_array_equal(px, rgb.reshape(-1, 3).T.astype(np.float32) * np.float32(1 / 255))
+    np.testing.assert_allclose(_lab(linear).T, _textbook_lab(rgb.reshape(-1, 3)), atol=2e-3)
+    # white-balanced pixels, off the 8-bit grid, are decoded by the formula the table holds
+    np.testing.assert_array_equal(_linear(px), linear)
+
+
+def test_lab_of_the_primaries_is_the_published_one() -> None:
+    # sRGB red, green, blue and white in CIE Lab (D65), as colour references list them
+    rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]], dtype=np.uint8)
+    _, linear, _ = _work_pixels(Image.fromarray(rgb))
+    published = [
+        [53.24, 80.09, 67.20], [87.73, -86.18, 83.18], [32.30, 79.19, -107.86], [100, 0, 0]
+    ]  # fmt: skip
+    np.testing.assert_allclose(_lab(linear).T, published, atol=0.05)
+
+
 def test_real_photos_give_sane_palettes() -> None:
     files = sorted(_DATASET.glob("gallery/*/*.jpg"))[:: max(1, int(os.environ.get("STEP", 25)))]
     assert files
@@ -534,9 +570,9 @@ def test_pale_garment_on_a_beige_floor_leaves_no_floor_colour() -> None:
     assert extract_palette(img) == []
     # not vacuous: the floor is a colour of the picture, and the coarse grid alone keeps it
     assert any(c.share > 0.5 for c in extract_palette(img, backdrop=False))
-    px, shape = _work_pixels(img)
+    _, linear, shape = _work_pixels(img)
     coarse = backdrop_core(
-        _lab(px), *shape, _ring(shape).ravel(), _LAB_BINS, BD_CELL, BD_SUPPORT, BD_MAX, 0.0
+        _lab(linear), *shape, _ring(shape).ravel(), _LAB_BINS, BD_CELL, BD_SUPPORT, BD_MAX, 0.0
     )
     assert not coarse.any()
 
@@ -602,8 +638,8 @@ def test_a_small_fruit_on_a_large_wooden_table_is_its_colour_and_not_the_tables(
     assert best_match(palette, brown, brown.tolerance, 0.0) is None
     # not vacuous: the guard keeps the wood (more than BD_MAX), and without suppression the
     # wood is the picture's largest colour
-    px, shape = _work_pixels(img)
-    found = backdrop_mask(px, shape)
+    px, linear, shape = _work_pixels(img)
+    found = backdrop_mask(px, linear, shape)
     assert found is not None and found[1] is False
     plain = extract_palette(img, backdrop=False)
     assert best_match(plain, brown, brown.tolerance, 0.5) is not None
@@ -633,8 +669,8 @@ def test_a_kept_backdrop_is_a_table_only_if_brown_with_a_product_on_it(
     side = int(np.sqrt(share * w * h))
     a[80 : 80 + side, 100 : 100 + side] = hls_rgb(*thing)
     img = _noisy(a)
-    px, shape = _work_pixels(img)
-    found = backdrop_mask(px, shape)
+    px, linear, shape = _work_pixels(img)
+    found = backdrop_mask(px, linear, shape)
     assert found is not None and found[1] is False  # kept by the guard
     palette = extract_palette(img)
     behind = [c for c in palette if hue_distance(c.hue, backdrop[0]) <= HUE_TOL]
@@ -771,7 +807,7 @@ def test_lit_sums_follow_every_pixel_to_its_merged_colour(hues: list[float], see
         band = slice(k * w // len(hues), (k + 1) * w // len(hues))
         shade = rng.uniform(0.4, 1.0, (h, band.stop - band.start, 1))
         a[:, band] = np.asarray(hls_rgb(hue, 0.5, 0.8), float) * shade
-    px, _ = _work_pixels(Image.fromarray(a.astype(np.uint8)))
+    px, _, _ = _work_pixels(Image.fromarray(a.astype(np.uint8)))
     cpx, hbin, *_ = _chromatic_pixels(px, px.shape[1])
     assume(len(hbin) > 0)
     whole = cluster_arcs(cpx, hbin, _KERNEL, MERGE_DEGREES, VALLEY_RATIO, 1.0)
