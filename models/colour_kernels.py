@@ -14,7 +14,8 @@ Why `nogil=False`: with `nogil=True` numba lets go of the GIL on entering a kern
 back on leaving, which is one hand-off per call, and each call here lasts 10-50 microseconds.
 Holding it instead took extraction from about ten hand-offs per image to six, and compiling
 the pixel unpacking and the Lab conversion (`planar_from_bytes`, `lab_from_linear`) to about
-two: Pillow's box reduction and the white balance's estimate (docs/colours.md, "Speed").
+two: Pillow's box reduction, the white balance's estimate and, for a balanced picture, its
+sRGB decoding in numpy (docs/colours.md, "Speed").
 
 Each kernel computes what the numpy or Python code it replaced computed, in the same
 arithmetic (float32 for pixels, double for the clustering, as Python's floats): palettes stayed
@@ -22,7 +23,8 @@ byte-identical on 1,100 thumbnails, and the Lab conversion moved one palette of 
 pixel's share (its cube root is correctly rounded; numpy's vectorised one is not always).
 `_lit_sums` (each colour as its lit half looks) came later and was written here directly. The
 docstrings of `models.colours` explain the rules. `cache=True` keeps the machine code under
-`__pycache__`, so only the first process on a machine compiles (~2 s).
+`__pycache__`, so only the first process on a machine compiles (about 10 s; `warm_up` does it
+in the background at start-up, and an upload that comes first waits for it).
 """
 
 from __future__ import annotations
@@ -54,14 +56,16 @@ def planar_from_bytes(
     return px, linear
 
 
-@njit(nogil=False, cache=True)
+@njit(nogil=False, cache=True, error_model="numpy")
 def lab_from_linear(
     linear: np.ndarray, to_xyz: np.ndarray
 ) -> np.ndarray:  # pragma: no cover - compiled; tested through models.colours
     """CIE Lab, planar float32, of planar linear RGB, with `to_xyz` the D65 matrix scaled so
     that white is (1, 1, 1). The cube root is a first guess from the float's bits refined by
     two Halley steps in double, which is as exact as the float32 result can be, and unlike a
-    call to libm's cbrtf it vectorises."""
+    call to libm's cbrtf it vectorises: `error_model="numpy"` drops numba's check for division
+    by zero, which would keep the divisions scalar (the divisor 2y^3 + x is positive here, as
+    x >= 0 and the first guess is never 0)."""
     n = linear.shape[1]
     xyz = np.empty(3 * n, dtype=np.float32)
     for i in range(n):

@@ -381,14 +381,16 @@ def _linear(px: np.ndarray) -> np.ndarray:
 
 
 # The decoding of every byte value, so that pixels straight from the picture are decoded by
-# lookup; only white-balanced ones, no longer on the 8-bit grid, go through `_linear`.
+# lookup; white-balanced ones, no longer on the 8-bit grid, and the mean colours of
+# `_merge_into_backdrop` go through `_linear`.
 _LINEAR_TABLE = _linear(np.arange(256, dtype=np.float32) * np.float32(1.0 / 255.0))
 
 
 def _lab(linear: np.ndarray) -> np.ndarray:
     """CIE Lab (planar, float32) of planar linear RGB: distances there are perceptual, so one
     threshold serves a dark brown floor and a pale beige wall alike."""
-    return lab_from_linear(linear, _XYZ)
+    # contiguous float32 always, so that one compiled version serves every caller
+    return lab_from_linear(np.ascontiguousarray(linear, dtype=np.float32), _XYZ)
 
 
 @functools.lru_cache(maxsize=64)
@@ -679,7 +681,7 @@ def _table_coloured(arc: np.ndarray) -> bool:
 
 
 def warm_up() -> None:
-    """Load (or, the first time on a machine, compile: about 2 s) the compiled kernels, on
+    """Load (or, the first time on a machine, compile: about 10 s) the compiled kernels, on
     pictures that take every path through them, so the first upload does not wait for it."""
     warm = Image.new("RGB", (64, 48), (236, 226, 205))  # a warm white backdrop ...
     warm.paste((190, 40, 30), (16, 12, 48, 36))  # ... behind a red product

@@ -23,6 +23,7 @@ from models.colours import (
     BD_SUPPORT,
     CHROMA_MIN,
     FAINT_CHROMA,
+    KEPT_MERGE_HUE,
     MERGE_DEGREES,
     VALLEY_RATIO,
     WB_CAST_HUES,
@@ -32,6 +33,7 @@ from models.colours import (
     _chromatic_pixels,
     _lab,
     _linear,
+    _merge_into_backdrop,
     _ring,
     _work_pixels,
     backdrop_mask,
@@ -457,12 +459,9 @@ def test_bad_tolerance_and_min_share_are_refused() -> None:
         match_score(colour(0, 0.5), q, 15, 1.5)
 
 
-# --- real photos (optional: the shared dataset) -------------------------------------------
-
-_DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "clothing-small"
+# --- Lab ---------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not _DATASET.is_dir(), reason="shared clothing dataset not present")
 def _textbook_lab(rgb: np.ndarray) -> np.ndarray:
     """CIE Lab of 8-bit sRGB pixels (n, 3) under D65, in float64, straight from the definitions."""
     c = rgb / 255.0
@@ -498,6 +497,60 @@ def test_lab_of_the_primaries_is_the_published_one() -> None:
     np.testing.assert_allclose(_lab(linear).T, published, atol=0.05)
 
 
+@pytest.mark.parametrize("warm", [False, True])
+def test_the_backdrop_is_found_from_the_pixels_as_they_are_after_white_balance(
+    warm: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the linear values the backdrop's Lab comes from must be those of the (possibly balanced)
+    # pixels it is given, not of the picture before the correction
+    img = Image.new("RGB", SIZE, (250, 250, 250))
+    img.paste(Image.new("RGB", (100, 120), (60, 160, 80)), (78, 36))
+    if warm:
+        img = Image.fromarray(np.round(np.asarray(img) * [1.0, 0.93, 0.80]).astype(np.uint8))
+    seen = []
+
+    def spy(px: np.ndarray, linear: np.ndarray, shape: tuple[int, int]):
+        seen.append((px, linear))
+        return backdrop_mask(px, linear, shape)
+
+    monkeypatch.setattr(colours, "backdrop_mask", spy)
+    extract_palette(img)
+    ((px, linear),) = seen
+    np.testing.assert_array_equal(linear, _linear(px))
+    # not vacuous: the warm picture is balanced, so its pixels are off the 8-bit grid
+    on_grid = np.allclose(px * 255, np.round(px * 255), atol=1e-4)
+    assert on_grid is not warm
+
+
+@pytest.mark.parametrize(
+    ("kept", "front", "merged"),
+    [
+        ((44, 26, 160), (81, 13, 151), True),  # Lab distance 10: one blue in two lights
+        ((119, 239, 183), (116, 219, 202), False),  # 22: a mint and an aqua
+    ],
+)
+def test_a_kept_backdrop_takes_in_its_own_colour_by_lab_distance(
+    kept: tuple[int, int, int], front: tuple[int, int, int], merged: bool
+) -> None:
+    # the hues are further apart than KEPT_MERGE_HUE, so the Lab distance alone decides; with
+    # the sRGB values taken for linear ones, both answers would be the other way round
+    assert hue_distance(true_hue(kept), true_hue(front)) > KEPT_MERGE_HUE
+
+    def arc(rgb: tuple[int, int, int], count: int) -> np.ndarray:
+        sums = count * np.asarray(rgb, float) / 255.0
+        return np.array([[count, *sums, count, *sums]])
+
+    out = _merge_into_backdrop(arc(kept, 600), arc(front, 100), 1000)
+    assert len(out) == (1 if merged else 2)
+    assert out[:, 0].sum() == 700
+
+
+# --- real photos (optional: the shared dataset) -------------------------------------------
+
+_DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "clothing-small"
+
+
+@pytest.mark.skipif(not _DATASET.is_dir(), reason="shared clothing dataset not present")
 def test_real_photos_give_sane_palettes() -> None:
     files = sorted(_DATASET.glob("gallery/*/*.jpg"))[:: max(1, int(os.environ.get("STEP", 25)))]
     assert files
