@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -238,9 +239,18 @@ def _private_history(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
+# argparse takes a word that starts with "-" for an option unless it looks like a negative
+# number, and its own test (`-12`, `-1.5`) misses `-inf`, `-1e3` and `-.5`: those then read as
+# an unknown option, and the user is told that COLOR or a value is missing instead of why the
+# value is refused. No command has an option that looks like a number, so these are values.
+_NEGATIVE_NUMBER = re.compile(r"-(\d|\.\d|inf(inity)?$|nan$)", re.IGNORECASE)
+
+
 def parser(description: str) -> cmd2.Cmd2ArgumentParser:
     """Every command's parser: argparse gives both the help text and the tab completion."""
-    return cmd2.Cmd2ArgumentParser(description=description)
+    made = cmd2.Cmd2ArgumentParser(description=description)
+    made._negative_number_matcher = _NEGATIVE_NUMBER  # argparse's own: see _NEGATIVE_NUMBER
+    return made
 
 
 def id_argument(kind: str) -> Callable[[str], int]:

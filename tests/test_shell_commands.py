@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import cmd2
+import pytest
 
 from protocol.base import Request
 from protocol.catalog import GetImage, ImageDetails, ImageSummary
-from shell.app import VitrineShell
+from shell.app import VitrineShell, parser
 from shell.browse_commands import BrowseCommands
 from shell.image_commands import ImageCommands
 
@@ -115,3 +116,21 @@ def test_a_command_that_fails_unexpectedly_still_fails_the_script(tmp_path: Path
     assert shell.exit_code == 0
     shell.onecmd_plus_hooks("broken")
     assert shell.exit_code == 1  # cmd2 reported it; a script must still see it in the status
+
+
+@pytest.mark.parametrize("word", ["-inf", "-Infinity", "-nan", "-1e3", "-.5", "-12", "-1.5"])
+def test_a_word_that_reads_as_a_negative_number_is_a_value(word: str) -> None:
+    # argparse alone takes -inf, -1e3 or -.5 for an unknown option, and the command then says a
+    # value is missing instead of why this one is refused
+    made = parser("a command")
+    made.add_argument("value")
+    made.add_argument("--limit")
+    assert made.parse_args([word]).value == word
+    assert made.parse_args(["--limit", word, "x"]).limit == word
+
+
+def test_an_unknown_option_is_still_an_option() -> None:
+    made = parser("a command")
+    made.add_argument("value", nargs="?")
+    with pytest.raises(SystemExit):
+        made.parse_args(["-information"])
