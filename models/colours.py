@@ -418,6 +418,7 @@ def backdrop_mask(
     if what the closer match gives back is mostly a colour, there may be nothing in front of
     it: a swatch or a close-up, whose colour is the answer. Then the coarse backdrop comes back
     with False: kept as a colour, but what is in front of it is clustered apart (KEPT_MERGE_*).
+    `linear` is `px` decoded to linear light (`_linear`), which the Lab conversion starts from.
     """
     height, width = shape
     lab, ring = _lab(linear), _ring(shape).ravel()
