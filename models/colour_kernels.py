@@ -29,6 +29,8 @@ in the background at start-up, and an upload that comes first waits for it).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit
 
@@ -36,8 +38,11 @@ from util.colour_spec import hue_distance
 
 _F = np.float32
 
+#: Every kernel's options: holding the GIL (see above) and caching the machine code.
+_kernel = functools.partial(njit, nogil=False, cache=True)
 
-@njit(nogil=False, cache=True)
+
+@_kernel()
 def planar_from_bytes(
     rgb: np.ndarray, linear_table: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled; tested through models.colours
@@ -56,7 +61,7 @@ def planar_from_bytes(
     return px, linear
 
 
-@njit(nogil=False, cache=True, error_model="numpy")
+@_kernel(error_model="numpy")
 def lab_from_linear(
     linear: np.ndarray, to_xyz: np.ndarray
 ) -> np.ndarray:  # pragma: no cover - compiled; tested through models.colours
@@ -95,7 +100,7 @@ def lab_from_linear(
     return lab
 
 
-@njit(nogil=False, cache=True)
+@_kernel()
 def backdrop_core(
     lab: np.ndarray,
     height: int,
@@ -178,7 +183,7 @@ def backdrop_core(
     return back
 
 
-@njit(nogil=False, cache=True, inline="always")
+@_kernel(inline="always")
 def _hue(
     r: np.float32, g: np.float32, b: np.float32, hi: np.float32, c: np.float32
 ) -> np.float32:  # pragma: no cover - compiled
@@ -196,7 +201,7 @@ def _hue(
     return h
 
 
-@njit(nogil=False, cache=True)
+@_kernel()
 def classify_pixels(
     px: np.ndarray,
     chroma_min: np.float32,
@@ -238,7 +243,7 @@ def classify_pixels(
     return mx, chroma, kind
 
 
-@njit(nogil=False, cache=True)
+@_kernel()
 def colour_pixels(
     px: np.ndarray, mx: np.ndarray, chroma: np.ndarray, kind: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
@@ -261,7 +266,7 @@ def colour_pixels(
     return out, bins
 
 
-@njit(nogil=False, cache=True)
+@_kernel()
 def _hls_hue(r: float, g: float, b: float) -> float:  # pragma: no cover - compiled
     """`colorsys.rgb_to_hls(r, g, b)[0] * 360`, step for step in double precision, so the
     compiled merge sees the very hues the Python one did."""
@@ -282,16 +287,16 @@ def _hls_hue(r: float, g: float, b: float) -> float:  # pragma: no cover - compi
     return ((h / 6.0) % 1.0) * 360.0
 
 
-@njit(nogil=False, cache=True)
+@_kernel()
 def _arc_hue(arc: np.ndarray) -> float:  # pragma: no cover - compiled
     return _hls_hue(arc[1] / arc[0], arc[2] / arc[0], arc[3] / arc[0])
 
 
 #: The query side's hue distance (355 and 5 are 10 apart), compiled for the merge.
-_hue_distance = njit(nogil=False, cache=True)(hue_distance)
+_hue_distance = _kernel()(hue_distance)
 
 
-@njit(nogil=False, cache=True)
+@_kernel()
 def _valley(smooth: np.ndarray, lo: int, hi: int) -> float:  # pragma: no cover - compiled
     """Lowest smoothed value on the way from hue bin `lo` up to `hi` (wrapping past 359)."""
     if hi >= lo:
@@ -299,7 +304,7 @@ def _valley(smooth: np.ndarray, lo: int, hi: int) -> float:  # pragma: no cover 
     return min(smooth[lo:].min(), smooth[: hi + 1].min())
 
 
-@njit(nogil=False, cache=True)
+@_kernel()
 def _segment(
     hbin: np.ndarray, kernel: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
@@ -334,7 +339,7 @@ def _segment(
     return label, smooth
 
 
-@njit(nogil=False, cache=True)
+@_kernel()
 def cluster_arcs(
     cpx: np.ndarray,
     hbin: np.ndarray,
@@ -433,7 +438,7 @@ def cluster_arcs(
     return out
 
 
-@njit(nogil=False, cache=True)
+@_kernel()
 def _lit_sums(
     cpx: np.ndarray,
     hbin: np.ndarray,
@@ -472,7 +477,7 @@ def _lit_sums(
     return lit
 
 
-@njit(nogil=False, cache=True)
+@_kernel()
 def shade_counts(
     arcs: np.ndarray,
     px: np.ndarray,
