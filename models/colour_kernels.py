@@ -12,10 +12,11 @@ the batcher could not run, and two threads extracting at once cost 30% more per 
 
 Why `nogil=False`: with `nogil=True` numba lets go of the GIL on entering a kernel and takes it
 back on leaving, which is one hand-off per call, and each call here lasts 10-50 microseconds.
-Holding it instead took extraction from about ten hand-offs per image to six, and compiling
-the pixel unpacking and the Lab conversion (`planar_from_bytes`, `lab_from_linear`) to about
-two: Pillow's box reduction, the white balance's estimate and, for a balanced picture, its
-sRGB decoding in numpy (docs/colours.md, "Speed").
+Holding it instead took extraction from about ten hand-offs per image to six, compiling the
+pixel unpacking and the Lab conversion (`planar_from_bytes`, `lab_from_linear`) to about two,
+and the white balance's estimate and guards (`frame_neutral`, `balance_guards`) to about one
+and a half: Pillow's box reduction, and numpy for the few pictures that are balanced or have
+a large faint or dark group (docs/colours.md, "Speed").
 
 Each kernel computes what the numpy or Python code it replaced computed, in the same
 arithmetic (float32 for pixels, double for the clustering, as Python's floats): palettes stayed
@@ -212,17 +213,24 @@ def classify_pixels(
     dark_ratio: np.float32,
     dark_hue_lo: np.float32,
     dark_hue_hi: np.float32,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    dark_group_max: np.float32,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:  # pragma: no cover - compiled
     """Per pixel: max(r, g, b), chroma, and its kind under the achromatic rule of
     `models.colours` (0 grey, white or black; 1 a colour; 2 a faint tint, chroma between
     `faint_min` and `chroma_min`). A dark pixel below `chroma_min` is a colour when its chroma
     is at least `dark_min` and `dark_ratio` of its max and its hue is in
     [`dark_hue_lo`, `dark_hue_hi`] (the DARK_* rule). Thresholds come as float32, compared in
-    float32 as numpy compares a float32 array with a Python float."""
+    float32 as numpy compares a float32 array with a Python float.
+
+    Also how many faint pixels there are, and how many of them have a max of at most
+    `dark_group_max`: the faint and dark-group rules need a group of a size, and counting here
+    spares most pictures the array passes (each a GIL hand-off) that would find none."""
     n = px.shape[1]
     mx = np.empty(n, dtype=np.float32)
     chroma = np.empty(n, dtype=np.float32)
     kind = np.zeros(n, dtype=np.int8)
+    faint = 0
+    dark = 0
     for i in range(n):
         r, g, b = px[0, i], px[1, i], px[2, i]
         hi = max(max(r, g), b)
@@ -240,7 +248,105 @@ def classify_pixels(
                 kind[i] = 1
             elif c >= faint_min:
                 kind[i] = 2
-    return mx, chroma, kind
+                faint += 1
+                if hi <= dark_group_max:
+                    dark += 1
+    return mx, chroma, kind, faint, dark
+
+
+@_kernel(inline="always")
+def _hi_lo(
+    r: np.float32, g: np.float32, b: np.float32
+) -> tuple[np.float32, np.float32]:  # pragma: no cover - compiled
+    return max(max(r, g), b), min(min(r, g), b)
+
+
+@_kernel(inline="always")
+def _farthest(
+    r: np.float32, g: np.float32, b: np.float32, to: np.ndarray
+) -> np.float32:  # pragma: no cover - compiled
+    """The largest per-channel distance from the colour `to`."""
+    return max(max(abs(r - to[0]), abs(g - to[1])), abs(b - to[2]))
+
+
+@_kernel()
+def frame_neutral(
+    px: np.ndarray,
+    frame: np.ndarray,
+    light2_min: np.float32,
+    sat_max: np.float32,
+    radius: np.float32,
+) -> tuple[int, np.ndarray, int]:  # pragma: no cover - compiled
+    """The white balance's estimate (`models.colours.white_balance_gains`) from the pixels at
+    the flat indices `frame`: how many are pale and near-neutral (max + min at least
+    `light2_min`, chroma at most `sat_max` of the max), their per-channel median in float32 as
+    numpy's (the mean of the middle two when their number is even), and how many of them lie
+    within `radius` of it in every channel. In numpy the median alone was a sort per channel
+    that let go of the GIL."""
+    pale = np.empty((3, frame.shape[0]), dtype=np.float32)
+    n = 0
+    for i in frame:
+        r, g, b = px[0, i], px[1, i], px[2, i]
+        hi, lo = _hi_lo(r, g, b)
+        if hi + lo >= light2_min and hi - lo <= sat_max * hi:
+            pale[0, n], pale[1, n], pale[2, n] = r, g, b
+            n += 1
+    neutral = np.zeros(3, dtype=np.float32)
+    if n == 0:
+        return 0, neutral, 0
+    k = n // 2
+    for c in range(3):
+        part = np.partition(pale[c, :n], k)
+        neutral[c] = part[k] if n % 2 else (part[:k].max() + part[k]) / np.float32(2.0)
+    close = 0
+    for j in range(n):
+        if _farthest(pale[0, j], pale[1, j], pale[2, j], neutral) <= radius:
+            close += 1
+    return n, neutral, close
+
+
+@_kernel(inline="always")
+def _is_colour(
+    hi: np.float32,
+    lo: np.float32,
+    chroma_min: np.float32,
+    light2_min: np.float32,
+    light2_max: np.float32,
+) -> bool:  # pragma: no cover - compiled
+    """`models.colours._chromatic_mask` for one pixel."""
+    light2 = hi + lo
+    return hi - lo >= chroma_min and light2 >= light2_min and light2 <= light2_max
+
+
+@_kernel()
+def balance_guards(
+    px: np.ndarray,
+    neutral: np.ndarray,
+    gains: np.ndarray,
+    radius: np.float32,
+    whiter_light2: np.float32,
+    chroma_min: np.float32,
+    light2_min: np.float32,
+    light2_max: np.float32,
+) -> tuple[int, int]:  # pragma: no cover - compiled
+    """What the white balance's last two guards count, in one pass: the pixels within `radius`
+    of the backdrop colour `neutral` in every channel, and those brighter than it (max + min
+    above `whiter_light2`) that are not a colour now but would be one after multiplying by
+    `gains` (clipped at 1)."""
+    near = 0
+    made = 0
+    one = np.float32(1.0)
+    for i in range(px.shape[1]):
+        r, g, b = px[0, i], px[1, i], px[2, i]
+        if _farthest(r, g, b, neutral) <= radius:
+            near += 1
+        hi, lo = _hi_lo(r, g, b)
+        if hi + lo > whiter_light2 and not _is_colour(hi, lo, chroma_min, light2_min, light2_max):
+            r2, g2, b2 = min(r * gains[0], one), min(g * gains[1], one), min(b * gains[2], one)
+            hi2, lo2 = _hi_lo(r2, g2, b2)
+            if _is_colour(hi2, lo2, chroma_min, light2_min, light2_max):
+                made += 1
+    return near, made
 
 
 @_kernel()

@@ -24,9 +24,11 @@ from PIL import Image
 
 from models.colour_kernels import (
     backdrop_core,
+    balance_guards,
     classify_pixels,
     cluster_arcs,
     colour_pixels,
+    frame_neutral,
     lab_from_linear,
     planar_from_bytes,
     shade_counts,
@@ -306,46 +308,57 @@ def white_balance_gains(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | 
     colour (the backdrop is beige, not a white under warm light).
     `px` is planar (3, n) in 0..1, `shape` its (height, width).
     """
-    ring = px[:, _border(shape)]
-    mx, mn = _max_min(ring)
-    cand = (mx + mn >= 2.0 * WB_MIN_LIGHTNESS) & (mx - mn <= WB_MAX_SAT * mx)
-    n = np.count_nonzero(cand)
-    if n < WB_MIN_FRACTION * ring.shape[1]:
+    frame = _border(shape)
+    n, neutral32, close = frame_neutral(px, frame, *_FRAME_F32)
+    if n < WB_MIN_FRACTION * len(frame):
         return None
     # the median, not the mean: where a garment reaches the frame, its pale parts are
-    # candidates too, and must not pull the estimate
-    pale = ring[:, cand]
-    neutral = np.median(pale, axis=1).astype(np.float64)
-    # ... and it must be a surface that is there (WB_MIN_PRESENT)
-    close = np.abs(pale - neutral.astype(np.float32)[:, None]).max(axis=0)
-    if np.count_nonzero(close <= WB_BACKDROP_RADIUS) < WB_MIN_PRESENT * ring.shape[1]:
+    # candidates too, and must not pull the estimate; and it must be a surface that is there
+    # (WB_MIN_PRESENT)
+    if close < WB_MIN_PRESENT * len(frame):
         return None
+    neutral = neutral32.astype(np.float64)
     r, g, b = (float(v) for v in neutral)
     if max(r, g, b) - min(r, g, b) < 1.0 / 255.0:
         return None  # already neutral
     cast_hue = colorsys.rgb_to_hls(r, g, b)[0] * 360.0
     if not WB_CAST_HUES[0] <= cast_hue <= WB_CAST_HUES[1]:
         return None
-    # a backdrop is behind something: if nearly all the picture is that colour, it is a
-    # swatch or a garment filling the frame, and its colour is the answer, not a cast
-    near = np.abs(px - neutral.astype(np.float32)[:, None]).max(axis=0) <= WB_BACKDROP_RADIUS
-    if np.count_nonzero(near) > WB_MAX_BACKDROP * px.shape[1]:
-        return None
     gains = neutral.mean() / np.maximum(neutral, 1e-6)
     if gains.max() > WB_MAX_GAIN or gains.min() < 1.0 / WB_MAX_GAIN:
         return None
     gains = gains.astype(np.float32)
-    if np.count_nonzero(_whiter_made_colour(px, gains, neutral)) > WB_MAX_CREATED * px.shape[1]:
+    near, made = balance_guards(
+        px,
+        neutral32,
+        gains,
+        np.float32(WB_BACKDROP_RADIUS),
+        np.float32(neutral.max() + neutral.min()),
+        *_COLOUR_F32,
+    )
+    # a backdrop is behind something: if nearly all the picture is that colour, it is a
+    # swatch or a garment filling the frame, and its colour is the answer, not a cast
+    if near > WB_MAX_BACKDROP * px.shape[1]:
+        return None
+    # pixels brighter than the backdrop, achromatic before the correction and a colour after:
+    # the backdrop is beige, not a white under warm light
+    if made > WB_MAX_CREATED * px.shape[1]:
         return None
     return gains
 
 
-def _whiter_made_colour(px: np.ndarray, gains: np.ndarray, backdrop: np.ndarray) -> np.ndarray:
-    """Pixels brighter than the backdrop, achromatic before the correction and a colour after."""
-    mx, mn = _max_min(px)
-    whiter = (mx + mn > float(backdrop.max() + backdrop.min())) & ~_chromatic_mask(mx, mn)
-    mx2, mn2 = _max_min(np.minimum(px * gains[:, None], 1.0))
-    return whiter & _chromatic_mask(mx2, mn2)
+# The thresholds of the white balance's compiled passes as float32, as numpy compared the
+# float32 pixels with them: the frame's pale candidates and the achromatic rule.
+_FRAME_F32 = (
+    np.float32(2.0 * WB_MIN_LIGHTNESS),
+    np.float32(WB_MAX_SAT),
+    np.float32(WB_BACKDROP_RADIUS),
+)
+_COLOUR_F32 = (
+    np.float32(CHROMA_MIN),
+    np.float32(2.0 * LIGHTNESS_MIN),
+    np.float32(2.0 * LIGHTNESS_MAX),
+)
 
 
 def _chromatic_mask(mx: np.ndarray, mn: np.ndarray) -> np.ndarray:
@@ -474,6 +487,7 @@ _RULE_F32 = (
     np.float32(DARK_RATIO),
     np.float32(DARK_HUES[0]),
     np.float32(DARK_HUES[1]),
+    np.float32(CHROMA_MIN / DARK_RATIO),
 )
 
 
@@ -491,14 +505,17 @@ def _chromatic_pixels(px: np.ndarray, total: int) -> _Classified:
     """The chromatic pixels (the rule is at the top), with the pixels of a faint tint or of a
     dark brown when they make a group of their own (FAINT_CHROMA, DARK_GROUP_COLOUR). `total`
     is the number of pixels of the whole picture, backdrop included."""
-    mx, chroma, kind = classify_pixels(px, *_RULE_F32)
-    faint = kind == 2
-    if np.count_nonzero(faint) >= FAINT_MIN_SHARE * total:
+    mx, chroma, kind, faint_count, dark_count = classify_pixels(px, *_RULE_F32)
+    if faint_count >= FAINT_MIN_SHARE * total:
+        faint = kind == 2
         found = _coherent_hues(_hues(px[:, faint], mx[faint], chroma[faint]))
         if found is not None and _faint_hue(found[0]):
             faint[faint] = found[1]
             kind[faint] = 1
-    _join_dark_brown_group(px, mx, chroma, kind, total)
+    # the faint rule only takes pixels from the dark group's candidates, so a count too
+    # small before it is too small after it
+    if dark_count >= FAINT_MIN_SHARE * total:
+        _join_dark_brown_group(px, mx, chroma, kind, total)
     return _Classified(*colour_pixels(px, mx, chroma, kind), mx, chroma, kind)
 
 

@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from models import colours
-from models.colour_kernels import backdrop_core, cluster_arcs
+from models.colour_kernels import (
+    backdrop_core,
+    balance_guards,
+    classify_pixels,
+    cluster_arcs,
+    frame_neutral,
+)
 from models.colours import (
     _KERNEL,
     _LAB_BINS,
@@ -22,10 +28,14 @@ from models.colours import (
     BD_MAX,
     BD_SUPPORT,
     CHROMA_MIN,
+    DARK_RATIO,
     FAINT_CHROMA,
     KEPT_MERGE_HUE,
+    LIGHTNESS_MAX,
+    LIGHTNESS_MIN,
     MERGE_DEGREES,
     VALLEY_RATIO,
+    WB_BACKDROP_RADIUS,
     WB_CAST_HUES,
     WB_MAX_SAT,
     WB_MIN_LIGHTNESS,
@@ -883,3 +893,89 @@ def test_each_stored_hue_is_the_hue_of_the_hex_shown(
     for colour in extract_palette(img):
         spec = parse_colour(f"#{colour.r:02x}{colour.g:02x}{colour.b:02x}")
         assert spec.hue == colour.hue, (colour, spec.hue)  # so --tolerance 0 finds it
+
+
+# The white balance's estimate and guards, and the faint and dark-group counts, are compiled
+# passes that replaced numpy (each numpy pass let go of the GIL under load). These references
+# are that numpy, so the kernels must agree with it exactly, bit for bit, on any pixels.
+_planar = st.integers(0, 2**16).map(
+    lambda seed: _pixels_near_neutral(np.random.default_rng(seed), 600)
+)
+
+
+def _pixels_near_neutral(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Planar float32 pixels, most of them pale and close to one tint (a frame the white
+    balance would use), the rest anything; half on the 8-bit grid, half off it, as balanced
+    pixels are."""
+    tint = rng.uniform(0.5, 1.0, 3)
+    px = np.where(
+        rng.random(n) < 0.7, tint[:, None] + rng.normal(0, 0.03, (3, n)), rng.random((3, n))
+    )
+    if rng.random() < 0.5:
+        px = np.round(px * 255) / 255
+    return np.clip(px, 0, 1).astype(np.float32)
+
+
+def _frame_neutral_numpy(px: np.ndarray, frame: np.ndarray) -> tuple[int, np.ndarray, int]:
+    ring = px[:, frame]
+    mx, mn = ring.max(axis=0), ring.min(axis=0)
+    cand = (mx + mn >= 2.0 * WB_MIN_LIGHTNESS) & (mx - mn <= WB_MAX_SAT * mx)
+    pale = ring[:, cand]
+    if not pale.shape[1]:
+        return 0, np.zeros(3, np.float32), 0
+    neutral = np.median(pale, axis=1)
+    close = np.abs(pale - neutral[:, None]).max(axis=0) <= WB_BACKDROP_RADIUS
+    return pale.shape[1], neutral, int(np.count_nonzero(close))
+
+
+@settings(max_examples=200, deadline=None)
+@given(px=_planar, data=st.data())
+def test_frame_neutral_is_the_numpy_median_and_counts(px: np.ndarray, data: st.DataObject) -> None:
+    frame = np.flatnonzero(data.draw(st.lists(st.booleans(), min_size=600, max_size=600)))
+    n, neutral, close = frame_neutral(px, frame, *colours._FRAME_F32)
+    n0, neutral0, close0 = _frame_neutral_numpy(px, frame)
+    assert (n, close) == (n0, close0)
+    assert neutral.dtype == np.float32
+    np.testing.assert_array_equal(neutral, neutral0)  # even counts: the mean of the middle two
+
+
+def _balance_guards_numpy(
+    px: np.ndarray, neutral: np.ndarray, gains: np.ndarray
+) -> tuple[int, int]:
+    def colour(p: np.ndarray) -> np.ndarray:
+        mx, mn = p.max(axis=0), p.min(axis=0)
+        light2 = mx + mn
+        return (
+            (mx - mn >= CHROMA_MIN) & (light2 >= 2 * LIGHTNESS_MIN) & (light2 <= 2 * LIGHTNESS_MAX)
+        )
+
+    near = np.abs(px - neutral[:, None]).max(axis=0) <= WB_BACKDROP_RADIUS
+    whiter = px.max(axis=0) + px.min(axis=0) > float(neutral.max() + neutral.min())
+    made = whiter & ~colour(px) & colour(np.minimum(px * gains[:, None], 1.0))
+    return int(np.count_nonzero(near)), int(np.count_nonzero(made))
+
+
+@settings(max_examples=200, deadline=None)
+@given(px=_planar, gains=st.lists(st.floats(0.67, 1.5), min_size=3, max_size=3))
+def test_balance_guards_count_as_numpy(px: np.ndarray, gains: list[float]) -> None:
+    neutral = px[:, 0].copy()
+    gains32 = np.asarray(gains, np.float32)
+    counts = balance_guards(
+        px,
+        neutral,
+        gains32,
+        np.float32(WB_BACKDROP_RADIUS),
+        np.float32(float(neutral.max()) + float(neutral.min())),
+        *colours._COLOUR_F32,
+    )
+    assert counts == _balance_guards_numpy(px, neutral, gains32)
+
+
+@settings(max_examples=100, deadline=None)
+@given(px=_planar)
+def test_classify_pixels_counts_the_faint_and_the_dark_faint(px: np.ndarray) -> None:
+    # darkened, so that some faint pixels are dark enough for the dark group
+    px = (px * np.float32(0.4)).astype(np.float32)
+    mx, _, kind, faint, dark = classify_pixels(px, *colours._RULE_F32)
+    assert faint == np.count_nonzero(kind == 2)
+    assert dark == np.count_nonzero((kind == 2) & (mx <= np.float32(CHROMA_MIN / DARK_RATIO)))
