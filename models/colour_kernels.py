@@ -24,7 +24,7 @@ byte-identical on 1,100 thumbnails, and the Lab conversion moved one palette of 
 pixel's share (its cube root is correctly rounded; numpy's vectorised one is not always).
 `_lit_sums` (each colour as its lit half looks) came later and was written here directly. The
 docstrings of `models.colours` explain the rules. `cache=True` keeps the machine code under
-`__pycache__`, so only the first process on a machine compiles (about 10 s; `warm_up` does it
+`__pycache__`, so only the first process on a machine compiles (about 12 s; `warm_up` does it
 in the background at start-up, and an upload that comes first waits for it).
 """
 

@@ -699,7 +699,7 @@ def _table_coloured(arc: np.ndarray) -> bool:
 
 
 def warm_up() -> None:
-    """Load (or, the first time on a machine, compile: about 10 s) the compiled kernels, on
+    """Load (or, the first time on a machine, compile: about 12 s) the compiled kernels, on
     pictures that take every path through them, so the first upload does not wait for it."""
     warm = Image.new("RGB", (64, 48), (236, 226, 205))  # a warm white backdrop ...
     warm.paste((190, 40, 30), (16, 12, 48, 36))  # ... behind a red product
