@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import colorsys
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +54,7 @@ from models.colours import (
     extract_palette,
     match_score,
 )
+from tests.servers import ROOT
 from util.colour_spec import ColourSpecError, hue_distance, parse_colour
 
 HUE_TOL = 3.0
@@ -979,3 +983,46 @@ def test_classify_pixels_counts_the_faint_and_the_dark_faint(px: np.ndarray) -> 
     mx, _, kind, faint, dark = classify_pixels(px, *colours._RULE_F32)
     assert faint == np.count_nonzero(kind == 2)
     assert dark == np.count_nonzero((kind == 2) & (mx <= np.float32(CHROMA_MIN / DARK_RATIO)))
+
+
+def test_after_warm_up_no_picture_waits_for_a_compile() -> None:
+    # warm_up runs at start-up so that no upload waits for numba (about 12 s on a machine's
+    # first run). A kernel called with another array layout than warm_up's is compiled anew on
+    # first use: a backdrop cut out by a boolean mask made Fortran-ordered pixels, so the first
+    # photo without one compiled the shade's kernel in the middle of an upload. A fresh process,
+    # because this one's kernels have been called by other tests.
+    script = textwrap.dedent(
+        """
+        import io
+        import numpy as np
+        from PIL import Image
+        from numba.core.registry import CPUDispatcher
+        from bench.bench_model import make_jpeg
+        from bench.colour_scenes import scenes
+        from models import colour_kernels, colours
+        from util.images import make_thumbnail
+
+        def compiled():
+            return {
+                (name, sig)
+                for name, kernel in vars(colour_kernels).items()
+                if isinstance(kernel, CPUDispatcher)
+                for sig in kernel.signatures
+            }
+
+        colours.warm_up()
+        before = compiled()
+        # produce and swatches on backdrops, and the ingest benchmark's photos, which mostly
+        # have none
+        jpegs = [scene.jpeg for k, scene in enumerate(scenes(1)) if k % 3 == 0]
+        jpegs += [make_jpeg(np.random.default_rng([7, k])) for k in range(12)]
+        for jpeg in jpegs:
+            picture = Image.open(io.BytesIO(jpeg)).convert("RGB")
+            colours.extract_palette(make_thumbnail(picture, 256)[0])
+        print("NEW", sorted(name for name, _ in compiled() - before))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert "NEW []" in result.stdout, result.stdout + result.stderr
