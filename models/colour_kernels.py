@@ -14,9 +14,9 @@ Why `nogil=False`: with `nogil=True` numba lets go of the GIL on entering a kern
 back on leaving, which is one hand-off per call, and each call here lasts 10-50 microseconds.
 Holding it instead took extraction from about ten hand-offs per image to six, compiling the
 pixel unpacking and the Lab conversion (`planar_from_bytes`, `lab_from_linear`) to about two,
-and the white balance's estimate and guards (`frame_neutral`, `balance_guards`) to about one
-and a half: Pillow's box reduction, and numpy for the few pictures that are balanced or have
-a large faint or dark group (docs/colours.md, "Speed").
+and the white balance's estimate and guards (`frame_neutral`, `balance_guards`) and the
+backdrop cut out in C order to about one: Pillow's box reduction, and numpy for the few
+pictures that are balanced or have a large faint or dark group (docs/colours.md, "Speed").
 
 Each kernel computes what the numpy or Python code it replaced computed, in the same
 arithmetic (float32 for pixels, double for the clustering, as Python's floats): palettes stayed
@@ -185,6 +185,13 @@ def backdrop_core(
 
 
 @_kernel(inline="always")
+def _hi_lo(
+    r: np.float32, g: np.float32, b: np.float32
+) -> tuple[np.float32, np.float32]:  # pragma: no cover - compiled
+    return max(max(r, g), b), min(min(r, g), b)
+
+
+@_kernel(inline="always")
 def _hue(
     r: np.float32, g: np.float32, b: np.float32, hi: np.float32, c: np.float32
 ) -> np.float32:  # pragma: no cover - compiled
@@ -233,8 +240,7 @@ def classify_pixels(
     dark = 0
     for i in range(n):
         r, g, b = px[0, i], px[1, i], px[2, i]
-        hi = max(max(r, g), b)
-        lo = min(min(r, g), b)
+        hi, lo = _hi_lo(r, g, b)
         c = hi - lo
         light2 = hi + lo
         mx[i] = hi
@@ -252,13 +258,6 @@ def classify_pixels(
                 if hi <= dark_group_max:
                     dark += 1
     return mx, chroma, kind, faint, dark
-
-
-@_kernel(inline="always")
-def _hi_lo(
-    r: np.float32, g: np.float32, b: np.float32
-) -> tuple[np.float32, np.float32]:  # pragma: no cover - compiled
-    return max(max(r, g), b), min(min(r, g), b)
 
 
 @_kernel(inline="always")

@@ -308,6 +308,9 @@ def white_balance_gains(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | 
     colour (the backdrop is beige, not a white under warm light).
     `px` is planar (3, n) in 0..1, `shape` its (height, width).
     """
+    if px.shape[1] != shape[0] * shape[1]:
+        # the compiled passes index `px` by the frame of `shape` without bounds checks
+        raise ValueError(f"{px.shape[1]} pixels are not a {shape[0]}x{shape[1]} picture")
     frame = _border(shape)
     n, neutral32, close = frame_neutral(px, frame, *_FRAME_F32)
     if n < WB_MIN_FRACTION * len(frame):
@@ -332,7 +335,7 @@ def white_balance_gains(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | 
         px,
         neutral32,
         gains,
-        np.float32(WB_BACKDROP_RADIUS),
+        _WB_RADIUS_F32,
         np.float32(neutral.max() + neutral.min()),
         *_COLOUR_F32,
     )
@@ -347,25 +350,35 @@ def white_balance_gains(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | 
     return gains
 
 
-# The thresholds of the white balance's compiled passes as float32, as numpy compared the
-# float32 pixels with them: the frame's pale candidates and the achromatic rule.
-_FRAME_F32 = (
-    np.float32(2.0 * WB_MIN_LIGHTNESS),
-    np.float32(WB_MAX_SAT),
-    np.float32(WB_BACKDROP_RADIUS),
-)
+# Thresholds for the compiled passes, as float32: numpy compares float32 pixels with a Python
+# float in float32, and the kernels must compare as the numpy they replaced did. The
+# achromatic rule (chroma, lightness; `_chromatic_mask`), the white balance's frame candidates
+# and radius, and the rule with its faint and dark extensions (`classify_pixels`).
 _COLOUR_F32 = (
     np.float32(CHROMA_MIN),
     np.float32(2.0 * LIGHTNESS_MIN),
     np.float32(2.0 * LIGHTNESS_MAX),
 )
+_WB_RADIUS_F32 = np.float32(WB_BACKDROP_RADIUS)
+_FRAME_F32 = (np.float32(2.0 * WB_MIN_LIGHTNESS), np.float32(WB_MAX_SAT), _WB_RADIUS_F32)
+_RULE_F32 = (
+    _COLOUR_F32[0],
+    np.float32(FAINT_CHROMA),
+    *_COLOUR_F32[1:],
+    np.float32(DARK_CHROMA),
+    np.float32(DARK_RATIO),
+    np.float32(DARK_HUES[0]),
+    np.float32(DARK_HUES[1]),
+    np.float32(CHROMA_MIN / DARK_RATIO),
+)
 
 
 def _chromatic_mask(mx: np.ndarray, mn: np.ndarray) -> np.ndarray:
     """The achromatic rule at the top of the module, from per-pixel max and min, without the
-    faint and dark extensions: for the white balance's guard (pixels brighter than a white
-    backdrop, where the dark rule cannot apply) and for what the backdrop's finer match gives
-    back (where a dark colour counted as grey only lets a garment be given back)."""
+    faint and dark extensions: for what the backdrop's finer match gives back (where a dark
+    colour counted as grey only lets a garment be given back). The white balance's guard
+    applies the same rule compiled (`balance_guards`), to pixels brighter than a white
+    backdrop, where the dark rule cannot apply."""
     light2 = mx + mn
     return (
         (mx - mn >= CHROMA_MIN) & (light2 >= 2.0 * LIGHTNESS_MIN) & (light2 <= 2.0 * LIGHTNESS_MAX)
@@ -474,21 +487,6 @@ def _hues(px: np.ndarray, mx: np.ndarray, chroma: np.ndarray) -> np.ndarray:
 
 def _faint_hue(hue: float) -> bool:
     return any(lo <= hue <= hi for lo, hi in FAINT_HUES)
-
-
-# The rule's thresholds as float32: how numpy compares the float32 pixels with them, and so
-# how the compiled classify_pixels must.
-_RULE_F32 = (
-    np.float32(CHROMA_MIN),
-    np.float32(FAINT_CHROMA),
-    np.float32(2.0 * LIGHTNESS_MIN),
-    np.float32(2.0 * LIGHTNESS_MAX),
-    np.float32(DARK_CHROMA),
-    np.float32(DARK_RATIO),
-    np.float32(DARK_HUES[0]),
-    np.float32(DARK_HUES[1]),
-    np.float32(CHROMA_MIN / DARK_RATIO),
-)
 
 
 class _Classified(NamedTuple):

@@ -23,6 +23,7 @@ from models.colour_kernels import (
     classify_pixels,
     cluster_arcs,
     frame_neutral,
+    planar_from_bytes,
 )
 from models.colours import (
     _KERNEL,
@@ -33,6 +34,7 @@ from models.colours import (
     CHROMA_MIN,
     DARK_RATIO,
     FAINT_CHROMA,
+    FAINT_MIN_SHARE,
     KEPT_MERGE_HUE,
     LIGHTNESS_MAX,
     LIGHTNESS_MIN,
@@ -53,6 +55,7 @@ from models.colours import (
     best_match,
     extract_palette,
     match_score,
+    white_balance_gains,
 )
 from tests.servers import ROOT
 from util.colour_spec import ColourSpecError, hue_distance, parse_colour
@@ -901,7 +904,8 @@ def test_each_stored_hue_is_the_hue_of_the_hex_shown(
 
 # The white balance's estimate and guards, and the faint and dark-group counts, are compiled
 # passes that replaced numpy (each numpy pass let go of the GIL under load). These references
-# are that numpy, so the kernels must agree with it exactly, bit for bit, on any pixels.
+# are that numpy, so the kernels must agree with it exactly, bit for bit, on finite pixels in
+# 0..1 (the only kind there is: they come from bytes; a NaN would not compare the same).
 _planar = st.integers(0, 2**16).map(
     lambda seed: _pixels_near_neutral(np.random.default_rng(seed), 600)
 )
@@ -1023,6 +1027,112 @@ def test_after_warm_up_no_picture_waits_for_a_compile() -> None:
         """
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True
     )
-    assert "NEW []" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 0 and "NEW []" in result.stdout, result.stdout + result.stderr
+
+
+def _every_max_and_min() -> np.ndarray:
+    """One planar pixel per 8-bit (max, min) pair, scaled as `_work_pixels` scales bytes: the
+    rules depend on nothing else, so this reaches every boundary a photo can."""
+    hi, lo = np.triu_indices(256)
+    rgb = np.stack([lo, (hi + lo) // 2, hi]).astype(np.float32)
+    return np.ascontiguousarray(rgb * np.float32(1.0 / 255.0))
+
+
+def test_the_compiled_white_balance_agrees_with_numpy_on_every_8_bit_max_and_min() -> None:
+    px = _every_max_and_min()
+    every = np.arange(px.shape[1])
+    n, neutral, close = frame_neutral(px, every, *colours._FRAME_F32)
+    n0, neutral0, close0 = _frame_neutral_numpy(px, every)
+    assert (n, close) == (n0, close0)
+    np.testing.assert_array_equal(neutral, neutral0)
+    gains = np.array([0.94, 1.0, 1.07], np.float32)
+    counts = balance_guards(
+        px,
+        neutral,
+        gains,
+        colours._WB_RADIUS_F32,
+        np.float32(float(neutral.max()) + float(neutral.min())),
+        *colours._COLOUR_F32,
+    )
+    assert counts == _balance_guards_numpy(px, neutral, gains)
+
+
+def _grey_with(pixel: tuple[int, int, int], count: int, total: int = 400) -> np.ndarray:
+    rgb = np.full((total, 3), 128, np.uint8)
+    rgb[:count] = pixel
+    px, _ = planar_from_bytes(rgb, colours._LINEAR_TABLE)
+    return px
+
+
+@pytest.mark.parametrize(
+    "pixel",
+    [(115, 138, 115), (51, 40, 33)],  # a faint green; a dark brown, each pixel too faint alone
+)
+def test_a_faint_or_dark_group_of_exactly_the_minimum_share_is_a_colour(
+    pixel: tuple[int, int, int],
+) -> None:
+    # the groups are counted while classifying, and the rules skipped below the minimum share:
+    # at exactly that share (60 of 400 pixels) they must still run, and one pixel less not
+    assert FAINT_MIN_SHARE * 400 == 60
+    assert len(_chromatic_pixels(_grey_with(pixel, 60), 400).bins) == 60
+    assert len(_chromatic_pixels(_grey_with(pixel, 59), 400).bins) == 0
+
+
+def _white_balance_gains_numpy(px: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+    """`white_balance_gains` as it was before its passes were compiled."""
+    c = colours
+    ring = px[:, c._border(shape)]
+    mx, mn = ring.max(axis=0), ring.min(axis=0)
+    cand = (mx + mn >= 2.0 * c.WB_MIN_LIGHTNESS) & (mx - mn <= c.WB_MAX_SAT * mx)
+    if np.count_nonzero(cand) < c.WB_MIN_FRACTION * ring.shape[1]:
+        return None
+    pale = ring[:, cand]
+    neutral = np.median(pale, axis=1).astype(np.float64)
+    close = np.abs(pale - neutral.astype(np.float32)[:, None]).max(axis=0)
+    if np.count_nonzero(close <= c.WB_BACKDROP_RADIUS) < c.WB_MIN_PRESENT * ring.shape[1]:
+        return None
+    r, g, b = (float(v) for v in neutral)
+    if max(r, g, b) - min(r, g, b) < 1.0 / 255.0:
+        return None
+    if not c.WB_CAST_HUES[0] <= colorsys.rgb_to_hls(r, g, b)[0] * 360.0 <= c.WB_CAST_HUES[1]:
+        return None
+    near = np.abs(px - neutral.astype(np.float32)[:, None]).max(axis=0) <= c.WB_BACKDROP_RADIUS
+    if np.count_nonzero(near) > c.WB_MAX_BACKDROP * px.shape[1]:
+        return None
+    gains = neutral.mean() / np.maximum(neutral, 1e-6)
+    if gains.max() > c.WB_MAX_GAIN or gains.min() < 1.0 / c.WB_MAX_GAIN:
+        return None
+    gains = gains.astype(np.float32)
+    made = _balance_guards_numpy(px, neutral.astype(np.float32), gains)[1]
+    return None if made > c.WB_MAX_CREATED * px.shape[1] else gains
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_white_balance_gains_are_those_of_the_numpy_it_replaced(seed: int) -> None:
+    # a product on a backdrop under light of a random warmth, with noise and sometimes a white
+    # patch brighter than the backdrop: every early return is reached over the examples
+    rng = np.random.default_rng(seed)
+    h, w = 48, 64
+    backdrop = rng.uniform(0.55, 1.0) * np.array(
+        [1.0, 1 - rng.uniform(0, 0.3), 1 - rng.uniform(0, 0.5)]
+    )
+    a = np.ones((h, w, 3)) * backdrop
+    y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+    a[y : y + rng.integers(4, h), x : x + rng.integers(4, w)] = rng.random(3)
+    if rng.random() < 0.3:
+        a[rng.integers(0, h // 2) :, : rng.integers(1, w)] = rng.uniform(0.9, 1.0, 3)
+    a = np.clip(a + rng.normal(0, rng.uniform(0, 0.05), a.shape), 0, 1)
+    px, _, shape = _work_pixels(Image.fromarray((a * 255).round().astype(np.uint8)))
+    gains, expected = white_balance_gains(px, shape), _white_balance_gains_numpy(px, shape)
+    assert (gains is None) == (expected is None)
+    if gains is not None:
+        np.testing.assert_array_equal(gains, expected)
+
+
+def test_white_balance_gains_refuse_pixels_that_are_not_of_the_shape() -> None:
+    px = np.full((3, 100), 0.8, np.float32)
+    with pytest.raises(ValueError, match="100 pixels are not a 30x30 picture"):
+        white_balance_gains(px, (30, 30))
