@@ -378,11 +378,10 @@ def _chromatic_mask(mx: np.ndarray, mn: np.ndarray) -> np.ndarray:
     faint and dark extensions: for what the backdrop's finer match gives back (where a dark
     colour counted as grey only lets a garment be given back). The white balance's guard
     applies the same rule compiled (`balance_guards`), to pixels brighter than a white
-    backdrop, where the dark rule cannot apply."""
+    backdrop, where the dark rule cannot apply. Both take their thresholds from `_COLOUR_F32`."""
+    chroma_min, light2_min, light2_max = _COLOUR_F32
     light2 = mx + mn
-    return (
-        (mx - mn >= CHROMA_MIN) & (light2 >= 2.0 * LIGHTNESS_MIN) & (light2 <= 2.0 * LIGHTNESS_MAX)
-    )
+    return (mx - mn >= chroma_min) & (light2 >= light2_min) & (light2 <= light2_max)
 
 
 # sRGB (D65) to XYZ, rows scaled by the D65 white so that white is (1, 1, 1)
