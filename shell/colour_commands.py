@@ -89,13 +89,15 @@ class ColourCommands(cmd2.CommandSet[VitrineShell]):
             tolerance = (
                 query.tolerance
                 if args.tolerance is None
-                else check_tolerance(_degrees(args.tolerance))
+                else check_tolerance(_degrees(args.tolerance), args.tolerance.strip())
             )
-            min_share = check_min_share(_fraction(args.min_share))
+            min_share = check_min_share(_fraction(args.min_share), args.min_share.strip())
         except ColourSpecError as exc:
             raise CommandFailed(f"search_by_color: {exc}.") from None
         filters = filters_from(args)
         what = f"images of {printable(query.name or spec)}"
+        if query.name is None and not spec.startswith("#"):
+            what = f"images of hue {query.hue:g}°"  # not "images of 0"
         extras = []
         if args.tolerance is not None:
             extras.append(f"within {tolerance + 0.0:g}°")  # + 0.0: "-0" reads as a bug

@@ -161,6 +161,8 @@ def test_table_batches_and_more(alice: Shell, shop: dict[str, int]) -> None:
     assert "#" in out and "%" in out  # the matching colour's hex and share
     assert f"% {MATCH_MARK}" in out  # and the colour that matched is marked in the palette
     assert "End of images of red" in out
+    code, out, err = alice("search_by_color 360 --tags e2e-colour --no-images")
+    assert code == 0 and "End of images of hue 0°" in out, out  # not "images of 360"
     code, out, err = alice(
         "search_by_color red --tags e2e-colour --batch 1 --json", "more --json", "more --json"
     )
@@ -197,8 +199,17 @@ def test_show_image_json_has_the_palette(alice: Shell, shop: dict[str, int]) -> 
         ("search_by_color teal", "unknown colour 'teal'"),
         ("search_by_color #12345", "malformed hex colour"),
         ("search_by_color #zzzzzz", "malformed hex colour"),
-        ("search_by_color #808080", "too close to grey"),
+        ("search_by_color #808080", "#808080 is a grey (or white or black) and has no hue"),
         ("search_by_color red --tolerance -3", "tolerance must be a number of degrees"),
+        (
+            "search_by_color red --tolerance -5°",
+            "tolerance must be a number of degrees from 0 "
+            "to 180 (180 or more takes any hue), not -5°.",
+        ),
+        (
+            "search_by_color red --min-share 150%",
+            "min-share must be a fraction of the picture from 0 to 1 (or 0% to 100%), not 150%.",
+        ),
         ("search_by_color red --tolerance -1e3", "tolerance must be a number of degrees"),
         ("search_by_color red --tolerance wide", "tolerance must be a number"),
         ("search_by_color red --min-share 2", "min-share must be a fraction"),

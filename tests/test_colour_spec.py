@@ -71,6 +71,14 @@ def test_grey_hex_has_no_hue() -> None:
         parse_colour("#808080")
 
 
+def test_a_dull_hex_a_listing_can_show_is_searched() -> None:
+    """Hexes under a chroma of 0.12 used to be refused as grey, but extraction stores dark
+    and faint colours duller than that (#5b3d3d, the mean of a dark red cluster; a dark brown
+    leather at #4a3c35): the hex a listing showed could not be searched."""
+    for dull, hue in (("#5b3d3d", 0.0), ("#4a3c35", 20.0), ("#7f7f80", 240.0)):
+        assert parse_colour(dull).hue == pytest.approx(hue, abs=0.01)
+
+
 @pytest.mark.parametrize("bad", [-1, -0.001, float("nan"), float("inf"), "15"])
 def test_bad_tolerance(bad) -> None:
     with pytest.raises(ColourSpecError, match="tolerance"):

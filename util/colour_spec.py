@@ -44,8 +44,6 @@ DEFAULT_MIN_SHARE = 0.05
 # (#8b4513, L 0.31) does not pull in bright orange (L 0.5, S 1.0 is inside; L 0.7 is not).
 HEX_LIGHTNESS_WINDOW = 0.25
 HEX_SATURATION_WINDOW = 0.45
-# A hex colour this close to the grey axis has no meaningful hue (same rule as extraction).
-HEX_MIN_CHROMA = 0.12
 
 
 class ColourSpecError(ValueError):
@@ -204,21 +202,23 @@ def hue_distance(a: float, b: float) -> float:
     return 360.0 - d if d > 180.0 else d
 
 
-def check_tolerance(tolerance: float) -> float:
-    """Validate a --tolerance value; anything over 180 already covers the whole circle."""
+def check_tolerance(tolerance: float, given: str | None = None) -> float:
+    """Validate a --tolerance value; anything over 180 already covers the whole circle.
+    `given` is what the user typed, so the refusal quotes it rather than the parsed float."""
     if not isinstance(tolerance, int | float) or not math.isfinite(tolerance) or tolerance < 0:
         raise ColourSpecError(
             f"tolerance must be a number of degrees from 0 to 180 (180 or more takes any hue), "
-            f"not {tolerance!r}"
+            f"not {given if given is not None else repr(tolerance)}"
         )
     return float(min(tolerance, 180.0))
 
 
-def check_min_share(min_share: float) -> float:
-    """Validate a --min-share value (a fraction of the picture)."""
+def check_min_share(min_share: float, given: str | None = None) -> float:
+    """Validate a --min-share value (a fraction of the picture); `given` as for tolerance."""
     if not isinstance(min_share, int | float) or not (0.0 <= min_share <= 1.0):
         raise ColourSpecError(
-            f"min-share must be a fraction of the picture from 0 to 1, not {min_share!r}"
+            "min-share must be a fraction of the picture from 0 to 1 (or 0% to 100%), "
+            f"not {given if given is not None else repr(min_share)}"
         )
     return float(min_share)
 
@@ -245,10 +245,13 @@ def hue_ranges(hue: float, tolerance: float) -> list[tuple[float, float]]:
 
 def _hex_query(text: str, digits: str) -> ColourQuery:
     r, g, b = (int(digits[i : i + 2], 16) / 255.0 for i in (0, 2, 4))
-    if max(r, g, b) - min(r, g, b) < HEX_MIN_CHROMA:
+    # Only a hex with no hue at all is refused. Extraction keeps some faint and dark colours
+    # (down to a chroma of 0.03: models.colours), and a cluster's mean can be duller than its
+    # pixels, so any threshold above zero would refuse hexes that listings show.
+    if max(r, g, b) == min(r, g, b):
         raise ColourSpecError(
-            f"{text} is too close to grey, white or black to have a hue (those are not "
-            f"indexed); give {_ACCEPTED}"
+            f"{text} is a grey (or white or black) and has no hue; such colours are not "
+            f"indexed; give {_ACCEPTED}"
         )
     h, lightness, s = colorsys.rgb_to_hls(r, g, b)
     box = LSBox(
