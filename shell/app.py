@@ -20,7 +20,7 @@ import msgspec
 from cmd2.exceptions import Cmd2ArgparseError, Cmd2ShlexError
 from rich.console import Console
 
-from protocol.errors import VitrineError
+from protocol.errors import ErrorCode, VitrineError
 from protocol.pinning import PinningError
 from shell.connection import ConnectionLost
 from shell.session import ClientSession
@@ -37,7 +37,16 @@ MEMBER_ACCOUNT_COMMANDS = ("logout", "whoami", "change_password")
 REMOVED_BUILTINS = ("alias", "edit", "macro", "run_pyscript", "shell", "shortcuts")
 #: Built-ins offered after login only.
 MEMBER_BUILTINS = ("history", "run_script", "set")
+#: The help heading of the cmd2 built-ins kept (help, quit and the above); cmd2 calls them
+#: "Cmd2 Commands", which means nothing to a shop. Its documented way to rename them is to
+#: set the attribute on cmd2.Cmd itself: built-ins take the category of the class that
+#: defines them.
+SHELL = "Shell"
+cmd2.Cmd.DEFAULT_CATEGORY = SHELL
 
+#: Errors whose `details` hold a stable reason code (`truncated`) that the message already says
+#: in words: for scripts (`add_image --json` gives it as `code`), not for a person.
+_DETAILS_FOR_SCRIPTS = frozenset({ErrorCode.UNSUPPORTED_IMAGE, ErrorCode.TOO_LARGE})
 LOGGED_OUT_MESSAGE = "{} needs a logged-in user: log in first (login NAME), or create_user NAME."
 
 
@@ -68,6 +77,7 @@ class VitrineShell(cmd2.Cmd):
         self.console = Console(file=self.stdout, soft_wrap=False)
         self.error_console = Console(file=sys.stderr, soft_wrap=False)
         self.default_error = "{} is not a Vitrine command; type help to see the commands."
+        self.help_error = self.default_error
         for name in REMOVED_BUILTINS:
             self.disable_command(name, f"{name} is not available in Vitrine.")
             self.hidden_commands.append(name)
@@ -158,8 +168,11 @@ class VitrineShell(cmd2.Cmd):
             self.fail(str(exc))
         except VitrineError as exc:
             self.fail(f"Error ({exc.code.value}): {exc.message}")
-            for detail in exc.details:
-                self.perror(f"  {detail}")
+            if exc.code not in _DETAILS_FOR_SCRIPTS:
+                for detail in exc.details:
+                    self.perror(f"  {detail}")
+            if exc.code is ErrorCode.UNAUTHENTICATED:
+                self.session.recheck_login()  # postcmd then shows the logged-out shell
         except ConnectionLost as exc:
             self.fail(
                 f"Lost the connection to {self.session.server}: {str(exc).rstrip('.')}. "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import ssl
 import sys
 from pathlib import Path
@@ -64,6 +65,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--fingerprint",
         metavar="SHA256:...",
+        type=_fingerprint,
         help="the server fingerprint you expect; anything else is refused",
     )
     cfg.add_option(
@@ -88,6 +90,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help='shell commands to run, each one argument (quote it: "login bob")',
     )
     return parser.parse_args(argv)
+
+
+_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
+
+
+def _fingerprint(text: str) -> str:
+    """A mistyped fingerprint would only ever be reported as the server's not matching it."""
+    if not _FINGERPRINT.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a fingerprint: it is SHA256: and 43 characters of base64, as "
+            "server.py prints at start-up"
+        )
+    return text.strip()
 
 
 def _seconds(text: str) -> float:

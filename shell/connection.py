@@ -31,6 +31,8 @@ from protocol.pinning import KnownServers, PinningError
 R = TypeVar("R", bound=Response)
 T = TypeVar("T")
 
+#: Connecting (TCP, the TLS handshake) is given up after this long, or after the answer
+#: timeout when that is shorter: `--timeout 3` must not wait 10 s for a stopped server.
 CONNECT_TIMEOUT_S = 10.0
 #: How long the server may stay silent while requests wait for it before the connection is
 #: given up (client.py --timeout). Silent, not slow: every frame that arrives restarts it.
@@ -40,6 +42,16 @@ _END = object()
 
 class ConnectionLost(Exception):
     """The connection ended; the shell reconnects on the next command."""
+
+
+class InterruptedAfterSending(KeyboardInterrupt):
+    """Ctrl-C came after the requests' frames were handed to the I/O thread, which writes them
+    whatever this thread does: the server will act on them, so their futures still matter (a
+    bulk upload waits for them to tell the user which files were stored)."""
+
+    def __init__(self, futures: Sequence[Future[Response]] = ()) -> None:
+        super().__init__()
+        self.futures = list(futures)
 
 
 class UntrustedServer(PinningError):
@@ -120,6 +132,7 @@ class ServerConnection:
         self.ca_file = ca_file
         self.max_frame = max_frame
         self.answer_timeout = answer_timeout
+        self.connect_timeout = min(CONNECT_TIMEOUT_S, answer_timeout)
         #: When the server last answered, or a request started waiting with none before it.
         self._last_heard = time.monotonic()
         self.limits: Limits | None = None
@@ -141,12 +154,16 @@ class ServerConnection:
 
     def _io(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the connection's I/O loop and wait for its result."""
+        return self._schedule(coroutine).result()
+
+    def _schedule(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+        """Hand a coroutine to the connection's I/O loop; it runs whatever this thread does."""
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
             threading.Thread(
                 target=_serve_loop, args=(self._loop,), name="vitrine-io", daemon=True
             ).start()
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.wait_for(
@@ -157,7 +174,7 @@ class ServerConnection:
                 server_hostname=self.host,
                 limit=2**20,
             ),
-            CONNECT_TIMEOUT_S,
+            self.connect_timeout,
         )
 
     async def _start_reader(self, reader: asyncio.StreamReader) -> None:
@@ -214,7 +231,7 @@ class ServerConnection:
             raise ConnectionError(f"TLS 1.3 handshake with {self.server} failed: {exc}") from None
         except TimeoutError:
             raise ConnectionError(
-                f"The server at {self.server} did not answer within {CONNECT_TIMEOUT_S:g} s."
+                f"The server at {self.server} did not answer within {self.connect_timeout:g} s."
             ) from None
         except OSError as exc:
             raise ConnectionError(
@@ -264,10 +281,14 @@ class ServerConnection:
 
     def _send(self, *requests: Request) -> None:
         """Write their frames in one write; returns once they are in the transport
-        (back-pressure for uploads)."""
+        (back-pressure for uploads). Ctrl-C while waiting for that raises
+        InterruptedAfterSending: the write is queued by then and goes out anyway."""
         data = b"".join(framing.frame(codec.encode(request)) for request in requests)
+        written = self._schedule(self._write(data))
         try:
-            self._io(self._write(data))
+            written.result()
+        except KeyboardInterrupt:
+            raise InterruptedAfterSending() from None
         except OSError as exc:
             self._mark_closed(f"send failed: {exc}")
             raise ConnectionLost(self.close_reason) from None
@@ -281,11 +302,20 @@ class ServerConnection:
         """`submit` for several requests at once, sent in one write, so that the server reads
         them together (a delete of many ids costs one round trip, not one each)."""
         futures: list[Future[Response]] = [Future() for _ in requests]
-        registered = [
-            self._register(request, _Pending(future=future))
-            for request, future in zip(requests, futures, strict=True)
-        ]
-        self._send(*registered)
+        registered: list[Request] = []
+        try:
+            for request, future in zip(requests, futures, strict=True):
+                registered.append(self._register(request, _Pending(future=future)))
+            self._send(*registered)
+        except InterruptedAfterSending:
+            raise InterruptedAfterSending(futures) from None
+        except KeyboardInterrupt:
+            # Nothing was handed over: no answer will come, so nothing may wait for one (the
+            # watchdog would give the connection up after its timeout of silence).
+            with self._lock:
+                for request in registered:
+                    self._pending.pop(request.id, None)
+            raise
         return futures
 
     def call(self, request: Request, expect: type[R] | None = None) -> R:

@@ -43,6 +43,7 @@ from shell.swatches import palette_text
 from shell.text import plural, printable
 from shell.upload import (
     DEFAULT_WINDOW,
+    INTERRUPT_GRACE_S,
     FileResult,
     Outcome,
     Uploader,
@@ -172,7 +173,9 @@ class _Report:
             return f"new       #{result.image_id}  {shown}" if self.list_new else None
         if result.outcome is Outcome.PRESENT:
             return f"present   #{result.image_id}  {shown} (already stored)"
-        return f"rejected  {shown}: {printable(result.reason)}"
+        if result.outcome is Outcome.NOT_SENT:
+            return None  # counted in the summary: after Ctrl-C there may be thousands
+        return f"{result.outcome.value:<9} {shown}: {printable(result.reason)}"
 
     def __call__(self, result: FileResult) -> None:
         if self.progress is not None and self.task is not None:
@@ -183,6 +186,15 @@ class _Report:
             self.pending.append(text)
         if time.monotonic() - self.flushed >= PRINT_EVERY_S:
             self.flush()
+
+    def interrupted(self, waiting: int) -> None:
+        """Ctrl-C: say why the run does not stop at once, and how to make it."""
+        self.flush()
+        self.shell.perror(
+            f"Interrupted: waiting up to {INTERRUPT_GRACE_S:g} s for the answers to "
+            f"{plural(waiting, 'upload')} already sent (Ctrl-C again to stop waiting).",
+            style=None,
+        )
 
     def flush(self) -> None:
         self.flushed = time.monotonic()
@@ -293,7 +305,11 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         if progress is not None and report.task is not None:
             progress.update(report.task, total=total_bytes)
         uploader = Uploader(
-            shell.session.submit, window=window, max_image_bytes=max_bytes, on_result=report
+            shell.session.submit,
+            window=window,
+            max_image_bytes=max_bytes,
+            on_result=report,
+            on_interrupt=report.interrupted,
         )
         try:
             if progress is not None:
@@ -323,10 +339,20 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
                 f" Left alone {plural(len(walked.ignored), 'file')} in the folders whose names "
                 f"are not images ({names}{more}); name one to try it."
             )
+        if summary.interrupted:
+            line = f"Interrupted. {line}"
+            if summary.count(Outcome.UNANSWERED) or summary.count(Outcome.NOT_SENT):
+                line += (
+                    " Run the same command again to send the rest: files already stored come "
+                    "back as present, not twice."
+                )
         if args.json:
             shell.perror(line, style=None)
         else:
             shell.poutput(line)
+        if summary.interrupted:
+            shell.exit_code = 1  # the line above is the whole report; fail() would repeat it
+            return
         rejected, skipped = summary.count(Outcome.REJECTED), len(walked.problems)
         if rejected or skipped:
             parts = [plural(rejected, "file") + " rejected"] if rejected else []
@@ -418,7 +444,7 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
                 future.result()
             except VitrineError as exc:
                 failed += 1
-                shell.perror(f"#{number} not deleted: Error ({exc.code.value}): {exc.message}")
+                shell.perror(f"#{number} not deleted ({exc.code.value}): {exc.message}")
                 continue
             except ConnectionLost as exc:
                 failed += 1

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from protocol.base import Request, Response
 from protocol.errors import ErrorCode, VitrineError
-from protocol.messages import ChangePassword, Login, Logout, Resume, Session
+from protocol.messages import ChangePassword, Login, Logout, Resume, Session, UserInfo, WhoAmI
 from shell.connection import ConnectionLost, ServerConnection
 
 R = TypeVar("R", bound=Response)
@@ -88,6 +88,21 @@ class ClientSession:
             if exc.code is not ErrorCode.UNAUTHENTICATED:
                 raise
         self._forget()
+
+    def recheck_login(self) -> None:
+        """After an UNAUTHENTICATED answer while logged in, ask whether the server still has
+        this connection logged in. A wrong password (login, change_password) leaves it so; a
+        logout or a password change on another connection ends it, and the shell must then
+        stop offering the user's commands instead of failing every one of them."""
+        if self.user is None or not self.connection.connected:
+            return
+        try:
+            self.connection.call(WhoAmI(id=0), UserInfo)
+        except VitrineError as exc:
+            if exc.code is ErrorCode.UNAUTHENTICATED:
+                self._forget()
+        except ConnectionLost:
+            pass  # the next command reconnects and resumes, or says it cannot
 
     def _forget(self) -> None:
         self.user, self.admin, self._token = None, False, None

@@ -13,6 +13,11 @@ bounded both in requests and in bytes, so memory stays flat whatever the folder 
 file ends with exactly one `FileResult`: new, already present, or rejected with a reason; one bad
 file never stops the others, and a lost connection turns the unsent rest into rejections that
 say re-running the command finishes the job (the server reports stored files as present).
+
+Ctrl-C stops sending but still accounts for every file: the answers to requests already on the
+wire are awaited for a few seconds (the server stores those files whatever the client does, so
+the user must hear which), a second Ctrl-C stops that wait, and the files never sent are
+counted. Re-running the command then sends the rest, and reports the stored ones as present.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -36,7 +41,7 @@ from PIL import Image
 from protocol.base import Request, Response
 from protocol.catalog import Uploaded, UploadImage
 from protocol.errors import VitrineError
-from shell.connection import ConnectionLost
+from shell.connection import ConnectionLost, InterruptedAfterSending
 from shell.text import plural
 from util.filenames import display_name
 from util.images import ACCEPTED_FORMATS, DEFAULT_MAX_BYTES, ImageRejected, precheck
@@ -50,6 +55,8 @@ READ_AHEAD = 16
 #: Longest names the wire accepts (protocol.catalog FileName / Title).
 MAX_FILENAME_CHARS = 1024
 MAX_TITLE_CHARS = 200
+#: After Ctrl-C, how long to wait for the answers to uploads already sent.
+INTERRUPT_GRACE_S = 5.0
 
 
 # --- walking -------------------------------------------------------------------------------------
@@ -186,6 +193,10 @@ class Outcome(StrEnum):
     NEW = "new"
     PRESENT = "present"
     REJECTED = "rejected"
+    #: Sent, but the run was interrupted before the answer came: it may be stored.
+    UNANSWERED = "unanswered"
+    #: Not sent, because the run was interrupted first.
+    NOT_SENT = "not_sent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +205,7 @@ class FileResult:
     outcome: Outcome
     size: int = 0
     image_id: int | None = None
-    #: Why it was rejected, worded for a person ("UNSUPPORTED_IMAGE: ...").
+    #: Why it was rejected, worded for a person ("The JPEG file is truncated ...").
     reason: str = ""
     #: The same as a stable word for scripts: the image check's reason ("truncated",
     #: "too_many_pixels"), else the server's error code, "unreadable" or "connection_lost".
@@ -203,6 +214,13 @@ class FileResult:
 
 def lost_file(file: Candidate, reason: str, size: int = 0) -> FileResult:
     return FileResult(file, Outcome.REJECTED, size, reason=reason, code="connection_lost")
+
+
+UNANSWERED_REASON = (
+    "sent, but interrupted before the server answered: it may be stored; run the command "
+    "again to find out (files already stored come back as present)"
+)
+NOT_SENT_REASON = "not sent: the run was interrupted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +239,8 @@ class UploadFields:
 class UploadSummary:
     results: list[FileResult] = field(default_factory=list)
     seconds: float = 0.0
+    #: Stopped by Ctrl-C: some files may be unanswered or not sent.
+    interrupted: bool = False
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for result in self.results if result.outcome is outcome)
@@ -234,10 +254,16 @@ class UploadSummary:
         files = len(self.results)
         seconds = max(self.seconds, 1e-9)
         megabytes = self.bytes_sent / 1e6
+        stopped = ""
+        if self.interrupted:
+            stopped = (
+                f", {self.count(Outcome.UNANSWERED)} unanswered, "
+                f"{self.count(Outcome.NOT_SENT)} not sent"
+            )
         return (
             f"{plural(files, 'file')}: {self.count(Outcome.NEW)} new, "
             f"{self.count(Outcome.PRESENT)} already present, "
-            f"{self.count(Outcome.REJECTED)} rejected "
+            f"{self.count(Outcome.REJECTED)} rejected{stopped} "
             f"({megabytes:.1f} MB in {self.seconds:.1f} s: {files / seconds:.1f} files/s, "
             f"{megabytes / seconds:.1f} MB/s)."
         )
@@ -299,6 +325,8 @@ class Uploader:
         byte_window: int = DEFAULT_BYTE_WINDOW,
         max_image_bytes: int = DEFAULT_MAX_BYTES,
         on_result: Callable[[FileResult], None] = lambda _: None,
+        on_interrupt: Callable[[int], None] = lambda _: None,
+        interrupt_grace: float = INTERRUPT_GRACE_S,
     ) -> None:
         if window < 1:
             raise ValueError(f"the window must be at least 1 request, got {window}")
@@ -307,6 +335,9 @@ class Uploader:
         self.byte_window = byte_window
         self.max_image_bytes = max_image_bytes
         self.on_result = on_result
+        #: Told, on Ctrl-C, how many answers are still awaited (for at most interrupt_grace s).
+        self.on_interrupt = on_interrupt
+        self.interrupt_grace = interrupt_grace
         self._stop = threading.Event()
 
     # The reader runs in its own thread so file I/O overlaps sending and the server's work.
@@ -341,89 +372,151 @@ class Uploader:
         return _Read(file, data)
 
     def run(self, files: list[Candidate], fields: UploadFields) -> UploadSummary:
-        summary = UploadSummary()
-        started = time.perf_counter()
+        run = _Run(self, files)
         reads: queue.Queue[object] = queue.Queue(maxsize=READ_AHEAD)
-        done: queue.SimpleQueue[tuple[Candidate, int, Future[Response]]] = queue.SimpleQueue()
         reader = threading.Thread(
             target=self._read_all, args=(files, reads), name="vitrine-upload-reader", daemon=True
         )
         self._stop.clear()
         reader.start()
-        in_flight = 0
-        bytes_in_flight = 0
-        lost: str | None = None
-
-        def record(result: FileResult) -> None:
-            summary.results.append(result)
-            self.on_result(result)
-
-        def settle(entry: tuple[Candidate, int, Future[Response]]) -> None:
-            nonlocal in_flight, bytes_in_flight
-            file, size, future = entry
-            in_flight -= 1
-            bytes_in_flight -= size
-            record(self._result_of(file, size, future))
-
         try:
-            while True:
-                item = reads.get()
-                if item is _DONE:
-                    break
-                if isinstance(item, FileResult):
-                    record(item)
-                    continue
-                assert isinstance(item, _Read)
-                if lost is not None:
-                    record(lost_file(item.file, lost))
-                    continue
-                size = len(item.data)
-                while in_flight >= self.window or (
-                    in_flight and bytes_in_flight + size > self.byte_window
-                ):
-                    settle(done.get())
-                try:
-                    future = self.submit(build_request(item.file, item.data, fields))
-                except ConnectionLost as exc:
-                    lost = f"not sent: the connection was lost ({exc}); run the command again"
-                    record(lost_file(item.file, lost))
-                    continue
-                in_flight += 1
-                bytes_in_flight += size
-                future.add_done_callback(
-                    lambda f, file=item.file, size=size: done.put((file, size, f))
-                )
-                while True:  # report what finished meanwhile, without waiting
-                    try:
-                        settle(done.get_nowait())
-                    except queue.Empty:
-                        break
-            while in_flight:
-                settle(done.get())
+            run.send_all(reads, fields)
+        except KeyboardInterrupt as interrupt:
+            self._stop.set()
+            run.after_interrupt(interrupt)
         finally:
             self._stop.set()
             with contextlib.suppress(queue.Empty):
                 while True:
                     reads.get_nowait()
             reader.join(timeout=5.0)
-            summary.seconds = time.perf_counter() - started
-        return summary
+            run.summary.seconds = time.perf_counter() - run.started
+        return run.summary
 
-    @staticmethod
-    def _result_of(file: Candidate, size: int, future: Future[Response]) -> FileResult:
-        try:
-            response = future.result()
-        except VitrineError as exc:
-            reason = f"{exc.code.value}: {exc.message}"
-            if exc.details:
-                reason += " (" + "; ".join(exc.details) + ")"
-            code = exc.details[0] if exc.details else exc.code.value
-            return FileResult(file, Outcome.REJECTED, size, reason=reason, code=code)
-        except ConnectionLost as exc:
-            reason = f"no answer: the connection was lost ({exc}); run the command again"
-            return lost_file(file, reason, size)
-        if not isinstance(response, Uploaded):
-            reason = f"unexpected answer {type(response).__name__}"
-            return FileResult(file, Outcome.REJECTED, size, reason=reason, code="unexpected_answer")
-        outcome = Outcome.NEW if response.created else Outcome.PRESENT
-        return FileResult(file, outcome, size, image_id=response.image_id)
+
+def _result_of(file: Candidate, size: int, future: Future[Response]) -> FileResult:
+    try:
+        response = future.result()
+    except VitrineError as exc:
+        # The server's sentence for people; the stable word for scripts goes in `code`.
+        code = exc.details[0] if exc.details else exc.code.value
+        return FileResult(file, Outcome.REJECTED, size, reason=exc.message, code=code)
+    except ConnectionLost as exc:
+        reason = f"no answer: the connection was lost ({exc}); run the command again"
+        return lost_file(file, reason, size)
+    if not isinstance(response, Uploaded):
+        reason = f"unexpected answer {type(response).__name__}"
+        return FileResult(file, Outcome.REJECTED, size, reason=reason, code="unexpected_answer")
+    outcome = Outcome.NEW if response.created else Outcome.PRESENT
+    return FileResult(file, outcome, size, image_id=response.image_id)
+
+
+class _Run:
+    """One `Uploader.run`: what is on the wire, and the one outcome each file gets."""
+
+    def __init__(self, uploader: Uploader, files: list[Candidate]) -> None:
+        self.uploader = uploader
+        self.files = files
+        self.summary = UploadSummary()
+        self.started = time.perf_counter()
+        self.done: queue.SimpleQueue[Future[Response]] = queue.SimpleQueue()
+        #: On the wire, waiting for the answer: each future's file and size.
+        self.in_flight: dict[Future[Response], tuple[Candidate, int]] = {}
+        self.bytes_in_flight = 0
+        #: The file (and size) whose request is being handed to the connection, and its future
+        #: once `submit` returns: from the start of the hand-over the request may reach the
+        #: server, even if Ctrl-C stops the call.
+        self.sending: tuple[Candidate, int] | None = None
+        self.future: Future[Response] | None = None
+
+    def record(self, result: FileResult) -> None:
+        self.summary.results.append(result)
+        self.uploader.on_result(result)
+
+    def settle(self, future: Future[Response]) -> None:
+        file, size = self.in_flight[future]
+        self.record(_result_of(file, size, future))
+        del self.in_flight[future]  # after recording: a Ctrl-C in between still finds the file
+        self.bytes_in_flight -= size
+
+    def send_all(self, reads: queue.Queue[object], fields: UploadFields) -> None:
+        uploader, in_flight = self.uploader, self.in_flight
+        lost: str | None = None
+        while True:
+            item = reads.get()
+            if item is _DONE:
+                break
+            if isinstance(item, FileResult):
+                self.record(item)
+                continue
+            assert isinstance(item, _Read)
+            if lost is not None:
+                self.record(lost_file(item.file, lost))
+                continue
+            size = len(item.data)
+            while len(in_flight) >= uploader.window or (
+                in_flight and self.bytes_in_flight + size > uploader.byte_window
+            ):
+                self.settle(self.done.get())
+            self.sending, self.future = (item.file, size), None
+            try:
+                self.future = uploader.submit(build_request(item.file, item.data, fields))
+            except ConnectionLost as exc:
+                self.sending = None
+                lost = f"not sent: the connection was lost ({exc}); run the command again"
+                self.record(lost_file(item.file, lost))
+                continue
+            in_flight[self.future] = self.sending
+            self.sending = None
+            self.bytes_in_flight += size
+            self.future.add_done_callback(self.done.put)
+            while True:  # report what finished meanwhile, without waiting
+                try:
+                    self.settle(self.done.get_nowait())
+                except queue.Empty:
+                    break
+        while in_flight:
+            self.settle(self.done.get())
+
+    def after_interrupt(self, interrupt: KeyboardInterrupt) -> None:
+        """Ctrl-C: wait a little for the answers already due, then give every file not yet
+        reported its outcome, in the order given: unanswered if its request may have reached
+        the server (it may be stored), not sent if it never left."""
+        self.summary.interrupted = True
+        in_flight = self.in_flight
+        if isinstance(interrupt, InterruptedAfterSending) and self.future is None:
+            # Caught inside `submit` after the request was queued: its future comes with the
+            # interrupt, and its answer can still be awaited.
+            (self.future,) = interrupt.futures
+        if self.sending is not None and self.future is not None:  # sent, not yet in in_flight
+            in_flight[self.future] = self.sending
+            self.sending = None
+        if in_flight:
+            self.uploader.on_interrupt(len(in_flight))
+        deadline = time.monotonic() + self.uploader.interrupt_grace
+        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C stops the wait
+            while in_flight and (remaining := deadline - time.monotonic()) > 0:
+                finished, _ = wait(in_flight, timeout=remaining, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    self.settle(future)
+        reported = {id(result.file) for result in self.summary.results}
+        maybe_sent = {id(file): size for file, size in in_flight.values()}
+        if self.sending is not None:
+            maybe_sent.setdefault(id(self.sending[0]), self.sending[1])
+        for file in self.files:
+            if id(file) in reported:
+                continue
+            if id(file) in maybe_sent:
+                self.record(
+                    FileResult(
+                        file,
+                        Outcome.UNANSWERED,
+                        maybe_sent[id(file)],
+                        reason=UNANSWERED_REASON,
+                        code="interrupted",
+                    )
+                )
+            else:
+                self.record(
+                    FileResult(file, Outcome.NOT_SENT, reason=NOT_SENT_REASON, code="interrupted")
+                )

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -122,6 +123,7 @@ def test_add_image_json_gives_scripts_a_line_and_a_stable_code_for_every_path(
     lines = {Path(str(line["path"])).name: line for line in done.json_lines()}
     assert lines["good.jpg"]["outcome"] == "new"
     assert (lines["cut.jpg"]["outcome"], lines["cut.jpg"]["code"]) == ("rejected", "truncated")
+    assert str(lines["cut.jpg"]["reason"]).startswith("The JPEG file is truncated"), lines
     assert lines["notes.jpg"]["outcome"] == "rejected" and lines["notes.jpg"]["code"]
     assert lines["no-such.jpg"] == {
         "path": str(missing),
@@ -278,7 +280,8 @@ def test_delete_hides_everywhere_and_admin_may(
     theirs = _upload_one(bob, _jpeg(tmp_path / "d2.jpg", 701), "--tags del-e2e")
     done = alice(f"delete_image {mine} {theirs}")
     assert done.code != 0, done
-    assert f"Deleted #{mine}." in done.err and f"#{theirs} not deleted" in done.err
+    assert f"Deleted #{mine}." in done.err
+    assert f"#{theirs} not deleted (FORBIDDEN): Image {theirs} belongs to bob" in done.err
     assert [r["id"] for r in bob("browse_by_tags del-e2e --json").json_lines()] == [theirs]
     gone = alice(f"show_image {mine}")
     assert gone.code != 0 and "NOT_FOUND" in gone.err
@@ -459,6 +462,61 @@ def test_terminal_session_draws_pictures_and_completes(
         child.expect(pexpect.EOF)
     finally:
         child.close(force=True)
+
+
+def test_ctrl_c_during_an_upload_accounts_for_every_file(
+    server: ServerProcess, alice: Shell, tmp_path: Path
+) -> None:
+    """Ctrl-C used to print "Interrupted." alone, while the file on the wire was stored
+    anyway: every file must be reported, and what is stored must be what was reported."""
+    pexpect = pytest.importorskip("pexpect")
+    folder = tmp_path / "big"
+    folder.mkdir()
+    noise = np.random.default_rng(5).integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+    for index in range(60):
+        noise[0, 0] = (index, 0, 0)  # each file its own content, so each is stored
+        Image.fromarray(noise).save(folder / f"big-{index:02d}.png", compress_level=0)
+    child = pexpect.spawn(
+        sys.executable,
+        [str(ROOT / "client.py"), "--server", server.address, "--config-dir",
+         str(tmp_path / "ctrl-c"), "--fingerprint", server.fingerprint],
+        cwd=str(ROOT),
+        env={**os.environ, "VITRINE_PASSWORD": PASSWORD, "TERM": "xterm-256color"},
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(50, 160),
+    )  # fmt: skip
+    seen = io.StringIO()
+    child.logfile_read = seen
+    try:
+        child.expect("vitrine ")
+        child.sendline("login alice")
+        child.expect("Logged in as alice")
+        child.sendline(f"add_image {folder} --tags ctrlc-e2e --window 1 --json")
+        child.expect('"outcome":"new"')  # the run is under way
+        child.sendintr()
+        child.expect(r"Interrupted\. 60 files: (\d+) new, 0 already present, 0 rejected, "
+                     r"(\d+) unanswered, (\d+) not sent")  # fmt: skip
+        new, unanswered, not_sent = (int(group) for group in child.match.groups())
+        child.expect("vitrine alice@")
+        child.sendline("quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    output = seen.getvalue()
+    assert not_sent > 0 and new + unanswered + not_sent == 60, output
+    reported: dict[str, str] = {}  # file name -> outcome, one JSON line per file
+    for line in re.findall(r'\{"path".*?\}(?=\r?\n)', output):
+        row = json.loads(line)
+        assert Path(str(row["path"])).stem not in reported, output
+        reported[Path(str(row["path"])).stem] = str(row["outcome"])
+    assert len(reported) == 60, output
+    listed = alice("browse_by_tags ctrlc-e2e --json", "more --json", "more --json").json_lines()
+    stored = {str(row["title"]) for row in listed}
+    said_new = {name for name, outcome in reported.items() if outcome == "new"}
+    maybe = {name for name, outcome in reported.items() if outcome == "unanswered"}
+    assert said_new <= stored <= said_new | maybe, (stored, reported)
+    assert len(said_new) == new and len(maybe) == unanswered
 
 
 # --- writing files: --save and --sheet -----------------------------------------------------------

@@ -45,6 +45,24 @@ def spawn_client(
     )
 
 
+def logged_in_shell(
+    server: ServerProcess, config_dir: Path, name: str, env: dict[str, str] | None = None
+) -> pexpect.spawn:
+    """A new account `name`, and a terminal shell logged in as it (VITRINE_PASSWORD answers)."""
+    run_client(server, f"create_user {name}", "quit", config_dir=config_dir, password=PASSWORD)
+    child = spawn_client(
+        server,
+        config_dir,
+        "--fingerprint",
+        server.fingerprint,
+        env={"VITRINE_PASSWORD": PASSWORD, **(env or {})},
+    )
+    child.expect("Type help for commands")
+    child.sendline(f"login {name}")
+    child.expect(f"Logged in as {name}")
+    return child
+
+
 def bare_client(address: str, config_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """client.py with exactly these flags and commands: no pin passed, no terminal to ask."""
     return subprocess.run(
@@ -265,13 +283,7 @@ def test_only_account_commands_before_login(shared_server: ServerProcess, config
 def test_reconnects_and_resumes_after_server_restart(
     server: ServerProcess, config_dir: Path
 ) -> None:
-    run_client(server, "create_user erin", "quit", config_dir=config_dir, password=PASSWORD)
-    child = spawn_client(
-        server, config_dir, "--fingerprint", server.fingerprint, env={"VITRINE_PASSWORD": PASSWORD}
-    )
-    child.expect("Type help for commands")
-    child.sendline("login erin")
-    child.expect("Logged in as erin")
+    child = logged_in_shell(server, config_dir, "erin")
     server.stop()
     server.restart()
     child.sendline("whoami")
@@ -288,17 +300,9 @@ def test_after_a_password_change_the_shell_resumes_with_its_new_token(
 ) -> None:
     """ChangePassword revokes every token of the user, the shell's own too, and answers with a
     new one; a shell that kept the old token could not resume after the next outage."""
-    run_client(server, "create_user gale", "quit", config_dir=config_dir, password=PASSWORD)
-    child = spawn_client(
-        server,
-        config_dir,
-        "--fingerprint",
-        server.fingerprint,
-        env={"VITRINE_PASSWORD": PASSWORD, "VITRINE_NEW_PASSWORD": "a brand new secret"},
+    child = logged_in_shell(
+        server, config_dir, "gale", env={"VITRINE_NEW_PASSWORD": "a brand new secret"}
     )
-    child.expect("Type help for commands")
-    child.sendline("login gale")
-    child.expect("Logged in as gale")
     child.sendline("change_password")
     child.expect("Password changed; your other sessions have ended")
     server.stop()
@@ -312,16 +316,58 @@ def test_after_a_password_change_the_shell_resumes_with_its_new_token(
     assert child.exitstatus == 0
 
 
+def test_a_password_change_elsewhere_logs_this_shell_out(
+    server: ServerProcess, config_dir: Path, tmp_path: Path
+) -> None:
+    """The server ends the other sessions of a user whose password changed; the shell used to
+    keep the user's prompt and commands, failing each one with the same error."""
+    child = logged_in_shell(server, config_dir, "hale")
+    changed = run_client(
+        server,
+        "login hale",
+        "change_password",
+        config_dir=tmp_path / "elsewhere",
+        password=PASSWORD,
+        extra_env={"VITRINE_NEW_PASSWORD": "a brand new secret"},
+    )
+    assert changed.returncode == 0, changed.stderr
+    child.sendline("browse_by_tags anything")
+    child.expect("The password was changed on another connection; log in again")
+    child.expect(r"vitrine 127\.0\.0\.1:\d+> ")  # the logged-out prompt
+    child.sendline("whoami")
+    child.expect("needs a logged-in user")
+    child.sendline("quit")
+    child.expect(pexpect.EOF)
+    child.close()
+
+
+def test_a_wrong_password_at_login_keeps_the_user_logged_in(
+    server: ServerProcess, config_dir: Path
+) -> None:
+    """UNAUTHENTICATED does not always mean logged out: the shell asks before it forgets."""
+    run_client(server, "create_user ines", "quit", config_dir=config_dir, password=PASSWORD)
+    child = spawn_client(server, config_dir, "--fingerprint", server.fingerprint)
+    child.expect("Type help for commands")
+    child.sendline("login ines")
+    child.expect("Password:")
+    child.sendline(PASSWORD)
+    child.expect("Logged in as ines")
+    child.sendline("login ines")
+    child.expect("Password:")
+    child.sendline("not the password at all")
+    child.expect("Wrong user name or password")
+    child.expect(r"vitrine ines@127\.0\.0\.1:\d+> ")
+    child.sendline("whoami")
+    child.expect(r"ines .*on 127\.0\.0\.1")
+    child.sendline("quit")
+    child.expect(pexpect.EOF)
+    child.close()
+
+
 def test_command_during_outage_fails_clearly_then_recovers(
     server: ServerProcess, config_dir: Path
 ) -> None:
-    run_client(server, "create_user faye", "quit", config_dir=config_dir, password=PASSWORD)
-    child = spawn_client(
-        server, config_dir, "--fingerprint", server.fingerprint, env={"VITRINE_PASSWORD": PASSWORD}
-    )
-    child.expect("Type help for commands")
-    child.sendline("login faye")
-    child.expect("Logged in as faye")
+    child = logged_in_shell(server, config_dir, "faye")
     server.stop()
     child.sendline("whoami")
     child.expect("Cannot reach a Vitrine server")

@@ -152,6 +152,20 @@ def test_the_client_data_dir_has_its_own_variable(monkeypatch: pytest.MonkeyPatc
     assert parse_args([]).data_dir == Path("/home/shop/carts")
 
 
+def test_a_malformed_fingerprint_is_refused_before_connecting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It used to be reported only as a mismatch with the server's ("not the expected ...")."""
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(["--fingerprint", "garbage"])
+    assert stopped.value.code == 2
+    assert (
+        "'garbage' is not a fingerprint: it is SHA256: and 43 characters" in capsys.readouterr().err
+    )
+    good = "SHA256:" + "Ab+/" * 10 + "xyz"
+    assert parse_args(["--fingerprint", good]).fingerprint == good
+
+
 def test_a_silent_server_fails_the_command_after_the_timeout(
     server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -181,6 +195,21 @@ def test_a_silent_server_fails_the_command_after_the_timeout(
     assert code == 1, err
     assert "the server did not answer for 2 s" in err, err
     assert "Stopped at `tags --json`" in err, err
+
+
+def test_connecting_to_a_silent_server_also_gives_up_after_the_timeout(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Connecting had a fixed limit of 10 s, whatever --timeout said."""
+    args = [sys.executable, str(ROOT / "client.py"), "--server", server.address, "--config-dir"]
+    args += [str(tmp_path), "--fingerprint", server.fingerprint, "--timeout", "2", "whoami"]
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    assert done.returncode == 2, done.stderr
+    assert "did not answer within 2 s" in done.stderr, done.stderr
 
 
 def test_a_re_upload_with_new_flags_says_the_stored_values_stay(

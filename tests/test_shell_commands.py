@@ -134,3 +134,18 @@ def test_an_unknown_option_is_still_an_option() -> None:
     made.add_argument("value", nargs="?")
     with pytest.raises(SystemExit):
         made.parse_args(["-information"])
+
+
+def test_help_groups_the_kept_built_ins_under_shell_and_names_unknown_topics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shell, _, out = _shell(tmp_path)
+    shell.onecmd_plus_hooks("help")
+    listing = out.getvalue()
+    assert "Cmd2" not in listing
+    shell_section = listing[listing.index("Shell\n") :]
+    for command in ("help", "history", "quit", "run_script", "set"):
+        assert command in shell_section.split("\n\n")[0], listing
+    shell.onecmd_plus_hooks("help nosuch")
+    said = out.getvalue() + capsys.readouterr().err
+    assert "nosuch is not a Vitrine command; type help to see the commands." in said

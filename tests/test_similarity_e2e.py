@@ -150,6 +150,14 @@ def test_mistakes_are_refused_before_anything_is_sent(alice: Shell, tmp_path: Pa
     assert code != 0 and "not an image" in err
     code, _, err = alice(f'search_by_image "{notes}" --min-price 5 --max-price 1')
     assert code != 0 and "above --max-price" in err
+    (whole_path,) = _photos(tmp_path / "whole", range(3, 4))
+    whole = whole_path.read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole[: len(whole) // 2])  # only the server's decoder finds this out
+    code, _, err = alice(f'search_by_image "{cut}"')
+    # the sentence, once: the stable code `truncated` is for scripts, not a second line
+    assert code != 0 and "Error (UNSUPPORTED_IMAGE): The JPEG file is truncated" in err, err
+    assert "  truncated" not in err, err
 
 
 def test_without_weights_the_shell_says_how_to_provide_them(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ real wire.
 
 from __future__ import annotations
 
+import _thread
 import io
 import os
 import random
@@ -21,7 +22,7 @@ from PIL import Image
 from protocol.base import Request, Response
 from protocol.catalog import Uploaded, UploadImage
 from protocol.errors import ErrorCode, VitrineError
-from shell.connection import ConnectionLost
+from shell.connection import ConnectionLost, InterruptedAfterSending
 from shell.upload import Outcome, Uploader, UploadFields, build_request, skip_code, walk_paths
 
 
@@ -157,7 +158,19 @@ def test_request_carries_the_fields_and_titles_after_the_file(tmp_path: Path) ->
 class ScriptedServer:
     """Answers uploads from other threads, out of order, and records how many were in flight."""
 
-    def __init__(self, *, lose_after: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        lose_after: int | None = None,
+        interrupt_after: int | None = None,
+        silent_after_interrupt: bool = False,
+    ) -> None:
+        """`interrupt_after`: Ctrl-C in the sending thread once that many answers are out;
+        `silent_after_interrupt`: from then on, never answer (a server that hangs)."""
+        self.interrupt_after = interrupt_after
+        self.silent_after_interrupt = silent_after_interrupt
+        self.answered = 0
+        self.held: list[Future[Response]] = []
         self.in_flight = 0
         self.peak = 0
         self.sent: list[UploadImage] = []
@@ -181,6 +194,13 @@ class ScriptedServer:
 
     def _answer(self, request: UploadImage, future: Future[Response]) -> None:
         with self.lock:
+            interrupted = self.interrupt_after is not None and self.answered >= self.interrupt_after
+            if interrupted and self.silent_after_interrupt:
+                self.held.append(future)
+                return
+            self.answered += 1
+            if self.answered == self.interrupt_after:
+                _thread.interrupt_main()  # as SIGINT would: KeyboardInterrupt in the sender
             self.in_flight -= 1
             if request.filename.startswith("refused"):
                 error = VitrineError(ErrorCode.UNSUPPORTED_IMAGE, "The JPEG is truncated.")
@@ -217,7 +237,8 @@ def test_window_bounds_requests_in_flight_and_every_file_gets_one_outcome(tmp_pa
     assert server.peak > 1  # it did pipeline
     by_name = {r.file.path.name: r for r in summary.results}
     assert by_name["refused.jpg"].outcome is Outcome.REJECTED
-    assert "UNSUPPORTED_IMAGE" in by_name["refused.jpg"].reason
+    assert by_name["refused.jpg"].reason == "The JPEG is truncated."
+    assert by_name["refused.jpg"].code == "UNSUPPORTED_IMAGE"
     assert by_name["text.jpg"].outcome is Outcome.REJECTED
     assert "not an image" in by_name["text.jpg"].reason
     assert by_name["zero.jpg"].outcome is Outcome.REJECTED
@@ -263,6 +284,63 @@ def test_a_lost_connection_rejects_the_rest_with_advice(tmp_path: Path) -> None:
     lost = [r for r in summary.results if r.outcome is Outcome.REJECTED]
     assert len(lost) == 7
     assert all("run the command again" in r.reason for r in lost)
+
+
+def test_ctrl_c_waits_for_the_answers_already_due_and_counts_the_rest_not_sent(
+    tmp_path: Path,
+) -> None:
+    """Files already on the wire are stored by the server whatever the client does: the user
+    must hear which, so Ctrl-C stops sending but still waits for their answers."""
+    files = walk_paths([str(_folder(tmp_path, 40))]).files
+    server = ScriptedServer(interrupt_after=6)
+    told: list[int] = []
+    summary = Uploader(server.submit, window=4, on_interrupt=told.append).run(files, UploadFields())
+    assert summary.interrupted
+    assert [r.file for r in summary.results if r.outcome is Outcome.NOT_SENT] == [
+        f for f in files if f.path.name not in {r.filename for r in server.sent}
+    ]
+    # Every file sent was answered within the grace and reported as stored, but for one whose
+    # request the Ctrl-C caught inside `submit`: it may have left, so it is unanswered.
+    new, unanswered = summary.count(Outcome.NEW), summary.count(Outcome.UNANSWERED)
+    assert new + unanswered == len(server.sent) and new >= 6 and unanswered <= 1
+    assert sorted(r.file.shown for r in summary.results) == sorted(f.shown for f in files)
+    assert len(told) == 1 and 1 <= told[0] <= 4
+    assert summary.count(Outcome.NOT_SENT) > 0
+    assert f", {unanswered} unanswered, " in summary.line()
+
+
+def test_ctrl_c_with_a_silent_server_reports_what_was_sent_as_unanswered(tmp_path: Path) -> None:
+    files = walk_paths([str(_folder(tmp_path, 30))]).files
+    server = ScriptedServer(interrupt_after=5, silent_after_interrupt=True)
+    started = time.monotonic()
+    summary = Uploader(server.submit, window=4, interrupt_grace=0.3).run(files, UploadFields())
+    assert time.monotonic() - started < 5  # gave up waiting after the grace
+    unanswered = {r.file.path.name for r in summary.results if r.outcome is Outcome.UNANSWERED}
+    answered = {r.file.path.name for r in summary.results if r.outcome is Outcome.NEW}
+    assert answered | unanswered == {r.filename for r in server.sent}
+    assert unanswered and not answered & unanswered
+    assert all(
+        "may be stored" in r.reason for r in summary.results if r.outcome.value == "unanswered"
+    )
+    assert summary.count(Outcome.NOT_SENT) == 30 - len(server.sent)
+    assert len(summary.results) == 30
+
+
+def test_ctrl_c_after_a_request_was_queued_still_waits_for_its_answer(tmp_path: Path) -> None:
+    """The connection hands over the future of a request whose frame it had queued when Ctrl-C
+    came (InterruptedAfterSending): that file is stored, and must be reported so."""
+    files = walk_paths([str(_folder(tmp_path, 10))]).files
+    server = ScriptedServer()
+
+    def interrupted_on_the_fourth(request: Request) -> Future[Response]:
+        future = server.submit(request)
+        if len(server.sent) == 4:
+            raise InterruptedAfterSending([future])
+        return future
+
+    summary = Uploader(interrupted_on_the_fourth, window=2).run(files, UploadFields())
+    outcomes = [r.outcome for r in sorted(summary.results, key=lambda r: r.file.shown)]
+    assert outcomes == [Outcome.NEW] * 4 + [Outcome.NOT_SENT] * 6
 
 
 def test_unreadable_file_is_rejected_alone(tmp_path: Path) -> None:
