@@ -159,8 +159,14 @@ class VitrineShell(cmd2.Cmd):
         return stop
 
     def onecmd(self, statement: cmd2.Statement | str, *, add_to_history: bool = True) -> bool:
+        # cmd2's built-ins (run_script, set, help, history) report a failure only by printing
+        # it and leaving last_result False; scripts must see it in the exit status too.
+        self.last_result = None
         try:
-            return super().onecmd(statement, add_to_history=add_to_history)
+            stop = super().onecmd(statement, add_to_history=add_to_history)
+            if self.last_result is False:
+                self.exit_code = 1
+            return stop
         except Cmd2ArgparseError:
             self.exit_code = 1
             raise

@@ -214,9 +214,15 @@ def run_arguments(shell: VitrineShell, commands: list[str], *, at_terminal: bool
         for done, command in enumerate(commands, start=1):
             if not shell.onecmd_plus_hooks(command):
                 continue
-            if shell.failed_command is None:
-                return True  # quit
             skipped = len(commands) - done
+            if shell.failed_command is None:  # quit
+                if skipped:
+                    shell.perror(
+                        f"Quit at `{command.strip()}`: {plural(skipped, 'command')} after it "
+                        "not run.",
+                        style=None,
+                    )
+                return True
             if skipped:
                 shell.perror(
                     f"Stopped at `{shell.failed_command}`, which failed: "

@@ -491,6 +491,9 @@ class _Run:
         if self.sending is not None and self.future is not None:  # sent, not yet in in_flight
             in_flight[self.future] = self.sending
             self.sending = None
+        reported = {id(result.file) for result in self.summary.results}
+        for future in [f for f, (file, _) in in_flight.items() if id(file) in reported]:
+            del in_flight[future]  # Ctrl-C came inside `settle`, after its outcome was recorded
         if in_flight:
             self.uploader.on_interrupt(len(in_flight))
         deadline = time.monotonic() + self.uploader.interrupt_grace

@@ -212,6 +212,20 @@ def test_connecting_to_a_silent_server_also_gives_up_after_the_timeout(
     assert "did not answer within 2 s" in done.stderr, done.stderr
 
 
+def test_quit_among_the_arguments_says_what_it_left_unrun(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    done = client(server, tmp_path, "login alice", "quit", "tags --json", "whoami")
+    assert done.returncode == 0, done
+    assert "Quit at `quit`: 2 commands after it not run." in done.stderr, done
+    assert done.stdout == ""
+
+
+def test_a_failing_built_in_fails_the_script(server: ServerProcess, tmp_path: Path) -> None:
+    done = client(server, tmp_path, "login alice", f"run_script {tmp_path / 'none.txt'}", "whoami")
+    assert done.returncode == 1 and "Stopped at `run_script" in done.stderr, done
+
+
 def test_a_re_upload_with_new_flags_says_the_stored_values_stay(
     server: ServerProcess, tmp_path: Path
 ) -> None:

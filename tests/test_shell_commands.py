@@ -149,3 +149,27 @@ def test_help_groups_the_kept_built_ins_under_shell_and_names_unknown_topics(
     shell.onecmd_plus_hooks("help nosuch")
     said = out.getvalue() + capsys.readouterr().err
     assert "nosuch is not a Vitrine command; type help to see the commands." in said
+
+
+@pytest.mark.parametrize(
+    ("line", "fails"),
+    [
+        ("help", False),
+        ("help show_image", False),
+        ("history", False),
+        ("set", False),
+        ("help nosuch", True),
+        ("set nosuch 1", True),
+        ("run_script {missing}", True),
+        ("run_script {folder}", True),
+        ("run_script {script}", False),
+    ],
+)
+def test_built_ins_that_fail_fail_the_script(tmp_path: Path, line: str, fails: bool) -> None:
+    """cmd2's built-ins only print their failures: a script used to exit 0 after them."""
+    shell, _, _ = _shell(tmp_path)
+    script = tmp_path / "script.txt"
+    script.write_text("help\n")
+    line = line.format(missing=tmp_path / "none.txt", folder=tmp_path, script=script)
+    shell.onecmd_plus_hooks(line)
+    assert shell.exit_code == (1 if fails else 0), line
