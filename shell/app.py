@@ -186,6 +186,13 @@ class VitrineShell(cmd2.Cmd):
             )
         except PinningError as exc:
             self.fail(str(exc))
+        except BrokenPipeError:  # a ConnectionError, but not the server's
+            # Whoever read our output has gone (`| head -1`): stop quietly, as command-line
+            # tools do. Python flushes stdout again at exit; aimed at /dev/null, that cannot
+            # fail and print the error after all.
+            self.exit_code = 1
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return True
         except ConnectionError as exc:
             self.fail(str(exc))
         except KeyboardInterrupt:

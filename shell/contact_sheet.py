@@ -50,15 +50,30 @@ def _letterboxed(thumbnail: bytes, cell: int) -> Image.Image | None:
     return picture.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
+#: What a sheet may be written as, by the file's suffix.
+SHEET_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def sheet_format(path: Path) -> str:
+    """The format a sheet at `path` is written in; a ValueError names the suffixes accepted
+    (a .jpg used to get PNG bytes)."""
+    fmt = SHEET_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        accepted = ", ".join(SHEET_FORMATS)
+        raise ValueError(f"a contact sheet is written as {accepted}; name the file so, not {path}")
+    return fmt
+
+
 def write_contact_sheet(
     items: Sequence[tuple[str, bytes]], path: Path, columns: int = 5, cell: int = 200
 ) -> Path:
-    """Write a PNG grid of ``(label, thumbnail bytes)`` items to ``path`` and return ``path``.
+    """Write a grid of ``(label, thumbnail bytes)`` items to ``path`` (PNG or JPEG, by its
+    suffix: `sheet_format`) and return ``path``.
 
     Each thumbnail is letterboxed in a ``cell`` x ``cell`` tile with its label (id and title,
     as the caller formats it) truncated underneath. A thumbnail that cannot be decoded leaves
     a marked empty tile rather than losing the whole sheet. The file is written to a temporary
-    name and renamed, so an interrupted run never leaves half a PNG at ``path``.
+    name and renamed, so an interrupted run never leaves half a sheet at ``path``.
     """
     if not items:
         raise ValueError("a contact sheet needs at least one picture; the listing was empty")
@@ -67,6 +82,7 @@ def write_contact_sheet(
     if cell < 32:
         raise ValueError(f"cell must be at least 32 pixels, got {cell}")
     path = Path(path)
+    fmt = sheet_format(path)
     font = ImageFont.load_default(size=max(10, cell // 15))
     ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (11, 3)
     label_h = ascent + descent + GAP // 2
@@ -93,7 +109,7 @@ def write_contact_sheet(
         draw.text((left, top + cell + GAP // 4), text, fill=TEXT, font=font)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        sheet.save(temporary, format="PNG")
+        sheet.save(temporary, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ Output forms:
   that says whether more remains;
 - `--json` prints one JSON object per image per line on stdout and nothing else there (notes go
   to stderr), so `| jq` works;
-- `--sheet PATH` also writes the batch as a contact-sheet PNG.
+- `--sheet PATH` also writes the batch as a contact sheet (PNG, or JPEG for a .jpg PATH).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from protocol.catalog import (
 )
 from protocol.errors import ErrorCode, VitrineError
 from shell.app import CommandFailed, write_json_lines
-from shell.contact_sheet import write_contact_sheet
+from shell.contact_sheet import sheet_format, write_contact_sheet
 from shell.pictures import GraphicsMode, detect_graphics, picture_renderable
 from shell.swatches import palette_text
 from shell.text import plural, printable
@@ -181,7 +181,7 @@ def add_listing_arguments(parser: argparse.ArgumentParser, *, continues: bool = 
         "--sheet",
         metavar="PATH",
         completer=cmd2.Cmd.path_complete,
-        help="also write the batch as a contact-sheet PNG to PATH",
+        help="also write the batch as a contact sheet to PATH (.png, or .jpg for a JPEG)",
     )
     parser.add_argument(
         "--force", action="store_true", help="with --sheet: overwrite an existing file"
@@ -197,6 +197,10 @@ def render_options(args: argparse.Namespace, base: RenderOptions | None = None) 
     base = base or RenderOptions()
     if args.sheet is not None:
         check_new_file(args.sheet, args.force)
+        try:
+            sheet_format(Path(args.sheet))
+        except ValueError as exc:
+            raise CommandFailed(f"--sheet: {exc}.") from None
     return RenderOptions(
         json=base.json if args.json is None else args.json,
         images=base.images if args.images is None else args.images,
@@ -307,6 +311,10 @@ def _show(
         except OSError as exc:
             raise CommandFailed(f"Cannot write the sheet {render.sheet}: {exc.strerror}.") from None
         _note(shell, render, f"Wrote a contact sheet of {len(items)} images to {path}.")
+    elif render.sheet is not None:
+        _note(
+            shell, render, f"No contact sheet written to {render.sheet}: no images in this batch."
+        )
     if not items and latest.shown == 0:
         _note(shell, render, f"Nothing found for {latest.what}.")
     elif latest.cursor is None:

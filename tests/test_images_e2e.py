@@ -200,6 +200,15 @@ def test_table_for_people_and_contact_sheet(alice: Shell, tmp_path: Path) -> Non
         assert picture.format == "PNG"
         assert picture.width > 3 * 100  # three tiles side by side
     assert "▀" not in done.out  # output is a pipe: no pictures unless forced
+    as_jpeg = tmp_path / "out" / "sheet.JPG"  # a .jpg used to get PNG bytes
+    assert alice(f"browse_by_tags sheet-e2e --sheet {as_jpeg}").code == 0
+    with Image.open(as_jpeg) as picture:
+        assert picture.format == "JPEG"
+    refused = alice(f"browse_by_tags sheet-e2e --sheet {tmp_path / 'out' / 'sheet.gif'}")
+    assert refused.code != 0 and "written as .png, .jpg, .jpeg" in refused.err, refused
+    empty = alice(f"browse_by_tags no-such-tag-e2e --sheet {tmp_path / 'out' / 'none.png'}")
+    assert "No contact sheet written" in empty.out + empty.err, empty
+    assert not (tmp_path / "out" / "none.png").exists()
 
 
 def test_pictures_are_drawn_when_forced_and_not_in_json(alice: Shell, tmp_path: Path) -> None:

@@ -226,6 +226,27 @@ def test_a_failing_built_in_fails_the_script(server: ServerProcess, tmp_path: Pa
     assert done.returncode == 1 and "Stopped at `run_script" in done.stderr, done
 
 
+def test_a_reader_that_goes_away_ends_the_client_quietly(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """`client.py ... --json | head -1`: the output's reader closing its end used to print
+    "[Errno 32] Broken pipe" (a ConnectionError, reported as if the server had failed)."""
+    upload(server, tmp_path, 31, "--tags pipe-e2e")
+    args = [sys.executable, str(ROOT / "client.py"), "--server", server.address, "--config-dir"]
+    args += [str(tmp_path), "--fingerprint", server.fingerprint, "login alice", "tags --json"]
+    env = {**os.environ, "VITRINE_PASSWORD": PASSWORD}
+    with subprocess.Popen(
+        args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    ) as shell:  # fmt: skip
+        assert shell.stdout is not None and shell.stderr is not None
+        shell.stdout.close()  # gone before the first line is written
+        err = shell.stderr.read()
+        code = shell.wait(timeout=60)
+    assert code == 1, err
+    assert "Broken pipe" not in err and "Traceback" not in err, err
+
+
 def test_a_re_upload_with_new_flags_says_the_stored_values_stay(
     server: ServerProcess, tmp_path: Path
 ) -> None:
