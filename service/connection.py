@@ -18,7 +18,7 @@ from protocol.base import Request, Response
 from protocol.errors import ErrorCode, VitrineError
 from protocol.messages import PROTOCOL_VERSION, Error, Hello, Limits, Welcome
 from service.context import ConnectionState, RequestContext, Services
-from service.registry import ROUTES, Frames
+from service.registry import ROUTES, Frames, Reply
 
 log = logging.getLogger("vitrine.requests")
 SERVER_VERSION = "0.1.0"
@@ -28,6 +28,11 @@ WRITE_CHUNK_BYTES = 256 * 1024
 # The slowest average a reply may be read at (beyond one write timeout): a 25 MB original gets
 # about 400 s. Slower, a peer could hold its in-flight replies for hours, a chunk at a time.
 MIN_READ_BYTES_PER_S = 64 * 1024
+#: What a client is told when the disk or the blob store failed under its request: enough to
+#: know it is the server's fault and worth retrying later, nothing of the paths in the log.
+STORAGE_FAILED = (
+    "The server could not read or write its storage; the error has been logged for its operator."
+)
 
 
 class _Closing(Exception):
@@ -80,7 +85,7 @@ class Connection:
     async def _send_error(
         self, request_id: int, code: ErrorCode, message: str, details: list[str] | None = None
     ) -> None:
-        await self.send(Error(id=request_id, code=code, message=message, details=details or []))
+        await self.send(_error(request_id, code, message, details))
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -209,45 +214,73 @@ class Connection:
             task.add_done_callback(self._tasks.discard)
 
     async def _run_in_slot(self, request: Request) -> None:
+        """`_run` as a task of its own: nobody awaits it, so a failed send ends here (an
+        exception left in the task would only surface as "Task exception was never retrieved"),
+        and the transport is dropped so that the read loop ends too."""
         try:
             await self._run(request)
+        except OSError as exc:  # the answer could not be sent: the peer is gone
+            log.debug("connection %s dropped while answering: %s", self.label, exc)
+            self.writer.transport.abort()
         finally:
             self._slots.release()
 
     # --- one request -----------------------------------------------------------------------------
 
     async def _run(self, request: Request) -> None:
+        """Answer one request. Failures of the handler's own work are answered; only a failure
+        to send the answer means the peer is gone (the handler never touches the socket, so an
+        OSError from it is the disk's or the blob store's, and the client must not be left
+        waiting for an answer that will never come)."""
         started = time.perf_counter()
         outcome = "ok"
         user_before = self.state.user.name if self.state.user else "-"
+        name = type(request).__name__
+        reply: Reply
         try:
-            await self._dispatch(request)
-        except VitrineError as exc:
-            outcome = exc.code.value
-            await self._send_error(request.id, exc.code, exc.message, exc.details)
-        except (ConnectionError, OSError, asyncio.CancelledError):
-            outcome = "disconnected"
-            raise
-        except Exception:
-            outcome = ErrorCode.INTERNAL.value
-            log.exception("request %s %s failed", type(request).__name__, request.id)
-            await self._send_error(
-                request.id,
-                ErrorCode.INTERNAL,
-                "The server hit an unexpected error; it has been logged.",
-            )
+            try:
+                reply = await self._dispatch(request)
+            except VitrineError as exc:
+                outcome = exc.code.value
+                reply = _error(request.id, exc.code, exc.message, exc.details)
+            except asyncio.CancelledError:
+                outcome = "disconnected"
+                raise
+            except OSError as exc:
+                outcome = ErrorCode.INTERNAL.value
+                log.error(
+                    "request %s %s failed: the server could not use its storage: %s",
+                    name,
+                    request.id,
+                    exc,
+                    exc_info=exc,
+                )
+                reply = _error(request.id, ErrorCode.INTERNAL, STORAGE_FAILED)
+            except Exception:
+                outcome = ErrorCode.INTERNAL.value
+                log.exception("request %s %s failed", name, request.id)
+                reply = _error(
+                    request.id,
+                    ErrorCode.INTERNAL,
+                    "The server hit an unexpected error; it has been logged.",
+                )
+            try:
+                await self.send(reply)
+            except (OSError, asyncio.CancelledError):  # OSError includes ConnectionError
+                outcome = "disconnected"
+                raise
         finally:
             user = self.state.user.name if self.state.user else user_before
             log.info(
                 "user=%s peer=%s request=%s outcome=%s duration_ms=%.1f",
                 user,
                 self.label,
-                type(request).__name__,
+                name,
                 outcome,
                 (time.perf_counter() - started) * 1000,
             )
 
-    async def _dispatch(self, request: Request) -> None:
+    async def _dispatch(self, request: Request) -> Reply:
         if isinstance(request, Hello):
             raise VitrineError(
                 ErrorCode.BAD_REQUEST, "Hello was already exchanged on this connection."
@@ -264,5 +297,10 @@ class Connection:
                 self.state.ended
                 or f"{type(request).__name__} needs a logged-in user; log in first.",
             )
-        reply = await route.handler(RequestContext(self.services, self.state), request)
-        await self.send(reply)
+        return await route.handler(RequestContext(self.services, self.state), request)
+
+
+def _error(
+    request_id: int, code: ErrorCode, message: str, details: list[str] | None = None
+) -> Error:
+    return Error(id=request_id, code=code, message=message, details=details or [])

@@ -156,16 +156,38 @@ def summary(record: repo.ImageRecord, thumbnail: bytes | None = None) -> ImageSu
     )
 
 
+#: Thumbnails already logged as unusable in this run (bounded: forgotten all at once when full).
+_reported_thumbnails: set[str] = set()
+_MAX_REPORTED = 10_000
+
+
 def read_thumbnails(blobs: BlobStore, records: list[repo.ImageRecord]) -> list[bytes | None]:
-    """Decrypt the thumbnails of one batch (run in the executor); a damaged one is left out
-    rather than failing the whole listing, and `server.py --check` reports it."""
+    """Decrypt the thumbnails of one batch (run in the executor). One that cannot be shown
+    (missing, damaged, or unreadable on disk) is left out rather than failing the whole
+    listing: the row is still worth seeing, and `server.py --check` reports it. Each is logged
+    once per run, since a popular listing would otherwise repeat the same line at every page."""
     out: list[bytes | None] = []
     for record in records:
         try:
             out.append(blobs.get(record.thumb_blob))
-        except BlobError:
+        except (BlobError, OSError) as exc:
+            _report_thumbnail(record, exc)
             out.append(None)
     return out
+
+
+def _report_thumbnail(record: repo.ImageRecord, exc: Exception) -> None:
+    if record.thumb_blob in _reported_thumbnails:
+        return
+    if len(_reported_thumbnails) >= _MAX_REPORTED:
+        _reported_thumbnails.clear()
+    _reported_thumbnails.add(record.thumb_blob)
+    log.warning(
+        "image %d is listed without its thumbnail: blob %s cannot be read: %s",
+        record.id,
+        record.thumb_blob,
+        exc,
+    )
 
 
 def build_summaries(
@@ -307,6 +329,18 @@ async def get_image(ctx: RequestContext, request: GetImage) -> ImageDetails:
             ErrorCode.INTERNAL,
             f"The stored original of image {record.id} cannot be read; the server operator "
             "should run `server.py --check`.",
+        ) from None
+    except OSError as exc:  # the disk, not the blob: a permission, an I/O error
+        log.error(
+            "image %d: its original (blob %s) cannot be read from storage: %s",
+            record.id,
+            record.blob,
+            exc,
+        )
+        raise VitrineError(
+            ErrorCode.INTERNAL,
+            f"The server could not read the original of image {record.id} from its storage; "
+            "the error has been logged for its operator.",
         ) from None
     return ImageDetails(
         id=request.id,

@@ -28,6 +28,7 @@ re-running the upload writes them again (a no-op for blobs already there) and co
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -228,7 +229,10 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
         except imaging.ImageRejected as exc:
             raise rejection_error(exc) from None
         await _finish_analysers(services, prepared, started)
-        new.thumb_blob = await asyncio.wrap_future(written)
+        try:
+            new.thumb_blob = await asyncio.wrap_future(written)
+        except OSError as exc:
+            raise _not_written(upload, blob, exc) from None
         new.format = prepared.decoded.format
         new.width, new.height = prepared.decoded.width, prepared.decoded.height
         new.palette = prepared.palette
@@ -238,6 +242,27 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
     except repo.DuplicateImage as dup:
         return dup.image_id, False
     return image_id, True
+
+
+def _not_written(upload: Upload, blob: str, exc: OSError) -> VitrineError:
+    """Log a blob write that failed (a full disk, a directory that is not writable) with what
+    the operator needs to find it; the client learns only that its file was not stored, and
+    why in a word when that word helps (a full disk will not empty itself on a retry)."""
+    log.error(
+        "upload of %r by user %d (blob %s) not stored: the blobs could not be written: %s",
+        upload.filename,
+        upload.owner_id,
+        blob,
+        exc,
+    )
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason = "the server's storage is full"
+    else:
+        reason = "the server could not write to its storage"
+    return VitrineError(
+        ErrorCode.INTERNAL,
+        f"The image was not stored: {reason}. The error has been logged for the server's operator.",
+    )
 
 
 def _insert_and_announce(conn: sqlite3.Connection, services: Services, new: repo.NewImage) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import sqlite3
 import struct
 import zlib
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ from protocol.catalog import (
 )
 from protocol.errors import ErrorCode, VitrineError
 from protocol.messages import Ok
+from repository.blobstore import BlobStore, load_or_create_key
 from shell.connection import ServerConnection
 from tests.servers import ServerProcess
 
@@ -531,3 +533,123 @@ def test_get_images_keeps_order_and_drops_what_is_hidden(
     assert (items[1].price_cents, items[1].quantity) == (250, 2)
     with_thumbs = bob.call(GetImages(id=0, image_ids=[mine.image_id], thumbnails=True), Images)
     assert with_thumbs.items[0].thumbnail
+
+
+# --- storage faults -----------------------------------------------------------------------------
+# Each on a fresh server of its own (conftest's `server`), since the test damages its blob store.
+# As root, permissions stop nothing, so a blob becomes a directory (reading it fails with
+# IsADirectoryError) and a blob directory becomes a file (writing into it: NotADirectoryError).
+
+#: Long enough for any answer on a loaded machine, short enough that a request the server never
+#: answers fails the test in seconds rather than after the client's default 120 s.
+ANSWER_TIMEOUT_S = 15.0
+
+
+def impatient(server: ServerProcess, config_dir: Path, name: str) -> ServerConnection:
+    conn = server.user_connection(config_dir, name)
+    conn.answer_timeout = ANSWER_TIMEOUT_S
+    return conn
+
+
+def blob_store(server: ServerProcess) -> BlobStore:
+    """The server's own blob store, to name blobs the way it does (the key is in its data)."""
+    return BlobStore(server.data_dir / "blobs", load_or_create_key(server.data_dir / "blob.key"))
+
+
+def stored_blobs(server: ServerProcess, image_id: int) -> tuple[str, str]:
+    """(original, thumbnail) blob names of a row."""
+    db = sqlite3.connect(f"file:{server.data_dir / 'vitrine.db'}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT blob, thumb_blob FROM images WHERE id = ?", (image_id,)).fetchone()
+    finally:
+        db.close()
+    return row[0], row[1]
+
+
+def make_unreadable(server: ServerProcess, name: str) -> None:
+    path = blob_store(server).path_for(name)
+    path.unlink()
+    path.mkdir()
+
+
+def test_an_unreadable_thumbnail_leaves_only_its_picture_out(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    conn = impatient(server, tmp_path / "c", "seller")
+    tag = unique("shoes")
+    broken = upload(conn, jpeg(31), tags=[tag]).image_id
+    fine = upload(conn, jpeg(32), tags=[tag]).image_id
+    make_unreadable(server, stored_blobs(server, broken)[1])
+
+    for _ in range(2):  # the second time, nothing new is logged
+        (items,) = listing(conn, Browse(id=0, tags=[tag]))
+        thumbnails = {item.id: item.thumbnail for item in items}
+        assert thumbnails.keys() == {broken, fine}
+        assert thumbnails[broken] is None and thumbnails[fine]
+        (found,) = conn.call(GetImages(id=0, image_ids=[broken], thumbnails=True), Images).items
+        assert found.thumbnail is None
+    details = conn.call(GetImage(id=0, image_id=broken, with_original=True), ImageDetails)
+    assert details.image.thumbnail is None and details.original == jpeg(31)
+    conn.close()
+
+    log = server.settled_log(tmp_path / "s")
+    assert log.count(f"image {broken} is listed without its thumbnail") == 1, log
+    assert "outcome=disconnected" not in log and "Traceback" not in log, log
+
+
+def test_an_unreadable_original_is_answered_at_once(server: ServerProcess, tmp_path: Path) -> None:
+    conn = impatient(server, tmp_path / "c", "seller")
+    image_id = upload(conn, jpeg(33)).image_id
+    original = stored_blobs(server, image_id)[0]
+    make_unreadable(server, original)
+
+    error = error_of(conn, GetImage(id=0, image_id=image_id, with_original=True))
+    assert error.code == ErrorCode.INTERNAL
+    assert "could not read" in error.message and "storage" in error.message
+    assert str(server.data_dir) not in error.message and original not in error.message
+    # The connection goes on: the row itself, without the original, is still there.
+    assert conn.call(GetImage(id=0, image_id=image_id), ImageDetails).image.thumbnail
+    conn.close()
+
+    log = server.settled_log(tmp_path / "s")
+    assert f"image {image_id}: its original (blob {original}) cannot be read" in log
+    assert "request=GetImage outcome=INTERNAL" in log
+    assert "outcome=disconnected" not in log and "never retrieved" not in log, log
+
+
+def test_a_failed_blob_write_is_answered_and_the_server_goes_on(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    conn = impatient(server, tmp_path / "c", "seller")
+    other = impatient(server, tmp_path / "o", "other")
+    first = upload(conn, jpeg(34)).image_id
+    blobs = blob_store(server)
+    # A picture whose original would go to a blob directory not made yet: a file takes its place.
+    data = next(
+        d
+        for d in (jpeg(seed) for seed in itertools.count(35))
+        if not (blobs.root / blobs.name_for(d)[:2]).exists()
+    )
+    name = blobs.name_for(data)
+    blocker = blobs.root / name[:2]
+    blocker.write_bytes(b"")
+
+    error = error_of(conn, UploadImage(id=0, filename="red.jpg", data=data, tags=["red"]))
+    assert error.code == ErrorCode.INTERNAL
+    assert "not stored" in error.message and "storage" in error.message
+    assert str(server.data_dir) not in error.message and "Errno" not in error.message
+    # Everyone, this connection included, is still served, and nothing was half stored.
+    assert other.call(GetImage(id=0, image_id=first), ImageDetails).image.thumbnail
+    assert listing(conn, Browse(id=0, tags=["red"])) == [[]]
+
+    blocker.unlink()
+    again = upload(conn, data, filename="red.jpg", tags=["red"])
+    assert again.created
+    assert ids_of(listing(other, Browse(id=0, tags=["red"]))) == [again.image_id]
+    conn.close()
+    other.close()
+
+    log = server.settled_log(tmp_path / "s")
+    assert "upload of 'red.jpg' by user " in log and f"(blob {name}) not stored" in log, log
+    assert "request=UploadImage outcome=INTERNAL" in log
+    assert "outcome=disconnected" not in log and "never retrieved" not in log, log
