@@ -289,7 +289,16 @@ async def update_image(ctx: RequestContext, request: UpdateImage) -> ImageUpdate
             "Nothing to change: give a new title, description, price, quantity, tags or "
             "visibility.",
         )
-    await _editable(ctx, request.image_id)
+    record = await _editable(ctx, request.image_id)
+    if changes.private is not None and record.owner_id != ctx.user.id:
+        # An admin who made someone's image private could never see it again, let alone undo
+        # it (a private image is private from the admin too); delete_image is the admin's way
+        # to take an image out of the shop.
+        raise VitrineError(
+            ErrorCode.FORBIDDEN,
+            f"Only the owner of image {request.image_id} ({record.owner}) may make it private "
+            "or public; an admin may change the rest of it, or delete it.",
+        )
     if not await ctx.services.db_call(repo.update_image, request.image_id, changes):
         raise _not_found(request.image_id)
     record = await ctx.services.db_call(repo.image_by_id, request.image_id)

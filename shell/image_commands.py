@@ -360,7 +360,8 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             shell.fail(f"Not everything was uploaded: {' and '.join(parts)}; see above.")
 
     update_parser = parser(
-        "Change an image you own (admins: any image). Only the flags given are changed."
+        "Change an image you own (admins: any public image, but not who sees it). Only the "
+        "flags given are changed."
     )
     update_parser.add_argument(
         "image_id",

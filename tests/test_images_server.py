@@ -422,6 +422,20 @@ def test_admin_may_change_and_delete(alice: ServerConnection, admin: ServerConne
     assert error_of(alice, GetImage(id=0, image_id=up.image_id)).code == ErrorCode.NOT_FOUND
 
 
+def test_only_the_owner_may_change_who_sees_an_image(
+    alice: ServerConnection, admin: ServerConnection
+) -> None:
+    """An admin could make someone's image private, and then, the image being private from the
+    admin too, never see it or undo it."""
+    up = upload(alice, jpeg(16))
+    error = error_of(admin, UpdateImage(id=0, image_id=up.image_id, private=True))
+    assert error.code == ErrorCode.FORBIDDEN and "may make it private or public" in error.message
+    still = admin.call(GetImage(id=0, image_id=up.image_id), ImageDetails)
+    assert still.image.visibility == "public"
+    hidden = alice.call(UpdateImage(id=0, image_id=up.image_id, private=True), ImageUpdated)
+    assert hidden.image.visibility == "private"
+
+
 def test_a_private_image_is_private_from_the_admin_too(
     alice: ServerConnection, admin: ServerConnection
 ) -> None:
