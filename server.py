@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from service.app import DataDirBusy, serve, tls_identity
+from service.app import DataDirError, DataDirPathError, prepare_data_dir, serve, tls_identity
 from service.check import check_data_dir
 from service.context import ServerConfig
 from util import config as cfg
@@ -69,13 +69,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--no-colours",
         action="store_true",
         help="do not extract dominant colours at upload: saves about 5%% of upload time, and "
-        "search_by_color then finds no image uploaded meanwhile",
+        "search_by_color never finds an image uploaded meanwhile (a later run with colours does "
+        "not go back to it)",
     )
     parser.add_argument(
         "--check",
         action="store_true",
-        help="check the data directory (blobs, rows, orders) instead of serving; exit 0 if "
-        "consistent, 1 if not",
+        help="check the data directory (blobs, rows, orders) instead of serving, deleting nothing "
+        "(unreferenced blobs are reported; the next start removes them); exit 0 if consistent, "
+        "1 if not",
     )
     cfg.add_option(parser, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser.parse_args(argv)
@@ -84,10 +86,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logs.configure(args.log_level)
-    if args.check:
-        report = check_data_dir(Path(args.data_dir))
-        print(report.text(), flush=True)
-        return 0 if report.ok else 1
+    try:
+        if args.check:
+            report = check_data_dir(Path(args.data_dir))
+            print(report.text(), flush=True)
+            return 0 if report.ok else 1
+        return run_server(args)
+    except DataDirError as exc:
+        print(f"vitrine: {exc}", file=sys.stderr)
+        # A path that can never be a data directory is a bad argument, like argparse's own.
+        return 2 if isinstance(exc, DataDirPathError) else 1
+
+
+def run_server(args: argparse.Namespace) -> int:
     config = ServerConfig(
         host=args.host,
         port=int(args.port),
@@ -98,13 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         weights=args.weights or None,
         colours=not args.no_colours,
     )
+    # Before the TLS identity, which would otherwise be the first to trip over a bad path.
+    prepare_data_dir(config.data_dir)
     ssl_context, fingerprint = tls_identity(config, args.tls_cert, args.tls_key)
 
     try:
         asyncio.run(serve(config, ssl_context, fingerprint, announce))
-    except DataDirBusy as exc:
-        print(f"vitrine: {exc}", file=sys.stderr)
-        return 1
     except OSError as exc:
         print(
             f"vitrine: cannot listen on {config.host}:{config.port}: {exc.strerror}",

@@ -10,6 +10,7 @@ import gc
 import logging
 import os
 import signal
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable
@@ -35,10 +36,36 @@ from service.context import ServerConfig, Services
 log = logging.getLogger("vitrine.server")
 
 
+class DataDirError(Exception):
+    """The data directory cannot be served as it stands; the message says why and what to do."""
+
+
+class DataDirPathError(DataDirError):
+    """--data-dir names something that cannot be a data directory: a bad argument."""
+
+
+class DataDirBusy(DataDirError):
+    """Another process (a running server) holds the data directory."""
+
+
 def prepare_data_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    """Create the data directory, owner-only. A path that is a file or lies under a folder we
+    may not write is the operator's to fix, so it is told in a sentence, not a traceback."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+    except FileExistsError:
+        raise not_a_directory(path) from None
+    except OSError as exc:
+        raise DataDirPathError(
+            f"cannot use {path} as the data directory: {exc.strerror}; "
+            "choose another --data-dir or fix its permissions."
+        ) from None
     return path
+
+
+def not_a_directory(path: Path) -> DataDirPathError:
+    return DataDirPathError(f"{path} is not a directory; choose another --data-dir.")
 
 
 DB_FILE = "vitrine.db"
@@ -49,10 +76,6 @@ LOCK_FILE = "server.lock"
 #: uploads/s (about 2 ms of fsync waits per upload); four cost twice the CPU in GIL and
 #: wake-up traffic during bulk ingest (2.8 against 1.45 ms per upload with one, one run each).
 IO_WORKERS = 2
-
-
-class DataDirBusy(Exception):
-    """Another process (a running server) holds the data directory."""
 
 
 def lock_data_dir(data_dir: Path) -> int:
@@ -77,6 +100,56 @@ def open_blob_store(data_dir: Path) -> BlobStore:
     return BlobStore(data_dir / BLOB_DIR, load_or_create_key(data_dir / BLOB_KEY_FILE))
 
 
+def database_version(path: Path) -> int:
+    """The schema version of the database at `path`, 0 if it is missing, empty or was never
+    migrated. Read-only, and through the WAL a killed server leaves: a server killed right
+    after its first start has its schema only there, and must not pass for a lost database.
+    Raises sqlite3.DatabaseError if the file is not a readable database."""
+    if not path.exists():
+        return 0
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def signs_of_use(data_dir: Path) -> list[str]:
+    """What shows that a data directory has held images: blob files, and the key that reads
+    them (created only once the database is, so never left alone by a first start)."""
+    found = []
+    blob_files = sum(1 for p in (data_dir / BLOB_DIR).glob("??/*") if p.is_file())
+    if blob_files:
+        found.append(f"{blob_files} files in {BLOB_DIR}/")
+    if (data_dir / BLOB_KEY_FILE).exists():
+        found.append(BLOB_KEY_FILE)
+    return found
+
+
+def lost_database(data_dir: Path) -> str | None:
+    """Why the data directory must not be opened as new, or None if it may: a new database
+    names no blob, so the start-up sweep would delete every image a failed restore or a bad
+    copy of the directory left without its database."""
+    db_path = data_dir / DB_FILE
+    if database_version(db_path) > 0:
+        return None
+    found = signs_of_use(data_dir)
+    if not found:
+        return None
+    return (
+        f"{db_path} is missing or empty, but {data_dir} holds {' and '.join(found)}: "
+        f"restore {DB_FILE} from a backup, or to start afresh move {BLOB_DIR}/ and "
+        f"{BLOB_KEY_FILE} out of {data_dir}."
+    )
+
+
+def unreadable_database(path: Path, exc: sqlite3.DatabaseError) -> str:
+    """One sentence for a database SQLite refuses; only damage calls for the backup."""
+    if (exc.sqlite_errorname or "").startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return f"the database {path} is damaged ({exc}); restore it from a backup."
+    return f"cannot open the database {path}: {exc}"
+
+
 def recover(db: Database, blobs: BlobStore, purge_after_s: float) -> tuple[int, int]:
     """Start-up housekeeping, run before any upload can be in flight: purge soft-deleted
     images past their grace period, then remove every blob no row names (crash leftovers,
@@ -89,9 +162,20 @@ def recover(db: Database, blobs: BlobStore, purge_after_s: float) -> tuple[int, 
 def open_services(config: ServerConfig) -> Services:
     data_dir = prepare_data_dir(config.data_dir)
     lock_fd = lock_data_dir(data_dir)
-    db = Database(data_dir / DB_FILE)
-    blobs = open_blob_store(data_dir)
-    purged, removed = recover(db, blobs, config.purge_after_s)
+    db: Database | None = None
+    try:
+        if reason := lost_database(data_dir):
+            raise DataDirError(reason)
+        db = Database(data_dir / DB_FILE)
+        blobs = open_blob_store(data_dir)
+        purged, removed = recover(db, blobs, config.purge_after_s)
+    except BaseException as exc:
+        if db is not None:
+            db.close()
+        os.close(lock_fd)
+        if isinstance(exc, sqlite3.DatabaseError):
+            raise DataDirError(unreadable_database(data_dir / DB_FILE, exc)) from None
+        raise
     if purged or removed:
         log.info("start-up: purged %d deleted images, swept %d unreferenced blobs", purged, removed)
     services = Services(

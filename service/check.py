@@ -1,25 +1,44 @@
 """`server.py --check`: is the data directory consistent?
 
 Run after a crash (or any time) to prove what the design promises: every row that should have
-blobs has them and they decrypt under the key, no blob is kept that no row names, stock and
-prices are non-negative, every order is whole (lines present, totals add up), and the text
-index matches the live images. With the server stopped it first does the server's own start-up
-recovery (the sweep); with the server running it only reads, and reports what it finds.
+blobs has them and they decrypt under the key, stock and prices are non-negative, every order
+is whole (lines present, totals add up), and the text index matches the live images.
+
+It deletes and rewrites nothing, server running or not: the database is opened read-only and
+nothing is swept or purged. A check is what an operator runs when something looks wrong,
+perhaps on a directory whose database went missing, where the start-up sweep would delete
+every blob. Blobs no row names (crash leftovers, purged images' data) are reported, not
+counted as problems: the next normal start removes them.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from repository import images as repo
 from repository.blobstore import BlobError
-from repository.database import Database
-from service.app import DB_FILE, DataDirBusy, lock_data_dir, open_blob_store, recover
+from repository.database import BUSY_TIMEOUT_MS
+from repository.migrations import MIGRATIONS
+from service.app import (
+    BLOB_KEY_FILE,
+    DB_FILE,
+    DataDirBusy,
+    database_version,
+    lock_data_dir,
+    lost_database,
+    not_a_directory,
+    open_blob_store,
+    unreadable_database,
+)
 
 #: Problems listed one by one up to this many; beyond, only counted.
 MAX_LISTED = 20
+#: Unreferenced blob names shown, as examples to look at before the next start removes them.
+ORPHANS_LISTED = 5
 
 
 @dataclass
@@ -45,48 +64,107 @@ class CheckReport:
 
 
 def check_data_dir(data_dir: Path, purge_after_s: float = 30 * 24 * 3600.0) -> CheckReport:
+    """Raises DataDirPathError when `data_dir` is not a directory at all."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise not_a_directory(data_dir)
     report = CheckReport()
-    if not (data_dir / DB_FILE).exists():
-        report.problems.append(f"no database at {data_dir / DB_FILE}")
+    db_path = data_dir / DB_FILE
+    try:
+        version = database_version(db_path)
+        if version == 0:
+            if reason := lost_database(data_dir):
+                report.problems.append(
+                    f"no usable database: {reason} A normal start refuses this directory until "
+                    "then."
+                )
+            elif db_path.exists():
+                report.problems.append(f"the database {db_path} is empty")
+            else:
+                report.problems.append(f"no database at {db_path}")
+            return report
+        if version != len(MIGRATIONS):
+            report.problems.append(
+                f"{db_path} has schema version {version}, this Vitrine expects "
+                f"{len(MIGRATIONS)}: start the server once (it migrates older databases), "
+                "stop it, and check again."
+            )
+            return report
+    except sqlite3.DatabaseError as exc:
+        report.problems.append(unreadable_database(db_path, exc))
         return report
     lock_fd: int | None = None
     try:
         lock_fd = lock_data_dir(data_dir)
     except DataDirBusy:
-        report.lines.append("The server is running: checking without the start-up sweep.")
-    db: Database | None = None
+        report.lines.append("The server is running: unreferenced blobs may be uploads in flight.")
+    except OSError as exc:  # a read-only copy: the check needs no lock to read it
+        report.lines.append(f"Could not lock the data directory ({exc.strerror}).")
+    conn = sqlite3.connect(
+        f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000
+    )
     try:
-        db = Database(data_dir / DB_FILE)
-        blobs = open_blob_store(data_dir)
-        conn = db.conn
-        if lock_fd is not None:
-            purged, removed = recover(db, blobs, purge_after_s)
-            report.lines.append(
-                f"Start-up recovery: purged {purged} deleted images, "
-                f"swept {removed} unreferenced blobs."
-            )
-        for label, number in repo.counts(conn).items():
-            report.lines.append(f"{label}: {number}")
-        rows = repo.stored_blob_rows(conn)
-        checked = 0
-        for image_id, blob, thumb in rows:
-            for kind, name in (("original", blob), ("thumbnail", thumb)):
-                try:
-                    blobs.get(name)
-                except BlobError as exc:
-                    report.problems.append(f"image {image_id}: {kind} blob unusable: {exc}")
-                checked += 1
-        report.lines.append(f"blobs read and authenticated: {checked}")
-        referenced = repo.referenced_blobs(conn)
-        stored = set(blobs.iter_names())
-        orphans = stored - referenced
-        report.lines.append(f"blobs on disk: {len(stored)}, unreferenced: {len(orphans)}")
-        if orphans:
-            report.problems.append(f"{len(orphans)} blobs on disk are named by no row")
-        report.problems += repo.database_problems(conn)
+        _check_rows_and_blobs(conn, data_dir, purge_after_s, report)
+    except sqlite3.DatabaseError as exc:
+        report.problems.append(unreadable_database(db_path, exc))
     finally:
-        if db is not None:
-            db.close()
+        conn.close()
         if lock_fd is not None:
             os.close(lock_fd)
     return report
+
+
+def _check_rows_and_blobs(
+    conn: sqlite3.Connection, data_dir: Path, purge_after_s: float, report: CheckReport
+) -> None:
+    for label, number in repo.counts(conn).items():
+        report.lines.append(f"{label}: {number}")
+    (due,) = conn.execute(
+        "SELECT COUNT(*) FROM images WHERE deleted_at IS NOT NULL AND deleted_at < ? AND blob != ?",
+        (time.time() - purge_after_s, repo.PURGED),
+    ).fetchone()
+    if due:
+        report.lines.append(
+            f"deleted images past their grace period: {due} (the next start purges)"
+        )
+    rows = repo.stored_blob_rows(conn)
+    key_path = data_dir / BLOB_KEY_FILE
+    if not key_path.exists():
+        # open_blob_store would make a new key, and a blob sealed under it could never be
+        # read by the old one if the old one comes back from a backup.
+        if rows:
+            report.problems.append(
+                f"no blob key at {key_path}: no image can be read without it; restore it "
+                "from a backup."
+            )
+        report.problems += repo.database_problems(conn)
+        return
+    try:
+        blobs = open_blob_store(data_dir)
+    except BlobError as exc:
+        report.problems.append(str(exc))
+        report.problems += repo.database_problems(conn)
+        return
+    checked = 0
+    for image_id, blob, thumb in rows:
+        for kind, name in (("original", blob), ("thumbnail", thumb)):
+            try:
+                blobs.get(name)
+            except BlobError as exc:
+                report.problems.append(f"image {image_id}: {kind} blob unusable: {exc}")
+            except OSError as exc:
+                report.problems.append(
+                    f"image {image_id}: {kind} blob unreadable ({exc.strerror}: {exc.filename})"
+                )
+            checked += 1
+    report.lines.append(f"blobs read and authenticated: {checked}")
+    referenced = repo.referenced_blobs(conn)
+    stored = set(blobs.iter_names())
+    orphans = sorted(stored - referenced)
+    report.lines.append(f"blobs on disk: {len(stored)}, unreferenced: {len(orphans)}")
+    if orphans:
+        report.lines.append(
+            f"{len(orphans)} blobs are named by no row (crash leftovers or purged images' "
+            "data): the next normal start removes them. For example:"
+        )
+        report.lines += [f"  {blobs.path_for(name)}" for name in orphans[:ORPHANS_LISTED]]
+    report.problems += repo.database_problems(conn)

@@ -1,12 +1,15 @@
 """A server killed with SIGKILL mid-upload restarts consistent, and re-running completes it.
 
 `server.py --check` is the judge: every row has its blobs and they decrypt, no blob is kept
-that no row names, stock is non-negative, orders are whole, the text index matches.
+that no row names, stock is non-negative, orders are whole, the text index matches. It only
+reads, and a data directory that lost its database is refused rather than swept empty.
 """
 
 from __future__ import annotations
 
 import secrets
+import shutil
+import sqlite3
 import subprocess
 import threading
 from concurrent.futures import Future
@@ -28,6 +31,42 @@ def run_check(data_dir: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
+
+
+def run_refused_start(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """A start that must be refused: it returns at once, and a server that starts instead
+    runs into the timeout, which fails the test."""
+    return subprocess.run(
+        [PYTHON, str(ROOT / "server.py"), "--port", "0", "--data-dir", str(data_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    """The single `vitrine: ...` line a refused start or check ends with, never a traceback."""
+    assert "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("vitrine: "), done.stderr
+    return lines[-1]
+
+
+def blob_files(data_dir: Path) -> list[Path]:
+    return sorted(p for p in (data_dir / "blobs").rglob("*") if p.is_file())
+
+
+def stored_images(server: ServerProcess, tmp_path: Path, count: int) -> None:
+    """`count` images uploaded, then the server stopped, which checkpoints the WAL into the
+    database file."""
+    conn = server.user_connection(tmp_path / "c", "seller")
+    try:
+        for seed in range(count):
+            assert upload(conn, jpeg(seed, (80, 60))).created
+    finally:
+        conn.close()
+    server.stop()
 
 
 def test_sigkill_during_pipelined_bulk_upload(server: ServerProcess, tmp_path: Path) -> None:
@@ -75,9 +114,9 @@ def test_sigkill_during_pipelined_bulk_upload(server: ServerProcess, tmp_path: P
     assert sum(not r.created for r in again) >= len(acknowledged)
 
     server.stop()
-    check = run_check(server.data_dir)  # with the server stopped: the start-up sweep too
+    check = run_check(server.data_dir)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "swept 0 unreferenced blobs" in check.stdout
+    assert "unreferenced: 0" in check.stdout
     assert f"live images: {FILES}" in check.stdout
 
 
@@ -99,6 +138,15 @@ def test_restart_sweeps_orphans_and_check_reports_missing_blobs(
     leftover = blobs / orphan_name[:2] / f".{orphan_name}.0123456789abcdef.tmp"
     leftover.write_bytes(b"half written")
 
+    # The check only reports them: it deletes nothing and leaves the database as it was.
+    database = (server.data_dir / "vitrine.db").read_bytes()
+    check = run_check(server.data_dir)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "unreferenced: 1" in check.stdout and "Result: consistent" in check.stdout
+    assert "the next normal start removes them" in check.stdout and orphan_name in check.stdout
+    assert orphan.exists() and leftover.exists()
+    assert (server.data_dir / "vitrine.db").read_bytes() == database
+
     server.restart()
     assert not orphan.exists() and not leftover.exists()
     server.stop()
@@ -111,3 +159,100 @@ def test_restart_sweeps_orphans_and_check_reports_missing_blobs(
     check = run_check(server.data_dir)
     assert check.returncode == 1
     assert "blob unusable" in check.stdout and "NOT consistent" in check.stdout
+
+
+def test_a_data_dir_without_its_database_is_refused_and_keeps_its_blobs(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    stored_images(server, tmp_path, 2)
+    data_dir = server.data_dir
+    database = data_dir / "vitrine.db"
+    blobs = blob_files(data_dir)
+    assert len(blobs) == 4
+    backup = tmp_path / "backup.db"
+    with sqlite3.connect(database) as source, sqlite3.connect(backup) as copy:
+        source.backup(copy)
+
+    for lose in (Path.unlink, lambda path: path.write_bytes(b"")):  # a failed restore, a bad copy
+        lose(database)
+        refused = run_refused_start(data_dir)
+        assert refused.returncode == 1
+        line = one_line_error(refused)
+        assert str(database) in line and "4 files in blobs/" in line and "blob.key" in line
+        assert "restore vitrine.db from a backup" in line
+        check = run_check(data_dir)
+        assert check.returncode == 1 and "Traceback" not in check.stdout + check.stderr
+        assert "no usable database" in check.stdout and "NOT consistent" in check.stdout
+        assert blob_files(data_dir) == blobs
+        assert not database.exists() or database.stat().st_size == 0
+
+    shutil.copyfile(backup, database)
+    server.restart()
+    server.stop()
+    check = run_check(data_dir)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "live images: 2" in check.stdout and blob_files(data_dir) == blobs
+
+    # Starting afresh is what the message says: move the blobs and their key away.
+    database.unlink()
+    (data_dir / "blobs").rename(tmp_path / "old-blobs")
+    (data_dir / "blob.key").rename(tmp_path / "old-blob.key")
+    server.restart()
+
+
+def test_a_server_killed_before_its_first_upload_restarts(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Its key exists and its schema may be only in the WAL: not a lost database."""
+    server.kill()
+    assert (server.data_dir / "blob.key").exists()
+    server.restart()
+    server.user_connection(tmp_path / "c", "seller").close()
+    server.stop()
+    server.restart()  # after a clean first run: key and database, no blob yet
+    server.stop()
+    assert run_check(server.data_dir).returncode == 0
+
+
+def test_a_damaged_database_or_blob_is_named_not_a_traceback(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    stored_images(server, tmp_path, 1)
+
+    damaged_blob = tmp_path / "damaged-blob"
+    shutil.copytree(server.data_dir, damaged_blob)
+    unreadable = blob_files(damaged_blob)[0]
+    unreadable.unlink()
+    unreadable.mkdir()  # read_bytes fails with an OSError, as for a file without permission
+    check = run_check(damaged_blob)
+    assert check.returncode == 1 and "Traceback" not in check.stdout + check.stderr
+    assert "blob unreadable (" in check.stdout and str(unreadable) in check.stdout
+
+    damaged_db = tmp_path / "damaged-db"
+    shutil.copytree(server.data_dir, damaged_db)
+    database = damaged_db / "vitrine.db"
+    with database.open("r+b") as f:
+        f.truncate(database.stat().st_size // 2)
+    check = run_check(damaged_db)
+    assert check.returncode == 1 and "Traceback" not in check.stdout + check.stderr
+    assert f"the database {database} is damaged" in check.stdout
+    refused = run_refused_start(damaged_db)
+    assert refused.returncode == 1
+    line = one_line_error(refused)
+    assert f"the database {database} is damaged" in line and "restore it from a backup" in line
+    assert len(blob_files(damaged_db)) == 2
+
+
+def test_a_data_dir_that_cannot_be_one_is_a_bad_argument(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    for done in (run_refused_start(a_file), run_check(a_file)):
+        assert done.returncode == 2
+        assert (
+            one_line_error(done)
+            == f"vitrine: {a_file} is not a directory; choose another --data-dir."
+        )
+    refused = run_refused_start(a_file / "data")
+    assert refused.returncode == 2
+    assert one_line_error(refused).startswith(f"vitrine: cannot use {a_file / 'data'} as the data")
+    assert a_file.read_text() == "not a directory"
