@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from service.app import DataDirError, DataDirPathError, prepare_data_dir, serve, tls_identity
+from service.app import (
+    CannotListen,
+    DataDirError,
+    DataDirPathError,
+    prepare_data_dir,
+    serve,
+    tls_identity,
+)
 from service.check import check_data_dir
 from service.context import ServerConfig
 from util import config as cfg
@@ -115,11 +122,11 @@ def run_server(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(serve(config, ssl_context, fingerprint, announce))
-    except OSError as exc:
-        print(
-            f"vitrine: cannot listen on {config.host}:{config.port}: {exc.strerror}",
-            file=sys.stderr,
-        )
+    except CannotListen as exc:
+        print(f"vitrine: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the data directory's files, say: not the address
+        print(f"vitrine: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -44,6 +44,10 @@ class DataDirPathError(DataDirError):
     """--data-dir names something that cannot be a data directory: a bad argument."""
 
 
+class CannotListen(Exception):
+    """The address cannot be served: in use, not this machine's, or a privileged port."""
+
+
 class DataDirBusy(DataDirError):
     """Another process (a running server) holds the data directory."""
 
@@ -246,14 +250,20 @@ async def serve(
         finally:
             connections.discard(task)
 
-    server = await asyncio.start_server(
-        on_connect,
-        config.host,
-        config.port,
-        ssl=ssl_context,
-        ssl_handshake_timeout=min(config.handshake_timeout_s, config.idle_timeout_s),
-        limit=2**20,
-    )
+    try:
+        server = await asyncio.start_server(
+            on_connect,
+            config.host,
+            config.port,
+            ssl=ssl_context,
+            ssl_handshake_timeout=min(config.handshake_timeout_s, config.idle_timeout_s),
+            limit=2**20,
+        )
+    except OSError as exc:
+        close_services(services)
+        raise CannotListen(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
+        ) from None
     host, port = server.sockets[0].getsockname()[:2]
     announce(f"Vitrine server listening on {host}:{port}")
     announce(f"Certificate fingerprint {fingerprint}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -256,3 +257,32 @@ def test_a_data_dir_that_cannot_be_one_is_a_bad_argument(tmp_path: Path) -> None
     assert refused.returncode == 2
     assert one_line_error(refused).startswith(f"vitrine: cannot use {a_file / 'data'} as the data")
     assert a_file.read_text() == "not a directory"
+
+
+def test_a_port_in_use_is_named_and_the_data_dir_is_left_usable(tmp_path: Path) -> None:
+    """Any OSError at start-up used to read "cannot listen", whatever failed; listening is
+    now the only thing said so, after the data directory was opened and is closed again."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [PYTHON, str(ROOT / "server.py"), "--port", str(port), "--data-dir", str(tmp_path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert one_line_error(done).startswith(f"vitrine: cannot listen on 127.0.0.1:{port}: ")
+    server = ServerProcess(tmp_path).start()  # the lock was let go: the directory serves
+    server.stop()
+
+
+def test_a_start_up_failure_that_is_not_the_address_is_not_called_one(tmp_path: Path) -> None:
+    (tmp_path / "server.lock").mkdir(parents=True)  # the lock file cannot be opened
+    done = run_refused_start(tmp_path)
+    assert done.returncode == 1
+    line = one_line_error(done)
+    assert line.startswith("vitrine: cannot start: ") and "server.lock" in line, line
+    assert "cannot listen" not in done.stderr
