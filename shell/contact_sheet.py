@@ -1,14 +1,19 @@
 """Contact sheets: one PNG with a listing's thumbnails in a grid, each labelled.
 
 `--sheet PATH` exists for terminals that cannot draw pictures and for sharing a batch with
-someone; a sheet is also easier to scan than a long table. Only Pillow is used, with its
-built-in font, so the client needs no font files.
+someone; a sheet is also easier to scan than a long table. Labels use a system font that draws
+accented letters (DejaVu Sans, found on most Linux systems, or another of LABEL_FONTS) when one
+is installed, so the client ships no font files. Pillow's built-in font, the fallback, draws
+ASCII only. A letter the font lacks loses its accent (é → e) or becomes "?", never an empty box
+("Robe d□□□" was a shop's "Robe d'été").
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,20 +28,71 @@ TEXT = (30, 30, 30)
 MISSING = (150, 150, 150)
 GAP = 10
 ELLIPSIS = "…"
+#: Tried in order, by file name: Pillow looks them up in the system's font directories.
+LABEL_FONTS = (
+    "DejaVuSans.ttf",
+    "NotoSans-Regular.ttf",
+    "LiberationSans-Regular.ttf",
+    "Arial.ttf",
+    "Helvetica.ttc",
+)
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+_PLAIN_PUNCTUATION = str.maketrans({"‘": "'", "’": "'", "“": '"', "”": '"', "–": "-", "—": "-"})
 
 
-def _fit_label(label: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> str:
+@functools.cache
+def label_font(size: int) -> Font:
+    for name in LABEL_FONTS:
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    return ImageFont.load_default(size=size)
+
+
+@functools.cache
+def _draws(font: Font, char: str) -> bool:
+    """Whether `font` has a glyph for `char`: a missing one renders as the font's .notdef box,
+    the same glyph as a code point no font has."""
+    if char.isascii():
+        return True
+    return _glyph(font, char) != _glyph(font, "\uffff")
+
+
+@functools.cache
+def _glyph(font: Font, char: str) -> bytes:
+    image = Image.new("L", (64, 64))
+    ImageDraw.Draw(image).text((0, 0), char, font=font, fill=255)
+    return image.tobytes()
+
+
+def drawable(text: str, font: Font) -> str:
+    """`text` with each character `font` cannot draw replaced: by its base letter when it is
+    an accented one (or a curly quote, by the plain one), else by "?"."""
+    out = []
+    for char in text:
+        if _draws(font, char):
+            out.append(char)
+            continue
+        plain = unicodedata.normalize("NFKD", char.translate(_PLAIN_PUNCTUATION))
+        plain = "".join(c for c in plain if not unicodedata.combining(c))
+        out.append(plain if plain and all(_draws(font, c) for c in plain) else "?")
+    return "".join(out)
+
+
+def _fit_label(label: str, font: Font, width: int) -> str:
     """Truncate with an ellipsis to fit the tile width (binary search on rendered length)."""
     if font.getlength(label) <= width:
         return label
+    ellipsis = ELLIPSIS if _draws(font, ELLIPSIS) else "..."
     low, high = 0, len(label)
     while low < high:
         middle = (low + high + 1) // 2
-        if font.getlength(label[:middle].rstrip() + ELLIPSIS) <= width:
+        if font.getlength(label[:middle].rstrip() + ellipsis) <= width:
             low = middle
         else:
             high = middle - 1
-    return label[:low].rstrip() + ELLIPSIS
+    return label[:low].rstrip() + ellipsis
 
 
 def _letterboxed(thumbnail: bytes, cell: int) -> Image.Image | None:
@@ -83,7 +139,7 @@ def write_contact_sheet(
         raise ValueError(f"cell must be at least 32 pixels, got {cell}")
     path = Path(path)
     fmt = sheet_format(path)
-    font = ImageFont.load_default(size=max(10, cell // 15))
+    font = label_font(max(10, cell // 15))
     ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (11, 3)
     label_h = ascent + descent + GAP // 2
     columns = min(columns, len(items))
@@ -105,7 +161,7 @@ def write_contact_sheet(
         else:
             offset = (left + (cell - picture.width) // 2, top + (cell - picture.height) // 2)
             sheet.paste(picture, offset)
-        text = _fit_label(printable(label, replacement="").strip(), font, cell)
+        text = _fit_label(drawable(printable(label, replacement="").strip(), font), font, cell)
         draw.text((left, top + cell + GAP // 4), text, fill=TEXT, font=font)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -17,14 +17,14 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFont
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from protocol.catalog import Colour as CatalogColour
 from protocol.catalog import ImageSummary
-from shell.contact_sheet import GAP, write_contact_sheet
+from shell.contact_sheet import GAP, drawable, label_font, write_contact_sheet
 from shell.listing import MATCH_MARK, listing_table
 from shell.pictures import (
     DEFAULT_CELL_PX,
@@ -464,6 +464,19 @@ def test_contact_sheet_letterboxes_and_survives_a_bad_thumbnail(tmp_path: Path) 
     sheet = Image.open(write_contact_sheet(items, tmp_path / "s.png", columns=2, cell=100))
     assert sheet.getpixel((GAP + 50, GAP + 50)) == RED
     assert sheet.getpixel((GAP + 50, GAP + 5)) != RED  # letterbox above the wide picture
+
+
+def test_labels_never_show_empty_boxes() -> None:
+    """A shop's "Robe d’été" came out as "Robe d□□□": Pillow's own font draws ASCII only."""
+    ascii_only = ImageFont.load_default(size=14)
+    # (it has a glyph for the curly apostrophe: kept where the font draws it)
+    assert drawable("Robe d’été rouge", ascii_only).replace("’", "'") == "Robe d'ete rouge"
+    assert drawable("ünïcødé_日本", ascii_only) == "unic?de_??"
+    wide = label_font(14)
+    if isinstance(getattr(wide, "path", None), str):  # one of LABEL_FONTS was found
+        assert drawable("Robe d’été", wide) == "Robe d’été"
+    else:
+        pytest.skip("no system font of LABEL_FONTS here: the ASCII fallback is all there is")
 
 
 def test_contact_sheet_refuses_nothing(tmp_path: Path) -> None:
