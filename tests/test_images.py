@@ -96,6 +96,17 @@ def test_over_default_byte_limit() -> None:
     assert reason_of(data) == images.TOO_LARGE
 
 
+def test_one_byte_over_the_limit_says_so_in_bytes() -> None:
+    """It read "The file is 25.0 MiB, over the 25.0 MiB limit"."""
+    limit = images.DEFAULT_MAX_BYTES
+    with pytest.raises(ImageRejected) as over:
+        precheck(b"\xff\xd8\xff", limit + 1, max_bytes=limit)
+    assert "The file is 26,214,401 bytes, over the 26,214,400-byte limit" in over.value.message
+    with pytest.raises(ImageRejected) as far_over:
+        precheck(b"\xff\xd8\xff", 3 * limit, max_bytes=limit)
+    assert "The file is 75.0 MiB, over the 25.0 MiB limit" in far_over.value.message
+
+
 def test_tiff_is_unsupported() -> None:
     assert reason_of(encode(photo(), "TIFF")) == images.UNSUPPORTED_FORMAT
 

@@ -165,10 +165,12 @@ def precheck(head: bytes, size: int, *, max_bytes: int = DEFAULT_MAX_BYTES) -> s
     if size <= 0:
         raise ImageRejected(EMPTY, "The file is empty (0 bytes); choose the actual photo file.")
     if size > max_bytes:
+        said, limit = _human(size), _human(max_bytes)
+        if said == limit:  # "25.0 MiB, over the 25.0 MiB limit" reads as a contradiction
+            said, limit = f"{size:,} bytes", f"{max_bytes:,}-byte"
         raise ImageRejected(
             TOO_LARGE,
-            f"The file is {_human(size)}, over the {_human(max_bytes)} limit; "
-            "export it smaller or at a lower quality.",
+            f"The file is {said}, over the {limit} limit; export it smaller or at a lower quality.",
         )
     fmt = sniff_format(head)
     if fmt is None:
