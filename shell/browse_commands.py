@@ -53,8 +53,9 @@ class TextArgumentParser(cmd2.Cmd2ArgumentParser):
                     flags.append(next(rest, ""))
             example = " ".join([self.prog, *flags, "--", *text])
             message = (
-                f"words starting with '-' ({', '.join(dashed)}) are read as options; "
-                f"put the words after --, as in: {example}"
+                f"{self.prog} has no option {', '.join(dashed)}; to search for "
+                f"{'that word' if len(dashed) == 1 else 'those words'}, put the words after --, "
+                f"as in: {example}"
             )
         super().error(message)
 
