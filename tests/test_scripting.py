@@ -51,6 +51,24 @@ def client(
     return done
 
 
+def started_client(
+    server: ServerProcess, home: Path, *more: str, stdin: int = subprocess.PIPE
+) -> subprocess.Popen[str]:
+    """client.py started by hand, to stop its server midway or close its stdout."""
+    env = {**os.environ, "VITRINE_PASSWORD": PASSWORD}
+    return subprocess.Popen(
+        client_args(server, home, *more), cwd=ROOT, env=env, stdin=stdin,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def client_args(server: ServerProcess, home: Path, *more: str) -> list[str]:
+    """client.py's command line for `server`, pinned, with `home` as its config directory."""
+    address, pin = server.address, server.fingerprint
+    return [sys.executable, str(ROOT / "client.py"), "--server", address, "--config-dir",
+            str(home), "--fingerprint", pin, *more]  # fmt: skip
+
+
 def upload(server: ServerProcess, home: Path, seed: int, *flags: str) -> int:
     path = home / f"photo-{seed}.jpg"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,13 +189,7 @@ def test_a_silent_server_fails_the_command_after_the_timeout(
 ) -> None:
     """A stopped (SIGSTOP) server accepts nothing and answers nothing; a cron job's client
     used to wait for it forever. Now the waiting command fails and the script ends."""
-    args = [sys.executable, str(ROOT / "client.py"), "--server", server.address]
-    args += ["--config-dir", str(tmp_path), "--fingerprint", server.fingerprint, "--timeout", "2"]
-    env = {**os.environ, "VITRINE_PASSWORD": PASSWORD}
-    with subprocess.Popen(
-        args, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    ) as shell:  # fmt: skip
+    with started_client(server, tmp_path, "--timeout", "2") as shell:
         assert shell.stdin is not None and shell.stderr is not None
         shell.stdin.write("login bob\n")
         shell.stdin.flush()
@@ -201,8 +213,7 @@ def test_connecting_to_a_silent_server_also_gives_up_after_the_timeout(
     server: ServerProcess, tmp_path: Path
 ) -> None:
     """Connecting had a fixed limit of 10 s, whatever --timeout said."""
-    args = [sys.executable, str(ROOT / "client.py"), "--server", server.address, "--config-dir"]
-    args += [str(tmp_path), "--fingerprint", server.fingerprint, "--timeout", "2", "whoami"]
+    args = client_args(server, tmp_path, "--timeout", "2", "whoami")
     os.kill(server.process.pid, signal.SIGSTOP)
     try:
         done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -232,13 +243,8 @@ def test_a_reader_that_goes_away_ends_the_client_quietly(
     """`client.py ... --json | head -1`: the output's reader closing its end used to print
     "[Errno 32] Broken pipe" (a ConnectionError, reported as if the server had failed)."""
     upload(server, tmp_path, 31, "--tags pipe-e2e")
-    args = [sys.executable, str(ROOT / "client.py"), "--server", server.address, "--config-dir"]
-    args += [str(tmp_path), "--fingerprint", server.fingerprint, "login alice", "tags --json"]
-    env = {**os.environ, "VITRINE_PASSWORD": PASSWORD}
-    with subprocess.Popen(
-        args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    ) as shell:  # fmt: skip
+    args = ("login alice", "tags --json")
+    with started_client(server, tmp_path, *args, stdin=subprocess.DEVNULL) as shell:
         assert shell.stdout is not None and shell.stderr is not None
         shell.stdout.close()  # gone before the first line is written
         err = shell.stderr.read()
