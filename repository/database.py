@@ -30,6 +30,15 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write, for looking at a database that may be damaged, missing
+    its schema or in use (`server.py --check`, the start-up's lost-database test). It still
+    reads what a killed server left in the WAL."""
+    return sqlite3.connect(
+        f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000
+    )
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema to the newest version, one transaction per step; return that version."""
     (version,) = conn.execute("PRAGMA user_version").fetchone()

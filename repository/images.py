@@ -499,6 +499,18 @@ def soft_delete(conn: sqlite3.Connection, image_id: int) -> bool:
     return cursor.rowcount > 0
 
 
+def purge_due(conn: sqlite3.Connection, deleted_before: float) -> list[int]:
+    """The soft-deleted images whose grace period ended before `deleted_before` and that still
+    hold their data: what `purge_deleted` removes, and what `server.py --check` reports."""
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM images WHERE deleted_at IS NOT NULL AND deleted_at < ? AND blob != ?",
+            (deleted_before, PURGED),
+        )
+    ]
+
+
 def purge_deleted(conn: sqlite3.Connection, deleted_before: float) -> int:
     """Remove for good what soft-deleted images hold (tags, colours, embedding, blob names).
 
@@ -507,14 +519,7 @@ def purge_deleted(conn: sqlite3.Connection, deleted_before: float) -> int:
     The blobs themselves go with the next sweep, which removes whatever no row names.
     """
     with WRITE_LOCK, transaction(conn, immediate=True):
-        ids = [
-            row[0]
-            for row in conn.execute(
-                "SELECT id FROM images WHERE deleted_at IS NOT NULL AND deleted_at < ? "
-                "AND blob != ?",
-                (deleted_before, PURGED),
-            )
-        ]
+        ids = purge_due(conn, deleted_before)
         for chunk_start in range(0, len(ids), 500):
             chunk = ids[chunk_start : chunk_start + 500]
             marks = _placeholders(len(chunk))

@@ -20,7 +20,7 @@ from pathlib import Path
 from protocol import tls
 from repository import images as image_repo
 from repository.blobstore import BlobStore, load_or_create_key
-from repository.database import Database
+from repository.database import Database, connect_read_only
 from service import (  # noqa: F401  (they register their routes)
     accounts,
     cart,
@@ -111,7 +111,7 @@ def database_version(path: Path) -> int:
     Raises sqlite3.DatabaseError if the file is not a readable database."""
     if not path.exists():
         return 0
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    conn = connect_read_only(path)
     try:
         return int(conn.execute("PRAGMA user_version").fetchone()[0])
     finally:

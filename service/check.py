@@ -21,7 +21,7 @@ from pathlib import Path
 
 from repository import images as repo
 from repository.blobstore import BlobError
-from repository.database import BUSY_TIMEOUT_MS
+from repository.database import connect_read_only
 from repository.migrations import MIGRATIONS
 from service.app import (
     BLOB_KEY_FILE,
@@ -99,9 +99,7 @@ def check_data_dir(data_dir: Path, purge_after_s: float = 30 * 24 * 3600.0) -> C
         report.lines.append("The server is running: unreferenced blobs may be uploads in flight.")
     except OSError as exc:  # a read-only copy: the check needs no lock to read it
         report.lines.append(f"Could not lock the data directory ({exc.strerror}).")
-    conn = sqlite3.connect(
-        f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000
-    )
+    conn = connect_read_only(db_path)
     try:
         _check_rows_and_blobs(conn, data_dir, purge_after_s, report)
     except sqlite3.DatabaseError as exc:
@@ -118,10 +116,7 @@ def _check_rows_and_blobs(
 ) -> None:
     for label, number in repo.counts(conn).items():
         report.lines.append(f"{label}: {number}")
-    (due,) = conn.execute(
-        "SELECT COUNT(*) FROM images WHERE deleted_at IS NOT NULL AND deleted_at < ? AND blob != ?",
-        (time.time() - purge_after_s, repo.PURGED),
-    ).fetchone()
+    due = len(repo.purge_due(conn, time.time() - purge_after_s))
     if due:
         report.lines.append(
             f"deleted images past their grace period: {due} (the next start purges)"

@@ -56,10 +56,14 @@ def _draws(font: Font, char: str) -> bool:
     the same glyph as a code point no font has."""
     if char.isascii():
         return True
-    return _glyph(font, char) != _glyph(font, "\uffff")
+    return _glyph(font, char) != _notdef(font)
 
 
 @functools.cache
+def _notdef(font: Font) -> bytes:
+    return _glyph(font, "\uffff")
+
+
 def _glyph(font: Font, char: str) -> bytes:
     image = Image.new("L", (64, 64))
     ImageDraw.Draw(image).text((0, 0), char, font=font, fill=255)
