@@ -76,8 +76,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--no-colours",
         action="store_true",
         help="do not extract dominant colours at upload: saves about 5%% of upload time, and "
-        "search_by_color never finds an image uploaded meanwhile (a later run with colours does "
-        "not go back to it)",
+        "search_by_color does not find an image uploaded meanwhile until a later run with "
+        "colours has computed its colours (in the background, right after start-up)",
     )
     parser.add_argument(
         "--check",

@@ -155,6 +155,9 @@ class NewImage:
     #: Copy the embedding, and the colours unless `palette` is given, from this existing image
     #: (same content, another owner).
     copy_analysis_from: int | None = None
+    #: No colours were computed (a `--no-colours` server): a later run with colours computes
+    #: them. False with an empty palette means the picture has no chromatic colour.
+    colours_pending: bool = False
 
 
 class DuplicateImage(Exception):
@@ -266,8 +269,8 @@ class StoredContent:
     format: str
     width: int
     height: int
-    #: whether that row has dominant colours (a row stored under --no-colours has none)
-    has_colours: bool
+    #: that row's colours were never computed (it was stored under --no-colours)
+    colours_pending: bool
 
 
 def dedup_lookup(
@@ -278,10 +281,9 @@ def dedup_lookup(
     One indexed query decides the cheap paths of an upload before anything is decoded.
     """
     rows = conn.execute(
-        "SELECT id, owner_id, thumb_blob, format, width, height, deleted_at, "
-        "EXISTS (SELECT 1 FROM image_colours c WHERE c.image_id = images.id) AS has_colours "
+        "SELECT id, owner_id, thumb_blob, format, width, height, deleted_at, colours_pending "
         "FROM images WHERE blob = ? "
-        "ORDER BY deleted_at IS NOT NULL, has_colours DESC, id LIMIT 50",
+        "ORDER BY deleted_at IS NOT NULL, colours_pending, id LIMIT 50",
         (blob,),
     ).fetchall()
     mine = next(
@@ -291,7 +293,7 @@ def dedup_lookup(
         return mine, None
     r = rows[0]
     return mine, StoredContent(
-        r["id"], r["thumb_blob"], r["format"], r["width"], r["height"], bool(r["has_colours"])
+        r["id"], r["thumb_blob"], r["format"], r["width"], r["height"], bool(r["colours_pending"])
     )
 
 
@@ -384,7 +386,7 @@ def insert_image(conn: sqlite3.Connection, new: NewImage) -> int:
         cursor = conn.execute(
             "INSERT INTO images (owner_id, blob, thumb_blob, filename, title, description, "
             "price_cents, quantity, private, format, width, height, byte_size, created_at, "
-            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "updated_at, colours_pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 new.owner_id,
                 new.blob,
@@ -401,6 +403,7 @@ def insert_image(conn: sqlite3.Connection, new: NewImage) -> int:
                 new.byte_size,
                 now,
                 now,
+                int(new.colours_pending),
             ),
         )
         image_id = int(cursor.lastrowid or 0)
@@ -418,14 +421,7 @@ def insert_image(conn: sqlite3.Connection, new: NewImage) -> int:
                 (image_id, source),
             )
         else:
-            conn.executemany(
-                "INSERT INTO image_colours (image_id, rank, r, g, b, hue, saturation, lightness, "
-                "share) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (image_id, rank, c.r, c.g, c.b, c.hue, c.saturation, c.lightness, c.share)
-                    for rank, c in enumerate(new.palette)
-                ],
-            )
+            _insert_palette(conn, image_id, new.palette)
         if source is not None:
             conn.execute(
                 "INSERT INTO embeddings (image_id, model, vector) "
@@ -450,6 +446,56 @@ class Changes:
     private: bool | None = None
     add_tags: list[str] = field(default_factory=list)
     remove_tags: list[str] = field(default_factory=list)
+
+
+def _insert_palette(
+    conn: sqlite3.Connection, image_id: int, palette: Sequence[ColourRecord]
+) -> None:
+    conn.executemany(
+        "INSERT INTO image_colours (image_id, rank, r, g, b, hue, saturation, lightness, share) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (image_id, rank, c.r, c.g, c.b, c.hue, c.saturation, c.lightness, c.share)
+            for rank, c in enumerate(palette)
+        ],
+    )
+
+
+def colours_pending(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, str]]:
+    """(id, original's blob) of live images whose colours were never computed, id > `after`,
+    in id order: the colour backfill's next chunk."""
+    rows = conn.execute(
+        "SELECT id, blob FROM images WHERE colours_pending = 1 AND deleted_at IS NULL "
+        "AND id > ? ORDER BY id LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
+def count_colours_pending(conn: sqlite3.Connection) -> int:
+    return int(
+        conn.execute(
+            "SELECT COUNT(*) FROM images WHERE colours_pending = 1 AND deleted_at IS NULL"
+        ).fetchone()[0]
+    )
+
+
+def store_palettes(conn: sqlite3.Connection, palettes: dict[int, list[ColourRecord]]) -> list[int]:
+    """Commit computed colours (an empty palette: the picture has none) for images still
+    waiting for them, in one transaction; return the ids stored. An image deleted meanwhile
+    is left out, so its colours cannot come back with it into the colour table."""
+    stored = []
+    with WRITE_LOCK, transaction(conn, immediate=True):
+        for image_id, palette in palettes.items():
+            cursor = conn.execute(
+                "UPDATE images SET colours_pending = 0 "
+                "WHERE id = ? AND colours_pending = 1 AND deleted_at IS NULL",
+                (image_id,),
+            )
+            if cursor.rowcount == 1:
+                _insert_palette(conn, image_id, palette)
+                stored.append(image_id)
+    return stored
 
 
 def update_image(conn: sqlite3.Connection, image_id: int, changes: Changes) -> bool:

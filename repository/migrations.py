@@ -126,7 +126,21 @@ _V2_COLOUR_INDEX = """
         DROP INDEX image_colours_by_hue
 """
 
+#: v3: an image stored by a server run with `--no-colours` has no colours because none were
+#: computed, not because it has none; the flag tells the two apart, so that a later run with
+#: colours computes them (`service.colour_backfill`). Rows from before v3 cannot be told apart:
+#: every one without colours is marked, and the first start computes them once (an achromatic
+#: picture finds none again, and is then unmarked for good).
+_V3_COLOURS_PENDING = """
+        ALTER TABLE images ADD COLUMN colours_pending INTEGER NOT NULL DEFAULT 0
+            CHECK (colours_pending IN (0, 1));
+        UPDATE images SET colours_pending = 1
+            WHERE NOT EXISTS (SELECT 1 FROM image_colours c WHERE c.image_id = images.id);
+        CREATE INDEX images_colours_pending ON images(id) WHERE colours_pending = 1
+"""
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _run_statements(_V1_SCHEMA),
     _run_statements(_V2_COLOUR_INDEX),
+    _run_statements(_V3_COLOURS_PENDING),
 ]

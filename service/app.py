@@ -24,6 +24,7 @@ from repository.database import Database, connect_read_only
 from service import (  # noqa: F401  (they register their routes)
     accounts,
     cart,
+    colour_backfill,
     colour_search,
     images,
     listings,
@@ -273,6 +274,7 @@ async def serve(
     # The model and the index load in the background, after we already answer.
     similarity.start(services)
     colour_search.start(services)
+    colour_backfill.start(services)
     try:
         await stop.wait()
     finally:
@@ -286,6 +288,7 @@ async def serve(
             await asyncio.to_thread(similarity.stop, services)  # saves the vector index
         except Exception:
             log.exception("stopping search by image failed")
+        await asyncio.to_thread(colour_backfill.stop, services)
         await asyncio.to_thread(colour_search.stop, services)
         close_services(services)
         announce("Vitrine server stopped")

@@ -121,6 +121,11 @@ def _check_rows_and_blobs(
         report.lines.append(
             f"deleted images past their grace period: {due} (the next start purges)"
         )
+    if waiting := repo.count_colours_pending(conn):
+        report.lines.append(
+            f"live images without colours computed: {waiting} (stored under --no-colours; "
+            "the next start with colours computes them)"
+        )
     rows = repo.stored_blob_rows(conn)
     key_path = data_dir / BLOB_KEY_FILE
     if not key_path.exists():

@@ -120,7 +120,7 @@ def _prepare_and_start(
     upload: its model runs while this thread goes on with the thumbnail and the palette.
     """
     config = services.config
-    decoded = _decode(config, data)
+    decoded = decode_upload(config, data)
     prepared = Prepared(blob, data, decoded)
     started = []
     for analyser in analysers:
@@ -148,11 +148,30 @@ def _palette_records(thumbnail: Image.Image) -> list[repo.ColourRecord]:
 def _palette_of_upload(config: ServerConfig, data: bytes) -> list[repo.ColourRecord]:
     """The palette a fresh upload of `data` gets: decoded and thumbnailed the same way, so the
     colours equal those of any other upload of these bytes."""
-    thumbnail, _ = imaging.make_thumbnail(_decode(config, data).image, config.thumbnail_side)
+    thumbnail, _ = imaging.make_thumbnail(decode_upload(config, data).image, config.thumbnail_side)
     return _palette_records(thumbnail)
 
 
-def _decode(config: ServerConfig, data: bytes) -> imaging.DecodedImage:
+def decode_stored(config: ServerConfig, data: bytes) -> imaging.DecodedImage:
+    """An original already stored, decoded as its upload was, for the backfills. Under the
+    looser of today's limits and the defaults: the picture was accepted once, and a limit
+    lowered since must not make it unreadable."""
+    return imaging.decode_image(
+        data,
+        max_bytes=max(config.max_image_bytes, imaging.DEFAULT_MAX_BYTES),
+        max_pixels=max(config.max_image_pixels, imaging.DEFAULT_MAX_PIXELS),
+        target=config.thumbnail_side,
+    )
+
+
+def palette_of_stored(config: ServerConfig, data: bytes) -> list[repo.ColourRecord]:
+    """The palette of a stored original, equal to the one its upload would have made."""
+    thumbnail, _ = imaging.make_thumbnail(decode_stored(config, data).image, config.thumbnail_side)
+    return _palette_records(thumbnail)
+
+
+def decode_upload(config: ServerConfig, data: bytes) -> imaging.DecodedImage:
+    """Bytes sent by a client (an upload, or a query photo), under this server's limits."""
     return imaging.decode_image(
         data,
         max_bytes=config.max_image_bytes,
@@ -213,9 +232,10 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
         new.thumb_blob = known.thumb_blob
         new.format, new.width, new.height = known.format, known.width, known.height
         new.copy_analysis_from = known.image_id
-        if config.colours and not known.has_colours:
-            # That row may have been stored under --no-colours: extract rather than copy
-            # nothing (for bytes that truly have no colour, this finds none again).
+        if known.colours_pending and not config.colours:
+            new.colours_pending = True
+        elif known.colours_pending:
+            # That row was stored under --no-colours: extract rather than copy nothing.
             try:
                 new.palette = await services.run(_palette_of_upload, config, upload.data)
             except imaging.ImageRejected as exc:  # the limits may have changed since
@@ -236,6 +256,7 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
         new.format = prepared.decoded.format
         new.width, new.height = prepared.decoded.width, prepared.decoded.height
         new.palette = prepared.palette
+        new.colours_pending = not config.colours
         new.embedding = prepared.embedding
     try:
         image_id = await services.db_call(_insert_and_announce, services, new)

@@ -82,7 +82,13 @@ from repository.embeddings import (
     visible_vector,
 )
 from service.context import RequestContext, Services
-from service.ingest import Analyser, Prepared, rejection_error
+from service.ingest import (
+    Analyser,
+    Prepared,
+    decode_stored,
+    decode_upload,
+    rejection_error,
+)
 from service.listings import Ranked, Recheck, checked_filter_tags, open_ranked
 from service.registry import Frames, route
 from util import config as cfg
@@ -409,12 +415,7 @@ class SimilarityEngine:
         def one(row: tuple[int, str]) -> concurrent.futures.Future[np.ndarray] | None:
             image_id, blob = row
             try:
-                decoded = imaging.decode_image(
-                    self.services.blobs.get(blob),
-                    max_bytes=max(config.max_image_bytes, imaging.DEFAULT_MAX_BYTES),
-                    max_pixels=max(config.max_image_pixels, imaging.DEFAULT_MAX_PIXELS),
-                    target=config.thumbnail_side,
-                )
+                decoded = decode_stored(config, self.services.blobs.get(blob))
                 return batcher.submit(prepare_input(decoded.image))
             except Exception as exc:
                 self._embedding_failed(image_id, exc)
@@ -588,14 +589,7 @@ def _unavailable(engine: SimilarityEngine | None) -> VitrineError:
 
 
 def _decode_query(data: bytes, services: Services) -> np.ndarray:
-    config = services.config
-    decoded = imaging.decode_image(
-        data,
-        max_bytes=config.max_image_bytes,
-        max_pixels=config.max_image_pixels,
-        target=config.thumbnail_side,
-    )
-    return prepare_input(decoded.image)
+    return prepare_input(decode_upload(services.config, data).image)
 
 
 @route(ImageSearch)

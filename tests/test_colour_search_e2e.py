@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import colorsys
 import io
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +17,8 @@ import pytest
 from PIL import Image
 
 from shell.listing import MATCH_MARK
+from tests.servers import PYTHON, ROOT, ServerProcess, create_users, json_lines, run_client
 from tests.servers import LoggedInShell as Shell
-from tests.servers import ServerProcess, create_users, json_lines, run_client
 from util.colour_spec import NAMES
 
 PASSWORD = "correct horse battery"
@@ -250,29 +251,53 @@ def test_a_server_without_colours_stores_and_finds_everything_else(
         process.stop()
 
 
-def test_the_same_bytes_uploaded_after_no_colours_get_their_colours(
+def palette_hues(shell: Shell, image_id: int) -> list[int]:
+    code, out, err = shell(f"show_image {image_id} --json --no-images")
+    assert code == 0, err
+    (row,) = json_lines(out)
+    return [round(c["hue"]) for c in row["palette"]]
+
+
+def test_images_stored_under_no_colours_get_their_colours_at_the_next_start(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    """Another owner's upload of the same bytes copies the stored analysis instead of decoding
-    again; a copy of what `--no-colours` left (nothing) kept that image colourless for good."""
-    process = ServerProcess(tmp_path_factory.mktemp("colours-later"), ["--no-colours"]).start()
+    """A shop that turns colours on finds what it uploaded meanwhile: the next start computes
+    the missing colours in the background. A grey picture is computed once, finds none, and is
+    not waited for again; another owner's upload of the same bytes gets the colours too (copied
+    once computed, or extracted when it comes first)."""
+    home = tmp_path_factory.mktemp("colours-later-home")
+    data_dir = tmp_path_factory.mktemp("colours-later")
+    process = ServerProcess(data_dir, ["--no-colours"]).start()
     try:
-        home = tmp_path_factory.mktemp("colours-later-home")
-        picture = card(120, home / "g.png")
+        green_card, grey_card = card(120, home / "g.png"), card(0, home / "grey.png", saturation=0)
         create_users(process, home, ("carol", "dave"), PASSWORD)
         carol, dave = Shell(process, "carol", home), Shell(process, "dave", home)
-        colourless = upload(carol, picture, "--tags e2e-colour")
+        green = upload(carol, green_card, "--tags e2e-colour")
+        grey = upload(carol, grey_card, "--tags e2e-colour")
         process.stop()
+        checked = subprocess.run(
+            [PYTHON, "server.py", "--check", "--data-dir", str(data_dir)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "live images without colours computed: 2" in checked.stdout, checked.stdout
+
         process.extra_args = []
         process.restart()
-        copied = upload(dave, picture, "--tags e2e-colour")
-        code, out, err = dave(f"show_image {copied} --json --no-images")
-        assert code == 0, err
-        (row,) = json_lines(out)
-        assert [round(c["hue"]) for c in row["palette"]] == [120], row
-        assert [r["id"] for r in found(dave, "search_by_color green")] == [copied]
-        # The first upload keeps what it was stored with, as --help says.
-        assert colourless not in [r["id"] for r in found(carol, "search_by_color green")]
+        copied = upload(dave, green_card, "--tags e2e-colour")
+        assert palette_hues(dave, copied) == [120]
+        process.wait_for_log("colour backfill done: 2 images", timeout=60)
+        assert palette_hues(carol, green) == [120]
+        assert palette_hues(carol, grey) == []
+        assert {r["id"] for r in found(carol, "search_by_color green")} == {green, copied}
+
+        process.stop()
+        process.restart()
+        log = process.settled_log(home)
+        assert "colour backfill" not in log, log  # nothing waits: the grey one was done
     finally:
         process.stop()
 
