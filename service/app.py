@@ -148,6 +148,19 @@ def lost_database(data_dir: Path) -> str | None:
     )
 
 
+def lost_blob_key(data_dir: Path, db: Database) -> str | None:
+    """Why the blob store must not be opened, or None if it may: a database that names blobs
+    without the key that reads them. A new key would read none of them, and would seal every
+    new upload so that the old key, restored later, could not read those either."""
+    key_path = data_dir / BLOB_KEY_FILE
+    if key_path.exists() or not image_repo.referenced_blobs(db.conn):
+        return None
+    return (
+        f"{key_path} is missing, but {data_dir / DB_FILE} names stored images, which cannot be "
+        f"read without it: restore {BLOB_KEY_FILE} from a backup."
+    )
+
+
 def unreadable_database(path: Path, exc: sqlite3.DatabaseError) -> str:
     """One sentence for a database SQLite refuses; only damage calls for the backup."""
     if (exc.sqlite_errorname or "").startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
@@ -172,6 +185,8 @@ def open_services(config: ServerConfig) -> Services:
         if reason := lost_database(data_dir):
             raise DataDirError(reason)
         db = Database(data_dir / DB_FILE)
+        if reason := lost_blob_key(data_dir, db):
+            raise DataDirError(reason)
         blobs = open_blob_store(data_dir)
         purged, removed = recover(db, blobs, config.purge_after_s)
     except BaseException as exc:

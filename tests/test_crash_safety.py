@@ -201,6 +201,30 @@ def test_a_data_dir_without_its_database_is_refused_and_keeps_its_blobs(
     server.restart()
 
 
+def test_a_data_dir_without_its_blob_key_is_refused_and_no_new_key_is_made(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """A new key would read none of the stored images, and would seal new uploads so that the
+    old key, once restored, could not read them either."""
+    stored_images(server, tmp_path, 1)
+    data_dir = server.data_dir
+    key = data_dir / "blob.key"
+    blobs = blob_files(data_dir)
+    key.rename(tmp_path / "saved.key")
+
+    refused = run_refused_start(data_dir)
+    assert refused.returncode == 1
+    line = one_line_error(refused)
+    assert str(key) in line and "restore blob.key from a backup" in line
+    assert not key.exists() and blob_files(data_dir) == blobs
+
+    (tmp_path / "saved.key").rename(key)
+    server.restart()
+    server.stop()
+    check = run_check(data_dir)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_a_server_killed_before_its_first_upload_restarts(
     server: ServerProcess, tmp_path: Path
 ) -> None:
