@@ -40,6 +40,8 @@ class Welcome(Response):
     protocol: int
     server_version: str
     limits: Limits
+    #: Random, made with the server's data: the same shop whatever its address or certificate.
+    server_id: str = ""
 
 
 # --- generic replies -----------------------------------------------------------------------------

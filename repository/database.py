@@ -57,6 +57,11 @@ def migrate(conn: sqlite3.Connection) -> int:
     return version
 
 
+def server_id(conn: sqlite3.Connection) -> str:
+    """This data's random id, made by its first start (migrations, v4)."""
+    return str(conn.execute("SELECT value FROM server_meta WHERE key = 'server_id'").fetchone()[0])
+
+
 @contextmanager
 def transaction(
     conn: sqlite3.Connection, *, immediate: bool = False

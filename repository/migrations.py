@@ -139,8 +139,18 @@ _V3_COLOURS_PENDING = """
         CREATE INDEX images_colours_pending ON images(id) WHERE colours_pending = 1
 """
 
+#: v4: a random id for this shop's data, sent in `Welcome`: the client keys a buyer's local
+#: cart by it, so a new server at the same address (or the same server by another name) is
+#: never handed a cart whose image ids meant other products. It goes where the data goes: a
+#: restored backup keeps it.
+_V4_SERVER_ID = """
+        CREATE TABLE server_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+        INSERT INTO server_meta (key, value) VALUES ('server_id', lower(hex(randomblob(16))))
+"""
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _run_statements(_V1_SCHEMA),
     _run_statements(_V2_COLOUR_INDEX),
     _run_statements(_V3_COLOURS_PENDING),
+    _run_statements(_V4_SERVER_ID),
 ]

@@ -20,7 +20,7 @@ from pathlib import Path
 from protocol import tls
 from repository import images as image_repo
 from repository.blobstore import BlobStore, load_or_create_key
-from repository.database import Database, connect_read_only
+from repository.database import Database, connect_read_only, server_id
 from service import (  # noqa: F401  (they register their routes)
     accounts,
     cart,
@@ -212,6 +212,7 @@ def open_services(config: ServerConfig) -> Services:
         quick_executor=ThreadPoolExecutor(max_workers=2, thread_name_prefix="vitrine-quick"),
         io_executor=ThreadPoolExecutor(max_workers=IO_WORKERS, thread_name_prefix="vitrine-io"),
         blobs=blobs,
+        server_id=server_id(db.conn),
     )
     services.extras["data_dir_lock"] = lock_fd
     # Search by image: registers the upload analyser and index hooks; loads nothing yet.

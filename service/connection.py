@@ -188,6 +188,7 @@ class Connection:
                     max_in_flight=config.max_in_flight,
                     idle_timeout_s=config.idle_timeout_s,
                 ),
+                server_id=self.services.server_id,
             )
         )
 

@@ -80,6 +80,8 @@ class Services:
     on_stored: list[StoredHook] = field(default_factory=list)
     on_deleted: list[DeletedHook] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    #: This data's random id (`repository.database.server_id`), sent in `Welcome`.
+    server_id: str = ""
     #: A small pool of its own for short transactional work (checkout, reading a few images),
     #: so it does not queue behind searches in `executor`; see `quick_db_call`.
     quick_executor: ThreadPoolExecutor | None = None

@@ -81,6 +81,7 @@ def store_for(shell: cmd2.Cmd) -> CartStore:
         session.server,
         session.user,
         notice=lambda text: shell.perror(text, style=None),
+        server_id=session.connection.server_id,
     )
 
 

@@ -3,8 +3,13 @@
 The cart lives on the buyer's machine (as in the shop system Vitrine replaces), so it must
 survive crashes, restarts of either side, and two shells of the same user at once:
 
-* **Where.** `<data_dir>/carts/<server>/<user>.json`, both names percent-encoded, which keeps
-  them filename-safe and distinct (`[::1]:7878` and `::1_7878` never share a file).
+* **Where.** `<data_dir>/carts/<server id>/<user>.json`. The server id is the random id the
+  server sends in `Welcome`, made with its data, not its address: a new server at the same
+  address (fresh data, so image #1 is another product) gets a new cart, and one server reached
+  as `localhost:7878` and `127.0.0.1:7878` keeps one cart. A server too old to send an id is
+  keyed by its address; a cart kept under the address before ids existed is taken over by the
+  first server with an id found there. Names are percent-encoded, which keeps them
+  filename-safe and distinct (`[::1]:7878` and `::1_7878` never share a file).
 * **Atomic.** Each save writes a temporary file in the same directory, fsyncs it, renames it
   over the cart with `os.replace` and fsyncs the directory: a reader sees the old cart or the
   new one, never half of either, even after a power cut.
@@ -62,7 +67,9 @@ class CartItem(msgspec.Struct, kw_only=True):
 
 class CartFile(msgspec.Struct, kw_only=True):
     version: int = FORMAT_VERSION
+    #: The address it was last used at, for a person looking at the file.
     server: str = ""
+    server_id: str = ""
     user: str = ""
     lines: Annotated[list[CartItem], msgspec.Meta(max_length=MAX_LINES)] = []
 
@@ -157,18 +164,26 @@ def _safe_name(text: str) -> str:
     return name if name not in ("", ".", "..") else quote(name.replace(".", "%2E"), safe="%")
 
 
-def cart_path(data_dir: Path, server: str, user: str) -> Path:
-    return data_dir / "carts" / _safe_name(server) / f"{_safe_name(user)}.json"
+def cart_path(data_dir: Path, server_key: str, user: str) -> Path:
+    return data_dir / "carts" / _safe_name(server_key) / f"{_safe_name(user)}.json"
 
 
 class CartStore:
-    """The cart file of one user on one server."""
+    """The cart file of one user on one server: `server` is its address, `server_id` its own
+    id (Welcome.server_id, "" when the server sends none)."""
 
     def __init__(
-        self, data_dir: Path, server: str, user: str, notice: Callable[[str], None] = print
+        self,
+        data_dir: Path,
+        server: str,
+        user: str,
+        notice: Callable[[str], None] = print,
+        server_id: str = "",
     ) -> None:
-        self.server, self.user = server, user
-        self.path = cart_path(data_dir, server, user)
+        self.server, self.user, self.server_id = server, user, server_id
+        self.path = cart_path(data_dir, server_id or server, user)
+        #: Where this cart was kept before carts were keyed by the server's id.
+        self._by_address = cart_path(data_dir, server, user) if server_id else None
         self.notice = notice
 
     def _prepare(self) -> None:
@@ -189,9 +204,21 @@ class CartStore:
             raise CartError(f"Cannot open {lock_path}: {exc.strerror or exc}.") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._take_over_cart_kept_by_address()
             yield
         finally:
             os.close(fd)  # closing drops the lock
+
+    def _take_over_cart_kept_by_address(self) -> None:
+        old = self._by_address
+        if old is None or self.path.exists() or not old.exists():
+            return
+        try:
+            os.replace(old, self.path)
+        except OSError as exc:
+            raise CartError(
+                f"Cannot move the cart {old} to {self.path}: {exc.strerror or exc}."
+            ) from None
 
     def _read(self) -> Cart:
         try:
@@ -241,7 +268,9 @@ class CartStore:
             self._save(cart)
 
     def _save(self, cart: Cart) -> None:
-        data = msgspec.json.encode(CartFile(server=self.server, user=self.user, lines=cart.lines))
+        data = msgspec.json.encode(
+            CartFile(server=self.server, server_id=self.server_id, user=self.user, lines=cart.lines)
+        )
         try:
             write_atomically(self.path, data)
         except OSError as exc:

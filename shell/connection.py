@@ -137,6 +137,8 @@ class ServerConnection:
         self._last_heard = time.monotonic()
         self.limits: Limits | None = None
         self.server_version = ""
+        #: The shop's own id (Welcome.server_id); "" from a server too old to send one.
+        self.server_id = ""
         self.fingerprint = ""
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
@@ -253,6 +255,7 @@ class ServerConnection:
         welcome = self.call(Hello(id=0, protocol=PROTOCOL_VERSION, client="vitrine-shell"), Welcome)
         self.limits = welcome.limits
         self.server_version = welcome.server_version
+        self.server_id = welcome.server_id
         return welcome
 
     @property

@@ -7,6 +7,7 @@ leaves in the cart file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -55,11 +56,26 @@ class Buyer:
             conn.close()
 
     @property
+    def server_id(self) -> str:
+        """The server's own id, which names its carts (read anew: a test may swap servers)."""
+        conn = self.server.connect(self.config_dir)
+        try:
+            return conn.server_id
+        finally:
+            conn.close()
+
+    @property
     def cart_file(self) -> Path:
-        return cart_path(self.config_dir / "data", self.server.address, self.name)
+        return cart_path(self.config_dir / "data", self.server_id, self.name)
 
     def store(self) -> CartStore:
-        return CartStore(self.config_dir / "data", self.server.address, self.name, lambda _: None)
+        return CartStore(
+            self.config_dir / "data",
+            self.server.address,
+            self.name,
+            lambda _: None,
+            server_id=self.server_id,
+        )
 
     def __call__(self, *commands: str) -> Result:
         done = run_client(
@@ -140,6 +156,80 @@ def test_cart_survives_client_and_server_restarts(tmp_path: Path) -> None:
         assert "Red dress" in table.out and "40.50" in table.out, table
     finally:
         own.stop()
+
+
+def test_a_new_server_at_the_same_address_does_not_get_the_old_ones_cart(tmp_path: Path) -> None:
+    """Image ids belong to a server's data: the cart filled on one shop, shown by another at
+    the same address (a server replaced, a port reused), would buy other products under the
+    same ids. Each server's cart comes back with it."""
+    old = ServerProcess(tmp_path / "old").start()
+    new = ServerProcess(tmp_path / "new")
+    try:
+        seller = old.user_connection(tmp_path / "seller", "maker", PASSWORD)
+        trousers = item(seller, 999, 5, title="Trousers")
+        seller.close()
+        buyer = Buyer(old, tmp_path)
+        assert buyer(f"add_to_cart {trousers}").code == 0
+        old.stop()
+
+        new.port = old.port
+        new.restart()
+        seller = new.user_connection(tmp_path / "seller-new", "maker", PASSWORD)
+        dress = item(seller, 999, 5, title="Dress")
+        seller.close()
+        assert dress == trousers  # the same id, another product
+        new.user_connection(tmp_path / "seller-new", buyer.name, PASSWORD).close()
+        # The buyer trusts the new server (a fresh pin), and keeps the same cart folder.
+        on_new = run_client(
+            new,
+            f"login {buyer.name}",
+            "view_cart --json",
+            config_dir=tmp_path / "buyer-new",
+            data_dir=buyer.config_dir / "data",
+            password=PASSWORD,
+        )
+        assert on_new.returncode == 0, on_new.stderr
+        lines = [json.loads(line) for line in on_new.stdout.splitlines()]
+        assert lines == [{"total": "0.00", "lines": 0, "units": 0, "warnings": 0, "left_out": 0}]
+        new.stop()
+
+        old.restart()
+        *kept, _ = buyer("view_cart --json").json_lines()
+        assert [(line["id"], line["title"]) for line in kept] == [(trousers, "Trousers")]
+    finally:
+        old.stop()
+        if new.process is not None:
+            new.stop()
+
+
+def test_one_server_by_two_names_keeps_one_cart(
+    server: ServerProcess, seller: ServerConnection, buyer: Buyer
+) -> None:
+    hat = item(seller, 300, 2, title="Hat")
+    assert buyer(f"add_to_cart {hat}").code == 0
+    by_name = dataclasses.replace(server, host="localhost")
+    seen = run_client(
+        by_name,
+        f"login {buyer.name}",
+        "view_cart --json",
+        config_dir=buyer.config_dir,
+        password=PASSWORD,
+    )
+    assert seen.returncode == 0, seen.stderr
+    assert f'"id":{hat},' in seen.stdout and '"lines":1' in seen.stdout, seen.stdout
+
+
+def test_a_cart_kept_under_the_servers_address_is_taken_over(
+    server: ServerProcess, seller: ServerConnection, buyer: Buyer
+) -> None:
+    """Carts were kept by address before servers sent an id: an upgrade keeps them."""
+    hat = item(seller, 300, 2, title="Hat")
+    by_address = CartStore(buyer.config_dir / "data", server.address, buyer.name, lambda _: None)
+    with by_address.edit() as cart:
+        cart.add(hat, 2, 300, "Hat")
+    *lines, _ = buyer("view_cart --json").json_lines()
+    assert [(line["id"], line["quantity"]) for line in lines] == [(hat, 2)]
+    assert not by_address.path.exists() and buyer.cart_file.exists()
 
 
 def test_add_to_cart_refuses_what_cannot_be_bought(
