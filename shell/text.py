@@ -11,6 +11,10 @@ import unicodedata
 # Control, format, surrogate, private-use and unassigned characters, and the line and paragraph
 # separators: anything that could move the cursor, hide text or reorder it.
 _UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+#: Format characters that only join or part their neighbours: the zero-width non-joiner that
+#: Persian and Indic words need, and the joiner inside emoji sequences (👩‍💻). They move,
+#: hide and reorder nothing, unlike the bidi controls of the same category.
+_JOINERS = frozenset({"\u200c", "\u200d"})
 
 
 def printable(text: str, replacement: str = "\ufffd") -> str:
@@ -21,7 +25,11 @@ def printable(text: str, replacement: str = "\ufffd") -> str:
     a picture passes "" because its font may have no glyph for it.
     """
     return "".join(
-        " " if ch in "\t\n\r" else (replacement if unicodedata.category(ch) in _UNPRINTABLE else ch)
+        " "
+        if ch in "\t\n\r"
+        else (
+            replacement if unicodedata.category(ch) in _UNPRINTABLE and ch not in _JOINERS else ch
+        )
         for ch in text
     )
 

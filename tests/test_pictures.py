@@ -472,6 +472,7 @@ def test_labels_never_show_empty_boxes() -> None:
     # (it has a glyph for the curly apostrophe: kept where the font draws it)
     assert drawable("Robe d’été rouge", ascii_only).replace("’", "'") == "Robe d'ete rouge"
     assert drawable("ünïcødé_日本", ascii_only) == "unic?de_??"
+    assert drawable("co\u200dop", ascii_only) == "coop"  # a joiner it cannot draw is no "?"
     wide = label_font(14)
     if isinstance(getattr(wide, "path", None), str):  # one of LABEL_FONTS was found
         assert drawable("Robe d’été", wide) == "Robe d’été"
