@@ -82,6 +82,7 @@ def store_for(shell: cmd2.Cmd) -> CartStore:
         session.user,
         notice=lambda text: shell.perror(text, style=None),
         server_id=session.connection.server_id,
+        wait_s=session.connection.answer_timeout,
     )
 
 
@@ -104,8 +105,9 @@ def complete_cart_ids(app: cmd2.Cmd) -> Choices:
 
 #: A line's `status` in `view_cart --json`, worst first: the one a line gets is the worst that
 #: applies. Only "ok" lines are bought by `checkout --yes`, which sends the prices stored in the
-#: cart; "price_changed" lines are still bought by a checkout at a terminal, at the price shown.
-STATUSES = ("gone", "own_image", "sold_out", "stock_short", "price_changed", "ok")
+#: cart; "price_changed" and "title_changed" lines are still bought by a checkout at a terminal,
+#: which shows them as they are now before asking.
+STATUSES = ("gone", "own_image", "sold_out", "stock_short", "price_changed", "title_changed", "ok")
 
 #: How the summary names lines left out of the total, by status.
 _LEFT_OUT = {
@@ -125,6 +127,9 @@ class LineView:
     warnings: list[str] = field(default_factory=list)
     #: True when checkout cannot succeed as the line is (gone, short of stock, own image).
     blocked: bool = False
+    #: The seller renamed the image since it was added: `checkout --yes` refuses to buy what
+    #: nobody saw under its new name (the server knows nothing of the cart's titles).
+    renamed: bool = False
     #: One of STATUSES, so a script can tell "buy as is" from "needs attention" by one field.
     status: str = "ok"
 
@@ -175,12 +180,39 @@ def assess(cart: Cart, fresh: dict[int, ImageSummary], me: str) -> list[LineView
                     f"price changed: was {format_cents(item.price_cents)}, "
                     f"now {format_cents(now.price_cents)}",
                 )
+            if item.title and now.title != item.title:
+                view.flag("title_changed", f"title changed: was {printable(item.title)!r}")
+                view.renamed = True
             if now.quantity == 0:
                 view.flag("sold_out", "sold out")
             elif now.quantity < item.quantity:
                 view.flag("stock_short", f"stock short: only {now.quantity} left")
         views.append(view)
     return views
+
+
+def _seen(line: CartItem) -> tuple[int, int, str]:
+    """What the buyer saw of a line before a command takes the image as it is now."""
+    return line.quantity, line.price_cents, line.title
+
+
+def _changes_since(before: tuple[int, int, str], image: ImageSummary) -> str:
+    """The sentence that says what a line's price and title were, when add_to_cart or
+    update_cart has just replaced them with the ones shown now: the units already there are
+    bought at the new price, and a script's log should say so."""
+    quantity, price_cents, title = before
+    said = []
+    if price_cents != image.price_cents:
+        said.append(f"at {format_cents(price_cents)}")
+    if title and title != image.title:
+        said.append(f"as {printable(title)!r}")
+    if not said:
+        return ""
+    verb = "was" if quantity == 1 else "were"
+    return (
+        f" The {plural(quantity, 'unit')} already in the cart {verb} added {' and '.join(said)};"
+        " the whole line is now as shown."
+    )
 
 
 def _total(views: list[LineView]) -> int:
@@ -303,6 +335,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         try:
             with store.edit() as cart:
                 line = cart.find(number)
+                before = _seen(line) if line else None
                 wanted = quantity + (line.quantity if line else 0)
                 if image.quantity < wanted:
                     have = f"; your cart already holds {line.quantity}" if line else ""
@@ -319,6 +352,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         shell.confirm(
             f"Added {quantity} x {title} (#{number}) at {format_cents(image.price_cents)} each; "
             f"the cart holds {line.quantity} of it, {plural(len(cart), 'line')} in all."
+            + (_changes_since(before, image) if before else "")
         )
 
     # --- view ------------------------------------------------------------------------------------
@@ -368,10 +402,10 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         if flagged:
             verb = "needs" if flagged == 1 else "need"
             shell.poutput(f"{plural(flagged, 'line')} {verb} attention; see the notes column.")
-        if any(view.status == "price_changed" for view in views):
+        if any(view.status == "price_changed" or view.renamed for view in views):
             shell.poutput(
-                "update_cart ID QTY accepts a new price; until then `checkout --yes` refuses "
-                "that line."
+                "update_cart ID QTY accepts a new price or title; until then `checkout --yes` "
+                "refuses that line."
             )
 
     # --- update / remove / clear ----------------------------------------------------------------
@@ -418,17 +452,14 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
                 )
             with store.edit() as cart:
                 line = cart.get(number)
-                old_price = line.price_cents
+                before = _seen(line)
                 cart.set_quantity(number, quantity)
                 line.price_cents, line.title = image.price_cents, image.title
         except CartError as exc:
             raise CommandFailed(str(exc)) from None
-        note = (
-            f" (was {format_cents(old_price)} when added)" if old_price != image.price_cents else ""
-        )
         shell.confirm(
             f"The cart now holds {quantity} x {printable(image.title)} (#{number}) at "
-            f"{format_cents(image.price_cents)} each{note}."
+            f"{format_cents(image.price_cents)} each." + _changes_since(before, image)
         )
 
     remove_parser = parser("Take images out of your cart.")
@@ -475,7 +506,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
     checkout_parser = parser(
         "Buy everything in your cart in one order: all lines or none. Shows the lines and the "
         "total at current prices and asks first; --yes buys without asking, at the prices "
-        "stored in the cart (a line whose price changed is then refused, not charged)."
+        "stored in the cart (a line whose price or title changed is then refused, not bought)."
     )
     checkout_parser.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
     checkout_parser.add_argument(
@@ -517,6 +548,19 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             raise CommandFailed(
                 f"Not bought: {plural(len(blocked), 'line')} cannot be bought now (see above); "
                 "fix with update_cart or remove_from_cart. Your cart is unchanged."
+            )
+        renamed = [view for view in views if view.renamed]
+        if renamed and args.yes:
+            for view in renamed:
+                shell.perror(
+                    f"  #{view.item.image_id} {printable(view.title)}: {'; '.join(view.warnings)}",
+                    style=None,
+                )
+            numbers = " ".join(str(view.item.image_id) for view in renamed)
+            raise CommandFailed(
+                f"Not bought: {plural(len(renamed), 'line')} changed title since you added "
+                f"{'it' if len(renamed) == 1 else 'them'} (see above); update_cart ID QTY "
+                f"accepts the new title ({numbers}). Your cart is unchanged."
             )
         if args.yes:
             prices = {line.image_id: line.price_cents for line in cart.lines}

@@ -14,7 +14,10 @@ survive crashes, restarts of either side, and two shells of the same user at onc
   over the cart with `os.replace` and fsyncs the directory: a reader sees the old cart or the
   new one, never half of either, even after a power cut.
 * **One writer at a time.** `CartStore.edit()` holds an exclusive `flock` on a side lock file
-  across read-modify-write, so two shells adding at once both keep their lines.
+  across read-modify-write, so two shells adding at once both keep their lines. A checkout
+  holds it while the server places the order; another shell of the same buyer says that it
+  waits, and gives up after its `--timeout` (a checkout in a suspended shell would otherwise
+  hold it for ever).
 * **Corruption is not a crash.** A file that is not a valid cart is renamed
   `<user>.json.corrupt-<UTC timestamp>` (kept for a person to look at), the shell says so, and
   the cart starts empty.
@@ -43,6 +46,9 @@ from util.money import MAX_CENTS
 MAX_LINES = 500
 #: Largest quantity on one line (protocol.catalog.CartLine).
 MAX_LINE_QUANTITY = 1_000_000
+#: Seconds of waiting for the cart's lock before saying so; and between tries.
+LOCK_NOTICE_AFTER_S = 0.5
+LOCK_POLL_S = 0.05
 FORMAT_VERSION = 1
 
 
@@ -179,8 +185,11 @@ class CartStore:
         user: str,
         notice: Callable[[str], None] = print,
         server_id: str = "",
+        wait_s: float = 120.0,
     ) -> None:
         self.server, self.user, self.server_id = server, user, server_id
+        #: How long to wait for another shell that holds the cart (its checkout, say).
+        self.wait_s = wait_s
         self.path = cart_path(data_dir, server_id or server, user)
         #: Where this cart was kept before carts were keyed by the server's id.
         self._by_address = cart_path(data_dir, server, user) if server_id else None
@@ -203,11 +212,35 @@ class CartStore:
         except OSError as exc:
             raise CartError(f"Cannot open {lock_path}: {exc.strerror or exc}.") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._wait_for_lock(fd)
             self._take_over_cart_kept_by_address()
             yield
         finally:
             os.close(fd)  # closing drops the lock
+
+    def _wait_for_lock(self, fd: int) -> None:
+        started = time.monotonic()
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            waited = time.monotonic() - started
+            if waited >= self.wait_s:
+                raise CartError(
+                    f"Your cart is still in use by another shell of yours after {waited:.0f} s "
+                    "(a checkout waiting for the server, or a shell stopped with Ctrl-Z); "
+                    "nothing was changed. Try again once it is done."
+                )
+            if not told and waited >= LOCK_NOTICE_AFTER_S:
+                self.notice(
+                    "Waiting for your cart: another shell of yours is using it (a checkout "
+                    "waiting for the server?)."
+                )
+                told = True
+            time.sleep(LOCK_POLL_S)
 
     def _take_over_cart_kept_by_address(self) -> None:
         old = self._by_address

@@ -232,6 +232,51 @@ def test_a_cart_kept_under_the_servers_address_is_taken_over(
     assert not by_address.path.exists() and buyer.cart_file.exists()
 
 
+def test_a_renamed_line_is_flagged_and_not_bought_by_a_script_until_accepted(
+    server: ServerProcess, seller: ServerConnection, buyer: Buyer
+) -> None:
+    """A seller who renames what is in a cart ("EMPTY BOX (photo only)") must not have it
+    bought unseen: the price alone did not show the change."""
+    shirt = item(seller, 500, 5, title="Linen shirt")
+    hat = item(seller, 300, 5, title="Hat")
+    assert buyer(f"add_to_cart {shirt} 2", f"add_to_cart {hat}").code == 0
+    seller.call(UpdateImage(id=0, image_id=shirt, title="EMPTY BOX (photo only)"))
+    *rows, total = buyer("view_cart --json").json_lines()
+    by_id = {row["id"]: row for row in rows}
+    assert by_id[shirt]["status"] == "title_changed" and by_id[shirt]["available"] is True
+    assert by_id[shirt]["warnings"] == ["title changed: was 'Linen shirt'"]
+    assert by_id[shirt]["title"] == "EMPTY BOX (photo only)" and by_id[hat]["status"] == "ok"
+    assert total["warnings"] == 1 and total["total"] == "13.00"
+    table = buyer("view_cart")
+    assert "title changed" in table.out and "accepts a new price or title" in table.out, table
+
+    refused = buyer("checkout --yes")
+    assert refused.code == 1, refused
+    assert "changed title since you added it" in refused.err, refused
+    assert f"update_cart ID QTY accepts the new title ({shirt})" in refused.err
+    assert stock_of(seller, shirt, hat) == {shirt: 5, hat: 5}  # nothing bought
+    assert cart_lines(buyer) == [(shirt, 2), (hat, 1)]
+
+    accepted = buyer(f"update_cart {shirt} 2", "checkout --yes --json")
+    assert accepted.code == 0, accepted
+    assert "added as 'Linen shirt'" in accepted.err, accepted
+    assert stock_of(seller, shirt, hat) == {shirt: 3, hat: 4}
+
+
+def test_adding_more_of_a_repriced_line_says_what_the_units_there_cost(
+    seller: ServerConnection, buyer: Buyer
+) -> None:
+    cap = item(seller, 100, 9, title="Cap")
+    assert buyer(f"add_to_cart {cap} 5").code == 0
+    seller.call(UpdateImage(id=0, image_id=cap, price_cents=5000))
+    more = buyer(f"add_to_cart {cap}")
+    assert more.code == 0, more
+    assert "at 50.00 each; the cart holds 6 of it" in more.err, more
+    assert "The 5 units already in the cart were added at 1.00" in more.err, more
+    unchanged = buyer(f"add_to_cart {cap}")
+    assert "already in the cart were added" not in unchanged.err, unchanged
+
+
 def test_add_to_cart_refuses_what_cannot_be_bought(
     server: ServerProcess, home: Path, seller: ServerConnection, buyer: Buyer
 ) -> None:
@@ -360,7 +405,10 @@ def test_update_remove_and_clear(seller: ServerConnection, buyer: Buyer) -> None
     seller.call(UpdateImage(id=0, image_id=a, price_cents=150))
     changed = buyer(f"update_cart {a} 4", f"update_cart {b} 0", "view_cart --json")
     assert changed.code == 0, changed
-    assert "at 1.50 each (was 1.00 when added)" in changed.err
+    assert (
+        "at 1.50 each. The 1 unit already in the cart was added at 1.00; the whole line is now "
+        "as shown." in changed.err
+    ), changed
     assert "Removed Beta" in changed.err
     assert changed.json_lines()[0]["warnings"] == []
     assert cart_lines(buyer) == [(a, 4), (c, 1)]

@@ -218,3 +218,38 @@ def test_concurrent_editors_never_lose_a_line(tmp_path: Path) -> None:
     cart = store(tmp_path)[0].load()
     assert len(cart) == 8 * 10 + 1
     assert cart.get(9999).quantity == 80
+
+
+def test_a_cart_held_by_another_shell_is_waited_for_then_given_up_on(tmp_path: Path) -> None:
+    """A checkout holds the cart while the server places the order; another shell of the
+    buyer says it waits, and gives up after its timeout instead of hanging with it."""
+    holder, _ = store(tmp_path)
+    waiter = CartStore(tmp_path, SERVER, "ann", notice=(notices := []).append, wait_s=0.8)
+    with holder.edit() as cart:
+        cart.add(5, 1, 100, "Hat")
+        with pytest.raises(CartError, match="still in use by another shell of yours"):
+            waiter.load()
+    assert len(notices) == 1 and notices[0].startswith("Waiting for your cart")
+    assert [line.image_id for line in waiter.load().lines] == [5]  # and once it is free
+
+
+def test_a_waiting_shell_gets_the_cart_when_the_other_lets_go(tmp_path: Path) -> None:
+    holder, _ = store(tmp_path)
+    waiter, _ = store(tmp_path)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with holder.edit() as cart:
+            cart.add(5, 1, 100, "Hat")
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert held.wait(10)
+    threading.Timer(0.3, release.set).start()
+    with waiter.edit() as cart:  # blocks until the holder has saved
+        assert [line.image_id for line in cart.lines] == [5]
+        cart.add(7, 1, 300, "Scarf")
+    thread.join(10)
+    assert [line.image_id for line in holder.load().lines] == [5, 7]
