@@ -55,7 +55,9 @@ def encode(message: Message) -> bytes:
 def _salvage_id(body: bytes) -> int:
     try:
         envelope = _envelope_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
+        # A kilobyte of nested arrays is enough to exhaust the recursion limit while the
+        # envelope skips over them: that is still only a bad request, without an id.
         return 0
     request_id = envelope.id
     if (
@@ -74,6 +76,8 @@ def _decode(decoder: msgspec.msgpack.Decoder, body: bytes) -> Any:
         raise MessageError(f"Invalid message: {exc}", _salvage_id(body)) from None
     except msgspec.DecodeError as exc:
         raise MessageError(f"Malformed MessagePack: {exc}", 0) from None
+    except RecursionError:
+        raise MessageError("Malformed MessagePack: values nested too deeply", 0) from None
     except UnicodeDecodeError as exc:
         # msgspec lets a string that is not UTF-8 escape as this rather than as a DecodeError.
         raise MessageError(

@@ -219,6 +219,27 @@ def test_a_string_that_is_not_utf8_is_answered_and_the_connection_stays_open(
     assert_still_serving(hostile_server, tmp_path)
 
 
+def test_deeply_nested_values_are_a_bad_request_not_a_dropped_connection(
+    hostile_server: ServerProcess, tmp_path: Path
+) -> None:
+    """A kilobyte of nested arrays, anonymous, used to exhaust the recursion limit while the
+    request's id was salvaged: the connection died with a traceback in the log."""
+    placeholder = msgspec.msgpack.encode("PLACEHOLDER")
+    body = msgspec.msgpack.encode(
+        {"type": "Login", "id": 3, "name": "PLACEHOLDER", "password": "x"}
+    )
+    nested = b"\x91" * 1000 + msgspec.msgpack.encode("x")  # [[[...["x"]...]]], 1000 deep
+    sock = greeted(hostile_server)
+    send_body(sock, body.replace(placeholder, nested))
+    reply = read_response(sock)
+    assert isinstance(reply, Error) and reply.code is ErrorCode.BAD_REQUEST, reply
+    send_message(sock, {"type": "WhoAmI", "id": 4})
+    reply = read_response(sock)
+    assert isinstance(reply, Error) and reply.code is ErrorCode.UNAUTHENTICATED
+    assert "RecursionError" not in hostile_server.log()
+    assert_still_serving(hostile_server, tmp_path)
+
+
 def test_frames_before_login_are_small_and_uploads_need_a_login(
     hostile_server: ServerProcess, tmp_path: Path
 ) -> None:
