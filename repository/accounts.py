@@ -70,14 +70,28 @@ def replace_password(conn: sqlite3.Connection, user_id: int, password_hash: str)
 
 
 def create_session(
-    conn: sqlite3.Connection, user_id: int, token_hash: bytes, lifetime_s: float
-) -> int:
+    conn: sqlite3.Connection, user_id: int, token_hash: bytes, lifetime_s: float, password_hash: str
+) -> int | None:
+    """A new session, only while the user's password is still the one just verified (None
+    otherwise): a login whose password was changed on another connection during its seconds
+    of hashing must not get a token the change can no longer revoke."""
     now = time.time()
     cursor = conn.execute(
-        "INSERT INTO sessions (user_id, token_hash, created_at, expires_at) VALUES (?, ?, ?, ?)",
-        (user_id, token_hash, now, now + lifetime_s),
+        "INSERT INTO sessions (user_id, token_hash, created_at, expires_at) "
+        "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM users WHERE id = ? AND password_hash = ?)",
+        (user_id, token_hash, now, now + lifetime_s, user_id, password_hash),
     )
-    return int(cursor.lastrowid or 0)
+    return int(cursor.lastrowid) if cursor.rowcount == 1 and cursor.lastrowid else None
+
+
+def session_is_live(conn: sqlite3.Connection, session_id: int) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM sessions WHERE id = ? AND revoked_at IS NULL AND expires_at > ?",
+            (session_id, time.time()),
+        ).fetchone()
+        is not None
+    )
 
 
 def session_user(conn: sqlite3.Connection, token_hash: bytes) -> tuple[int, User] | None:

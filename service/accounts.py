@@ -29,20 +29,48 @@ from service.context import RequestContext
 from service.registry import route
 
 BAD_CREDENTIALS = "Wrong user name or password."
+SESSION_ENDED = "That session has ended (logged out, expired or revoked); log in again."
+PASSWORD_CHANGED_MEANWHILE = (
+    "The password was changed on another connection while this one logged in; log in again."
+)
 
 
 def _token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-async def _start_session(ctx: RequestContext, request_id: int, user: User) -> Session:
+async def _start_session(
+    ctx: RequestContext, request_id: int, user: User, password_hash: str
+) -> Session:
+    """A new session for `user`, whose password was just verified as `password_hash`."""
     token = secrets.token_urlsafe(32)
     services = ctx.services
     session_id = await services.db_call(
-        accounts.create_session, user.id, _token_hash(token), services.config.session_lifetime_s
+        accounts.create_session,
+        user.id,
+        _token_hash(token),
+        services.config.session_lifetime_s,
+        password_hash,
     )
-    ctx.connection.start(user, session_id)
+    if session_id is None:
+        raise VitrineError(ErrorCode.UNAUTHENTICATED, PASSWORD_CHANGED_MEANWHILE)
+    await _log_in(ctx, user, session_id, PASSWORD_CHANGED_MEANWHILE)
     return Session(id=request_id, name=user.name, admin=user.is_admin, resume_token=token)
+
+
+async def _log_in(ctx: RequestContext, user: User, session_id: int, ended: str) -> None:
+    """Log this connection in, then make sure its session was not ended meanwhile.
+
+    A logout or a password change revokes sessions in the database, then ends the connections
+    logged in on them. A connection that looked its session up before the revocation but
+    logs in after the sweep would stay logged in on a dead session; so it logs in first and
+    looks again: a revocation before the second look is seen there, one after it is followed
+    by a sweep that finds this connection logged in.
+    """
+    ctx.connection.start(user, session_id)
+    if not await ctx.services.db_call(accounts.session_is_live, session_id):
+        ctx.connection.end()
+        raise VitrineError(ErrorCode.UNAUTHENTICATED, ended)
 
 
 def _taken(name: str) -> VitrineError:
@@ -79,19 +107,16 @@ async def login(ctx: RequestContext, request: Login) -> Session:
             await asyncio.sleep(attempt.failed())
             raise VitrineError(ErrorCode.UNAUTHENTICATED, BAD_CREDENTIALS)
         attempt.succeeded(forgive_account=True)
-    return await _start_session(ctx, request.id, user)
+    return await _start_session(ctx, request.id, user, user.password_hash)
 
 
 @route(Resume, needs_login=False, exclusive=True)
 async def resume(ctx: RequestContext, request: Resume) -> Session:
     found = await ctx.services.db_call(accounts.session_user, _token_hash(request.token))
     if found is None:
-        raise VitrineError(
-            ErrorCode.UNAUTHENTICATED,
-            "That session has ended (logged out, expired or revoked); log in again.",
-        )
+        raise VitrineError(ErrorCode.UNAUTHENTICATED, SESSION_ENDED)
     session_id, user = found
-    ctx.connection.start(user, session_id)
+    await _log_in(ctx, user, session_id, SESSION_ENDED)
     return Session(id=request.id, name=user.name, admin=user.is_admin, resume_token=request.token)
 
 
@@ -136,4 +161,4 @@ async def change_password(ctx: RequestContext, request: ChangePassword) -> Sessi
         "The password was changed on another connection; log in again.",
         keep=ctx.connection,
     )
-    return await _start_session(ctx, request.id, user)
+    return await _start_session(ctx, request.id, user, new_hash)

@@ -26,7 +26,14 @@ from protocol.messages import (
 from repository import accounts
 from repository.database import Database
 from service import auth
-from service.accounts import create_user
+from service.accounts import (
+    PASSWORD_CHANGED_MEANWHILE,
+    SESSION_ENDED,
+    create_user,
+    login,
+    logout,
+    resume,
+)
 from service.app import close_services, open_services
 from service.auth import LoginThrottle, hash_password, verify_password
 from service.context import ConnectionState, RequestContext, ServerConfig
@@ -287,7 +294,7 @@ def test_a_new_password_and_the_end_of_its_sessions_are_one_transaction(tmp_path
     db = Database(tmp_path / "accounts.db")
     conn = db.conn
     user_id = accounts.create_user(conn, "pat", "old-hash").id
-    accounts.create_session(conn, user_id, b"t" * 32, 3600.0)
+    accounts.create_session(conn, user_id, b"t" * 32, 3600.0, "old-hash")
     conn.execute(
         "CREATE TEMP TRIGGER no_revoke BEFORE UPDATE ON sessions "
         "BEGIN SELECT RAISE(ABORT, 'the disk went away'); END"
@@ -301,3 +308,84 @@ def test_a_new_password_and_the_end_of_its_sessions_are_one_transaction(tmp_path
     assert accounts.session_user(conn, b"t" * 32) is None
     assert conn.execute("SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL").fetchone()[0] == 0
     db.close()
+
+
+def _connected(services, peer: str) -> RequestContext:
+    ctx = RequestContext(services, ConnectionState(peer=peer))
+    services.connections.add(ctx.connection)
+    return ctx
+
+
+def test_a_resume_racing_a_logout_is_not_left_logged_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resume looked its token up; the logout revoked it and ended the connections logged in
+    on it before the resuming one had logged in, so that one stayed logged in on a dead
+    session (found by 40 resumes racing a logout over the wire). Here the logout lands exactly
+    in that gap."""
+    services = open_services(ServerConfig(data_dir=tmp_path / "data"))
+    real_lookup = accounts.session_user
+
+    async def scenario() -> None:
+        owner = _connected(services, "10.0.0.1")
+        await create_user(owner, CreateUser(id=0, name="carol", password=PASSWORD))
+        token = (await login(owner, Login(id=0, name="carol", password=PASSWORD))).resume_token
+        loop = asyncio.get_running_loop()
+
+        def logout_lands_after(conn: sqlite3.Connection, token_hash: bytes):
+            found = real_lookup(conn, token_hash)
+            asyncio.run_coroutine_threadsafe(logout(owner, Logout(id=0)), loop)
+            time.sleep(0.3)  # the loop runs the whole logout meanwhile
+            return found
+
+        monkeypatch.setattr(accounts, "session_user", logout_lands_after)
+        resumer = _connected(services, "10.0.0.2")
+        with pytest.raises(VitrineError) as caught:
+            await resume(resumer, Resume(id=0, token=token))
+        assert (caught.value.code, caught.value.message) == (
+            ErrorCode.UNAUTHENTICATED,
+            SESSION_ENDED,
+        )
+        assert resumer.connection.user is None and owner.connection.user is None
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        close_services(services)
+
+
+def test_a_login_racing_a_password_change_gets_no_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old password was verified, then changed on another connection (which revokes every
+    session) before the login's session was made: that session would have outlived the
+    change, opened by a password that no longer works."""
+    services = open_services(ServerConfig(data_dir=tmp_path / "data"))
+    real_verify = auth.verify_or_waste_time
+
+    def changed_meanwhile(password: str, password_hash: str | None) -> bool:
+        ok = real_verify(password, password_hash)
+        user = accounts.user_by_name(services.db.conn, "dave")
+        assert user is not None
+        accounts.replace_password(services.db.conn, user.id, hash_password("another password"))
+        return ok
+
+    async def scenario() -> None:
+        first = _connected(services, "10.0.0.1")
+        await create_user(first, CreateUser(id=0, name="dave", password=PASSWORD))
+        monkeypatch.setattr(auth, "verify_or_waste_time", changed_meanwhile)
+        late = _connected(services, "10.0.0.2")
+        with pytest.raises(VitrineError) as caught:
+            await login(late, Login(id=0, name="dave", password=PASSWORD))
+        assert caught.value.code is ErrorCode.UNAUTHENTICATED
+        assert caught.value.message == PASSWORD_CHANGED_MEANWHILE
+        assert late.connection.user is None
+        live = services.db.conn.execute(
+            "SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL"
+        ).fetchone()[0]
+        assert live == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        close_services(services)
