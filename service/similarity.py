@@ -524,7 +524,7 @@ def _start_embedding(
 ) -> concurrent.futures.Future[np.ndarray]:
     """In the decoding worker: the model input from the same pixels, queued for the batcher."""
     engine = engine_of(services)
-    assert engine is not None and engine.batcher is not None
+    assert engine is not None and engine.batcher is not None and prepared.decoded is not None
     return engine.batcher.submit(prepare_input(prepared.decoded.image))
 
 
