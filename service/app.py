@@ -81,6 +81,9 @@ LOCK_FILE = "server.lock"
 #: uploads/s (about 2 ms of fsync waits per upload); four cost twice the CPU in GIL and
 #: wake-up traffic during bulk ingest (2.8 against 1.45 ms per upload with one, one run each).
 IO_WORKERS = 2
+#: Seconds a stopping server gives uploads whose clients left (`Services.finish_regardless`)
+#: to be stored; a pipeline of 32 decodes takes a few seconds.
+UNFINISHED_WAIT_S = 30.0
 
 
 def lock_data_dir(data_dir: Path) -> int:
@@ -300,6 +303,9 @@ async def serve(
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*connections, return_exceptions=True), 5)
+        if services.unfinished:
+            log.info("finishing %d uploads whose clients left", len(services.unfinished))
+            await asyncio.wait(services.unfinished, timeout=UNFINISHED_WAIT_S)
         try:
             await asyncio.to_thread(similarity.stop, services)  # saves the vector index
         except Exception:

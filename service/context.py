@@ -92,6 +92,26 @@ class Services:
     #: Every open connection's state, so ending a session ends it where it is in use too: a
     #: token resumed by someone else must not outlive a logout or a password change.
     connections: set[ConnectionState] = field(default_factory=set)
+    #: Work that goes on after its client left (`finish_regardless`); shutdown waits for it.
+    unfinished: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def finish_regardless(self, work: Awaitable[T]) -> Awaitable[T]:
+        """`work`, carried to its end even if the request waiting for it is cancelled (its
+        client disconnected). An upload cancelled between its blob writes and its insert left
+        blobs that no row names until the next start; one whose bytes all arrived is now
+        stored, and sending it again reports it present."""
+        task = asyncio.ensure_future(work)
+        self.unfinished.add(task)
+
+        def forget(finished: asyncio.Task[T]) -> None:
+            self.unfinished.discard(finished)
+            if not finished.cancelled():
+                # Nobody may be left to read it: read here, a refused upload is not logged
+                # as "exception was never retrieved".
+                finished.exception()
+
+        task.add_done_callback(forget)
+        return asyncio.shield(task)
 
     def end_sessions(
         self,

@@ -245,7 +245,7 @@ async def upload_image(ctx: RequestContext, request: UploadImage) -> Uploaded:
         quantity=request.quantity,
         private=request.private,
     )
-    image_id, created = await ingest(ctx.services, upload)
+    image_id, created = await ctx.services.finish_regardless(ingest(ctx.services, upload))
     return Uploaded(id=request.id, image_id=image_id, created=created)
 
 

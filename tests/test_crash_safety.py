@@ -17,8 +17,10 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from protocol.catalog import UploadImage
+from protocol.messages import PROTOCOL_VERSION
 from tests.servers import PYTHON, ROOT, ServerProcess
 from tests.test_images_server import jpeg, upload, upload_many
+from tests.wire import read_response, send_message, tls_socket
 
 FILES = 150
 KILL_AFTER = 30
@@ -310,3 +312,42 @@ def test_a_start_up_failure_that_is_not_the_address_is_not_called_one(tmp_path: 
     line = one_line_error(done)
     assert line.startswith("vitrine: cannot start: ") and "server.lock" in line, line
     assert "cannot listen" not in done.stderr
+
+
+def test_uploads_whose_client_left_are_stored_not_left_as_blobs(tmp_path: Path) -> None:
+    """A client that pipelines uploads and disconnects used to have them cancelled between
+    their blob writes and their insert: blobs no row named, kept until the next start. Each
+    whose bytes all arrived is now stored; a stopping server waits for them."""
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        sock = tls_socket(server)
+        send_message(sock, {"type": "Hello", "id": 1, "protocol": PROTOCOL_VERSION})
+        send_message(
+            sock, {"type": "CreateUser", "id": 2, "name": "leaver", "password": "pw-leaver-1"}
+        )
+        send_message(sock, {"type": "Login", "id": 3, "name": "leaver", "password": "pw-leaver-1"})
+        assert [type(read_response(sock)).__name__ for _ in range(3)] == [
+            "Welcome",
+            "UserInfo",
+            "Session",
+        ]
+        for k in range(20):
+            send_message(
+                sock,
+                {
+                    "type": "UploadImage",
+                    "id": 10 + k,
+                    "filename": f"{k}.jpg",
+                    "data": jpeg(700 + k, (640, 480)),
+                },
+            )
+        sock.close()  # without reading a single answer
+    finally:
+        server.stop()
+    # Frames still unread when the socket closed are lost with it (the close resets the
+    # connection): every upload the server began is stored, and only those.
+    began = server.log().count("request=UploadImage")
+    check = run_check(server.data_dir)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert began > 0 and f"live images: {began}\n" in check.stdout, (began, check.stdout)
+    assert "unreferenced: 0" in check.stdout, check.stdout
