@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import secrets
 import sqlite3
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -305,7 +306,12 @@ def fts_query(text: str) -> str:
     quotes are one phrase: they must stand together, in that order (`"straw hat"` does not
     find "hat with straw"); an unpaired quote is ignored. A word or a closing quote followed by
     `*` is a prefix search (`shir*` finds `shirt`). Raises BAD_REQUEST if no word is left.
+
+    The text is composed (NFC) first: typed or pasted from a macOS file name, "été" may come
+    as e + U+0301, and a combining mark is not a word character, so the word fell apart into
+    letters that match nothing, while the index's tokenizer drops the accent and keeps it whole.
     """
+    text = unicodedata.normalize("NFC", text)
     terms = []
     pieces = text.split('"')
     paired = len(pieces) - (len(pieces) % 2 == 0)  # an odd count of quotes leaves the last open
