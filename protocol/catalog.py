@@ -192,6 +192,9 @@ class Batch(Response):
     cursor: str | None = None
     #: False on all but the last frame of a streamed batch.
     final: bool = True
+    #: On the last batch of a ranked search (text, by image, by colour) that kept only its
+    #: best `kept` results while more matched: the listing ends there, but not the matches.
+    kept: int = 0
 
 
 class ListTags(Request):

@@ -637,8 +637,10 @@ def browse_ids(
     return [row[0] for row in conn.execute(sql, params)]
 
 
-def search_ids(conn: sqlite3.Connection, viewer: int, fts_query: str) -> list[int]:
-    """Visible images matching an FTS5 query, best first (bm25), at most MAX_SEARCH_RESULTS.
+def search_ids(
+    conn: sqlite3.Connection, viewer: int, fts_query: str, limit: int = MAX_SEARCH_RESULTS
+) -> list[int]:
+    """Visible images matching an FTS5 query, best first (bm25), at most `limit`.
 
     Ranked in the FTS index alone, then the visibility rule is applied to the best candidates,
     going deeper only if too many of them were hidden (hidden images are few: other people's
@@ -650,13 +652,13 @@ def search_ids(conn: sqlite3.Connection, viewer: int, fts_query: str) -> list[in
         f"SELECT rowid FROM images_fts WHERE images_fts MATCH :query "
         f"ORDER BY bm25(images_fts, {weights}), rowid DESC LIMIT :limit"
     )
-    depth = MAX_SEARCH_RESULTS + MAX_SEARCH_RESULTS // 4
+    depth = limit + limit // 4
     while True:
         ranked = [row[0] for row in conn.execute(sql, {"query": fts_query, "limit": depth})]
         visible = passing_ids(conn, viewer, ranked)
         kept = [i for i in ranked if i in visible]
-        if len(kept) >= MAX_SEARCH_RESULTS or len(ranked) < depth:
-            return kept[:MAX_SEARCH_RESULTS]
+        if len(kept) >= limit or len(ranked) < depth:
+            return kept[:limit]
         depth *= 4
 
 

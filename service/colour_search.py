@@ -150,7 +150,7 @@ def _ranked(
         in_stock=flt.in_stock,
     )
     table.ensure_built(conn)
-    hits = table.rank(conn, viewer, query, filters)
+    hits = table.rank(conn, viewer, query, filters, limit=colours_repo.MAX_RESULTS + 1)
     scores = {h.image_id: round(h.score, 6) for h in hits}
     matches = {
         h.image_id: Colour(
@@ -191,4 +191,5 @@ async def colour_search(ctx: RequestContext, request: ColourSearch) -> Frames:
         request.options,
         lambda conn: _ranked(conn, viewer, store_query, tags, request, table),
         Recheck.of(tags, flt),
+        keep=colours_repo.MAX_RESULTS,
     )

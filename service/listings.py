@@ -107,6 +107,8 @@ class SnapshotCursor:
     scores: dict[int, float] = field(default_factory=dict)
     matches: dict[int, Colour] = field(default_factory=dict)
     recheck: Recheck | None = None
+    #: The search kept only these best `ids` of more matches (`Batch.kept`).
+    cut: bool = False
 
 
 ListingCursor = KeysetCursor | SnapshotCursor
@@ -134,12 +136,14 @@ def _keep(ctx: RequestContext, token: str, cursor: ListingCursor) -> None:
         store.popitem(last=False)
 
 
-def _encode_batch(request_id: int, items: list[ImageSummary], cursor: str | None) -> Frames:
+def _encode_batch(
+    request_id: int, items: list[ImageSummary], cursor: str | None, kept: int = 0
+) -> Frames:
     """A batch as `Batch` frames of at most STREAM_CHUNK items, only the last one final and
-    carrying the cursor; encoded by the worker that built the items, so the event loop only
-    writes bytes."""
+    carrying the cursor (and `kept`); encoded by the worker that built the items, so the event
+    loop only writes bytes."""
     if not items:
-        messages = [Batch(id=request_id, items=[], cursor=cursor, final=True)]
+        messages = [Batch(id=request_id, items=[], cursor=cursor, final=True, kept=kept)]
     else:
         messages = []
         for start in range(0, len(items), STREAM_CHUNK):
@@ -150,6 +154,7 @@ def _encode_batch(request_id: int, items: list[ImageSummary], cursor: str | None
                     items=items[start : start + STREAM_CHUNK],
                     cursor=cursor if last else None,
                     final=last,
+                    kept=kept if last else 0,
                 )
             )
     return Frames(b"".join(framing.frame(codec.encode(m)) for m in messages))
@@ -257,7 +262,8 @@ def _snapshot_frames(
         item.score = cursor.scores.get(item.id)
         item.match = cursor.matches.get(item.id)
     more = cursor.position < len(cursor.ids)
-    return _encode_batch(request_id, items, token if more else None), more
+    kept = len(cursor.ids) if cursor.cut and not more else 0
+    return _encode_batch(request_id, items, token if more else None, kept), more
 
 
 async def open_ranked(
@@ -266,6 +272,8 @@ async def open_ranked(
     options: ListingOptions,
     rank: Callable[[sqlite3.Connection], Ranked],
     recheck: Recheck | None = None,
+    *,
+    keep: int,
 ) -> Frames:
     """Run a ranked search and make its first batch in one trip to the executor (the event
     loop, which every connection shares, only writes the result), keeping the cursor for
@@ -273,7 +281,9 @@ async def open_ranked(
 
     For every ranked search (text, by image, by colour): `rank(conn)` may return candidates
     the viewer cannot see; visibility is re-checked here, batch by batch, and so are the
-    search's filters (`recheck`) from the second batch on.
+    search's filters (`recheck`) from the second batch on. A search keeps its best `keep`
+    results: `rank` returns one more when more matched, so that the last batch can say the
+    listing was cut (it said "500 images in all" of a search that matched 556).
     """
     limit = _limit(ctx, options)
     viewer = ctx.user.id
@@ -282,7 +292,7 @@ async def open_ranked(
 
     def run(conn: sqlite3.Connection) -> tuple[SnapshotCursor, Frames, bool]:
         ids, scores, matches = rank(conn)
-        cursor = SnapshotCursor(ids, 0, scores, matches, recheck)
+        cursor = SnapshotCursor(ids[:keep], 0, scores, matches, recheck, cut=len(ids) > keep)
         frames, more = _snapshot_frames(
             conn, blobs, viewer, request_id, cursor, limit, options.thumbnails, token
         )
@@ -341,7 +351,12 @@ async def text_search(ctx: RequestContext, request: TextSearch) -> Frames:
         ctx,
         request.id,
         request.options,
-        lambda conn: (repo.search_ids(conn, viewer, query), {}, {}),
+        lambda conn: (
+            repo.search_ids(conn, viewer, query, limit=repo.MAX_SEARCH_RESULTS + 1),
+            {},
+            {},
+        ),
+        keep=repo.MAX_SEARCH_RESULTS,
     )
 
 

@@ -446,8 +446,9 @@ class SimilarityEngine:
         query: np.ndarray,
         filters: SearchFilters,
         exclude: int | None,
+        limit: int = MAX_RESULTS,
     ) -> list[tuple[int, float]]:
-        """The best MAX_RESULTS (id, cosine) the viewer may see that pass the filters."""
+        """The best `limit` (id, cosine) the viewer may see that pass the filters."""
         index = self.index
         assert index is not None
         n = len(index)
@@ -464,10 +465,10 @@ class SimilarityEngine:
             # Every vector was a candidate; the query's own image (left out) counts only if it
             # is in the index: one searched by id before its backfill is not.
             exhaustive = len(found) < k or k >= n - (exclude is not None and exclude in index)
-            if len(kept) >= MAX_RESULTS or exhaustive:
-                return kept[:MAX_RESULTS]
+            if len(kept) >= limit or exhaustive:
+                return kept[:limit]
         allowed = allowed_ids(conn, viewer, filters)
-        return index.search(query, MAX_RESULTS, allowed=allowed, exclude=exclude)
+        return index.search(query, limit, allowed=allowed, exclude=exclude)
 
 
 def _since(t0: float) -> float:
@@ -668,7 +669,9 @@ async def _open_search(
         filters = resolve_filters(
             conn, tags, flt.min_price_cents, flt.max_price_cents, flt.in_stock
         )
-        ranked = engine.rank(conn, viewer, query, filters, exclude)
+        ranked = engine.rank(conn, viewer, query, filters, exclude, MAX_RESULTS + 1)
         return [i for i, _ in ranked], {i: round(float(s), 6) for i, s in ranked}, {}
 
-    return await open_ranked(ctx, request.id, request.options, rank, Recheck.of(tags, flt))
+    return await open_ranked(
+        ctx, request.id, request.options, rank, Recheck.of(tags, flt), keep=MAX_RESULTS
+    )

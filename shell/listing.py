@@ -97,6 +97,8 @@ class LatestListing:
     render: RenderOptions
     more_batch: int
     shown: int = 0
+    #: The server kept only this many best results of more matches (Batch.kept), else 0.
+    kept: int = 0
 
 
 @dataclass
@@ -237,17 +239,19 @@ def _wire_options(shell: cmd2.Cmd, render: RenderOptions, limit: int) -> Listing
     return ListingOptions(limit=limit, thumbnails=pictures or render.sheet is not None)
 
 
-def _fetch(shell: cmd2.Cmd, request: Request) -> tuple[list[ImageSummary], str | None]:
-    """All frames of one (possibly streamed) batch, and the cursor its last frame carries."""
+def _fetch(shell: cmd2.Cmd, request: Request) -> tuple[list[ImageSummary], str | None, int]:
+    """All frames of one (possibly streamed) batch, and the cursor and `kept` its last frame
+    carries."""
     items: list[ImageSummary] = []
     cursor: str | None = None
+    kept = 0
     for frame in shell.session.stream(request):  # type: ignore[attr-defined]
         if not isinstance(frame, Batch):
             raise VitrineError(ErrorCode.INTERNAL, f"Expected a Batch, got {type(frame).__name__}.")
         items.extend(frame.items)
         if frame.cursor is not None or frame.final:
-            cursor = frame.cursor
-    return items, cursor
+            cursor, kept = frame.cursor, frame.kept
+    return items, cursor, kept
 
 
 def start_listing(
@@ -260,8 +264,8 @@ def start_listing(
     """Run a new listing: `make_request` builds the request around the wire options it is given."""
     render = render_options(args)
     first = args.batch or FIRST_BATCH
-    items, cursor = _fetch(shell, make_request(_wire_options(shell, render, first)))
-    latest = LatestListing(what, cursor, render, more_batch=args.batch or MORE_BATCH)
+    items, cursor, kept = _fetch(shell, make_request(_wire_options(shell, render, first)))
+    latest = LatestListing(what, cursor, render, more_batch=args.batch or MORE_BATCH, kept=kept)
     memory(shell).latest = latest
     _show(shell, items, latest, render)
 
@@ -274,15 +278,25 @@ def continue_listing(shell: cmd2.Cmd, args: argparse.Namespace) -> None:
     render = render_options(args, latest.render)
     if latest.cursor is None:
         shown = plural(latest.shown, "image")
-        _note(shell, render, f"Already at the end of {latest.what}: {shown} shown.")
+        _note(shell, render, f"Already at the end of {latest.what}: {shown} shown.{_cut(latest)}")
         return
     limit = args.batch or latest.more_batch
     request = More(id=0, cursor=latest.cursor, options=_wire_options(shell, render, limit))
-    items, cursor = _fetch(shell, request)
-    latest.cursor = cursor
+    items, cursor, kept = _fetch(shell, request)
+    latest.cursor, latest.kept = cursor, kept
     if args.batch:
         latest.more_batch = args.batch
     _show(shell, items, latest, render)
+
+
+def _cut(latest: LatestListing) -> str:
+    """What to say when the server's ranking stopped before the matches did."""
+    if not latest.kept:
+        return ""
+    return (
+        f" More images match: a search keeps its best {latest.kept}; narrow it (--tags, a "
+        "price range, more words) to reach the others."
+    )
 
 
 def _note(shell: cmd2.Cmd, render: RenderOptions, message: str) -> None:
@@ -317,6 +331,10 @@ def _show(
         )
     if not items and latest.shown == 0:
         _note(shell, render, f"Nothing found for {latest.what}.")
+    elif latest.cursor is None and latest.kept:
+        _note(
+            shell, render, f"End of {latest.what}: {plural(latest.shown, 'image')}.{_cut(latest)}"
+        )
     elif latest.cursor is None:
         _note(shell, render, f"End of {latest.what}: {plural(latest.shown, 'image')} in all.")
     else:
