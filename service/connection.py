@@ -71,6 +71,10 @@ class Connection:
         stall = self.config.write_timeout_s
         budget = stall + len(view) / MIN_READ_BYTES_PER_S
         async with self._write_lock:
+            if self.writer.is_closing() or self.reader.at_eof():
+                # The peer left: asyncio's TLS transport would drop the bytes and log "SSL
+                # connection is closed" (naming no peer) for every answer still coming.
+                raise ConnectionResetError("the peer closed the connection")
             try:
                 # asyncio.timeout, not wait_for: no extra task per chunk on the shared loop.
                 async with asyncio.timeout(budget):
