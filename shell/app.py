@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import cmd2
 import msgspec
@@ -277,6 +277,72 @@ def parser(description: str) -> cmd2.Cmd2ArgumentParser:
     made = cmd2.Cmd2ArgumentParser(description=description)
     made._negative_number_matcher = _NEGATIVE_NUMBER  # argparse's own: see _NEGATIVE_NUMBER
     return made
+
+
+class TextArgumentParser(cmd2.Cmd2ArgumentParser):
+    """A parser for a command whose positional words (search text, tags, a colour, a path) may
+    start with '-' like options do.
+
+    argparse reads `search straw -hat` as -h with the value "at" and says "ignored explicit
+    argument 'at'", and `browse_by_tags -tag` as an unrecognized argument: neither tells a
+    person anything. This says what happened and what to type: the words after `--`.
+    `verb` and `noun` word that advice for the command ("search for" that "word").
+    """
+
+    def __init__(self, description: str, *, verb: str = "search for", noun: str = "word") -> None:
+        super().__init__(description=description)
+        self._negative_number_matcher = _NEGATIVE_NUMBER  # as parser() does: `-10` is a value
+        self._verb = verb
+        self._noun = noun
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._words = list(args) if args is not None else []
+        return super().parse_known_args(args, namespace)
+
+    def _option_for(self, word: str) -> argparse.Action | None:
+        """The action a word names as argparse reads it (`--batch=5`, `--tol` for --tolerance),
+        else None: so a value such as `--batch=0` that fails is not called an unknown option."""
+        name = word.partition("=")[0] if word.startswith("--") else word
+        options = {option: action for action in self._actions for option in action.option_strings}
+        if name in options:
+            return options[name]
+        if self.allow_abbrev and name.startswith("--") and len(name) > 2:
+            matches = {action for option, action in options.items() if option.startswith(name)}
+            if len(matches) == 1:
+                return matches.pop()
+        return None
+
+    def _is_unknown_option(self, word: str) -> bool:
+        return (
+            word.startswith("-")
+            and word not in ("-", "--")
+            and not self._negative_number_matcher.match(word)
+            and self._option_for(word) is None
+        )
+
+    def error(self, message: str) -> NoReturn:
+        words = getattr(self, "_words", [])
+        dashed = [word for word in words if self._is_unknown_option(word)]
+        if dashed and "--" not in words:
+            flags: list[str] = []
+            text: list[str] = []
+            rest = iter(words)
+            for word in rest:
+                action = None if word in dashed else self._option_for(word)
+                if action is None:
+                    text.append(word)
+                    continue
+                flags.append(word)
+                if action.nargs != 0 and "=" not in word:
+                    flags.append(next(rest, ""))
+            example = " ".join([self.prog, *flags, "--", *text])
+            that = f"that {self._noun}" if len(dashed) == 1 else f"those {self._noun}s"
+            the = f"the {self._noun}" if len(text) == 1 else f"the {self._noun}s"
+            message = (
+                f"{self.prog} has no option {', '.join(dashed)}; to {self._verb} {that}, "
+                f"put {the} after --, as in: {example}"
+            )
+        super().error(message)
 
 
 def id_argument(kind: str) -> Callable[[str], int]:

@@ -7,7 +7,6 @@ only say what to ask for, so every listing behaves alike.
 from __future__ import annotations
 
 import argparse
-from typing import Any, NoReturn
 
 import cmd2
 from rich.table import Table
@@ -15,57 +14,55 @@ from rich.text import Text
 
 from protocol.catalog import Browse, ListingOptions, ListTags, TagList, TextSearch
 from shell import listing
-from shell.app import BROWSE, CommandFailed, VitrineShell, parser, write_json_lines
+from shell.app import (
+    BROWSE,
+    CommandFailed,
+    TextArgumentParser,
+    VitrineShell,
+    parser,
+    write_json_lines,
+)
+from shell.image_commands import MAX_TAG_CHARS, MAX_TAGS
 from shell.text import plural, printable
 
 MAX_SEARCH_CHARS = 500  # protocol.catalog.SearchText
 
 
-class TextArgumentParser(cmd2.Cmd2ArgumentParser):
-    """A parser for free text, whose words may start with '-' like options do.
+def browse_tags(words: list[str]) -> list[str]:
+    """The tags a browse_by_tags asks for, checked against the wire's limits (protocol.catalog
+    Tag and Tags, via shell.image_commands) before sending: the server would otherwise answer
+    with the decoder's "Expected `str` of length <= 64 - at `$.tags[0]`". Blanks are dropped and
+    repeats kept once, so only tags that count toward the limit are counted.
 
-    argparse reads `search straw -hat` as -h with the value "at" and says "ignored explicit
-    argument 'at'", which tells a person nothing; this says what happened and what to type.
+    Tags here are words, while `--tags` elsewhere takes them comma-separated: a comma in a tag
+    (never valid in one) is that mix-up, and the refusal says what to type instead.
     """
-
-    def __init__(self, description: str) -> None:
-        super().__init__(description=description)
-
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-        self._words = list(args) if args is not None else []
-        return super().parse_known_args(args, namespace)
-
-    def error(self, message: str) -> NoReturn:
-        words = getattr(self, "_words", [])
-        options = {option: action for action in self._actions for option in action.option_strings}
-        dashed = [word for word in words if word.startswith("-") and word not in options]
-        if dashed and "--" not in words:
-            flags: list[str] = []
-            text: list[str] = []
-            rest = iter(words)
-            for word in rest:
-                action = options.get(word)
-                if action is None:
-                    text.append(word)
-                    continue
-                flags.append(word)
-                if action.nargs != 0:
-                    flags.append(next(rest, ""))
-            example = " ".join([self.prog, *flags, "--", *text])
-            message = (
-                f"{self.prog} has no option {', '.join(dashed)}; to search for "
-                f"{'that word' if len(dashed) == 1 else 'those words'}, put the words after --, "
-                f"as in: {example}"
-            )
-        super().error(message)
+    tags = list(dict.fromkeys(tag for word in words if (tag := word.strip())))
+    if with_comma := [tag for tag in tags if "," in tag]:
+        split = [printable(part.strip()) for tag in tags for part in tag.split(",")]
+        example = " ".join(["browse_by_tags", *(part for part in split if part)])
+        raise CommandFailed(
+            f"Invalid tag {printable(with_comma[0])!r}: a tag has no commas. browse_by_tags "
+            f"takes tags separated by spaces: {example}"
+        )
+    if too_long := [tag for tag in tags if len(tag) > MAX_TAG_CHARS]:
+        shown = printable(too_long[0][:24]) + "…"
+        raise CommandFailed(
+            f"A tag has at most {MAX_TAG_CHARS} characters; {shown} has {len(too_long[0])}."
+        )
+    if len(tags) > MAX_TAGS:
+        raise CommandFailed(f"browse_by_tags takes at most {MAX_TAGS} tags, not {len(tags)}.")
+    return tags
 
 
 class BrowseCommands(cmd2.CommandSet[VitrineShell]):
     DEFAULT_CATEGORY = BROWSE
 
-    browse_parser = parser(
+    browse_parser = TextArgumentParser(
         "List images that carry the given tags (all of them, or any with --any), newest first. "
-        "With no tags, list everything you can see. `more` continues the listing."
+        "With no tags, list everything you can see. `more` continues the listing.",
+        verb="browse",
+        noun="tag",
     )
     browse_parser.add_argument(
         "tags", nargs="*", metavar="TAG", choices_provider=listing.complete_tags, help="a tag"
@@ -77,7 +74,7 @@ class BrowseCommands(cmd2.CommandSet[VitrineShell]):
 
     @cmd2.with_argparser(browse_parser)
     def do_browse_by_tags(self, args: argparse.Namespace) -> None:
-        tags = [tag.strip() for tag in args.tags if tag.strip()]
+        tags = browse_tags(args.tags)
         if not tags:
             what = "all images"
         else:

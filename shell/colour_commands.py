@@ -17,7 +17,7 @@ import cmd2
 
 from protocol.catalog import ColourSearch, ListingOptions
 from shell import listing
-from shell.app import BROWSE, CommandFailed, VitrineShell, parser
+from shell.app import BROWSE, CommandFailed, TextArgumentParser, VitrineShell
 from shell.search_filters import add_filter_arguments, describe, filters_from
 from shell.text import printable
 from util.colour_spec import (
@@ -56,11 +56,12 @@ def _fraction(text: str) -> float:
 class ColourCommands(cmd2.CommandSet[VitrineShell]):
     DEFAULT_CATEGORY = BROWSE
 
-    colour_parser = parser(
+    colour_parser = TextArgumentParser(
         "Find the images whose dominant colours match COLOR, the clearest first (closeness to "
         "the hue weighted by how much of the picture the colour covers). COLOR is a hue in "
         "degrees (0-360), a name (red, orange, yellow, green, cyan, blue, purple, magenta, "
-        "pink, brown) or a hex colour #rrggbb. `more` continues the listing."
+        "pink, brown) or a hex colour #rrggbb. `more` continues the listing.",
+        noun="colour",
     )
     colour_parser.add_argument("color", metavar="COLOR", help="a hue, a colour name or #rrggbb")
     colour_parser.add_argument(

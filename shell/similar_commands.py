@@ -15,7 +15,7 @@ import cmd2
 
 from protocol.catalog import ImageSearch, ListingOptions
 from shell import listing
-from shell.app import BROWSE, CommandFailed, VitrineShell, image_id, parser
+from shell.app import BROWSE, CommandFailed, TextArgumentParser, VitrineShell, image_id
 from shell.search_filters import add_filter_arguments, describe, filters_from
 from shell.text import printable
 from util import images as imaging
@@ -24,11 +24,13 @@ from util import images as imaging
 class SimilarCommands(cmd2.CommandSet[VitrineShell]):
     DEFAULT_CATEGORY = BROWSE
 
-    search_parser = parser(
+    search_parser = TextArgumentParser(
         "Find the images that look most like a photo (PATH) or like an image already stored "
         "(--id ID, which is itself left out), best first, with a similarity score (cosine, "
         "1 = identical). Filters apply before the results are cut into batches; `more` "
-        "continues the listing."
+        "continues the listing.",
+        verb="search with",
+        noun="photo",
     )
     search_parser.add_argument(
         "path",

@@ -35,9 +35,45 @@ def test_formatted_price_is_the_exact_decimal(cents: int) -> None:
     assert len(format_cents(cents).split(".")[1]) == 2
 
 
+@given(st.integers(min_value=0, max_value=MAX_CENTS), st.integers(min_value=1, max_value=40))
+def test_zeros_past_the_cents_change_nothing(cents: int, zeros: int) -> None:
+    assert parse_price(format_cents(cents) + "0" * zeros) == cents
+
+
+@given(st.integers(min_value=0, max_value=MAX_CENTS // 100), st.integers(min_value=1, max_value=9))
+def test_a_third_decimal_that_is_not_zero_is_refused(whole: int, third: int) -> None:
+    with pytest.raises(ValueError, match="more than two decimals"):
+        parse_price(f"{whole}.00{third}0")
+
+
+@given(st.sampled_from(["0", "00", "0.", ".0", "0.0", "0.00", "0.000"]))
+def test_minus_zero_is_zero(zero: str) -> None:
+    assert parse_price("-" + zero) == 0
+
+
+@given(st.integers(min_value=1, max_value=MAX_CENTS))
+def test_a_negative_price_is_refused(cents: int) -> None:
+    with pytest.raises(ValueError, match="negative"):
+        parse_price("-" + format_cents(cents))
+
+
 @pytest.mark.parametrize(
     ("text", "cents"),
-    [("12.50", 1250), ("12.5", 1250), ("12", 1200), ("12.", 1200), (".05", 5), (" 0 ", 0)],
+    [
+        ("12.50", 1250),
+        ("12.5", 1250),
+        ("12", 1200),
+        ("12.", 1200),
+        (".05", 5),
+        (" 0 ", 0),
+        ("1.230", 123),  # zeros past the cents are the same number, not more precision
+        ("12.500", 1250),
+        ("0.0500", 5),
+        ("-0", 0),  # zero with a sign is zero, not a negative price
+        ("-0.00", 0),
+        ("-.0", 0),
+        ("-0.", 0),
+    ],
 )
 def test_usual_spellings(text: str, cents: int) -> None:
     assert parse_price(text) == cents
@@ -63,6 +99,13 @@ def test_no_float_rounding() -> None:
         ("١٢", "not a price"),  # Arabic-Indic digits: Decimal would take them
         ("12.505", "more than two decimals"),
         ("0.001", "more than two decimals"),
+        ("1.235", "more than two decimals"),
+        ("1.2350", "more than two decimals"),
+        ("0.0010", "more than two decimals"),
+        ("-0.001", "negative"),
+        ("-0.01", "negative"),
+        ("-0.0.0", "negative"),
+        ("-", "negative"),
         ("12,50", "decimal point"),
         ("100000000.01", "largest price"),
         ("9" * 5000, "largest price"),
@@ -111,5 +154,7 @@ def test_argparse_wrappers_report_usage_errors() -> None:
     assert parser.parse_args(["--price", "3.10", "--quantity", "2"]).price == 310
     with pytest.raises(argparse.ArgumentError, match="negative"):
         parser.parse_args(["--price=-3"])
+    assert parser.parse_args(["--price=-0"]).price == 0
+    assert parser.parse_args(["--price", "12.500"]).price == 1250
     with pytest.raises(argparse.ArgumentError, match="whole number"):
         parser.parse_args(["--quantity", "1.5"])

@@ -268,3 +268,40 @@ def test_a_re_upload_with_new_flags_says_the_stored_values_stay(
     assert "1 file already present: it keeps the title, description, tags, price" in again.stderr
     plain = client(server, alice, "login alice", f"add_image {alice / 'photo-6.jpg'}")
     assert "already present:" not in plain.stdout + plain.stderr, plain
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        ("browse_by_tags -hat", "browse_by_tags has no option -hat; to browse that tag"),
+        ("search_by_color -h5", "search_by_color has no option -h5; to search for that colour"),
+        ("browse_by_tags hat,straw", "takes tags separated by spaces: browse_by_tags hat straw"),
+        ("browse_by_tags " + "a" * 65, "A tag has at most 64 characters"),
+        ("browse_by_tags " + " ".join(f"t{n}" for n in range(65)), "at most 64 tags, not 65"),
+    ],
+)
+def test_finding_mistakes_get_a_sentence_not_a_protocol_error(
+    server: ServerProcess, tmp_path: Path, command: str, said: str
+) -> None:
+    """What QA typed: argparse's "ignored explicit argument", the server's bare "Invalid tag"
+    and the decoder's "Invalid message: Expected `str` of length <= 64" told them nothing."""
+    done = client(server, tmp_path, "login bob", command)
+    assert done.returncode == 1, done
+    assert said in " ".join(done.stderr.split()), done
+    assert "ignored explicit" not in done.stderr and "Invalid message" not in done.stderr, done
+
+
+def test_prices_with_zeros_past_the_cents_and_minus_zero(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    home = tmp_path / "alice"
+    image = upload(server, home, 11, "--price 3")
+    updated = client(server, home, "login alice", f"update_image {image} --price 12.500 --json")
+    assert updated.returncode == 0, updated
+    assert json.loads(updated.stdout)["price"] == "12.50", updated
+    found = client(
+        server, home, "login alice",
+        f"search_by_image --id {image} --min-price 0.000 --max-price -0 --json",
+    )  # fmt: skip
+    assert found.returncode == 0, found
+    assert "negative" not in found.stderr and "decimals" not in found.stderr, found

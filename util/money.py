@@ -34,9 +34,15 @@ def _shown(text: str) -> str:
 
 
 def parse_price(text: str) -> int:
-    """ "12.50" -> 1250. Refuses negative, non-numeric, more than two decimals, absurdly large."""
+    """ "12.50" -> 1250. Refuses negative, non-numeric, more than two decimals, absurdly large.
+
+    A price is a number, not a string of digits: "1.230" is 1.23 (zeros past the cents add no
+    precision) and "-0" is 0 (nothing below zero), as a person or a spreadsheet may write them.
+    """
     raw = text.strip()
     if raw.startswith("-"):
+        if _PRICE.fullmatch(raw[1:]) and not raw[1:].strip(".0"):
+            return 0  # -0, -0.00, -.0: zero with a sign, not a negative price
         raise ValueError(f"A price cannot be negative ({_shown(raw)}); give 0 or more, like 12.50.")
     if raw.startswith("+"):
         raw = raw[1:]
@@ -45,7 +51,7 @@ def parse_price(text: str) -> int:
     if not _PRICE.fullmatch(raw):
         raise ValueError(f"{_shown(text)!r} is not a price; write it like 12.50 or 12.")
     decimals = _DECIMALS.fullmatch(raw)
-    if decimals and len(decimals.group(1)) > 2:
+    if decimals and len(decimals.group(1).rstrip("0")) > 2:
         raise ValueError(f"{_shown(raw)} has more than two decimals; prices are whole cents.")
     whole = raw.partition(".")[0].lstrip("0")
     # Length first, so a thousand-digit paste is refused before any arithmetic on it.

@@ -1,0 +1,193 @@
+"""What the finding commands make of their arguments, before anything is sent.
+
+browse_by_tags, search_by_color and search_by_image take words that may start with '-' and
+tags or prices that the wire would refuse: each mistake gets a sentence that says what to type,
+and costs no round trip. A stand-in session records what would be sent.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from protocol.base import Request
+from protocol.catalog import Batch, Browse, ColourSearch, Tag, Tags
+from shell.app import CommandFailed, VitrineShell
+from shell.browse_commands import BrowseCommands, browse_tags
+from shell.colour_commands import ColourCommands
+from shell.similar_commands import SimilarCommands
+
+
+class RecordingSession:
+    """Just enough of ClientSession for a logged-in shell: every listing request is recorded and
+    answered with an empty batch."""
+
+    user = "alice"
+    admin = False
+    server = "test:1"
+
+    def __init__(self) -> None:
+        self.sent: list[Request] = []
+
+    def ensure_connected(self) -> None:
+        pass
+
+    def stream(self, request: Request) -> Iterator[Batch]:
+        self.sent.append(request)
+        yield Batch(id=request.id, items=[])
+
+
+class Shell:
+    """A shell with the finding commands: run a line, see what it said and would have sent."""
+
+    def __init__(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.session = RecordingSession()
+        self.capsys = capsys
+        self.shell = VitrineShell(
+            self.session,  # type: ignore[arg-type]
+            data_dir=tmp_path / "data",
+            config_dir=tmp_path / "config",
+            command_sets=[BrowseCommands(), ColourCommands(), SimilarCommands()],
+            stdin=io.StringIO(),
+            stdout=io.StringIO(),
+        )
+
+    def __call__(self, line: str) -> str:
+        """Runs `line`; returns what it said on stderr, in one line (argparse wraps it)."""
+        self.shell.exit_code = 0
+        self.shell.onecmd_plus_hooks(line)
+        return " ".join(self.capsys.readouterr().err.split())
+
+
+@pytest.fixture
+def run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Shell:
+    return Shell(tmp_path, capsys)
+
+
+# --- words that start with '-' ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        (
+            "browse_by_tags -hat",
+            "browse_by_tags has no option -hat; to browse that tag, put the tag after --, "
+            "as in: browse_by_tags -- -hat",
+        ),
+        (
+            "browse_by_tags straw -hat --batch 5",
+            "browse_by_tags has no option -hat; to browse that tag, put the tags after --, "
+            "as in: browse_by_tags --batch 5 -- straw -hat",
+        ),
+        (
+            "search_by_color -h5",
+            "search_by_color has no option -h5; to search for that colour, put the colour after "
+            "--, as in: search_by_color -- -h5",
+        ),
+        (
+            "search_by_image -hat.jpg --in-stock",
+            "search_by_image has no option -hat.jpg; to search with that photo, put the photo "
+            "after --, as in: search_by_image --in-stock -- -hat.jpg",
+        ),
+        (
+            "search straw -hat",
+            "search has no option -hat; to search for that word, put the words after --, "
+            "as in: search -- straw -hat",
+        ),
+    ],
+)
+def test_a_word_starting_with_a_dash_is_explained(run: Shell, line: str, said: str) -> None:
+    err = run(line)
+    assert said in err, err
+    assert "ignored explicit argument" not in err and "unrecognized" not in err, err
+    assert run.shell.exit_code == 1 and run.session.sent == []
+
+
+def test_a_bad_value_of_a_real_option_is_not_called_an_unknown_option(run: Shell) -> None:
+    err = run("browse_by_tags straw --batch=0")
+    assert "no option" not in err and "a batch holds 1 to 500 images" in err, err
+    err = run("search_by_color red --tol x")  # an abbreviation argparse accepts
+    assert "no option" not in err and "tolerance must be a number" in err, err
+
+
+def test_after_a_double_dash_the_word_is_sent(run: Shell) -> None:
+    run("browse_by_tags -- -hat")
+    assert [request.tags for request in run.session.sent] == [["-hat"]]  # type: ignore[attr-defined]
+
+
+def test_help_is_still_help(run: Shell) -> None:
+    err = run("browse_by_tags -h")
+    assert "no option" not in err and run.session.sent == []
+    assert "List images that carry the given tags" in run.shell.stdout.getvalue()
+
+
+def test_a_negative_hue_is_a_value_not_an_option(run: Shell) -> None:
+    err = run("search_by_color -10")
+    assert "no option" not in err and "hue -10 is out of range" in err, err
+
+
+# --- browse_by_tags: commas and the wire's limits ---------------------------------------------
+
+
+def test_a_tag_with_a_comma_says_tags_are_separated_by_spaces(run: Shell) -> None:
+    err = run("browse_by_tags hat,straw")
+    assert "Invalid tag 'hat,straw'" in err, err
+    assert "browse_by_tags takes tags separated by spaces: browse_by_tags hat straw" in err, err
+    assert run.shell.exit_code == 1 and run.session.sent == []
+
+
+def test_the_comma_hint_gives_every_tag() -> None:
+    with pytest.raises(CommandFailed, match=r"spaces: browse_by_tags red hat straw$"):
+        browse_tags(["red", "hat, straw,"])
+
+
+def _limit(annotated: Any) -> int:
+    """The max_length a protocol.catalog type carries, so the tests follow the wire."""
+    return int(annotated.__metadata__[0].max_length)
+
+
+def test_the_limits_are_the_wires() -> None:
+    assert browse_tags(["a" * _limit(Tag)]) == ["a" * _limit(Tag)]
+    assert len(browse_tags([f"t{n}" for n in range(_limit(Tags))])) == _limit(Tags)
+
+
+def test_a_tag_too_long_is_refused_before_sending(run: Shell) -> None:
+    err = run("browse_by_tags " + "a" * (_limit(Tag) + 1))
+    assert f"A tag has at most {_limit(Tag)} characters" in err and "has 65" in err, err
+    assert "Invalid message" not in err and run.session.sent == []
+
+
+def test_too_many_tags_are_refused_before_sending(run: Shell) -> None:
+    err = run("browse_by_tags --any " + " ".join(f"t{n}" for n in range(_limit(Tags) + 1)))
+    assert f"browse_by_tags takes at most {_limit(Tags)} tags, not 65." in err, err
+    assert run.session.sent == []
+
+
+def test_repeated_tags_count_once(run: Shell) -> None:
+    run("browse_by_tags " + " ".join(["hat"] * (_limit(Tags) + 1)) + " straw")
+    (request,) = run.session.sent
+    assert isinstance(request, Browse) and request.tags == ["hat", "straw"]
+
+
+# --- prices in the search filters --------------------------------------------------------------
+
+
+def test_price_filters_take_trailing_zeros_and_minus_zero(run: Shell) -> None:
+    err = run("search_by_color red --min-price 0.000 --max-price -0")
+    (request,) = run.session.sent
+    assert isinstance(request, ColourSearch), err
+    assert (request.filters.min_price_cents, request.filters.max_price_cents) == (0, 0)
+    run.session.sent.clear()
+    run("search_by_image --id 3 --min-price 1.230 --max-price 12.500")
+    (request,) = run.session.sent
+    assert (request.filters.min_price_cents, request.filters.max_price_cents) == (123, 1250)  # type: ignore[attr-defined]
+
+
+def test_a_third_decimal_is_still_refused(run: Shell) -> None:
+    err = run("search_by_color red --min-price 1.235")
+    assert "has more than two decimals" in err and run.session.sent == []
