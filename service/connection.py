@@ -146,6 +146,15 @@ class Connection:
         try:
             return codec.decode_request(body)
         except codec.MessageError as exc:
+            # Not a request, but worth the line a request gets: the operator sees who sends it.
+            user = self.state.user.name if self.state.user else "-"
+            log.info(
+                "user=%s peer=%s request=? outcome=%s refused frame: %.200s",
+                user,
+                self.label,
+                exc.code.value,
+                exc.message,
+            )
             await self._send_error(exc.request_id, exc.code, exc.message)
             return None
 
@@ -158,6 +167,7 @@ class Connection:
         if request is None:  # malformed: the error is already sent
             raise _Closing
         if not isinstance(request, Hello):
+            log.info("peer=%s sent %s before Hello; closing", self.label, type(request).__name__)
             await self._send_error(
                 request.id,
                 ErrorCode.BAD_REQUEST,

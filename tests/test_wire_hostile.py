@@ -131,6 +131,8 @@ def test_malformed_messagepack(hostile_server: ServerProcess, tmp_path: Path) ->
     send_body(sock, b"\xc1\xc1\xc1")
     reply = read_response(sock)
     assert isinstance(reply, Error) and reply.code is ErrorCode.BAD_REQUEST
+    # logged like a request, with the peer, so an operator can see who sends junk
+    hostile_server.wait_for_log("request=? outcome=BAD_REQUEST refused frame: Malformed")
     assert_still_serving(hostile_server, tmp_path)
 
 
