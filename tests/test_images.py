@@ -174,8 +174,12 @@ def test_corrupt_header_is_rejected() -> None:
 
 
 def test_decompression_bomb_declaring_huge_size_is_rejected() -> None:
-    # 100,000 x 100,000: beyond Pillow's own hard limit too.
+    # 100,000 x 100,000: beyond Pillow's own hard limit too, which fires before the size can
+    # be read; the sentence still says what the file declares.
     assert reason_of(png_declaring(100_000, 100_000)) == images.TOO_MANY_PIXELS
+    with pytest.raises(images.ImageRejected) as caught:
+        images.decode_image(png_declaring(100_000, 100_000))
+    assert "declares 10,000,000,000 pixels" in str(caught.value)
 
 
 def test_bomb_over_our_limit_but_under_pillows_is_rejected_before_decoding() -> None:

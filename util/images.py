@@ -18,6 +18,7 @@ Only Pillow and numpy are imported so the client stays light (never TensorFlow).
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -213,8 +214,10 @@ def decode_image(
     fmt = precheck(data, len(data), max_bytes=max_bytes)
     try:
         img = Image.open(io.BytesIO(data), formats=[fmt])
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _bomb(None, max_pixels) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own limit fires in open(), before the size can be read: its message has it.
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _bomb(None, max_pixels, int(pixels.group(1)) if pixels else None) from None
     except Exception as exc:
         # Pillow raises many types on hostile headers (SyntaxError, struct.error, ...).
         raise _corrupt(fmt, exc, data) from None
@@ -291,8 +294,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _bomb(size: tuple[int, int] | None, max_pixels: int) -> ImageRejected:
-    declared = f" declares {size[0]}x{size[1]} pixels and" if size else ""
+def _bomb(
+    size: tuple[int, int] | None, max_pixels: int, pixels: int | None = None
+) -> ImageRejected:
+    if size:
+        declared = f" declares {size[0]}x{size[1]} pixels and"
+    elif pixels:
+        declared = f" declares {pixels:,} pixels and"
+    else:
+        declared = ""
     return ImageRejected(
         TOO_MANY_PIXELS,
         f"The image{declared} exceeds the {max_pixels:,}-pixel limit (a decompression bomb "
