@@ -31,6 +31,9 @@ class SlowReader:
     def get_extra_info(self, name: str) -> tuple[str, int]:
         return ("127.0.0.1", 40000)
 
+    def is_closing(self) -> bool:
+        return self.aborted
+
     def write(self, data: memoryview) -> None:
         self.written += len(data)
 
@@ -41,7 +44,8 @@ class SlowReader:
 def _send(writer: SlowReader, size: int, write_timeout: float) -> Exception | None:
     config = ServerConfig(write_timeout_s=write_timeout)
     services = SimpleNamespace(config=config, connections=set())
-    conn = Connection(services, reader=None, writer=writer)  # type: ignore[arg-type]
+    reader = SimpleNamespace(at_eof=lambda: False)  # the peer has not closed its side
+    conn = Connection(services, reader=reader, writer=writer)  # type: ignore[arg-type]
     try:
         asyncio.run(conn.send(Frames(b"x" * size)))
     except ConnectionError as exc:
@@ -71,3 +75,12 @@ def test_a_trickling_reader_is_dropped_when_the_reply_takes_too_long(
     writer = SlowReader(delay=0.25)
     assert isinstance(_send(writer, 8 * WRITE_CHUNK_BYTES, write_timeout=0.5), ConnectionError)
     assert writer.aborted and writer.written < 8 * WRITE_CHUNK_BYTES
+
+
+def test_nothing_is_written_to_a_peer_that_has_closed() -> None:
+    """asyncio's TLS transport drops such bytes and logs a warning naming no peer for each
+    answer; the send fails at once instead (test_crash_safety.py has the real peer)."""
+    writer = SlowReader(delay=0.0)
+    writer.aborted = True  # is_closing()
+    assert isinstance(_send(writer, 10, write_timeout=1.0), ConnectionResetError)
+    assert writer.written == 0
