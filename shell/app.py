@@ -289,11 +289,21 @@ class TextArgumentParser(cmd2.Cmd2ArgumentParser):
     `verb` and `noun` word that advice for the command ("search for" that "word").
     """
 
-    def __init__(self, description: str, *, verb: str = "search for", noun: str = "word") -> None:
+    def __init__(
+        self,
+        description: str,
+        *,
+        verb: str = "search for",
+        noun: str = "word",
+        never_dashed: str = "",
+    ) -> None:
         super().__init__(description=description)
         self._negative_number_matcher = _NEGATIVE_NUMBER  # as parser() does: `-10` is a value
         self._verb = verb
         self._noun = noun
+        #: Set when a positional word can never start with '-' (a tag): then `--` would only
+        #: trade this error for the server's, and the sentence says why instead.
+        self._never_dashed = never_dashed
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         self._words = list(args) if args is not None else []
@@ -323,7 +333,9 @@ class TextArgumentParser(cmd2.Cmd2ArgumentParser):
     def error(self, message: str) -> NoReturn:
         words = getattr(self, "_words", [])
         dashed = [word for word in words if self._is_unknown_option(word)]
-        if dashed and "--" not in words:
+        if dashed and self._never_dashed:
+            message = f"{self.prog} has no option {', '.join(dashed)}, and {self._never_dashed}."
+        elif dashed and "--" not in words:
             flags: list[str] = []
             text: list[str] = []
             rest = iter(words)

@@ -63,6 +63,7 @@ class BrowseCommands(cmd2.CommandSet[VitrineShell]):
         "With no tags, list everything you can see. `more` continues the listing.",
         verb="browse",
         noun="tag",
+        never_dashed="a tag starts with a letter or a digit",
     )
     browse_parser.add_argument(
         "tags", nargs="*", metavar="TAG", choices_provider=listing.complete_tags, help="a tag"
