@@ -167,8 +167,12 @@ class VitrineShell(cmd2.Cmd):
             if self.last_result is False:
                 self.exit_code = 1
             return stop
-        except Cmd2ArgparseError:
-            self.exit_code = 1
+        except Cmd2ArgparseError as exc:
+            # cmd2 raises this whenever argparse exits, for `-h` too (status 0): asking for
+            # help succeeded, and a script that does must go on.
+            exited = exc.__cause__
+            if not (isinstance(exited, SystemExit) and exited.code in (0, None)):
+                self.exit_code = 1
             raise
         except CommandFailed as exc:
             self.fail(str(exc))

@@ -232,6 +232,16 @@ def test_quit_among_the_arguments_says_what_it_left_unrun(
     assert done.stdout == ""
 
 
+def test_asking_a_command_for_help_succeeds(server: ServerProcess, tmp_path: Path) -> None:
+    """cmd2 reports `-h` like a bad argument; a script that asks for help did nothing wrong."""
+    done = client(server, tmp_path, "login alice", "tags -h", "search_by_color --help", "whoami")
+    assert done.returncode == 0, done
+    assert "--json" in done.stdout and "--tolerance" in done.stdout, done
+    assert "alice on " in done.stdout, done  # the rest ran
+    refused = client(server, tmp_path, "login alice", "search_by_color red --batch x -h")
+    assert refused.returncode == 1, refused  # an error before the -h is still one
+
+
 def test_a_failing_built_in_fails_the_script(server: ServerProcess, tmp_path: Path) -> None:
     done = client(server, tmp_path, "login alice", f"run_script {tmp_path / 'none.txt'}", "whoami")
     assert done.returncode == 1 and "Stopped at `run_script" in done.stderr, done
