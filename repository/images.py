@@ -96,6 +96,17 @@ def passing_ids(
     return set(wanted) - failing
 
 
+def matching_text(conn: sqlite3.Connection, fts_query: str, ids: Sequence[int]) -> set[int]:
+    """Which of `ids` an FTS5 query still finds: a text search's later batches leave out an
+    image whose title, description or tags were changed since so that it no longer matches."""
+    rows = conn.execute(
+        "SELECT rowid FROM images_fts WHERE images_fts MATCH ? "
+        "AND rowid IN (SELECT value FROM json_each(?))",
+        (fts_query, json.dumps([int(i) for i in ids])),
+    )
+    return {row[0] for row in rows}
+
+
 @dataclass(frozen=True, slots=True)
 class ColourRecord:
     r: int

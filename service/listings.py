@@ -72,12 +72,15 @@ class KeysetCursor:
 class Recheck:
     """The filters a ranked search was asked with, applied again to every later batch: a
     price, a stock count or a tag can change between `more`s, and a listing headed "up to
-    5.00" must not then show an image at 99.00."""
+    5.00" must not then show an image at 99.00. For a text search, the text too: an image
+    renamed from "hat" to "boot" meanwhile is no longer a result of `search hat`."""
 
     tags: tuple[str, ...] = ()
     min_price_cents: int | None = None
     max_price_cents: int | None = None
     in_stock: bool = False
+    #: The FTS5 query of a text search (`fts_query`), else None.
+    text: str | None = None
 
     @classmethod
     def of(cls, tags: list[str], filters: Filters) -> Recheck:
@@ -88,7 +91,7 @@ class Recheck:
         known = repo.tag_ids(conn, self.tags)
         if len(known) < len(self.tags):
             return set()
-        return repo.passing_ids(
+        allowed = repo.passing_ids(
             conn,
             viewer,
             ids,
@@ -97,6 +100,9 @@ class Recheck:
             self.max_price_cents,
             self.in_stock,
         )
+        if self.text is not None and allowed:
+            allowed &= repo.matching_text(conn, self.text, list(allowed))
+        return allowed
 
 
 @dataclass
@@ -356,6 +362,7 @@ async def text_search(ctx: RequestContext, request: TextSearch) -> Frames:
             {},
             {},
         ),
+        Recheck(text=query),
         keep=repo.MAX_SEARCH_RESULTS,
     )
 
