@@ -354,8 +354,10 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             shell.exit_code = 1  # the line above is the whole report; fail() would repeat it
             return
         rejected, skipped = summary.count(Outcome.REJECTED), len(walked.problems)
-        if rejected or skipped:
+        unanswered = summary.count(Outcome.UNANSWERED)  # the connection was lost meanwhile
+        if rejected or skipped or unanswered:
             parts = [plural(rejected, "file") + " rejected"] if rejected else []
+            parts += [plural(unanswered, "file") + " unanswered"] if unanswered else []
             parts += [plural(skipped, "path") + " skipped"] if skipped else []
             shell.fail(f"Not everything was uploaded: {' and '.join(parts)}; see above.")
 

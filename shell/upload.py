@@ -114,15 +114,32 @@ def _regular(path: str) -> os.stat_result | None:
 
 
 def _walk_directory(top: str) -> Iterator[str]:
-    """Every regular, non-hidden file under `top`, in a stable order; symlinked dirs not followed.
-
-    Not following directory links keeps a link loop from walking forever.
+    """Every non-hidden entry under `top` that is not a directory we walk into, in a stable
+    order: files, and also links to directories, which are not followed (a link loop would
+    walk for ever) but named, so that the caller can say it left them alone.
     """
     for root, dirs, files in os.walk(top, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
+        linked = {d for d in dirs if os.path.islink(os.path.join(root, d))}
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in linked)
+        for name in sorted([*files, *linked]):
             if not name.startswith("."):
                 yield os.path.join(root, name)
+
+
+def _expand_glob(pattern: str) -> list[str]:
+    """What a glob names, sorted, as `glob.glob(pattern, recursive=True)` would say it, except
+    that `**` does not follow links to directories: glob's does, so two links to a parent made
+    `shop/**/*.jpg` walk for ever (each doubles the work). Hidden names are left out, as glob's
+    wildcards and the directory walk leave them out."""
+    parts = Path(pattern).parts
+    fixed = next((n for n, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    base = Path(*parts[:fixed]) if fixed else Path(".")
+    found = []
+    for path in base.glob(str(Path(*parts[fixed:]))):
+        below = path.relative_to(base).parts
+        if not any(part.startswith(".") for part in below):
+            found.append(str(path))
+    return sorted(found)
 
 
 def skip_code(reason: str) -> str:
@@ -134,7 +151,12 @@ def skip_code(reason: str) -> str:
         "no such file or directory": "not_found",
         "not a regular file": "not_a_file",
         "a broken link": "broken_link",
+        LINKED_FOLDER: "linked_folder",
     }[reason]
+
+
+#: Why a link to a folder met while walking a directory is left alone.
+LINKED_FOLDER = "a link to a folder, not followed; name it to upload what it holds"
 
 
 def walk_paths(paths: Iterable[str]) -> WalkResult:
@@ -166,7 +188,7 @@ def walk_paths(paths: Iterable[str]) -> WalkResult:
         if os.path.lexists(expanded):
             targets = [expanded]
         elif glob.has_magic(expanded):
-            targets = sorted(glob.glob(expanded, recursive=True))
+            targets = _expand_glob(expanded)
             if not targets:
                 result.problems.append((given, "matches no file"))
                 continue
@@ -176,14 +198,25 @@ def walk_paths(paths: Iterable[str]) -> WalkResult:
         for target in targets:
             named = target == expanded
             if os.path.isdir(target):
-                outcomes = {found(path, named=False) for path in _walk_directory(target)}
+                outcomes = set()
+                for path in _walk_directory(target):
+                    outcome = found(path, named=False)
+                    outcomes.add(outcome)
+                    if outcome is None:  # a link to a folder, a broken link, a FIFO...
+                        result.problems.append((shown_path(path), _not_taken(path)))
                 if named and "taken" not in outcomes:
                     none = "image files" if "ignored" in outcomes else "files"
                     result.problems.append((given, f"the directory holds no {none}"))
             elif found(target, named) is None and named:
-                reason = "not a regular file" if os.path.exists(target) else "a broken link"
-                result.problems.append((given, reason))
+                result.problems.append((given, _not_taken(target)))
     return result
+
+
+def _not_taken(path: str) -> str:
+    """Why a path that is not a regular file was left alone."""
+    if os.path.islink(path) and os.path.isdir(path):
+        return LINKED_FOLDER
+    return "not a regular file" if os.path.exists(path) else "a broken link"
 
 
 # --- outcomes ------------------------------------------------------------------------------------
@@ -247,7 +280,9 @@ class UploadSummary:
 
     @property
     def bytes_sent(self) -> int:
-        return sum(r.size for r in self.results if r.outcome is not Outcome.REJECTED)
+        """Only files sent carry a size, rejected by the server ones too: they crossed the
+        wire (a run of 400 files all refused for a bad tag said 0.0 MB)."""
+        return sum(r.size for r in self.results)
 
     def line(self) -> str:
         """The closing sentence of a run: counts, volume and rate."""
@@ -255,7 +290,7 @@ class UploadSummary:
         seconds = max(self.seconds, 1e-9)
         megabytes = self.bytes_sent / 1e6
         stopped = ""
-        if self.interrupted:
+        if self.interrupted or self.count(Outcome.UNANSWERED):
             stopped = (
                 f", {self.count(Outcome.UNANSWERED)} unanswered, "
                 f"{self.count(Outcome.NOT_SENT)} not sent"
@@ -402,8 +437,14 @@ def _result_of(file: Candidate, size: int, future: Future[Response]) -> FileResu
         code = exc.details[0] if exc.details else exc.code.value
         return FileResult(file, Outcome.REJECTED, size, reason=exc.message, code=code)
     except ConnectionLost as exc:
-        reason = f"no answer: the connection was lost ({exc}); run the command again"
-        return lost_file(file, reason, size)
+        # Sent: the server stores what it began even when its client is gone, so this file
+        # may well be stored; a re-run says which (as after a Ctrl-C).
+        reason = (
+            f"sent, but the connection was lost before the server answered ({exc}): it may be "
+            "stored; run the command again to find out (files already stored come back as "
+            "present)"
+        )
+        return FileResult(file, Outcome.UNANSWERED, size, reason=reason, code="connection_lost")
     if not isinstance(response, Uploaded):
         reason = f"unexpected answer {type(response).__name__}"
         return FileResult(file, Outcome.REJECTED, size, reason=reason, code="unexpected_answer")

@@ -24,6 +24,7 @@ from protocol.catalog import Uploaded, UploadImage
 from protocol.errors import ErrorCode, VitrineError
 from shell.connection import ConnectionLost, InterruptedAfterSending
 from shell.upload import (
+    LINKED_FOLDER,
     FileResult,
     Outcome,
     Uploader,
@@ -128,7 +129,53 @@ def test_directory_link_loops_are_not_followed(tmp_path: Path) -> None:
     root.mkdir()
     (root / "x.jpg").write_bytes(_jpeg())
     (root / "again").symlink_to(root)
-    assert _names([f.path for f in walk_paths([str(root)]).files]) == ["x.jpg"]
+    walked = walk_paths([str(root)])
+    assert _names([f.path for f in walked.files]) == ["x.jpg"]
+    assert walked.problems == [(str(root / "again"), LINKED_FOLDER)]
+
+
+def test_a_recursive_glob_does_not_follow_links_to_folders(tmp_path: Path) -> None:
+    """glob's own `**` follows them: two links to a parent doubled its work at every level and
+    `add_image 'L/**/*.jpg'` never returned."""
+    root = tmp_path / "L"
+    (root / "a").mkdir(parents=True)
+    (root / "x.jpg").write_bytes(_jpeg())
+    (root / "a" / "y.jpg").write_bytes(_jpeg((0, 0, 200)))
+    (root / "a" / "l1").symlink_to("..")
+    (root / "a" / "l2").symlink_to("..")
+    (root / ".cache").mkdir()
+    (root / ".cache" / "z.jpg").write_bytes(_jpeg())
+    walked: list[list[str]] = []
+    worker = threading.Thread(
+        target=lambda: walked.append(
+            _names([f.path for f in walk_paths([f"{root}/**/*.jpg"]).files])
+        ),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(20)
+    assert walked == [["y.jpg", "x.jpg"]]  # in path order; hidden folders left out, as glob does
+
+
+def test_links_to_folders_and_broken_links_inside_a_folder_are_said(
+    shop: Path, tmp_path: Path
+) -> None:
+    """They were left out without a word: "41 files: 41 new" of a folder that also linked to
+    40 skirts."""
+    elsewhere = tmp_path / "skirts"
+    elsewhere.mkdir()
+    (elsewhere / "s.jpg").write_bytes(_jpeg((10, 200, 10)))
+    (shop / "skirts").symlink_to(elsewhere)
+    (shop / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    walked = walk_paths([str(shop)])
+    assert "s.jpg" not in _names([f.path for f in walked.files])
+    assert dict(walked.problems) == {
+        str(shop / "gone.jpg"): "a broken link",
+        str(shop / "skirts"): LINKED_FOLDER,
+    }
+    assert [skip_code(reason) for _, reason in walked.problems] == ["broken_link", "linked_folder"]
+    named = walk_paths([str(shop / "skirts")])  # named, it is walked
+    assert _names([f.path for f in named.files]) == ["s.jpg"]
 
 
 def test_odd_names_become_wire_safe_text(tmp_path: Path) -> None:
@@ -266,6 +313,29 @@ def test_byte_window_limits_memory_but_lets_a_big_file_through(tmp_path: Path) -
     summary = Uploader(server.submit, window=32, byte_window=1).run(files, UploadFields())
     assert server.peak == 1
     assert summary.count(Outcome.NEW) == 10
+
+
+def test_files_sent_before_the_connection_was_lost_are_unanswered_not_rejected(
+    tmp_path: Path,
+) -> None:
+    """The server stores what it began even when its client is gone: a file whose answer the
+    lost connection took may be stored, and a re-run tells (as after a Ctrl-C)."""
+    files = walk_paths([str(_folder(tmp_path, 6))]).files
+
+    def answered_then_lost(request: Request) -> Future[Response]:
+        future: Future[Response] = Future()
+        if request.filename.startswith(("img-000", "img-001")):
+            future.set_result(Uploaded(id=1, image_id=len(request.filename), created=True))
+        else:
+            future.set_exception(ConnectionLost("the server closed the connection"))
+        return future
+
+    summary = Uploader(answered_then_lost, window=3).run(files, UploadFields())
+    assert [r.outcome for r in summary.results].count(Outcome.NEW) == 2
+    unanswered = [r for r in summary.results if r.outcome is Outcome.UNANSWERED]
+    assert len(unanswered) == 4 and all(r.code == "connection_lost" for r in unanswered)
+    assert all("it may be stored" in r.reason for r in unanswered)
+    assert "4 unanswered" in summary.line()
 
 
 def test_a_lost_connection_rejects_the_rest_with_advice(tmp_path: Path) -> None:
