@@ -69,6 +69,11 @@ class VitrineShell(cmd2.Cmd):
             command_sets=list(command_sets),
             persistent_history_file=str(config_dir / "history"),
             auto_suggest=False,
+            # Titles, searches and descriptions hold `>`, `|` and `;` as text. cmd2 would write
+            # `update_image 80 --title Sizes>important.txt` over a local file, run what follows
+            # a `|` in bash, and end a command at `;` (dropping `--json` after it).
+            allow_redirection=False,
+            terminators=[],
             **kwargs,
         )
         self.session = session
@@ -147,10 +152,22 @@ class VitrineShell(cmd2.Cmd):
         With `stop_on_failure`, a failed command ends the run (failed_command names it)."""
         failed_before, self.exit_code = self.exit_code, 0
         try:
-            self.statement_parser.parse(line)
+            statement = self.statement_parser.parse(line)
         except Cmd2ShlexError:
             self.exit_code = 1
-        stop = super().onecmd_plus_hooks(line, **kwargs)
+            statement = None
+        if statement is not None and statement.redirector:
+            # Even with redirection off, cmd2 cuts the line at an unquoted `>` or `|`, and
+            # the command would run on what is left (`search size>10` searched "size").
+            self.fail(
+                f"{statement.redirector} has no special meaning in Vitrine, but unquoted it "
+                "would cut the line short: quote the words that hold it (as in: search "
+                f"'size{statement.redirector}10', or --title 'Sizes{statement.redirector}XL'). "
+                "Nothing was run."
+            )
+            stop = False
+        else:
+            stop = super().onecmd_plus_hooks(line, **kwargs)
         failed = self.exit_code != 0
         self.exit_code = max(failed_before, self.exit_code)
         if failed and self.stop_on_failure:

@@ -315,3 +315,48 @@ def test_prices_with_zeros_past_the_cents_and_minus_zero(
     )  # fmt: skip
     assert found.returncode == 0, found
     assert "negative" not in found.stderr and "decimals" not in found.stderr, found
+
+
+def test_redirections_pipes_and_semicolons_are_text_not_shell(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """cmd2 wrote `update_image 80 --title Sizes>important.txt` over a local file, ran what
+    followed a `|` in bash (and went on with exit 0), and ended a command at `;`."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    (work / "important.txt").write_text("keep me")
+    image = upload(server, tmp_path / "alice", 5)
+    for line in (
+        f"update_image {image} --title Sizes>important.txt",
+        f"update_image {image} --title Sizes>>important.txt",
+        f"search x|touch {work / 'PWNED'}",
+    ):
+        done = subprocess.run(
+            client_args(server, tmp_path / "alice", "login alice", line, "whoami"),
+            cwd=work,  # where a redirection would write
+            env={**os.environ, "VITRINE_PASSWORD": PASSWORD},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 1, (line, done)
+        assert "has no special meaning in Vitrine" in done.stderr and "Stopped at" in done.stderr
+        assert "alice on" not in done.stdout, done  # the script stopped there
+    assert (work / "important.txt").read_text() == "keep me"
+    assert sorted(p.name for p in work.iterdir()) == ["important.txt"]  # no PWNED, no 10
+    quoted = client(
+        server,
+        tmp_path / "alice",
+        "login alice",
+        f"update_image {image} --title 'Sizes>XL | 50%; off' --price 6;0 --json",
+    )
+    assert quoted.returncode == 1, quoted  # `6;0` is one word now, and not a price
+    done = client(
+        server,
+        tmp_path / "alice",
+        "login alice",
+        f"update_image {image} --title 'Sizes>XL | 50%; off' --json",
+    )
+    assert done.returncode == 0, done
+    assert json.loads(done.stdout)["title"] == "Sizes>XL | 50%; off"
