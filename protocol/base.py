@@ -16,7 +16,11 @@ RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 
 #: Bounded texts stop a client from making the server hold or store absurd amounts.
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+MAX_PASSWORD_LENGTH = 1024
+#: A new password's least length: the server's rule (service.auth), which the shell checks
+#: before asking for the password a second time.
+MIN_PASSWORD_LENGTH = 8
+Password = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PASSWORD_LENGTH)]
 Token = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
+from protocol.base import MIN_PASSWORD_LENGTH
 from protocol.errors import ErrorCode, VitrineError
 
 ARGON2_MEMORY_KIB = 19 * 1024
 ARGON2_ITERATIONS = 2
 ARGON2_LANES = 1
-MIN_PASSWORD_LENGTH = 8
 #: Longest a queued login waits before looking at the throttle's counts again.
 WAIT_RECHECK_S = 1.0
 

@@ -11,7 +11,7 @@ import argparse
 import cmd2
 
 from protocol.messages import CreateUser, UserInfo, WhoAmI
-from shell.app import ACCOUNT, VitrineShell, parser
+from shell.app import ACCOUNT, CommandFailed, VitrineShell, parser
 
 
 class AccountCommands(cmd2.CommandSet[VitrineShell]):
@@ -60,5 +60,7 @@ class AccountCommands(cmd2.CommandSet[VitrineShell]):
         shell = self._cmd
         old = shell.ask_secret("Current password: ")
         new = shell.ask_new_secret("New password: ", "VITRINE_NEW_PASSWORD")
+        if new == old:  # it would still end every other session, for nothing
+            raise CommandFailed("The new password is the current one; nothing was changed.")
         shell.session.change_password(old, new)
         shell.confirm("Password changed; your other sessions have ended.")

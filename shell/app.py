@@ -20,6 +20,7 @@ import msgspec
 from cmd2.exceptions import Cmd2ArgparseError, Cmd2ShlexError
 from rich.console import Console
 
+from protocol.base import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from protocol.errors import ErrorCode, VitrineError
 from protocol.pinning import PinningError
 from shell.connection import ConnectionLost
@@ -250,19 +251,20 @@ class VitrineShell(cmd2.Cmd):
         """Password prompts: the environment answers them for scripts, else a hidden prompt."""
         from_env = os.environ.get(env)
         if from_env is not None:
-            return from_env
+            return _sendable(from_env)
         if not self.stdin.isatty():
             raise CommandFailed(f"No terminal to ask for a password: set {env}.")
         try:
-            return self.read_secret(prompt)
+            return _sendable(self.read_secret(prompt))
         except EOFError:
             raise CommandFailed("No password given.") from None
 
     def ask_new_secret(self, prompt: str, env: str) -> str:
-        """A new password: asked twice at a terminal so a typo cannot lock the user out."""
+        """A new password: asked twice at a terminal so a typo cannot lock the user out, and
+        checked against the server's rule before the second time, not after it."""
         if env in os.environ:
-            return os.environ[env]
-        first = self.ask_secret(prompt, env)
+            return _long_enough(os.environ[env])
+        first = _long_enough(self.ask_secret(prompt, env))
         if self.ask_secret("Repeat it: ", env) != first:
             raise CommandFailed("The two entries differ; nothing was changed.")
         return first
@@ -275,6 +277,23 @@ class VitrineShell(cmd2.Cmd):
         except EOFError:
             return False
         return answer.strip().lower() in ("y", "yes")
+
+
+def _sendable(password: str) -> str:
+    """A typed password the wire takes: the schema's own refusal of an empty or endless one
+    ("Expected `str` of length >= 1 - at `$.password`") means nothing to a person."""
+    if not password:
+        raise CommandFailed("No password given: a password cannot be empty.")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise CommandFailed(f"A password has at most {MAX_PASSWORD_LENGTH} characters.")
+    return password
+
+
+def _long_enough(password: str) -> str:
+    _sendable(password)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise CommandFailed(f"Passwords must be at least {MIN_PASSWORD_LENGTH} characters long.")
+    return password
 
 
 def _private_history(path: Path) -> None:

@@ -360,3 +360,38 @@ def test_redirections_pipes_and_semicolons_are_text_not_shell(
     )
     assert done.returncode == 0, done
     assert json.loads(done.stdout)["title"] == "Sizes>XL | 50%; off"
+
+
+@pytest.mark.parametrize(
+    ("password", "said"),
+    [
+        ("", "a password cannot be empty"),
+        ("x" * 1025, "A password has at most 1024 characters"),
+    ],
+    ids=["empty", "too-long"],
+)
+def test_a_password_the_wire_would_refuse_gets_a_sentence(
+    server: ServerProcess, tmp_path: Path, password: str, said: str
+) -> None:
+    """The schema's "Expected `str` of length >= 1 - at `$.password`" meant nothing to anyone."""
+    for command in ("login alice", "create_user newcomer"):
+        done = run_client(server, command, config_dir=tmp_path, password=password)
+        assert done.returncode == 1, done
+        assert said in done.stderr and "Invalid message" not in done.stderr, done
+
+
+def test_a_new_password_is_checked_before_anything_is_sent(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    short = run_client(server, "create_user shorty", config_dir=tmp_path, password="seven77")
+    assert short.returncode == 1 and "at least 8 characters" in short.stderr, short
+    same = run_client(
+        server,
+        "login alice",
+        "change_password",
+        config_dir=tmp_path,
+        password=PASSWORD,
+        extra_env={"VITRINE_NEW_PASSWORD": PASSWORD},
+    )
+    assert same.returncode == 1 and "is the current one" in same.stderr, same
+    assert client(server, tmp_path, "login alice", "whoami").returncode == 0  # unchanged
