@@ -61,6 +61,9 @@ class ImageSummary(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     width: int
     height: int
     palette: list[Colour] = []
+    #: The palette is empty because it was not computed yet (the image was stored by a server
+    #: run with --no-colours), not because the picture has no colour.
+    colours_pending: bool = False
     thumbnail: bytes | None = None
     #: Similarity for search by image (cosine), closeness for search by colour.
     score: float | None = None

@@ -140,6 +140,8 @@ class ImageRecord:
     deleted_at: float | None
     tags: list[str] = field(default_factory=list)
     palette: list[ColourRecord] = field(default_factory=list)
+    #: No colours computed yet (stored under --no-colours), as opposed to none found.
+    colours_pending: bool = False
 
 
 @dataclass(slots=True)
@@ -184,7 +186,7 @@ class DuplicateImage(Exception):
 _ROW_COLUMNS = (
     "i.id, i.owner_id, u.name AS owner, i.blob, i.thumb_blob, i.filename, i.title, "
     "i.description, i.price_cents, i.quantity, i.private, i.format, i.width, i.height, "
-    "i.byte_size, i.created_at, i.updated_at, i.deleted_at"
+    "i.byte_size, i.created_at, i.updated_at, i.deleted_at, i.colours_pending"
 )
 
 
@@ -208,6 +210,7 @@ def _record(row: sqlite3.Row) -> ImageRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         deleted_at=row["deleted_at"],
+        colours_pending=bool(row["colours_pending"]),
     )
 
 

@@ -152,6 +152,7 @@ def summary(record: repo.ImageRecord, thumbnail: bytes | None = None) -> ImageSu
             )
             for c in record.palette
         ],
+        colours_pending=record.colours_pending,
         thumbnail=thumbnail,
     )
 

@@ -39,7 +39,7 @@ from shell import listing
 from shell.app import IMAGES, CommandFailed, VitrineShell, image_id, parser, write_json_lines
 from shell.connection import ConnectionLost
 from shell.pictures import picture_renderable
-from shell.swatches import palette_text
+from shell.swatches import NOT_COMPUTED, palette_text
 from shell.text import plural, printable
 from shell.upload import (
     DEFAULT_WINDOW,
@@ -589,7 +589,12 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             ("file", Text(printable(image.filename))),
             ("size", f"{image.width} x {image.height} {answer.format}".rstrip()),
             ("added", time.strftime("%Y-%m-%d %H:%M", time.localtime(image.created_at))),
-            ("colours", palette_text(image.palette)),
+            (
+                "colours",
+                Text(NOT_COMPUTED, style="dim")
+                if image.colours_pending
+                else palette_text(image.palette),
+            ),
         ]
         if answer.byte_size:
             rows.insert(10, ("bytes", f"{answer.byte_size:,}"))

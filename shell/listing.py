@@ -367,6 +367,7 @@ def image_json(item: ImageSummary) -> dict[str, Any]:
         "owner": item.owner,
         "visibility": item.visibility,
         "palette": [colour_json(colour) for colour in item.palette],
+        "colours_pending": item.colours_pending,
     }
     if item.score is not None:
         value["score"] = item.score
@@ -384,9 +385,10 @@ def _thumbnail_cell(item: ImageSummary, mode: GraphicsMode, cells: tuple[int, in
 def colours_cell(item: ImageSummary, hex_codes: bool = True) -> Text:
     """The palette, one colour a line as swatch, hex and share (narrow terminals leave the hex
     out, never the share); after a colour search the colour that matched comes first, marked.
-    A picture without colours says "none", short enough not to widen the column."""
+    A picture without colours says "none", short enough not to widen the column; one whose
+    colours were never computed, "not yet"."""
     if not item.palette:
-        return Text("none", style="dim")
+        return Text("not yet" if item.colours_pending else "none", style="dim")
     match = item.match
     # the server's match comes from its colour index, whose floats need not equal the
     # palette's to the last bit: the same colour is the same RGB with the nearest share

@@ -44,6 +44,14 @@ def format_share(share: float) -> str:
     return f"{percent:.0f}%"
 
 
+#: What show_image says of an image whose colours were never computed (ImageSummary.
+#: colours_pending), which an empty palette alone would misstate as "no dominant colours".
+NOT_COMPUTED = (
+    "not computed yet (stored by a server running without colours; its next start with "
+    "colours computes them)"
+)
+
+
 def palette_text(palette: Sequence[Any], separator: str = "  ", *, hex_codes: bool = True) -> Text:
     """Each colour as "██ #rrggbb 42%", for show_image and listings; "██ 42%" without
     `hex_codes`, for terminals too narrow for both (the share is the part never left out).

@@ -274,6 +274,11 @@ def test_images_stored_under_no_colours_get_their_colours_at_the_next_start(
         carol, dave = Shell(process, "carol", home), Shell(process, "dave", home)
         green = upload(carol, green_card, "--tags e2e-colour")
         grey = upload(carol, grey_card, "--tags e2e-colour")
+        # not "no dominant colours": none were computed
+        code, out, err = carol(f"show_image {green} --no-images")
+        assert code == 0 and "not computed yet" in out and "no dominant colours" not in out, out
+        code, out, err = carol(f"show_image {green} --json --no-images")
+        assert json_lines(out)[0]["colours_pending"] is True, out
         process.stop()
         checked = subprocess.run(
             [PYTHON, "server.py", "--check", "--data-dir", str(data_dir)],
@@ -292,6 +297,8 @@ def test_images_stored_under_no_colours_get_their_colours_at_the_next_start(
         process.wait_for_log("colour backfill done: 2 images", timeout=60)
         assert palette_hues(carol, green) == [120]
         assert palette_hues(carol, grey) == []
+        code, out, err = carol(f"show_image {grey} --json --no-images")
+        assert json_lines(out)[0]["colours_pending"] is False, out  # computed: it has none
         assert {r["id"] for r in found(carol, "search_by_color green")} == {green, copied}
 
         process.stop()
