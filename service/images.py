@@ -8,9 +8,7 @@ does not leak. Changing an image needs its owner or an admin (FORBIDDEN otherwis
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
-import unicodedata
 
 from protocol.catalog import (
     Colour,
@@ -32,70 +30,27 @@ from repository.blobstore import BlobError, BlobStore
 from service.context import RequestContext
 from service.ingest import Upload, ingest
 from service.registry import route
+from util import catalogue_text
 from util.filenames import display_name
 
 log = logging.getLogger("vitrine.images")
 
-# --- tags ---------------------------------------------------------------------------------------
-
-MAX_TAG_LENGTH = 64
-#: Python's \w leaves out combining marks (categories Mn, Mc, Me), yet Devanagari and Thai
-#: vowel signs, Hebrew points and the dot that `İ`.lower() adds are parts of words; so a mark
-#: is accepted anywhere but first (see `_fits_tag_rule`).
-TAG_RULE = re.compile(r"[^\W_][\w.&+'-]*")
-COMBINING_MARKS = frozenset({"Mn", "Mc", "Me"})
-TAG_RULE_TEXT = (
-    "letters (with their accents, vowel signs and other combining marks), digits and "
-    ". & + ' - _ (spaces become '-'), starting with a letter or digit, "
-    f"at most {MAX_TAG_LENGTH} characters"
-)
-
-
-def _is_mark(ch: str) -> bool:
-    return unicodedata.category(ch) in COMBINING_MARKS
-
-
-def _fits_tag_rule(tag: str) -> bool:
-    """TAG_RULE with each combining mark after the first character standing in for a letter."""
-    return bool(TAG_RULE.fullmatch(tag[0] + "".join("a" if _is_mark(c) else c for c in tag[1:])))
-
-
-def normalise_tag(raw: str) -> str:
-    """One spelling per tag: NFC, trimmed, lowercase, inner whitespace runs turned into '-'.
-
-    So `Summer Dress`, ` summer  dress ` and `SUMMER-DRESS` are the same tag. Anything else
-    odd (commas, slashes, quotes, control characters, an empty name) is refused rather than
-    silently rewritten, because a tag is something people type again to find things.
-    """
-    tag = "-".join(unicodedata.normalize("NFC", raw).strip().lower().split())
-    if not tag:
-        raise VitrineError(ErrorCode.BAD_REQUEST, "A tag cannot be empty.")
-    if _is_mark(tag[0]):
-        raise VitrineError(
-            ErrorCode.BAD_REQUEST,
-            f"Invalid tag {raw!r:.80}: it starts with the combining mark U+{ord(tag[0]):04X}, "
-            f"which belongs after a letter; tags use {TAG_RULE_TEXT}.",
-        )
-    if len(tag) > MAX_TAG_LENGTH or not _fits_tag_rule(tag):
-        raise VitrineError(
-            ErrorCode.BAD_REQUEST, f"Invalid tag {raw!r:.80}: tags use {TAG_RULE_TEXT}."
-        )
-    return tag
+# --- tags and text ------------------------------------------------------------------------------
 
 
 def normalise_tags(raw: list[str]) -> list[str]:
-    """Normalised and without repeats, in the order given."""
-    return list(dict.fromkeys(normalise_tag(t) for t in raw))
+    """util.catalogue_text's rule, refusals answered BAD_REQUEST."""
+    try:
+        return catalogue_text.normalise_tags(raw)
+    except catalogue_text.TextRefused as exc:
+        raise VitrineError(ErrorCode.BAD_REQUEST, str(exc)) from None
 
 
 def _clean_text(text: str, what: str) -> str:
-    """Titles and descriptions are shown in terminals: refuse control characters outright."""
-    text = unicodedata.normalize("NFC", text).strip()
-    if any(unicodedata.category(ch) == "Cc" and ch not in "\n\t" for ch in text):
-        raise VitrineError(
-            ErrorCode.BAD_REQUEST, f"The {what} contains control characters; remove them."
-        )
-    return text
+    try:
+        return catalogue_text.clean_text(text, what)
+    except catalogue_text.TextRefused as exc:
+        raise VitrineError(ErrorCode.BAD_REQUEST, str(exc)) from None
 
 
 MAX_TITLE_CHARS = 200  # protocol.catalog.Title

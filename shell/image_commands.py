@@ -52,6 +52,7 @@ from shell.upload import (
     skip_code,
     walk_paths,
 )
+from util import catalogue_text
 from util.filenames import save_name
 from util.images import DEFAULT_MAX_BYTES
 from util.money import format_cents, price_arg, quantity_arg
@@ -72,15 +73,21 @@ SHOW_CELLS = (64, 32)
 
 
 def tag_list(text: str) -> list[str]:
-    """ "a, b,,c" -> ["a", "b", "c"]: comma-separated, blanks dropped, repeats once."""
+    """ "a, B,,c" -> ["a", "b", "c"]: comma-separated, blanks dropped, each in the server's one
+    spelling (util.catalogue_text), repeats once. A tag the server would refuse is refused here,
+    before a bulk upload sends every file only to have each one refused for it."""
     tags: list[str] = []
     for raw in text.split(","):
-        tag = raw.strip()
-        if not tag or tag in tags:
+        if not raw.strip():
             continue
-        if len(tag) > MAX_TAG_CHARS:
+        if len(raw.strip()) > MAX_TAG_CHARS:
             raise argparse.ArgumentTypeError(f"a tag has at most {MAX_TAG_CHARS} characters")
-        tags.append(tag)
+        try:
+            tag = catalogue_text.normalise_tag(raw)
+        except catalogue_text.TextRefused as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if tag not in tags:
+            tags.append(tag)
     if len(tags) > MAX_TAGS:
         raise argparse.ArgumentTypeError(f"at most {MAX_TAGS} tags per image")
     return tags
@@ -99,9 +106,16 @@ def add_tag_list_argument(parser: argparse.ArgumentParser, flag: str, help: str)
 
 
 def bounded_text(limit: int, what: str) -> Any:
+    """A title or description: as long as the wire takes, and without the control characters
+    the server refuses (checked here, before a bulk upload sends every file)."""
+
     def convert(text: str) -> str:
         if len(text) > limit:
             raise argparse.ArgumentTypeError(f"a {what} has at most {limit} characters")
+        try:
+            catalogue_text.clean_text(text, what)
+        except catalogue_text.TextRefused as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
         return text
 
     return convert

@@ -278,6 +278,7 @@ def test_images_stored_under_no_colours_get_their_colours_at_the_next_start(
         code, out, err = carol(f"show_image {green} --no-images")
         assert code == 0 and "not computed yet" in out and "no dominant colours" not in out, out
         code, out, err = carol(f"show_image {green} --json --no-images")
+        assert code == 0, err
         assert json_lines(out)[0]["colours_pending"] is True, out
         process.stop()
         checked = subprocess.run(
@@ -298,6 +299,7 @@ def test_images_stored_under_no_colours_get_their_colours_at_the_next_start(
         assert palette_hues(carol, green) == [120]
         assert palette_hues(carol, grey) == []
         code, out, err = carol(f"show_image {grey} --json --no-images")
+        assert code == 0, err
         assert json_lines(out)[0]["colours_pending"] is False, out  # computed: it has none
         assert {r["id"] for r in found(carol, "search_by_color green")} == {green, copied}
 

@@ -395,3 +395,26 @@ def test_a_new_password_is_checked_before_anything_is_sent(
     )
     assert same.returncode == 1 and "is the current one" in same.stderr, same
     assert client(server, tmp_path, "login alice", "whoami").returncode == 0  # unchanged
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        ("--tags 'summer,x;y'", "Invalid tag 'x;y'"),
+        ("--title 'a\x1bb'", "The title contains control characters"),
+        ("--description 'x\x07'", "The description contains control characters"),
+    ],
+    ids=["tag", "title", "description"],
+)
+def test_a_bulk_upload_with_text_the_server_refuses_sends_nothing(
+    server: ServerProcess, tmp_path: Path, flags: str, said: str
+) -> None:
+    """Each of 400 files was sent and refused in turn for the one bad flag."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for k in range(3):
+        Image.new("RGB", (20, 20), (k * 60, 90, 30)).save(folder / f"{k}.jpg", "JPEG")
+    before = server.log().count("request=UploadImage")
+    done = client(server, tmp_path, "login alice", f"add_image {folder} {flags}")
+    assert done.returncode == 1 and said in done.stderr, done
+    assert server.log().count("request=UploadImage") == before  # nothing was sent
