@@ -20,21 +20,11 @@ from shell.app import CommandFailed, VitrineShell
 from shell.browse_commands import BrowseCommands, browse_tags
 from shell.colour_commands import ColourCommands
 from shell.similar_commands import SimilarCommands
+from tests.stand_in_session import RecordingSession
 
 
-class RecordingSession:
-    """Just enough of ClientSession for a logged-in shell: every listing request is recorded and
-    answered with an empty batch."""
-
-    user = "alice"
-    admin = False
-    server = "test:1"
-
-    def __init__(self) -> None:
-        self.sent: list[Request] = []
-
-    def ensure_connected(self) -> None:
-        pass
+class ListingSession(RecordingSession):
+    """Every listing request is recorded and answered with an empty batch."""
 
     def stream(self, request: Request) -> Iterator[Batch]:
         self.sent.append(request)
@@ -45,7 +35,7 @@ class Shell:
     """A shell with the finding commands: run a line, see what it said and would have sent."""
 
     def __init__(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        self.session = RecordingSession()
+        self.session = ListingSession()
         self.capsys = capsys
         self.shell = VitrineShell(
             self.session,  # type: ignore[arg-type]

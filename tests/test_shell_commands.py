@@ -19,22 +19,13 @@ from protocol.catalog import GetImage, ImageDetails, ImageSummary
 from shell.app import VitrineShell, parser
 from shell.browse_commands import BrowseCommands
 from shell.image_commands import ImageCommands
+from tests.stand_in_session import RecordingSession
 
 ORIGINAL = b"\xff\xd8original bytes"
 
 
-class RecordingSession:
-    """Just enough of ClientSession: a logged-in user, and GetImage answered from memory."""
-
-    user = "alice"
-    admin = False
-    server = "test:1"
-
-    def __init__(self) -> None:
-        self.sent: list[Request] = []
-
-    def ensure_connected(self) -> None:
-        pass
+class ImageSession(RecordingSession):
+    """GetImage answered from memory."""
 
     def call(self, request: Request, expect: Any = None) -> Any:
         self.sent.append(request)
@@ -48,8 +39,8 @@ class RecordingSession:
         return ImageDetails(id=request.id, image=image, original=original, format="JPEG")
 
 
-def _shell(tmp_path: Path) -> tuple[VitrineShell, RecordingSession, io.StringIO]:
-    session = RecordingSession()
+def _shell(tmp_path: Path) -> tuple[VitrineShell, ImageSession, io.StringIO]:
+    session = ImageSession()
     out = io.StringIO()
     shell = VitrineShell(
         session,  # type: ignore[arg-type]
@@ -104,7 +95,7 @@ class _Broken(cmd2.CommandSet):
 
 
 def test_a_command_that_fails_unexpectedly_still_fails_the_script(tmp_path: Path) -> None:
-    session = RecordingSession()
+    session = ImageSession()
     shell = VitrineShell(
         session,  # type: ignore[arg-type]
         data_dir=tmp_path / "data",
