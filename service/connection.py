@@ -147,9 +147,11 @@ class Connection:
             return codec.decode_request(body)
         except codec.MessageError as exc:
             # Not a request, but worth the line a request gets: the operator sees who sends it.
+            # The message quotes what the peer sent (a type's name, a field's): %r, so that a
+            # newline or an escape in it cannot forge a log line or drive a terminal.
             user = self.state.user.name if self.state.user else "-"
             log.info(
-                "user=%s peer=%s request=? outcome=%s refused frame: %.200s",
+                "user=%s peer=%s request=? outcome=%s refused frame: %.200r",
                 user,
                 self.label,
                 exc.code.value,

@@ -368,10 +368,13 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             shell.exit_code = 1  # the line above is the whole report; fail() would repeat it
             return
         rejected, skipped = summary.count(Outcome.REJECTED), len(walked.problems)
-        unanswered = summary.count(Outcome.UNANSWERED)  # the connection was lost meanwhile
-        if rejected or skipped or unanswered:
+        # the connection was lost meanwhile: sent without an answer, or not sent at all
+        unanswered = summary.count(Outcome.UNANSWERED)
+        not_sent = summary.count(Outcome.NOT_SENT)
+        if rejected or skipped or unanswered or not_sent:
             parts = [plural(rejected, "file") + " rejected"] if rejected else []
             parts += [plural(unanswered, "file") + " unanswered"] if unanswered else []
+            parts += [plural(not_sent, "file") + " not sent"] if not_sent else []
             parts += [plural(skipped, "path") + " skipped"] if skipped else []
             shell.fail(f"Not everything was uploaded: {' and '.join(parts)}; see above.")
 

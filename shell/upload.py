@@ -130,14 +130,16 @@ def _expand_glob(pattern: str) -> list[str]:
     """What a glob names, sorted, as `glob.glob(pattern, recursive=True)` would say it, except
     that `**` does not follow links to directories: glob's does, so two links to a parent made
     `shop/**/*.jpg` walk for ever (each doubles the work). Hidden names are left out, as glob's
-    wildcards and the directory walk leave them out."""
+    wildcards and the directory walk leave them out, unless the pattern names them (`.h*`)."""
     parts = Path(pattern).parts
     fixed = next((n for n, part in enumerate(parts) if glob.has_magic(part)), len(parts))
     base = Path(*parts[:fixed]) if fixed else Path(".")
+    wildcards = parts[fixed:]
+    asks_for_hidden = any(part.startswith(".") for part in wildcards)
     found = []
-    for path in base.glob(str(Path(*parts[fixed:]))):
+    for path in base.glob(str(Path(*wildcards))):
         below = path.relative_to(base).parts
-        if not any(part.startswith(".") for part in below):
+        if asks_for_hidden or not any(part.startswith(".") for part in below):
             found.append(str(path))
     return sorted(found)
 
@@ -167,6 +169,14 @@ def walk_paths(paths: Iterable[str]) -> WalkResult:
     as ignored, each once too."""
     result = WalkResult()
     seen: set[tuple[int, int]] = set()
+    said: set[tuple[str, str]] = set()
+
+    def problem(path: str, reason: str) -> None:
+        """Once each: `shop/**` walks every folder under shop, and so meets each entry again
+        from every folder above it."""
+        if (path, reason) not in said:
+            said.add((path, reason))
+            result.problems.append((path, reason))
 
     def found(path: str, named: bool) -> str | None:
         """Take or ignore a file; None if `path` is no regular file, else what became of it."""
@@ -190,25 +200,27 @@ def walk_paths(paths: Iterable[str]) -> WalkResult:
         elif glob.has_magic(expanded):
             targets = _expand_glob(expanded)
             if not targets:
-                result.problems.append((given, "matches no file"))
+                problem(given, "matches no file")
                 continue
         else:
-            result.problems.append((given, "no such file or directory"))
+            problem(given, "no such file or directory")
             continue
         for target in targets:
             named = target == expanded
-            if os.path.isdir(target):
+            if not named and os.path.islink(target) and os.path.isdir(target):
+                problem(shown_path(target), LINKED_FOLDER)  # `**/*` matched the link itself
+            elif os.path.isdir(target):
                 outcomes = set()
                 for path in _walk_directory(target):
                     outcome = found(path, named=False)
                     outcomes.add(outcome)
                     if outcome is None:  # a link to a folder, a broken link, a FIFO...
-                        result.problems.append((shown_path(path), _not_taken(path)))
+                        problem(shown_path(path), _not_taken(path))
                 if named and "taken" not in outcomes:
                     none = "image files" if "ignored" in outcomes else "files"
-                    result.problems.append((given, f"the directory holds no {none}"))
+                    problem(given, f"the directory holds no {none}")
             elif found(target, named) is None and named:
-                result.problems.append((given, _not_taken(target)))
+                problem(given, _not_taken(target))
     return result
 
 
@@ -228,7 +240,7 @@ class Outcome(StrEnum):
     REJECTED = "rejected"
     #: Sent, but the run was interrupted before the answer came: it may be stored.
     UNANSWERED = "unanswered"
-    #: Not sent, because the run was interrupted first.
+    #: Not sent, because the run was interrupted (or the connection lost) first.
     NOT_SENT = "not_sent"
 
 
@@ -245,8 +257,9 @@ class FileResult:
     code: str = ""
 
 
-def lost_file(file: Candidate, reason: str, size: int = 0) -> FileResult:
-    return FileResult(file, Outcome.REJECTED, size, reason=reason, code="connection_lost")
+def lost_file(file: Candidate, reason: str) -> FileResult:
+    """A file not sent because the connection was lost first: a re-run sends it."""
+    return FileResult(file, Outcome.NOT_SENT, reason=reason, code="connection_lost")
 
 
 UNANSWERED_REASON = (
@@ -290,7 +303,7 @@ class UploadSummary:
         seconds = max(self.seconds, 1e-9)
         megabytes = self.bytes_sent / 1e6
         stopped = ""
-        if self.interrupted or self.count(Outcome.UNANSWERED):
+        if self.interrupted or self.count(Outcome.UNANSWERED) or self.count(Outcome.NOT_SENT):
             stopped = (
                 f", {self.count(Outcome.UNANSWERED)} unanswered, "
                 f"{self.count(Outcome.NOT_SENT)} not sent"

@@ -338,15 +338,16 @@ def test_files_sent_before_the_connection_was_lost_are_unanswered_not_rejected(
     assert "4 unanswered" in summary.line()
 
 
-def test_a_lost_connection_rejects_the_rest_with_advice(tmp_path: Path) -> None:
+def test_a_lost_connection_leaves_the_rest_not_sent_with_advice(tmp_path: Path) -> None:
     files = walk_paths([str(_folder(tmp_path, 12))]).files
     server = ScriptedServer(lose_after=5)
     summary = Uploader(server.submit, window=3).run(files, UploadFields())
     assert len(summary.results) == 12
-    assert summary.count(Outcome.NEW) == 5
-    lost = [r for r in summary.results if r.outcome is Outcome.REJECTED]
-    assert len(lost) == 7
+    assert summary.count(Outcome.NEW) == 5 and summary.count(Outcome.REJECTED) == 0
+    lost = [r for r in summary.results if r.outcome is Outcome.NOT_SENT]
+    assert len(lost) == 7 and all(r.code == "connection_lost" for r in lost)
     assert all("run the command again" in r.reason for r in lost)
+    assert "7 not sent" in summary.line()
 
 
 class CtrlCAfter:

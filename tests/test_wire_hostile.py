@@ -128,11 +128,28 @@ def test_wrong_field_types_and_ranges(
 
 def test_malformed_messagepack(hostile_server: ServerProcess, tmp_path: Path) -> None:
     sock = greeted(hostile_server)
+    port = sock.getsockname()[1]
     send_body(sock, b"\xc1\xc1\xc1")
     reply = read_response(sock)
     assert isinstance(reply, Error) and reply.code is ErrorCode.BAD_REQUEST
     # logged like a request, with the peer, so an operator can see who sends junk
-    hostile_server.wait_for_log("request=? outcome=BAD_REQUEST refused frame: Malformed")
+    hostile_server.wait_for_log(f":{port} request=? outcome=BAD_REQUEST refused frame: ")
+
+
+def test_a_refused_frame_cannot_forge_a_log_line(
+    hostile_server: ServerProcess, tmp_path: Path
+) -> None:
+    """The refusal quotes what the peer sent; an anonymous peer must not be able to start a
+    line of its own in the operator's log, nor send it an escape sequence."""
+    sock = greeted(hostile_server)
+    forged = "Hello\n2026-01-01 00:00:00,000 INFO vitrine.requests: user=admin forged\x1b[2J"
+    send_message(sock, {"type": forged, "id": 5})
+    reply = read_response(sock)
+    assert isinstance(reply, Error) and reply.code is ErrorCode.BAD_REQUEST
+    log = hostile_server.wait_for_log("user=admin forged")
+    assert "\nuser=admin" not in log and "\n2026-01-01 00:00:00,000 INFO" not in log
+    assert "\x1b[2J" not in log
+    assert_still_serving(hostile_server, tmp_path)
     assert_still_serving(hostile_server, tmp_path)
 
 
