@@ -499,3 +499,28 @@ def test_globs_and_repeated_directories_ignore_each_other_file_once(tmp_path: Pa
         assert sorted(_names([f.path for f in walked.files])) == ["a.jpg", "b.jpg"], given
         assert sorted(_names([Path(p) for p in walked.ignored])) == ["notes.txt", "readme.txt"]
         assert walked.problems == [], given
+
+
+def test_globs_report_each_problem_once_never_walk_a_link_and_find_hidden_names_asked_for(
+    shop: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "far.jpg").write_bytes(_jpeg())
+    (shop / "dresses" / "summer" / "up").symlink_to(elsewhere)
+    (shop / "dresses" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    # `shop/**` names every folder under shop: each entry is met again from every folder above
+    every_folder = walk_paths([f"{shop}/**"])
+    assert sorted(every_folder.problems) == sorted(
+        [
+            (str(shop / "dresses" / "gone.jpg"), "a broken link"),
+            (str(shop / "dresses" / "summer" / "up"), LINKED_FOLDER),
+        ]
+    )
+    # `**/*` matches the link itself: reported, not walked into
+    everything = walk_paths([f"{shop}/**/*"])
+    assert "far.jpg" not in _names([f.path for f in everything.files])
+    assert (str(shop / "dresses" / "summer" / "up"), LINKED_FOLDER) in everything.problems
+    # a pattern that asks for hidden names gets them
+    hidden = walk_paths([f"{shop}/.h*"])
+    assert _names([f.path for f in hidden.files]) == [".hidden.jpg"]
