@@ -303,14 +303,23 @@ async def serve(
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*connections, return_exceptions=True), 5)
+        # First: it would go on decoding through the waits below (the rest waits for the next
+        # start, which goes on where it stopped).
+        await asyncio.to_thread(colour_backfill.stop, services)
         if services.unfinished:
             log.info("finishing %d uploads whose clients left", len(services.unfinished))
-            await asyncio.wait(services.unfinished, timeout=UNFINISHED_WAIT_S)
+            _, left = await asyncio.wait(services.unfinished, timeout=UNFINISHED_WAIT_S)
+            if left:
+                log.warning(
+                    "%d uploads whose clients left were not finished within %.0f s; the next "
+                    "start removes what they wrote",
+                    len(left),
+                    UNFINISHED_WAIT_S,
+                )
         try:
             await asyncio.to_thread(similarity.stop, services)  # saves the vector index
         except Exception:
             log.exception("stopping search by image failed")
-        await asyncio.to_thread(colour_backfill.stop, services)
         await asyncio.to_thread(colour_search.stop, services)
         close_services(services)
         announce("Vitrine server stopped")

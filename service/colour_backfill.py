@@ -7,7 +7,7 @@ them, a chunk at a time, and logs its progress as the embedding backfill does. S
 uploads go on meanwhile.
 
 The palette comes from the original, decoded and thumbnailed exactly as at upload
-(`service.ingest.palette_of_stored`), not from the stored thumbnail: that is a re-encoded JPEG
+(`service.ingest.palette_of`), not from the stored thumbnail: that is a re-encoded JPEG
 whose colours differ slightly, and an image's colours must not depend on when they were
 computed (another owner's upload of the same bytes copies them).
 
@@ -25,7 +25,7 @@ from repository import images as repo
 from repository.blobstore import BlobError
 from service import colour_search
 from service.context import Services
-from service.ingest import palette_of_stored
+from service.ingest import palette_of
 from util import images as imaging
 
 log = logging.getLogger("vitrine.colours")
@@ -88,7 +88,8 @@ def backfill(services: Services, stopping: threading.Event) -> int:
             if stopping.is_set():
                 break
             try:
-                palettes[image_id] = palette_of_stored(services.config, services.blobs.get(blob))
+                original = services.blobs.get(blob)
+                palettes[image_id] = palette_of(services.config, original, stored=True)
             except (imaging.ImageRejected, BlobError, OSError) as exc:
                 failed += 1
                 log.warning("image %d: its colours cannot be computed: %s", image_id, exc)

@@ -94,12 +94,18 @@ class Services:
     connections: set[ConnectionState] = field(default_factory=set)
     #: Work that goes on after its client left (`finish_regardless`); shutdown waits for it.
     unfinished: set[asyncio.Task[Any]] = field(default_factory=set)
+    #: At most this much at once: a client that uploads, drops the connection and comes back
+    #: must not pile up work (and the bytes it holds) beyond what two full windows hold.
+    max_unfinished: int = 64
 
     def finish_regardless(self, work: Awaitable[T]) -> Awaitable[T]:
         """`work`, carried to its end even if the request waiting for it is cancelled (its
         client disconnected). An upload cancelled between its blob writes and its insert left
         blobs that no row names until the next start; one whose bytes all arrived is now
-        stored, and sending it again reports it present."""
+        stored, and sending it again reports it present. Past `max_unfinished`, work is
+        cancelled with its request as before (the next start sweeps what it left)."""
+        if len(self.unfinished) >= self.max_unfinished:
+            return work
         task = asyncio.ensure_future(work)
         self.unfinished.add(task)
 

@@ -154,10 +154,13 @@ def _palette_records(thumbnail: Image.Image) -> list[repo.ColourRecord]:
     ]
 
 
-def _palette_of_upload(config: ServerConfig, data: bytes) -> list[repo.ColourRecord]:
+def palette_of(config: ServerConfig, data: bytes, stored: bool = False) -> list[repo.ColourRecord]:
     """The palette a fresh upload of `data` gets: decoded and thumbnailed the same way, so the
-    colours equal those of any other upload of these bytes."""
-    thumbnail, _ = imaging.make_thumbnail(decode_upload(config, data).image, config.thumbnail_side)
+    colours equal those of any other upload of these bytes, whenever they are computed.
+    `stored`: the bytes are an original already kept (the colour backfill's), decoded under
+    `decode_stored`'s looser limits."""
+    decoded = (decode_stored if stored else decode_upload)(config, data)
+    thumbnail, _ = imaging.make_thumbnail(decoded.image, config.thumbnail_side)
     return _palette_records(thumbnail)
 
 
@@ -171,12 +174,6 @@ def decode_stored(config: ServerConfig, data: bytes) -> imaging.DecodedImage:
         max_pixels=max(config.max_image_pixels, imaging.DEFAULT_MAX_PIXELS),
         target=config.thumbnail_side,
     )
-
-
-def palette_of_stored(config: ServerConfig, data: bytes) -> list[repo.ColourRecord]:
-    """The palette of a stored original, equal to the one its upload would have made."""
-    thumbnail, _ = imaging.make_thumbnail(decode_stored(config, data).image, config.thumbnail_side)
-    return _palette_records(thumbnail)
 
 
 def decode_upload(config: ServerConfig, data: bytes) -> imaging.DecodedImage:
@@ -246,7 +243,7 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
         elif known.colours_pending:
             # That row was stored under --no-colours: extract rather than copy nothing.
             try:
-                new.palette = await services.run(_palette_of_upload, config, upload.data)
+                new.palette = await services.run(palette_of, config, upload.data)
             except imaging.ImageRejected as exc:  # the limits may have changed since
                 raise rejection_error(exc) from None
     else:

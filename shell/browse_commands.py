@@ -22,34 +22,35 @@ from shell.app import (
     parser,
     write_json_lines,
 )
-from shell.image_commands import MAX_TAG_CHARS, MAX_TAGS
+from shell.image_commands import MAX_TAGS
 from shell.text import plural, printable
+from util import catalogue_text
 
 MAX_SEARCH_CHARS = 500  # protocol.catalog.SearchText
 
 
 def browse_tags(words: list[str]) -> list[str]:
-    """The tags a browse_by_tags asks for, checked against the wire's limits (protocol.catalog
-    Tag and Tags, via shell.image_commands) before sending: the server would otherwise answer
-    with the decoder's "Expected `str` of length <= 64 - at `$.tags[0]`". Blanks are dropped and
-    repeats kept once, so only tags that count toward the limit are counted.
+    """The tags a browse_by_tags asks for, in the server's one spelling (util.catalogue_text)
+    and checked by its rule before sending: the server would otherwise answer a tag over the
+    wire's 64 characters with the decoder's "Expected `str` of length <= 64 - at `$.tags[0]`".
+    Blanks are dropped and repeats (`Hat hat`) kept once, so only tags that count toward the
+    limit of 64 tags are counted.
 
     Tags here are words, while `--tags` elsewhere takes them comma-separated: a comma in a tag
     (never valid in one) is that mix-up, and the refusal says what to type instead.
     """
-    tags = list(dict.fromkeys(tag for word in words if (tag := word.strip())))
-    if with_comma := [tag for tag in tags if "," in tag]:
-        split = [printable(part.strip()) for tag in tags for part in tag.split(",")]
+    words = [word for word in words if word.strip()]
+    if with_comma := [word for word in words if "," in word]:
+        split = [printable(part.strip()) for word in words for part in word.split(",")]
         example = " ".join(["browse_by_tags", *(part for part in split if part)])
         raise CommandFailed(
-            f"Invalid tag {printable(with_comma[0])!r}: a tag has no commas. browse_by_tags "
-            f"takes tags separated by spaces: {example}"
+            f"Invalid tag {printable(with_comma[0].strip())!r}: a tag has no commas. "
+            f"browse_by_tags takes tags separated by spaces: {example}"
         )
-    if too_long := [tag for tag in tags if len(tag) > MAX_TAG_CHARS]:
-        shown = printable(too_long[0][:24]) + "…"
-        raise CommandFailed(
-            f"A tag has at most {MAX_TAG_CHARS} characters; {shown} has {len(too_long[0])}."
-        )
+    try:
+        tags = catalogue_text.normalise_tags(words)
+    except catalogue_text.TextRefused as exc:
+        raise CommandFailed(str(exc)) from None
     if len(tags) > MAX_TAGS:
         raise CommandFailed(f"browse_by_tags takes at most {MAX_TAGS} tags, not {len(tags)}.")
     return tags

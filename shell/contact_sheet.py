@@ -72,8 +72,9 @@ def _glyph(font: Font, char: str) -> bytes:
 
 def drawable(text: str, font: Font) -> str:
     """`text` with each character `font` cannot draw replaced: by its base letter when it is
-    an accented one (or a curly quote, by the plain one), else by "?". A joiner that it cannot
-    draw is left out: it has no width of its own, and Pillow without a shaper cannot join."""
+    an accented one (or a curly quote, by the plain one), else by "?". A format character that
+    it cannot draw (the joiners `printable` keeps) is left out: it has no width of its own, and
+    Pillow without a shaper cannot join."""
     out = []
     for char in text:
         if _draws(font, char):

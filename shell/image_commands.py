@@ -58,7 +58,6 @@ from util.images import DEFAULT_MAX_BYTES
 from util.money import format_cents, price_arg, quantity_arg
 
 MAX_TAGS = 64  # protocol.catalog.Tags
-MAX_TAG_CHARS = 64
 MAX_TITLE_CHARS = 200
 MAX_DESCRIPTION_CHARS = 5000
 #: Above this many files, new uploads are counted rather than listed (unless --verbose).
@@ -80,8 +79,6 @@ def tag_list(text: str) -> list[str]:
     for raw in text.split(","):
         if not raw.strip():
             continue
-        if len(raw.strip()) > MAX_TAG_CHARS:
-            raise argparse.ArgumentTypeError(f"a tag has at most {MAX_TAG_CHARS} characters")
         try:
             tag = catalogue_text.normalise_tag(raw)
         except catalogue_text.TextRefused as exc:

@@ -383,8 +383,10 @@ def test_a_password_the_wire_would_refuse_gets_a_sentence(
 def test_a_new_password_is_checked_before_anything_is_sent(
     server: ServerProcess, tmp_path: Path
 ) -> None:
+    asked = server.log().count("request=CreateUser")
     short = run_client(server, "create_user shorty", config_dir=tmp_path, password="seven77")
     assert short.returncode == 1 and "at least 8 characters" in short.stderr, short
+    assert server.log().count("request=CreateUser") == asked  # refused before sending
     same = run_client(
         server,
         "login alice",

@@ -104,8 +104,13 @@ def test_a_bad_value_of_a_real_option_is_not_called_an_unknown_option(run: Shell
 
 
 def test_after_a_double_dash_the_word_is_sent(run: Shell) -> None:
-    run("browse_by_tags -- -hat")
-    assert [request.tags for request in run.session.sent] == [["-hat"]]  # type: ignore[attr-defined]
+    run("search -- -hat")
+    assert [request.text for request in run.session.sent] == ["-hat"]  # type: ignore[attr-defined]
+
+
+def test_a_tag_after_a_double_dash_still_follows_the_tag_rule(run: Shell) -> None:
+    err = run("browse_by_tags -- -hat")
+    assert "Invalid tag '-hat'" in err and run.session.sent == [], err
 
 
 def test_help_is_still_help(run: Shell) -> None:
@@ -146,8 +151,17 @@ def test_the_limits_are_the_wires() -> None:
 
 def test_a_tag_too_long_is_refused_before_sending(run: Shell) -> None:
     err = run("browse_by_tags " + "a" * (_limit(Tag) + 1))
-    assert f"A tag has at most {_limit(Tag)} characters" in err and "has 65" in err, err
+    assert "Invalid tag 'aaaa" in err and f"at most {_limit(Tag)} characters" in err, err
     assert "Invalid message" not in err and run.session.sent == []
+
+
+def test_tags_are_measured_and_counted_as_the_server_spells_them(run: Shell) -> None:
+    """Forty accented letters typed decomposed are 80 code points but a 40-letter tag, and
+    `Hat hat` is one tag: what is sent is what the server would store."""
+    decomposed = "e\u0301" * 40
+    run(f"browse_by_tags {decomposed} Hat hat")
+    (request,) = run.session.sent
+    assert isinstance(request, Browse) and request.tags == ["\u00e9" * 40, "hat"]
 
 
 def test_too_many_tags_are_refused_before_sending(run: Shell) -> None:
