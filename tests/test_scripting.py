@@ -286,7 +286,7 @@ def test_a_re_upload_with_new_flags_says_the_stored_values_stay(
         ("browse_by_tags -hat", "browse_by_tags has no option -hat, and a tag starts with"),
         ("search_by_color -h5", "search_by_color has no option -h5; to search for that colour"),
         ("browse_by_tags hat,straw", "takes tags separated by spaces: browse_by_tags hat straw"),
-        ("browse_by_tags " + "a" * 65, "A tag has at most 64 characters"),
+        ("browse_by_tags " + "a" * 65, "at most 64 characters"),
         ("browse_by_tags " + " ".join(f"t{n}" for n in range(65)), "at most 64 tags, not 65"),
     ],
 )
