@@ -352,7 +352,9 @@ class ServerConnection:
         if pending is None:
             if isinstance(response, Error) and response.id == 0:
                 # A connection-level complaint (idle timeout, bad frame): the server closes next.
-                self._server_reason = f"the server closed the connection: {response.message}"
+                # Its sentence starts "Closing the connection: ..." for raw peers; said once.
+                why = response.message.removeprefix("Closing the connection: ").rstrip(".")
+                self._server_reason = f"the server closed the connection: {why}"
             return
         result: Any = response
         if isinstance(response, Error):

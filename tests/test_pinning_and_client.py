@@ -193,6 +193,31 @@ def test_a_reconnect_notice_in_a_script_goes_to_stderr(
     assert all(line.startswith("{") for line in out.splitlines()), out
 
 
+def test_an_idle_reconnect_says_why_once(tmp_path: Path, config_dir: Path) -> None:
+    """It read "(the server closed the connection: Closing the connection: nothing received
+    for 2 s.)"."""
+    idle = ServerProcess(tmp_path / "idle", ["--idle-timeout", "2"]).start()
+    try:
+        run_client(idle, "create_user nap", "quit", config_dir=config_dir, password=PASSWORD)
+        child = subprocess.Popen(
+            [PYTHON, str(ROOT / "client.py"), "--server", idle.address, "--config-dir",
+             str(config_dir), "--data-dir", str(config_dir / "data"), "--fingerprint",
+             idle.fingerprint],
+            cwd=str(ROOT), env={**os.environ, "VITRINE_PASSWORD": PASSWORD}, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert child.stdin is not None
+        child.stdin.write("login nap\n")
+        child.stdin.flush()
+        idle.wait_for_log("user=nap")
+        time.sleep(3)  # past the server's idle timeout: it closes the connection
+        _, err = child.communicate("whoami\nquit\n", timeout=60)
+        assert "(the server closed the connection: nothing received for 2 s)" in err, err
+        assert "Closing the connection" not in err, err
+    finally:
+        idle.stop()
+
+
 def test_script_without_trust_flag_is_refused(server: ServerProcess, config_dir: Path) -> None:
     result = bare_client(server.address, config_dir, "quit")
     assert result.returncode != 0
