@@ -219,6 +219,12 @@ class VitrineShell(cmd2.Cmd):
             self.fail(str(exc))
         except KeyboardInterrupt:
             self.fail("Interrupted.")
+        except IndexError:
+            if getattr(statement, "command", "") != "history":
+                self.exit_code = 1
+                raise
+            # cmd2's own `history -r 99999` fails with a bare "list index out of range"
+            self.fail("There is no such item in the history; `history` lists them, numbered.")
         except Exception:
             # A bug, not a refusal: cmd2 reports it (with the traceback under `set debug true`),
             # and a script must still see that the command failed.

@@ -420,3 +420,13 @@ def test_a_bulk_upload_with_text_the_server_refuses_sends_nothing(
     done = client(server, tmp_path, "login alice", f"add_image {folder} {flags}")
     assert done.returncode == 1 and said in done.stderr, done
     assert server.log().count("request=UploadImage") == before  # nothing was sent
+
+
+def test_a_history_item_that_does_not_exist_is_said_plainly(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """cmd2's own answer was "IndexError: list index out of range" and a hint to debug it."""
+    done = client(server, tmp_path, "login alice", "history -r 99999")
+    assert done.returncode == 1, done
+    assert "There is no such item in the history" in done.stderr, done
+    assert "IndexError" not in done.stderr and "debug" not in done.stderr, done
