@@ -137,8 +137,9 @@ def _ranked(
     tags: list[str],
     request: ColourSearch,
     table: ColourTable,
+    limit: int,
 ) -> Ranked:
-    """Ranked ids with their scores and matching colours (in the executor)."""
+    """The best `limit` ids with their scores and matching colours (in the executor)."""
     known = repo.tag_ids(conn, tags)
     if len(known) < len(tags):
         return [], {}, {}  # a tag nobody has used: nothing carries it
@@ -150,7 +151,7 @@ def _ranked(
         in_stock=flt.in_stock,
     )
     table.ensure_built(conn)
-    hits = table.rank(conn, viewer, query, filters, limit=colours_repo.MAX_RESULTS + 1)
+    hits = table.rank(conn, viewer, query, filters, limit=limit)
     scores = {h.image_id: round(h.score, 6) for h in hits}
     matches = {
         h.image_id: Colour(
@@ -189,7 +190,7 @@ async def colour_search(ctx: RequestContext, request: ColourSearch) -> Frames:
         ctx,
         request.id,
         request.options,
-        lambda conn: _ranked(conn, viewer, store_query, tags, request, table),
+        lambda conn, limit: _ranked(conn, viewer, store_query, tags, request, table, limit),
         Recheck.of(tags, flt),
         keep=colours_repo.MAX_RESULTS,
     )

@@ -276,7 +276,7 @@ async def open_ranked(
     ctx: RequestContext,
     request_id: int,
     options: ListingOptions,
-    rank: Callable[[sqlite3.Connection], Ranked],
+    rank: Callable[[sqlite3.Connection, int], Ranked],
     recheck: Recheck | None = None,
     *,
     keep: int,
@@ -288,8 +288,9 @@ async def open_ranked(
     For every ranked search (text, by image, by colour): `rank(conn)` may return candidates
     the viewer cannot see; visibility is re-checked here, batch by batch, and so are the
     search's filters (`recheck`) from the second batch on. A search keeps its best `keep`
-    results: `rank` returns one more when more matched, so that the last batch can say the
-    listing was cut (it said "500 images in all" of a search that matched 556).
+    results: `rank(conn, limit)` is asked for one more, so that the last batch can say the
+    listing was cut when more matched (it said "500 images in all" of a search that matched
+    556).
     """
     limit = _limit(ctx, options)
     viewer = ctx.user.id
@@ -297,7 +298,7 @@ async def open_ranked(
     token = _new_token()
 
     def run(conn: sqlite3.Connection) -> tuple[SnapshotCursor, Frames, bool]:
-        ids, scores, matches = rank(conn)
+        ids, scores, matches = rank(conn, keep + 1)
         cursor = SnapshotCursor(ids[:keep], 0, scores, matches, recheck, cut=len(ids) > keep)
         frames, more = _snapshot_frames(
             conn, blobs, viewer, request_id, cursor, limit, options.thumbnails, token
@@ -357,11 +358,7 @@ async def text_search(ctx: RequestContext, request: TextSearch) -> Frames:
         ctx,
         request.id,
         request.options,
-        lambda conn: (
-            repo.search_ids(conn, viewer, query, limit=repo.MAX_SEARCH_RESULTS + 1),
-            {},
-            {},
-        ),
+        lambda conn, limit: (repo.search_ids(conn, viewer, query, limit), {}, {}),
         Recheck(text=query),
         keep=repo.MAX_SEARCH_RESULTS,
     )

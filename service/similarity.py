@@ -656,7 +656,7 @@ async def _open_search(
     viewer = ctx.user.id
     flt = request.filters
 
-    def rank(conn: sqlite3.Connection) -> Ranked:
+    def rank(conn: sqlite3.Connection, limit: int) -> Ranked:
         query = vector
         if query is None:
             assert exclude is not None
@@ -669,7 +669,7 @@ async def _open_search(
         filters = resolve_filters(
             conn, tags, flt.min_price_cents, flt.max_price_cents, flt.in_stock
         )
-        ranked = engine.rank(conn, viewer, query, filters, exclude, MAX_RESULTS + 1)
+        ranked = engine.rank(conn, viewer, query, filters, exclude, limit)
         return [i for i, _ in ranked], {i: round(float(s), 6) for i, s in ranked}, {}
 
     return await open_ranked(

@@ -215,6 +215,15 @@ def _changes_since(before: tuple[int, int, str], image: ImageSummary) -> str:
     )
 
 
+def _name_lines(shell: cmd2.Cmd, views: list[LineView]) -> None:
+    """The lines that stop a checkout, each with its warnings, on stderr."""
+    for view in views:
+        shell.perror(
+            f"  #{view.item.image_id} {printable(view.title)}: {'; '.join(view.warnings)}",
+            style=None,
+        )
+
+
 def _total(views: list[LineView]) -> int:
     """What the lines that can be bought now cost: one that cannot would only inflate the sum.
     (Checkout itself buys every line or none.)"""
@@ -540,22 +549,14 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         say(cart_summary(views, cart.units))
         blocked = [view for view in views if view.blocked]
         if blocked and not args.yes:
-            for view in blocked:
-                shell.perror(
-                    f"  #{view.item.image_id} {printable(view.title)}: {'; '.join(view.warnings)}",
-                    style=None,
-                )
+            _name_lines(shell, blocked)
             raise CommandFailed(
                 f"Not bought: {plural(len(blocked), 'line')} cannot be bought now (see above); "
                 "fix with update_cart or remove_from_cart. Your cart is unchanged."
             )
         renamed = [view for view in views if view.renamed]
         if renamed and args.yes:
-            for view in renamed:
-                shell.perror(
-                    f"  #{view.item.image_id} {printable(view.title)}: {'; '.join(view.warnings)}",
-                    style=None,
-                )
+            _name_lines(shell, renamed)
             numbers = " ".join(str(view.item.image_id) for view in renamed)
             raise CommandFailed(
                 f"Not bought: {plural(len(renamed), 'line')} changed title since you added "

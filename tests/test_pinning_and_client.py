@@ -169,12 +169,12 @@ def test_the_history_is_owner_only(server: ServerProcess, config_dir: Path) -> N
     assert fresh.stat().st_mode & 0o777 == 0o700
 
 
-def test_a_reconnect_notice_in_a_script_goes_to_stderr(
-    server: ServerProcess, config_dir: Path
-) -> None:
-    """After a lost connection the next command reconnects and says so; in a script that note
-    must not come before the JSON on stdout."""
-    run_client(server, "create_user hale", "quit", config_dir=config_dir, password=PASSWORD)
+def piped_client_logged_in(
+    server: ServerProcess, config_dir: Path, name: str
+) -> subprocess.Popen[str]:
+    """client.py reading its commands from a pipe, as a script feeds it, with `name` (created
+    here) logged in: the test writes the rest with `communicate`."""
+    run_client(server, f"create_user {name}", "quit", config_dir=config_dir, password=PASSWORD)
     child = subprocess.Popen(
         [PYTHON, str(ROOT / "client.py"), "--server", server.address, "--config-dir",
          str(config_dir), "--data-dir", str(config_dir / "data"), "--fingerprint",
@@ -183,9 +183,18 @@ def test_a_reconnect_notice_in_a_script_goes_to_stderr(
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     assert child.stdin is not None
-    child.stdin.write("login hale\n")
+    child.stdin.write(f"login {name}\n")
     child.stdin.flush()
-    server.wait_for_log("user=hale")
+    server.wait_for_log(f"user={name}")
+    return child
+
+
+def test_a_reconnect_notice_in_a_script_goes_to_stderr(
+    server: ServerProcess, config_dir: Path
+) -> None:
+    """After a lost connection the next command reconnects and says so; in a script that note
+    must not come before the JSON on stdout."""
+    child = piped_client_logged_in(server, config_dir, "hale")
     server.stop()
     server.restart()
     out, err = child.communicate("tags --json\nquit\n", timeout=60)
@@ -198,18 +207,7 @@ def test_an_idle_reconnect_says_why_once(tmp_path: Path, config_dir: Path) -> No
     for 2 s.)"."""
     idle = ServerProcess(tmp_path / "idle", ["--idle-timeout", "2"]).start()
     try:
-        run_client(idle, "create_user nap", "quit", config_dir=config_dir, password=PASSWORD)
-        child = subprocess.Popen(
-            [PYTHON, str(ROOT / "client.py"), "--server", idle.address, "--config-dir",
-             str(config_dir), "--data-dir", str(config_dir / "data"), "--fingerprint",
-             idle.fingerprint],
-            cwd=str(ROOT), env={**os.environ, "VITRINE_PASSWORD": PASSWORD}, text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        assert child.stdin is not None
-        child.stdin.write("login nap\n")
-        child.stdin.flush()
-        idle.wait_for_log("user=nap")
+        child = piped_client_logged_in(idle, config_dir, "nap")
         time.sleep(3)  # past the server's idle timeout: it closes the connection
         _, err = child.communicate("whoami\nquit\n", timeout=60)
         assert "(the server closed the connection: nothing received for 2 s)" in err, err
