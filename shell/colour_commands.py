@@ -14,6 +14,7 @@ import argparse
 import math
 
 import cmd2
+from cmd2 import Choices, CompletionItem
 
 from protocol.catalog import ColourSearch, ListingOptions
 from shell import listing
@@ -22,6 +23,7 @@ from shell.search_filters import add_filter_arguments, describe, filters_from
 from shell.text import printable
 from util.colour_spec import (
     DEFAULT_MIN_SHARE,
+    NAMES,
     ColourSpecError,
     check_min_share,
     check_tolerance,
@@ -53,6 +55,11 @@ def _fraction(text: str) -> float:
     return _number(text, "min-share")
 
 
+def _complete_colour_names(_app: cmd2.Cmd) -> Choices:
+    """The names, offered at Tab but not enforced: a hue or a hex colour is as good a COLOR."""
+    return Choices(items=[CompletionItem(name) for name in NAMES])
+
+
 class ColourCommands(cmd2.CommandSet[VitrineShell]):
     DEFAULT_CATEGORY = BROWSE
 
@@ -63,7 +70,12 @@ class ColourCommands(cmd2.CommandSet[VitrineShell]):
         "pink, brown) or a hex colour #rrggbb. `more` continues the listing.",
         noun="colour",
     )
-    colour_parser.add_argument("color", metavar="COLOR", help="a hue, a colour name or #rrggbb")
+    colour_parser.add_argument(
+        "color",
+        metavar="COLOR",
+        choices_provider=_complete_colour_names,
+        help="a hue, a colour name or #rrggbb",
+    )
     colour_parser.add_argument(
         "--tolerance",
         metavar="DEG",

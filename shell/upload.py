@@ -446,8 +446,10 @@ def _result_of(file: Candidate, size: int, future: Future[Response]) -> FileResu
     try:
         response = future.result()
     except VitrineError as exc:
-        # The server's sentence for people; the stable word for scripts goes in `code`.
-        code = exc.details[0] if exc.details else exc.code.value
+        # The server's sentence for people; the stable word for scripts goes in `code`, in the
+        # lower case of every other code (`truncated`, `connection_lost`), even when the
+        # server gave no finer reason than its error code (`UNAUTHENTICATED` → `unauthenticated`).
+        code = exc.details[0] if exc.details else exc.code.value.lower()
         return FileResult(file, Outcome.REJECTED, size, reason=exc.message, code=code)
     except ConnectionLost as exc:
         # Sent: the server stores what it began even when its client is gone, so this file

@@ -467,6 +467,10 @@ def test_terminal_session_draws_pictures_and_completes(
         child.expect("ttyonly-e2e")
         child.sendline("")
         child.expect("End of images tagged ttyonly-e2e")
+        child.send("search_by_color mage\t")  # colour names complete; hues and hex still parse
+        child.expect("magenta")
+        child.sendline(" --tags ttyonly-e2e")
+        child.expect(r"(Nothing found for|End of) images of magenta \(tagged ttyonly-e2e\)")
         child.sendline("quit")
         child.expect(pexpect.EOF)
     finally:

@@ -278,7 +278,7 @@ def test_window_bounds_requests_in_flight_and_every_file_gets_one_outcome(tmp_pa
     by_name = {r.file.path.name: r for r in summary.results}
     assert by_name["refused.jpg"].outcome is Outcome.REJECTED
     assert by_name["refused.jpg"].reason == "The JPEG is truncated."
-    assert by_name["refused.jpg"].code == "UNSUPPORTED_IMAGE"
+    assert by_name["refused.jpg"].code == "unsupported_image"  # lower case like every code
     assert by_name["text.jpg"].outcome is Outcome.REJECTED
     assert "not an image" in by_name["text.jpg"].reason
     assert by_name["zero.jpg"].outcome is Outcome.REJECTED
