@@ -512,8 +512,17 @@ def store_palettes(conn: sqlite3.Connection, palettes: dict[int, list[ColourReco
     return stored
 
 
-def update_image(conn: sqlite3.Connection, image_id: int, changes: Changes) -> bool:
-    """Apply `changes` to a live image in one transaction; False if it is gone (deleted)."""
+#: The write-side twin of VISIBLE: a change by `:editor` applies only while they may still
+#: see the image. Their permission was checked by an earlier read, which the owner's making
+#: the image private (or deleting it) may have overtaken since.
+STILL_EDITABLE = " AND (private = 0 OR owner_id = :editor)"
+
+
+def update_image(
+    conn: sqlite3.Connection, image_id: int, changes: Changes, *, editor: int | None = None
+) -> ImageRecord | None:
+    """Apply `changes` to a live image in one transaction and return the image as changed;
+    None if it is gone (deleted) or, with `editor`, private to someone else by now."""
     columns = {
         name: value
         for name, value in (
@@ -528,11 +537,12 @@ def update_image(conn: sqlite3.Connection, image_id: int, changes: Changes) -> b
     with WRITE_LOCK, transaction(conn, immediate=True):
         sets = "".join(f"{name} = :{name}, " for name in columns)
         cursor = conn.execute(
-            f"UPDATE images SET {sets}updated_at = :now WHERE id = :id AND deleted_at IS NULL",
-            {**columns, "now": time.time(), "id": image_id},
+            f"UPDATE images SET {sets}updated_at = :now WHERE id = :id AND deleted_at IS NULL"
+            + (STILL_EDITABLE if editor is not None else ""),
+            {**columns, "now": time.time(), "id": image_id, "editor": editor},
         )
         if cursor.rowcount == 0:
-            return False
+            return None
         if changes.add_tags:
             conn.executemany(
                 "INSERT INTO image_tags (image_id, tag_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
@@ -545,15 +555,17 @@ def update_image(conn: sqlite3.Connection, image_id: int, changes: Changes) -> b
                 [(image_id, t) for t in known.values()],
             )
         _fts_row(conn, image_id)
-    return True
+        return images_by_ids(conn, [image_id])[0]  # read in the transaction that changed it
 
 
-def soft_delete(conn: sqlite3.Connection, image_id: int) -> bool:
-    """Hide an image everywhere at once; the data stays until a purge. False if already gone."""
+def soft_delete(conn: sqlite3.Connection, image_id: int, *, editor: int | None = None) -> bool:
+    """Hide an image everywhere at once; the data stays until a purge. False if already gone
+    or, with `editor`, private to someone else by now."""
     with WRITE_LOCK, transaction(conn, immediate=True):
         cursor = conn.execute(
-            "UPDATE images SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL",
-            (time.time(), image_id),
+            "UPDATE images SET deleted_at = :now WHERE id = :id AND deleted_at IS NULL"
+            + (STILL_EDITABLE if editor is not None else ""),
+            {"now": time.time(), "id": image_id, "editor": editor},
         )
         conn.execute("DELETE FROM images_fts WHERE rowid = ?", (image_id,))
     return cursor.rowcount > 0

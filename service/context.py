@@ -169,6 +169,10 @@ class ConnectionState:
     ended: str | None = None
 
     def start(self, user: User, session_id: int) -> None:
+        """Someone logged in; a different user than before inherits none of their listings
+        (a `More` on the last user's cursor would page through what only they could see)."""
+        if self.user is None or self.user.id != user.id:
+            self.extras.clear()
         self.user, self.session_id, self.ended = user, session_id, None
 
     def end(self, reason: str | None = None) -> None:

@@ -2,7 +2,9 @@
 
 Permission rule, the same for every path: a live public image, or one's own, can be seen; a
 private image of someone else answers NOT_FOUND exactly like a missing id, so its existence
-does not leak. Changing an image needs its owner or an admin (FORBIDDEN otherwise).
+does not leak, to the admin too. Changing or deleting a visible image needs its owner or an
+admin (FORBIDDEN otherwise); only the owner may change its visibility. The write repeats the
+visibility rule, so an owner who makes an image private while an admin edits it wins.
 """
 
 from __future__ import annotations
@@ -255,17 +257,18 @@ async def update_image(ctx: RequestContext, request: UpdateImage) -> ImageUpdate
             f"Only the owner of image {request.image_id} ({record.owner}) may make it private "
             "or public; an admin may change the rest of it, or delete it.",
         )
-    if not await ctx.services.db_call(repo.update_image, request.image_id, changes):
+    changed = await ctx.services.db_call(
+        repo.update_image, request.image_id, changes, editor=ctx.user.id
+    )
+    if changed is None:  # deleted, or made private by its owner, since `_editable` read it
         raise _not_found(request.image_id)
-    record = await ctx.services.db_call(repo.image_by_id, request.image_id)
-    assert record is not None
-    return ImageUpdated(id=request.id, image=summary(record))
+    return ImageUpdated(id=request.id, image=summary(changed))
 
 
 @route(DeleteImage)
 async def delete_image(ctx: RequestContext, request: DeleteImage) -> Ok:
     await _editable(ctx, request.image_id)
-    if not await ctx.services.db_call(repo.soft_delete, request.image_id):
+    if not await ctx.services.db_call(repo.soft_delete, request.image_id, editor=ctx.user.id):
         raise _not_found(request.image_id)
     for hook in ctx.services.on_deleted:  # e.g. the vector index forgets it
         try:

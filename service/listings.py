@@ -197,7 +197,9 @@ def _keyset_frames(
     if shown:
         cursor.last_id = shown[-1]
     more = len(ids) > limit
-    items = build_summaries(blobs, repo.images_by_ids(conn, shown), thumbnails)
+    # The rows are read by a second statement, after which a commit may have hidden or
+    # deleted one of the ids: the viewer's rule is applied again here.
+    items = build_summaries(blobs, repo.images_by_ids(conn, shown, viewer), thumbnails)
     return _encode_batch(request_id, items, token if more else None), more
 
 
