@@ -114,6 +114,14 @@ def colour_query(request: ColourSearch) -> tuple[ColourQuery, float, float]:
     if request.spec is not None:
         query = parse_colour(request.spec)
     else:
+        for what, low, high in (
+            ("lightness", request.min_lightness, request.max_lightness),
+            ("saturation", request.min_saturation, request.max_saturation),
+        ):
+            if low > high:  # as an upside-down price range is refused, not answered empty
+                raise ColourSpecError(
+                    f"the minimum {what} ({low:g}) is above the maximum ({high:g}); swap them"
+                )
         box = LSBox(
             l_lo=request.min_lightness,
             l_hi=request.max_lightness,

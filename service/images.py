@@ -292,7 +292,8 @@ async def get_image(ctx: RequestContext, request: GetImage) -> ImageDetails:
 
     try:
         thumbnail, original = await services.run(read)
-    except BlobError:
+    except BlobError as exc:  # damaged or forged: the operator needs the blob's name
+        log.error("image %d: its original (blob %s) fails to read: %s", record.id, record.blob, exc)
         raise VitrineError(
             ErrorCode.INTERNAL,
             f"The stored original of image {record.id} cannot be read; the server operator "

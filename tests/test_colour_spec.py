@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import colorsys
+import re
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from models.colours import CHROMA_MIN
+from protocol.catalog import ColourSearch
+from service.colour_search import colour_query
 from util.colour_spec import (
     DEFAULT_TOLERANCE,
     NAMES,
@@ -195,3 +198,18 @@ def test_pink_and_its_darker_neighbours_split_their_shared_hues(
     assert pink or dark
     if pink and dark:
         assert hue in (325.0, 340.0) or lightness in (0.40, 0.50) or saturation == 0.5
+
+
+@pytest.mark.parametrize(
+    ("bounds", "says"),
+    [
+        ({"min_lightness": 0.8, "max_lightness": 0.2}, "minimum lightness (0.8) is above"),
+        ({"min_saturation": 0.5, "max_saturation": 0.1}, "minimum saturation (0.5) is above"),
+    ],
+)
+def test_upside_down_lightness_or_saturation_bounds_are_refused(bounds: dict, says: str) -> None:
+    """They used to answer an empty listing, where an upside-down price range is refused."""
+    with pytest.raises(ColourSpecError, match=re.escape(says)):
+        colour_query(ColourSearch(id=0, hue=10.0, **bounds))
+    query, _, _ = colour_query(ColourSearch(id=0, hue=10.0, min_lightness=0.2, max_lightness=0.2))
+    assert query.boxes  # equal bounds are a narrow box, not an error

@@ -631,6 +631,22 @@ def test_an_unreadable_original_is_answered_at_once(server: ServerProcess, tmp_p
     assert "outcome=disconnected" not in log and "never retrieved" not in log, log
 
 
+def test_a_damaged_original_is_named_in_the_log(server: ServerProcess, tmp_path: Path) -> None:
+    """The client is told to run `server.py --check`; the log used to say only
+    `outcome=INTERNAL`, naming neither the image nor its blob."""
+    conn = impatient(server, tmp_path / "c", "seller")
+    image_id = upload(conn, jpeg(34)).image_id
+    original = stored_blobs(server, image_id)[0]
+    path = blob_store(server).path_for(original)
+    path.write_bytes(path.read_bytes()[:20])
+
+    error = error_of(conn, GetImage(id=0, image_id=image_id, with_original=True))
+    assert error.code == ErrorCode.INTERNAL and "server.py --check" in error.message
+    conn.close()
+    log = server.settled_log(tmp_path / "s")
+    assert f"image {image_id}: its original (blob {original}) fails to read: " in log
+
+
 def test_a_failed_blob_write_is_answered_and_the_server_goes_on(
     server: ServerProcess, tmp_path: Path
 ) -> None:
