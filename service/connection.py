@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import sqlite3
 import time
 
 from protocol import codec, framing
@@ -33,6 +35,42 @@ MIN_READ_BYTES_PER_S = 64 * 1024
 STORAGE_FAILED = (
     "The server could not read or write its storage; the error has been logged for its operator."
 )
+
+
+#: ... and when that failure is a full disk, which a retry will not mend and which the operator
+#: must hear of: a full disk also refuses logins (each writes a session row).
+STORAGE_FULL = (
+    "The server's storage is full; nothing was changed. The error has been logged for its operator."
+)
+_SQLITE_STORAGE_ERRORS = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR}
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _failed(name: str, request_id: int, exc: Exception) -> str:
+    """Log a handler's failure and return the sentence its client gets.
+
+    The disk failing under a request (an OSError of the blob store, SQLite's "database or disk
+    is full" or "disk I/O error") is the operator's to mend, not a bug: one line says so. A full
+    disk gets no traceback, since every request would then write one to the disk that is full.
+    Anything else is a bug and is logged with its traceback."""
+    if isinstance(exc, sqlite3.OperationalError):
+        storage = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_STORAGE_ERRORS
+        full = getattr(exc, "sqlite_errorcode", 0) == sqlite3.SQLITE_FULL
+    else:
+        storage = isinstance(exc, OSError)
+        full = storage and getattr(exc, "errno", None) in _FULL_ERRNOS
+    if not storage:
+        log.error("request %s %s failed", name, request_id, exc_info=exc)
+        return "The server hit an unexpected error; it has been logged."
+    log.error(
+        "request %s %s failed: the server could not use its storage%s: %s",
+        name,
+        request_id,
+        " (it is full)" if full else "",
+        exc,
+        exc_info=None if full else exc,
+    )
+    return STORAGE_FULL if full else STORAGE_FAILED
 
 
 class _Closing(Exception):
@@ -263,24 +301,9 @@ class Connection:
             except asyncio.CancelledError:
                 outcome = "disconnected"
                 raise
-            except OSError as exc:
+            except Exception as exc:
                 outcome = ErrorCode.INTERNAL.value
-                log.error(
-                    "request %s %s failed: the server could not use its storage: %s",
-                    name,
-                    request.id,
-                    exc,
-                    exc_info=exc,
-                )
-                reply = _error(request.id, ErrorCode.INTERNAL, STORAGE_FAILED)
-            except Exception:
-                outcome = ErrorCode.INTERNAL.value
-                log.exception("request %s %s failed", name, request.id)
-                reply = _error(
-                    request.id,
-                    ErrorCode.INTERNAL,
-                    "The server hit an unexpected error; it has been logged.",
-                )
+                reply = _error(request.id, ErrorCode.INTERNAL, _failed(name, request.id, exc))
             try:
                 await self.send(reply)
             except (OSError, asyncio.CancelledError):  # OSError includes ConnectionError
