@@ -26,8 +26,11 @@ from dataclasses import dataclass, field
 
 from repository.database import transaction
 
-#: Serialises writers inside this process. SQLite allows one writer anyway; taking a Python lock
-#: first turns its sleep-and-retry busy handler (millisecond naps) into a plain hand-off.
+#: Serialises the catalogue's write transactions inside this process (images, tags, colours,
+#: embeddings, orders: `repository.orders` and `repository.embeddings` take it too). SQLite
+#: allows one writer anyway; taking a Python lock first turns its sleep-and-retry busy handler
+#: (millisecond naps) into a plain hand-off under bulk uploads. The accounts' single-statement
+#: writes (sessions, users) do not take it: they are rare and short enough for the busy handler.
 WRITE_LOCK = threading.Lock()
 
 #: A tombstone's blob columns hold this instead of a blob name (the data was purged).
