@@ -1,19 +1,23 @@
 """Search by colour from memory: every dominant colour in numpy arrays sorted by hue, scored
-vectorised, with only the best few hundred candidates looked up in SQL.
+vectorised, with only the best few hundred candidates looked up in SQL. This is the ranking
+the server uses (`service.colour_search`).
 
-Why: the SQL walk (`repository.colour_queries.rank_by_colour`) scores every colour in the hue
-range inside SQLite, row by row; at 100,000 images a broad hue is tens of thousands of rows and
-that walk alone took most of the 20 ms budget. Here a hue interval is a `np.searchsorted` slice
-and the same arithmetic runs over the slice at once (well under a millisecond).
+Why: scoring in SQLite, row by row, at 100,000 images a broad hue is tens of thousands of rows,
+and that alone took most of the 20 ms budget. Here a hue interval is a `np.searchsorted` slice
+and the same arithmetic runs over the slice at once (well under a millisecond). So SQLite keeps
+no index for colour search: the table is built by one scan of `image_colours` and follows it
+by primary key (`image_id`).
 
-Results are the SQL ranking's, exactly: the score is computed with the same float64 operations
-in the same order as `candidates_sql` (so equal inputs give equal bits, and ties order the
-same way: score desc, then image id desc, an image's lower colour rank first as in
-`models.colours.best_match`). Visibility and the filters (which updates change) are not held
-here: they are checked in SQL for the candidates, in one query, so the table only has to follow
-inserts and deletes. The candidates are every row scoring at least the `want`-th best score, so
-the images among them that pass are exactly the best that pass; when fewer than `limit` pass,
-`want` grows and the next candidates are checked.
+The score is `models.colours.match_score` (docs/colours.md, "Ranking"), rearranged so a whole
+hue interval is plain arithmetic (`_scores`). Ties order as score desc, then image id desc, an
+image's lower colour rank first as in `models.colours.best_match`. The tests hold the results
+equal, to the bit, to a second ranking done in SQLite with the same float64 operations in the
+same order (`tests/colour_oracle.py`), itself held equal to `best_match`. Visibility and the
+filters (which updates change) are not held here: they are checked in SQL for the
+candidates, in one query, so the table only has to follow inserts and deletes. The
+candidates are every row scoring at least the `want`-th best score, so the images among them
+that pass are exactly the best that pass; when fewer than `limit` pass, `want` grows and the
+next candidates are checked.
 
 Keeping in step without rewriting 250k-row arrays per upload: new images' rows go to a small
 unsorted delta, and deleted (or re-inserted) ids are masked out of the sorted main arrays; both
@@ -41,7 +45,7 @@ from repository.colour_queries import (
     ColourFilters,
     ColourHit,
     HueQuery,
-    _local_hue,
+    local_hue,
 )
 from repository.images import passing_ids
 
@@ -122,13 +126,14 @@ class _Snapshot:
 
 
 def _scores(rows: _Rows, query: HueQuery, interval: tuple[float, float]) -> np.ndarray:
-    """`candidates_sql`'s score and acceptance for rows already inside `interval`: the score,
-    or NaN where the row is not accepted. Same operations in the same order as the SQL, so the
-    float64 results are bit-identical."""
+    """`match_score` and acceptance for rows already inside `interval`: the score, or NaN where
+    the row is not accepted. Within one interval the hue distance is `hue - local_hue` (squared,
+    so its sign does not matter) and `0.5 (d / tol)^2` is `k d^2`, so no wrapping or division
+    is done per row; the whole-circle interval keeps the wrapped distance."""
     whole_circle = interval[1] - interval[0] >= 360.0
     tol = float(query.tolerance)
     k = 0.5 / (tol * tol) if tol > 0 else 0.0
-    q = float(query.hue) if whole_circle else _local_hue(query.hue, interval)
+    q = float(query.hue) if whole_circle else local_hue(query.hue, interval)
     hue, light, sat = rows.hue, rows.lightness, rows.saturation
     diff = hue - q
     if whole_circle:
@@ -165,7 +170,7 @@ def _scores(rows: _Rows, query: HueQuery, interval: tuple[float, float]) -> np.n
 
 
 class ColourTable:
-    """All colour rows of the live images, in memory, ranked like `rank_by_colour`.
+    """All colour rows of the live images, in memory, ranked by `best_match`.
 
     Thread-safe: `add`/`remove` (store hooks) and `rank` (searches) may run in any threads.
     """
@@ -289,7 +294,9 @@ class ColourTable:
         *,
         limit: int = MAX_RESULTS,
     ) -> list[ColourHit]:
-        """What `rank_by_colour(conn, viewer, query, filters, limit=limit)` returns."""
+        """The best `limit` images `viewer` may see that pass `filters` and have a colour
+        matching `query`, best first (score, then newest), each with its best-matching
+        colour."""
         filters = filters if filters is not None else ColourFilters()
         if limit <= 0 or not query.ranges:
             return []
@@ -367,8 +374,8 @@ def _hit(rows: _Rows, at: int, score: float) -> ColourHit:
 def _passing(
     conn: sqlite3.Connection, viewer: int, ids: Sequence[int], filters: ColourFilters
 ) -> set[int]:
-    """Which candidates `viewer` may see and pass the filters: one query, the SQL ranking's
-    own visibility rule and filter SQL."""
+    """Which candidates `viewer` may see and pass the filters: one query, with the visibility
+    rule and filter SQL every ranked search shares."""
     return passing_ids(
         conn,
         viewer,

@@ -148,9 +148,17 @@ _V4_SERVER_ID = """
         INSERT INTO server_meta (key, value) VALUES ('server_id', lower(hex(randomblob(16))))
 """
 
+#: v5: search by colour ranks from memory (`repository.colour_table`), which loads
+#: `image_colours` with one scan and follows it by primary key; no query walks hues in SQL any
+#: more, so v2's index was only written (on every upload, backfill and purge), never read.
+_V5_NO_HUE_INDEX = """
+        DROP INDEX IF EXISTS image_colours_by_hue_share
+"""
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _run_statements(_V1_SCHEMA),
     _run_statements(_V2_COLOUR_INDEX),
     _run_statements(_V3_COLOURS_PENDING),
     _run_statements(_V4_SERVER_ID),
+    _run_statements(_V5_NO_HUE_INDEX),
 ]

@@ -5,8 +5,8 @@ server trusts no client), so a name or hex colour brings its lightness/saturatio
 is not orange, pink is not red) and a bad one is refused with the same sentence the shell shows.
 Ranking is `repository.colour_table` (every colour row in memory, scored with numpy; visibility
 and filters checked in SQL for the candidates), which answers exactly what the SQL ranking
-`repository.colour_queries` does (kept as the tests' reference), about twice as fast at 100k
-images. `start` builds the table in a background thread right after start-up (0.35 s at 100k
+of `tests/colour_oracle.py` does (the tests' reference; it served requests before the table),
+about twice as fast at 100k images. `start` builds the table in a background thread right after start-up (0.35 s at 100k
 images warm; logged), so the first colour search does not pay for it; a search that arrives
 before the build is done waits for it rather than ranking in SQL meanwhile, since a build
 competing for the GIL made those searches slower than either. The table follows uploads and

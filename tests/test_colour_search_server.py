@@ -1,5 +1,8 @@
-"""Search by colour in the store: the SQL ranking is `models.colours.best_match`'s, it walks
-the hue index, and the cut to `limit` keeps exactly the best images whatever the floor.
+"""Search by colour in the store: the tests' SQL ranking (`tests/colour_oracle.py`, the
+reference test_colour_table holds the server's in-memory table to) is
+`models.colours.best_match`'s, and the cut to `limit` keeps exactly the best images whatever
+the floor; the colour rows are read by primary key or one scan, so SQLite keeps no hue index
+(schema version 5 drops the one version 2 made).
 
 These run on a real SQLite file with the real schema (no server): the route and the shell are
 covered end to end in test_colour_search_e2e.
@@ -8,6 +11,8 @@ covered end to end in test_colour_search_e2e.
 from __future__ import annotations
 
 import colorsys
+import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +20,12 @@ import pytest
 
 from models.colours import PaletteColour, best_match
 from repository import colour_queries as cq
+from repository import colour_table
 from repository import images as repo
-from repository.database import Database
+from repository.colour_table import ColourTable
+from repository.database import Database, migrate
+from repository.migrations import MIGRATIONS
+from tests import colour_oracle as oracle
 from tests.rows import add_users, new_image
 from util.colour_spec import NAMES, ColourQuery, hue_ranges, parse_colour
 
@@ -101,7 +110,7 @@ def test_sql_ranking_is_best_match(store: tuple, text: str, limit: int) -> None:
     for tol, min_share in ((q.tolerance, 0.05), (0.0, 0.0), (200.0, 0.1), (30.0, 0.0)):
         tol = min(tol, 180.0)
         hq = cq.HueQuery(q.hue, tol, hue_ranges(q.hue, tol), min_share, q.boxes)
-        got = cq.rank_by_colour(conn, 1, hq, limit=limit)
+        got = oracle.rank_by_colour(conn, 1, hq, limit=limit)
         want = _expected(conn, palettes, 1, q, tol, min_share, _visible(conn, 1))[:limit]
         assert [h.image_id for h in got] == [i for i, _ in want]
         assert [h.score for h in got] == pytest.approx([s for _, s in want], abs=1e-9)
@@ -118,7 +127,7 @@ def test_filters_apply_before_the_cut(store: tuple) -> None:
     q = parse_colour("blue")
     hq = cq.HueQuery(q.hue, q.tolerance, hue_ranges(q.hue, q.tolerance), 0.0, q.boxes)
     filters = cq.ColourFilters(tag_ids=[tag_id], in_stock=True, min_price_cents=200)
-    got = cq.rank_by_colour(conn, 2, hq, filters, limit=10)
+    got = oracle.rank_by_colour(conn, 2, hq, filters, limit=10)
     ok = _visible(
         conn,
         2,
@@ -143,20 +152,63 @@ def test_private_and_deleted_are_never_ranked(store: tuple) -> None:
     for text in QUERIES:
         q = parse_colour(text)
         hq = cq.HueQuery(q.hue, 180.0, hue_ranges(q.hue, 180.0), 0.0, ())
-        assert not {h.image_id for h in cq.rank_by_colour(conn, 1, hq)} & hidden
+        assert not {h.image_id for h in oracle.rank_by_colour(conn, 1, hq)} & hidden
 
 
-def test_the_walk_is_a_hue_index_range_not_a_scan(store: tuple) -> None:
-    db, _ = store
-    q = parse_colour("red")  # across 0 degrees: two intervals
-    hq = cq.HueQuery(q.hue, q.tolerance, hue_ranges(q.hue, q.tolerance), 0.05, q.boxes)
-    assert len(hq.ranges) == 2
-    for interval in hq.ranges:
-        sql, params = cq.candidates_sql(
-            1, hq, cq.ColourFilters(tag_ids=[1], in_stock=True), interval, 100
-        )
-        plan = [row[3] for row in db.conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
-        walks = [p for p in plan if "image_colours" in p and "(hue>? AND hue<?)" in p]
-        assert walks and "COVERING INDEX image_colours_by_hue_share" in walks[0], plan
-        assert not any(p.startswith("SCAN") and "image_colours" in p for p in plan), plan
-        assert not any(p.startswith("SCAN i") for p in plan), plan
+def _plan(conn: sqlite3.Connection, sql: str, params: object = ()) -> list[str]:
+    return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]  # type: ignore[arg-type]
+
+
+def test_the_colour_rows_are_read_by_key_or_one_scan(store: tuple) -> None:
+    """What the server asks of `image_colours`: the table's build (one scan, once per start),
+    its updates and the listings' palettes (by image id, the primary key's prefix)."""
+    db, palettes = store
+    conn = db.conn
+    ids = list(palettes)[:5]
+    indexes = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'image_colours' "
+        "AND sql IS NOT NULL"
+    ).fetchall()
+    assert indexes == []  # only the primary key: nothing else to update per upload
+    build = _plan(conn, f"SELECT {colour_table._COLUMNS} FROM image_colours")
+    assert build == ["SCAN image_colours"], build
+    by_id = [
+        (
+            f"SELECT {colour_table._COLUMNS} FROM image_colours "
+            "WHERE image_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(ids),),
+        ),
+        (
+            "SELECT image_id, r, g, b, hue, saturation, lightness, share FROM image_colours "
+            f"WHERE image_id IN ({','.join('?' * len(ids))}) ORDER BY image_id, rank",
+            ids,
+        ),
+    ]
+    for sql, params in by_id:
+        plan = _plan(conn, sql, params)
+        assert "SEARCH image_colours USING PRIMARY KEY (image_id=?)" in plan, plan
+
+
+def test_version_4_upgrades_dropping_the_hue_index(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "v4.db", isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    for number, step in enumerate(MIGRATIONS[:4], start=1):
+        step(conn)
+        conn.execute(f"PRAGMA user_version={number}")
+    add_users(conn, "seller")
+    red = repo.ColourRecord(200, 40, 30, 4.0, 0.7, 0.45, 0.6)
+    image_id = repo.insert_image(conn, new_image(1, palette=[red]))
+    index = "SELECT 1 FROM sqlite_master WHERE name = 'image_colours_by_hue_share'"
+    assert conn.execute(index).fetchone()
+
+    assert migrate(conn) == len(MIGRATIONS) == 5
+    assert conn.execute(index).fetchone() is None
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    table = ColourTable()
+    table.build(conn)
+    query = cq.HueQuery(0.0, 20.0, hue_ranges(0.0, 20.0), 0.05, ())
+    hits = table.rank(conn, 1, query)
+    assert [(h.image_id, h.rgb) for h in hits] == [(image_id, (200, 40, 30))]
+    assert hits == oracle.rank_by_colour(conn, 1, query)
+    assert migrate(conn) == 5  # and again: nothing left to do
+    conn.close()

@@ -2,8 +2,8 @@
 same scores to the bit, same matched colour), under random queries, lightness/saturation
 boxes, filters, viewers and limits, and stays so across uploads, deletes, purges and updates.
 
-`repository.colour_queries.rank_by_colour` is the reference (itself held equal to
-`models.colours.best_match` by test_colour_search_server).
+`tests.colour_oracle.rank_by_colour`, the same ranking computed in SQLite, is the reference
+(itself held equal to `models.colours.best_match` by test_colour_search_server).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from repository import colour_queries as cq
 from repository import images as repo
 from repository.colour_table import ColourTable
 from repository.database import Database
+from tests import colour_oracle as oracle
 from tests.rows import add_users, new_image
 from util.colour_spec import NAMES, LSBox, hue_ranges, parse_colour
 
@@ -108,7 +109,7 @@ def _same(conn: object, table: ColourTable, rng: np.random.Generator, rounds: in
         filters = _random_filters(conn, rng) if rng.random() < 0.6 else cq.ColourFilters()
         viewer = int(rng.integers(1, 3))
         limit = int(rng.choice([1, 7, 20, 60, 500, 5000]))
-        want = cq.rank_by_colour(conn, viewer, query, filters, limit=limit)  # type: ignore[arg-type]
+        want = oracle.rank_by_colour(conn, viewer, query, filters, limit=limit)  # type: ignore[arg-type]
         got = table.rank(conn, viewer, query, filters, limit=limit)  # type: ignore[arg-type]
         assert got == want, (query, filters, viewer, limit)
         compared += len(got)
@@ -135,7 +136,7 @@ def test_ties_order_by_newest_image(store: Database) -> None:
     query = cq.HueQuery(0.0, 10.0, hue_ranges(0.0, 10.0), 0.4, ())
     got = table.rank(conn, 1, query)
     assert len(got) >= 5
-    assert got == cq.rank_by_colour(conn, 1, query)
+    assert got == oracle.rank_by_colour(conn, 1, query)
     scores = [h.score for h in got]
     assert scores == sorted(scores, reverse=True)
     ids_at_top = [h.image_id for h in got if h.score == scores[0]]
