@@ -6,13 +6,13 @@ is not orange, pink is not red) and a bad one is refused with the same sentence 
 Ranking is `repository.colour_table` (every colour row in memory, scored with numpy; visibility
 and filters checked in SQL for the candidates), which answers exactly what the SQL ranking
 of `tests/colour_oracle.py` does (the tests' reference; it served requests before the table),
-about twice as fast at 100k images. `start` builds the table in a background thread right after start-up (0.35 s at 100k
-images warm; logged), so the first colour search does not pay for it; a search that arrives
-before the build is done waits for it rather than ranking in SQL meanwhile, since a build
-competing for the GIL made those searches slower than either. The table follows uploads and
-deletes through the `Services.on_stored` /
-`on_deleted` hooks; updates change visibility, stock and tags only, and those are read in SQL at
-search time. Batches, `More` and the visibility re-check of every batch come from
+about twice as fast at 100k images. `start` builds the table in a background thread right
+after start-up (0.35 s at 100k images warm; logged), so the first colour search does not pay
+for it; a search that arrives before the build is done waits for it rather than ranking in SQL
+meanwhile, since a build competing for the GIL made those searches slower than either. The
+table follows uploads and deletes through the `Services.on_stored` / `on_deleted` hooks;
+updates change visibility, stock and tags only, and those are read in SQL at search time.
+Batches, `More` and the visibility re-check of every batch come from
 `service.listings.open_ranked`, which reads thumbnails for the batch only.
 """
 
