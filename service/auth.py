@@ -182,14 +182,6 @@ class LoginThrottle:
                     f"Too many failed logins; try again in {retry} seconds.",
                 )
 
-    def check(self, account: str, peer: str) -> None:
-        """Raise RATE_LIMITED if either key is over its limit, without taking a place.
-
-        Request handlers use `attempt`; this is the bare rule, for callers that verify nothing.
-        """
-        with self._lock:
-            self._refuse_if_over(account, peer, time.monotonic())
-
     def _try_reserve(self, account: str, peer: str) -> LoginAttempt | None:
         """A place for one attempt, None if attempts in flight fill what the limits leave."""
         now = time.monotonic()

@@ -4,11 +4,18 @@ Run after a crash (or any time) to prove what the design promises: every row tha
 blobs has them and they decrypt under the key, stock and prices are non-negative, every order
 is whole (lines present, totals add up), and the text index matches the live images.
 
-It deletes and rewrites nothing, server running or not: the database is opened read-only and
-nothing is swept or purged. A check is what an operator runs when something looks wrong,
-perhaps on a directory whose database went missing, where the start-up sweep would delete
-every blob. Blobs no row names (crash leftovers, purged images' data) are reported, not
-counted as problems: the next normal start removes them.
+It deletes nothing and changes no data, server running or not: the database is opened
+read-only, nothing is swept or purged, and no blob key is made (a missing one is a problem
+reported). A check is what an operator runs when something looks wrong, perhaps on a directory
+whose database went missing, where the start-up sweep would delete every blob. Blobs no row
+names (crash leftovers, purged images' data) are reported, not counted as problems: the next
+normal start removes them.
+
+What it may touch, all of it what a start would do too: it creates `server.lock` if absent
+(and holds its lock while checking, so a server cannot start meanwhile); it creates an empty
+`blobs/` directory (0700) if that is missing while the key is there; it tightens a blob key file
+that others can read to 0600; and SQLite may leave the database's `-wal` and `-shm` side files
+behind, even from a read-only connection.
 """
 
 from __future__ import annotations

@@ -78,7 +78,6 @@ class Prepared:
     stay.
     """
 
-    blob: str
     data: bytes
     decoded: imaging.DecodedImage | None
     format: str = ""
@@ -119,7 +118,7 @@ def rejection_error(exc: imaging.ImageRejected) -> VitrineError:
 
 
 def _prepare_and_start(
-    services: Services, blob: str, data: bytes, analysers: list[Analyser]
+    services: Services, data: bytes, analysers: list[Analyser]
 ) -> tuple[Prepared, Future[str], list[tuple[Analyser, Future[Any]]]]:
     """All the CPU work of a new upload, in one executor call: decode once, start the
     analysers, make the thumbnail and start the blob writes, then the palette.
@@ -129,7 +128,7 @@ def _prepare_and_start(
     """
     config = services.config
     decoded = decode_upload(config, data)
-    prepared = Prepared(blob, data, decoded, decoded.format, decoded.width, decoded.height)
+    prepared = Prepared(data, decoded, decoded.format, decoded.width, decoded.height)
     started = []
     for analyser in analysers:
         try:
@@ -250,7 +249,7 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
         analysers = [a for a in services.analysers if await a.ready(services)]
         try:
             prepared, written, started = await services.run(
-                _prepare_and_start, services, blob, upload.data, analysers
+                _prepare_and_start, services, upload.data, analysers
             )
         except imaging.ImageRejected as exc:
             raise rejection_error(exc) from None

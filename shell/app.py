@@ -429,7 +429,3 @@ def write_json_lines(shell: cmd2.Cmd, values: Iterable[Any]) -> None:
     for value in values:
         shell.stdout.write(msgspec.json.encode(value).decode() + "\n")
     shell.stdout.flush()
-
-
-def namespace_get(args: argparse.Namespace, name: str, default: Any = None) -> Any:
-    return getattr(args, name, default)

@@ -218,19 +218,42 @@ def test_passwords_are_argon2id_phc_at_owasp_minimum() -> None:
 
 
 def test_throttle_counts_per_account_and_per_peer() -> None:
-    throttle = LoginThrottle(base_delay=0.1, max_delay=1.0, account_limit=3, peer_limit=5)
-    delays = [throttle.failure("alice", "10.0.0.1") for _ in range(3)]
-    assert delays == sorted(delays) and delays[0] < delays[-1] <= 1.0
-    with pytest.raises(VitrineError) as caught:
-        throttle.check("alice", "10.0.0.2")  # another peer cannot keep guessing alice
-    assert caught.value.code is ErrorCode.RATE_LIMITED
-    throttle.check("bob", "10.0.0.2")
-    for name in ("bob", "carol"):
-        throttle.failure(name, "10.0.0.1")
-    with pytest.raises(VitrineError):
-        throttle.check("dave", "10.0.0.1")  # one peer cannot spray many accounts
-    throttle.success("alice")
-    throttle.check("alice", "10.0.0.2")
+    """Through `attempt`, as the login handlers use it: a refused place is RATE_LIMITED at
+    once, and a verdict is what counts."""
+
+    async def scenario() -> None:
+        throttle = LoginThrottle(base_delay=0.1, max_delay=1.0, account_limit=3, peer_limit=5)
+
+        async def fail(account: str, peer: str) -> float:
+            async with asyncio.timeout(1), throttle.attempt(account, peer) as attempt:
+                return attempt.failed()
+
+        async def admitted(account: str, peer: str) -> None:
+            # nothing is in flight, so a place is given at once or refused: never a wait
+            async with asyncio.timeout(1), throttle.attempt(account, peer):
+                pass
+
+        delays = [await fail("alice", "10.0.0.1") for _ in range(3)]
+        assert delays == sorted(delays) and delays[0] < delays[-1] <= 1.0
+        with pytest.raises(VitrineError) as caught:
+            await admitted("alice", "10.0.0.2")  # another peer cannot keep guessing alice
+        assert caught.value.code is ErrorCode.RATE_LIMITED
+        await admitted("bob", "10.0.0.2")
+        for name in ("bob", "carol"):
+            await fail(name, "10.0.0.1")
+        with pytest.raises(VitrineError) as caught:
+            await admitted("dave", "10.0.0.1")  # one peer cannot spray many accounts
+        assert caught.value.code is ErrorCode.RATE_LIMITED
+        # a login forgives the account's earlier failures: two more do not reach its limit
+        for _ in range(2):
+            await fail("erin", "10.0.0.3")
+        async with throttle.attempt("erin", "10.0.0.3") as attempt:
+            attempt.succeeded(forgive_account=True)
+        for _ in range(2):
+            await fail("erin", "10.0.0.3")
+        await admitted("erin", "10.0.0.3")
+
+    asyncio.run(scenario())
 
 
 def test_throttle_counts_attempts_still_being_verified() -> None:

@@ -173,6 +173,55 @@ def test_corrupt_header_is_rejected() -> None:
     assert reason_of(data) == images.CORRUPT
 
 
+def test_a_bug_in_our_conversion_is_not_blamed_on_the_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The backfill marks a CORRUPT image as failed for good: our own bug must surface as itself.
+    def broken(img: Image.Image) -> Image.Image:
+        raise TypeError("bug in to_rgb")
+
+    monkeypatch.setattr(images, "to_rgb", broken)
+    with pytest.raises(TypeError, match="bug in to_rgb"):
+        decode_image(encode(photo(), "PNG"))
+
+
+@pytest.mark.parametrize("where", ["open", "load"])
+def test_memory_error_is_not_a_damaged_file(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise MemoryError
+
+    if where == "open":
+        monkeypatch.setattr(images.Image, "open", out_of_memory)
+    else:
+        monkeypatch.setattr(images.ImageFile.ImageFile, "load", out_of_memory)
+    with pytest.raises(MemoryError):
+        decode_image(encode(photo(), "PNG"))
+
+
+def test_unexpected_decoder_error_is_rejected_and_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The decoder parses hostile bytes, so an odd exception from it is still a rejection, but
+    # one that leaves a traceback in the log.
+    def odd(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("odd decoder failure")
+
+    monkeypatch.setattr(images.ImageFile.ImageFile, "load", odd)
+    with caplog.at_level("WARNING", logger="util.images"):
+        assert reason_of(encode(photo(), "PNG")) == images.CORRUPT
+    [record] = [r for r in caplog.records if r.name == "util.images"]
+    assert record.exc_info is not None and record.exc_info[0] is RuntimeError
+
+
+def test_expected_decoder_error_is_rejected_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("DEBUG", logger="util.images"):
+        assert reason_of(b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + b"\xff" * 40) in (
+            images.CORRUPT,
+            images.TRUNCATED,
+        )
+    assert not [r for r in caplog.records if r.name == "util.images"]
+
+
 def test_decompression_bomb_declaring_huge_size_is_rejected() -> None:
     # 100,000 x 100,000: beyond Pillow's own hard limit too, which fires before the size can
     # be read; the sentence still says what the file declares.

@@ -227,6 +227,10 @@ def test_text_search_pages_with_more(seller: ServerConnection) -> None:
     assert sorted(ids_of(batches)) == sorted(ids)
 
 
+# Texts with no word (letter, digit or underscore) left once the syntax is taken as text.
+_NO_WORDS = frozenset({'"', "(((", "*"})
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -246,14 +250,36 @@ def test_text_search_pages_with_more(seller: ServerConnection) -> None:
 def test_search_metacharacters_are_plain_text(seller: ServerConnection, text: str) -> None:
     tag = unique("meta")
     upload(seller, fresh(1)[0], tags=[tag], title="secret start")
-    try:
+    if text in _NO_WORDS:
+        error = error_of(seller, TextSearch(id=0, text=text))
+        assert error.code == ErrorCode.BAD_REQUEST and "no words" in error.message
+    else:
         frames = list(seller.stream(TextSearch(id=0, text=text)))
-    except Exception as exc:  # only a clear BAD_REQUEST is allowed: no words to look for
-        assert getattr(exc, "code", None) == ErrorCode.BAD_REQUEST, exc
-        return
-    assert all(isinstance(f, Batch) for f in frames)
+        assert frames and all(isinstance(f, Batch) for f in frames)
     # The database is intact: listings still work.
     assert len(ids_of(listing(seller, Browse(id=0, tags=[tag])))) == 1
+
+
+def test_search_caret_is_a_plain_character(seller: ServerConnection) -> None:
+    # In FTS5 `^start` only matches "start" as a column's first word: as plain text the caret
+    # is not a word, so a title with "start" anywhere is found.
+    word = unique("caret")
+    mine = upload(seller, fresh(1)[0], title=f"secret start {word}").image_id
+    assert mine in ids_of(listing(seller, TextSearch(id=0, text="^start")))
+    assert ids_of(listing(seller, TextSearch(id=0, text=f"^{word}"))) == [mine]
+
+
+def test_search_quotes_and_or_cannot_widen_the_match(seller: ServerConnection) -> None:
+    # Read as SQL or as FTS5 syntax, `x" OR "1"="1` matches whatever has an x or a 1 (or
+    # everything); as text it is the words x, OR and 1, all required.
+    literal = upload(seller, fresh(1)[0], title="x or 1").image_id
+    only_x = upload(seller, fresh(1)[0], title="x secret").image_id
+    only_1 = upload(seller, fresh(1)[0], title="secret 1", description="or so").image_id
+    unrelated = upload(seller, fresh(1)[0], title="secret start").image_id
+    found = ids_of(listing(seller, TextSearch(id=0, text='x" OR "1"="1')))
+    assert literal in found
+    assert not {only_x, only_1, unrelated} & set(found)
+    assert found == [literal]
 
 
 def test_search_with_no_words_is_a_clear_bad_request(seller: ServerConnection) -> None:

@@ -1,8 +1,13 @@
 """Where things live and how flags meet their `VITRINE_*` environment twins.
 
-Every flag can also be given as an environment variable so that `make run`, CI and service
-managers configure Vitrine the same way; the flag wins when both are set. Defaults come from
-platformdirs so a plain `python server.py` works with nothing set up.
+Flags added with `add_option` can also be given as an environment variable (`--data-dir` as
+`VITRINE_DATA_DIR`, see `env_name`) so that `make run`, CI and service managers configure
+Vitrine the same way; the flag wins when both are set, and `--help` names each twin. Not every
+flag has one: the server's `--no-colours` and `--check`, and the client's `--trust-new-server`
+and `--fingerprint`, are command-line only. The client's `--data-dir` is
+`VITRINE_CLIENT_DATA_DIR`, so that one exported `VITRINE_DATA_DIR` cannot put carts into the
+server's data directory. Defaults come from platformdirs so a plain `python server.py` works
+with nothing set up.
 """
 
 from __future__ import annotations

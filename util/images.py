@@ -18,12 +18,16 @@ Only Pillow and numpy are imported so the client stays light (never TensorFlow).
 from __future__ import annotations
 
 import io
+import logging
 import re
+import struct
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
+
+_log = logging.getLogger(__name__)
 
 MIB: Final = 1024 * 1024
 DEFAULT_MAX_BYTES: Final = 25 * MIB
@@ -199,7 +203,11 @@ def decode_image(
     max_side: int = DEFAULT_MAX_SIDE,
     target: int | None = None,
 ) -> DecodedImage:
-    """Decode untrusted bytes into an RGB picture, or raise ImageRejected and nothing else.
+    """Decode untrusted bytes into an RGB picture, or raise ImageRejected for a bad file.
+
+    Only what the decoder raises on the file's bytes becomes ImageRejected. MemoryError and
+    errors in our own conversion code propagate unchanged: turning them into "your file is
+    damaged" would hide a bug and make callers (the embedding backfill) give up on a good file.
 
     ``target`` is the smallest side the caller will need (e.g. the thumbnail size). For JPEG it
     lets libjpeg decode at 1/2, 1/4 or 1/8 scale, never below ``target`` on either side, which
@@ -218,9 +226,11 @@ def decode_image(
         # Pillow's own limit fires in open(), before the size can be read: its message has it.
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
         raise _bomb(None, max_pixels, int(pixels.group(1)) if pixels else None) from None
+    except MemoryError:
+        raise
     except Exception as exc:
         # Pillow raises many types on hostile headers (SyntaxError, struct.error, ...).
-        raise _corrupt(fmt, exc, data) from None
+        raise _decoder_error(fmt, exc, data) from None
     width, height = img.size
     if width * height > max_pixels:
         raise _bomb((width, height), max_pixels)
@@ -236,13 +246,13 @@ def decode_image(
         img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _bomb((width, height), max_pixels) from None
+    except MemoryError:
+        raise
     except Exception as exc:
-        raise _corrupt(fmt, exc, data) from None
+        raise _decoder_error(fmt, exc, data) from None
     quarter_turn = _apply_orientation(img)
-    try:
-        rgb = to_rgb(img)
-    except Exception as exc:
-        raise _corrupt(fmt, exc, data) from None
+    # Outside any try: the pixels are in memory, so a failure here is ours, not the file's.
+    rgb = to_rgb(img)
     if quarter_turn:
         width, height = height, width
     return DecodedImage(image=rgb, format=fmt, width=width, height=height)
@@ -257,7 +267,10 @@ def _apply_orientation(img: Image.Image) -> bool:
     try:
         orientation = img.getexif().get(0x0112, 1)
         ImageOps.exif_transpose(img, in_place=True)
+    except MemoryError:
+        raise
     except Exception:
+        _log.debug("ignoring unreadable EXIF orientation", exc_info=True)
         return False
     return orientation in (5, 6, 7, 8)
 
@@ -308,6 +321,32 @@ def _bomb(
         f"The image{declared} exceeds the {max_pixels:,}-pixel limit (a decompression bomb "
         "or an oversized scan); resize it and try again.",
     )
+
+
+# What Pillow's plugins are known to raise on malformed data. Anything else is still turned into
+# a rejection (the decoder parses hostile bytes, and a crash there must not become a 500), but it
+# is logged with its traceback so a Pillow regression or a misuse of ours can be found.
+_EXPECTED_DECODER_ERRORS: Final = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    ZeroDivisionError,
+)
+
+
+def _decoder_error(fmt: str, exc: Exception, data: bytes) -> ImageRejected:
+    if not isinstance(exc, _EXPECTED_DECODER_ERRORS):
+        _log.warning(
+            "Pillow raised an unexpected %s decoding a %s file; rejecting it as damaged",
+            type(exc).__name__,
+            fmt,
+            exc_info=exc,
+        )
+    return _corrupt(fmt, exc, data)
 
 
 def _corrupt(fmt: str, exc: BaseException, data: bytes) -> ImageRejected:
