@@ -21,7 +21,9 @@ answers fresh facts (`GetImages`) and decides checkouts. Choices made here:
   stays as it was and each failing line is named with its reason; on success the bought lines
   leave the cart and the order id is shown.
 * A connection lost while a checkout is in flight leaves the outcome unknown: the cart is kept
-  and the user is told to look at `orders` before trying again.
+  and the user is told to look at `orders` before trying again. Ctrl-C once the order is sent
+  does not drop it (the server places it anyway): the answer is awaited a few seconds more and
+  applied as usual; without one (a second Ctrl-C, or none in time) it is the same unknown.
 
 The orders checkout places are listed by `orders` and `sales` (shell.order_commands).
 """
@@ -29,7 +31,9 @@ The orders checkout places are listed by `orders` and `sales` (shell.order_comma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +42,7 @@ from cmd2 import Choices, CompletionItem
 from rich.table import Table
 from rich.text import Text
 
+from protocol.base import Response
 from protocol.catalog import (
     CartLine,
     Checkout,
@@ -47,14 +52,15 @@ from protocol.catalog import (
     Order,
     OrderPlaced,
 )
-from protocol.errors import VitrineError
+from protocol.errors import ErrorCode, VitrineError
 from shell import listing
 from shell.app import CART, CommandFailed, VitrineShell, image_id, parser, write_json_lines
 from shell.cart_store import MAX_LINES, Cart, CartError, CartItem, CartStore
-from shell.connection import ConnectionLost
+from shell.connection import ConnectionLost, InterruptedAfterSending
 from shell.order_commands import order_json
 from shell.pictures import picture_renderable
 from shell.text import plural, printable
+from shell.upload import INTERRUPT_GRACE_S
 from util.money import format_cents
 
 #: A server detail line names its image first: "image 12: sold out, 1 wanted".
@@ -292,6 +298,15 @@ def line_json(view: LineView) -> dict[str, Any]:
         "status": view.status,
         "warnings": view.warnings,
     }
+
+
+def _outcome_unknown(why: str) -> CommandFailed:
+    """The one answer when an order may or may not have been placed: keep the cart (buying
+    twice is worse than buying again) and send the buyer to `orders` before a new checkout."""
+    return CommandFailed(
+        f"{why}, so it is not known whether the order went through. Your cart is unchanged: "
+        "run `orders` to check before checking out again."
+    )
 
 
 # --- the commands --------------------------------------------------------------------------------
@@ -620,21 +635,66 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         )
 
     def _place(self, cart: Cart, request: Checkout) -> Order:
-        """The order, or CommandFailed saying why nothing (or, after a lost connection, maybe
-        something) was bought."""
+        """The order, or CommandFailed saying why nothing (or, after a lost connection or a
+        Ctrl-C, maybe something) was bought.
+
+        Once the request is handed to the connection the server places the order whatever the
+        shell does, so a Ctrl-C from then on must not drop its answer: the cart would keep the
+        bought lines and the next checkout buy them again. The answer is awaited a little
+        longer instead (as `add_image` does for uploads already sent)."""
+        session = self._cmd.session
+        session.ensure_connected()  # Ctrl-C in here: nothing was sent, "Interrupted." is true
+        future: Future[Response] | None = None
         try:
-            return self._cmd.session.call(request, OrderPlaced).order
+            # A plain KeyboardInterrupt out of submit means nothing was handed over.
+            future = session.submit(request)
+            response = future.result()
+        except InterruptedAfterSending as interrupt:
+            (future,) = interrupt.futures
+            response = self._after_interrupt(future)
+        except KeyboardInterrupt:
+            if future is None:
+                raise
+            response = self._after_interrupt(future)
         except ConnectionLost as exc:
-            raise CommandFailed(
-                f"The connection was lost during checkout ({exc}), so it is not known whether "
-                "the order went through. Your cart is unchanged: run `orders` to check before "
-                "checking out again."
-            ) from None
+            raise _outcome_unknown(f"The connection was lost during checkout ({exc})") from None
         except VitrineError as exc:
-            self._report_refusal(cart, exc)
-            raise CommandFailed(
-                f"Checkout refused ({exc.code.value}): nothing was bought; your cart is unchanged."
-            ) from None
+            response = exc
+        if isinstance(response, VitrineError):
+            raise self._refused(cart, response)
+        if not isinstance(response, OrderPlaced):  # as ServerConnection.call would say
+            raise self._refused(
+                cart,
+                VitrineError(
+                    ErrorCode.INTERNAL, f"Expected OrderPlaced, got {type(response).__name__}."
+                ),
+            )
+        return response.order
+
+    def _after_interrupt(self, future: Future[Response]) -> Response | VitrineError:
+        """Ctrl-C with the order on the wire: its answer (or refusal), if it comes within
+        INTERRUPT_GRACE_S; a second Ctrl-C, or none in time, leaves the outcome unknown."""
+        self._cmd.perror(
+            f"Interrupted: waiting up to {INTERRUPT_GRACE_S:g} s for the server's answer to the "
+            "order already sent (Ctrl-C again to stop waiting).",
+            style=None,
+        )
+        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C stops the wait
+            wait([future], timeout=INTERRUPT_GRACE_S)
+        if not future.done():
+            raise _outcome_unknown("Checkout was interrupted before the server answered") from None
+        try:
+            return future.result()
+        except VitrineError as exc:
+            return exc
+        except ConnectionLost as exc:
+            raise _outcome_unknown(f"The connection was lost during checkout ({exc})") from None
+
+    def _refused(self, cart: Cart, exc: VitrineError) -> CommandFailed:
+        self._report_refusal(cart, exc)
+        return CommandFailed(
+            f"Checkout refused ({exc.code.value}): nothing was bought; your cart is unchanged."
+        )
 
     def _report_refusal(self, cart: Cart, exc: VitrineError) -> None:
         shell = self._cmd

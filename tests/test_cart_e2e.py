@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -125,8 +126,11 @@ def stock_of(conn: ServerConnection, *ids: int) -> dict[int, int]:
     return {i.id: i.quantity for i in conn.call(GetImages(id=0, image_ids=list(ids)), Images).items}
 
 
-def cart_lines(buyer: Buyer) -> list[tuple[int, int]]:
-    return [(line.image_id, line.quantity) for line in buyer.store().load().lines]
+def cart_lines(buyer: Buyer | CartStore) -> list[tuple[int, int]]:
+    """The cart file's lines; pass the buyer's store made beforehand while the server is
+    stopped (naming the cart asks the server for its id)."""
+    store = buyer.store() if isinstance(buyer, Buyer) else buyer
+    return [(line.image_id, line.quantity) for line in store.load().lines]
 
 
 # --- the cart ------------------------------------------------------------------------------------
@@ -611,8 +615,10 @@ def test_two_shells_of_one_buyer_cannot_buy_the_cart_twice(
 
 
 @contextmanager
-def terminal(buyer: Buyer) -> Iterator[Any]:
-    """The buyer's client.py at a pseudo-terminal, logged in: what a person sees."""
+def terminal(buyer: Buyer, *commands: str) -> Iterator[Any]:
+    """The buyer's client.py at a pseudo-terminal, logged in: what a person sees. `commands`
+    are given as arguments, after a login: the shell then carries on at its prompt, and its
+    exit status says whether they all succeeded."""
     pexpect = pytest.importorskip("pexpect")
     env = {
         **os.environ,
@@ -634,16 +640,20 @@ def terminal(buyer: Buyer) -> Iterator[Any]:
             str(buyer.config_dir / "data"),
             "--fingerprint",
             buyer.server.fingerprint,
+            *((f"login {buyer.name}", *commands) if commands else ()),
         ],
         cwd=str(ROOT),
         env=env,
         encoding="utf-8",
         timeout=60,
         dimensions=(50, 160),
+        # A terminal delivers Ctrl-C even when this test run was started with SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
-        child.expect("vitrine ")
-        child.sendline(f"login {buyer.name}")
+        if not commands:
+            child.expect("vitrine ")
+            child.sendline(f"login {buyer.name}")
         child.expect("Logged in as")
         yield child
         child.sendline("quit")
@@ -689,3 +699,109 @@ def test_checkout_of_one_item_asks_in_the_singular(seller: ServerConnection, buy
         child.sendline("n")
         child.expect("Checkout cancelled")
     assert cart_lines(buyer) == [(single, 1)]
+
+
+#: Given to `terminal`, so that the shell's exit status is that of the checkout.
+CHECKOUT = "checkout --no-images"
+
+
+def interrupt_a_sent_checkout(child: Any, server: ServerProcess) -> None:
+    """Confirm a checkout while the server is stopped, so the order is on the wire and
+    unanswered, then press Ctrl-C: the shell must wait for the answer, not drop it."""
+    child.expect(r"\[y/N\]")
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)
+    child.sendline("y")
+    time.sleep(2)  # the Checkout request is in the server's socket buffer by now
+    child.sendintr()
+    child.expect(
+        r"Interrupted: waiting up to 5 s for the server's answer to the order already sent"
+    )
+
+
+def test_ctrl_c_after_the_order_was_sent_still_takes_the_answer(
+    server: ServerProcess, seller: ServerConnection, buyer: Buyer
+) -> None:
+    """Ctrl-C used to print "Interrupted." and leave the cart as it was while the server
+    placed the order: the next checkout bought the same lines again."""
+    once = item(seller, 2200, 5, title="Bought once")
+    assert buyer(f"add_to_cart {once}").code == 0
+    try:
+        with terminal(buyer, CHECKOUT) as child:
+            interrupt_a_sent_checkout(child, server)
+            os.kill(server.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+            child.expect(r"Order #(\d+) placed: 1 item for 22\.00\. Your cart is empty")
+            order_id = int(child.match.group(1))
+            child.expect("vitrine ")
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+    assert child.exitstatus == 0, "the order went through: the command did not fail"
+    assert cart_lines(buyer) == []
+    again = buyer("checkout --yes")
+    assert again.code != 0 and "Your cart is empty" in again.err, again
+    orders = buyer("orders --json")
+    assert [order["id"] for order in orders.json_lines()] == [order_id], orders
+    assert stock_of(seller, once) == {once: 4}
+
+
+def test_ctrl_c_twice_after_the_order_was_sent_leaves_the_outcome_unknown(
+    server: ServerProcess, seller: ServerConnection, buyer: Buyer
+) -> None:
+    """A second Ctrl-C stops the wait: the shell cannot know whether the order went through,
+    so it keeps the cart and says to look at `orders` (as when the connection is lost)."""
+    kept = item(seller, 900, 5, title="Kept in cart")
+    assert buyer(f"add_to_cart {kept} 2").code == 0
+    cart = buyer.store()
+    try:
+        with terminal(buyer, CHECKOUT) as child:
+            interrupt_a_sent_checkout(child, server)
+            child.sendintr()
+            child.expect("it is not known whether the order went through")
+            child.expect("run `orders` to check before checking out again")
+            child.expect("vitrine ")
+            assert cart_lines(cart) == [(kept, 2)]
+            os.kill(server.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+    assert child.exitstatus == 1
+    assert cart_lines(buyer) == [(kept, 2)]
+    # The server placed it meanwhile: `orders` shows it, as the warning says to check.
+    placed = buyer("orders --json").json_lines()
+    assert [[line["image_id"] for line in order["lines"]] for order in placed] == [[kept]]
+
+
+def test_no_answer_within_the_grace_period_leaves_the_outcome_unknown(
+    server: ServerProcess, seller: ServerConnection, buyer: Buyer
+) -> None:
+    kept = item(seller, 800, 5, title="Still frozen")
+    assert buyer(f"add_to_cart {kept}").code == 0
+    cart = buyer.store()
+    try:
+        with terminal(buyer, CHECKOUT) as child:
+            interrupt_a_sent_checkout(child, server)
+            started = time.monotonic()
+            child.expect("Checkout was interrupted before the server answered, so it is not known")
+            assert 4 <= time.monotonic() - started < 15
+            child.expect("vitrine ")
+            assert cart_lines(cart) == [(kept, 1)]
+            os.kill(server.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+    assert child.exitstatus == 1
+    assert cart_lines(buyer) == [(kept, 1)]
+
+
+def test_ctrl_c_at_the_question_still_just_interrupts(
+    seller: ServerConnection, buyer: Buyer
+) -> None:
+    """Nothing was sent yet: no waiting, nothing bought, the cart as it was."""
+    untouched = item(seller, 700, 5, title="Untouched")
+    assert buyer(f"add_to_cart {untouched}").code == 0
+    with terminal(buyer) as child:
+        child.sendline("checkout --no-images")
+        child.expect(r"\[y/N\]")
+        child.sendintr()
+        child.expect("vitrine ")
+        assert "waiting" not in child.before and "not known" not in child.before, child.before
+    assert cart_lines(buyer) == [(untouched, 1)]
+    assert stock_of(seller, untouched) == {untouched: 5}
