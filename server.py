@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from protocol.tls import TlsIdentityError
 from service.app import (
     CannotListen,
     DataDirError,
@@ -30,10 +34,100 @@ def announce(line: str, stream: TextIO = sys.stdout) -> None:
     stream.flush()
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class EnvValue(str):
+    """A flag's value taken from its `VITRINE_*` twin: checked after parsing, so that a bad one
+    is blamed on the variable, not on a flag the user never gave."""
+
+    env: str
+
+    def __new__(cls, env: str, text: str) -> EnvValue:
+        value = super().__new__(cls, text)
+        value.env = env
+        return value
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """Zero or less would drop every connection, even mid-handshake, without a word."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def positive_bytes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of bytes")
+    return value
+
+
+def log_level(text: str) -> str:
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return text.upper()
+
+
+#: Flags whose values are checked, by destination: (flag, converter).
+CHECKED: dict[str, tuple[str, Callable[[str], object]]] = {
+    "port": ("--port", port_number),
+    "idle_timeout": ("--idle-timeout", positive_seconds),
+    "write_timeout": ("--write-timeout", positive_seconds),
+    "max_image_bytes": ("--max-image-bytes", positive_bytes),
+    "log_level": ("--log-level", log_level),
+}
+
+
+def from_flag(convert: Callable[[str], object]) -> Callable[[str], object]:
+    """`convert` for values given as flags; a twin's value passes through to `check_env`."""
+
+    def converter(text: str) -> object:
+        return text if isinstance(text, EnvValue) else convert(text)
+
+    converter.__name__ = convert.__name__
+    return converter
+
+
+def check_env(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Convert what came from environment twins, refusing a bad one the way argparse refuses a
+    bad flag (one line, exit 2) but naming the variable."""
+    for dest, (_flag, convert) in CHECKED.items():
+        value = getattr(args, dest)
+        if isinstance(value, EnvValue):
+            try:
+                setattr(args, dest, convert(value))
+            except argparse.ArgumentTypeError as exc:
+                parser.error(f"{value.env}: {exc}")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Serve a Vitrine image repository over TLS 1.3.")
     cfg.add_option(parser, "--host", default="127.0.0.1", help="address to listen on")
-    cfg.add_option(parser, "--port", default=7878, type=int, help="port to listen on (0: any free)")
+    cfg.add_option(
+        parser,
+        "--port",
+        default=7878,
+        type=from_flag(port_number),
+        help="port to listen on (0: any free)",
+    )
     cfg.add_option(
         parser,
         "--data-dir",
@@ -49,21 +143,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser,
         "--idle-timeout",
         default=300.0,
-        type=float,
+        type=from_flag(positive_seconds),
         help="seconds before a silent connection is closed",
     )
     cfg.add_option(
         parser,
         "--write-timeout",
         default=ServerConfig.write_timeout_s,
-        type=float,
+        type=from_flag(positive_seconds),
         help="seconds a peer may leave an answer unread before its connection is dropped",
     )
     cfg.add_option(
         parser,
         "--max-image-bytes",
         default=ServerConfig.max_image_bytes,
-        type=int,
+        type=from_flag(positive_bytes),
         help="largest image file accepted, in bytes",
     )
     cfg.add_option(
@@ -86,11 +180,30 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "(unreferenced blobs are reported; the next start removes them); exit 0 if consistent, "
         "1 if not",
     )
-    cfg.add_option(parser, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
-    return parser.parse_args(argv)
+    cfg.add_option(
+        parser,
+        "--log-level",
+        default="INFO",
+        type=from_flag(log_level),
+        choices=LOG_LEVELS,
+        help="how much to log",
+    )
+    for dest, (flag, _convert) in CHECKED.items():
+        env = cfg.env_name(flag)
+        if env in os.environ:
+            parser.set_defaults(**{dest: EnvValue(env, os.environ[env])})
+    args = parser.parse_args(argv)
+    check_env(parser, args)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together: give both or neither")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Everything the server creates in its data directory is its own alone: blobs, keys and
+    # certificates are written owner-only anyway, and this covers what SQLite and the vector
+    # index create (vitrine.db and its WAL, vector-index/).
+    os.umask(0o077)
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logs.configure(args.log_level)
     try:
@@ -103,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitrine: {exc}", file=sys.stderr)
         # A path that can never be a data directory is a bad argument, like argparse's own.
         return 2 if isinstance(exc, DataDirPathError) else 1
+    except TlsIdentityError as exc:
+        print(f"vitrine: {exc}", file=sys.stderr)
+        return 1
 
 
 def run_server(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ import ssl
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -23,6 +24,11 @@ from util.files import write_atomically
 
 CERT_FILE = "server-cert.pem"
 KEY_FILE = "server-key.pem"
+
+
+class TlsIdentityError(Exception):
+    """A certificate or key that cannot serve. The message names the file and the fault; the
+    caller, who knows where the pair came from, adds what to do about it."""
 
 
 def fingerprint(der_certificate: bytes) -> str:
@@ -39,10 +45,20 @@ def certificate_fingerprint(cert_path: Path) -> str:
 def ensure_self_signed(
     directory: Path, hostnames: tuple[str, ...] = ("localhost",)
 ) -> tuple[Path, Path]:
-    """Return (cert, key) in `directory`, creating a P-256 key and a 10-year certificate once."""
+    """Return (cert, key) in `directory`, creating a P-256 key and a 10-year certificate once.
+
+    Only when both are missing: clients pinned the pair's fingerprint, so half a pair kept is a
+    restore that missed a file, and quietly making a new identity would lock every client out.
+    Raises TlsIdentityError (with what to do) when exactly one is there."""
     cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
+    if cert_path.exists() or key_path.exists():
+        missing, kept = (key_path, cert_path) if cert_path.exists() else (cert_path, key_path)
+        raise TlsIdentityError(
+            f"{missing} is missing but {kept} is there: restore {missing.name} from a backup; "
+            f"removing {kept.name} too makes a new identity that every client must trust again."
+        )
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Vitrine server")])
@@ -77,10 +93,53 @@ def ensure_self_signed(
 
 
 def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
+    """Raises TlsIdentityError naming the file at fault: OpenSSL's own errors ("PEM lib",
+    "KEY_VALUES_MISMATCH") name neither file nor fault."""
+    check_pair(cert_path, key_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.load_cert_chain(cert_path, key_path)
+    try:
+        context.load_cert_chain(cert_path, key_path)
+    except (ssl.SSLError, OSError) as exc:  # whatever the checks above did not foresee
+        raise TlsIdentityError(
+            f"cannot use the certificate {cert_path} with the key {key_path}: "
+            f"{getattr(exc, 'reason', None) or exc}"
+        ) from None
     return context
+
+
+def check_pair(cert_path: Path, key_path: Path) -> None:
+    """Both files readable PEM, unencrypted key, and the key the certificate's own."""
+    cert_data = _read(cert_path, "certificate")
+    key_data = _read(key_path, "private key")
+    try:
+        cert = x509.load_pem_x509_certificate(cert_data)
+    except ValueError:
+        raise TlsIdentityError(
+            f"the TLS certificate {cert_path} is not a PEM certificate (damaged or truncated?)"
+        ) from None
+    try:
+        key = serialization.load_pem_private_key(key_data, password=None)
+    except TypeError:
+        raise TlsIdentityError(
+            f"the TLS private key {key_path} is encrypted; Vitrine needs it unencrypted"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise TlsIdentityError(
+            f"the TLS private key {key_path} is not a PEM private key (damaged or truncated?)"
+        ) from None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+        raise TlsIdentityError(
+            f"the TLS private key {key_path} does not belong to the certificate {cert_path}"
+        )
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise TlsIdentityError(f"cannot read the TLS {what} {path}: {exc.strerror}") from None
 
 
 def client_context(ca_file: Path | None = None) -> ssl.SSLContext:

@@ -65,6 +65,13 @@ class BlobCorrupt(BlobError):
     """The stored blob fails authentication: tampered, truncated, moved, or the wrong key."""
 
 
+class BlobAuthenticationFailed(BlobCorrupt):
+    """A whole blob whose tag does not verify: tampered, swapped, or sealed under another key.
+
+    Told apart from a short or headerless file because only this one can mean the wrong key,
+    which start-up must refuse before the key seals anything (see `service.app`)."""
+
+
 class KeyFileError(BlobError):
     """The key file exists but cannot be used."""
 
@@ -106,12 +113,20 @@ def load_or_create_key(path: Path) -> bytes:
 
 def _read_key(path: Path) -> bytes:
     fd = os.open(path, os.O_RDONLY)
+    st_mode = os.fstat(fd).st_mode
+    if stat.S_ISDIR(st_mode):
+        # Opening it as a file would fail naming the descriptor, not the path.
+        os.close(fd)
+        raise KeyFileError(
+            f"the blob key file {path} is a directory; restore the file from a backup "
+            "(without it the stored images cannot be read)."
+        )
+    mode = stat.S_IMODE(st_mode)
     with os.fdopen(fd, "rb") as f:
-        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
         key = f.read(KEY_BYTES + 1)
     if len(key) != KEY_BYTES:
         raise KeyFileError(
-            f"The blob key file {path} holds {len(key)} bytes instead of {KEY_BYTES}; "
+            f"the blob key file {path} holds {len(key)} bytes instead of {KEY_BYTES}; "
             "restore it from a backup (without it the stored images cannot be read)."
         )
     if mode & 0o077:
@@ -185,7 +200,7 @@ class BlobStore:
         try:
             data = self._aead.decrypt(nonce, sealed[header:], _aad(name))
         except InvalidTag:
-            raise BlobCorrupt(
+            raise BlobAuthenticationFailed(
                 f"blob {name} failed authentication (tampered, swapped, or a different key)"
             ) from None
         # No re-hash of the plaintext: GCM with the name as associated data already proves this

@@ -1,5 +1,8 @@
 """Assembling the server: data directory, database, TLS identity, the listening socket, and a
-clean stop on SIGINT/SIGTERM."""
+clean stop on SIGINT/SIGTERM/SIGHUP.
+
+Start-up refuses, in one sentence saying what to do, a data directory whose parts do not
+belong together (docs/operations.md lists each refusal): serving it would lose data quietly."""
 
 from __future__ import annotations
 
@@ -19,15 +22,21 @@ from pathlib import Path
 
 from protocol import tls
 from repository import images as image_repo
-from repository.blobstore import BlobStore, load_or_create_key
+from repository.blobstore import (
+    BlobAuthenticationFailed,
+    BlobError,
+    BlobStore,
+    KeyFileError,
+    load_or_create_key,
+)
 from repository.database import Database, connect_read_only, server_id
 from service import (  # noqa: F401  (they register their routes)
     accounts,
-    cart,
     colour_backfill,
     colour_search,
     images,
     listings,
+    orders,
     similarity,
 )
 from service.auth import LoginThrottle
@@ -164,6 +173,86 @@ def lost_blob_key(data_dir: Path, db: Database) -> str | None:
     )
 
 
+def missing_blob_dir(data_dir: Path, db: Database) -> str | None:
+    """Why the blob store must not be opened, or None if it may: a database that names blobs
+    but no blob folder, or an empty one (a restore that missed it, a volume not mounted).
+    Serving it shows every image blank, and uploads meanwhile land where the real folder,
+    once back, hides them."""
+    blob_dir = data_dir / BLOB_DIR
+    names_a_blob = db.conn.execute(
+        "SELECT 1 FROM images WHERE blob != ? LIMIT 1", (image_repo.PURGED,)
+    ).fetchone()
+    if names_a_blob is None:
+        return None
+    if blob_dir.is_dir() and any(p.is_file() for p in blob_dir.glob("??/*")):
+        return None
+    state = "is empty" if blob_dir.is_dir() else "is missing"
+    return (
+        f"{blob_dir} {state}, but {data_dir / DB_FILE} names stored images: restore "
+        f"{BLOB_DIR}/ from the backup of this database (or mount the volume it lives on)."
+    )
+
+
+#: Blobs start-up tries to read before concluding the key is wrong: a missing or damaged blob
+#: is not a key problem, so one alone must not stop the server.
+KEY_PROBE_IMAGES = 5
+KEY_PROBE_FAILURES = 3
+
+
+def wrong_blob_key(data_dir: Path, db: Database, blobs: BlobStore) -> str | None:
+    """Why the blob store must not be used, or None if it may: a key (another valid one, from
+    the wrong backup) under which the stored blobs do not authenticate. Serving with it shows
+    old images blank, misses every dedup, and seals new uploads so that the right key, once
+    back, cannot read them. Reads the newest images' thumbnails (small) and, where those are
+    gone, their originals; one blob that authenticates settles it."""
+    rows = db.conn.execute(
+        "SELECT thumb_blob, blob FROM images WHERE blob != ? "
+        "ORDER BY deleted_at IS NOT NULL, id DESC LIMIT ?",
+        (image_repo.PURGED, KEY_PROBE_IMAGES),
+    ).fetchall()
+    failures = 0
+    for names in rows:
+        for name in names:
+            try:
+                blobs.get(name)
+            except BlobAuthenticationFailed:
+                failures += 1
+            except (BlobError, OSError):  # missing, truncated, unreadable: not the key
+                continue
+            else:
+                return None
+            break  # the original would only tell the same as its thumbnail
+        if failures >= KEY_PROBE_FAILURES:
+            break
+    if not failures:
+        return None
+    return (
+        f"the blob key {data_dir / BLOB_KEY_FILE} does not match the stored blobs (wrong key "
+        f"restored?): put back the {BLOB_KEY_FILE} that was backed up with {DB_FILE}; "
+        "`server.py --check` lists what does not authenticate."
+    )
+
+
+def restrict_to_owner(data_dir: Path) -> None:
+    """Tighten what older versions created readable by others (the database, its WAL, the
+    vector index); the server's umask keeps new files owner-only. Logged, like the key file."""
+    index_dir = data_dir / similarity.INDEX_DIR
+    paths = [data_dir / f"{DB_FILE}{suffix}" for suffix in ("", "-wal", "-shm")]
+    if index_dir.is_dir() and not index_dir.is_symlink():
+        paths += [index_dir, *index_dir.iterdir()]
+    loosened = []
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            mode = path.lstat().st_mode
+            if mode & 0o077 and not path.is_symlink():
+                os.chmod(path, 0o700 if path.is_dir() else 0o600)
+                loosened.append(path.name)
+    if loosened:
+        log.warning(
+            "restricted %s to the owner (they were readable by others)", ", ".join(loosened)
+        )
+
+
 def unreadable_database(path: Path, exc: sqlite3.DatabaseError) -> str:
     """One sentence for a database SQLite refuses; only damage calls for the backup."""
     if (exc.sqlite_errorname or "").startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
@@ -188,9 +277,12 @@ def open_services(config: ServerConfig) -> Services:
         if reason := lost_database(data_dir):
             raise DataDirError(reason)
         db = Database(data_dir / DB_FILE)
-        if reason := lost_blob_key(data_dir, db):
+        if reason := lost_blob_key(data_dir, db) or missing_blob_dir(data_dir, db):
             raise DataDirError(reason)
         blobs = open_blob_store(data_dir)
+        if reason := wrong_blob_key(data_dir, db, blobs):
+            raise DataDirError(reason)
+        restrict_to_owner(data_dir)
         purged, removed = recover(db, blobs, config.purge_after_s)
     except BaseException as exc:
         if db is not None:
@@ -198,6 +290,8 @@ def open_services(config: ServerConfig) -> Services:
         os.close(lock_fd)
         if isinstance(exc, sqlite3.DatabaseError):
             raise DataDirError(unreadable_database(data_dir / DB_FILE, exc)) from None
+        if isinstance(exc, KeyFileError):  # its message already says what to do
+            raise DataDirError(str(exc)) from None
         raise
     if purged or removed:
         log.info("start-up: purged %d deleted images, swept %d unreferenced blobs", purged, removed)
@@ -251,9 +345,16 @@ async def serve(
     loop = asyncio.get_running_loop()
     # Handlers first: a signal that arrives while we open the data directory or announce
     # ourselves must still mean "stop cleanly", not a KeyboardInterrupt traceback.
+    # SIGHUP too: a server started from a terminal gets it when the terminal closes, and its
+    # default action would kill the process with no shutdown at all.
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("received %s", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, on_signal, sig)
     services = open_services(config)
     loop.set_exception_handler(_quiet_handshake_failures)
     connections: set[asyncio.Task[None]] = set()
@@ -322,18 +423,57 @@ async def serve(
             log.exception("stopping search by image failed")
         await asyncio.to_thread(colour_search.stop, services)
         close_services(services)
-        announce("Vitrine server stopped")
+        # After a SIGHUP the terminal may be gone: the stop is done, whether or not it is told.
+        with contextlib.suppress(OSError):
+            announce("Vitrine server stopped")
 
 
 def tls_identity(
     config: ServerConfig, cert: Path | None, key: Path | None
 ) -> tuple[ssl.SSLContext, str]:
+    """The server's TLS context and its certificate's fingerprint. Raises tls.TlsIdentityError
+    with one sentence naming the file and what to do."""
     if (cert is None) != (key is None):
         raise SystemExit("--tls-cert and --tls-key go together: give both or neither.")
     if cert is None or key is None:
-        cert, key = tls.ensure_self_signed(prepare_data_dir(config.data_dir))
-    context = tls.server_context(cert, key)
+        data_dir = prepare_data_dir(config.data_dir)
+        made = not (data_dir / tls.CERT_FILE).exists() and not (data_dir / tls.KEY_FILE).exists()
+        cert, key = tls.ensure_self_signed(data_dir)
+        advice = (
+            f"restore {tls.CERT_FILE} and {tls.KEY_FILE} from a backup, or remove both to make "
+            "a new identity that every client must trust again."
+        )
+    else:
+        made, advice = False, "check --tls-cert and --tls-key."
+    try:
+        context = tls.server_context(cert, key)
+    except tls.TlsIdentityError as exc:
+        raise tls.TlsIdentityError(f"{exc}; {advice}") from None
     # No TLS 1.3 session tickets: nothing uses resumption, and tickets arrive just after the
     # handshake, exactly when the client's reader thread and its first write share the socket.
     context.num_tickets = 0
-    return context, tls.certificate_fingerprint(cert)
+    fingerprint = tls.certificate_fingerprint(cert)
+    if made and has_users(config.data_dir):
+        log.warning(
+            "made a new TLS identity (%s) for a data directory that already has users: every "
+            "client that pinned the old one refuses this server until told to trust the new "
+            "one; if %s and %s were lost, stop and restore them from a backup instead",
+            fingerprint,
+            tls.CERT_FILE,
+            tls.KEY_FILE,
+        )
+    return context, fingerprint
+
+
+def has_users(data_dir: Path) -> bool:
+    """Whether this directory served before (the database has accounts): not a first start."""
+    try:
+        if database_version(data_dir / DB_FILE) == 0:
+            return False
+        conn = connect_read_only(data_dir / DB_FILE)
+        try:
+            return conn.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
+        finally:
+            conn.close()
+    except sqlite3.Error:  # a damaged database is refused later, by open_services
+        return False
