@@ -195,7 +195,7 @@ def test_a_new_identity_for_a_data_dir_with_users_is_warned_about(
     (server.data_dir / KEY_FILE).unlink()
     server.restart()
     assert server.fingerprint != old
-    log = server.log()
+    log = server.settled_log(tmp_path / "settle")  # stderr is drained by a thread: wait for it
     assert "WARNING" in log and f"made a new TLS identity ({server.fingerprint})" in log
     assert "every client that pinned the old one refuses this server" in log
 
@@ -285,7 +285,7 @@ def test_everything_in_the_data_dir_is_owner_only(server: ServerProcess, tmp_pat
     (server.data_dir / "vitrine.db").chmod(0o644)
     server.restart()
     assert owner_only(server.data_dir) == []
-    assert "WARNING vitrine.server: restricted vitrine.db" in server.log()
+    server.wait_for_log("WARNING vitrine.server: restricted vitrine.db")
     server.stop()
 
 
