@@ -13,9 +13,10 @@ normal start removes them.
 
 What it may touch, all of it what a start would do too: it creates `server.lock` if absent
 (and holds its lock while checking, so a server cannot start meanwhile); it creates an empty
-`blobs/` directory (0700) if that is missing while the key is there; it tightens a blob key file
-that others can read to 0600; and SQLite may leave the database's `-wal` and `-shm` side files
-behind, even from a read-only connection.
+`blobs/` directory (0700) if that is missing while the key is there and no row names a blob (a
+missing `blobs/` that rows need is a problem reported, as start-up refuses it); it tightens a
+blob key file that others can read to 0600; and SQLite may leave the database's `-wal` and
+`-shm` side files behind, even from a read-only connection.
 """
 
 from __future__ import annotations
@@ -25,21 +26,25 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from repository import images as repo
-from repository.blobstore import BlobError
-from repository.database import connect_read_only
+from repository.blobstore import BlobAuthenticationFailed, BlobError
+from repository.database import Database, connect_read_only
 from repository.migrations import MIGRATIONS
 from service.app import (
+    BLOB_DIR,
     BLOB_KEY_FILE,
     DB_FILE,
     DataDirBusy,
     database_version,
     lock_data_dir,
     lost_database,
+    missing_blob_dir,
     not_a_directory,
     open_blob_store,
     unreadable_database,
+    wrong_blob_key,
 )
 
 #: Problems listed one by one up to this many; beyond, only counted.
@@ -111,11 +116,29 @@ def check_data_dir(data_dir: Path, purge_after_s: float = 30 * 24 * 3600.0) -> C
         _check_rows_and_blobs(conn, data_dir, purge_after_s, report)
     except sqlite3.DatabaseError as exc:
         report.problems.append(unreadable_database(db_path, exc))
+    except OSError as exc:  # a part of the directory that cannot be read: named, no traceback
+        report.problems.append(
+            f"cannot read {exc.filename or data_dir}: {exc.strerror or exc}; restore it from "
+            "a backup or fix its permissions."
+        )
     finally:
         conn.close()
         if lock_fd is not None:
             os.close(lock_fd)
     return report
+
+
+class _Rows:
+    """The check's read-only connection where start-up's tests (`missing_blob_dir`,
+    `wrong_blob_key`) take a `Database`: they only read `.conn`, and calling them rather than
+    copying them keeps the check's verdict the same as the refusal's."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+
+def _as_database(conn: sqlite3.Connection) -> Database:
+    return cast(Database, _Rows(conn))
 
 
 def _check_rows_and_blobs(
@@ -135,6 +158,8 @@ def _check_rows_and_blobs(
         )
     rows = repo.stored_blob_rows(conn)
     key_path = data_dir / BLOB_KEY_FILE
+    blob_dir = data_dir / BLOB_DIR
+    db = _as_database(conn)
     if not key_path.exists():
         # open_blob_store would make a new key, and a blob sealed under it could never be
         # read by the old one if the old one comes back from a backup.
@@ -145,25 +170,52 @@ def _check_rows_and_blobs(
             )
         report.problems += repo.database_problems(conn)
         return
+    # What start-up refuses is one problem here too, not one per image: the same cause, told
+    # in the same words, and the per-image list would only hide it.
+    if blob_dir.exists() and not blob_dir.is_dir():
+        report.problems.append(
+            f"{blob_dir} is not a directory: move it aside and restore {BLOB_DIR}/ from the "
+            f"backup of this database."
+        )
+        report.problems += repo.database_problems(conn)
+        return
+    if reason := missing_blob_dir(data_dir, db):
+        report.problems.append(reason)
+        report.problems += repo.database_problems(conn)
+        return
     try:
         blobs = open_blob_store(data_dir)
     except BlobError as exc:
         report.problems.append(str(exc))
         report.problems += repo.database_problems(conn)
         return
-    checked = 0
+    wrong_key = wrong_blob_key(data_dir, db, blobs) is not None
+    checked = authenticated = failed_authentication = 0
     for image_id, blob, thumb in rows:
         for kind, name in (("original", blob), ("thumbnail", thumb)):
+            checked += 1
             try:
                 blobs.get(name)
+                authenticated += 1
+            except BlobAuthenticationFailed as exc:
+                failed_authentication += 1
+                if not wrong_key:
+                    report.problems.append(f"image {image_id}: {kind} blob unusable: {exc}")
             except BlobError as exc:
                 report.problems.append(f"image {image_id}: {kind} blob unusable: {exc}")
             except OSError as exc:
                 report.problems.append(
                     f"image {image_id}: {kind} blob unreadable ({exc.strerror}: {exc.filename})"
                 )
-            checked += 1
-    report.lines.append(f"blobs read and authenticated: {checked}")
+    if wrong_key:
+        report.problems.insert(
+            0,
+            f"the blob key {key_path} does not match the stored blobs (wrong key restored?): "
+            f"{failed_authentication} of {checked} blobs fail authentication under it; put "
+            f"back the {BLOB_KEY_FILE} that was backed up with {DB_FILE} (a normal start "
+            "refuses this key).",
+        )
+    report.lines.append(f"blobs read: {checked}, authenticated: {authenticated}")
     referenced = repo.referenced_blobs(conn)
     stored = set(blobs.iter_names())
     orphans = sorted(stored - referenced)

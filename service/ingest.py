@@ -22,7 +22,10 @@ used to. Measured, that alone did not move ingest beyond the run-to-run noise (a
 docs/architecture.md, "Bulk ingest".
 
 A SIGKILL between 2 and 4 leaves blobs no row names; the start-up sweep removes them, and
-re-running the upload writes them again (a no-op for blobs already there) and commits.
+re-running the upload writes them again (a no-op for blobs already there) and commits. An
+upload that fails there without a crash (its insert refused: "database or disk is full") removes
+the blobs it wrote at once, those that no row names and no other upload in flight holds
+(`BlobsInFlight`), so that a full disk gets its space back without a restart.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ import asyncio
 import errno
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
+import threading
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +94,9 @@ class Prepared:
     palette: list[repo.ColourRecord] = field(default_factory=list)
     #: Set by an analyser: (model name, float32 vector bytes).
     embedding: tuple[str, bytes] | None = None
+    #: The thumbnail's blob name, held in `BlobsInFlight` with the original's from before
+    #: either is written.
+    thumb_blob: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +119,72 @@ class Analyser:
     finish: Callable[[Services, Prepared, Any], None]
 
 
+class BlobsInFlight:
+    """Blob names that uploads in flight write, or wrote, for a row they have not committed.
+
+    An upload whose insert fails removes the blobs it wrote, but a blob is shared by every row
+    of the same bytes (and thumbnails of the same pixels): another row may name it, or a
+    concurrent upload of the same bytes may have found it already written (`BlobStore.put` is
+    then a no-op) and be about to commit a row naming it. An upload holds its names here from
+    before it writes them until its row is committed or given up, and a failed one removes a
+    name only when, under the lock every holder takes, no other upload holds it and no
+    committed row names it: whoever holds it later writes it again. (The start-up sweep needs
+    none of this: no upload is in flight then.)
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: Counter[str] = Counter()
+
+    def hold(self, names: Iterable[str]) -> None:
+        with self._lock:
+            self._held.update(names)
+
+    def release(self, names: Iterable[str]) -> None:
+        """For an upload that committed its row (or one that never will)."""
+        with self._lock:
+            self._release(names)
+
+    def release_and_remove(
+        self, conn: sqlite3.Connection, blobs: BlobStore, names: Iterable[str]
+    ) -> list[str]:
+        """For an upload that failed after writing `names`: release them and remove those no
+        row names and nobody else holds. Returns the names removed. Never raises once the
+        names are released: a blob it could not remove is logged and left to the next start."""
+        removed = []
+        with self._lock:
+            for name in self._release(names):
+                try:
+                    if self._held[name] or _named_by_a_row(conn, name):
+                        continue
+                    if blobs.delete(name):
+                        removed.append(name)
+                except (sqlite3.Error, OSError):
+                    log.exception("could not remove blob %s of a failed upload", name)
+        return removed
+
+    def _release(self, names: Iterable[str]) -> list[str]:
+        names = list(names)
+        self._held.subtract(names)
+        self._held += Counter()  # drops the names no one holds any more
+        return list(dict.fromkeys(names))
+
+
+def _named_by_a_row(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM images WHERE blob = ? OR thumb_blob = ? LIMIT 1", (name, name)
+    ).fetchone()
+    return row is not None
+
+
+def blobs_in_flight(services: Services) -> BlobsInFlight:
+    """This server's one `BlobsInFlight` (in `Services.extras`, made on first use)."""
+    found = services.extras.get("blobs_in_flight")
+    if found is None:
+        found = services.extras.setdefault("blobs_in_flight", BlobsInFlight())
+    return found
+
+
 def rejection_error(exc: imaging.ImageRejected) -> VitrineError:
     """The wire error for a refused file; `details[0]` is the stable reason code."""
     code = ErrorCode.TOO_LARGE if exc.reason in _TOO_LARGE_REASONS else ErrorCode.UNSUPPORTED_IMAGE
@@ -118,10 +192,12 @@ def rejection_error(exc: imaging.ImageRejected) -> VitrineError:
 
 
 def _prepare_and_start(
-    services: Services, data: bytes, analysers: list[Analyser]
+    services: Services, blob: str, data: bytes, analysers: list[Analyser]
 ) -> tuple[Prepared, Future[str], list[tuple[Analyser, Future[Any]]]]:
     """All the CPU work of a new upload, in one executor call: decode once, start the
-    analysers, make the thumbnail and start the blob writes, then the palette.
+    analysers, make the thumbnail and start the blob writes, then the palette. The blob names
+    (`blob`, the original's, and the thumbnail's) are held in `BlobsInFlight` from before they
+    are written: the caller releases them.
 
     The analysers start first because the embedding batcher is the slowest stage of a bulk
     upload: its model runs while this thread goes on with the thumbnail and the palette.
@@ -138,10 +214,18 @@ def _prepare_and_start(
     prepared.thumbnail, prepared.thumbnail_bytes = imaging.make_thumbnail(
         decoded.image, config.thumbnail_side
     )
-    pool = services.io_executor or services.executor
-    written = pool.submit(_store_blobs, services.blobs, prepared)
-    if config.colours:
-        prepared.palette = _palette_records(prepared.thumbnail)
+    prepared.thumb_blob = services.blobs.name_for(prepared.thumbnail_bytes)
+    in_flight = blobs_in_flight(services)
+    in_flight.hold((blob, prepared.thumb_blob))
+    try:
+        pool = services.io_executor or services.executor
+        written = pool.submit(_store_blobs, services.blobs, prepared)
+        if config.colours:
+            prepared.palette = _palette_records(prepared.thumbnail)
+    except BaseException:
+        # This upload will name nothing: what it may still write is left for the next start.
+        in_flight.release((blob, prepared.thumb_blob))
+        raise
     prepared.decoded = prepared.thumbnail = None  # what is left to wait for needs no pixels
     return prepared, written, started
 
@@ -249,24 +333,75 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
         analysers = [a for a in services.analysers if await a.ready(services)]
         try:
             prepared, written, started = await services.run(
-                _prepare_and_start, services, upload.data, analysers
+                _prepare_and_start, services, blob, upload.data, analysers
             )
         except imaging.ImageRejected as exc:
             raise rejection_error(exc) from None
+        return await _write_and_commit(services, upload, new, prepared, written, started)
+    return await _commit(services, new)
+
+
+async def _write_and_commit(
+    services: Services,
+    upload: Upload,
+    new: repo.NewImage,
+    prepared: Prepared,
+    written: Future[str],
+    started: list[tuple[Analyser, Future[Any]]],
+) -> tuple[int, bool]:
+    """The rest of a new upload, whose blob names `_prepare_and_start` holds: released once the
+    row is committed, and if it never will be, the blobs this upload wrote are removed
+    (`BlobsInFlight.release_and_remove`) rather than left on a disk that may be full until
+    the next start. A cancelled upload keeps its hold: its write or insert may still be
+    running in its thread, and a row could yet name the blobs; the next start sweeps them."""
+    held = (new.blob, prepared.thumb_blob)
+    in_flight = blobs_in_flight(services)
+    try:
         await _finish_analysers(services, prepared, started)
         try:
             new.thumb_blob = await asyncio.wrap_future(written)
         except OSError as exc:
-            raise _not_written(upload, blob, exc) from None
+            raise _not_written(upload, new.blob, exc) from None
         new.format, new.width, new.height = prepared.format, prepared.width, prepared.height
         new.palette = prepared.palette
-        new.colours_pending = not config.colours
+        new.colours_pending = not services.config.colours
         new.embedding = prepared.embedding
+        result = await _commit(services, new)
+    except asyncio.CancelledError:
+        raise
+    except BaseException:
+        await _remove_unnamed(services, in_flight, upload, held)
+        raise
+    in_flight.release(held)
+    return result
+
+
+async def _commit(services: Services, new: repo.NewImage) -> tuple[int, bool]:
     try:
         image_id = await services.db_call(_insert_and_announce, services, new)
     except repo.DuplicateImage as dup:
         return dup.image_id, False
     return image_id, True
+
+
+async def _remove_unnamed(
+    services: Services, in_flight: BlobsInFlight, upload: Upload, held: tuple[str, str]
+) -> None:
+    """Give back the space of a failed upload's blobs; a failure here must not replace the
+    upload's own error, and what is left the next start sweeps."""
+    try:
+        removed = await services.db_call(in_flight.release_and_remove, services.blobs, held)
+    except Exception:  # it never ran (it does not raise): release here, remove nothing
+        in_flight.release(held)
+        log.exception("could not remove the blobs of a failed upload of %r", upload.filename)
+        return
+    if removed:
+        log.warning(
+            "upload of %r by user %d not stored: removed the %d blobs it wrote",
+            upload.filename,
+            upload.owner_id,
+            len(removed),
+        )
 
 
 def _not_written(upload: Upload, blob: str, exc: OSError) -> VitrineError:

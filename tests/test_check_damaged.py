@@ -1,0 +1,114 @@
+"""`server.py --check` on a data directory put back wrong agrees with start-up: the wrong
+blob key, a missing or empty `blobs/`, a `blobs` that is a file and a `blob.key` that is a
+folder are each ONE problem line saying what to do, never a traceback and never one line per
+image. The directory is built by real Services (SQLite file, blob store, ingest), no server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from repository.blobstore import load_or_create_key
+from service.app import open_services
+from service.context import ServerConfig
+from service.ingest import Upload, ingest
+from tests.rows import add_users
+from tests.test_crash_safety import run_check
+
+IMAGES = 4
+
+
+def _jpeg(seed: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (120, 90), (seed * 40 % 256, 90, 200)).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory holding IMAGES images (no server running), copied by each test."""
+    data_dir = tmp_path_factory.mktemp("stored") / "data"
+    services = open_services(ServerConfig(data_dir=data_dir, colours=False))
+    try:
+        add_users(services.db.conn, "seller")
+        for seed in range(IMAGES):
+            upload = Upload(owner_id=1, data=_jpeg(seed), filename=f"{seed}.jpg")
+            assert asyncio.run(ingest(services, upload))[1]
+    finally:
+        for pool in (services.executor, services.quick_executor, services.io_executor):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        services.db.close()
+        os.close(services.extras.pop("data_dir_lock"))
+    return data_dir
+
+
+@pytest.fixture
+def data_dir(stored: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "data"
+    shutil.copytree(stored, copy)
+    return copy
+
+
+def problems(data_dir: Path) -> list[str]:
+    """The problem lines of a failed check, which must end in a report, not a traceback."""
+    done = run_check(data_dir)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1 and "Traceback" not in out, out
+    assert "Result: NOT consistent" in done.stdout, out
+    return [line[4:] for line in done.stdout.splitlines() if line.startswith("  - ")]
+
+
+def test_the_undamaged_directory_is_consistent(data_dir: Path) -> None:
+    done = run_check(data_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"blobs read: {2 * IMAGES}, authenticated: {2 * IMAGES}" in done.stdout
+
+
+def test_a_wrong_blob_key_is_one_problem(data_dir: Path, tmp_path: Path) -> None:
+    key = data_dir / "blob.key"
+    key.write_bytes(load_or_create_key(tmp_path / "other" / "blob.key"))
+    found = problems(data_dir)
+    assert len(found) == 1, found
+    assert f"the blob key {key} does not match the stored blobs (wrong key restored?)" in found[0]
+    assert f"{2 * IMAGES} of {2 * IMAGES} blobs" in found[0]
+    assert "put back the blob.key that was backed up with vitrine.db" in found[0]
+
+
+@pytest.mark.parametrize("state", ["missing", "empty"])
+def test_a_missing_or_empty_blob_folder_is_one_problem(data_dir: Path, state: str) -> None:
+    folder = data_dir / "blobs"
+    shutil.rmtree(folder)
+    if state == "empty":
+        folder.mkdir()
+    found = problems(data_dir)
+    assert found == [
+        f"{folder} is {state}, but {data_dir / 'vitrine.db'} names stored images: restore "
+        "blobs/ from the backup of this database (or mount the volume it lives on)."
+    ]
+    assert folder.exists() == (state == "empty")  # the check makes no empty folder either
+
+
+def test_a_blob_folder_that_is_a_file_is_one_problem(data_dir: Path) -> None:
+    folder = data_dir / "blobs"
+    shutil.rmtree(folder)
+    folder.write_bytes(b"not a folder")
+    found = problems(data_dir)
+    assert len(found) == 1, found
+    assert f"{folder} is not a directory" in found[0] and "restore blobs/" in found[0]
+
+
+def test_a_blob_key_that_is_a_folder_is_one_problem(data_dir: Path) -> None:
+    key = data_dir / "blob.key"
+    key.unlink()
+    key.mkdir()
+    found = problems(data_dir)
+    assert len(found) == 1, found
+    assert f"the blob key file {key} is a directory; restore the file from a backup" in found[0]
