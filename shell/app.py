@@ -8,8 +8,11 @@ arguments can rely on `$?`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import getpass
 import os
 import re
+import select
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -25,6 +28,7 @@ from protocol.errors import ErrorCode, VitrineError
 from protocol.pinning import PinningError
 from shell.connection import ConnectionLost
 from shell.session import ClientSession
+from shell.text import printable
 
 ACCOUNT = "Account"
 IMAGES = "Images"
@@ -97,6 +101,9 @@ class VitrineShell(cmd2.Cmd):
         self.stop_on_failure = False
         #: The command that stopped a script, for shell.cli to name.
         self.failed_command: str | None = None
+        #: Whoever read stdout has closed it (`| head -1`): nothing more runs, and shell.cli
+        #: exits with SIGPIPE's status, as a Unix tool killed by it would.
+        self.output_closed = False
         self.sync_login_state()
 
     # --- what is offered when --------------------------------------------------------------------
@@ -151,13 +158,25 @@ class VitrineShell(cmd2.Cmd):
         """cmd2 reports a line it cannot split into words (an unclosed quote) by itself and runs
         nothing, so onecmd never sees it: counted here, scripts see it in the exit status.
         With `stop_on_failure`, a failed command ends the run (failed_command names it)."""
+        if self.output_closed or self.reader_gone():
+            return self._stop_for_closed_output()
         failed_before, self.exit_code = self.exit_code, 0
+        line = line.removeprefix(BOM)  # a script saved "with BOM" by a Windows editor
+        undecodable = _undecodable(line)
         try:
-            statement = self.statement_parser.parse(line)
+            statement = None if undecodable else self.statement_parser.parse(line)
         except Cmd2ShlexError:
             self.exit_code = 1
             statement = None
-        if statement is not None and statement.redirector:
+        if undecodable:
+            # Such a line cannot be encoded again: cmd2 would fail on it with a bare
+            # UnicodeEncodeError, and then fail to save the history at exit.
+            self.fail(
+                f"This line holds bytes that are not UTF-8, so it was not run: {undecodable} "
+                "(\\x.. marks each such byte; write the text in UTF-8)."
+            )
+            stop = False
+        elif statement is not None and statement.redirector:
             # Even with redirection off, cmd2 cuts the line at an unquoted `>` or `|`, and
             # the command would run on what is left (`search size>10` searched "size").
             self.fail(
@@ -169,12 +188,36 @@ class VitrineShell(cmd2.Cmd):
             stop = False
         else:
             stop = super().onecmd_plus_hooks(line, **kwargs)
+        if self.output_closed or self.reader_gone():
+            # cmd2 swallows the BrokenPipeError of a table it prints, so the pipe itself is
+            # asked: a `checkout --yes` after a listing piped to `head -1` must not run.
+            self.exit_code = failed_before
+            return self._stop_for_closed_output()
         failed = self.exit_code != 0
         self.exit_code = max(failed_before, self.exit_code)
         if failed and self.stop_on_failure:
-            self.failed_command = line.strip()
+            self.failed_command = undecodable or line.strip()
             return True
         return stop
+
+    def reader_gone(self) -> bool:
+        """Whether stdout is a pipe or socket whose reader has closed it: the kernel reports
+        that on the writing end (POLLERR, POLLHUP) without anything having to be written."""
+        try:
+            poller = select.poll()
+            poller.register(self.stdout.fileno(), 0)  # errors and hang-ups are always reported
+            return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+        except (AttributeError, OSError, ValueError):  # no descriptor (a StringIO), or no poll
+            return False
+
+    def _stop_for_closed_output(self) -> bool:
+        """Stop quietly, as command-line tools do when their reader goes. Python flushes stdout
+        again at exit; aimed at /dev/null, that cannot fail and print the error after all."""
+        if not self.output_closed:
+            self.output_closed = True
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.stdout.fileno())
+        return True
 
     def onecmd(self, statement: cmd2.Statement | str, *, add_to_history: bool = True) -> bool:
         # cmd2's built-ins (run_script, set, help, history) report a failure only by printing
@@ -209,12 +252,8 @@ class VitrineShell(cmd2.Cmd):
         except PinningError as exc:
             self.fail(str(exc))
         except BrokenPipeError:  # a ConnectionError, but not the server's
-            # Whoever read our output has gone (`| head -1`): stop quietly, as command-line
-            # tools do. Python flushes stdout again at exit; aimed at /dev/null, that cannot
-            # fail and print the error after all.
-            self.exit_code = 1
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return True
+            # Whoever read our output has gone (`| head -1`): onecmd_plus_hooks stops here.
+            return self._stop_for_closed_output()
         except ConnectionError as exc:
             self.fail(str(exc))
         except KeyboardInterrupt:
@@ -261,7 +300,12 @@ class VitrineShell(cmd2.Cmd):
         if not self.stdin.isatty():
             raise CommandFailed(f"No terminal to ask for a password: set {env}.")
         try:
-            return _sendable(self.read_secret(prompt))
+            if self.stdout.isatty():
+                return _sendable(self.read_secret(prompt))
+            # stdout piped (`client.py "login alice" "tags --json" | jq`): cmd2 would then read
+            # the line with echo on and the prompt nowhere to be seen. getpass turns echo off
+            # and prompts on the terminal itself (else stderr), never on stdout.
+            return _sendable(getpass.getpass(prompt))
         except EOFError:
             raise CommandFailed("No password given.") from None
 
@@ -279,10 +323,38 @@ class VitrineShell(cmd2.Cmd):
         if not self.stdin.isatty():
             return False
         try:
-            answer = self.read_input(f"{question} [y/N] ")
+            if self.stdout.isatty():
+                answer = self.read_input(f"{question} [y/N] ")
+            else:  # stdout is for data (and may be a file nobody sees): ask on stderr
+                sys.stderr.write(f"{question} [y/N] ")
+                sys.stderr.flush()
+                answer = self.stdin.readline()
+                if not answer:
+                    raise EOFError
         except EOFError:
             return False
         return answer.strip().lower() in ("y", "yes")
+
+    def note(self, message: str) -> None:
+        """What a person is told besides the output (a cancelled checkout): on stderr, so it
+        never lands among the data a script reads from stdout."""
+        self.perror(message, style=None)
+
+
+BOM = "\ufeff"
+
+
+def _undecodable(line: str) -> str:
+    """The line with its non-UTF-8 bytes escaped, when it has any, else "".
+
+    Python keeps such bytes (from argv, or stdin read with surrogateescape) as lone
+    surrogates, which no encoder accepts."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = line.encode("utf-8", "surrogateescape")
+        return printable(raw.decode("utf-8", "backslashreplace").strip())
+    return ""
 
 
 def _sendable(password: str) -> str:

@@ -230,6 +230,25 @@ def _name_lines(shell: cmd2.Cmd, views: list[LineView]) -> None:
         )
 
 
+def _hints(shell: cmd2.Cmd, views: list[LineView]) -> list[str]:
+    """What to type for each line that stops `checkout --yes`, by its worst status."""
+    hints = []
+    for view in views:
+        number = view.item.image_id
+        if view.status == "price_changed":
+            elsewhere = (
+                ""
+                if shell.stdin.isatty()
+                else " (or checkout at a terminal, which shows the current prices before asking)"
+            )
+            hints.append(f"update_cart {number} QTY accepts the new price{elsewhere}.")
+        elif view.status == "stock_short":
+            hints.append(f"update_cart {number} QTY with fewer, or remove_from_cart {number}.")
+        else:  # sold out, gone or one's own: no quantity would make it buyable
+            hints.append(f"remove_from_cart {number} takes the line out.")
+    return hints
+
+
 def _total(views: list[LineView]) -> int:
     """What the lines that can be bought now cost: one that cannot would only inflate the sum.
     (Checkout itself buys every line or none.)"""
@@ -571,12 +590,24 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             )
         renamed = [view for view in views if view.renamed]
         if renamed and args.yes:
-            _name_lines(shell, renamed)
+            # Nothing is sent, so the server cannot name the other lines that would stop this
+            # checkout (a price changed, an image gone): they are named now too, all at once,
+            # not one kind per attempt.
+            others = [view for view in views if view.status != "ok" and not view.renamed]
+            _name_lines(shell, [view for view in views if view.status != "ok" or view.renamed])
+            for hint in _hints(shell, others):
+                shell.perror(f"Hint: {hint}", style=None)
             numbers = " ".join(str(view.item.image_id) for view in renamed)
+            also = (
+                f" {plural(len(others), 'other line')} cannot be bought as "
+                f"{'it was' if len(others) == 1 else 'they were'} added either (see the hints)."
+                if others
+                else ""
+            )
             raise CommandFailed(
                 f"Not bought: {plural(len(renamed), 'line')} changed title since you added "
                 f"{'it' if len(renamed) == 1 else 'them'} (see above); update_cart ID QTY "
-                f"accepts the new title ({numbers}). Your cart is unchanged."
+                f"accepts the new title ({numbers}).{also} Your cart is unchanged."
             )
         if args.yes:
             prices = {line.image_id: line.price_cents for line in cart.lines}
@@ -584,7 +615,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             these = "this" if cart.units == 1 else "these"
             question = f"Buy {these} {plural(cart.units, 'item')} for {format_cents(total)}?"
             if not shell.ask_yes_no(question):
-                shell.poutput("Checkout cancelled; your cart is unchanged.")
+                shell.note("Checkout cancelled; your cart is unchanged.")
                 return
             prices = {view.item.image_id: view.unit_price or 0 for view in views}
         request = Checkout(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import ssl
 import sys
@@ -89,7 +90,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="COMMAND",
         help='shell commands to run, each one argument (quote it: "login bob")',
     )
-    return parser.parse_args(argv)
+    # The environment twins of these two are checked here, not by argparse, so that a bad
+    # value is said to come from the variable: "argument --timeout" would send the user
+    # looking for a flag that nobody typed.
+    parser.set_defaults(server=None, timeout=None)
+    args = parser.parse_args(argv)
+    args.server_source = "--server"
+    if args.server is None:
+        from_env = os.environ.get(cfg.env_name("--server"))
+        args.server = f"127.0.0.1:{DEFAULT_PORT}" if from_env is None else from_env
+        args.server_source = "--server" if from_env is None else cfg.env_name("--server")
+    if args.timeout is None:
+        from_env = os.environ.get(cfg.env_name("--timeout"))
+        try:
+            args.timeout = DEFAULT_ANSWER_TIMEOUT_S if from_env is None else _seconds(from_env)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"{cfg.env_name('--timeout')}: {exc}")
+    return args
 
 
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
@@ -116,22 +133,38 @@ def _seconds(text: str) -> float:
 
 
 def _ask_trust(server: str, fingerprint: str) -> bool:
-    print(f"The authenticity of the Vitrine server at {server} can't be established.")
-    print(f"Its certificate fingerprint is {fingerprint}.")
+    """Asked on stderr, as ssh does: stdout may be a pipe to `jq`, which must get nothing but
+    the commands' output (and a person would never see a question sent there)."""
+    print(f"The authenticity of the Vitrine server at {server} can't be established.",
+          file=sys.stderr)  # fmt: skip
+    print(f"Its certificate fingerprint is {fingerprint}.", file=sys.stderr)
+    print("Are you sure you want to trust it and connect (yes/no)? ", end="", file=sys.stderr)
+    sys.stderr.flush()
     try:
-        answer = input("Are you sure you want to trust it and connect (yes/no)? ")
-    except (EOFError, KeyboardInterrupt):
-        print()
-        return False
+        answer = sys.stdin.readline()
+    except KeyboardInterrupt:
+        answer = ""
+    if not answer.endswith("\n"):
+        print(file=sys.stderr)
     return answer.strip().lower() in ("yes", "y")
+
+
+#: The exit status of a Unix tool killed by SIGPIPE (128 + 13): the client's reader closed its
+#: end (`| head -1`), so it stopped there, as `cat` or `grep` would.
+SIGPIPE_STATUS = 141
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # A script line that is not UTF-8 is refused by the shell with a sentence; read strictly,
+    # it would end the whole run with a UnicodeDecodeError. (Before anything reads stdin: the
+    # trust question may.)
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")
     try:
         host, port = cfg.split_host_port(args.server, DEFAULT_PORT)
     except ValueError as exc:
-        print(f"vitrine: bad --server: {exc}", file=sys.stderr)
+        print(f"vitrine: bad {args.server_source}: {exc}", file=sys.stderr)
         return 2
     config_dir, data_dir = Path(args.config_dir), Path(args.data_dir)
     trust = TrustPolicy(
@@ -185,15 +218,19 @@ def main(argv: list[str] | None = None) -> int:
         print(intro, file=sys.stderr)
     at_terminal = sys.stdin.isatty()
     try:
-        # Without a terminal, commands given as arguments are the whole script: reading stdin
-        # as well would take the lines of a `while read` loop around the client for commands.
+        # Commands given as arguments are the whole script unless a person is at a terminal
+        # to take over: reading stdin as well would take the lines of a `while read` loop
+        # around the client for commands, and with stdout piped (`| jq`) a shell left open
+        # shows no prompt and looks hung.
         if args.commands and (
-            run_arguments(shell, args.commands, at_terminal=at_terminal) or not at_terminal
+            run_arguments(shell, args.commands, at_terminal=interactive) or not interactive
         ):
-            return shell.exit_code
+            return SIGPIPE_STATUS if shell.output_closed else shell.exit_code
         scripted_status = shell.exit_code
         shell.stop_on_failure = not at_terminal
         status = shell.cmdloop()
+        if shell.output_closed:
+            return SIGPIPE_STATUS
         if shell.failed_command is not None:
             shell.perror(
                 f"Stopped at `{shell.failed_command}`, which failed: nothing after it was run.",
@@ -214,6 +251,8 @@ def run_arguments(shell: VitrineShell, commands: list[str], *, at_terminal: bool
         for done, command in enumerate(commands, start=1):
             if not shell.onecmd_plus_hooks(command):
                 continue
+            if shell.output_closed:  # nobody reads what would follow, nor a note about it
+                return True
             skipped = len(commands) - done
             if shell.failed_command is None:  # quit
                 if skipped:

@@ -292,7 +292,12 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             write_json_lines(
                 shell,
                 (
-                    {"path": path, "outcome": "ignored", "reason": not_an_image}
+                    {
+                        "path": path,
+                        "outcome": "ignored",
+                        "reason": not_an_image,
+                        "code": "not_an_image_name",
+                    }
                     for path in walked.ignored
                 ),
             )

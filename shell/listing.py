@@ -324,7 +324,7 @@ def _show(
             path = write_contact_sheet(labels, render.sheet)
         except OSError as exc:
             raise CommandFailed(f"Cannot write the sheet {render.sheet}: {exc.strerror}.") from None
-        _note(shell, render, f"Wrote a contact sheet of {len(items)} images to {path}.")
+        _note(shell, render, f"Wrote a contact sheet of {plural(len(items), 'image')} to {path}.")
     elif render.sheet is not None:
         _note(
             shell, render, f"No contact sheet written to {render.sheet}: no images in this batch."

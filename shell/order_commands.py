@@ -297,6 +297,10 @@ class OrderHistoryCommands(cmd2.CommandSet[VitrineShell]):
         rows = [(order, line) for order in answer.orders for line in order.lines]
         units = sum(line.quantity for _, line in rows)
         revenue = sum(order.total_cents for order in answer.orders)
+        if args.json and not answer.orders:
+            # An empty page is no line at all, not a totals line of zeros: a script that
+            # wants every page loops until a call prints nothing (as `orders --json` does).
+            return
         if args.json:
             values = [
                 {
