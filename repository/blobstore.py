@@ -171,9 +171,13 @@ class BlobStore:
 
     # --- operations ---------------------------------------------------------------------------
 
-    def put(self, data: bytes) -> str:
-        """Store ``data`` durably and return its name; a no-op if it is already stored."""
-        name = self.name_for(data)
+    def put(self, data: bytes, name: str | None = None) -> str:
+        """Store ``data`` durably and return its name; a no-op if it is already stored.
+
+        ``name``, when given, is ``name_for(data)`` as the caller already computed it: an upload
+        names its blobs before writing them, and a 25 MB original costs milliseconds to hash."""
+        if name is None:
+            name = self.name_for(data)
         path = self.root / name[:2] / name
         if path.exists():
             return name

@@ -570,8 +570,10 @@ def soft_delete(conn: sqlite3.Connection, image_id: int, *, editor: int | None =
             + (STILL_EDITABLE if editor is not None else ""),
             {"now": time.time(), "id": image_id, "editor": editor},
         )
+        if cursor.rowcount == 0:  # gone already, or hidden from `editor`: it stays searchable
+            return False
         conn.execute("DELETE FROM images_fts WHERE rowid = ?", (image_id,))
-    return cursor.rowcount > 0
+    return True
 
 
 def purge_due(conn: sqlite3.Connection, deleted_before: float) -> list[int]:

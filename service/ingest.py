@@ -219,7 +219,7 @@ def _prepare_and_start(
     in_flight.hold((blob, prepared.thumb_blob))
     try:
         pool = services.io_executor or services.executor
-        written = pool.submit(_store_blobs, services.blobs, prepared)
+        written = pool.submit(_store_blobs, services.blobs, blob, prepared)
         if config.colours:
             prepared.palette = _palette_records(prepared.thumbnail)
     except BaseException:
@@ -279,10 +279,11 @@ async def _finish_analysers(
             log.exception("upload analyser %r failed; the image is kept without it", analyser)
 
 
-def _store_blobs(blobs: BlobStore, prepared: Prepared) -> str:
-    """Original and thumbnail, durable before any row names them; returns the thumbnail's name."""
-    blobs.put(prepared.data)
-    return blobs.put(prepared.thumbnail_bytes)
+def _store_blobs(blobs: BlobStore, blob: str, prepared: Prepared) -> str:
+    """Original and thumbnail, durable before any row names them, under the names the upload
+    already computed; returns the thumbnail's name."""
+    blobs.put(prepared.data, blob)
+    return blobs.put(prepared.thumbnail_bytes, prepared.thumb_blob)
 
 
 async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:

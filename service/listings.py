@@ -133,9 +133,17 @@ def _busy(ctx: RequestContext) -> set[str]:
     return ctx.connection.extras.setdefault(_BUSY, set())
 
 
-def _keep(ctx: RequestContext, token: str, cursor: ListingCursor) -> None:
-    """Remember a cursor. The store is touched on the event loop only; a cursor itself is
-    advanced by a worker thread, one batch at a time (`more` refuses a second at once)."""
+def _keep(ctx: RequestContext, token: str, cursor: ListingCursor, viewer: int) -> None:
+    """Remember a cursor of `viewer`'s listing. The store is touched on the event loop only; a
+    cursor itself is advanced by a worker thread, one batch at a time (`more` refuses a second
+    at once).
+
+    Requests of one connection run concurrently, so a listing may end after a login as someone
+    else (which forgets the last user's cursors): its cursor is then not kept for the new user.
+    """
+    current = ctx.connection.user
+    if current is None or current.id != viewer:
+        return
     store = _cursors(ctx)
     store[token] = cursor
     while len(store) > ctx.services.config.max_cursors:
@@ -228,7 +236,7 @@ async def browse(ctx: RequestContext, request: Browse) -> Frames:
 
     cursor, frames, more = await ctx.services.db_call(run)
     if more:
-        _keep(ctx, token, cursor)
+        _keep(ctx, token, cursor, viewer)
     return frames
 
 
@@ -309,7 +317,7 @@ async def open_ranked(
 
     cursor, frames, more = await ctx.services.db_call(run)
     if more:
-        _keep(ctx, token, cursor)
+        _keep(ctx, token, cursor, viewer)
     return frames
 
 

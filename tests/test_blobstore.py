@@ -43,6 +43,10 @@ def test_round_trip(store: BlobStore) -> None:
     assert store.exists(name)
     assert store.get(name) == PAYLOAD
     assert store.get(store.put(b"")) == b""
+    # A name the caller already computed is used as is, and is the same name.
+    other = PAYLOAD[::-1]
+    assert store.put(other, store.name_for(other)) == store.put(other) == store.name_for(other)
+    assert store.get(store.name_for(other)) == other
 
 
 def test_name_is_a_keyed_hash_not_the_plain_hash(store: BlobStore, tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
@@ -22,8 +24,10 @@ from protocol.catalog import Batch, ListingOptions, More, TextSearch
 from protocol.errors import ErrorCode, VitrineError
 from protocol.messages import Login, Session
 from repository import images as repo
+from repository.accounts import User
 from repository.database import Database
 from service import listings
+from service.context import ConnectionState, RequestContext, ServerConfig, Services
 from service.registry import Frames
 from shell.connection import ServerConnection
 from tests.rows import add_users, new_image
@@ -57,6 +61,8 @@ def test_a_write_checked_before_the_owner_hid_the_image_changes_nothing(db: Data
     assert not repo.soft_delete(conn, image_id, editor=STRANGER)
     row = repo.image_by_id(conn, image_id)
     assert row is not None and (row.price_cents, row.deleted_at) == (0, None)
+    # The refused delete left it in the text index too: its owner still finds it by its words.
+    assert repo.search_ids(conn, OWNER, '"secret"') == [image_id]
     # The owner's own writes still apply, and return the row as changed.
     changed = repo.update_image(conn, image_id, repo.Changes(price_cents=5), editor=OWNER)
     assert changed is not None and changed.price_cents == 5
@@ -154,3 +160,18 @@ def test_a_search_cursor_stays_with_the_same_user_logging_in_again(
         assert len([i for f in first + rest for i in f.items]) == 3
     finally:
         conn.close()
+
+
+def test_a_listing_answered_after_a_login_as_someone_else_keeps_no_cursor() -> None:
+    """Requests of one connection run concurrently: a search by alice that ends after the
+    connection logged in as bob must not leave its cursor for bob to page through."""
+    alice, bob = (User(n, name, "x", False) for n, name in ((1, "alice"), (2, "bob")))
+    state = ConnectionState(peer="test")
+    ctx = RequestContext(cast(Services, SimpleNamespace(config=ServerConfig())), state)
+    state.start(alice, 1)
+    cursor = listings.KeysetCursor([], False, 10)
+    state.start(bob, 2)  # the login lands while alice's search is still being read
+    listings._keep(ctx, "alices", cursor, viewer=alice.id)
+    assert listings._cursors(ctx) == {}
+    listings._keep(ctx, "bobs", cursor, viewer=bob.id)
+    assert list(listings._cursors(ctx)) == ["bobs"]
