@@ -16,9 +16,9 @@ from service.app import (
     CannotListen,
     DataDirError,
     DataDirPathError,
+    identity_after_refusals,
     prepare_data_dir,
     serve,
-    tls_identity,
 )
 from service.check import check_data_dir
 from service.context import ServerConfig
@@ -234,10 +234,12 @@ def run_server(args: argparse.Namespace) -> int:
     )
     # Before the TLS identity, which would otherwise be the first to trip over a bad path.
     prepare_data_dir(config.data_dir)
-    ssl_context, fingerprint = tls_identity(config, args.tls_cert, args.tls_key)
+    # parse_args refused half a pair: both or neither.
+    tls_files = None if args.tls_cert is None else (Path(args.tls_cert), Path(args.tls_key))
+    identity = identity_after_refusals(config, tls_files)
 
     try:
-        asyncio.run(serve(config, ssl_context, fingerprint, announce))
+        asyncio.run(serve(config, identity, announce))
     except CannotListen as exc:
         print(f"vitrine: {exc}", file=sys.stderr)
         return 1

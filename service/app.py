@@ -25,6 +25,7 @@ from repository import images as image_repo
 from repository.blobstore import (
     BlobAuthenticationFailed,
     BlobError,
+    BlobNotFound,
     BlobStore,
     KeyFileError,
     load_or_create_key,
@@ -174,14 +175,22 @@ def lost_blob_key(data_dir: Path, db: Database) -> str | None:
 
 
 def missing_blob_dir(data_dir: Path, db: Database) -> str | None:
-    """Why the blob store must not be opened, or None if it may: a database that names blobs
-    but no blob folder, or an empty one (a restore that missed it, a volume not mounted).
-    Serving it shows every image blank, and uploads meanwhile land where the real folder,
-    once back, hides them."""
+    """Why the blob store must not be opened, or None if it may: a `blobs` that is not a
+    folder (every upload would fail, rows or not), or a database that names blobs but no blob
+    folder, or an empty one (a restore that missed it, a volume not mounted). Serving that
+    shows every image blank, and uploads meanwhile land where the real folder, once back,
+    hides them. Start-up and `--check` both ask this, so they say the same."""
     blob_dir = data_dir / BLOB_DIR
     names_a_blob = db.conn.execute(
         "SELECT 1 FROM images WHERE blob != ? LIMIT 1", (image_repo.PURGED,)
     ).fetchone()
+    if blob_dir.exists() and not blob_dir.is_dir():
+        restore = (
+            f"and restore {BLOB_DIR}/ from the backup of this database"
+            if names_a_blob is not None
+            else f"(no image needs it: the next start makes an empty {BLOB_DIR}/)"
+        )
+        return f"{blob_dir} is not a directory: move it aside {restore}."
     if names_a_blob is None:
         return None
     if blob_dir.is_dir() and any(p.is_file() for p in blob_dir.glob("??/*")):
@@ -203,33 +212,40 @@ def wrong_blob_key(data_dir: Path, db: Database, blobs: BlobStore) -> str | None
     """Why the blob store must not be used, or None if it may: a key (another valid one, from
     the wrong backup) under which the stored blobs do not authenticate. Serving with it shows
     old images blank, misses every dedup, and seals new uploads so that the right key, once
-    back, cannot read them. Reads the newest images' thumbnails (small) and, where those are
-    gone, their originals; one blob that authenticates settles it."""
+    back, cannot read them.
+
+    Reads the newest images' thumbnails and originals; one blob that authenticates proves the
+    key. It refuses only when none did and at least KEY_PROBE_FAILURES failed, or every blob
+    that is there failed and there are at least two: one blob alone cannot tell a bit-rotted
+    file from a wrong key, and a damaged image must not keep a shop closed."""
     rows = db.conn.execute(
         "SELECT thumb_blob, blob FROM images WHERE blob != ? "
         "ORDER BY deleted_at IS NOT NULL, id DESC LIMIT ?",
         (image_repo.PURGED, KEY_PROBE_IMAGES),
     ).fetchall()
-    failures = 0
+    failures = present = 0
     for names in rows:
         for name in names:
             try:
                 blobs.get(name)
             except BlobAuthenticationFailed:
                 failures += 1
-            except (BlobError, OSError):  # missing, truncated, unreadable: not the key
+                present += 1
+            except BlobNotFound:
+                continue
+            except (BlobError, OSError):  # truncated, unreadable: there, but says nothing
+                present += 1
                 continue
             else:
                 return None
-            break  # the original would only tell the same as its thumbnail
         if failures >= KEY_PROBE_FAILURES:
             break
-    if not failures:
+    if failures < max(2, min(KEY_PROBE_FAILURES, present)):
         return None
     return (
         f"the blob key {data_dir / BLOB_KEY_FILE} does not match the stored blobs (wrong key "
         f"restored?): put back the {BLOB_KEY_FILE} that was backed up with {DB_FILE}; "
-        "`server.py --check` lists what does not authenticate."
+        "`server.py --check` counts the blobs that fail under it."
     )
 
 
@@ -336,26 +352,41 @@ def _quiet_handshake_failures(loop: asyncio.AbstractEventLoop, context: dict) ->
     loop.default_exception_handler(context)
 
 
+#: The server's TLS context and its certificate's fingerprint.
+Identity = tuple[ssl.SSLContext, str]
+
+
 async def serve(
     config: ServerConfig,
-    ssl_context: ssl.SSLContext,
-    fingerprint: str,
+    identity: Callable[[], Identity],
     announce: Callable[[str], None] = print,
 ) -> None:
+    """Serve until a signal. `identity` is called once the data directory passed its
+    refusals (see `identity_after_refusals`), so a refused start makes no TLS identity."""
     loop = asyncio.get_running_loop()
     # Handlers first: a signal that arrives while we open the data directory or announce
     # ourselves must still mean "stop cleanly", not a KeyboardInterrupt traceback.
     # SIGHUP too: a server started from a terminal gets it when the terminal closes, and its
-    # default action would kill the process with no shutdown at all.
+    # default action would kill the process with no shutdown at all. But not when the operator
+    # ignored it (`nohup server.py &`): a handler would replace nohup's SIG_IGN, and closing
+    # the terminal would stop the server they asked to outlive it.
     stop = asyncio.Event()
 
     def on_signal(sig: signal.Signals) -> None:
         log.info("received %s", sig.name)
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    stopping = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        stopping.append(signal.SIGHUP)
+    for sig in stopping:
         loop.add_signal_handler(sig, on_signal, sig)
     services = open_services(config)
+    try:
+        ssl_context, fingerprint = identity()
+    except BaseException:
+        close_services(services)
+        raise
     loop.set_exception_handler(_quiet_handshake_failures)
     connections: set[asyncio.Task[None]] = set()
 
@@ -428,14 +459,31 @@ async def serve(
             announce("Vitrine server stopped")
 
 
-def tls_identity(
-    config: ServerConfig, cert: Path | None, key: Path | None
-) -> tuple[ssl.SSLContext, str]:
-    """The server's TLS context and its certificate's fingerprint. Raises tls.TlsIdentityError
-    with one sentence naming the file and what to do."""
-    if (cert is None) != (key is None):
-        raise SystemExit("--tls-cert and --tls-key go together: give both or neither.")
-    if cert is None or key is None:
+def identity_after_refusals(
+    config: ServerConfig, tls_files: tuple[Path, Path] | None
+) -> Callable[[], Identity]:
+    """The TLS identity, for `serve` to take once the data directory passed its refusals.
+
+    Existing files (--tls-cert/--tls-key, or the self-made pair, or half of it) are checked
+    now, which changes nothing, so a bad one is refused before the database is opened. Only
+    making a new self-signed pair waits: a start refused for its data directory must not leave
+    a new identity behind, or the next start finds both files, says nothing, and every client
+    that pinned the lost identity is locked out."""
+    data_dir = config.data_dir
+    if tls_files is None and not any(
+        (data_dir / name).exists() for name in (tls.CERT_FILE, tls.KEY_FILE)
+    ):
+        return lambda: tls_identity(config, None)
+    ready = tls_identity(config, tls_files)
+    return lambda: ready
+
+
+def tls_identity(config: ServerConfig, tls_files: tuple[Path, Path] | None) -> Identity:
+    """The server's TLS context and its certificate's fingerprint, from `tls_files` (cert,
+    key) or else the self-made pair in the data directory, made if both files are missing.
+    Raises tls.TlsIdentityError with one sentence naming the file and what to do. The pair is
+    one argument so that half of it cannot be passed; the command line refuses half of it."""
+    if tls_files is None:
         data_dir = prepare_data_dir(config.data_dir)
         made = not (data_dir / tls.CERT_FILE).exists() and not (data_dir / tls.KEY_FILE).exists()
         cert, key = tls.ensure_self_signed(data_dir)
@@ -444,7 +492,7 @@ def tls_identity(
             "a new identity that every client must trust again."
         )
     else:
-        made, advice = False, "check --tls-cert and --tls-key."
+        (cert, key), made, advice = tls_files, False, "check --tls-cert and --tls-key."
     try:
         context = tls.server_context(cert, key)
     except tls.TlsIdentityError as exc:
@@ -475,5 +523,5 @@ def has_users(data_dir: Path) -> bool:
             return conn.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
         finally:
             conn.close()
-    except sqlite3.Error:  # a damaged database is refused later, by open_services
+    except sqlite3.Error:  # a damaged database is refused by open_services
         return False

@@ -33,7 +33,6 @@ from repository.blobstore import BlobAuthenticationFailed, BlobError
 from repository.database import Database, connect_read_only
 from repository.migrations import MIGRATIONS
 from service.app import (
-    BLOB_DIR,
     BLOB_KEY_FILE,
     DB_FILE,
     DataDirBusy,
@@ -158,29 +157,20 @@ def _check_rows_and_blobs(
         )
     rows = repo.stored_blob_rows(conn)
     key_path = data_dir / BLOB_KEY_FILE
-    blob_dir = data_dir / BLOB_DIR
     db = _as_database(conn)
-    if not key_path.exists():
+    # What start-up refuses is one problem here too, not one per image: the same cause, told
+    # in the same words (start-up's own), and the per-image list would only hide it.
+    refused: list[str] = []
+    if not key_path.exists() and rows:
         # open_blob_store would make a new key, and a blob sealed under it could never be
         # read by the old one if the old one comes back from a backup.
-        if rows:
-            report.problems.append(
-                f"no blob key at {key_path}: no image can be read without it; restore it "
-                "from a backup."
-            )
-        report.problems += repo.database_problems(conn)
-        return
-    # What start-up refuses is one problem here too, not one per image: the same cause, told
-    # in the same words, and the per-image list would only hide it.
-    if blob_dir.exists() and not blob_dir.is_dir():
-        report.problems.append(
-            f"{blob_dir} is not a directory: move it aside and restore {BLOB_DIR}/ from the "
-            f"backup of this database."
+        refused.append(
+            f"no blob key at {key_path}: no image can be read without it; restore it from a backup."
         )
-        report.problems += repo.database_problems(conn)
-        return
     if reason := missing_blob_dir(data_dir, db):
-        report.problems.append(reason)
+        refused.append(reason)
+    if refused or not key_path.exists():
+        report.problems += refused
         report.problems += repo.database_problems(conn)
         return
     try:
@@ -189,8 +179,9 @@ def _check_rows_and_blobs(
         report.problems.append(str(exc))
         report.problems += repo.database_problems(conn)
         return
-    wrong_key = wrong_blob_key(data_dir, db, blobs) is not None
-    checked = authenticated = failed_authentication = 0
+    wrong_key = wrong_blob_key(data_dir, db, blobs)
+    checked = authenticated = 0
+    found: list[tuple[bool, str]] = []  # (failed authentication, problem), in row order
     for image_id, blob, thumb in rows:
         for kind, name in (("original", blob), ("thumbnail", thumb)):
             checked += 1
@@ -198,23 +189,28 @@ def _check_rows_and_blobs(
                 blobs.get(name)
                 authenticated += 1
             except BlobAuthenticationFailed as exc:
-                failed_authentication += 1
-                if not wrong_key:
-                    report.problems.append(f"image {image_id}: {kind} blob unusable: {exc}")
+                found.append((True, f"image {image_id}: {kind} blob unusable: {exc}"))
             except BlobError as exc:
-                report.problems.append(f"image {image_id}: {kind} blob unusable: {exc}")
+                found.append((False, f"image {image_id}: {kind} blob unusable: {exc}"))
             except OSError as exc:
-                report.problems.append(
-                    f"image {image_id}: {kind} blob unreadable ({exc.strerror}: {exc.filename})"
+                found.append(
+                    (
+                        False,
+                        f"image {image_id}: {kind} blob unreadable "
+                        f"({exc.strerror}: {exc.filename})",
+                    )
                 )
-    if wrong_key:
-        report.problems.insert(
-            0,
-            f"the blob key {key_path} does not match the stored blobs (wrong key restored?): "
-            f"{failed_authentication} of {checked} blobs fail authentication under it; put "
-            f"back the {BLOB_KEY_FILE} that was backed up with {DB_FILE} (a normal start "
-            "refuses this key).",
+    if wrong_key and not authenticated:
+        failed = sum(1 for auth, _ in found if auth)
+        report.problems.append(
+            f"{wrong_key} Here {failed} of {checked} blobs fail authentication under it; a "
+            "normal start refuses this key."
         )
+        report.problems += [problem for auth, problem in found if not auth]
+    else:
+        # Start-up probes only the newest images: one blob that authenticates anywhere proves
+        # the key, and what fails is damage to those images, each named.
+        report.problems += [problem for _, problem in found]
     report.lines.append(f"blobs read: {checked}, authenticated: {authenticated}")
     referenced = repo.referenced_blobs(conn)
     stored = set(blobs.iter_names())

@@ -10,13 +10,14 @@ import asyncio
 import io
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from repository.blobstore import load_or_create_key
-from service.app import open_services
+from repository.blobstore import BlobStore, load_or_create_key
+from service.app import KEY_PROBE_FAILURES, open_services
 from service.context import ServerConfig
 from service.ingest import Upload, ingest
 from tests.rows import add_users
@@ -112,3 +113,31 @@ def test_a_blob_key_that_is_a_folder_is_one_problem(data_dir: Path) -> None:
     found = problems(data_dir)
     assert len(found) == 1, found
     assert f"the blob key file {key} is a directory; restore the file from a backup" in found[0]
+
+
+def test_blobs_damaged_where_others_authenticate_are_named_not_the_key(data_dir: Path) -> None:
+    """Start-up probes only the newest images: three of them rotted (thumbnail damaged,
+    original lost) look like a wrong key there. The check reads every blob, and one that
+    authenticates proves the key, so it names each damaged blob instead of blaming the key."""
+    conn = sqlite3.connect(f"file:{data_dir / 'vitrine.db'}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT id, blob, thumb_blob FROM images ORDER BY id DESC").fetchall()
+    finally:
+        conn.close()
+    store = BlobStore(data_dir / "blobs", (data_dir / "blob.key").read_bytes())
+    damaged = rows[:KEY_PROBE_FAILURES]
+    for _, original, thumbnail in damaged:
+        sealed = bytearray(store.path_for(thumbnail).read_bytes())
+        sealed[len(sealed) // 2] ^= 0x01
+        store.path_for(thumbnail).write_bytes(bytes(sealed))
+        store.delete(original)
+    found = problems(data_dir)
+    assert not any("blob key" in problem for problem in found), found
+    expected = []
+    for image_id, original, thumbnail in sorted(damaged):
+        expected += [
+            f"image {image_id}: original blob unusable: blob {original} is not stored",
+            f"image {image_id}: thumbnail blob unusable: blob {thumbnail} failed authentication "
+            "(tampered, swapped, or a different key)",
+        ]
+    assert sorted(found) == sorted(expected)

@@ -8,6 +8,7 @@ naming what the user actually gave. docs/operations.md describes each refusal.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -139,6 +140,73 @@ def test_a_database_without_its_blob_folder_is_refused(
     server.restart()
 
 
+def flip_a_bit(path: Path) -> None:
+    """Bit rot in the middle of a sealed blob: it is there, and fails authentication."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def check_problems(data_dir: Path) -> list[str]:
+    done = run_check(data_dir)
+    assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr, done.stdout
+    return [line[4:] for line in done.stdout.splitlines() if line.startswith("  - ")]
+
+
+def test_one_damaged_blob_is_not_taken_for_a_wrong_key(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """A one-image shop whose thumbnail rotted was refused and told to restore another key:
+    the original was never tried, and one failure with no success meant "wrong key"."""
+    stored_images(server, tmp_path, 1)
+    store = BlobStore(server.data_dir / "blobs", (server.data_dir / "blob.key").read_bytes())
+    original, thumbnail = newest_blobs(server.data_dir)
+    flip_a_bit(store.path_for(thumbnail))
+    server.restart()  # the original authenticates: the key is right
+    server.stop()
+
+    store.delete(original)
+    server.restart()  # the damaged thumbnail alone: a damaged image, not a wrong key
+    server.stop()
+    found = check_problems(server.data_dir)
+    assert not any("blob key" in problem for problem in found), found
+    assert len(found) == 2, found
+    assert "original blob unusable" in found[0] and f"blob {original} is not stored" in found[0]
+    assert "thumbnail blob unusable" in found[1]
+    assert f"blob {thumbnail} failed authentication" in found[1]
+
+
+def test_a_blobs_file_is_refused_in_the_words_of_check(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Start-up called a `blobs` file "missing" while --check said "not a directory"; and
+    with no row naming a blob it served, and then every upload failed."""
+    stored_images(server, tmp_path, 1)
+    folder = server.data_dir / "blobs"
+    folder.rename(tmp_path / "saved-blobs")
+    folder.write_bytes(b"not a folder")
+    line = refusal(start_refused(server.data_dir))
+    assert line == (
+        f"vitrine: {folder} is not a directory: move it aside and restore blobs/ from the "
+        "backup of this database."
+    )
+    assert check_problems(server.data_dir) == [line.removeprefix("vitrine: ")]
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "blobs").write_bytes(b"")
+    line = refusal(start_refused(fresh))
+    assert line == (
+        f"vitrine: {fresh / 'blobs'} is not a directory: move it aside (no image needs it: "
+        "the next start makes an empty blobs/)."
+    )
+    assert not (fresh / CERT_FILE).exists()
+
+    folder.unlink()
+    (tmp_path / "saved-blobs").rename(folder)
+    server.restart()
+
+
 # --- the TLS identity ----------------------------------------------------------------------------
 
 
@@ -187,9 +255,9 @@ def test_half_a_tls_pair_is_refused_not_replaced(tmp_path: Path, lost: str) -> N
 def test_a_new_identity_for_a_data_dir_with_users_is_warned_about(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    assert "new TLS identity" not in server.log()  # a first start makes one quietly
     server.user_connection(tmp_path / "c", "seller").close()
-    server.stop()
+    server.stop()  # joins the drains: the log is whole
+    assert "new TLS identity" not in server.log()  # a first start makes one quietly
     old = server.fingerprint
     (server.data_dir / CERT_FILE).unlink()
     (server.data_dir / KEY_FILE).unlink()
@@ -198,6 +266,20 @@ def test_a_new_identity_for_a_data_dir_with_users_is_warned_about(
     log = server.settled_log(tmp_path / "settle")  # stderr is drained by a thread: wait for it
     assert "WARNING" in log and f"made a new TLS identity ({server.fingerprint})" in log
     assert "every client that pinned the old one refuses this server" in log
+
+
+def test_a_refused_start_makes_no_tls_identity(server: ServerProcess, tmp_path: Path) -> None:
+    """The identity was made before the data directory's refusals: the refused start left a
+    new pair, and the next start served it without the warning, locking out every client
+    that pinned the lost one."""
+    stored_images(server, tmp_path, 1)  # a directory with users
+    (server.data_dir / CERT_FILE).unlink()
+    (server.data_dir / KEY_FILE).unlink()
+    shutil.rmtree(server.data_dir / "blobs")
+    line = refusal(start_refused(server.data_dir))
+    assert f"{server.data_dir / 'blobs'} is missing" in line
+    assert not (server.data_dir / CERT_FILE).exists()
+    assert not (server.data_dir / KEY_FILE).exists()
 
 
 # --- flags and their environment twins -----------------------------------------------------------
@@ -258,6 +340,32 @@ def test_sighup_stops_the_server_cleanly(server: ServerProcess) -> None:
     log = server.log()
     assert "received SIGHUP" in log and "shutting down" in log
     assert "Vitrine server stopped" in log
+
+
+def ignore_sighup() -> None:
+    """What `nohup` does before it runs the server."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def test_a_server_started_under_nohup_outlives_sighup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nohup server.py &` ignores SIGHUP so that the server outlives its terminal; the
+    server's own handler replaced that, and closing the terminal stopped it."""
+    server = ServerProcess(tmp_path / "server")
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            subprocess, "Popen", functools.partial(subprocess.Popen, preexec_fn=ignore_sighup)
+        )
+        server.start()
+    try:
+        assert server.process is not None
+        server.process.send_signal(signal.SIGHUP)
+        server.user_connection(tmp_path / "c", "seller").close()  # still serving
+    finally:
+        assert server.stop() == 0
+    log = server.log()
+    assert "received SIGHUP" not in log and "received SIGTERM" in log
 
 
 def owner_only(data_dir: Path) -> list[str]:
