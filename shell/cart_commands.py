@@ -24,6 +24,7 @@ answers fresh facts (`GetImages`) and decides checkouts. Choices made here:
   and the user is told to look at `orders` before trying again. Ctrl-C once the order is sent
   does not drop it (the server places it anyway): the answer is awaited a few seconds more and
   applied as usual; without one (a second Ctrl-C, or none in time) it is the same unknown.
+  From then until the cart file is saved, Ctrl-C is only counted (`_HeldInterrupts`).
 
 The orders checkout places are listed by `orders` and `sales` (shell.order_commands).
 """
@@ -31,10 +32,13 @@ The orders checkout places are listed by `orders` and `sales` (shell.order_comma
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
+import signal
+import threading
+import time
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import cmd2
@@ -56,7 +60,7 @@ from protocol.errors import ErrorCode, VitrineError
 from shell import listing
 from shell.app import CART, CommandFailed, VitrineShell, image_id, parser, write_json_lines
 from shell.cart_store import MAX_LINES, Cart, CartError, CartItem, CartStore
-from shell.connection import ConnectionLost, InterruptedAfterSending
+from shell.connection import ConnectionLost
 from shell.order_commands import order_json
 from shell.pictures import picture_renderable
 from shell.text import plural, printable
@@ -326,6 +330,62 @@ def _outcome_unknown(why: str) -> CommandFailed:
         f"{why}, so it is not known whether the order went through. Your cart is unchanged: "
         "run `orders` to check before checking out again."
     )
+
+
+class _HeldInterrupts:
+    """Ctrl-C is held back from when an order is handed to the connection (`hold`) until the
+    cart file is saved (the end of the `with`), and heeded only in `wait`.
+
+    The server places an order it was sent whatever the shell does, so a KeyboardInterrupt
+    raised anywhere in between (while the "waiting" notice is printed, between the answer and
+    the cart's save) would keep the bought lines in the cart for the next checkout to buy
+    again. The handler only counts presses: one it does not reach a `wait` for is dropped, and
+    the command ends as it would have. Signal handlers run in the main thread only; elsewhere
+    no Ctrl-C arrives, so nothing is held."""
+
+    #: How soon a press held back ends a `wait` (a handler that only counts does not wake it).
+    POLL_S = 0.05
+
+    def __init__(self) -> None:
+        self._presses = 0
+        self._heeded = 0
+        self._previous: Any = None
+        self._holding = False
+
+    def __enter__(self) -> _HeldInterrupts:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._holding:
+            self._holding = False
+            # None: the old handler was not set from Python; Python's own is the nearest.
+            previous = self._previous
+            signal.signal(
+                signal.SIGINT, signal.default_int_handler if previous is None else previous
+            )
+
+    def hold(self) -> None:
+        if not self._holding and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._count)
+            self._holding = True
+
+    def _count(self, signum: int, frame: FrameType | None) -> None:
+        self._presses += 1
+
+    def wait(self, future: Future[Response], timeout: float | None = None) -> bool:
+        """True once the future is done; False at a press not heeded yet, or after `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not future.done():
+            if self._presses > self._heeded:
+                self._heeded = self._presses
+                return False
+            left = self.POLL_S
+            if deadline is not None:
+                left = min(left, deadline - time.monotonic())
+                if left <= 0:
+                    return False
+            wait([future], timeout=left)
+        return True
 
 
 # --- the commands --------------------------------------------------------------------------------
@@ -634,14 +694,15 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         left: int | None = 0
         try:
             # The cart's lock is held from here until what was bought has left the cart, so two
-            # shells of one buyer cannot both place an order for the same lines.
-            with store.edit() as current:
+            # shells of one buyer cannot both place an order for the same lines; Ctrl-C is held
+            # back from sending the order until the cart is saved (it exits after the save).
+            with _HeldInterrupts() as interrupts, store.edit() as current:
                 if {line.image_id: line.quantity for line in current.lines} != bought:
                     raise CommandFailed(
                         "Your cart changed in another shell while this checkout was being "
                         "prepared; nothing was bought. Run checkout again to see it as it is."
                     )
-                order = self._place(cart, request)
+                order = self._place(cart, request, interrupts)
                 current.take({line.image_id: line.quantity for line in order.lines})
                 left = len(current)
         except CartError as exc:
@@ -665,7 +726,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             )
         )
 
-    def _place(self, cart: Cart, request: Checkout) -> Order:
+    def _place(self, cart: Cart, request: Checkout, interrupts: _HeldInterrupts) -> Order:
         """The order, or CommandFailed saying why nothing (or, after a lost connection or a
         Ctrl-C, maybe something) was bought.
 
@@ -675,22 +736,12 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         longer instead (as `add_image` does for uploads already sent)."""
         session = self._cmd.session
         session.ensure_connected()  # Ctrl-C in here: nothing was sent, "Interrupted." is true
-        future: Future[Response] | None = None
+        interrupts.hold()  # submitting is quick: a press in there counts as one after sending
         try:
-            # A plain KeyboardInterrupt out of submit means nothing was handed over.
             future = session.submit(request)
-            response = future.result()
-        except InterruptedAfterSending as interrupt:
-            (future,) = interrupt.futures
-            response = self._after_interrupt(future)
-        except KeyboardInterrupt:
-            if future is None:
-                raise
-            response = self._after_interrupt(future)
         except ConnectionLost as exc:
             raise _outcome_unknown(f"The connection was lost during checkout ({exc})") from None
-        except VitrineError as exc:
-            response = exc
+        response = self._answer(future, interrupts)
         if isinstance(response, VitrineError):
             raise self._refused(cart, response)
         if not isinstance(response, OrderPlaced):  # as ServerConnection.call would say
@@ -702,18 +753,19 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             )
         return response.order
 
-    def _after_interrupt(self, future: Future[Response]) -> Response | VitrineError:
-        """Ctrl-C with the order on the wire: its answer (or refusal), if it comes within
+    def _answer(
+        self, future: Future[Response], interrupts: _HeldInterrupts
+    ) -> Response | VitrineError:
+        """The sent order's answer (or refusal). After a Ctrl-C it must come within
         INTERRUPT_GRACE_S; a second Ctrl-C, or none in time, leaves the outcome unknown."""
-        self._cmd.perror(
-            f"Interrupted: waiting up to {INTERRUPT_GRACE_S:g} s for the server's answer to the "
-            "order already sent (Ctrl-C again to stop waiting).",
-            style=None,
-        )
-        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C stops the wait
-            wait([future], timeout=INTERRUPT_GRACE_S)
-        if not future.done():
-            raise _outcome_unknown("Checkout was interrupted before the server answered") from None
+        if not interrupts.wait(future):
+            self._cmd.perror(
+                f"Interrupted: waiting up to {INTERRUPT_GRACE_S:g} s for the server's answer to "
+                "the order already sent (Ctrl-C again to stop waiting).",
+                style=None,
+            )
+            if not interrupts.wait(future, INTERRUPT_GRACE_S):
+                raise _outcome_unknown("Checkout was interrupted before the server answered")
         try:
             return future.result()
         except VitrineError as exc:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -705,14 +707,58 @@ def test_checkout_of_one_item_asks_in_the_singular(seller: ServerConnection, buy
 CHECKOUT = "checkout --no-images"
 
 
-def interrupt_a_sent_checkout(child: Any, server: ServerProcess) -> None:
-    """Confirm a checkout while the server is stopped, so the order is on the wire and
-    unanswered, then press Ctrl-C: the shell must wait for the answer, not drop it."""
+def _tcp_sockets() -> list[tuple[int, int, int, int]]:
+    """(local port, remote port, bytes in the receive queue, inode) of every TCP socket."""
+    sockets = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)  # the header
+            for line in lines:
+                fields = line.split()
+                ports = [int(address.rsplit(":", 1)[1], 16) for address in fields[1:3]]
+                received = int(fields[4].split(":")[1], 16)
+                sockets.append((ports[0], ports[1], received, int(fields[9])))
+    return sockets
+
+
+def unread_by_server(child: Any, server: ServerProcess) -> int:
+    """How many bytes the shell sent that the (stopped) server has not read: the server's end
+    of the shell's connection, found through the shell's own socket."""
+    links = [os.readlink(fd) for fd in Path(f"/proc/{child.pid}/fd").iterdir()]
+    inodes = {link[len("socket:[") : -1] for link in links if link.startswith("socket:[")}
+    sockets = _tcp_sockets()
+    shell_ports = {
+        local
+        for local, remote, _, inode in sockets
+        if remote == server.port and str(inode) in inodes
+    }
+    assert len(shell_ports) == 1, (shell_ports, sockets)
+    (shell_port,) = shell_ports
+    return sum(
+        received
+        for local, remote, received, _ in sockets
+        if local == server.port and remote == shell_port
+    )
+
+
+def confirm_while_stopped(child: Any, server: ServerProcess) -> None:
+    """Confirm a checkout while the server is stopped; return once the Checkout frame waits in
+    the server's receive queue: the order is on the wire and unanswered."""
     child.expect(r"\[y/N\]")
     assert server.process is not None
     os.kill(server.process.pid, signal.SIGSTOP)
+    assert unread_by_server(child, server) == 0  # everything sent before was read
     child.sendline("y")
-    time.sleep(2)  # the Checkout request is in the server's socket buffer by now
+    deadline = time.monotonic() + 30
+    while unread_by_server(child, server) == 0:
+        assert time.monotonic() < deadline, "the Checkout request was never sent"
+        time.sleep(0.05)
+
+
+def interrupt_a_sent_checkout(child: Any, server: ServerProcess) -> None:
+    """Confirm a checkout while the server is stopped, so the order is on the wire and
+    unanswered, then press Ctrl-C: the shell must wait for the answer, not drop it."""
+    confirm_while_stopped(child, server)
     child.sendintr()
     child.expect(
         r"Interrupted: waiting up to 5 s for the server's answer to the order already sent"
@@ -768,6 +814,44 @@ def test_ctrl_c_twice_after_the_order_was_sent_leaves_the_outcome_unknown(
     # The server placed it meanwhile: `orders` shows it, as the warning says to check.
     placed = buyer("orders --json").json_lines()
     assert [[line["image_id"] for line in order["lines"]] for order in placed] == [[kept]]
+
+
+#: The write(2) system call's number, as /proc/PID/syscall names it.
+_WRITE = {"x86_64": 1, "aarch64": 64}.get(platform.machine())
+
+
+def test_ctrl_c_while_the_waiting_notice_is_printed_does_not_escape(
+    server: ServerProcess, seller: ServerConnection, buyer: Buyer
+) -> None:
+    """The second Ctrl-C came while the "waiting" notice was being written: it escaped as a
+    plain "Interrupted.", with no word that the order may have gone through. The terminal's
+    output is stopped (what Ctrl-S does, but at once) so that the notice's write blocks, and
+    the presses are sent as signals, not typed (a typed Ctrl-C restarts the output)."""
+    if _WRITE is None:
+        pytest.skip(f"write(2)'s number on {platform.machine()} is not known here")
+    held = item(seller, 600, 5, title="Held back")
+    assert buyer(f"add_to_cart {held}").code == 0
+    try:
+        with terminal(buyer, CHECKOUT) as child:
+            confirm_while_stopped(child, server)
+            tty = os.open(f"/proc/{child.pid}/fd/2", os.O_WRONLY | os.O_NOCTTY)
+            termios.tcflow(tty, termios.TCOOFF)  # the shell's next write to the terminal blocks
+            os.kill(child.pid, signal.SIGINT)
+            deadline = time.monotonic() + 30
+            while Path(f"/proc/{child.pid}/syscall").read_text().split()[0] != str(_WRITE):
+                assert time.monotonic() < deadline, "the shell never wrote its notice"
+                time.sleep(0.05)
+            os.kill(child.pid, signal.SIGINT)
+            termios.tcflow(tty, termios.TCOON)  # the notice goes out
+            os.close(tty)
+            child.expect("waiting up to 5 s for the server's answer to the order already sent")
+            child.expect("it is not known whether the order went through")
+            child.expect("vitrine ")
+            os.kill(server.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+    assert child.exitstatus == 1
+    assert cart_lines(buyer) == [(held, 1)]
 
 
 def test_no_answer_within_the_grace_period_leaves_the_outcome_unknown(
