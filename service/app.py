@@ -174,14 +174,14 @@ def lost_blob_key(data_dir: Path, db: Database) -> str | None:
     )
 
 
-def missing_blob_dir(data_dir: Path, db: Database) -> str | None:
+def missing_blob_dir(data_dir: Path, conn: sqlite3.Connection) -> str | None:
     """Why the blob store must not be opened, or None if it may: a `blobs` that is not a
     folder (every upload would fail, rows or not), or a database that names blobs but no blob
     folder, or an empty one (a restore that missed it, a volume not mounted). Serving that
     shows every image blank, and uploads meanwhile land where the real folder, once back,
     hides them. Start-up and `--check` both ask this, so they say the same."""
     blob_dir = data_dir / BLOB_DIR
-    names_a_blob = db.conn.execute(
+    names_a_blob = conn.execute(
         "SELECT 1 FROM images WHERE blob != ? LIMIT 1", (image_repo.PURGED,)
     ).fetchone()
     if blob_dir.exists() and not blob_dir.is_dir():
@@ -208,7 +208,7 @@ KEY_PROBE_IMAGES = 5
 KEY_PROBE_FAILURES = 3
 
 
-def wrong_blob_key(data_dir: Path, db: Database, blobs: BlobStore) -> str | None:
+def wrong_blob_key(data_dir: Path, conn: sqlite3.Connection, blobs: BlobStore) -> str | None:
     """Why the blob store must not be used, or None if it may: a key (another valid one, from
     the wrong backup) under which the stored blobs do not authenticate. Serving with it shows
     old images blank, misses every dedup, and seals new uploads so that the right key, once
@@ -218,7 +218,7 @@ def wrong_blob_key(data_dir: Path, db: Database, blobs: BlobStore) -> str | None
     key. It refuses only when none did and at least KEY_PROBE_FAILURES failed, or every blob
     that is there failed and there are at least two: one blob alone cannot tell a bit-rotted
     file from a wrong key, and a damaged image must not keep a shop closed."""
-    rows = db.conn.execute(
+    rows = conn.execute(
         "SELECT thumb_blob, blob FROM images WHERE blob != ? "
         "ORDER BY deleted_at IS NOT NULL, id DESC LIMIT ?",
         (image_repo.PURGED, KEY_PROBE_IMAGES),
@@ -293,10 +293,10 @@ def open_services(config: ServerConfig) -> Services:
         if reason := lost_database(data_dir):
             raise DataDirError(reason)
         db = Database(data_dir / DB_FILE)
-        if reason := lost_blob_key(data_dir, db) or missing_blob_dir(data_dir, db):
+        if reason := lost_blob_key(data_dir, db) or missing_blob_dir(data_dir, db.conn):
             raise DataDirError(reason)
         blobs = open_blob_store(data_dir)
-        if reason := wrong_blob_key(data_dir, db, blobs):
+        if reason := wrong_blob_key(data_dir, db.conn, blobs):
             raise DataDirError(reason)
         restrict_to_owner(data_dir)
         purged, removed = recover(db, blobs, config.purge_after_s)

@@ -26,11 +26,10 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 from repository import images as repo
 from repository.blobstore import BlobAuthenticationFailed, BlobError
-from repository.database import Database, connect_read_only
+from repository.database import connect_read_only
 from repository.migrations import MIGRATIONS
 from service.app import (
     BLOB_KEY_FILE,
@@ -127,19 +126,6 @@ def check_data_dir(data_dir: Path, purge_after_s: float = 30 * 24 * 3600.0) -> C
     return report
 
 
-class _Rows:
-    """The check's read-only connection where start-up's tests (`missing_blob_dir`,
-    `wrong_blob_key`) take a `Database`: they only read `.conn`, and calling them rather than
-    copying them keeps the check's verdict the same as the refusal's."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-
-def _as_database(conn: sqlite3.Connection) -> Database:
-    return cast(Database, _Rows(conn))
-
-
 def _check_rows_and_blobs(
     conn: sqlite3.Connection, data_dir: Path, purge_after_s: float, report: CheckReport
 ) -> None:
@@ -157,7 +143,6 @@ def _check_rows_and_blobs(
         )
     rows = repo.stored_blob_rows(conn)
     key_path = data_dir / BLOB_KEY_FILE
-    db = _as_database(conn)
     # What start-up refuses is one problem here too, not one per image: the same cause, told
     # in the same words (start-up's own), and the per-image list would only hide it.
     refused: list[str] = []
@@ -167,7 +152,7 @@ def _check_rows_and_blobs(
         refused.append(
             f"no blob key at {key_path}: no image can be read without it; restore it from a backup."
         )
-    if reason := missing_blob_dir(data_dir, db):
+    if reason := missing_blob_dir(data_dir, conn):
         refused.append(reason)
     if refused or not key_path.exists():
         report.problems += refused
@@ -179,7 +164,7 @@ def _check_rows_and_blobs(
         report.problems.append(str(exc))
         report.problems += repo.database_problems(conn)
         return
-    wrong_key = wrong_blob_key(data_dir, db, blobs)
+    wrong_key = wrong_blob_key(data_dir, conn, blobs)
     checked = authenticated = 0
     found: list[tuple[bool, str]] = []  # (failed authentication, problem), in row order
     for image_id, blob, thumb in rows:
