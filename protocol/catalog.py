@@ -19,6 +19,7 @@ from protocol.base import Request, Response
 ImageId = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
 Cents = Annotated[int, msgspec.Meta(ge=0, le=100_000_000_00)]  # up to 100 million per unit
 Quantity = Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)]
+StockChange = Annotated[int, msgspec.Meta(ge=-1_000_000_000, le=1_000_000_000)]
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Tags = Annotated[list[Tag], msgspec.Meta(max_length=64)]
 Title = Annotated[str, msgspec.Meta(max_length=200)]
@@ -97,6 +98,9 @@ class UpdateImage(Request):
     description: Description | None = None
     price_cents: Cents | None = None
     quantity: Quantity | None = None
+    #: Added to the stock as it is when the change is applied (negative takes away), so that a
+    #: restock keeps the sales made meanwhile; not with `quantity`.
+    add_quantity: StockChange | None = None
     add_tags: Tags = []
     remove_tags: Tags = []
     private: bool | None = None

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from repository.database import transaction
+from util.money import MAX_QUANTITY
 
 #: Serialises the catalogue's write transactions inside this process (images, tags, colours,
 #: embeddings, orders: `repository.orders` and `repository.embeddings` take it too). SQLite
@@ -460,9 +461,20 @@ class Changes:
     description: str | None = None
     price_cents: int | None = None
     quantity: int | None = None
+    #: Added to the stock inside the write, so that sales committed meanwhile are kept.
+    add_quantity: int | None = None
     private: bool | None = None
     add_tags: list[str] = field(default_factory=list)
     remove_tags: list[str] = field(default_factory=list)
+
+
+class StockOutOfRange(Exception):
+    """A relative stock change would take the count below 0 or above MAX_QUANTITY; nothing was
+    changed. `stock` is the count the change met, which the seller needs to choose another."""
+
+    def __init__(self, stock: int) -> None:
+        super().__init__(stock)
+        self.stock = stock
 
 
 def _insert_palette(
@@ -537,14 +549,27 @@ def update_image(
         )
         if value is not None
     }
+    restock, in_range = "", ""
+    if changes.add_quantity is not None:
+        columns["add_quantity"] = changes.add_quantity
+        restock = "quantity = quantity + :add_quantity, "
+        in_range = f" AND quantity + :add_quantity BETWEEN 0 AND {MAX_QUANTITY}"
+    editable = STILL_EDITABLE if editor is not None else ""
     with WRITE_LOCK, transaction(conn, immediate=True):
-        sets = "".join(f"{name} = :{name}, " for name in columns)
+        sets = "".join(f"{name} = :{name}, " for name in columns if name != "add_quantity")
         cursor = conn.execute(
-            f"UPDATE images SET {sets}updated_at = :now WHERE id = :id AND deleted_at IS NULL"
-            + (STILL_EDITABLE if editor is not None else ""),
+            f"UPDATE images SET {sets}{restock}updated_at = :now "
+            f"WHERE id = :id AND deleted_at IS NULL{editable}{in_range}",
             {**columns, "now": time.time(), "id": image_id, "editor": editor},
         )
         if cursor.rowcount == 0:
+            if in_range:  # gone, or there and the change would leave it out of range
+                row = conn.execute(
+                    f"SELECT quantity FROM images WHERE id = :id AND deleted_at IS NULL{editable}",
+                    {"id": image_id, "editor": editor},
+                ).fetchone()
+                if row is not None:
+                    raise StockOutOfRange(row[0])
             return None
         if changes.add_tags:
             conn.executemany(

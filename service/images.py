@@ -34,6 +34,7 @@ from service.ingest import Upload, ingest
 from service.registry import route
 from util import catalogue_text
 from util.filenames import display_name
+from util.money import MAX_QUANTITY
 
 log = logging.getLogger("vitrine.images")
 
@@ -224,10 +225,16 @@ async def update_image(ctx: RequestContext, request: UpdateImage) -> ImageUpdate
         ),
         price_cents=request.price_cents,
         quantity=request.quantity,
+        add_quantity=request.add_quantity,
         private=request.private,
         add_tags=add,
         remove_tags=remove,
     )
+    if request.quantity is not None and request.add_quantity is not None:
+        raise VitrineError(
+            ErrorCode.BAD_REQUEST,
+            "Give either a new quantity or an amount to add to the stock, not both.",
+        )
     if (
         all(
             v is None
@@ -236,6 +243,7 @@ async def update_image(ctx: RequestContext, request: UpdateImage) -> ImageUpdate
                 changes.description,
                 changes.price_cents,
                 changes.quantity,
+                changes.add_quantity,
                 changes.private,
             )
         )
@@ -257,12 +265,30 @@ async def update_image(ctx: RequestContext, request: UpdateImage) -> ImageUpdate
             f"Only the owner of image {request.image_id} ({record.owner}) may make it private "
             "or public; an admin may change the rest of it, or delete it.",
         )
-    changed = await ctx.services.db_call(
-        repo.update_image, request.image_id, changes, editor=ctx.user.id
-    )
+    try:
+        changed = await ctx.services.db_call(
+            repo.update_image, request.image_id, changes, editor=ctx.user.id
+        )
+    except repo.StockOutOfRange as exc:
+        raise _stock_out_of_range(request.image_id, exc.stock, request.add_quantity or 0) from None
     if changed is None:  # deleted, or made private by its owner, since `_editable` read it
         raise _not_found(request.image_id)
     return ImageUpdated(id=request.id, image=summary(changed))
+
+
+def _stock_out_of_range(image_id: int, stock: int, change: int) -> VitrineError:
+    """CONFLICT, since the count the change met may be one the seller has not seen yet."""
+    if change < 0:
+        return VitrineError(
+            ErrorCode.CONFLICT,
+            f"Image {image_id} has {stock} in stock now; taking {-change} would leave less "
+            "than none. Nothing was changed.",
+        )
+    return VitrineError(
+        ErrorCode.CONFLICT,
+        f"Image {image_id} has {stock} in stock now; adding {change} would pass the largest "
+        f"quantity, {MAX_QUANTITY}. Nothing was changed.",
+    )
 
 
 @route(DeleteImage)

@@ -55,7 +55,7 @@ from shell.upload import (
 from util import catalogue_text
 from util.filenames import save_name
 from util.images import DEFAULT_MAX_BYTES
-from util.money import format_cents, price_arg, quantity_arg
+from util.money import format_cents, price_arg, quantity_arg, stock_change_arg
 
 MAX_TAGS = 64  # protocol.catalog.Tags
 MAX_TITLE_CHARS = 200
@@ -130,7 +130,6 @@ def window_size(text: str) -> int:
 
 def _add_catalogue_flags(command: argparse.ArgumentParser) -> None:
     command.add_argument("--price", type=price_arg, metavar="12.50", help="unit price")
-    command.add_argument("--quantity", type=quantity_arg, metavar="N", help="units in stock")
     command.add_argument(
         "--title", type=bounded_text(MAX_TITLE_CHARS, "title"), metavar="T", help="title"
     )
@@ -256,6 +255,7 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
     )
     add_tag_list_argument(add_parser, "--tags", "comma-separated tags for every file")
     _add_catalogue_flags(add_parser)
+    add_parser.add_argument("--quantity", type=quantity_arg, metavar="N", help="units in stock")
     add_parser.add_argument("--private", action="store_true", help="only you will see them")
     add_parser.add_argument(
         "--verbose", action="store_true", help="list every file, not only the notable ones"
@@ -392,6 +392,13 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         help="the image",
     )
     _add_catalogue_flags(update_parser)
+    update_parser.add_argument(
+        "--quantity",
+        type=stock_change_arg,
+        metavar="N|+N|-N",
+        help="N sets the stock; +N adds and -N takes N from the stock as it is then, "
+        "keeping sales made meanwhile",
+    )
     add_tag_list_argument(update_parser, "--add-tags", "tags to add")
     add_tag_list_argument(update_parser, "--remove-tags", "tags to take off")
     visibility = update_parser.add_mutually_exclusive_group()
@@ -412,9 +419,11 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             "title": args.title,
             "description": args.description,
             "price_cents": args.price,
-            "quantity": args.quantity,
             "private": args.private,
         }
+        if args.quantity is not None:
+            key = "add_quantity" if args.quantity.relative else "quantity"
+            changes[key] = args.quantity.amount
         changes = {key: value for key, value in changes.items() if value is not None}
         if args.add_tags:
             changes["add_tags"] = args.add_tags

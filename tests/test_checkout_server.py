@@ -16,6 +16,7 @@ from protocol.catalog import (
     DeleteImage,
     GetImages,
     Images,
+    ImageUpdated,
     ListOrders,
     ListSales,
     OrderList,
@@ -355,3 +356,57 @@ def test_multi_line_carts_race_without_partial_orders_or_negative_stock(
     sales = [s for s in seller.call(ListSales(id=0), OrderList).orders if s.id in placed_ids]
     assert len(sales) == len(placed_ids)
     assert sum(line.quantity for s in sales for line in s.lines) == sum(sold.values())
+
+
+def test_a_relative_restock_keeps_the_sales_made_since(
+    seller: ServerConnection, buyer: ServerConnection
+) -> None:
+    thing = item(seller, 250, 5)
+    checkout(buyer, (thing, 2))  # the seller still thinks 5 are left
+    after = seller.call(UpdateImage(id=0, image_id=thing, add_quantity=3), ImageUpdated)
+    assert after.image.quantity == 6
+    emptied = seller.call(UpdateImage(id=0, image_id=thing, add_quantity=-6), ImageUpdated)
+    assert emptied.image.quantity == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (-4, "has 3 in stock now; taking 4 would leave less than none"),
+        (1_000_000_000, "has 3 in stock now; adding 1000000000 would pass the largest quantity"),
+    ],
+)
+def test_a_restock_out_of_range_changes_nothing(
+    seller: ServerConnection, buyer: ServerConnection, change: int, words: str
+) -> None:
+    thing = item(seller, 250, 4)
+    checkout(buyer, (thing, 1))
+    request = UpdateImage(id=0, image_id=thing, add_quantity=change, title="x")
+    with pytest.raises(VitrineError) as caught:
+        seller.call(request, ImageUpdated)
+    assert caught.value.code is ErrorCode.CONFLICT
+    assert words in caught.value.message
+    answer = seller.call(GetImages(id=0, image_ids=[thing]), Images).items[0]
+    assert (answer.quantity, answer.title) == (3, "item 250/4")  # the title did not change either
+
+
+def test_setting_and_moving_the_stock_at_once_is_refused(seller: ServerConnection) -> None:
+    thing = item(seller, 250, 4)
+    with pytest.raises(VitrineError) as caught:
+        seller.call(UpdateImage(id=0, image_id=thing, quantity=1, add_quantity=1), ImageUpdated)
+    assert caught.value.code is ErrorCode.BAD_REQUEST and "not both" in caught.value.message
+    assert stock_of(seller, thing) == {thing: 4}
+
+
+def test_restocks_racing_buyers_lose_no_sale(
+    server: ServerProcess, home: Path, seller: ServerConnection, buyer_names: list[str]
+) -> None:
+    thing = item(seller, 300, 10)
+    restocks = seller.submit_all(
+        [UpdateImage(id=0, image_id=thing, add_quantity=2) for _ in range(BUYERS)]
+    )
+    outcomes = race(server, home, buyer_names, [[(thing, 1)]] * BUYERS)
+    assert all(future.result().image.quantity >= 0 for future in restocks)
+    sold = sum(isinstance(o, OrderPlaced) for o in outcomes)
+    assert sold > 0
+    assert stock_of(seller, thing) == {thing: 10 + 2 * BUYERS - sold}

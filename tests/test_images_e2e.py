@@ -273,13 +273,28 @@ def test_update_by_owner_and_refusals(alice: Shell, bob: Shell, tmp_path: Path) 
         ("--price abc", "not a price"),
         ("--price 1.999", "more than two decimals"),
         ("--price 1000000000", "largest price"),
-        ("--quantity -2", "cannot be negative"),
+        ("--quantity +x", "not a change of stock"),
         ("--quantity 2.5", "whole number"),
+        ("--quantity -10", "has 9 in stock now; taking 10 would leave less than none"),
     ]:
         done = alice(f"update_image {image} {bad}")
         assert done.code != 0 and words in done.err, (bad, done)
     nothing = alice(f"update_image {image}")
     assert nothing.code != 0 and "Nothing to change" in nothing.err
+
+
+def test_update_moves_the_stock_with_a_sign(alice: Shell, tmp_path: Path) -> None:
+    """A restock typed as +N keeps the count the server has, not one the seller last saw."""
+    image = _upload_one(alice, _jpeg(tmp_path / "s.jpg", 650), "--quantity 4")
+    assert alice(f"update_image {image} --quantity +5").code == 0
+    assert alice(f"show_image {image} --json").json_lines()[0]["quantity"] == 9
+    (row,) = alice(f"update_image {image} --quantity -3 --json").json_lines()
+    assert row["quantity"] == 6
+    refused = alice(f"update_image {image} --quantity -7")
+    assert refused.code != 0 and "CONFLICT" in refused.err, refused
+    assert "has 6 in stock now; taking 7" in refused.err and "Nothing was changed" in refused.err
+    assert alice(f"update_image {image} --quantity 2").code == 0
+    assert alice(f"show_image {image} --json").json_lines()[0]["quantity"] == 2
 
 
 def test_delete_hides_everywhere_and_admin_may(

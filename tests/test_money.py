@@ -15,11 +15,14 @@ from protocol.catalog import UploadImage
 from util.money import (
     MAX_CENTS,
     MAX_QUANTITY,
+    StockChange,
     format_cents,
     parse_price,
     parse_quantity,
+    parse_stock_change,
     price_arg,
     quantity_arg,
+    stock_change_arg,
 )
 
 
@@ -145,6 +148,45 @@ def test_quantities(text: str, count: int) -> None:
 def test_bad_quantities_are_refused(text: str, words: str) -> None:
     with pytest.raises(ValueError, match=words):
         parse_quantity(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "change"),
+    [
+        ("7", StockChange(7, relative=False)),
+        (" 0 ", StockChange(0, relative=False)),
+        ("+5", StockChange(5, relative=True)),
+        ("-2", StockChange(-2, relative=True)),
+        ("+0", StockChange(0, relative=True)),
+        (f"-{MAX_QUANTITY}", StockChange(-MAX_QUANTITY, relative=True)),
+    ],
+)
+def test_stock_changes_set_without_a_sign_and_move_with_one(text: str, change: StockChange) -> None:
+    assert parse_stock_change(text) == change
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("+", "not a change of stock"),
+        ("-x", "not a change of stock"),
+        ("+-3", "not a change of stock"),
+        ("+2.5", "not a change of stock"),
+        ("2.5", "whole number"),
+        (f"+{MAX_QUANTITY + 1}", "largest quantity"),
+        ("-" + "9" * 5000, "largest quantity"),
+    ],
+)
+def test_bad_stock_changes_are_refused(text: str, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        parse_stock_change(text)
+
+
+def test_a_signed_stock_change_reads_as_a_value_not_a_flag() -> None:
+    """argparse takes "-2" for an option unless the parser has none that look like numbers."""
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    parser.add_argument("--quantity", type=stock_change_arg)
+    assert parser.parse_args(["--quantity", "-2"]).quantity == StockChange(-2, relative=True)
 
 
 def test_argparse_wrappers_report_usage_errors() -> None:

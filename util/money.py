@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import re
 from decimal import Decimal
-from typing import Final
+from typing import Final, NamedTuple
 
 #: The largest unit price the wire accepts (protocol.catalog.Cents): 100 million.
 MAX_CENTS: Final = 100_000_000_00
@@ -87,6 +87,42 @@ def price_arg(text: str) -> int:
     """argparse `type=` for prices: the parser reports the message as a usage error."""
     try:
         return parse_price(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class StockChange(NamedTuple):
+    """update_image's --quantity: a count to set, or (`relative`) an amount to add or take."""
+
+    amount: int
+    relative: bool
+
+
+def parse_stock_change(text: str) -> StockChange:
+    """ "7" sets the stock to 7; "+5" and "-2" move it by that much from whatever it is when the
+    server applies them, so a restock cannot undo the sales made since the seller last looked.
+
+    A bare number keeps its old meaning; only a sign makes the change relative. "+5" used to be
+    read as 5, which silently replaced the stock of a seller who meant to add to it.
+    """
+    raw = text.strip()
+    if raw[:1] in ("+", "-"):
+        sign, digits = (-1 if raw[0] == "-" else 1), raw[1:]
+        if not _QUANTITY.fullmatch(digits):
+            raise ValueError(
+                f"{_shown(text)!r} is not a change of stock; write +5 to add 5, -2 to take 2, "
+                "or 7 to set the count."
+            )
+        if len(digits.lstrip("0")) > len(str(MAX_QUANTITY)) or int(digits) > MAX_QUANTITY:
+            raise ValueError(f"{_shown(raw)} is more than the largest quantity, {MAX_QUANTITY}.")
+        return StockChange(sign * int(digits), relative=True)
+    return StockChange(parse_quantity(raw), relative=False)
+
+
+def stock_change_arg(text: str) -> StockChange:
+    """argparse `type=` for update_image's --quantity."""
+    try:
+        return parse_stock_change(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
