@@ -80,6 +80,21 @@ def positive_bytes(text: str) -> int:
     return value
 
 
+#: The largest --max-image-bytes. An upload is one frame holding the file and its text (title,
+#: description, tags and file name: under 64 KiB at their wire limits), and a frame may not pass
+#: max_frame_bytes; a larger setting would refuse big files as broken frames, not as too large.
+LARGEST_IMAGE_BYTES = ServerConfig.max_frame_bytes - 64 * 1024
+
+
+def image_bytes(text: str) -> int:
+    value = positive_bytes(text)
+    if value > LARGEST_IMAGE_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is more than one upload can carry; the largest is {LARGEST_IMAGE_BYTES}"
+        )
+    return value
+
+
 def log_level(text: str) -> str:
     if text.upper() not in LOG_LEVELS:
         raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
@@ -91,7 +106,7 @@ CHECKED: dict[str, tuple[str, Callable[[str], object]]] = {
     "port": ("--port", port_number),
     "idle_timeout": ("--idle-timeout", positive_seconds),
     "write_timeout": ("--write-timeout", positive_seconds),
-    "max_image_bytes": ("--max-image-bytes", positive_bytes),
+    "max_image_bytes": ("--max-image-bytes", image_bytes),
     "log_level": ("--log-level", log_level),
 }
 
@@ -157,8 +172,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser,
         "--max-image-bytes",
         default=ServerConfig.max_image_bytes,
-        type=from_flag(positive_bytes),
-        help="largest image file accepted, in bytes",
+        type=from_flag(image_bytes),
+        help=f"largest image file accepted, in bytes (at most {LARGEST_IMAGE_BYTES})",
     )
     cfg.add_option(
         parser,

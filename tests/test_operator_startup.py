@@ -294,6 +294,11 @@ def test_a_refused_start_makes_no_tls_identity(server: ServerProcess, tmp_path: 
         (["--idle-timeout", "-5"], "argument --idle-timeout: '-5' is not a positive number"),
         (["--write-timeout", "0"], "argument --write-timeout: '0' is not a positive number"),
         (["--max-image-bytes", "-1"], "argument --max-image-bytes: '-1' is not a positive"),
+        (
+            ["--max-image-bytes", "40000000"],
+            "argument --max-image-bytes: '40000000' is more than one upload can carry; the "
+            "largest is 33488896",
+        ),
         (["--log-level", "LOUD"], "argument --log-level: 'LOUD' is not one of DEBUG, INFO"),
         (["--tls-cert", "x.pem"], "--tls-cert and --tls-key go together: give both or neither"),
     ],
