@@ -15,18 +15,34 @@ from typing import Annotated, Literal
 import msgspec
 
 from protocol.base import Request, Response
+from protocol.limits import (
+    MAX_BATCH,
+    MAX_CENTS,
+    MAX_COLOUR_SPEC_CHARS,
+    MAX_DESCRIPTION_CHARS,
+    MAX_FILENAME_CHARS,
+    MAX_ID,
+    MAX_IDS_PER_REQUEST,
+    MAX_LINE_QUANTITY,
+    MAX_ORDER_LINES,
+    MAX_QUANTITY,
+    MAX_SEARCH_CHARS,
+    MAX_TAG_CHARS,
+    MAX_TAGS,
+    MAX_TITLE_CHARS,
+)
 
-ImageId = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
-Cents = Annotated[int, msgspec.Meta(ge=0, le=100_000_000_00)]  # up to 100 million per unit
-Quantity = Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)]
-StockChange = Annotated[int, msgspec.Meta(ge=-1_000_000_000, le=1_000_000_000)]
-Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Tags = Annotated[list[Tag], msgspec.Meta(max_length=64)]
-Title = Annotated[str, msgspec.Meta(max_length=200)]
-Description = Annotated[str, msgspec.Meta(max_length=5000)]
-FileName = Annotated[str, msgspec.Meta(max_length=1024)]
-Limit = Annotated[int, msgspec.Meta(ge=1, le=500)]
-SearchText = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+ImageId = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
+Cents = Annotated[int, msgspec.Meta(ge=0, le=MAX_CENTS)]
+Quantity = Annotated[int, msgspec.Meta(ge=0, le=MAX_QUANTITY)]
+StockChange = Annotated[int, msgspec.Meta(ge=-MAX_QUANTITY, le=MAX_QUANTITY)]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TAG_CHARS)]
+Tags = Annotated[list[Tag], msgspec.Meta(max_length=MAX_TAGS)]
+Title = Annotated[str, msgspec.Meta(max_length=MAX_TITLE_CHARS)]
+Description = Annotated[str, msgspec.Meta(max_length=MAX_DESCRIPTION_CHARS)]
+FileName = Annotated[str, msgspec.Meta(max_length=MAX_FILENAME_CHARS)]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=MAX_BATCH)]
+SearchText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SEARCH_CHARS)]
 Cursor = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Visibility = Literal["public", "private"]
 
@@ -180,7 +196,7 @@ class ColourSearch(Request):
     #: does (util.colour_spec): its hue and its lightness/saturation regions (brown vs orange,
     #: pink vs red) replace `hue` and the four bounds above. `tolerance` still applies (the
     #: shell sends the name's band when the user gave none).
-    spec: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    spec: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_COLOUR_SPEC_CHARS)] | None = None
     filters: Filters = Filters()
     options: ListingOptions = ListingOptions()
 
@@ -223,7 +239,7 @@ class TagList(Response):
 class GetImages(Request):
     """Fresh price, stock and visibility for a cart: missing or hidden ids are simply absent."""
 
-    image_ids: Annotated[list[ImageId], msgspec.Meta(max_length=500)]
+    image_ids: Annotated[list[ImageId], msgspec.Meta(max_length=MAX_IDS_PER_REQUEST)]
     thumbnails: bool = False
 
 
@@ -233,13 +249,13 @@ class Images(Response):
 
 class CartLine(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     image_id: ImageId
-    quantity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_LINE_QUANTITY)]
     #: The unit price the buyer saw; checkout refuses the line if the price has changed since.
     expected_price_cents: Cents | None = None
 
 
 class Checkout(Request):
-    lines: Annotated[list[CartLine], msgspec.Meta(min_length=1, max_length=500)]
+    lines: Annotated[list[CartLine], msgspec.Meta(min_length=1, max_length=MAX_ORDER_LINES)]
 
 
 class OrderLine(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -263,14 +279,12 @@ class OrderPlaced(Response):
     order: Order
 
 
-#: Most lines an order can have: what `Checkout` accepts.
-MAX_ORDER_LINES = 500
 #: Most order lines one `OrderList` page carries: a page ends before the order that would pass
 #: this, so no answer grows with a history (a whole one once passed the 32 MiB frame limit).
 #: Twice MAX_ORDER_LINES, so a page always has room for one whole order. Worst case (every
 #: title 200 four-byte characters, 64-character four-byte names, the largest ints): 1.73 MB.
 ORDER_PAGE_LINES = 2 * MAX_ORDER_LINES
-OrderId = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+OrderId = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
 
 
 class ListOrders(Request):

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from protocol.limits import MAX_SEARCH_RESULTS
+
 __all__ = [
     "MAX_RESULTS",
     "WANT_GROWTH",
@@ -28,10 +30,9 @@ __all__ = [
     "local_hue",
 ]
 
-#: Ranked results one search keeps for `more` (a batch of 20, then 10 at a time), as search by
-#: image does: colour queries are broad, nobody pages through hundreds, and the cap is what
-#: keeps the work per query bounded.
-MAX_RESULTS = 500
+#: Ranked results one search keeps for `more` (a batch of 20, then 10 at a time): colour queries
+#: are broad, and the cap is what keeps the work per query bounded.
+MAX_RESULTS = MAX_SEARCH_RESULTS
 #: The first pass checks this many times `limit` candidates: room for the candidates that
 #: visibility, the filters or a second colour of the same image remove. Each further pass
 #: checks WANT_GROWTH times more.

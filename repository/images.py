@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from protocol.limits import MAX_SEARCH_RESULTS
 from repository.database import transaction
 from util.money import MAX_QUANTITY
 
@@ -37,8 +38,6 @@ WRITE_LOCK = threading.Lock()
 #: A tombstone's blob columns hold this instead of a blob name (the data was purged).
 PURGED = ""
 
-#: Search results are ranked once, then paged from a snapshot of at most this many ids.
-MAX_SEARCH_RESULTS = 500
 
 #: bm25 weights per FTS column: title, description, tags, filename.
 BM25_WEIGHTS = (10.0, 2.0, 5.0, 1.0)

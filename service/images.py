@@ -26,6 +26,7 @@ from protocol.catalog import (
     UploadImage,
 )
 from protocol.errors import ErrorCode, VitrineError
+from protocol.limits import MAX_QUANTITY, MAX_TITLE_CHARS
 from protocol.messages import Ok
 from repository import images as repo
 from repository.blobstore import BlobError, BlobStore
@@ -34,7 +35,6 @@ from service.ingest import Upload, ingest
 from service.registry import route
 from util import catalogue_text
 from util.filenames import display_name
-from util.money import MAX_QUANTITY
 
 log = logging.getLogger("vitrine.images")
 
@@ -54,9 +54,6 @@ def _clean_text(text: str, what: str) -> str:
         return catalogue_text.clean_text(text, what)
     except catalogue_text.TextRefused as exc:
         raise VitrineError(ErrorCode.BAD_REQUEST, str(exc)) from None
-
-
-MAX_TITLE_CHARS = 200  # protocol.catalog.Title
 
 
 def _upload_title(title: str, filename: str) -> str:

@@ -63,6 +63,7 @@ import numpy as np
 from models.embeddings import EMBEDDING_DIM, prepare_input
 from protocol.catalog import ImageSearch
 from protocol.errors import ErrorCode, VitrineError
+from protocol.limits import MAX_SEARCH_RESULTS
 from repository import images as repo
 from repository.blobstore import BlobError
 from repository.embeddings import (
@@ -103,7 +104,7 @@ log = logging.getLogger("vitrine.similarity")
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 #: Ranked results a search snapshot holds (batches of 20, then `More`, up to this many).
-MAX_RESULTS = 500
+MAX_RESULTS = MAX_SEARCH_RESULTS
 #: Unfiltered candidates checked against the filters in SQL before falling back to allowed ids.
 POST_FILTER_CANDIDATES = 640
 #: Tags carried by at least this share of the indexed images are post-filtered, not pre-listed.

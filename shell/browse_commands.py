@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from protocol.catalog import Browse, ListingOptions, ListTags, TagList, TextSearch
+from protocol.limits import MAX_SEARCH_CHARS, MAX_TAGS
 from shell import listing
 from shell.app import (
     BROWSE,
@@ -22,11 +23,8 @@ from shell.app import (
     parser,
     write_json_lines,
 )
-from shell.image_commands import MAX_TAGS
 from shell.text import plural, printable
 from util import catalogue_text
-
-MAX_SEARCH_CHARS = 500  # protocol.catalog.SearchText
 
 
 def browse_tags(words: list[str]) -> list[str]:

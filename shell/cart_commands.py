@@ -57,9 +57,10 @@ from protocol.catalog import (
     OrderPlaced,
 )
 from protocol.errors import ErrorCode, VitrineError
+from protocol.limits import MAX_IDS_PER_REQUEST
 from shell import listing
 from shell.app import CART, CommandFailed, VitrineShell, image_id, parser, write_json_lines
-from shell.cart_store import MAX_LINES, Cart, CartError, CartItem, CartStore
+from shell.cart_store import Cart, CartError, CartItem, CartStore
 from shell.connection import ConnectionLost
 from shell.order_commands import order_json
 from shell.pictures import picture_renderable
@@ -167,8 +168,9 @@ class LineView:
 
 def fetch_images(shell: cmd2.Cmd, ids: list[int], thumbnails: bool) -> dict[int, ImageSummary]:
     found: dict[int, ImageSummary] = {}
-    for start in range(0, len(ids), MAX_LINES):
-        request = GetImages(id=0, image_ids=ids[start : start + MAX_LINES], thumbnails=thumbnails)
+    for start in range(0, len(ids), MAX_IDS_PER_REQUEST):
+        chunk = ids[start : start + MAX_IDS_PER_REQUEST]
+        request = GetImages(id=0, image_ids=chunk, thumbnails=thumbnails)
         answer = shell.session.call(request, Images)  # type: ignore[attr-defined]
         found.update((item.id, item) for item in answer.items)
     return found

@@ -39,13 +39,9 @@ from urllib.parse import quote
 
 import msgspec
 
+from protocol.limits import MAX_CENTS, MAX_LINE_QUANTITY, MAX_ORDER_LINES
 from util.files import write_atomically
-from util.money import MAX_CENTS
 
-#: A Checkout request carries at most this many lines (protocol.catalog.Checkout).
-MAX_LINES = 500
-#: Largest quantity on one line (protocol.catalog.CartLine).
-MAX_LINE_QUANTITY = 1_000_000
 #: Seconds of waiting for the cart's lock before saying so; and between tries.
 LOCK_NOTICE_AFTER_S = 0.5
 LOCK_POLL_S = 0.05
@@ -77,7 +73,7 @@ class CartFile(msgspec.Struct, kw_only=True):
     server: str = ""
     server_id: str = ""
     user: str = ""
-    lines: Annotated[list[CartItem], msgspec.Meta(max_length=MAX_LINES)] = []
+    lines: Annotated[list[CartItem], msgspec.Meta(max_length=MAX_ORDER_LINES)] = []
 
 
 class Cart:
@@ -115,9 +111,9 @@ class Cart:
             raise CartError(f"A quantity must be 1 or more, not {quantity}.")
         line = self.find(image_id)
         if line is None:
-            if len(self.lines) >= MAX_LINES:
+            if len(self.lines) >= MAX_ORDER_LINES:
                 raise CartError(
-                    f"A cart holds at most {MAX_LINES} different images; check out or remove "
+                    f"A cart holds at most {MAX_ORDER_LINES} different images; check out or remove "
                     "some first."
                 )
             line = CartItem(image_id=image_id, quantity=0, price_cents=price_cents)

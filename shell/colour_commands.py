@@ -17,6 +17,7 @@ import cmd2
 from cmd2 import Choices, CompletionItem
 
 from protocol.catalog import ColourSearch, ListingOptions
+from protocol.limits import MAX_COLOUR_SPEC_CHARS
 from shell import listing
 from shell.app import BROWSE, CommandFailed, TextArgumentParser, VitrineShell
 from shell.search_filters import add_filter_arguments, describe, filters_from
@@ -29,8 +30,6 @@ from util.colour_spec import (
     check_tolerance,
     parse_colour,
 )
-
-MAX_SPEC_CHARS = 64  # protocol.catalog.ColourSearch.spec
 
 
 def _number(text: str, what: str) -> float:
@@ -96,8 +95,8 @@ class ColourCommands(cmd2.CommandSet[VitrineShell]):
     def do_search_by_color(self, args: argparse.Namespace) -> None:
         spec = args.color.strip()
         try:
-            if len(spec) > MAX_SPEC_CHARS:
-                raise ColourSpecError(f"a colour is at most {MAX_SPEC_CHARS} characters")
+            if len(spec) > MAX_COLOUR_SPEC_CHARS:
+                raise ColourSpecError(f"a colour is at most {MAX_COLOUR_SPEC_CHARS} characters")
             query = parse_colour(spec)
             tolerance = (
                 query.tolerance

@@ -35,6 +35,7 @@ from protocol.catalog import (
     UpdateImage,
 )
 from protocol.errors import VitrineError
+from protocol.limits import MAX_DESCRIPTION_CHARS, MAX_TAGS, MAX_TITLE_CHARS
 from shell import listing
 from shell.app import IMAGES, CommandFailed, VitrineShell, image_id, parser, write_json_lines
 from shell.connection import ConnectionLost
@@ -57,9 +58,6 @@ from util.filenames import save_name
 from util.images import DEFAULT_MAX_BYTES
 from util.money import format_cents, price_arg, quantity_arg, stock_change_arg
 
-MAX_TAGS = 64  # protocol.catalog.Tags
-MAX_TITLE_CHARS = 200
-MAX_DESCRIPTION_CHARS = 5000
 #: Above this many files, new uploads are counted rather than listed (unless --verbose).
 LIST_EACH_UP_TO = 20
 #: Seconds between flushes of per-file lines, so printing never slows a big upload.

@@ -53,6 +53,7 @@ from protocol.catalog import (
     TagList,
 )
 from protocol.errors import ErrorCode, VitrineError
+from protocol.limits import MAX_BATCH
 from shell.app import CommandFailed, write_json_lines
 from shell.contact_sheet import sheet_format, write_contact_sheet
 from shell.pictures import GraphicsMode, detect_graphics, picture_renderable
@@ -62,7 +63,6 @@ from util.money import format_cents
 
 FIRST_BATCH = 20
 MORE_BATCH = 10
-MAX_BATCH = 500  # protocol.catalog.Limit
 #: Cells a listing thumbnail occupies (half-blocks make that 16 x 16 pixels).
 THUMB_CELLS = (16, 8)
 #: The thumbnail of terminals too narrow for the full one beside the numbers.

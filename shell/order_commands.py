@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from protocol.catalog import ListOrders, ListSales, Order, OrderLine, OrderList
+from protocol.limits import MAX_BATCH
 from shell import listing
 from shell.app import CART, CommandFailed, VitrineShell, id_argument, parser, write_json_lines
 from shell.text import plural, printable
@@ -122,10 +123,8 @@ def page_size(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of orders") from None
-    if not 1 <= value <= listing.MAX_BATCH:
-        raise argparse.ArgumentTypeError(
-            f"a page holds 1 to {listing.MAX_BATCH} orders, not {value}"
-        )
+    if not 1 <= value <= MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"a page holds 1 to {MAX_BATCH} orders, not {value}")
     return value
 
 

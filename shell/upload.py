@@ -41,6 +41,7 @@ from PIL import Image
 from protocol.base import Request, Response
 from protocol.catalog import Uploaded, UploadImage
 from protocol.errors import VitrineError
+from protocol.limits import MAX_FILENAME_CHARS, MAX_TITLE_CHARS
 from shell.connection import ConnectionLost, InterruptedAfterSending
 from shell.text import plural
 from util.filenames import display_name
@@ -52,9 +53,6 @@ DEFAULT_WINDOW = 32
 DEFAULT_BYTE_WINDOW = 128 * 1024 * 1024
 #: Files read ahead of the sender by the background reader.
 READ_AHEAD = 16
-#: Longest names the wire accepts (protocol.catalog FileName / Title).
-MAX_FILENAME_CHARS = 1024
-MAX_TITLE_CHARS = 200
 #: After Ctrl-C, how long to wait for the answers to uploads already sent.
 INTERRUPT_GRACE_S = 5.0
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from protocol.limits import MAX_ORDER_LINES
 from shell.cart_store import (
-    MAX_LINES,
     Cart,
     CartError,
     CartStore,
@@ -84,10 +84,10 @@ def test_quantities_and_unknown_ids_are_refused_clearly() -> None:
 
 def test_a_cart_has_a_line_limit() -> None:
     cart = Cart()
-    for number in range(1, MAX_LINES + 1):
+    for number in range(1, MAX_ORDER_LINES + 1):
         cart.add(number, 1, 100, "x")
-    with pytest.raises(CartError, match=f"at most {MAX_LINES}"):
-        cart.add(MAX_LINES + 1, 1, 100, "x")
+    with pytest.raises(CartError, match=f"at most {MAX_ORDER_LINES}"):
+        cart.add(MAX_ORDER_LINES + 1, 1, 100, "x")
     cart.add(1, 1, 100, "x")  # more of an image already there still fits
     assert cart.get(1).quantity == 2
 

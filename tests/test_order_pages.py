@@ -17,7 +17,6 @@ import pytest
 
 from protocol import codec
 from protocol.catalog import (
-    MAX_ORDER_LINES,
     ORDER_PAGE_LINES,
     CartLine,
     Checkout,
@@ -29,6 +28,7 @@ from protocol.catalog import (
     OrderPlaced,
 )
 from protocol.errors import ErrorCode
+from protocol.limits import MAX_ORDER_LINES
 from protocol.messages import PROTOCOL_VERSION, CreateUser, Error, Session, UserInfo, Welcome
 from service.context import ServerConfig
 from shell.connection import ServerConnection

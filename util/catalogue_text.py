@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-MAX_TAG_LENGTH = 64
+from protocol.limits import MAX_TAG_CHARS
+
 #: Python's \w leaves out combining marks (categories Mn, Mc, Me), yet Devanagari and Thai
 #: vowel signs, Hebrew points and the dot that `İ`.lower() adds are parts of words; so a mark
 #: is accepted anywhere but first (see `_fits_tag_rule`).
@@ -19,7 +20,7 @@ COMBINING_MARKS = frozenset({"Mn", "Mc", "Me"})
 TAG_RULE_TEXT = (
     "letters (with their accents, vowel signs and other combining marks), digits and "
     ". & + ' - _ (spaces become '-'), starting with a letter or digit, "
-    f"at most {MAX_TAG_LENGTH} characters"
+    f"at most {MAX_TAG_CHARS} characters"
 )
 
 
@@ -51,7 +52,7 @@ def normalise_tag(raw: str) -> str:
             f"Invalid tag {raw!r:.80}: it starts with the combining mark U+{ord(tag[0]):04X}, "
             f"which belongs after a letter; tags use {TAG_RULE_TEXT}."
         )
-    if len(tag) > MAX_TAG_LENGTH or not _fits_tag_rule(tag):
+    if len(tag) > MAX_TAG_CHARS or not _fits_tag_rule(tag):
         raise TextRefused(f"Invalid tag {raw!r:.80}: tags use {TAG_RULE_TEXT}.")
     return tag
 

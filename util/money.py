@@ -16,10 +16,7 @@ import re
 from decimal import Decimal
 from typing import Final, NamedTuple
 
-#: The largest unit price the wire accepts (protocol.catalog.Cents): 100 million.
-MAX_CENTS: Final = 100_000_000_00
-#: The largest stock count the wire accepts (protocol.catalog.Quantity).
-MAX_QUANTITY: Final = 1_000_000_000
+from protocol.limits import MAX_CENTS, MAX_QUANTITY
 
 # [0-9], not \d: \d also matches other scripts' digits, which Decimal would accept too.
 _PRICE: Final = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
