@@ -191,6 +191,21 @@ def rejection_error(exc: imaging.ImageRejected) -> VitrineError:
     return VitrineError(code, exc.message, [exc.reason])
 
 
+def _refused(upload: Upload, exc: imaging.ImageRejected) -> VitrineError:
+    """Log why a file was refused, then make its wire error. The request's own log line says
+    only `outcome=UNSUPPORTED_IMAGE`; without the reason code and the file's name the operator
+    cannot tell a user's truncated download from a decoder regression. The name is the user's
+    text: %r, so a newline or an escape in it cannot forge a log line or drive a terminal."""
+    log.info(
+        "upload of %r by user %d refused: reason=%s bytes=%d",
+        upload.filename,
+        upload.owner_id,
+        exc.reason,
+        len(upload.data),
+    )
+    return rejection_error(exc)
+
+
 def _prepare_and_start(
     services: Services, blob: str, data: bytes, analysers: list[Analyser]
 ) -> tuple[Prepared, Future[str], list[tuple[Analyser, Future[Any]]]]:
@@ -295,7 +310,7 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
         try:
             imaging.precheck(upload.data[:1024], size, max_bytes=config.max_image_bytes)
         except imaging.ImageRejected as exc:
-            raise rejection_error(exc) from None
+            raise _refused(upload, exc) from None
     blobs = services.blobs
     blob, mine, known = await services.db_call(_name_and_look_up, blobs, upload)
     if mine is not None:
@@ -329,7 +344,7 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
             try:
                 new.palette = await services.run(palette_of, config, upload.data)
             except imaging.ImageRejected as exc:  # the limits may have changed since
-                raise rejection_error(exc) from None
+                raise _refused(upload, exc) from None
     else:
         analysers = [a for a in services.analysers if await a.ready(services)]
         try:
@@ -337,7 +352,7 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
                 _prepare_and_start, services, blob, upload.data, analysers
             )
         except imaging.ImageRejected as exc:
-            raise rejection_error(exc) from None
+            raise _refused(upload, exc) from None
         return await _write_and_commit(services, upload, new, prepared, written, started)
     return await _commit(services, new)
 

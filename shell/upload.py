@@ -2,8 +2,9 @@
 
 Walking: a PATH is a file, a directory (walked recursively, sorted, hidden entries skipped) or a
 glob (`*.jpg`, `shop/**/*.png`). Anything that names nothing, or names something that is not a
-regular file (a FIFO would block the reader forever), becomes a per-path problem instead of
-stopping the run. The same file reached twice (two PATHs, a symlink) is sent once.
+regular file (a FIFO would block the reader forever), or is a folder that cannot be read,
+becomes a per-path problem instead of stopping the run (or being passed over in silence).
+The same file reached twice (two PATHs, a symlink) is sent once.
 
 Sending: one connection carries many requests at once (ServerConnection.submit pipelines them),
 so throughput comes from keeping a window of requests in flight rather than from more sockets.
@@ -23,6 +24,8 @@ counted. Re-running the command then sends the rest, and reports the stored ones
 from __future__ import annotations
 
 import contextlib
+import errno
+import fnmatch
 import functools
 import glob
 import os
@@ -111,12 +114,17 @@ def _regular(path: str) -> os.stat_result | None:
     return info if stat.S_ISREG(info.st_mode) else None
 
 
-def _walk_directory(top: str) -> Iterator[str]:
+def _walk_directory(top: str, unreadable: Callable[[str, OSError], None]) -> Iterator[str]:
     """Every non-hidden entry under `top` that is not a directory we walk into, in a stable
     order: files, and also links to directories, which are not followed (a link loop would
-    walk for ever) but named, so that the caller can say it left them alone.
-    """
-    for root, dirs, files in os.walk(top, followlinks=False):
+    walk for ever) but named, so that the caller can say it left them alone. A folder that
+    cannot be listed (no permission) is handed to `unreadable`, `top` itself too: os.walk
+    passes over it in silence otherwise."""
+
+    def failed(exc: OSError) -> None:
+        unreadable(exc.filename if exc.filename is not None else top, exc)
+
+    for root, dirs, files in os.walk(top, onerror=failed, followlinks=False):
         linked = {d for d in dirs if os.path.islink(os.path.join(root, d))}
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in linked)
         for name in sorted([*files, *linked]):
@@ -124,21 +132,57 @@ def _walk_directory(top: str) -> Iterator[str]:
                 yield os.path.join(root, name)
 
 
-def _expand_glob(pattern: str) -> list[str]:
+def _expand_glob(pattern: str, unreadable: Callable[[str, OSError], None]) -> list[str]:
     """What a glob names, sorted, as `glob.glob(pattern, recursive=True)` would say it, except
     that `**` does not follow links to directories: glob's does, so two links to a parent made
     `shop/**/*.jpg` walk for ever (each doubles the work). Hidden names are left out, as glob's
-    wildcards and the directory walk leave them out, unless the pattern names them (`.h*`)."""
+    wildcards and the directory walk leave them out, unless the pattern names them (`.h*`).
+    Matched here rather than by glob or Path.glob, which both pass over a folder they cannot
+    list without a word: such a folder goes to `unreadable`."""
     parts = Path(pattern).parts
     fixed = next((n for n, part in enumerate(parts) if glob.has_magic(part)), len(parts))
-    base = Path(*parts[:fixed]) if fixed else Path(".")
+    base = str(Path(*parts[:fixed])) if fixed else "."
     wildcards = parts[fixed:]
-    asks_for_hidden = any(part.startswith(".") for part in wildcards)
-    found = []
-    for path in base.glob(str(Path(*wildcards))):
-        below = path.relative_to(base).parts
-        if asks_for_hidden or not any(part.startswith(".") for part in below):
-            found.append(str(path))
+    hidden = any(part.startswith(".") for part in wildcards)
+    found: set[str] = set()
+
+    def entries(folder: str) -> list[tuple[str, os.DirEntry[str]]]:
+        """(path, entry) of each name in `folder`; a path under "." is given without "./"."""
+        try:
+            with os.scandir(folder) as listing:
+                return [
+                    (entry.name if folder == "." else entry.path, entry)
+                    for entry in listing
+                    if hidden or not entry.name.startswith(".")
+                ]
+        except OSError as exc:
+            unreadable(folder, exc)
+            return []
+
+    def match(folder: str, rest: tuple[str, ...]) -> None:
+        if not rest:
+            found.add(folder)
+            return
+        part, after = rest[0], rest[1:]
+        if part == "**":  # zero or more folders, never through a link
+            match(folder, after)
+            for path, entry in entries(folder):
+                if entry.is_dir(follow_symlinks=False):
+                    match(path, rest)
+        elif glob.has_magic(part):
+            for path, entry in entries(folder):
+                if fnmatch.fnmatchcase(entry.name, part) and (not after or entry.is_dir()):
+                    match(path, after)
+        else:
+            path = part if folder == "." else os.path.join(folder, part)
+            if os.path.isdir(path) if after else os.path.lexists(path):
+                match(path, after)
+
+    if os.path.isdir(base):
+        match(base, wildcards)
+    # `**` alone names folders only, as glob's does
+    if wildcards and wildcards[-1] == "**":
+        found = {path for path in found if os.path.isdir(path)}
     return sorted(found)
 
 
@@ -146,17 +190,32 @@ def skip_code(reason: str) -> str:
     """The stable word `add_image --json` gives scripts beside a skipped PATH's reason."""
     if reason.startswith("the directory holds no"):
         return "nothing_to_upload"
+    if reason.startswith(UNREADABLE_FOLDER):
+        return "unreadable_folder"
+    if reason.startswith(UNREACHABLE):
+        return "unreadable"
     return {
         "matches no file": "no_match",
         "no such file or directory": "not_found",
         "not a regular file": "not_a_file",
         "a broken link": "broken_link",
+        LINK_LOOP: "link_loop",
         LINKED_FOLDER: "linked_folder",
     }[reason]
 
 
 #: Why a link to a folder met while walking a directory is left alone.
 LINKED_FOLDER = "a link to a folder, not followed; name it to upload what it holds"
+#: A link that leads, through other links or not, back to itself.
+LINK_LOOP = "a link loop (the link leads back to itself)"
+#: The start of why a folder's files were not taken: it cannot be listed ("(permission denied)").
+UNREADABLE_FOLDER = "a folder that cannot be read"
+#: The start of why an entry of a folder that can be listed but not entered was left alone.
+UNREACHABLE = "cannot be read"
+
+
+def _unreadable_reason(start: str, exc: OSError) -> str:
+    return f"{start} ({(exc.strerror or 'error').lower()})"
 
 
 def walk_paths(paths: Iterable[str]) -> WalkResult:
@@ -191,14 +250,28 @@ def walk_paths(paths: Iterable[str]) -> WalkResult:
                 result.ignored.append(shown_path(path))
         return "taken" if taken else "ignored"
 
+    def unreadable_under(given: str) -> tuple[list[str], Callable[[str, OSError], None]]:
+        """The folders met that could not be read while expanding `given`, and what reports
+        each: as `given` itself when it names the folder outright."""
+        unlisted: list[str] = []
+
+        def unreadable(folder: str, exc: OSError) -> None:
+            unlisted.append(folder)
+            shown = given if folder == os.path.expanduser(given) else shown_path(folder)
+            problem(shown, _unreadable_reason(UNREADABLE_FOLDER, exc))
+
+        return unlisted, unreadable
+
     for given in paths:
         expanded = os.path.expanduser(given)
+        unlisted, unreadable = unreadable_under(given)
         if os.path.lexists(expanded):
             targets = [expanded]
         elif glob.has_magic(expanded):
-            targets = _expand_glob(expanded)
+            targets = _expand_glob(expanded, unreadable)
             if not targets:
-                problem(given, "matches no file")
+                if not unlisted:  # else the folders that could not be read are the answer
+                    problem(given, "matches no file")
                 continue
         else:
             problem(given, "no such file or directory")
@@ -209,12 +282,13 @@ def walk_paths(paths: Iterable[str]) -> WalkResult:
                 problem(shown_path(target), LINKED_FOLDER)  # `**/*` matched the link itself
             elif os.path.isdir(target):
                 outcomes = set()
-                for path in _walk_directory(target):
+                before = len(unlisted)
+                for path in _walk_directory(target, unreadable):
                     outcome = found(path, named=False)
                     outcomes.add(outcome)
                     if outcome is None:  # a link to a folder, a broken link, a FIFO...
                         problem(shown_path(path), _not_taken(path))
-                if named and "taken" not in outcomes:
+                if named and "taken" not in outcomes and len(unlisted) == before:
                     none = "image files" if "ignored" in outcomes else "files"
                     problem(given, f"the directory holds no {none}")
             elif found(target, named) is None and named:
@@ -223,10 +297,19 @@ def walk_paths(paths: Iterable[str]) -> WalkResult:
 
 
 def _not_taken(path: str) -> str:
-    """Why a path that is not a regular file was left alone."""
+    """Why a path that is not a regular file was left alone. A link loop and a file in a folder
+    that can be listed but not entered looked like broken links ("does not exist")."""
     if os.path.islink(path) and os.path.isdir(path):
         return LINKED_FOLDER
-    return "not a regular file" if os.path.exists(path) else "a broken link"
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return LINK_LOOP
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return _unreadable_reason(UNREACHABLE, exc)
+        return "a broken link"
+    return "not a regular file"
 
 
 # --- outcomes ------------------------------------------------------------------------------------

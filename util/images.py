@@ -9,7 +9,10 @@ Every byte that reaches this module is untrusted. The policy, in order of cost:
 3. the declared dimensions are checked against our own pixel and side limits *before* any pixel
    is decoded, which is what stops decompression bombs (Pillow's global MAX_IMAGE_PIXELS is left
    alone: it is process-wide and its threshold is not ours);
-4. the whole image is decoded (truncation is an error, LOAD_TRUNCATED_IMAGES is never set), and
+4. an animated format's container is checked for its end (GIF trailer, PNG ``IEND``, RIFF size)
+   by walking its block headers: Pillow decodes only the first frame, so a cut in a later frame
+   would otherwise go unnoticed;
+5. the whole image is decoded (truncation is an error, LOAD_TRUNCATED_IMAGES is never set), and
    anything Pillow raises on malformed data becomes an ``ImageRejected`` with a reason code.
 
 Only Pillow and numpy are imported so the client stays light (never TensorFlow).
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 
 _log = logging.getLogger(__name__)
 
@@ -35,6 +38,17 @@ DEFAULT_MAX_PIXELS: Final = 40_000_000
 # No product photo is wider or taller than this; a longer side is a crafted or broken file
 # (a 1 x 39,999,999 strip passes the pixel limit but is useless and slow to thumbnail).
 DEFAULT_MAX_SIDE: Final = 30_000
+
+# PNG text and colour-profile chunks (XMP, comments, iCCP) are decompressed by Pillow while it
+# reads the header. Its defaults, 1 MiB a chunk and 64 MiB in all, refused real photos whose
+# XMP (Photoshop's document history) inflates past 1 MiB, as "damaged". We raise the per-chunk
+# limit and lower the total: a hostile file can make one decode hold at most 32 MiB of text plus
+# one 16 MiB chunk in flight, less than the 64 MiB (+1) Pillow's defaults allowed. The settings
+# are process-wide, which is what we want: every decode in the client and server comes here.
+PNG_MAX_TEXT_CHUNK: Final = 16 * MIB
+PNG_MAX_TEXT_MEMORY: Final = 32 * MIB
+PngImagePlugin.MAX_TEXT_CHUNK = PNG_MAX_TEXT_CHUNK
+PngImagePlugin.MAX_TEXT_MEMORY = PNG_MAX_TEXT_MEMORY
 
 ACCEPTED_FORMATS: Final = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
 
@@ -49,6 +63,7 @@ TRUNCATED: Final = "truncated"
 CORRUPT: Final = "corrupt"
 TOO_MANY_PIXELS: Final = "too_many_pixels"
 BAD_DIMENSIONS: Final = "bad_dimensions"
+TOO_MUCH_METADATA: Final = "too_much_metadata"
 REASONS: Final = frozenset(
     {
         EMPTY,
@@ -59,6 +74,7 @@ REASONS: Final = frozenset(
         CORRUPT,
         TOO_MANY_PIXELS,
         BAD_DIMENSIONS,
+        TOO_MUCH_METADATA,
     }
 )
 
@@ -240,6 +256,8 @@ def decode_image(
             f"The image declares an impossible size ({width}x{height} pixels); "
             f"each side must be between 1 and {max_side} pixels.",
         )
+    if fmt in _CONTAINER_CUT and _CONTAINER_CUT[fmt](data):
+        raise _truncated(fmt)
     try:
         if target is not None and fmt == "JPEG":
             img.draft("RGB", (target, target))
@@ -350,12 +368,32 @@ def _decoder_error(fmt: str, exc: Exception, data: bytes) -> ImageRejected:
 
 
 def _corrupt(fmt: str, exc: BaseException, data: bytes) -> ImageRejected:
-    if "truncated" in str(exc).lower() or isinstance(exc, EOFError) or _short_riff(fmt, data):
+    said = str(exc)
+    if "MAX_TEXT" in said:  # Pillow names its own limits: PngImagePlugin.MAX_TEXT_CHUNK/MEMORY
         return ImageRejected(
-            TRUNCATED,
-            f"The {fmt} file is truncated (it ends before the picture does); "
-            "copy or download it again.",
+            TOO_MUCH_METADATA,
+            f"The {fmt} file carries more metadata (text, XMP or a colour profile) than the "
+            f"{PNG_MAX_TEXT_CHUNK // MIB} MiB a chunk, {PNG_MAX_TEXT_MEMORY // MIB} MiB in all "
+            "allowed; export it again without the metadata.",
         )
+    if "truncated" in said.lower() or isinstance(exc, EOFError) or _short_riff(fmt, data):
+        if fmt == "JPEG" and _jpeg_headers_make_no_sense(data):
+            # Ran out of data, but what came before was not a JPEG's headers either: garbage
+            # behind a JPEG signature, which downloading it again will not fix.
+            return _damaged(fmt)
+        return _truncated(fmt)
+    return _damaged(fmt)
+
+
+def _truncated(fmt: str) -> ImageRejected:
+    return ImageRejected(
+        TRUNCATED,
+        f"The {fmt} file is truncated (it ends before the picture does); "
+        "copy or download it again.",
+    )
+
+
+def _damaged(fmt: str) -> ImageRejected:
     return ImageRejected(
         CORRUPT,
         f"The {fmt} file is damaged and cannot be decoded; re-export it from the original.",
@@ -365,6 +403,109 @@ def _corrupt(fmt: str, exc: BaseException, data: bytes) -> ImageRejected:
 def _short_riff(fmt: str, data: bytes) -> bool:
     """WebP's decoder only says "failed"; its RIFF header says how long the file should be."""
     return fmt == "WEBP" and int.from_bytes(data[4:8], "little") + 8 > len(data)
+
+
+def _gif_cut(data: bytes) -> bool:
+    """Whether the GIF stops before its trailer (0x3B) in a way that loses picture data.
+
+    Walks the block and sub-block headers only (no LZW decoding): a cut inside any block is a
+    cut; a clean end without a trailer is one only after two or more frames, since a still
+    whose trailer alone is missing is whole (some encoders omit it). Anything after the trailer
+    (a GIFAR's archive) is not looked at.
+    """
+    n = len(data)
+    if n < 13:
+        return True
+    flags = data[10]
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    frames = 0
+    while pos < n:
+        block = data[pos]
+        if block == 0x3B:
+            return False
+        if block == 0x21:  # extension: introducer, label, sub-blocks
+            pos += 2
+        elif block == 0x2C:  # image: descriptor, local colour table, LZW code size, sub-blocks
+            if pos + 10 > n:
+                return True
+            flags = data[pos + 9]
+            pos += 11 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+            frames += 1
+        else:
+            return False  # not a block: damage, for the decoder to judge, not a cut
+        while True:
+            if pos >= n:
+                return True
+            size = data[pos]
+            pos += 1 + size
+            if size == 0:
+                break
+    return pos > n or frames > 1
+
+
+def _png_cut(data: bytes) -> bool:
+    """Whether the PNG stops inside a chunk, or (animated: an ``acTL`` chunk) before ``IEND``.
+
+    Chunk headers only, 8 bytes each, so an APNG's later frames (``fdAT``), which Pillow does
+    not decode to open the first one, are covered at almost no cost.
+    """
+    n = len(data)
+    pos = 8
+    animated = False
+    while pos + 8 <= n:
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"IEND":
+            return False
+        animated = animated or kind == b"acTL"
+        pos += 12 + int.from_bytes(data[pos : pos + 4], "big")
+    return pos != n or animated
+
+
+def _webp_cut(data: bytes) -> bool:
+    return _short_riff("WEBP", data)
+
+
+#: Container checks by format. JPEG and BMP have none: their one picture is decoded whole.
+_CONTAINER_CUT: Final = {"GIF": _gif_cut, "PNG": _png_cut, "WEBP": _webp_cut}
+
+
+def _jpeg_headers_make_no_sense(data: bytes) -> bool:
+    """Whether the segments before the image data are not a JPEG's: a marker that is no marker,
+    a length under 2, or an APPn segment without the ASCII name every writer puts there
+    ("JFIF", "Exif", "ICC_PROFILE", "MPF"...). Only asked of a file the decoder already
+    refused, to word the refusal, so an odd but valid file never meets it."""
+    n = len(data)
+    pos = 2
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return True
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xDA:  # start of scan: entropy-coded data follows
+            return False
+        if marker < 0xC0 and marker != 0x01:
+            return True
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if length < 2:
+            return True
+        if 0xE0 <= marker <= 0xEF and length >= 6:
+            name = data[pos + 4 : pos + 8]
+            if len(name) == 4 and not _looks_like_a_segment_name(name):
+                return True
+        pos += 2 + length
+    return False
+
+
+def _looks_like_a_segment_name(name: bytes) -> bool:
+    """Four printable ASCII bytes, or two or three ended by a NUL ("MPF\\0")."""
+    end = name.find(0)
+    text = name if end < 0 else name[:end]
+    return (end < 0 or end >= 2) and all(32 <= byte < 127 for byte in text)
 
 
 def _human(n: int) -> str:
