@@ -43,6 +43,7 @@ import sqlite_utils
 
 from models.embeddings import EMBEDDING_DIM
 from tests.servers import ServerProcess
+from util.catalogue_text import fold_for_search
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = ROOT.parent / "shared/models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
@@ -290,13 +291,13 @@ def fill(
                 }
             )
             tag_rows.extend({"image_id": image_id, "tag_id": tag_id[t]} for t in tags)
-            fts_rows.append(
+            fts_rows.append(  # folded as repository.images.fts_texts folds them
                 {
                     "rowid": image_id,
-                    "title": title,
-                    "description": description,
-                    "tags": " ".join(tags),
-                    "filename": filename,
+                    "title": fold_for_search(title),
+                    "description": fold_for_search(description),
+                    "tags": fold_for_search(" ".join(tags)),
+                    "filename": fold_for_search(filename),
                 }
             )
             colour_rows.extend(

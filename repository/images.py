@@ -10,7 +10,7 @@ Choices that hold the rest together:
   image" (live, and public or theirs); every read path uses it.
 * **One transaction per write**: row, tags, FTS row, colours and embedding commit together,
   after the blobs are durable (the caller's job), so no reader ever sees half an image.
-* **FTS rows exist for live images only**; rowid = images.id.
+* **FTS rows exist for live images only**; rowid = images.id, text folded for search (`fts_texts`).
 
 Nothing here knows the wire format: rows come back as `ImageRecord`.
 """
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from protocol.limits import MAX_SEARCH_RESULTS
 from repository.database import transaction
+from util.catalogue_text import fold_for_search
 from util.money import MAX_QUANTITY
 
 #: Serialises the catalogue's write transactions inside this process (images, tags, colours,
@@ -372,18 +373,34 @@ def visible_tag_counts(conn: sqlite3.Connection, viewer: int) -> list[tuple[str,
     return sorted(out)
 
 
-def _fts_row(conn: sqlite3.Connection, image_id: int) -> None:
-    """(Re)write the FTS row of a live image from its current columns and tags."""
-    conn.execute("DELETE FROM images_fts WHERE rowid = ?", (image_id,))
-    conn.execute(
-        "INSERT INTO images_fts (rowid, title, description, tags, filename) "
-        "SELECT i.id, i.title, i.description, "
+def fts_texts(conn: sqlite3.Connection, image_id: int) -> tuple[str, str, str, str] | None:
+    """The text-index row of a live image, folded for search (`fold_for_search`): title,
+    description, tags and filename; None if the image is not live. The stored columns keep
+    what the seller typed: only the index holds the folded spelling."""
+    row = conn.execute(
+        "SELECT i.title, i.description, "
         "  COALESCE((SELECT group_concat(t.name, ' ') FROM image_tags it "
         "            JOIN tags t ON t.id = it.tag_id WHERE it.image_id = i.id), ''), "
         "  i.filename "
         "FROM images i WHERE i.id = ? AND i.deleted_at IS NULL",
         (image_id,),
-    )
+    ).fetchone()
+    if row is None:
+        return None
+    title, description, tags, filename = (fold_for_search(str(v)) for v in row)
+    return title, description, tags, filename
+
+
+def _fts_row(conn: sqlite3.Connection, image_id: int) -> None:
+    """(Re)write the FTS row of a live image from its current columns and tags."""
+    conn.execute("DELETE FROM images_fts WHERE rowid = ?", (image_id,))
+    texts = fts_texts(conn, image_id)
+    if texts is not None:
+        conn.execute(
+            "INSERT INTO images_fts (rowid, title, description, tags, filename) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (image_id, *texts),
+        )
 
 
 # --- writes -------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
+from util.catalogue_text import fold_for_search
+
 _V1_SCHEMA = """
         CREATE TABLE users (
             id INTEGER PRIMARY KEY,
@@ -155,10 +157,42 @@ _V5_NO_HUE_INDEX = """
         DROP INDEX IF EXISTS image_colours_by_hue_share
 """
 
+#: v6: the idempotency key a client sends with a checkout, so that an order sent again after
+#: no answer came (the shell killed, the connection lost) is found instead of placed twice.
+#: Unique per buyer; orders from before v6 have none.
+_V6_CHECKOUT_KEY = """
+        ALTER TABLE orders ADD COLUMN checkout_key TEXT;
+        CREATE UNIQUE INDEX orders_by_checkout_key ON orders(buyer_id, checkout_key)
+            WHERE checkout_key IS NOT NULL
+"""
+
+
+def _v7_fold_search_text(conn: sqlite3.Connection) -> None:
+    """v7: the text index holds its text folded (`util.catalogue_text.fold_for_search`: NFKC,
+    casefold, Greek accents), as the search text is, so `fullwidth`, `fine`, `xii`, `strasse`
+    and `σισυφος` find `ＦＵＬＬＷＩＤＴＨ ﬁne Ⅻ`, `straße` and `ΣΊΣΥΦΟΣ`. Every live image's row is
+    written again; the stored titles keep what was typed."""
+    rows = conn.execute(
+        "SELECT i.id, i.title, i.description, "
+        "  COALESCE((SELECT group_concat(t.name, ' ') FROM image_tags it "
+        "            JOIN tags t ON t.id = it.tag_id WHERE it.image_id = i.id), ''), "
+        "  i.filename "
+        "FROM images i WHERE i.deleted_at IS NULL"
+    )
+    folded = [(row[0], *(fold_for_search(str(v)) for v in row[1:])) for row in rows]
+    conn.execute("DELETE FROM images_fts")
+    conn.executemany(
+        "INSERT INTO images_fts (rowid, title, description, tags, filename) VALUES (?, ?, ?, ?, ?)",
+        folded,
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _run_statements(_V1_SCHEMA),
     _run_statements(_V2_COLOUR_INDEX),
     _run_statements(_V3_COLOURS_PENDING),
     _run_statements(_V4_SERVER_ID),
     _run_statements(_V5_NO_HUE_INDEX),
+    _run_statements(_V6_CHECKOUT_KEY),
+    _v7_fold_search_text,
 ]

@@ -383,9 +383,9 @@ class VectorIndex:
         holes = rows[rows < n_new]  # freed rows that must be refilled from the tail
         tail = np.setdiff1d(np.arange(n_new, self._n), rows, assume_unique=True)
         for dst, src in zip(holes.tolist(), tail.tolist(), strict=True):
-            self._blocks[dst // _BLOCK_ROWS][dst % _BLOCK_ROWS] = self._blocks[
-                src // _BLOCK_ROWS
-            ][src % _BLOCK_ROWS]
+            self._blocks[dst // _BLOCK_ROWS][dst % _BLOCK_ROWS] = self._blocks[src // _BLOCK_ROWS][
+                src % _BLOCK_ROWS
+            ]
         self._row_ids[holes] = self._row_ids[tail]
         self._row_ids = self._row_ids[:n_new].copy()
         self._n = n_new

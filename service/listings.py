@@ -16,7 +16,6 @@ A batch is sent as `Batch` frames of at most STREAM_CHUNK items; all but the las
 
 from __future__ import annotations
 
-import re
 import secrets
 import sqlite3
 import unicodedata
@@ -45,6 +44,7 @@ from repository.blobstore import BlobStore
 from service.context import RequestContext
 from service.images import build_summaries, normalise_tags
 from service.registry import Frames, route
+from util.catalogue_text import fold_for_search
 
 _CURSORS = "cursors"
 _BUSY = "cursors_busy"
@@ -151,13 +151,22 @@ def _keep(ctx: RequestContext, token: str, cursor: ListingCursor, viewer: int) -
 
 
 def _encode_batch(
-    request_id: int, items: list[ImageSummary], cursor: str | None, kept: int = 0
+    request_id: int,
+    items: list[ImageSummary],
+    cursor: str | None,
+    kept: int = 0,
+    unindexed: int = 0,
 ) -> Frames:
     """A batch as `Batch` frames of at most STREAM_CHUNK items, only the last one final and
-    carrying the cursor (and `kept`); encoded by the worker that built the items, so the event
-    loop only writes bytes."""
+    carrying the cursor (and `kept`); `unindexed` is on every frame, so a reader of the first
+    or of the last finds it. Encoded by the worker that built the items, so the event loop
+    only writes bytes."""
     if not items:
-        messages = [Batch(id=request_id, items=[], cursor=cursor, final=True, kept=kept)]
+        messages = [
+            Batch(
+                id=request_id, items=[], cursor=cursor, final=True, kept=kept, unindexed=unindexed
+            )
+        ]
     else:
         messages = []
         for start in range(0, len(items), STREAM_CHUNK):
@@ -169,6 +178,7 @@ def _encode_batch(
                     cursor=cursor if last else None,
                     final=last,
                     kept=kept if last else 0,
+                    unindexed=unindexed,
                 )
             )
     return Frames(b"".join(framing.frame(codec.encode(m)) for m in messages))
@@ -257,6 +267,7 @@ def _snapshot_frames(
     limit: int,
     thumbnails: bool,
     token: str,
+    unindexed: int = 0,
 ) -> tuple[Frames, bool]:
     """The next `limit` items of a snapshot still visible (and, after the first batch, still
     passing its filters), encoded with `token` as cursor if more remain; advances the cursor
@@ -279,7 +290,7 @@ def _snapshot_frames(
         item.match = cursor.matches.get(item.id)
     more = cursor.position < len(cursor.ids)
     kept = len(cursor.ids) if cursor.cut and not more else 0
-    return _encode_batch(request_id, items, token if more else None, kept), more
+    return _encode_batch(request_id, items, token if more else None, kept, unindexed), more
 
 
 async def open_ranked(
@@ -290,6 +301,7 @@ async def open_ranked(
     recheck: Recheck | None = None,
     *,
     keep: int,
+    unindexed: Callable[[], int] | None = None,
 ) -> Frames:
     """Run a ranked search and make its first batch in one trip to the executor (the event
     loop, which every connection shares, only writes the result), keeping the cursor for
@@ -300,7 +312,8 @@ async def open_ranked(
     search's filters (`recheck`) from the second batch on. A search keeps its best `keep`
     results: `rank(conn, limit)` is asked for one more, so that the last batch can say the
     listing was cut when more matched (it said "500 images in all" of a search that matched
-    556).
+    556). `unindexed`, read after `rank` in the same trip, goes on the first batch
+    (`Batch.unindexed`: what a search by image could not rank yet).
     """
     limit = _limit(ctx, options)
     viewer = ctx.user.id
@@ -310,8 +323,9 @@ async def open_ranked(
     def run(conn: sqlite3.Connection) -> tuple[SnapshotCursor, Frames, bool]:
         ids, scores, matches = rank(conn, keep + 1)
         cursor = SnapshotCursor(ids[:keep], 0, scores, matches, recheck, cut=len(ids) > keep)
+        missing = unindexed() if unindexed is not None else 0
         frames, more = _snapshot_frames(
-            conn, blobs, viewer, request_id, cursor, limit, options.thumbnails, token
+            conn, blobs, viewer, request_id, cursor, limit, options.thumbnails, token, missing
         )
         return cursor, frames, more
 
@@ -321,37 +335,74 @@ async def open_ranked(
     return frames
 
 
-_WORD = re.compile(r"\w+")
+#: Marks that join two words into one as typed (`t-shirt`, `o'neill`, `o’neill`): a hyphen,
+#: an apostrophe, the typographic apostrophe and the Unicode hyphens (NFKC maps U+2011 to U+2010).
+_JOINERS = frozenset("-'\u2019\u2010")
+
+
+def _starts_word(ch: str) -> bool:
+    """A letter, digit or underscore: what Python's `\\w` matches, as before."""
+    return ch.isalnum() or ch == "_"
+
+
+def _in_word(ch: str) -> bool:
+    """Also a combining mark (`İ` folds to `i` + U+0307, and a Devanagari vowel sign belongs
+    to its word)."""
+    return _starts_word(ch) or unicodedata.category(ch)[0] == "M"
+
+
+def _words(piece: str) -> list[tuple[str, int]]:
+    """(word, index just past it) for each word of `piece`: a run of word characters that
+    starts with a letter, digit or underscore, with single joiners (`_JOINERS`) between its
+    parts; each joiner becomes a space, so the word is a phrase (`t-shirt` is `t shirt`)."""
+    found: list[tuple[str, int]] = []
+    i, n = 0, len(piece)
+    while i < n:
+        if not _starts_word(piece[i]):
+            i += 1
+            continue
+        start = i
+        while i < n and (
+            _in_word(piece[i])
+            or (piece[i] in _JOINERS and i + 1 < n and _starts_word(piece[i + 1]))
+        ):
+            i += 1
+        word = "".join(" " if ch in _JOINERS else ch for ch in piece[start:i])
+        found.append((word, i))
+    return found
 
 
 def fts_query(text: str) -> str:
     """Turn what a person typed into an FTS5 query that can never be a syntax error.
 
-    Every word (a run of letters, digits or underscores) becomes a quoted FTS string, so
-    operators (`AND`, `OR`, `NOT`, `NEAR`), column filters (`title:`), `^`, parentheses and
-    stray quotes in the input are plain text; terms are ANDed. Words between a pair of double
-    quotes are one phrase: they must stand together, in that order (`"straw hat"` does not
-    find "hat with straw"); an unpaired quote is ignored. A word or a closing quote followed by
-    `*` is a prefix search (`shir*` finds `shirt`). Raises BAD_REQUEST if no word is left.
+    Every word (letters and digits, with the underscores and combining marks among them)
+    becomes a quoted FTS string, so operators (`AND`, `OR`, `NOT`, `NEAR`), column filters
+    (`title:`), `^`, parentheses and stray quotes in the input are plain text; terms are
+    ANDed. A word joined by `-` or an apostrophe, without spaces (`long-sleeve`, `o'neill`),
+    is one phrase (`"long sleeve"`), as the index's tokenizer split the title: its parts must
+    stand together, in that order (`long-sleeve` used to find "Long dress with short sleeves").
+    Words between a pair of double quotes are one phrase too (`"straw hat"` does not find "hat
+    with straw"); an unpaired quote is ignored. A word or a closing quote followed by `*` is a
+    prefix search (`shir*` finds `shirt`, `t-shi*` finds `t-shirt`). Raises BAD_REQUEST if no
+    word is left.
 
-    The text is composed (NFC) first: typed or pasted from a macOS file name, "été" may come
-    as e + U+0301, and a combining mark is not a word character, so the word fell apart into
-    letters that match nothing, while the index's tokenizer drops the accent and keeps it whole.
+    The text is folded exactly as the index is (`fold_for_search`: NFKC, casefold, Greek
+    accents): full-width letters, ligatures, `ß` and final sigma then match their plain
+    spellings, and "été" typed as e + U+0301 (a macOS file name) composes again.
     """
-    text = unicodedata.normalize("NFC", text)
+    text = fold_for_search(text)
     terms = []
     pieces = text.split('"')
     paired = len(pieces) - (len(pieces) % 2 == 0)  # an odd count of quotes leaves the last open
     for index, piece in enumerate(pieces):
         after = pieces[index + 1][:1] if index + 1 < len(pieces) else ""
         if index % 2 == 1 and index < paired:
-            words = _WORD.findall(piece)
+            words = [word for word, _ in _words(piece)]
             if words:
                 terms.append('"' + " ".join(words) + '"' + ("*" if after == "*" else ""))
             continue
-        for match in _WORD.finditer(piece):
-            prefix = piece[match.end() : match.end() + 1] == "*"
-            terms.append(f'"{match.group(0)}"' + ("*" if prefix else ""))
+        for word, end in _words(piece):
+            terms.append(f'"{word}"' + ("*" if piece[end : end + 1] == "*" else ""))
     if not terms:
         raise VitrineError(
             ErrorCode.BAD_REQUEST,

@@ -41,6 +41,13 @@ Selective tags go straight to the allowed-id path (a walk of the rarest tag's in
 ranked ids and cosines then go into a listing snapshot: batches, ``More`` and visibility
 re-checks come from ``service.listings``.
 
+While the backfill runs, a search can rank only the images already in the index: its first
+batch carries ``Batch.unindexed``, how many images the viewer may see that pass the filters
+have no embedding yet (the query's own image and undecodable ones left out). It is counted in
+SQL under the index lock, which the backfill also holds from its commit to its index add, so
+ranked plus unindexed is exact; once a backfill pass finds nothing left, it is 0 without a
+query (`SimilarityEngine.rank_counting`).
+
 The SQL for the embeddings table is in ``repository.embeddings``, which uses
 ``repository.images``' visibility rule and write lock.
 """
@@ -50,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 import sqlite3
 import threading
@@ -163,6 +171,9 @@ class SimilarityEngine:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._failed: set[int] = set()  # images the backfill cannot decode: not retried
+        #: True once a backfill pass left no live image without an embedding (but the ones it
+        #: cannot decode) and nothing woke it since; searches then skip counting `unindexed`.
+        self._complete = False
         self._thread: threading.Thread | None = None
         self._decoders: concurrent.futures.ThreadPoolExecutor | None = None
 
@@ -333,7 +344,40 @@ class SimilarityEngine:
             self._dirty = True
 
     def wake_backfill(self) -> None:
-        self._wake.set()
+        with self._lock:
+            self._complete = False
+            self._wake.set()
+
+    def _store_and_index(self, ids: list[int], vectors: np.ndarray) -> None:
+        """Commit backfilled vectors and index them under the index lock, so that a search
+        (which counts what it could not rank under that lock, `rank_counting`) never sees an
+        image embedded in the database but not yet in the index: counted by neither."""
+        assert self.model_name is not None
+        with self._lock:
+            stored = set(store_embeddings(self.services.db.conn, self.model_name, ids, vectors))
+            keep = [n for n, i in enumerate(ids) if i in stored]
+            if not keep:
+                return
+            id_arr = np.asarray([ids[n] for n in keep], dtype=np.int64)
+            if self.index is None:
+                self._pending.append(("add", id_arr, vectors[keep]))
+            else:
+                self.index.add(id_arr, vectors[keep])
+            self._dirty = True
+
+    def _mark_complete(self) -> None:
+        """Nothing is left to backfill, unless an upload woke the backfill meanwhile or an
+        image failed for a reason other than its picture (retried at the next pass)."""
+        with self._lock:
+            if self._wake.is_set():
+                return
+            (left,) = self.services.db.conn.execute(
+                "SELECT COUNT(*) FROM images i WHERE i.deleted_at IS NULL AND NOT EXISTS "
+                "(SELECT 1 FROM embeddings e WHERE e.image_id = i.id AND e.model = ?) "
+                "AND i.id NOT IN (SELECT value FROM json_each(?))",
+                (self.model_name, json.dumps(list(self._failed))),
+            ).fetchone()
+            self._complete = left == 0
 
     # --- backfill ----------------------------------------------------------------------------
 
@@ -356,6 +400,7 @@ class SimilarityEngine:
         if total <= 0:
             if first:
                 log.info("embeddings: every live image has one (%d indexed)", len(self.index or ()))
+            self._mark_complete()
             return
         log.info("backfill: %d images have no embedding yet; computing them", total)
         t0 = last_log = time.monotonic()
@@ -369,9 +414,7 @@ class SimilarityEngine:
             rows = [r for r in rows if r[0] not in self._failed]
             ids, vectors = self.embed_stored(rows)
             if ids:
-                stored = store_embeddings(conn, self.model_name, ids, vectors)
-                keep = [n for n, i in enumerate(ids) if i in set(stored)]
-                self.add_live([ids[n] for n in keep], vectors[keep])
+                self._store_and_index(ids, vectors)
             done += len(ids)
             now = time.monotonic()
             if done - logged >= BACKFILL_LOG_EVERY or now - last_log >= BACKFILL_LOG_S:
@@ -379,6 +422,8 @@ class SimilarityEngine:
                 log.info(
                     "backfill: %d/%d images embedded (%.0f img/s)", done, total, done / _since(t0)
                 )
+        if not self._stop.is_set():
+            self._mark_complete()
         elapsed = _since(t0)
         failed = f"; {len(self._failed)} could not be decoded" if self._failed else ""
         log.info(
@@ -439,6 +484,52 @@ class SimilarityEngine:
         return ids, np.stack(vectors)
 
     # --- ranking -----------------------------------------------------------------------------
+
+    def rank_counting(
+        self,
+        conn: sqlite3.Connection,
+        viewer: int,
+        query: np.ndarray,
+        filters: SearchFilters,
+        exclude: int | None,
+        limit: int = MAX_RESULTS,
+    ) -> tuple[list[tuple[int, float]], int]:
+        """`rank`, and how many images the viewer may see that pass the filters this search
+        could not rank because the backfill has not embedded them yet (`Batch.unindexed`).
+
+        Without that count a search during the backfill answered "143 in all", then 207, then
+        399, for the same 400 images. Counted and ranked under the index lock (the backfill
+        commits and indexes under it too), so ranked + unindexed is every such image but the
+        query's own. Images the backfill cannot decode are left out: they never will be ranked.
+        Once the backfill is done this costs nothing."""
+        if self._complete:
+            return self.rank(conn, viewer, query, filters, exclude, limit), 0
+        with self._lock:
+            missing = 0 if self._complete else self._count_unindexed(conn, viewer, filters, exclude)
+            return self.rank(conn, viewer, query, filters, exclude, limit), missing
+
+    def _count_unindexed(
+        self,
+        conn: sqlite3.Connection,
+        viewer: int,
+        filters: SearchFilters,
+        exclude: int | None,
+    ) -> int:
+        if filters.impossible:
+            return 0
+        skip = [*self._failed, *([] if exclude is None else [exclude])]
+        params: dict[str, object] = {
+            "viewer": viewer,
+            "model": self.model_name,
+            "skip": json.dumps(skip),
+        }
+        (n,) = conn.execute(
+            f"SELECT COUNT(*) FROM images i WHERE {repo.VISIBLE}{filters.sql(params)} "
+            "AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.image_id = i.id "
+            "AND e.model = :model) AND i.id NOT IN (SELECT value FROM json_each(:skip))",
+            params,
+        ).fetchone()
+        return int(n)
 
     def rank(
         self,
@@ -670,9 +761,16 @@ async def _open_search(
         filters = resolve_filters(
             conn, tags, flt.min_price_cents, flt.max_price_cents, flt.in_stock
         )
-        ranked = engine.rank(conn, viewer, query, filters, exclude, limit)
+        ranked, unindexed[0] = engine.rank_counting(conn, viewer, query, filters, exclude, limit)
         return [i for i, _ in ranked], {i: round(float(s), 6) for i, s in ranked}, {}
 
+    unindexed = [0]
     return await open_ranked(
-        ctx, request.id, request.options, rank, Recheck.of(tags, flt), keep=MAX_RESULTS
+        ctx,
+        request.id,
+        request.options,
+        rank,
+        Recheck.of(tags, flt),
+        keep=MAX_RESULTS,
+        unindexed=lambda: unindexed[0],
     )

@@ -69,3 +69,34 @@ def clean_text(text: str, what: str) -> str:
     if any(unicodedata.category(ch) == "Cc" and ch not in "\n\t" for ch in text):
         raise TextRefused(f"The {what} contains control characters; remove them.")
     return text
+
+
+def _greek(ch: str) -> bool:
+    return "\u0370" <= ch <= "\u03ff" or "\u1f00" <= ch <= "\u1fff"
+
+
+def fold_for_search(text: str) -> str:
+    """The spelling the text index holds and a text search looks for: both sides folded alike,
+    so that what a person types finds what a seller typed, however either was written.
+
+    NFKC turns compatibility forms into plain ones (full-width `ＦＵＬＬ` into `FULL`, the
+    ligature `ﬁ` into `fi`, `Ⅻ` into `XII`, `²` into `2`); casefold then does what lowercasing
+    cannot (`ß` becomes `ss`, a final `ς` becomes `σ`). Greek accents and breathings are
+    dropped as well (`ΣΊΣΥΦΟΣ` is found by `σισυφος`), because the index's tokenizer removes
+    Latin accents only. Other marks are left to the tokenizer: Cyrillic `й` stays a letter of
+    its own, as do Japanese voiced kana. Deterministic (it depends on the Unicode version
+    of the Python that runs it, which a migration can re-apply).
+    """
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    if not any(_greek(ch) for ch in folded):
+        return folded
+    kept: list[str] = []
+    base = ""
+    for ch in unicodedata.normalize("NFD", folded):
+        if _is_mark(ch):
+            if _greek(base):
+                continue
+        else:
+            base = ch
+        kept.append(ch)
+    return unicodedata.normalize("NFC", "".join(kept))
