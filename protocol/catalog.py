@@ -257,8 +257,20 @@ class CartLine(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     expected_price_cents: Cents | None = None
 
 
+#: A checkout's idempotency key: random, made by the client before it sends the order; opaque
+#: to the server, which only compares it.
+CheckoutKey = Annotated[str, msgspec.Meta(min_length=16, max_length=64)]
+
+
 class Checkout(Request):
+    """All lines or none; the buyer's order already placed with the same `key` is the answer."""
+
     lines: Annotated[list[CartLine], msgspec.Meta(min_length=1, max_length=MAX_ORDER_LINES)]
+    #: The client's idempotency key (16 to 64 characters, random, written down before
+    #: sending). Sent again by a client that got no answer: when the buyer already has an order
+    #: placed with this key, that order is the answer (`placed_earlier`), nothing is checked or
+    #: bought, and the lines sent are not compared. Keys are per buyer.
+    key: CheckoutKey | None = None
 
 
 class OrderLine(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -279,7 +291,11 @@ class Order(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class OrderPlaced(Response):
+    """`placed_earlier`: the order is the one an earlier Checkout with that `key` placed."""
+
     order: Order
+    #: The order was placed by an earlier Checkout with the same key, not by this one.
+    placed_earlier: bool = False
 
 
 #: Most order lines one `OrderList` page carries: a page ends before the order that would pass

@@ -15,6 +15,11 @@ everything inside a single `BEGIN IMMEDIATE` transaction, taken after the proces
 
 All lines commit together or nothing does. Nothing here knows the wire format.
 
+A checkout may carry the buyer's idempotency key. It is looked up first, in the same
+transaction: an order the buyer already placed with that key is the answer, whatever the lines
+and stock say now (the client is asking again about an order it got no answer for), and nothing
+is bought. The unique index `orders_by_checkout_key` backs that up.
+
 Histories are read a page at a time, keyed on order id (newest first, "older than order X"):
 whole orders only, at most `limit` of them and `max_lines` lines, so no answer grows with a
 history that anyone, even a stranger buying a free item over and over, can lengthen.
@@ -121,14 +126,33 @@ def _check_line(
     return None
 
 
-def place_order(conn: sqlite3.Connection, buyer_id: int, lines: Sequence[WantedLine]) -> int:
-    """Buy every line or none; return the new order's id. Raises CheckoutRefused.
+@dataclass(frozen=True, slots=True)
+class Placed:
+    order_id: int
+    #: Placed by an earlier checkout with the same key; nothing was bought this time.
+    earlier: bool = False
+
+
+def place_order(
+    conn: sqlite3.Connection,
+    buyer_id: int,
+    lines: Sequence[WantedLine],
+    key: str | None = None,
+) -> Placed:
+    """Buy every line or none, or find the buyer's order already placed with `key`. Raises
+    CheckoutRefused.
 
     Lines must name distinct images (the service refuses repeats before calling).
     """
     ids = [line.image_id for line in lines]
     now = time.time()
     with WRITE_LOCK, transaction(conn, immediate=True):
+        if key is not None:
+            found = conn.execute(
+                "SELECT id FROM orders WHERE buyer_id = ? AND checkout_key = ?", (buyer_id, key)
+            ).fetchone()
+            if found is not None:
+                return Placed(int(found[0]), earlier=True)
         marks = ",".join("?" * len(ids))
         rows = {
             row["id"]: row
@@ -157,8 +181,9 @@ def place_order(conn: sqlite3.Connection, buyer_id: int, lines: Sequence[WantedL
                 )
         total = sum(rows[line.image_id]["price_cents"] * line.quantity for line in lines)
         cursor = conn.execute(
-            "INSERT INTO orders (buyer_id, total_cents, created_at) VALUES (?, ?, ?)",
-            (buyer_id, total, now),
+            "INSERT INTO orders (buyer_id, total_cents, created_at, checkout_key) "
+            "VALUES (?, ?, ?, ?)",
+            (buyer_id, total, now, key),
         )
         order_id = int(cursor.lastrowid or 0)
         conn.executemany(
@@ -177,7 +202,7 @@ def place_order(conn: sqlite3.Connection, buyer_id: int, lines: Sequence[WantedL
                 for number, line in enumerate(lines, start=1)
             ],
         )
-    return order_id
+    return Placed(order_id)
 
 
 # --- reading orders -----------------------------------------------------------------------------

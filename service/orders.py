@@ -8,6 +8,10 @@ Checkout contract:
   visible to the buyer (someone else's private image is treated exactly like a missing one),
   live, not the buyer's own, priced as `expected_price_cents` when that is given, and in stock.
   Either the order is recorded with every line and stock decremented, or nothing changes.
+* A `key` (the client's idempotency key) makes a checkout sent again harmless: when the buyer
+  already has an order placed with that key, that order is the answer, with `placed_earlier`
+  set, and nothing is checked or bought (the lines sent are not compared: the client asks
+  about the order it got no answer for). Keys are per buyer: another buyer's key never matches.
 * Buying one's own image is refused: stock is the seller's to set with `update_image`, and an
   "order" from oneself would only muddle the sales figures.
 * A refusal is one `Error` whose `details` hold one sentence per failing line, in request
@@ -117,16 +121,18 @@ async def checkout(ctx: RequestContext, request: Checkout) -> OrderPlaced:
     ]
     buyer = ctx.user.id
 
-    def place(conn: sqlite3.Connection) -> repo.OrderRecord | None:
-        """Place the order and read it back: one trip to the executor."""
-        return repo.order_by_id(conn, repo.place_order(conn, buyer, wanted))
+    def place(conn: sqlite3.Connection) -> tuple[repo.OrderRecord | None, bool]:
+        """Place the order (or find the one placed with its key) and read it back: one trip to
+        the executor."""
+        placed = repo.place_order(conn, buyer, wanted, request.key)
+        return repo.order_by_id(conn, placed.order_id), placed.earlier
 
     try:
-        record = await ctx.services.quick_db_call(place)
+        record, earlier = await ctx.services.quick_db_call(place)
     except repo.CheckoutRefused as refused:
         raise refusal_error(refused.failures, len(wanted)) from None
     assert record is not None
-    return OrderPlaced(id=request.id, order=order_message(record))
+    return OrderPlaced(id=request.id, order=order_message(record), placed_earlier=earlier)
 
 
 def _page_frames(

@@ -25,6 +25,17 @@ answers fresh facts (`GetImages`) and decides checkouts. Choices made here:
   does not drop it (the server places it anyway): the answer is awaited a few seconds more and
   applied as usual; without one (a second Ctrl-C, or none in time) it is the same unknown.
   From then until the cart file is saved, Ctrl-C is only counted (`_HeldInterrupts`).
+  SIGTERM and SIGHUP in that span end the wait at once (the same unknown outcome), and the
+  shell ends by that signal once the cart is saved.
+* Checkout is idempotent across dying shells: a random key and the lines sent are written into
+  the cart file (fsynced) before the order leaves, and the server keeps the key with the order.
+  Saving the answer drops it; a shell killed in between (SIGKILL included) leaves it, and the
+  next checkout sends it again with whatever the cart holds then. If the earlier order went
+  through, the server answers with it (`placed_earlier`): it is reported, its lines leave the
+  cart, nothing more is bought, and the command fails only if other lines remain. `view_cart`
+  warns while a key is pending; `clear_cart` forgets it.
+* The cart table never cuts a number or a note: a narrow terminal loses the pictures, then gets
+  one record per line (as listings do).
 
 The orders checkout places are listed by `orders` and `sales` (shell.order_commands).
 """
@@ -32,8 +43,12 @@ The orders checkout places are listed by `orders` and `sales` (shell.order_comma
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
+import secrets
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import Future, wait
@@ -43,6 +58,8 @@ from typing import Any
 
 import cmd2
 from cmd2 import Choices, CompletionItem
+from rich import box
+from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 
@@ -53,14 +70,13 @@ from protocol.catalog import (
     GetImages,
     Images,
     ImageSummary,
-    Order,
     OrderPlaced,
 )
 from protocol.errors import ErrorCode, VitrineError
 from protocol.limits import MAX_IDS_PER_REQUEST
 from shell import listing
 from shell.app import CART, CommandFailed, VitrineShell, image_id, parser, write_json_lines
-from shell.cart_store import Cart, CartError, CartItem, CartStore
+from shell.cart_store import Cart, CartError, CartItem, CartStore, PendingCheckout
 from shell.connection import ConnectionLost
 from shell.order_commands import order_json
 from shell.pictures import picture_renderable
@@ -279,33 +295,109 @@ def cart_summary(views: list[LineView], units: int) -> str:
     return text + "."
 
 
-def cart_table(views: list[LineView], mode: listing.GraphicsMode) -> Table:
+#: Fewest cells the title and notes columns fold to: below that the picture shrinks, then goes,
+#: then the table gives way to one record per line (at 50 columns rich once folded both to
+#: nothing, so "see the notes column" pointed at no column, and at 44 it cut ids to "…").
+TITLE_LEAST, NOTES_LEAST = 12, 16
+
+
+def _cells(view: LineView) -> list[Text | str]:
+    """id, title, price, qty, total and notes, as shown in either layout."""
+    price, total = view.unit_price, view.line_total
+    return [
+        str(view.item.image_id),
+        Text(printable(view.title)),
+        format_cents(price) if price is not None else Text("-", style="dim"),
+        str(view.item.quantity),
+        format_cents(total) if total is not None else Text("-", style="dim"),
+        Text("; ".join(view.warnings), style="red" if view.blocked else "yellow"),
+    ]
+
+
+_HEADERS = ("id", "title", "price", "qty", "total", "notes")
+#: Columns that fold (title, notes), with their least widths and shares of spare room.
+_FOLDING = {1: (TITLE_LEAST, 3), 5: (NOTES_LEAST, 2)}
+
+
+def _natural(header: str, cells: list[Text | str]) -> int:
+    return max(cell_len(header), *(cell_len(str(cell)) for cell in cells))
+
+
+def _fold_widths(
+    rows: list[list[Text | str]], width: int, thumbnail: tuple[int, int] | None
+) -> dict[int, int] | None:
+    """Widths for title and notes when every number keeps its own width in `width` cells (the
+    heavy box: three cells a column and one more); None when they cannot keep their least."""
+    natural = [_natural(header, [row[i] for row in rows]) for i, header in enumerate(_HEADERS)]
+    columns = len(_HEADERS) + (thumbnail is not None)
+    room = width - 3 * columns - 1 - (thumbnail[0] if thumbnail else 0)
+    room -= sum(n for i, n in enumerate(natural) if i not in _FOLDING)
+    widths = {i: min(natural[i], least) for i, (least, _) in _FOLDING.items()}
+    spare = room - sum(widths.values())
+    if spare < 0:
+        return None
+    for i, (_, share) in _FOLDING.items():  # the spare room by share, up to the natural width
+        widths[i] += min(natural[i] - widths[i], spare * share // 5)
+    spare = room - sum(widths.values())
+    for i in _FOLDING:
+        given = min(natural[i] - widths[i], spare)
+        widths[i] += given
+        spare -= given
+    return widths
+
+
+def cart_table(
+    views: list[LineView], mode: listing.GraphicsMode, width: int | None = None
+) -> Table:
+    """The cart as people see it, laid out for a terminal `width` (None: as wide as it likes).
+    A narrow terminal gets smaller pictures, then none, then one record per line, a field a
+    row, so no number and no note is ever cut."""
     pictures = mode != "none" and any(v.fresh and v.fresh.thumbnail for v in views)
-    table = Table(show_lines=pictures, header_style="bold")
-    if pictures:
-        table.add_column("", width=listing.THUMB_CELLS[0], no_wrap=True)
-    table.add_column("id", justify="right", no_wrap=True)
-    table.add_column("title", overflow="fold", ratio=3)
-    table.add_column("price", justify="right", no_wrap=True)
-    table.add_column("qty", justify="right", no_wrap=True)
-    table.add_column("total", justify="right", no_wrap=True)
-    table.add_column("notes", overflow="fold", ratio=2)
-    for view in views:
+    rows = [_cells(view) for view in views]
+    sizes = [listing.THUMB_CELLS, listing.SMALL_THUMB_CELLS] if pictures else []
+    thumbnail = sizes[0] if sizes else None
+    widths: dict[int, int] = {}  # none: rich shares the room by ratio
+    if width is not None:
+        for thumbnail in (*sizes, None):  # the full picture, a small one, none
+            fitted = _fold_widths(rows, width, thumbnail)
+            if fitted is not None:
+                widths = fitted
+                break
+        else:
+            return _cart_records(rows)
+    table = Table(show_lines=thumbnail is not None, header_style="bold")
+    if thumbnail is not None:
+        table.add_column("", width=thumbnail[0], no_wrap=True)
+    for i, header in enumerate(_HEADERS):
+        if i in _FOLDING:
+            ratio = None if widths else _FOLDING[i][1]
+            table.add_column(header, overflow="fold", width=widths.get(i), ratio=ratio)
+        else:
+            table.add_column(header, justify="right", no_wrap=True)
+    for view, cells in zip(views, rows, strict=True):
         row: list[Any] = []
-        if pictures:
+        if thumbnail is not None:
             thumb = view.fresh.thumbnail if view.fresh else None
-            row.append(picture_renderable(thumb, mode, *listing.THUMB_CELLS) if thumb else Text(""))
-        price = view.unit_price
-        total = view.line_total
-        row += [
-            str(view.item.image_id),
-            Text(printable(view.title)),
-            format_cents(price) if price is not None else Text("-", style="dim"),
-            str(view.item.quantity),
-            format_cents(total) if total is not None else Text("-", style="dim"),
-            Text("; ".join(view.warnings), style="red" if view.blocked else "yellow"),
+            row.append(picture_renderable(thumb, mode, *thumbnail) if thumb else Text(""))
+        table.add_row(*row, *cells)
+    return table
+
+
+def _cart_records(rows: list[list[Text | str]]) -> Table:
+    """One cart line after another, a field a row (as listings do when narrow): the labels are
+    short, so a number has nearly the whole width and only the words fold."""
+    table = Table(show_header=False, box=box.SIMPLE, pad_edge=False, collapse_padding=True)
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for number, cells in enumerate(rows, 1):
+        fields = [
+            (label, cell)
+            for label, cell in zip(_HEADERS, cells, strict=True)
+            if label != "notes" or str(cell)
         ]
-        table.add_row(*row)
+        last = len(fields) - 1
+        for index, (label, value) in enumerate(fields):
+            table.add_row(label, value, end_section=index == last and number < len(rows))
     return table
 
 
@@ -329,30 +421,54 @@ def _outcome_unknown(why: str) -> CommandFailed:
     """The one answer when an order may or may not have been placed: keep the cart (buying
     twice is worse than buying again) and send the buyer to `orders` before a new checkout."""
     return CommandFailed(
-        f"{why}, so it is not known whether the order went through. Your cart is unchanged: "
-        "run `orders` to check before checking out again."
+        f"{why}, so it is not known whether the order went through. Your cart is unchanged and "
+        "keeps this checkout's key: `checkout` again asks the server with it, so these lines "
+        "cannot be bought twice (`orders` shows whether the order was placed)."
+    )
+
+
+def _clock(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+
+
+def _pending_note(pending: PendingCheckout) -> str:
+    """What view_cart and checkout say while a checkout's answer was never saved."""
+    return (
+        f"A checkout sent at {_clock(pending.sent_at)} got no answer (the shell was stopped or "
+        "the connection lost), so it may have been placed. The next `checkout` sends its key "
+        "again: if that order went through, it is reported and nothing is bought twice."
     )
 
 
 class _HeldInterrupts:
-    """Ctrl-C is held back from when an order is handed to the connection (`hold`) until the
-    cart file is saved (the end of the `with`), and heeded only in `wait`.
+    """Ctrl-C, SIGTERM and SIGHUP are held back from just before an order's key is written down
+    and the order sent (`hold`) until the cart file is saved (the end of the `with`), and heeded
+    only in `wait`.
 
     The server places an order it was sent whatever the shell does, so a KeyboardInterrupt
     raised anywhere in between (while the "waiting" notice is printed, between the answer and
     the cart's save) would keep the bought lines in the cart for the next checkout to buy
     again. The handler only counts presses: one it does not reach a `wait` for is dropped, and
     the command ends as it would have. Signal handlers run in the main thread only; elsewhere
-    no Ctrl-C arrives, so nothing is held."""
+    no Ctrl-C arrives, so nothing is held.
+
+    SIGTERM (`timeout` in cron, a service stopping) and SIGHUP (the terminal closed) went to
+    cmd2's handler, whose SystemExit left the cart unsaved and the checkout "failed". Now one
+    ends the wait at once (nobody is there to wait for), the outcome is unknown unless the
+    answer is in, the cart is saved as usual, and `end` then ends the shell by that signal. A
+    signal that was ignored (`nohup`) stays ignored."""
 
     #: How soon a press held back ends a `wait` (a handler that only counts does not wake it).
     POLL_S = 0.05
+    TERMINATING = (signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self) -> None:
         self._presses = 0
         self._heeded = 0
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
         self._holding = False
+        #: The first SIGTERM or SIGHUP received while holding.
+        self.terminated: int | None = None
 
     def __enter__(self) -> _HeldInterrupts:
         return self
@@ -360,24 +476,49 @@ class _HeldInterrupts:
     def __exit__(self, *exc_info: object) -> None:
         if self._holding:
             self._holding = False
-            # None: the old handler was not set from Python; Python's own is the nearest.
-            previous = self._previous
-            signal.signal(
-                signal.SIGINT, signal.default_int_handler if previous is None else previous
-            )
+            for signum, previous in self._previous.items():
+                # None: the old handler was not set from Python; Python's own is the nearest.
+                if previous is None:
+                    previous = (
+                        signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+                    )
+                signal.signal(signum, previous)
+            self._previous = {}
 
     def hold(self) -> None:
         if not self._holding and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._count)
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._count)
+            for signum in self.TERMINATING:
+                if signal.getsignal(signum) != signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._terminate)
             self._holding = True
 
     def _count(self, signum: int, frame: FrameType | None) -> None:
         self._presses += 1
 
+    def _terminate(self, signum: int, frame: FrameType | None) -> None:
+        if self.terminated is None:
+            self.terminated = signum
+
+    def end(self) -> None:
+        """After the cart is saved and the outcome said: end the shell by the signal it got, as
+        if it had not been held (its exit status says so to a parent shell or cron)."""
+        signum = self.terminated
+        if signum is None:
+            return
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        os._exit(128 + signum)  # only if the signal is blocked in this thread
+
     def wait(self, future: Future[Response], timeout: float | None = None) -> bool:
         """True once the future is done; False at a press not heeded yet, or after `timeout`."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not future.done():
+            if self.terminated is not None:
+                return False
             if self._presses > self._heeded:
                 self._heeded = self._presses
                 return False
@@ -492,13 +633,19 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
                 "units": cart.units,
                 "warnings": flagged,
                 "left_out": len(_left_out(views)),
+                "checkout_pending": cart.pending is not None,
             }
             write_json_lines(shell, [*(line_json(view) for view in views), summary])
+            if cart.pending:
+                shell.perror(f"Warning: {_pending_note(cart.pending)}", style=None)
             return
+        if cart.pending:
+            shell.perror(f"Warning: {_pending_note(cart.pending)}", style=None)
         if not views:
             shell.poutput("Your cart is empty: add_to_cart ID [QTY] puts an image in it.")
             return
-        shell.poutput(cart_table(views, mode), soft_wrap=False)
+        table = cart_table(views, mode, listing.terminal_columns())
+        shell.poutput(table, soft_wrap=False)
         shell.poutput(cart_summary(views, cart.units))
         if _left_out(views):  # the total leaves them out, but checkout does not buy around them
             shell.poutput(
@@ -506,7 +653,8 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             )
         if flagged:
             verb = "needs" if flagged == 1 else "need"
-            shell.poutput(f"{plural(flagged, 'line')} {verb} attention; see the notes column.")
+            where = "the notes column" if table.show_header else "the notes"
+            shell.poutput(f"{plural(flagged, 'line')} {verb} attention; see {where}.")
         if any(view.status == "price_changed" or view.renamed for view in views):
             shell.poutput(
                 "update_cart ID QTY accepts a new price or title; until then `checkout --yes` "
@@ -599,8 +747,15 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         try:
             with self._store().edit() as cart:
                 count = cart.clear()
+                pending, cart.pending = cart.pending, None
         except CartError as exc:
             raise CommandFailed(str(exc)) from None
+        if pending:
+            self._cmd.perror(
+                f"The cart no longer remembers the checkout sent at {_clock(pending.sent_at)} "
+                "that got no answer: `orders` shows whether it went through.",
+                style=None,
+            )
         if count:
             self._cmd.confirm(f"Emptied the cart ({plural(count, 'line')}).")
         else:
@@ -630,7 +785,15 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         except CartError as exc:
             raise CommandFailed(str(exc)) from None
         if not cart.lines:
-            raise CommandFailed("Your cart is empty: add_to_cart ID [QTY] first.")
+            raise CommandFailed(
+                "Your cart is empty: add_to_cart ID [QTY] first."
+                + (
+                    f" (A checkout sent at {_clock(cart.pending.sent_at)} got no answer: "
+                    "`orders` shows whether it went through.)"
+                    if cart.pending
+                    else ""
+                )
+            )
         if not args.yes and not shell.stdin.isatty():
             raise CommandFailed(
                 "checkout asks for confirmation and there is no terminal to ask at: pass "
@@ -641,8 +804,10 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         total = _total(views)
         say = (lambda text: shell.perror(text, style=None)) if args.json else shell.poutput
         if not args.json:
-            shell.poutput(cart_table(views, mode), soft_wrap=False)
+            shell.poutput(cart_table(views, mode, listing.terminal_columns()), soft_wrap=False)
         say(cart_summary(views, cart.units))
+        if cart.pending:
+            say(_pending_note(cart.pending))
         blocked = [view for view in views if view.blocked]
         if blocked and not args.yes:
             _name_lines(shell, blocked)
@@ -680,8 +845,12 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
                 shell.note("Checkout cancelled; your cart is unchanged.")
                 return
             prices = {view.item.image_id: view.unit_price or 0 for view in views}
+        # The key of a checkout that got no answer is sent again: if that order was placed, the
+        # server answers with it instead of placing this one.
+        key = cart.pending.key if cart.pending else secrets.token_urlsafe(24)
         request = Checkout(
             id=0,
+            key=key,
             lines=[
                 CartLine(
                     image_id=line.image_id,
@@ -691,34 +860,106 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
                 for line in cart.lines
             ],
         )
+        interrupts = _HeldInterrupts()
+        try:
+            self._checkout(store, cart, request, interrupts, as_json=args.json)
+        except CommandFailed as exc:
+            if interrupts.terminated is None:
+                raise
+            with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+                shell.perror(str(exc))
+        finally:
+            interrupts.end()
+
+    def _checkout(
+        self,
+        store: CartStore,
+        cart: Cart,
+        request: Checkout,
+        interrupts: _HeldInterrupts,
+        *,
+        as_json: bool,
+    ) -> None:
+        shell = self._cmd
         bought = {line.image_id: line.quantity for line in cart.lines}
-        order: Order | None = None
+        sent = PendingCheckout(
+            key=request.key or "",
+            lines=[
+                CartItem(
+                    image_id=line.image_id,
+                    quantity=line.quantity,
+                    price_cents=line.expected_price_cents or 0,
+                    title=cart.get(line.image_id).title,
+                )
+                for line in request.lines
+            ],
+        )
+        before = cart.pending
+        answer: OrderPlaced | VitrineError | None = None
         left: int | None = 0
         try:
             # The cart's lock is held from here until what was bought has left the cart, so two
-            # shells of one buyer cannot both place an order for the same lines; Ctrl-C is held
-            # back from sending the order until the cart is saved (it exits after the save).
-            with _HeldInterrupts() as interrupts, store.edit() as current:
-                if {line.image_id: line.quantity for line in current.lines} != bought:
+            # shells of one buyer cannot both place an order for the same lines; Ctrl-C, SIGTERM
+            # and SIGHUP are held back from writing the key down until the cart is saved.
+            with interrupts, store.edit() as current:
+                if {line.image_id: line.quantity for line in current.lines} != bought or (
+                    current.pending and current.pending.key
+                ) != (before and before.key):
                     raise CommandFailed(
                         "Your cart changed in another shell while this checkout was being "
                         "prepared; nothing was bought. Run checkout again to see it as it is."
                     )
-                order = self._place(cart, request, interrupts)
-                current.take({line.image_id: line.quantity for line in order.lines})
-                left = len(current)
+                self._cmd.session.ensure_connected()  # Ctrl-C in here: nothing was sent
+                interrupts.hold()
+                # Written down (fsynced) before the order leaves: a shell killed while waiting
+                # leaves the key for the next checkout to ask about.
+                sent.sent_at = time.time()
+                current.pending = sent
+                store.save_now(current)
+                answer = self._place(request, interrupts)
+                current.pending = None  # answered: the file no longer needs it
+                if isinstance(answer, OrderPlaced):
+                    current.take({line.image_id: line.quantity for line in answer.order.lines})
+                    left = len(current)
         except CartError as exc:
-            if order is None:
+            if answer is None:
                 raise CommandFailed(f"{exc} Nothing was bought.") from None
-            shell.perror(f"Order #{order.id} was placed, but the cart could not be updated: {exc}")
+            if isinstance(answer, OrderPlaced):
+                shell.perror(
+                    f"Order #{answer.order.id} was placed, but the cart could not be updated: {exc}"
+                )
             left = None
-        if args.json:
-            write_json_lines(shell, [order_json(order)])
+        if isinstance(answer, VitrineError):
+            raise self._refused(cart, answer)
+        assert answer is not None
+        order = answer.order
+        if as_json:
+            write_json_lines(
+                shell, [{**order_json(order), "placed_earlier": answer.placed_earlier}]
+            )
+            if answer.placed_earlier and left:
+                raise CommandFailed(self._not_bought_now(left))
             return
         units = sum(line.quantity for line in order.lines)
+        placed = f"{plural(units, 'item')} for {format_cents(order.total_cents)}"
+        if answer.placed_earlier:
+            sent_at = f" at {_clock(before.sent_at)}" if before else ""
+            shell.poutput(
+                f"Order #{order.id} had already been placed by the checkout sent{sent_at}, "
+                f"which got no answer: {placed}. Nothing more was bought; "
+                + (
+                    "the bought lines are still in your cart: clear_cart empties it."
+                    if left is None
+                    else "its lines left your cart, which is now empty."
+                    if not left
+                    else "its lines left your cart."
+                )
+            )
+            if left:
+                raise CommandFailed(self._not_bought_now(left))
+            return
         shell.poutput(
-            f"Order #{order.id} placed: {plural(units, 'item')} for "
-            f"{format_cents(order.total_cents)}. "
+            f"Order #{order.id} placed: {placed}. "
             + (
                 "The bought lines are still in your cart: clear_cart empties it."
                 if left is None
@@ -728,32 +969,35 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             )
         )
 
-    def _place(self, cart: Cart, request: Checkout, interrupts: _HeldInterrupts) -> Order:
-        """The order, or CommandFailed saying why nothing (or, after a lost connection or a
-        Ctrl-C, maybe something) was bought.
+    @staticmethod
+    def _not_bought_now(left: int) -> str:
+        return (
+            f"Not bought now: {plural(left, 'line')} of your cart "
+            f"{'was' if left == 1 else 'were'} not in that order and "
+            f"{'stays' if left == 1 else 'stay'} in it; run checkout again to buy "
+            f"{'it' if left == 1 else 'them'}."
+        )
+
+    def _place(self, request: Checkout, interrupts: _HeldInterrupts) -> OrderPlaced | VitrineError:
+        """The answer (the order, or the server's refusal), or CommandFailed when it is not
+        known whether the order was placed (a lost connection, Ctrl-C twice, SIGTERM).
 
         Once the request is handed to the connection the server places the order whatever the
         shell does, so a Ctrl-C from then on must not drop its answer: the cart would keep the
         bought lines and the next checkout buy them again. The answer is awaited a little
         longer instead (as `add_image` does for uploads already sent)."""
         session = self._cmd.session
-        session.ensure_connected()  # Ctrl-C in here: nothing was sent, "Interrupted." is true
-        interrupts.hold()  # submitting is quick: a press in there counts as one after sending
         try:
             future = session.submit(request)
         except ConnectionLost as exc:
             raise _outcome_unknown(f"The connection was lost during checkout ({exc})") from None
         response = self._answer(future, interrupts)
-        if isinstance(response, VitrineError):
-            raise self._refused(cart, response)
-        if not isinstance(response, OrderPlaced):  # as ServerConnection.call would say
-            raise self._refused(
-                cart,
-                VitrineError(
-                    ErrorCode.INTERNAL, f"Expected OrderPlaced, got {type(response).__name__}."
-                ),
-            )
-        return response.order
+        if isinstance(response, VitrineError | OrderPlaced):
+            return response
+        # as ServerConnection.call would say
+        return VitrineError(
+            ErrorCode.INTERNAL, f"Expected OrderPlaced, got {type(response).__name__}."
+        )
 
     def _answer(
         self, future: Future[Response], interrupts: _HeldInterrupts
@@ -761,12 +1005,14 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         """The sent order's answer (or refusal). After a Ctrl-C it must come within
         INTERRUPT_GRACE_S; a second Ctrl-C, or none in time, leaves the outcome unknown."""
         if not interrupts.wait(future):
+            self._terminated(interrupts)
             self._cmd.perror(
                 f"Interrupted: waiting up to {INTERRUPT_GRACE_S:g} s for the server's answer to "
                 "the order already sent (Ctrl-C again to stop waiting).",
                 style=None,
             )
             if not interrupts.wait(future, INTERRUPT_GRACE_S):
+                self._terminated(interrupts)
                 raise _outcome_unknown("Checkout was interrupted before the server answered")
         try:
             return future.result()
@@ -774,6 +1020,12 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             return exc
         except ConnectionLost as exc:
             raise _outcome_unknown(f"The connection was lost during checkout ({exc})") from None
+
+    @staticmethod
+    def _terminated(interrupts: _HeldInterrupts) -> None:
+        if interrupts.terminated is not None:
+            name = signal.Signals(interrupts.terminated).name
+            raise _outcome_unknown(f"The shell was told to end ({name}) before the server answered")
 
     def _refused(self, cart: Cart, exc: VitrineError) -> CommandFailed:
         self._report_refusal(cart, exc)

@@ -24,6 +24,12 @@ survive crashes, restarts of either side, and two shells of the same user at onc
 
 A line remembers the unit price the buyer saw when adding it, so `view_cart` can warn when the
 price changed and a scripted `checkout --yes` is never charged a price nobody saw.
+
+**A checkout in flight is written down.** Before a checkout sends its order, the cart file gets
+the checkout's random key and the lines sent (`pending`), saved durably; the save that takes the
+bought lines out (or records a refusal) drops it. A shell that dies in between (killed, the
+terminal closed, the power cut) leaves it there, so the next checkout sends the same key and the
+server answers with the order it placed, if it placed one, instead of buying again.
 """
 
 from __future__ import annotations
@@ -67,6 +73,15 @@ class CartItem(msgspec.Struct, kw_only=True):
     added_at: float = 0.0
 
 
+class PendingCheckout(msgspec.Struct, kw_only=True):
+    """A checkout sent and not answered yet (as far as this file knows)."""
+
+    key: Annotated[str, msgspec.Meta(min_length=16, max_length=64)]
+    #: The lines as sent (price: the one expected), for a person and for `view_cart`.
+    lines: Annotated[list[CartItem], msgspec.Meta(max_length=MAX_ORDER_LINES)] = []
+    sent_at: float = 0.0
+
+
 class CartFile(msgspec.Struct, kw_only=True):
     version: int = FORMAT_VERSION
     #: The address it was last used at, for a person looking at the file.
@@ -74,12 +89,17 @@ class CartFile(msgspec.Struct, kw_only=True):
     server_id: str = ""
     user: str = ""
     lines: Annotated[list[CartItem], msgspec.Meta(max_length=MAX_ORDER_LINES)] = []
+    pending: PendingCheckout | None = None
 
 
 class Cart:
     """The lines of a cart, in the order they were first added; one line per image."""
 
-    def __init__(self, lines: list[CartItem] | None = None) -> None:
+    def __init__(
+        self, lines: list[CartItem] | None = None, pending: PendingCheckout | None = None
+    ) -> None:
+        #: The checkout sent without an answer saved yet, if any.
+        self.pending = pending
         self.lines: list[CartItem] = []
         for line in lines or []:
             found = self.find(line.image_id)
@@ -263,7 +283,7 @@ class CartStore:
         except msgspec.MsgspecError as exc:
             self._move_aside(str(exc))
             return Cart()
-        return Cart(stored.lines)
+        return Cart(stored.lines, stored.pending)
 
     def _move_aside(self, problem: str) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -296,9 +316,20 @@ class CartStore:
             yield cart
             self._save(cart)
 
+    def save_now(self, cart: Cart) -> None:
+        """Save in the middle of `edit()` (whose lock is held): a checkout writes its key down
+        before sending the order, so that dying while it waits cannot lose it."""
+        self._save(cart)
+
     def _save(self, cart: Cart) -> None:
         data = msgspec.json.encode(
-            CartFile(server=self.server, server_id=self.server_id, user=self.user, lines=cart.lines)
+            CartFile(
+                server=self.server,
+                server_id=self.server_id,
+                user=self.user,
+                lines=cart.lines,
+                pending=cart.pending,
+            )
         )
         try:
             write_atomically(self.path, data)

@@ -13,8 +13,10 @@ from protocol.limits import MAX_ORDER_LINES
 from shell.cart_store import (
     Cart,
     CartError,
+    CartItem,
     CartStore,
     NotInCart,
+    PendingCheckout,
     cart_path,
 )
 
@@ -141,6 +143,41 @@ def test_an_exception_inside_edit_saves_nothing(tmp_path: Path) -> None:
         cart.add(2, 1, 100, "dropped")
         raise CartError("refused halfway")
     assert [line.image_id for line in cart_store.load().lines] == [1]
+
+
+def test_a_pending_checkout_saved_mid_edit_survives_a_death_before_the_end(
+    tmp_path: Path,
+) -> None:
+    """Checkout writes its key down (save_now) before sending; a shell that dies before the
+    edit ends (here: an exception) leaves the key, and the lines, for the next checkout."""
+    cart_store, _ = store(tmp_path)
+    with cart_store.edit() as cart:
+        cart.add(1, 2, 100, "in flight")
+    key = "k" * 32
+    with pytest.raises(KeyboardInterrupt), cart_store.edit() as cart:
+        sent = [CartItem(image_id=1, quantity=2, price_cents=100)]
+        cart.pending = PendingCheckout(key=key, lines=sent, sent_at=5.0)
+        cart_store.save_now(cart)
+        raise KeyboardInterrupt  # killed while waiting for the answer
+    again = cart_store.load()
+    assert again.pending is not None and again.pending.key == key
+    assert [(line.image_id, line.quantity) for line in again.pending.lines] == [(1, 2)]
+    assert [(line.image_id, line.quantity) for line in again.lines] == [(1, 2)]
+    with cart_store.edit() as cart:  # the answer saved: the key goes
+        cart.pending = None
+        cart.take({1: 2})
+    assert cart_store.load().pending is None and cart_store.load().lines == []
+
+
+def test_a_cart_file_from_before_pending_checkouts_still_loads(tmp_path: Path) -> None:
+    cart_store, notices = store(tmp_path)
+    cart_store.path.parent.mkdir(parents=True)
+    cart_store.path.write_text(
+        json.dumps({"version": 1, "lines": [{"image_id": 3, "quantity": 1, "price_cents": 5}]})
+    )
+    cart = cart_store.load()
+    assert cart.pending is None and [line.image_id for line in cart.lines] == [3]
+    assert notices == []
 
 
 @pytest.mark.parametrize(

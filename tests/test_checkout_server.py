@@ -4,6 +4,8 @@ per line, privacy, and races between many buyers with their own connections."""
 from __future__ import annotations
 
 import random
+import secrets
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,8 @@ from protocol.catalog import (
     UpdateImage,
 )
 from protocol.errors import ErrorCode, VitrineError
+from repository.database import migrate
+from repository.migrations import MIGRATIONS
 from shell.connection import ServerConnection
 from tests.servers import ServerProcess
 from tests.test_images_server import jpeg, unique, upload
@@ -410,3 +414,103 @@ def test_restocks_racing_buyers_lose_no_sale(
     sold = sum(isinstance(o, OrderPlaced) for o in outcomes)
     assert sold > 0
     assert stock_of(seller, thing) == {thing: 10 + 2 * BUYERS - sold}
+
+
+# --- the idempotency key -------------------------------------------------------------------------
+
+
+def keyed(conn: ServerConnection, key: str, *lines: tuple[int, int]) -> OrderPlaced:
+    request = Checkout(id=0, key=key, lines=[CartLine(image_id=i, quantity=q) for i, q in lines])
+    return conn.call(request, OrderPlaced)
+
+
+def test_a_checkout_sent_again_with_its_key_is_answered_not_placed_again(
+    seller: ServerConnection, buyer: ServerConnection
+) -> None:
+    """A shell killed after sending its order re-sends it with the same key: the order the
+    server placed the first time is the answer, and nothing is bought twice, even once the
+    stock that made the first order possible is gone."""
+    last = item(seller, 700, 1, title="The last one")
+    key = secrets.token_urlsafe(16)
+    first = keyed(buyer, key, (last, 1))
+    assert first.placed_earlier is False
+    again = keyed(buyer, key, (last, 1))
+    assert again.placed_earlier is True
+    assert again.order == first.order
+    assert stock_of(seller, last) == {last: 0}
+    orders = buyer.call(ListOrders(id=0), OrderList).orders
+    assert [order.id for order in orders].count(first.order.id) == 1
+    assert len([o for o in orders if o.lines[0].image_id == last]) == 1
+
+
+def test_checkout_keys_are_each_buyers_own(
+    server: ServerProcess, home: Path, seller: ServerConnection, buyer: ServerConnection
+) -> None:
+    """Another buyer who happens to send the same key gets an order of their own (and never
+    sees the first buyer's); a key without an order places one."""
+    shared = item(seller, 250, 5, title="Shared key")
+    key = "same-key-for-two-buyers"
+    mine = keyed(buyer, key, (shared, 1))
+    other = server.user_connection(home, unique("buyer"))
+    try:
+        theirs = keyed(other, key, (shared, 2))
+    finally:
+        other.close()
+    assert theirs.placed_earlier is False
+    assert theirs.order.id != mine.order.id
+    assert [line.quantity for line in theirs.order.lines] == [2]
+    assert stock_of(seller, shared) == {shared: 2}
+
+
+def test_a_refused_keyed_checkout_leaves_the_key_free(
+    seller: ServerConnection, buyer: ServerConnection
+) -> None:
+    """Nothing is stored on a refusal, so the same key places the order once it can be."""
+    short = item(seller, 300, 1, title="Short, then restocked")
+    key = "refused-then-placed-key"
+    request = Checkout(id=0, key=key, lines=[CartLine(image_id=short, quantity=2)])
+    with pytest.raises(VitrineError) as refused:
+        buyer.call(request, OrderPlaced)
+    assert refused.value.code is ErrorCode.OUT_OF_STOCK
+    seller.call(UpdateImage(id=0, image_id=short, quantity=5), ImageUpdated)
+    placed = buyer.call(request, OrderPlaced)
+    assert placed.placed_earlier is False
+    assert stock_of(seller, short) == {short: 3}
+
+
+def test_a_malformed_key_is_a_bad_request(
+    seller: ServerConnection, buyer: ServerConnection
+) -> None:
+    cheap = item(seller, 100, 5, title="Bad key")
+    for key in ("", "fifteen chars..", "x" * 65):
+        request = Checkout(id=0, key=key, lines=[CartLine(image_id=cheap, quantity=1)])
+        with pytest.raises(VitrineError) as bad:
+            buyer.call(request, OrderPlaced)
+        assert bad.value.code is ErrorCode.BAD_REQUEST, key
+    assert stock_of(seller, cheap) == {cheap: 5}
+
+
+def test_version_5_databases_get_the_checkout_key(tmp_path: Path) -> None:
+    """Orders placed before v6 keep working and have no key; keys are unique per buyer."""
+    conn = sqlite3.connect(tmp_path / "v5.db", isolation_level=None)
+    for number, step in enumerate(MIGRATIONS[:5], start=1):
+        step(conn)
+        conn.execute(f"PRAGMA user_version={number}")
+    conn.execute(
+        "INSERT INTO users (id, name, password_hash, created_at) VALUES (1, 'a', '', 0), "
+        "(2, 'b', '', 0)"
+    )
+    conn.execute("INSERT INTO orders (buyer_id, total_cents, created_at) VALUES (1, 100, 0)")
+
+    assert migrate(conn) >= 6
+    assert conn.execute("SELECT checkout_key FROM orders").fetchall() == [(None,)]
+    insert = (
+        "INSERT INTO orders (buyer_id, total_cents, created_at, checkout_key) VALUES (?, 0, 0, ?)"
+    )
+    conn.execute(insert, (1, None))  # any number of orders without a key
+    conn.execute(insert, (1, "k" * 16))
+    conn.execute(insert, (2, "k" * 16))  # another buyer's key is independent
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute(insert, (1, "k" * 16))
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
