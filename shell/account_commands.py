@@ -7,17 +7,30 @@ password to change_password.
 from __future__ import annotations
 
 import argparse
+import re
 
 import cmd2
 
 from protocol.messages import CreateUser, UserInfo, WhoAmI
-from shell.app import ACCOUNT, CommandFailed, VitrineShell, parser
+from shell.app import ACCOUNT, CommandFailed, TextArgumentParser, VitrineShell, parser
+from shell.text import printable
+
+#: The server's rule for a new name (service.auth, whose import would cost the shell an Argon2
+#: hash); tests/test_shell_fixes_s18.py checks that the two agree.
+USERNAME_RULE = re.compile(r"[a-z0-9][a-z0-9._-]{2,31}")
+USERNAME_RULE_TEXT = (
+    "3 to 32 characters: lowercase letters, digits, '.', '_' or '-', "
+    "starting with a letter or digit"
+)
 
 
 class AccountCommands(cmd2.CommandSet[VitrineShell]):
     DEFAULT_CATEGORY = ACCOUNT
 
-    create_parser = parser("Create an account on the server. The first account is the admin.")
+    create_parser = TextArgumentParser(
+        "Create an account on the server. The first account is the admin.",
+        never_dashed="a name cannot start with '-'",
+    )
     create_parser.add_argument(
         "name", metavar="NAME", help="3-32 characters: a-z, 0-9, '.', '_' or '-'"
     )
@@ -25,6 +38,12 @@ class AccountCommands(cmd2.CommandSet[VitrineShell]):
     @cmd2.with_argparser(create_parser)
     def do_create_user(self, args: argparse.Namespace) -> None:
         shell = self._cmd
+        # Refused before the password is asked (twice), not after: the server stays the judge
+        # (of a name taken too), this only spares typing a password for a name it would refuse.
+        if not USERNAME_RULE.fullmatch(args.name.strip().lower()):
+            raise CommandFailed(
+                f"Invalid user name {printable(args.name)!r}: use {USERNAME_RULE_TEXT}."
+            )
         password = shell.ask_new_secret("New password: ", "VITRINE_PASSWORD")
         user = shell.session.call(CreateUser(id=0, name=args.name, password=password), UserInfo)
         role = " as the admin" if user.admin else ""

@@ -281,6 +281,16 @@ class VitrineShell(cmd2.Cmd):
         self.exit_code = 1
         super()._report_disabled_command_usage(*args, message_to_print=message_to_print, **kwargs)
 
+    def run_editor(self, file_path: str | None = None) -> NoReturn:
+        """There is no editor in Vitrine (`edit` and `shell` are off). cmd2's `history -e` would
+        still write the chosen items to a file, fail to open the editor, and then run the file
+        as it was: the commands again, unedited (a login, a `checkout --yes`, a delete). Raised
+        before anything runs, so nothing is."""
+        raise CommandFailed(
+            "history -e would open a text editor, which Vitrine does not have: nothing was run. "
+            "`history -r N` runs item N again as it was; to change it, type the command anew."
+        )
+
     def do__eof(self, _: cmd2.Statement) -> bool:
         """End of input (Ctrl-D) quits. cmd2's own version prints an empty line first, which
         a terminal needs to leave the prompt's line, but which piped output would carry after

@@ -7,6 +7,7 @@ only say what to ask for, so every listing behaves alike.
 from __future__ import annotations
 
 import argparse
+import re
 
 import cmd2
 from rich.table import Table
@@ -54,6 +55,81 @@ def browse_tags(words: list[str]) -> list[str]:
     return tags
 
 
+def shell_words(line: str) -> list[str]:
+    """The words of a line as the person typed them, quotes kept: a word runs to the next
+    unquoted blank, so `"stra"*` is one word (cmd2 makes two of it, `stra` and `*`, and a
+    search then loses the `*`). Backslashes are plain characters, as cmd2 reads them."""
+    words: list[str] = []
+    word: list[str] = []
+    quote = ""
+    for char in line:
+        if quote:
+            word.append(char)
+            if char == quote:
+                quote = ""
+        elif char.isspace():
+            if word:
+                words.append("".join(word))
+                word = []
+        else:
+            word.append(char)
+            if char in "\"'":
+                quote = char
+    if word:
+        words.append("".join(word))
+    return words
+
+
+def search_text(word: str) -> tuple[str, str]:
+    """(what the server gets for one typed word, the word without the shell's quotes).
+
+    Double quotes mean a phrase to the server as they group words to the shell, so they stay
+    (`"straw hat"`, `"stra"*`); single quotes only group, so they go, and what they held is
+    sent as it is (`'"stra"*'` is `"stra"*`), a phrase when it has blanks (`'straw hat'`). A
+    word that is all one quoted word goes bare (`"hat"` is `hat`), as it always did."""
+    sent: list[str] = []
+    bare: list[str] = []
+    for part in re.findall(r'"[^"]*"?|\'[^\']*\'?|[^"\']+', word):
+        if part.startswith("'"):
+            inner = part[1:].removesuffix("'")
+            sent.append(f'"{inner}"' if len(inner.split()) > 1 and '"' not in inner else inner)
+            bare.append(inner)
+        else:
+            sent.append(part)
+            bare.append(part.replace('"', "") if part.startswith('"') else part)
+    if len(sent) == 1 and word[:1] == '"' and len(bare[0].split()) == 1:
+        sent = bare
+    return "".join(sent), "".join(bare)
+
+
+def typed_search_text(args: argparse.Namespace, parser: TextArgumentParser) -> str:
+    """The search words of the command line as typed (flags and their values left out), so a
+    quote or a trailing `*` reaches the server's query syntax intact; "" when the line cannot
+    be read back that way (then the words argparse gave are used)."""
+    statement = getattr(args, "cmd2_statement", None)
+    if hasattr(statement, "get"):  # cmd2 before 3 wrapped it
+        statement = statement.get()
+    raw = getattr(statement, "raw", "")
+    words = shell_words(raw)
+    if not words or words[0] != getattr(statement, "command", None):
+        return ""
+    text: list[str] = []
+    rest = iter(words[1:])
+    after_dashes = False
+    for word in rest:
+        sent, bare = search_text(word)
+        if after_dashes:
+            text.append(sent)
+        elif bare == "--":
+            after_dashes = True
+        elif bare.startswith("-") and (action := parser._option_for(bare)) is not None:
+            if action.nargs != 0 and "=" not in bare:
+                next(rest, None)
+        else:
+            text.append(sent)
+    return " ".join(text)
+
+
 class BrowseCommands(cmd2.CommandSet[VitrineShell]):
     DEFAULT_CATEGORY = BROWSE
 
@@ -95,11 +171,10 @@ class BrowseCommands(cmd2.CommandSet[VitrineShell]):
 
     @cmd2.with_argparser(search_parser)
     def do_search(self, args: argparse.Namespace) -> None:
-        # The shell's own quotes group words into one argument ("straw hat"): that is the phrase
-        # the person meant, so it goes to the server quoted (which reads it as a phrase).
-        text = " ".join(
+        text = typed_search_text(args, self.search_parser) or " ".join(
             f'"{word}"' if len(word.split()) > 1 and '"' not in word else word for word in args.text
-        ).strip()
+        )
+        text = text.strip()
         if not text:
             raise CommandFailed("Give some words to search for.")
         if len(text) > MAX_SEARCH_CHARS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,11 @@ from protocol.catalog import (
     ImageUpdated,
     UpdateImage,
 )
-from protocol.errors import VitrineError
+from protocol.errors import ErrorCode, VitrineError
 from protocol.limits import MAX_DESCRIPTION_CHARS, MAX_TAGS, MAX_TITLE_CHARS
 from shell import listing
 from shell.app import IMAGES, CommandFailed, VitrineShell, image_id, parser, write_json_lines
-from shell.connection import ConnectionLost
+from shell.connection import ConnectionLost, InterruptedAfterSending
 from shell.pictures import picture_renderable
 from shell.swatches import NOT_COMPUTED, palette_text
 from shell.text import plural, printable
@@ -69,30 +70,51 @@ SHOW_CELLS = (64, 32)
 # --- argument types ------------------------------------------------------------------------------
 
 
-def tag_list(text: str) -> list[str]:
-    """ "a, B,,c" -> ["a", "b", "c"]: comma-separated, blanks dropped, each in the server's one
-    spelling (util.catalogue_text), repeats once. A tag the server would refuse is refused here,
-    before a bulk upload sends every file only to have each one refused for it."""
-    tags: list[str] = []
-    for raw in text.split(","):
-        if not raw.strip():
-            continue
-        try:
-            tag = catalogue_text.normalise_tag(raw)
-        except catalogue_text.TextRefused as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        if tag not in tags:
-            tags.append(tag)
-    if len(tags) > MAX_TAGS:
-        raise argparse.ArgumentTypeError(f"at most {MAX_TAGS} tags per image")
-    return tags
+#: Quote marks a tag can start or end with only when the shell's quoting did not group it.
+QUOTES = "\"'"
 
 
-def add_tag_list_argument(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
+def tag_list_of(flag: str, per: str = "per image") -> Callable[[str], list[str]]:
+    """An argparse type for a comma-separated tag flag: "a, B,,c" -> ["a", "b", "c"]: blanks
+    dropped, each in the server's one spelling (util.catalogue_text), repeats once. A tag the
+    server would refuse is refused here, before a bulk upload sends every file only to have
+    each one refused for it. `per` says what the limit of MAX_TAGS applies to."""
+
+    def tag_list(text: str) -> list[str]:
+        tags: list[str] = []
+        for raw in text.split(","):
+            if not raw.strip():
+                continue
+            if raw.strip()[0] in QUOTES or raw.strip()[-1] in QUOTES:
+                # `--tags hat,"straw hat"`: cmd2 groups a quote only at the start of a word,
+                # so this arrives as `hat,"straw` and `hat"`; "tags use letters" would not say
+                # what to type instead.
+                raise argparse.ArgumentTypeError(
+                    f"Invalid tag {printable(raw.strip())!r}: a quote in the middle of the list "
+                    f"does not group words; quote the whole list instead, as in: {flag} "
+                    '"hat,straw hat"'
+                )
+            try:
+                tag = catalogue_text.normalise_tag(raw)
+            except catalogue_text.TextRefused as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+            if tag not in tags:
+                tags.append(tag)
+        if len(tags) > MAX_TAGS:
+            raise argparse.ArgumentTypeError(f"at most {MAX_TAGS} tags {per}, not {len(tags)}")
+        return tags
+
+    tag_list.__name__ = "tag_list"  # argparse names a type by it in its own messages
+    return tag_list
+
+
+def add_tag_list_argument(
+    parser: argparse.ArgumentParser, flag: str, help: str, per: str = "per image"
+) -> None:
     """A comma-separated tag flag, completed from the tags the server knows."""
     parser.add_argument(
         flag,
-        type=tag_list,
+        type=tag_list_of(flag, per),
         default=[],
         metavar="a,b",
         completer=listing.complete_tag_list,
@@ -136,6 +158,21 @@ def _add_catalogue_flags(command: argparse.ArgumentParser) -> None:
         type=bounded_text(MAX_DESCRIPTION_CHARS, "description"),
         metavar="D",
         help="longer text, searchable like the title",
+    )
+
+
+#: Why an answer is missing after Ctrl-C.
+INTERRUPTED = "interrupted before the server answered"
+
+
+def outcome_unknown(number: int, why: str, done: str) -> str:
+    """What is said when a request was sent and no answer came: the server acts on what it
+    was sent whatever the shell does, so the change may well have been made. Saying "not
+    deleted" would be wrong half the time, and a retry then finds the image gone (NOT_FOUND)
+    and says "not deleted" again."""
+    return (
+        f"#{number}: outcome unknown: the request was sent, but {why}; it may have been "
+        f"{done}. `show_image {number}` tells."
     )
 
 
@@ -432,9 +469,7 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
                 "Nothing to change: give --price, --quantity, --title, --description, "
                 "--add-tags, --remove-tags, --public or --private."
             )
-        answer = shell.session.call(
-            UpdateImage(id=0, image_id=args.image_id, **changes), ImageUpdated
-        )
+        answer = self._updated(UpdateImage(id=0, image_id=args.image_id, **changes))
         listing.memory(shell).remember([answer.image])
         shell.confirm(f"Updated #{answer.image.id}.")
         if args.json:
@@ -445,8 +480,32 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             soft_wrap=False,
         )
 
+    def _updated(self, request: UpdateImage) -> ImageUpdated:
+        """The server's answer to an update. Once the request is on its way the server applies
+        it whatever the shell does, so a lost connection or a Ctrl-C from then on leaves the
+        outcome unknown, which is not the same as refused: the user is sent to show_image."""
+        session = self._cmd.session
+        session.ensure_connected()  # Ctrl-C in here: nothing was sent, "Interrupted." is true
+        number = request.image_id
+        try:
+            future = session.submit(request)
+        except InterruptedAfterSending:
+            raise CommandFailed(outcome_unknown(number, INTERRUPTED, "updated")) from None
+        try:
+            response = future.result()
+        except ConnectionLost as exc:
+            why = f"the connection was lost ({str(exc).rstrip('.')})"
+            raise CommandFailed(outcome_unknown(number, why, "updated")) from None
+        except KeyboardInterrupt:
+            raise CommandFailed(outcome_unknown(number, INTERRUPTED, "updated")) from None
+        if not isinstance(response, ImageUpdated):  # as ServerConnection.call would say
+            raise VitrineError(
+                ErrorCode.INTERNAL, f"Expected ImageUpdated, got {type(response).__name__}."
+            )
+        return response
+
     delete_parser = parser(
-        "Delete images you own (admins: any image). They disappear from every listing."
+        "Delete images you own (admins: any public image too). They disappear from every listing."
     )
     delete_parser.add_argument(
         "image_ids",
@@ -462,27 +521,40 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         shell = self._cmd
         shell.session.ensure_connected()
         ids = list(dict.fromkeys(args.image_ids))
-        futures = zip(
-            ids,
-            shell.session.submit_all([DeleteImage(id=0, image_id=number) for number in ids]),
-            strict=True,
-        )
-        failed = 0
-        for number, future in futures:
-            try:
-                future.result()
-            except VitrineError as exc:
-                failed += 1
-                shell.perror(f"#{number} not deleted ({exc.code.value}): {exc.message}")
-                continue
-            except ConnectionLost as exc:
-                failed += 1
-                shell.perror(f"#{number}: no answer, the connection was lost ({exc}).")
+        requests = [DeleteImage(id=0, image_id=number) for number in ids]
+        interrupted = False
+        try:
+            futures = shell.session.submit_all(requests)
+        except InterruptedAfterSending as sent:  # on the wire: the server deletes them anyway
+            futures, interrupted = sent.futures, True
+        refused = unknown = 0
+        for number, future in zip(ids, futures, strict=True):
+            why = ""
+            if interrupted and not future.done():
+                why = INTERRUPTED
+            else:
+                try:
+                    future.result()
+                except VitrineError as exc:
+                    refused += 1
+                    shell.perror(f"#{number} not deleted ({exc.code.value}): {exc.message}")
+                    continue
+                except ConnectionLost as exc:
+                    why = f"the connection was lost ({str(exc).rstrip('.')})"
+                except KeyboardInterrupt:
+                    # Answers already in still count; the others are unknown, not failed.
+                    interrupted, why = True, INTERRUPTED
+            if why:
+                unknown += 1
+                shell.perror(outcome_unknown(number, why, "deleted"))
                 continue
             listing.memory(shell).forget(number)
             shell.confirm(f"Deleted #{number}.")
-        if failed:
-            shell.fail(f"{failed} of {len(ids)} not deleted.")
+        parts = [f"{refused} of {len(ids)} not deleted"] if refused else []
+        if unknown:
+            parts.append(f"{unknown} of {len(ids)} with the outcome unknown (see above)")
+        if parts:
+            shell.fail(" and ".join(parts) + ".")
 
     show_parser = parser("Show everything about one image, with a larger picture.")
     show_parser.add_argument(

@@ -16,7 +16,9 @@ from util.money import format_cents, price_arg
 
 
 def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
-    add_tag_list_argument(parser, "--tags", "only images carrying all these tags")
+    add_tag_list_argument(
+        parser, "--tags", "only images carrying all these tags", per="in a search filter"
+    )
     parser.add_argument(
         "--min-price", type=price_arg, metavar="12.50", help="only images at this price or more"
     )
