@@ -84,7 +84,6 @@ class ColourCommands(cmd2.CommandSet[VitrineShell]):
     colour_parser.add_argument(
         "--min-share",
         metavar="P",
-        default=str(DEFAULT_MIN_SHARE),
         help="least fraction of the picture the colour must cover, 0 to 1 or a percentage "
         f"such as 20%% (default {DEFAULT_MIN_SHARE})",
     )
@@ -103,7 +102,11 @@ class ColourCommands(cmd2.CommandSet[VitrineShell]):
                 if args.tolerance is None
                 else check_tolerance(_degrees(args.tolerance), args.tolerance.strip())
             )
-            min_share = check_min_share(_fraction(args.min_share), args.min_share.strip())
+            min_share = (
+                DEFAULT_MIN_SHARE
+                if args.min_share is None
+                else check_min_share(_fraction(args.min_share), args.min_share.strip())
+            )
         except ColourSpecError as exc:
             raise CommandFailed(f"search_by_color: {exc}.") from None
         filters = filters_from(args)
@@ -113,6 +116,9 @@ class ColourCommands(cmd2.CommandSet[VitrineShell]):
         extras = []
         if args.tolerance is not None:
             extras.append(f"within {tolerance + 0.0:g}°")  # + 0.0: "-0" reads as a bug
+        if args.min_share is not None:
+            # a percentage, as the flag may be given, unrounded: 12.5% is not 12%
+            extras.append(f"covering at least {min_share * 100:g}%")
         extras += describe(filters)
         if extras:
             what += " (" + ", ".join(extras) + ")"

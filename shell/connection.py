@@ -140,6 +140,9 @@ class ServerConnection:
         #: The shop's own id (Welcome.server_id); "" from a server too old to send one.
         self.server_id = ""
         self.fingerprint = ""
+        #: How many connections this object has opened: what the server keeps per connection
+        #: (a listing's cursor) belongs to one generation, and is gone after a reconnect.
+        self.generation = 0
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._lock = threading.Lock()
@@ -250,6 +253,7 @@ class ServerConnection:
             self._io(self._drop_transport())
             raise
         self._server_reason = None
+        self.generation += 1
         self._closed.clear()
         self._io(self._start_reader(reader))
         welcome = self.call(Hello(id=0, protocol=PROTOCOL_VERSION, client="vitrine-shell"), Welcome)

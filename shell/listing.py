@@ -24,10 +24,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,20 +43,24 @@ from rich.console import JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
-from protocol.base import Request
+from protocol.base import Request, Response
 from protocol.catalog import (
     Batch,
     Colour,
+    ColourSearch,
+    ImageSearch,
     ImageSummary,
     ListingOptions,
     ListTags,
     More,
     TagCount,
     TagList,
+    TextSearch,
 )
 from protocol.errors import ErrorCode, VitrineError
 from protocol.limits import MAX_BATCH
 from shell.app import CommandFailed, write_json_lines
+from shell.connection import ConnectionLost
 from shell.contact_sheet import sheet_format, write_contact_sheet
 from shell.pictures import GraphicsMode, detect_graphics, picture_renderable
 from shell.swatches import palette_text
@@ -90,6 +96,16 @@ class RenderOptions:
     sheet: Path | None = None
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """One whole batch, gathered from its frames."""
+
+    items: list[ImageSummary]
+    cursor: str | None
+    kept: int
+    unindexed: int
+
+
 @dataclass
 class LatestListing:
     what: str
@@ -99,6 +115,17 @@ class LatestListing:
     shown: int = 0
     #: The server kept only this many best results of more matches (Batch.kept), else 0.
     kept: int = 0
+    #: What narrows this kind of search, for the end of one the server cut (see `_cut`).
+    narrow: str = ""
+    #: ServerConnection.generation the cursor was made on: cursors live and die with their
+    #: connection, so after a reconnect the listing is gone whatever the server says.
+    generation: int = 0
+    #: A batch asked for whose wait Ctrl-C stopped. The server has answered it (or will), and
+    #: its cursor has moved past it: the next `more` shows this answer rather than asking again,
+    #: which would skip it.
+    pending: Future[Fetched] | None = None
+    #: The connection ended since the listing began, so the server's cursor is gone.
+    lost: bool = False
 
 
 @dataclass
@@ -239,19 +266,75 @@ def _wire_options(shell: cmd2.Cmd, render: RenderOptions, limit: int) -> Listing
     return ListingOptions(limit=limit, thumbnails=pictures or render.sheet is not None)
 
 
-def _fetch(shell: cmd2.Cmd, request: Request) -> tuple[list[ImageSummary], str | None, int]:
-    """All frames of one (possibly streamed) batch, and the cursor and `kept` its last frame
-    carries."""
+def _gather(frames: Iterator[Response], answer: Future[Fetched]) -> None:
+    """Read every frame of one (possibly streamed) batch, on a thread of its own, so that a
+    Ctrl-C stops only the shell's wait: the answer still lands in `answer`, for `more`."""
     items: list[ImageSummary] = []
     cursor: str | None = None
-    kept = 0
-    for frame in shell.session.stream(request):  # type: ignore[attr-defined]
-        if not isinstance(frame, Batch):
-            raise VitrineError(ErrorCode.INTERNAL, f"Expected a Batch, got {type(frame).__name__}.")
-        items.extend(frame.items)
-        if frame.cursor is not None or frame.final:
-            cursor, kept = frame.cursor, frame.kept
-    return items, cursor, kept
+    kept = unindexed = 0
+    try:
+        for frame in frames:
+            if not isinstance(frame, Batch):
+                raise VitrineError(
+                    ErrorCode.INTERNAL, f"Expected a Batch, got {type(frame).__name__}."
+                )
+            items.extend(frame.items)
+            unindexed = max(unindexed, frame.unindexed)
+            if frame.cursor is not None or frame.final:
+                cursor, kept = frame.cursor, frame.kept
+    except BaseException as exc:  # handed to the waiting command, which raises it
+        answer.set_exception(exc)
+    else:
+        answer.set_result(Fetched(items, cursor, kept, unindexed))
+
+
+def _fetch(shell: cmd2.Cmd, request: Request) -> Future[Fetched]:
+    """Send `request` and gather its batch in the background; the caller waits on the future."""
+    frames = shell.session.stream(request)  # type: ignore[attr-defined]
+    answer: Future[Fetched] = Future()
+    threading.Thread(
+        target=_gather, args=(frames, answer), name="vitrine-batch", daemon=True
+    ).start()
+    return answer
+
+
+def _generation(shell: cmd2.Cmd) -> int:
+    return getattr(shell.session.connection, "generation", 0)  # type: ignore[attr-defined]
+
+
+def _wait(shell: cmd2.Cmd, latest: LatestListing, render: RenderOptions) -> Fetched:
+    """The pending batch of `latest`, once it arrives. Ctrl-C leaves it pending (and says so),
+    so the next `more` shows it instead of skipping it."""
+    pending = latest.pending
+    assert pending is not None
+    try:
+        fetched = pending.result()
+    except KeyboardInterrupt:
+        _note(
+            shell,
+            render,
+            f"The batch of {latest.what} that was asked for is still on its way: `more` shows it "
+            "when it arrives.",
+            error=True,
+        )
+        raise
+    finally:
+        if pending.done():
+            latest.pending = None
+    latest.cursor, latest.kept = fetched.cursor, fetched.kept
+    return fetched
+
+
+def _narrowing(request: Request) -> str:
+    """The flags that narrow this kind of ranked search, for when the server cut it."""
+    filters = "--tags, --min-price, --max-price or --in-stock"
+    if isinstance(request, TextSearch):
+        return 'more words (every word must match) or a "phrase" in double quotes'
+    if isinstance(request, ImageSearch):
+        return filters
+    if isinstance(request, ColourSearch):
+        return f"a smaller --tolerance, a larger --min-share, {filters}"
+    return filters
 
 
 def start_listing(
@@ -261,47 +344,120 @@ def start_listing(
     *,
     what: str,
 ) -> None:
-    """Run a new listing: `make_request` builds the request around the wire options it is given."""
+    """Run a new listing: `make_request` builds the request around the wire options it is given.
+
+    The listing is remembered as soon as its request is sent, with its answer pending: a Ctrl-C
+    before the first batch arrives leaves `more` that batch to show, not the listing before.
+    """
     render = render_options(args)
     first = args.batch or FIRST_BATCH
-    items, cursor, kept = _fetch(shell, make_request(_wire_options(shell, render, first)))
-    latest = LatestListing(what, cursor, render, more_batch=args.batch or MORE_BATCH, kept=kept)
-    memory(shell).latest = latest
-    _show(shell, items, latest, render)
+    mem = memory(shell)
+    request = make_request(_wire_options(shell, render, first))
+    answer = _fetch(shell, request)
+    latest = LatestListing(
+        what,
+        None,
+        render,
+        more_batch=args.batch or MORE_BATCH,
+        narrow=_narrowing(request),
+        generation=_generation(shell),
+        pending=answer,
+    )
+    before, mem.latest = mem.latest, latest
+    try:
+        fetched = _wait(shell, latest, render)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        mem.latest = before  # a refused search is no listing: `more` goes on with the last one
+        raise
+    _unindexed(shell, fetched)
+    _show(shell, fetched.items, latest, render)
+
+
+def _unindexed(shell: cmd2.Cmd, fetched: Fetched) -> None:
+    """Said once, on the first batch, and on stderr whatever the form: these images are
+    missing from every batch of the listing, not only this one."""
+    if fetched.unindexed:
+        count = plural(fetched.unindexed, "image")
+        shell.perror(
+            f"{count} {'is' if fetched.unindexed == 1 else 'are'} still being indexed for "
+            "search by image and not in these results: try again when the server's backfill "
+            "is done.",
+            style=None,
+        )
 
 
 def continue_listing(shell: cmd2.Cmd, args: argparse.Namespace) -> None:
-    """`more`: the next batch of the latest listing, shown the way it was (unless flags say)."""
+    """`more`: the next batch of the latest listing, shown the way it was (unless flags say).
+
+    A batch whose wait Ctrl-C stopped is shown first, when it arrives: the server moved its
+    cursor past it already.
+    """
     latest = memory(shell).latest
     if latest is None:
         raise CommandFailed("There is no listing to continue yet: browse or search first.")
     render = render_options(args, latest.render)
+    if args.batch:
+        latest.more_batch = args.batch
+    if latest.pending is not None:
+        first = latest.shown == 0 and latest.cursor is None
+        try:
+            fetched = _wait(shell, latest, render)
+        except ConnectionLost:
+            raise CommandFailed(_lost(latest)) from None
+        except VitrineError as exc:
+            if not first:
+                raise
+            memory(shell).latest = None  # a refused search is no listing to go on with
+            raise CommandFailed(
+                f"The first batch of {latest.what}, interrupted before it arrived, failed: "
+                f"{exc.message.rstrip('.')}. There is nothing to continue."
+            ) from None
+        if first:
+            _unindexed(shell, fetched)
+        _show(shell, fetched.items, latest, render)
+        return
+    if latest.lost:
+        raise CommandFailed(_lost(latest))
     if latest.cursor is None:
         shown = plural(latest.shown, "image")
         _note(shell, render, f"Already at the end of {latest.what}: {shown} shown.{_cut(latest)}")
         return
+    shell.session.ensure_connected()  # type: ignore[attr-defined]
+    if _generation(shell) != latest.generation:
+        raise CommandFailed(_lost(latest))
     limit = args.batch or latest.more_batch
     request = More(id=0, cursor=latest.cursor, options=_wire_options(shell, render, limit))
-    items, cursor, kept = _fetch(shell, request)
-    latest.cursor, latest.kept = cursor, kept
-    if args.batch:
-        latest.more_batch = args.batch
-    _show(shell, items, latest, render)
+    latest.pending = _fetch(shell, request)
+    fetched = _wait(shell, latest, render)
+    _show(shell, fetched.items, latest, render)
 
 
-def _cut(latest: LatestListing) -> str:
-    """What to say when the server's ranking stopped before the matches did."""
-    if not latest.kept:
-        return ""
+def _lost(latest: LatestListing) -> str:
+    """Why `more` cannot go on after the connection it was listed on ended."""
+    latest.cursor, latest.lost = None, True
     return (
-        f" More images match: a search keeps its best {latest.kept}; narrow it (--tags, a "
-        "price range, more words) to reach the others."
+        f"{latest.what[:1].upper()}{latest.what[1:]} was lost with the connection it was listed "
+        "on (the server keeps a listing's place for that connection only): run it again."
     )
 
 
-def _note(shell: cmd2.Cmd, render: RenderOptions, message: str) -> None:
-    """A sentence for people: on stdout for tables, on stderr when stdout carries JSON."""
-    if render.json:
+def _cut(latest: LatestListing) -> str:
+    """What to say when the server's ranking stopped before the matches did: each kind of
+    search is narrowed by its own flags."""
+    if not latest.kept:
+        return ""
+    return (
+        f" More images match: a search keeps its best {latest.kept}; narrow it "
+        f"({latest.narrow}) to reach the others."
+    )
+
+
+def _note(shell: cmd2.Cmd, render: RenderOptions, message: str, *, error: bool = False) -> None:
+    """A sentence for people: on stdout for tables, on stderr when stdout carries JSON (or
+    when it is about a failure)."""
+    if render.json or error:
         shell.perror(message, style=None)
     else:
         shell.poutput(message)
@@ -444,7 +600,7 @@ TAGS_MIN, OWNER_MIN = 8, 7
 
 
 @dataclass
-class _Column:
+class Column:
     header: str
     cells: list[Text | str]
     justify: JustifyMethod = "left"
@@ -475,7 +631,7 @@ def _owner_cell(item: ImageSummary) -> Text:
     return owner
 
 
-def _text_columns(items: Sequence[ImageSummary], layout: Layout) -> list[_Column]:
+def _text_columns(items: Sequence[ImageSummary], layout: Layout) -> list[Column]:
     """Every column but the picture, shaped by `layout`, in the order they are shown."""
     titles = [Text(printable(item.title)) for item in items]
     tags = [_tags_cell(item) for item in items]
@@ -483,30 +639,28 @@ def _text_columns(items: Sequence[ImageSummary], layout: Layout) -> list[_Column
     colours_header = "colours"
     if any(item.match is not None for item in items):
         colours_header += f" {MATCH_MARK} match" if layout.hex_codes else f"\n{MATCH_MARK} match"
-    columns = [_Column("id", [str(item.id) for item in items], justify="right")]
+    columns = [Column("id", [str(item.id) for item in items], justify="right")]
     if layout.stacked:
         stacked = [
             Text("\n").join(part for part in (title, tag, owner) if part.plain)
             for title, tag, owner in zip(titles, tags, owners, strict=True)
         ]
         columns.append(
-            _Column("title, tags, owner", list(stacked), least=layout.title_least, weight=1)
+            Column("title, tags, owner", list(stacked), least=layout.title_least, weight=1)
         )
     else:
-        columns.append(_Column("title", list(titles), least=layout.title_least, weight=3))
-        columns.append(_Column("tags", list(tags), least=TAGS_MIN, weight=2))
+        columns.append(Column("title", list(titles), least=layout.title_least, weight=3))
+        columns.append(Column("tags", list(tags), least=TAGS_MIN, weight=2))
     columns.append(
-        _Column("price", [format_cents(item.price_cents) for item in items], justify="right")
+        Column("price", [format_cents(item.price_cents) for item in items], justify="right")
     )
-    columns.append(_Column("qty", [str(item.quantity) for item in items], justify="right"))
+    columns.append(Column("qty", [str(item.quantity) for item in items], justify="right"))
     if not layout.stacked:
-        columns.append(_Column("owner", list(owners), least=OWNER_MIN, weight=1))
-    columns.append(
-        _Column(colours_header, [colours_cell(item, layout.hex_codes) for item in items])
-    )
+        columns.append(Column("owner", list(owners), least=OWNER_MIN, weight=1))
+    columns.append(Column(colours_header, [colours_cell(item, layout.hex_codes) for item in items]))
     if any(item.score is not None for item in items):
         scores = ["" if item.score is None else f"{item.score:.3f}" for item in items]
-        columns.append(_Column("score", list(scores), justify="right"))
+        columns.append(Column("score", list(scores), justify="right"))
     return columns
 
 
@@ -516,7 +670,7 @@ def _frame(columns: int, compact: bool) -> int:
     return 2 * columns if compact else 3 * columns + 1
 
 
-def _share_room(room: int, folding: Sequence[_Column]) -> list[int]:
+def _share_room(room: int, folding: Sequence[Column]) -> list[int]:
     """Widths for the folding columns: each its least (or its natural width when smaller),
     then the rest of `room` by weight to those that want more, up to their natural width."""
     natural = [column.natural for column in folding]
@@ -532,6 +686,17 @@ def _share_room(room: int, folding: Sequence[_Column]) -> list[int]:
             widths[i] += given
             spare -= given
     return widths
+
+
+def fold_widths(columns: Sequence[Column], width: int, compact: bool) -> list[int] | None:
+    """Widths for the folding columns of a table of `columns` laid out in `width` cells with
+    every other column whole, or None when it cannot be (the caller then shows records)."""
+    folding = [column for column in columns if column.least is not None]
+    used = sum(column.natural for column in columns if column.least is None)
+    room = width - used - _frame(len(columns), compact)
+    if room < sum(min(column.natural, column.least or 0) for column in folding):
+        return None
+    return _share_room(room, folding)
 
 
 def listing_table(

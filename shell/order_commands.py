@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import cmd2
-from rich.console import JustifyMethod
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -41,14 +42,82 @@ def _line_total(line: OrderLine) -> str:
 
 #: Columns whose cells are numbers or ids, set flush right.
 _RIGHT = frozenset({"order", "image", "qty", "price", "total"})
+#: Columns of words (folded down to WORDS_LEAST cells); every other one is never cut nor wrapped.
+_WORDS = frozenset({"title", "seller", "buyer"})
+#: Fewest cells a title, seller or buyer folds to before the table gives way to records.
+WORDS_LEAST = 8
+
+Cell = Text | str
 
 
-def _history_table(*columns: str) -> Table:
-    """The table `orders` and `sales` fill: numbers flush right, only titles may wrap."""
-    table = Table(header_style="bold")
-    for name in columns:
-        justify: JustifyMethod = "right" if name in _RIGHT else "left"
-        table.add_column(name, justify=justify, no_wrap=name != "title")
+@dataclass
+class HistoryRow:
+    """One row of `orders` or `sales`, in the table's column order, and as a record."""
+
+    cells: list[Cell]
+    #: (label, value) lines of the record form, which leaves out what a table row leaves blank
+    fields: list[tuple[str, Cell]]
+    #: a rule under the row in the table (under an order's total)
+    end_section: bool = False
+    #: a rule under the record (False between the lines of one order)
+    record_end: bool = True
+
+
+def _history_table(names: Sequence[str], rows: Sequence[HistoryRow], width: int) -> Table:
+    """The table `orders` and `sales` show: numbers flush right and whole, only words fold.
+
+    As in listings, a terminal too narrow for that even without the lines between columns gets
+    one record after another, a field a line: rich would otherwise cut prices and totals ("1…")
+    and squeeze titles to nothing.
+    """
+    columns = [
+        listing.Column(
+            name,
+            [row.cells[index] for row in rows],
+            justify="right" if name in _RIGHT else "left",
+            least=WORDS_LEAST if name in _WORDS else None,
+            weight=2 if name == "title" else 1,
+        )
+        for index, name in enumerate(names)
+    ]
+    for compact in (False, True):
+        widths = listing.fold_widths(columns, width, compact)
+        if widths is not None:
+            break
+    else:
+        return _history_records(rows)
+    table = Table(
+        header_style="bold",
+        box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
+        collapse_padding=compact,
+        pad_edge=not compact,
+    )
+    folded = iter(widths)
+    for column in columns:
+        folds = column.least is not None
+        table.add_column(
+            column.header,
+            justify=column.justify,
+            no_wrap=not folds,
+            overflow="fold",
+            width=next(folded) if folds else None,
+        )
+    for row in rows:
+        table.add_row(*row.cells, end_section=row.end_section)
+    return table
+
+
+def _history_records(rows: Sequence[HistoryRow]) -> Table:
+    """One row after another, a field a line (as listings' records): labels are short, so a
+    number has nearly the whole width."""
+    table = Table(show_header=False, box=box.SIMPLE, pad_edge=False, collapse_padding=True)
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for number, row in enumerate(rows, 1):
+        last = len(row.fields) - 1
+        for index, (label, value) in enumerate(row.fields):
+            end = index == last and row.record_end and number < len(rows)
+            table.add_row(label, value, end_section=end)
     return table
 
 
@@ -239,31 +308,55 @@ class OrderHistoryCommands(cmd2.CommandSet[VitrineShell]):
                 else f"You have no orders older than #{before}."
             )
             return
-        table = _history_table("order", "date", "image", "title", "seller", "qty", "price", "total")
+        rows: list[HistoryRow] = []
         for order in answer.orders:
             for number, line in enumerate(order.lines):
                 first = number == 0
-                table.add_row(
-                    f"#{order.id}" if first else "",
-                    _when(order.created_at) if first else "",
-                    str(line.image_id),
-                    Text(printable(line.title)),
-                    Text(printable(line.seller)),
-                    str(line.quantity),
-                    format_cents(line.unit_price_cents),
-                    _line_total(line),
+                title, seller = Text(printable(line.title)), Text(printable(line.seller))
+                qty, price = str(line.quantity), format_cents(line.unit_price_cents)
+                total = _line_total(line)
+                head: list[tuple[str, Cell]] = (
+                    [
+                        ("order", Text(f"#{order.id}", style="bold")),
+                        ("date", _when(order.created_at)),
+                    ]
+                    if first
+                    else []
                 )
-            table.add_row(
-                "",
-                "",
-                "",
-                Text("order total", style="bold"),
-                "",
-                "",
-                "",
-                Text(format_cents(order.total_cents), style="bold"),
-                end_section=True,
+                rows.append(
+                    HistoryRow(
+                        [
+                            f"#{order.id}" if first else "",
+                            _when(order.created_at) if first else "",
+                            str(line.image_id),
+                            title,
+                            seller,
+                            qty,
+                            price,
+                            total,
+                        ],
+                        [
+                            *head,
+                            ("image", str(line.image_id)),
+                            ("title", title),
+                            ("seller", seller),
+                            ("qty", qty),
+                            ("price", price),
+                            ("total", total),
+                        ],
+                        record_end=False,
+                    )
+                )
+            order_total = Text(format_cents(order.total_cents), style="bold")
+            rows.append(
+                HistoryRow(
+                    ["", "", "", Text("order total", style="bold"), "", "", "", order_total],
+                    [("order total", order_total)],
+                    end_section=True,
+                )
             )
+        names = ("order", "date", "image", "title", "seller", "qty", "price", "total")
+        table = _history_table(names, rows, listing.terminal_columns())
         shell.poutput(table, soft_wrap=False)
         spent = format_cents(sum(order.total_cents for order in answer.orders))
         count = plural(len(answer.orders), "order")
@@ -326,9 +419,10 @@ class OrderHistoryCommands(cmd2.CommandSet[VitrineShell]):
                 else f"Nothing of yours was sold before order #{before}."
             )
             return
-        table = _history_table("date", "order", "buyer", "image", "title", "qty", "price", "total")
+        names = ("date", "order", "buyer", "image", "title", "qty", "price", "total")
+        history: list[HistoryRow] = []
         for order, line in rows:
-            table.add_row(
+            cells: list[Cell] = [
                 _when(order.created_at),
                 f"#{order.id}",
                 Text(printable(order.buyer)),
@@ -337,7 +431,9 @@ class OrderHistoryCommands(cmd2.CommandSet[VitrineShell]):
                 str(line.quantity),
                 format_cents(line.unit_price_cents),
                 _line_total(line),
-            )
+            ]
+            history.append(HistoryRow(cells, list(zip(names, cells, strict=True))))
+        table = _history_table(names, history, listing.terminal_columns())
         shell.poutput(table, soft_wrap=False)
         sold = f"{plural(units, 'item')} sold in {plural(len(answer.orders), 'order')}"
         if paged:

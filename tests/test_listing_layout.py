@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -18,6 +19,8 @@ from protocol.catalog import Colour as CatalogColour
 from protocol.catalog import ImageSummary
 from shell.listing import MATCH_MARK, listing_table
 from shell.swatches import format_share
+from tests.servers import LoggedInShell, ServerProcess, create_users
+from tests.test_images_server import unique
 from util.money import format_cents
 
 WIDTHS = [60, 80]
@@ -171,3 +174,33 @@ def test_a_wide_terminal_keeps_the_hex_codes_and_the_full_picture() -> None:
     text = _render(colour_search(), "blocks", 160)
     assert "#c81e1e 100%" in text and "#a72533 62%" in text
     assert max(len(re.sub(r"[^▀▄]", "", line)) for line in text.splitlines()) == 16
+
+
+# --- the heading of a colour search --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "heading"),
+    [
+        ("--min-share 50%", "images of pink (covering at least 50%)"),
+        (
+            "--min-share 0.125 --tolerance 20",
+            "images of pink (within 20°, covering at least 12.5%)",
+        ),
+        ("", "images of pink."),
+    ],
+)
+def test_a_colour_search_heading_names_its_min_share(
+    shared_server: ServerProcess, tmp_path: Path, flags: str, heading: str
+) -> None:
+    """QA: `search_by_color pink --min-share 50%` was titled just "images of pink", as if
+    every pink image were listed; the default share is not named, as before."""
+    name = unique("colourist")
+    create_users(shared_server, tmp_path, [name], "correct horse battery")
+    code, out, err = LoggedInShell(shared_server, name, tmp_path)(
+        f"search_by_color pink {flags} --tags {unique('nothing')}".replace("  ", " ")
+    )
+    assert code == 0, out + err
+    assert heading.rstrip(".").replace(")", "") in out, out
+    if "covering" not in heading:
+        assert "covering" not in out, out

@@ -9,11 +9,13 @@ orders hold, and drive `orders` / `sales` through their pages from the shell.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
+from rich.cells import cell_len
 
 from protocol import codec
 from protocol.catalog import (
@@ -32,7 +34,7 @@ from protocol.limits import MAX_ORDER_LINES
 from protocol.messages import PROTOCOL_VERSION, CreateUser, Error, Session, UserInfo, Welcome
 from service.context import ServerConfig
 from shell.connection import ServerConnection
-from tests.servers import LoggedInShell, ServerProcess, json_lines
+from tests.servers import LoggedInShell, ServerProcess, json_lines, run_client
 from tests.test_images_server import jpeg, unique, upload_many
 from tests.wire import read_response, send_message, tls_socket
 
@@ -327,3 +329,43 @@ def test_a_short_history_reads_as_before(server: ServerProcess, home: Path) -> N
     assert code == 0, out + err
     assert "No orders yet" in out and "Nothing of yours has been sold yet." in out
     assert "older" not in (out + err).lower()
+
+
+@pytest.mark.parametrize("width", [50, 44])
+def test_narrow_terminals_never_cut_a_price_or_total(
+    server: ServerProcess, home: Path, width: int
+) -> None:
+    """QA: at 50 and 44 columns `orders` and `sales` showed prices and totals as "1…" and
+    gave title and qty no width at all; they now fall back to one record per line, as
+    listings do."""
+    seller_name, buyer_name = unique("seller"), unique("buyer")
+    seller = connection(server, home, seller_name)
+    buyer = connection(server, home, buyer_name)
+    try:
+        title = "Wide-brimmed straw hat with a ribbon"
+        (image,) = upload_many(
+            seller, [jpeg(next(_seeds), (16, 16))], title=title, price_cents=123456, quantity=9
+        )
+        lines = [CartLine(image_id=image.image_id, quantity=3)]
+        order = buyer.call(Checkout(id=0, lines=lines), OrderPlaced).order.id
+    finally:
+        seller.close()
+        buyer.close()
+    for name, command in ((buyer_name, "orders"), (seller_name, "sales")):
+        (home / name).mkdir(parents=True, exist_ok=True)
+        done = run_client(
+            server,
+            f"login {name}",
+            command,
+            config_dir=home / name,
+            password=PASSWORD,
+            extra_env={"COLUMNS": str(width)},
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        out = done.stdout
+        assert "…" not in out, out
+        assert max(cell_len(line) for line in out.splitlines()) <= width, out
+        for number in ("1234.56", "3703.68", f"#{order}", str(image.image_id)):
+            assert re.search(rf"(^|\s){re.escape(number)}(\s|$)", out, re.MULTILINE), (number, out)
+        assert re.search(r"(^|\s)qty\s+3(\s|$)", out, re.MULTILINE), out
+        assert "Wide-brimmed" in out and "ribbon" in out, out  # the title, folded but whole

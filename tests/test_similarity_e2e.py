@@ -7,17 +7,25 @@ the sentence shown when the server has no weights. Needs VITRINE_WEIGHTS (skippe
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from protocol.catalog import ImageSearch, ListingOptions
+from protocol.errors import ErrorCode, VitrineError
+from shell.connection import ServerConnection
 from tests.servers import LoggedInShell as Shell
 from tests.servers import ServerProcess, create_users, json_lines, run_client
+from tests.test_images_server import upload_many
 from tests.test_similarity_server import MISSING_WEIGHTS, READY_TIMEOUT_S, photo, weights
 
 PASSWORD = "correct horse battery"
+#: Images stored before the model was there: enough that the backfill is still at them when
+#: the first search by image runs.
+BACKFILLED = 600
 
 
 @pytest.fixture(scope="module")
@@ -177,5 +185,56 @@ def test_without_weights_the_shell_says_how_to_provide_them(tmp_path: Path) -> N
         assert done.returncode != 0
         assert "1 new" in done.stdout  # uploads work without a model
         assert "UNAVAILABLE" in done.stderr and "VITRINE_WEIGHTS=" in done.stderr
+    finally:
+        process.stop()
+
+
+def _unindexed_now(conn: ServerConnection, data: bytes) -> int | None:
+    """The first batch's `unindexed` of a search with `data`, or None while the model loads."""
+    try:
+        frames = list(conn.stream(ImageSearch(id=0, data=data, options=ListingOptions(limit=1))))
+    except VitrineError as exc:
+        if exc.code is ErrorCode.UNAVAILABLE:
+            return None
+        raise
+    return frames[0].unindexed  # type: ignore[attr-defined]
+
+
+def test_a_search_during_the_backfill_says_what_it_could_not_rank(tmp_path: Path) -> None:
+    """Images stored before the model was there are ranked only once the backfill reached
+    them: until then the shell says, once and on stderr (stdout stays JSON), how many a search
+    by image left out, instead of a result list that silently misses them."""
+    real = weights()
+    process = ServerProcess(
+        tmp_path / "srv", ["--no-colours"], env={"VITRINE_WEIGHTS": MISSING_WEIGHTS}
+    ).start()
+    home = tmp_path / "home"
+    try:
+        conn = process.user_connection(home, "dana", PASSWORD)
+        upload_many(conn, [photo(20_000 + n) for n in range(BACKFILLED)], tags=["backfill"])
+        conn.close()
+    finally:
+        process.stop()
+    (query,) = _photos(tmp_path / "q", range(20_000, 20_001))
+    process.env = {"VITRINE_WEIGHTS": real}
+    process.restart()
+    try:
+        conn = process.user_connection(home, "dana", PASSWORD)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while (missing := _unindexed_now(conn, query.read_bytes())) is None:
+            assert time.monotonic() < deadline, process.log()
+            time.sleep(0.1)
+        conn.close()
+        assert missing, "no unindexed images reported by a search at the backfill's start"
+        dana = Shell(process, "dana", home, PASSWORD)
+        code, out, err = dana(
+            f'search_by_image "{query}" --json --batch 2', "more --json", "more --json"
+        )
+        assert code == 0, err
+        assert all(line.startswith("{") for line in out.splitlines()), out
+        assert err.count("still being indexed for search by image") == 1, err
+        said = re.search(r"(\d+) images? (?:is|are) still being indexed", err)
+        assert said is not None and 0 < int(said.group(1)) <= BACKFILLED, err
+        assert "not in these results" in err and "backfill is done" in err
     finally:
         process.stop()
