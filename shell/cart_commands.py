@@ -427,6 +427,16 @@ def _outcome_unknown(why: str) -> CommandFailed:
     )
 
 
+#: Refusals the server gives only after looking the checkout's key up and finding no order
+#: placed with it (`repository.orders.CheckoutRefused`): nothing was bought, ever, under that key,
+#: so the cart may forget it. Any other error (INTERNAL after the order committed, a lost
+#: session, a rate limit) says nothing about an earlier send, so the key is kept: sending it
+#: again is always harmless, forgetting it could buy the same lines twice.
+KEY_SETTLING_REFUSALS = frozenset(
+    {ErrorCode.OUT_OF_STOCK, ErrorCode.NOT_FOUND, ErrorCode.CONFLICT, ErrorCode.FORBIDDEN}
+)
+
+
 def _clock(when: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
 
@@ -917,7 +927,8 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
                 current.pending = sent
                 store.save_now(current)
                 answer = self._place(request, interrupts)
-                current.pending = None  # answered: the file no longer needs it
+                if isinstance(answer, OrderPlaced) or answer.code in KEY_SETTLING_REFUSALS:
+                    current.pending = None  # settled: the file no longer needs it
                 if isinstance(answer, OrderPlaced):
                     current.take({line.image_id: line.quantity for line in answer.order.lines})
                     left = len(current)
@@ -930,6 +941,11 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
                 )
             left = None
         if isinstance(answer, VitrineError):
+            if answer.code not in KEY_SETTLING_REFUSALS:
+                raise _outcome_unknown(
+                    f"The server answered the checkout with {answer.code.value} "
+                    f"({printable(answer.message)})"
+                )
             raise self._refused(cart, answer)
         assert answer is not None
         order = answer.order

@@ -28,6 +28,8 @@ from protocol.catalog import (
 from protocol.errors import ErrorCode, VitrineError
 from repository.database import migrate
 from repository.migrations import MIGRATIONS
+from service.orders import _CODES as REFUSAL_CODES
+from shell.cart_commands import KEY_SETTLING_REFUSALS
 from shell.connection import ServerConnection
 from tests.servers import ServerProcess
 from tests.test_images_server import jpeg, unique, upload
@@ -514,3 +516,11 @@ def test_version_5_databases_get_the_checkout_key(tmp_path: Path) -> None:
         conn.execute(insert, (1, "k" * 16))
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+
+
+def test_the_shell_forgets_a_checkout_key_only_on_refusals_made_after_its_lookup() -> None:
+    """The shell drops a pending key on exactly the codes a CheckoutRefused becomes: those come
+    after the server looked the key up and found no order. Any other error (INTERNAL after the
+    order committed, a rate limit) must leave the key, or a resend could buy twice."""
+    assert {*REFUSAL_CODES.values(), ErrorCode.CONFLICT} == KEY_SETTLING_REFUSALS
+    assert ErrorCode.INTERNAL not in KEY_SETTLING_REFUSALS
