@@ -7,6 +7,7 @@ than silently dropped (a typo in a client is a bug worth hearing about).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import msgspec
@@ -22,6 +23,13 @@ MAX_PASSWORD_LENGTH = 1024
 MIN_PASSWORD_LENGTH = 8
 Password = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PASSWORD_LENGTH)]
 Token = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+#: A new account's name (service.auth, after lowercasing), which the shell checks before asking
+#: for a password: a name the server will refuse should not cost the user two password entries.
+USERNAME_RULE = re.compile(r"[a-z0-9][a-z0-9._-]{2,31}")
+USERNAME_RULE_TEXT = (
+    "3 to 32 characters: lowercase letters, digits, '.', '_' or '-', "
+    "starting with a letter or digit"
+)
 
 
 class Message(msgspec.Struct, tag=True, tag_field="type", forbid_unknown_fields=True, kw_only=True):

@@ -24,10 +24,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from protocol.limits import MAX_SEARCH_RESULTS
+from protocol.limits import MAX_QUANTITY, MAX_SEARCH_RESULTS
 from repository.database import transaction
 from util.catalogue_text import fold_for_search
-from util.money import MAX_QUANTITY
 
 #: Serialises the catalogue's write transactions inside this process (images, tags, colours,
 #: embeddings, orders: `repository.orders` and `repository.embeddings` take it too). SQLite
@@ -565,18 +564,25 @@ def update_image(
         )
         if value is not None
     }
+    if changes.quantity is not None and changes.add_quantity is not None:
+        raise ValueError("a stock count and a stock change at once")
     restock, in_range = "", ""
-    if changes.add_quantity is not None:
-        columns["add_quantity"] = changes.add_quantity
+    if changes.add_quantity is not None:  # applied to the count as this write finds it
         restock = "quantity = quantity + :add_quantity, "
         in_range = f" AND quantity + :add_quantity BETWEEN 0 AND {MAX_QUANTITY}"
     editable = STILL_EDITABLE if editor is not None else ""
     with WRITE_LOCK, transaction(conn, immediate=True):
-        sets = "".join(f"{name} = :{name}, " for name in columns if name != "add_quantity")
+        sets = "".join(f"{name} = :{name}, " for name in columns)
         cursor = conn.execute(
             f"UPDATE images SET {sets}{restock}updated_at = :now "
             f"WHERE id = :id AND deleted_at IS NULL{editable}{in_range}",
-            {**columns, "now": time.time(), "id": image_id, "editor": editor},
+            {
+                **columns,
+                "add_quantity": changes.add_quantity,
+                "now": time.time(),
+                "id": image_id,
+                "editor": editor,
+            },
         )
         if cursor.rowcount == 0:
             if in_range:  # gone, or there and the change would leave it out of range

@@ -171,7 +171,10 @@ def _v7_fold_search_text(conn: sqlite3.Connection) -> None:
     """v7: the text index holds its text folded (`util.catalogue_text.fold_for_search`: NFKC,
     casefold, Greek accents), as the search text is, so `fullwidth`, `fine`, `xii`, `strasse`
     and `σισυφος` find `ＦＵＬＬＷＩＤＴＨ ﬁne Ⅻ`, `straße` and `ΣΊΣΥΦΟΣ`. Every live image's row is
-    written again; the stored titles keep what was typed."""
+    written again; the stored titles keep what was typed. It folds with the function as it is
+    when it runs, on purpose: a later change to the folding comes with its own migration, and a
+    database that meets both gets the newest spelling. The SELECT repeats
+    `repository.images.fts_texts` for all rows in one statement rather than one per image."""
     rows = conn.execute(
         "SELECT i.id, i.title, i.description, "
         "  COALESCE((SELECT group_concat(t.name, ' ') FROM image_tags it "

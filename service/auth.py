@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import threading
 import time
 from collections import OrderedDict, deque
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from protocol.base import MIN_PASSWORD_LENGTH
+from protocol.base import MIN_PASSWORD_LENGTH, USERNAME_RULE, USERNAME_RULE_TEXT
 from protocol.errors import ErrorCode, VitrineError
 
 ARGON2_MEMORY_KIB = 19 * 1024
@@ -28,12 +27,6 @@ ARGON2_ITERATIONS = 2
 ARGON2_LANES = 1
 #: Longest a queued login waits before looking at the throttle's counts again.
 WAIT_RECHECK_S = 1.0
-
-USERNAME_RULE = re.compile(r"[a-z0-9][a-z0-9._-]{2,31}")
-USERNAME_RULE_TEXT = (
-    "3 to 32 characters: lowercase letters, digits, '.', '_' or '-', "
-    "starting with a letter or digit"
-)
 
 
 def hash_password(password: str) -> str:

@@ -7,21 +7,13 @@ password to change_password.
 from __future__ import annotations
 
 import argparse
-import re
 
 import cmd2
 
+from protocol.base import USERNAME_RULE, USERNAME_RULE_TEXT
 from protocol.messages import CreateUser, UserInfo, WhoAmI
 from shell.app import ACCOUNT, CommandFailed, TextArgumentParser, VitrineShell, parser
 from shell.text import printable
-
-#: The server's rule for a new name (service.auth, whose import would cost the shell an Argon2
-#: hash); tests/test_shell_fixes_s18.py checks that the two agree.
-USERNAME_RULE = re.compile(r"[a-z0-9][a-z0-9._-]{2,31}")
-USERNAME_RULE_TEXT = (
-    "3 to 32 characters: lowercase letters, digits, '.', '_' or '-', "
-    "starting with a letter or digit"
-)
 
 
 class AccountCommands(cmd2.CommandSet[VitrineShell]):

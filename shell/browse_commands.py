@@ -109,6 +109,9 @@ def typed_search_text(args: argparse.Namespace, parser: TextArgumentParser) -> s
     statement = getattr(args, "cmd2_statement", None)
     if hasattr(statement, "get"):  # cmd2 before 3 wrapped it
         statement = statement.get()
+    # `raw`, not `args`: cmd2 rebuilds `args` from its tokens, splitting `"stra"*` in two. The
+    # raw line holds nothing past the words: a redirection or pipe is refused before any command
+    # runs (VitrineShell), and `;` ends no command in this shell.
     raw = getattr(statement, "raw", "")
     words = shell_words(raw)
     if not words or words[0] != getattr(statement, "command", None):

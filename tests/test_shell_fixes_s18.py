@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from protocol.catalog import GetImage, ImageDetails
-from shell.account_commands import USERNAME_RULE, USERNAME_RULE_TEXT
 from tests.servers import ROOT, ServerProcess, json_lines, run_client
 from tests.test_images_server import jpeg, upload
 
@@ -141,13 +140,6 @@ def test_too_many_tags_in_a_filter_is_worded_for_a_filter(shop: ServerProcess, h
 
 
 # --- create_user ---------------------------------------------------------------------------------
-
-
-def test_the_clients_name_rule_is_the_servers() -> None:
-    from service import auth
-
-    assert USERNAME_RULE.pattern == auth.USERNAME_RULE.pattern
-    assert USERNAME_RULE_TEXT == auth.USERNAME_RULE_TEXT
 
 
 @pytest.mark.parametrize("name", ["ab", '"a b c"', "ab!", "_lead", "x" * 33])

@@ -84,8 +84,12 @@ def fold_for_search(text: str) -> str:
     cannot (`ß` becomes `ss`, a final `ς` becomes `σ`). Greek accents and breathings are
     dropped as well (`ΣΊΣΥΦΟΣ` is found by `σισυφος`), because the index's tokenizer removes
     Latin accents only. Other marks are left to the tokenizer: Cyrillic `й` stays a letter of
-    its own, as do Japanese voiced kana. Deterministic (it depends on the Unicode version
-    of the Python that runs it, which a migration can re-apply).
+    its own, as do Japanese voiced kana.
+
+    The index keeps what this function gave when each row was written, and queries use what it
+    gives now: a change to it (or a Python with another Unicode version, which moves NFKC and
+    casefold for new characters only) needs a migration that writes every row again, as
+    schema v7 did (`repository.migrations`), or old rows stop matching their new spelling.
     """
     folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
     if not any(_greek(ch) for ch in folded):
