@@ -42,11 +42,12 @@ ranked ids and cosines then go into a listing snapshot: batches, ``More`` and vi
 re-checks come from ``service.listings``.
 
 While the backfill runs, a search can rank only the images already in the index: its first
-batch carries ``Batch.unindexed``, how many images the viewer may see that pass the filters
-have no embedding yet (the query's own image and undecodable ones left out). It is counted in
-SQL under the index lock, which the backfill also holds from its commit to its index add, so
-ranked plus unindexed is exact; once a backfill pass finds nothing left, it is 0 without a
-query (`SimilarityEngine.rank_counting`).
+batch carries ``Batch.unindexed``, about how many images the viewer may see that pass the
+filters have no embedding yet (the query's own image and undecodable ones left out). It is a
+notice for people, counted in SQL just before the ranking and without the index lock, so
+searches never queue behind each other or behind the backfill; what it can be off by is in
+`SimilarityEngine.rank_counting`. Once a backfill pass finds nothing left, it is 0 without a
+query.
 
 The SQL for the embeddings table is in ``repository.embeddings``, which uses
 ``repository.images``' visibility rule and write lock.
@@ -170,7 +171,10 @@ class SimilarityEngine:
         self._dirty = False
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._failed: set[int] = set()  # images the backfill cannot decode: not retried
+        #: Images the backfill cannot decode: not retried. Replaced, never mutated (under
+        #: `_failed_lock`), so that searches read it without a lock.
+        self._failed: frozenset[int] = frozenset()
+        self._failed_lock = threading.Lock()
         #: True once a backfill pass left no live image without an embedding (but the ones it
         #: cannot decode) and nothing woke it since; searches then skip counting `unindexed`.
         self._complete = False
@@ -349,35 +353,46 @@ class SimilarityEngine:
             self._wake.set()
 
     def _store_and_index(self, ids: list[int], vectors: np.ndarray) -> None:
-        """Commit backfilled vectors and index them under the index lock, so that a search
-        (which counts what it could not rank under that lock, `rank_counting`) never sees an
-        image embedded in the database but not yet in the index: counted by neither."""
+        """Index backfilled vectors, then commit them, then drop from the index the ones not
+        committed (images deleted meanwhile, or all of them when the write fails).
+
+        Index first: a search counts as unindexed what has no embedding in the database
+        (`rank_counting`, without the index lock), so an image must never be committed but not
+        yet indexed, counted by neither. The other way round (indexed, not committed yet) it is
+        at worst counted and ranked both. Ranking an image before its row commits is harmless:
+        the vector is final, and every result passes the visibility check in SQL. The database
+        write holds no index lock; a delete racing it is undone by the second step (the write
+        stores live images only) or by the delete's own `remove`."""
         assert self.model_name is not None
+        id_arr = np.asarray(ids, dtype=np.int64)
         with self._lock:
-            stored = set(store_embeddings(self.services.db.conn, self.model_name, ids, vectors))
-            keep = [n for n, i in enumerate(ids) if i in stored]
-            if not keep:
-                return
-            id_arr = np.asarray([ids[n] for n in keep], dtype=np.int64)
             if self.index is None:
-                self._pending.append(("add", id_arr, vectors[keep]))
+                self._pending.append(("add", id_arr, vectors))
             else:
-                self.index.add(id_arr, vectors[keep])
+                self.index.add(id_arr, vectors)
             self._dirty = True
+        stored: set[int] = set()
+        try:
+            stored = set(store_embeddings(self.services.db.conn, self.model_name, ids, vectors))
+        finally:
+            dropped = [i for i in ids if i not in stored]
+            if dropped:
+                self.remove(dropped)
 
     def _mark_complete(self) -> None:
         """Nothing is left to backfill, unless an upload woke the backfill meanwhile or an
-        image failed for a reason other than its picture (retried at the next pass)."""
+        image failed for a reason other than its picture (retried at the next pass). Counted
+        without the lock: an upload stored without an embedding after the count sets `_wake`
+        (`wake_backfill`) before this looks at it, under the lock."""
+        (left,) = self.services.db.conn.execute(
+            "SELECT COUNT(*) FROM images i WHERE i.deleted_at IS NULL AND NOT EXISTS "
+            "(SELECT 1 FROM embeddings e WHERE e.image_id = i.id AND e.model = ?) "
+            "AND i.id NOT IN (SELECT value FROM json_each(?))",
+            (self.model_name, json.dumps(list(self._failed))),
+        ).fetchone()
         with self._lock:
-            if self._wake.is_set():
-                return
-            (left,) = self.services.db.conn.execute(
-                "SELECT COUNT(*) FROM images i WHERE i.deleted_at IS NULL AND NOT EXISTS "
-                "(SELECT 1 FROM embeddings e WHERE e.image_id = i.id AND e.model = ?) "
-                "AND i.id NOT IN (SELECT value FROM json_each(?))",
-                (self.model_name, json.dumps(list(self._failed))),
-            ).fetchone()
-            self._complete = left == 0
+            if not self._wake.is_set():
+                self._complete = left == 0
 
     # --- backfill ----------------------------------------------------------------------------
 
@@ -443,7 +458,8 @@ class SimilarityEngine:
             return
         if isinstance(exc, imaging.ImageRejected | BlobError):
             log.warning("image %d cannot be embedded: %s", image_id, _describe(exc))
-            self._failed.add(image_id)
+            with self._failed_lock:
+                self._failed = self._failed | {image_id}
         else:
             log.error(
                 "image %d could not be embedded; the next backfill tries again",
@@ -494,19 +510,29 @@ class SimilarityEngine:
         exclude: int | None,
         limit: int = MAX_RESULTS,
     ) -> tuple[list[tuple[int, float]], int]:
-        """`rank`, and how many images the viewer may see that pass the filters this search
-        could not rank because the backfill has not embedded them yet (`Batch.unindexed`).
+        """`rank`, and about how many images the viewer may see that pass the filters this
+        search could not rank because the backfill has not embedded them yet (`Batch.unindexed`).
 
         Without that count a search during the backfill answered "143 in all", then 207, then
-        399, for the same 400 images. Counted and ranked under the index lock (the backfill
-        commits and indexes under it too), so ranked + unindexed is every such image but the
-        query's own. Images the backfill cannot decode are left out: they never will be ranked.
-        Once the backfill is done this costs nothing."""
-        if self._complete:
-            return self.rank(conn, viewer, query, filters, exclude, limit), 0
-        with self._lock:
-            missing = 0 if self._complete else self._count_unindexed(conn, viewer, filters, exclude)
-            return self.rank(conn, viewer, query, filters, exclude, limit), missing
+        399, for the same 400 images. It is a notice for people ("N images are still being
+        indexed"), so it is counted first and ranked after, neither under the index lock:
+        searches run side by side during the backfill, and uploads and deletes never wait for
+        them. Ranked + unindexed therefore is not exact:
+
+        * it can be too high by the images the backfill embedded between the count and the
+          ranking (counted, then ranked too): a chunk or two (`BACKFILL_CHUNK`), or images
+          deleted or made private in between;
+        * it can be too low by uploads whose row and embedding committed but which are not
+          indexed yet (`index_stored` runs right after the commit), and by an upload stored
+          without an embedding while a finished backfill has not been woken yet: milliseconds,
+          at most the uploads in flight.
+
+        The backfill's own images are never missed: it indexes a chunk before committing it
+        (`_store_and_index`). Images it cannot decode are left out: they never will be ranked.
+        The count says how many images, not results: `limit` still caps what is ranked. Once
+        the backfill is done this costs nothing."""
+        missing = 0 if self._complete else self._count_unindexed(conn, viewer, filters, exclude)
+        return self.rank(conn, viewer, query, filters, exclude, limit), missing
 
     def _count_unindexed(
         self,

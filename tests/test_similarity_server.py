@@ -434,7 +434,10 @@ def test_a_bug_while_backfilling_is_retried_and_logged_with_its_traceback(
 ) -> None:
     """Every failure used to mark the image as not embeddable until a restart, with one line
     and no traceback: a bug in the model input would have silently left every image out."""
-    engine = SimpleNamespace(_failed=set(), _stop=threading.Event())  # what the decision reads
+    # what the decision reads
+    engine = SimpleNamespace(
+        _failed=frozenset(), _failed_lock=threading.Lock(), _stop=threading.Event()
+    )
     decide = SimilarityEngine._embedding_failed
     decide(engine, 1, BlobError("the blob is gone"))  # type: ignore[arg-type]
     decide(engine, 2, ImageRejected(TRUNCATED, "cut short"))  # type: ignore[arg-type]
