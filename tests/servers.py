@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from protocol.errors import VitrineError
 from protocol.messages import CreateUser, Login, Session
@@ -252,3 +252,43 @@ class LoggedInShell:
 def json_lines(out: str) -> list[dict]:
     """The JSON objects a `--json` listing printed, one per line."""
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+# --- what a stopped server has not read yet ------------------------------------------------------
+
+
+def _tcp_sockets() -> list[tuple[int, int, int, int]]:
+    """(local port, remote port, bytes in the receive queue, inode) of every TCP socket."""
+    sockets = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)  # the header
+            for line in lines:
+                fields = line.split()
+                ports = [int(address.rsplit(":", 1)[1], 16) for address in fields[1:3]]
+                received = int(fields[4].split(":")[1], 16)
+                sockets.append((ports[0], ports[1], received, int(fields[9])))
+    return sockets
+
+
+def unread_by_server(child: Any, server: ServerProcess) -> int:
+    """How many bytes the shell sent that the (stopped) server has not read: the server's end
+    of the shell's connection, found through the shell's own socket."""
+    links = []
+    for fd in Path(f"/proc/{child.pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed since the directory was listed
+            links.append(os.readlink(fd))
+    inodes = {link[len("socket:[") : -1] for link in links if link.startswith("socket:[")}
+    sockets = _tcp_sockets()
+    shell_ports = {
+        local
+        for local, remote, _, inode in sockets
+        if remote == server.port and str(inode) in inodes
+    }
+    assert len(shell_ports) == 1, (shell_ports, sockets)
+    (shell_port,) = shell_ports
+    return sum(
+        received
+        for local, remote, received, _ in sockets
+        if local == server.port and remote == shell_port
+    )

@@ -28,7 +28,7 @@ from protocol.catalog import DeleteImage, GetImages, Images, UpdateImage
 from protocol.messages import CreateUser, UserInfo, WhoAmI
 from shell.cart_store import CartStore, cart_path
 from shell.connection import ServerConnection
-from tests.servers import ROOT, ServerProcess, run_client
+from tests.servers import ROOT, ServerProcess, run_client, unread_by_server
 from tests.test_images_server import jpeg, unique, upload
 
 PASSWORD = "correct horse"
@@ -723,40 +723,6 @@ def test_checkout_of_one_item_asks_in_the_singular(seller: ServerConnection, buy
 
 #: Given to `terminal`, so that the shell's exit status is that of the checkout.
 CHECKOUT = "checkout --no-images"
-
-
-def _tcp_sockets() -> list[tuple[int, int, int, int]]:
-    """(local port, remote port, bytes in the receive queue, inode) of every TCP socket."""
-    sockets = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as lines:
-            next(lines)  # the header
-            for line in lines:
-                fields = line.split()
-                ports = [int(address.rsplit(":", 1)[1], 16) for address in fields[1:3]]
-                received = int(fields[4].split(":")[1], 16)
-                sockets.append((ports[0], ports[1], received, int(fields[9])))
-    return sockets
-
-
-def unread_by_server(child: Any, server: ServerProcess) -> int:
-    """How many bytes the shell sent that the (stopped) server has not read: the server's end
-    of the shell's connection, found through the shell's own socket."""
-    links = [os.readlink(fd) for fd in Path(f"/proc/{child.pid}/fd").iterdir()]
-    inodes = {link[len("socket:[") : -1] for link in links if link.startswith("socket:[")}
-    sockets = _tcp_sockets()
-    shell_ports = {
-        local
-        for local, remote, _, inode in sockets
-        if remote == server.port and str(inode) in inodes
-    }
-    assert len(shell_ports) == 1, (shell_ports, sockets)
-    (shell_port,) = shell_ports
-    return sum(
-        received
-        for local, remote, received, _ in sockets
-        if local == server.port and remote == shell_port
-    )
 
 
 def confirm_while_stopped(child: Any, server: ServerProcess) -> None:

@@ -22,8 +22,8 @@ import pytest
 
 from protocol.catalog import ColourSearch, ImageSearch, TextSearch
 from shell.listing import LatestListing, RenderOptions, _cut, _narrowing
-from tests.servers import ServerProcess
-from tests.test_cart_e2e import PASSWORD, Buyer, terminal, unread_by_server
+from tests.servers import ServerProcess, unread_by_server
+from tests.test_cart_e2e import PASSWORD, Buyer, terminal
 from tests.test_images_server import jpeg, unique, upload_many
 
 pexpect = pytest.importorskip("pexpect")

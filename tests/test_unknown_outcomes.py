@@ -23,8 +23,7 @@ import pytest
 from protocol.catalog import GetImage, ImageDetails
 from protocol.errors import ErrorCode, VitrineError
 from shell.connection import ServerConnection
-from tests.servers import ROOT, ServerProcess
-from tests.test_cart_e2e import unread_by_server
+from tests.servers import ROOT, ServerProcess, unread_by_server
 from tests.test_images_server import jpeg, unique, upload
 
 PASSWORD = "correct horse"
