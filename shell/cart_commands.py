@@ -24,7 +24,7 @@ answers fresh facts (`GetImages`) and decides checkouts. Choices made here:
   and the user is told to look at `orders` before trying again. Ctrl-C once the order is sent
   does not drop it (the server places it anyway): the answer is awaited a few seconds more and
   applied as usual; without one (a second Ctrl-C, or none in time) it is the same unknown.
-  From then until the cart file is saved, Ctrl-C is only counted (`_HeldInterrupts`).
+  From then until the cart file is saved, Ctrl-C is only counted (`HeldInterrupts`).
   SIGTERM and SIGHUP in that span end the wait at once (the same unknown outcome), and the
   shell ends by that signal once the cart is saved.
 * Checkout is idempotent across dying shells: a random key and the lines sent are written into
@@ -44,16 +44,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
 import secrets
 import signal
-import sys
-import threading
 import time
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any
 
 import cmd2
@@ -78,6 +74,7 @@ from shell import listing
 from shell.app import CART, CommandFailed, VitrineShell, image_id, parser, write_json_lines
 from shell.cart_store import Cart, CartError, CartItem, CartStore, PendingCheckout
 from shell.connection import ConnectionLost
+from shell.interrupts import HeldInterrupts
 from shell.order_commands import order_json
 from shell.pictures import picture_renderable
 from shell.text import plural, printable
@@ -450,97 +447,6 @@ def _pending_note(pending: PendingCheckout) -> str:
     )
 
 
-class _HeldInterrupts:
-    """Ctrl-C, SIGTERM and SIGHUP are held back from just before an order's key is written down
-    and the order sent (`hold`) until the cart file is saved (the end of the `with`), and heeded
-    only in `wait`.
-
-    The server places an order it was sent whatever the shell does, so a KeyboardInterrupt
-    raised anywhere in between (while the "waiting" notice is printed, between the answer and
-    the cart's save) would keep the bought lines in the cart for the next checkout to buy
-    again. The handler only counts presses: one it does not reach a `wait` for is dropped, and
-    the command ends as it would have. Signal handlers run in the main thread only; elsewhere
-    no Ctrl-C arrives, so nothing is held.
-
-    SIGTERM (`timeout` in cron, a service stopping) and SIGHUP (the terminal closed) went to
-    cmd2's handler, whose SystemExit left the cart unsaved and the checkout "failed". Now one
-    ends the wait at once (nobody is there to wait for), the outcome is unknown unless the
-    answer is in, the cart is saved as usual, and `end` then ends the shell by that signal. A
-    signal that was ignored (`nohup`) stays ignored."""
-
-    #: How soon a press held back ends a `wait` (a handler that only counts does not wake it).
-    POLL_S = 0.05
-    TERMINATING = (signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self) -> None:
-        self._presses = 0
-        self._heeded = 0
-        self._previous: dict[int, Any] = {}
-        self._holding = False
-        #: The first SIGTERM or SIGHUP received while holding.
-        self.terminated: int | None = None
-
-    def __enter__(self) -> _HeldInterrupts:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._holding:
-            self._holding = False
-            for signum, previous in self._previous.items():
-                # None: the old handler was not set from Python; Python's own is the nearest.
-                if previous is None:
-                    previous = (
-                        signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
-                    )
-                signal.signal(signum, previous)
-            self._previous = {}
-
-    def hold(self) -> None:
-        if not self._holding and threading.current_thread() is threading.main_thread():
-            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._count)
-            for signum in self.TERMINATING:
-                if signal.getsignal(signum) != signal.SIG_IGN:
-                    self._previous[signum] = signal.signal(signum, self._terminate)
-            self._holding = True
-
-    def _count(self, signum: int, frame: FrameType | None) -> None:
-        self._presses += 1
-
-    def _terminate(self, signum: int, frame: FrameType | None) -> None:
-        if self.terminated is None:
-            self.terminated = signum
-
-    def end(self) -> None:
-        """After the cart is saved and the outcome said: end the shell by the signal it got, as
-        if it had not been held (its exit status says so to a parent shell or cron)."""
-        signum = self.terminated
-        if signum is None:
-            return
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        os._exit(128 + signum)  # only if the signal is blocked in this thread
-
-    def wait(self, future: Future[Response], timeout: float | None = None) -> bool:
-        """True once the future is done; False at a press not heeded yet, or after `timeout`."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not future.done():
-            if self.terminated is not None:
-                return False
-            if self._presses > self._heeded:
-                self._heeded = self._presses
-                return False
-            left = self.POLL_S
-            if deadline is not None:
-                left = min(left, deadline - time.monotonic())
-                if left <= 0:
-                    return False
-            wait([future], timeout=left)
-        return True
-
-
 # --- the commands --------------------------------------------------------------------------------
 
 
@@ -870,7 +776,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
                 for line in cart.lines
             ],
         )
-        interrupts = _HeldInterrupts()
+        interrupts = HeldInterrupts()
         try:
             self._checkout(store, cart, request, interrupts, as_json=args.json)
         except CommandFailed as exc:
@@ -886,7 +792,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         store: CartStore,
         cart: Cart,
         request: Checkout,
-        interrupts: _HeldInterrupts,
+        interrupts: HeldInterrupts,
         *,
         as_json: bool,
     ) -> None:
@@ -994,7 +900,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             f"{'it' if left == 1 else 'them'}."
         )
 
-    def _place(self, request: Checkout, interrupts: _HeldInterrupts) -> OrderPlaced | VitrineError:
+    def _place(self, request: Checkout, interrupts: HeldInterrupts) -> OrderPlaced | VitrineError:
         """The answer (the order, or the server's refusal), or CommandFailed when it is not
         known whether the order was placed (a lost connection, Ctrl-C twice, SIGTERM).
 
@@ -1016,7 +922,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         )
 
     def _answer(
-        self, future: Future[Response], interrupts: _HeldInterrupts
+        self, future: Future[Response], interrupts: HeldInterrupts
     ) -> Response | VitrineError:
         """The sent order's answer (or refusal). After a Ctrl-C it must come within
         INTERRUPT_GRACE_S; a second Ctrl-C, or none in time, leaves the outcome unknown."""
@@ -1038,7 +944,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             raise _outcome_unknown(f"The connection was lost during checkout ({exc})") from None
 
     @staticmethod
-    def _terminated(interrupts: _HeldInterrupts) -> None:
+    def _terminated(interrupts: HeldInterrupts) -> None:
         if interrupts.terminated is not None:
             name = signal.Signals(interrupts.terminated).name
             raise _outcome_unknown(f"The shell was told to end ({name}) before the server answered")

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import cmd2
 import msgspec
@@ -21,11 +23,12 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    Task,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from protocol.catalog import (
@@ -40,6 +43,7 @@ from protocol.limits import MAX_DESCRIPTION_CHARS, MAX_TAGS, MAX_TITLE_CHARS
 from shell import listing
 from shell.app import IMAGES, CommandFailed, VitrineShell, image_id, parser, write_json_lines
 from shell.connection import ConnectionLost, InterruptedAfterSending
+from shell.interrupts import HeldInterrupts
 from shell.pictures import picture_renderable
 from shell.swatches import NOT_COMPUTED, palette_text
 from shell.text import plural, printable
@@ -50,6 +54,8 @@ from shell.upload import (
     Outcome,
     Uploader,
     UploadFields,
+    UploadSummary,
+    WalkResult,
     shown_path,
     skip_code,
     walk_paths,
@@ -183,14 +189,26 @@ def outcome_unknown(number: int, why: str, done: str) -> str:
 IGNORED_SHOWN = 5
 
 
+#: The outcomes the bar counts as done; a file unanswered or not sent is not.
+_DONE = frozenset({Outcome.NEW, Outcome.PRESENT, Outcome.REJECTED})
+
+
 class _Report:
     """Per-file lines and the progress bar of one add_image run.
 
     Lines are gathered and printed together every PRINT_EVERY_S, so thousands of outcomes cost
-    a few hundred writes, not thousands of redraws of the live progress bar.
+    a few hundred writes, not thousands of redraws of the live progress bar. With --json the
+    lines go straight to stdout, which then never carries the bar (_progress_for).
     """
 
-    def __init__(self, shell: VitrineShell, progress: Progress | None, total: int, args: Any):
+    def __init__(
+        self,
+        shell: VitrineShell,
+        progress: Progress | None,
+        total: int,
+        args: Any,
+        interrupts: HeldInterrupts,
+    ):
         self.shell = shell
         self.progress = progress
         self.task = (
@@ -203,6 +221,10 @@ class _Report:
         self.list_new = bool(args.verbose) or total <= LIST_EACH_UP_TO
         self.pending: list[str] = []
         self.flushed = time.monotonic()
+        self.interrupts = interrupts
+        #: The results (by id) given a line: one the first Ctrl-C kept from `__call__` gets
+        #: its line from `catch_up`, so every file has one.
+        self.taken: set[int] = set()
 
     def line(self, result: FileResult) -> str | None:
         if self.json:
@@ -223,23 +245,45 @@ class _Report:
         return f"{result.outcome.value:<9} {shown}: {printable(result.reason)}"
 
     def __call__(self, result: FileResult) -> None:
+        with self.interrupts.whole():
+            self.take(result)
+            if time.monotonic() - self.flushed >= PRINT_EVERY_S:
+                self.flush()
+
+    def take(self, result: FileResult) -> None:
+        if id(result) in self.taken:
+            return
+        self.taken.add(id(result))
         if self.progress is not None and self.task is not None:
-            self.files += 1
+            # only files answered (or refused here) are done: after Ctrl-C the bar said
+            # "2400/2400 files" of a run that had sent a tenth of them
+            if result.outcome in _DONE:
+                self.files += 1
             self.progress.update(self.task, advance=result.size, files=self.files)
         text = self.line(result)
         if text is not None:
             self.pending.append(text)
-        if time.monotonic() - self.flushed >= PRINT_EVERY_S:
-            self.flush()
+
+    def catch_up(self, results: Iterable[FileResult]) -> None:
+        for result in results:
+            self.take(result)
 
     def interrupted(self, waiting: int) -> None:
-        """Ctrl-C: say why the run does not stop at once, and how to make it."""
+        """Ctrl-C: say why the run does not stop at once, and how to make it. The bar goes
+        first: its counts stop meaning anything, and the notice would be drawn into it."""
         self.flush()
+        self.stop_bar()
         self.shell.perror(
             f"Interrupted: waiting up to {INTERRUPT_GRACE_S:g} s for the answers to "
             f"{plural(waiting, 'upload')} already sent (Ctrl-C again to stop waiting).",
             style=None,
         )
+
+    def stop_bar(self) -> None:
+        """Take the bar off the screen (it is transient); what follows is printed plainly."""
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
 
     def flush(self) -> None:
         self.flushed = time.monotonic()
@@ -256,21 +300,103 @@ class _Report:
             self.shell.poutput(text)
 
 
-def _progress_for(shell: VitrineShell) -> Progress | None:
-    """A live bar on a terminal only: piped output gets the lines and the summary, no redraws."""
-    isatty = getattr(shell.stdout, "isatty", None)
-    if not (isatty and isatty()):
+#: The widest the bar itself is drawn, and the narrowest worth drawing, in cells.
+BAR_WIDTH = (40, 8)
+
+
+class _UploadProgress(Progress):
+    """add_image's bar, on one line at any width. Rich wraps a row too wide for the terminal
+    onto a second line ("148.3…" cut off), which the live display then redraws badly; columns
+    are left out instead, the least telling first, and the bar itself shrinks."""
+
+    #: Left out in this order while the line is too wide; the count of files always stays.
+    DROPPED_FIRST = ("speed", "description", "remaining", "bar", "bytes")
+
+    def __init__(self, console: Console, *, on_stderr: bool) -> None:
+        #: Rich's own `console` is there only once Progress.__init__ is done, which draws.
+        self.screen = console
+
+        def cell() -> Column:
+            return Column(no_wrap=True)
+
+        self.bar = BarColumn(bar_width=BAR_WIDTH[0])
+        self.named: dict[str, Any] = {
+            "description": TextColumn("[bold]{task.description}", table_column=cell()),
+            "bar": self.bar,
+            "files": TextColumn(
+                "{task.fields[files]}/{task.fields[all_files]} files", table_column=cell()
+            ),
+            "bytes": DownloadColumn(table_column=cell()),
+            "speed": TransferSpeedColumn(table_column=cell()),
+            "remaining": TimeRemainingColumn(table_column=cell()),
+        }
+        # Nothing prints to sys.stdout meanwhile (the shell writes to its own stdout); what goes
+        # to sys.stderr is drawn above a bar on stderr, and left where it goes otherwise.
+        super().__init__(
+            *self.named.values(),
+            console=console,
+            transient=True,
+            redirect_stdout=False,
+            redirect_stderr=on_stderr,
+        )
+
+    def make_tasks_table(self, tasks: Iterable[Task]) -> Table:
+        tasks = [task for task in tasks if task.visible]
+        widths = {
+            name: max((_cells(column(task)) for task in tasks), default=0)
+            for name, column in self.named.items()
+            if name != "bar"
+        }
+        widths["bar"] = BAR_WIDTH[1]
+        kept = list(self.named)
+
+        def needed() -> int:
+            return sum(widths[name] for name in kept) + len(kept) - 1
+
+        room = self.screen.width
+        for name in self.DROPPED_FIRST:
+            if needed() <= room:
+                break
+            kept.remove(name)
+        if "bar" in kept:
+            self.bar.bar_width = min(BAR_WIDTH[0], BAR_WIDTH[1] + room - needed())
+        every = self.columns
+        self.columns = tuple(self.named[name] for name in kept)
+        try:
+            return super().make_tasks_table(tasks)
+        finally:
+            self.columns = every
+
+
+def _cells(renderable: Any) -> int:
+    return renderable.cell_len if isinstance(renderable, Text) else len(str(renderable))
+
+
+def _is_terminal(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _is_regular_file(stream: IO[str]) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _progress_for(shell: VitrineShell, as_json: bool) -> Progress | None:
+    """A live bar on a terminal only: piped output gets the lines and the summary, no redraws.
+
+    With --json, stdout holds the JSON lines and nothing else, so the bar goes to stderr, and
+    only when the lines go to a file (`client.py … "add_image big/ --json" > out.jsonl`): on
+    the terminal, or through a pipe to it (`| jq`), they would be drawn into the bar."""
+    if as_json:
+        if not (_is_terminal(sys.stderr) and _is_regular_file(shell.stdout)):
+            return None
+        return _UploadProgress(Console(file=sys.stderr), on_stderr=True)
+    if not _is_terminal(shell.stdout):
         return None
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[files]}/{task.fields[all_files]} files"),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(file=shell.stdout),
-        transient=True,
-    )
+    return _UploadProgress(Console(file=shell.stdout), on_stderr=False)
 
 
 # --- the commands --------------------------------------------------------------------------------
@@ -351,8 +477,9 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             private=args.private,
         )
         total_bytes = sum(file.size for file in walked.files)
-        progress = _progress_for(shell)
-        report = _Report(shell, progress, len(walked.files), args)
+        progress = _progress_for(shell, args.json)
+        interrupts = HeldInterrupts()
+        report = _Report(shell, progress, len(walked.files), args, interrupts)
         if progress is not None and report.task is not None:
             progress.update(report.task, total=total_bytes)
         uploader = Uploader(
@@ -361,16 +488,33 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             max_image_bytes=max_bytes,
             on_result=report,
             on_interrupt=report.interrupted,
+            interrupts=interrupts,
         )
         try:
-            if progress is not None:
-                with progress:
+            # The Uploader holds Ctrl-C from the first press (or the last answer) on, until the
+            # end of this block: the summary always ends the run.
+            with interrupts:
+                try:
+                    if progress is not None:
+                        progress.start()
                     summary = uploader.run(walked.files, fields)
+                    report.catch_up(summary.results)
+                finally:
                     report.flush()
-            else:
-                summary = uploader.run(walked.files, fields)
+                    report.stop_bar()
+                self._summarise(summary, report, walked, fields, args)
         finally:
-            report.flush()
+            interrupts.end()
+
+    def _summarise(
+        self,
+        summary: UploadSummary,
+        report: _Report,
+        walked: WalkResult,
+        fields: UploadFields,
+        args: argparse.Namespace,
+    ) -> None:
+        shell = self._cmd
         line = summary.line()
         if not report.list_new and not args.json and summary.count(Outcome.NEW):
             line += " Add --verbose to list every file."

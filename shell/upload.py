@@ -19,6 +19,9 @@ Ctrl-C stops sending but still accounts for every file: the answers to requests 
 wire are awaited for a few seconds (the server stores those files whatever the client does, so
 the user must hear which), a second Ctrl-C stops that wait, and the files never sent are
 counted. Re-running the command then sends the rest, and reports the stored ones as present.
+Given `interrupts` (checkout's holder of Ctrl-C), the first Ctrl-C is the only one that stops
+anything: from then on presses are held, so a second one ends the wait for answers and nothing
+else, and the accounting (and what the caller prints of it) is never cut short.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from protocol.catalog import Uploaded, UploadImage
 from protocol.errors import VitrineError
 from protocol.limits import MAX_FILENAME_CHARS, MAX_TITLE_CHARS
 from shell.connection import ConnectionLost, InterruptedAfterSending
+from shell.interrupts import HeldInterrupts
 from shell.text import plural
 from util.filenames import display_name
 from util.images import ACCEPTED_FORMATS, DEFAULT_MAX_BYTES, ImageRejected, precheck
@@ -456,6 +460,7 @@ class Uploader:
         on_result: Callable[[FileResult], None] = lambda _: None,
         on_interrupt: Callable[[int], None] = lambda _: None,
         interrupt_grace: float = INTERRUPT_GRACE_S,
+        interrupts: HeldInterrupts | None = None,
     ) -> None:
         if window < 1:
             raise ValueError(f"the window must be at least 1 request, got {window}")
@@ -467,6 +472,9 @@ class Uploader:
         #: Told, on Ctrl-C, how many answers are still awaited (for at most interrupt_grace s).
         self.on_interrupt = on_interrupt
         self.interrupt_grace = interrupt_grace
+        #: Held from the first Ctrl-C (or the last answer) on; the caller lets go once it has
+        #: said what became of every file.
+        self.interrupts = interrupts
         self._stop = threading.Event()
 
     # The reader runs in its own thread so file I/O overlaps sending and the server's work.
@@ -510,10 +518,13 @@ class Uploader:
         reader.start()
         try:
             run.send_all(reads, fields)
+            self._hold()  # every answer is in: a Ctrl-C now would only lose the report
         except KeyboardInterrupt as interrupt:
+            self._hold()
             self._stop.set()
             run.after_interrupt(interrupt)
         finally:
+            self._hold()
             self._stop.set()
             with contextlib.suppress(queue.Empty):
                 while True:
@@ -521,6 +532,19 @@ class Uploader:
             reader.join(timeout=5.0)
             run.summary.seconds = time.perf_counter() - run.started
         return run.summary
+
+    def _hold(self) -> None:
+        """Hold Ctrl-C from here on. A press that comes before the holder's handler is in place
+        (two presses 20 ms apart) raises here: the first one already stopped the run, so it is
+        dropped and the holding tried again. Once the handler is set no press raises."""
+        if self.interrupts is None:
+            return
+        while True:
+            try:
+                self.interrupts.hold()
+                return
+            except KeyboardInterrupt:
+                continue
 
 
 def _result_of(file: Candidate, size: int, future: Future[Response]) -> FileResult:
@@ -634,11 +658,15 @@ class _Run:
         if in_flight:
             self.uploader.on_interrupt(len(in_flight))
         deadline = time.monotonic() + self.uploader.interrupt_grace
-        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C stops the wait
-            while in_flight and (remaining := deadline - time.monotonic()) > 0:
-                finished, _ = wait(in_flight, timeout=remaining, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    self.settle(future)
+        held = self.uploader.interrupts
+        if held is not None:
+            self._await_held(held, deadline)
+        else:
+            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C stops the wait
+                while in_flight and (remaining := deadline - time.monotonic()) > 0:
+                    finished, _ = wait(in_flight, timeout=remaining, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        self.settle(future)
         reported = {id(result.file) for result in self.summary.results}
         maybe_sent = {id(file): size for file, size in in_flight.values()}
         if self.sending is not None:
@@ -660,3 +688,17 @@ class _Run:
                 self.record(
                     FileResult(file, Outcome.NOT_SENT, reason=NOT_SENT_REASON, code="interrupted")
                 )
+
+    def _await_held(self, held: HeldInterrupts, deadline: float) -> None:
+        """The answers already due, until `deadline` or a press (or SIGTERM) the holder counted:
+        the oldest request first, and whatever else finished meanwhile as it comes."""
+        in_flight = self.in_flight
+        while in_flight:
+            for future in [f for f in in_flight if f.done()]:
+                self.settle(future)
+            if not in_flight or (remaining := deadline - time.monotonic()) <= 0:
+                return
+            if not held.wait(next(iter(in_flight)), remaining):
+                for future in [f for f in in_flight if f.done()]:
+                    self.settle(future)
+                return
