@@ -62,6 +62,7 @@ from protocol.limits import MAX_BATCH
 from shell.app import CommandFailed, write_json_lines
 from shell.connection import ConnectionLost
 from shell.contact_sheet import sheet_format, write_contact_sheet
+from shell.interrupts import HeldInterrupts
 from shell.pictures import GraphicsMode, detect_graphics, picture_renderable
 from shell.swatches import palette_text
 from shell.text import plural, printable
@@ -302,6 +303,33 @@ def _generation(shell: cmd2.Cmd) -> int:
     return getattr(shell.session.connection, "generation", 0)  # type: ignore[attr-defined]
 
 
+def _send_and_wait(
+    shell: cmd2.Cmd, latest: LatestListing, render: RenderOptions, request: Request
+) -> Fetched:
+    """Send the listing's next request and wait for its batch, which stays pending on `latest`
+    whatever Ctrl-C does. A press while the request is being sent comes right after
+    `latest.pending` is set (it could land in `Thread.start`, after the request had left and
+    before the pending batch was recorded, and `more` then skipped it)."""
+    try:
+        with HeldInterrupts().whole():
+            latest.pending = _fetch(shell, request)
+            latest.generation = _generation(shell)
+    except KeyboardInterrupt:
+        _still_on_its_way(shell, latest, render)
+        raise
+    return _wait(shell, latest, render)
+
+
+def _still_on_its_way(shell: cmd2.Cmd, latest: LatestListing, render: RenderOptions) -> None:
+    _note(
+        shell,
+        render,
+        f"The batch of {latest.what} that was asked for is still on its way: `more` shows it "
+        "when it arrives.",
+        error=True,
+    )
+
+
 def _wait(shell: cmd2.Cmd, latest: LatestListing, render: RenderOptions) -> Fetched:
     """The pending batch of `latest`, once it arrives. Ctrl-C leaves it pending (and says so),
     so the next `more` shows it instead of skipping it."""
@@ -310,13 +338,7 @@ def _wait(shell: cmd2.Cmd, latest: LatestListing, render: RenderOptions) -> Fetc
     try:
         fetched = pending.result()
     except KeyboardInterrupt:
-        _note(
-            shell,
-            render,
-            f"The batch of {latest.what} that was asked for is still on its way: `more` shows it "
-            "when it arrives.",
-            error=True,
-        )
+        _still_on_its_way(shell, latest, render)
         raise
     finally:
         if pending.done():
@@ -353,19 +375,12 @@ def start_listing(
     first = args.batch or FIRST_BATCH
     mem = memory(shell)
     request = make_request(_wire_options(shell, render, first))
-    answer = _fetch(shell, request)
     latest = LatestListing(
-        what,
-        None,
-        render,
-        more_batch=args.batch or MORE_BATCH,
-        narrow=_narrowing(request),
-        generation=_generation(shell),
-        pending=answer,
+        what, None, render, more_batch=args.batch or MORE_BATCH, narrow=_narrowing(request)
     )
     before, mem.latest = mem.latest, latest
     try:
-        fetched = _wait(shell, latest, render)
+        fetched = _send_and_wait(shell, latest, render, request)
     except KeyboardInterrupt:
         raise
     except BaseException:
@@ -429,8 +444,7 @@ def continue_listing(shell: cmd2.Cmd, args: argparse.Namespace) -> None:
         raise CommandFailed(_lost(latest))
     limit = args.batch or latest.more_batch
     request = More(id=0, cursor=latest.cursor, options=_wire_options(shell, render, limit))
-    latest.pending = _fetch(shell, request)
-    fetched = _wait(shell, latest, render)
+    fetched = _send_and_wait(shell, latest, render, request)
     _show(shell, fetched.items, latest, render)
 
 
