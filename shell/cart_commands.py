@@ -54,8 +54,6 @@ from typing import Any
 
 import cmd2
 from cmd2 import Choices, CompletionItem
-from rich import box
-from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 
@@ -312,89 +310,54 @@ def _cells(view: LineView) -> list[Text | str]:
 
 
 _HEADERS = ("id", "title", "price", "qty", "total", "notes")
-#: Columns that fold (title, notes), with their least widths and shares of spare room.
+#: Columns that fold (title, notes): their least widths and weights for spare room.
 _FOLDING = {1: (TITLE_LEAST, 3), 5: (NOTES_LEAST, 2)}
 
 
-def _natural(header: str, cells: list[Text | str]) -> int:
-    return max(cell_len(header), *(cell_len(str(cell)) for cell in cells))
-
-
-def _fold_widths(
-    rows: list[list[Text | str]], width: int, thumbnail: tuple[int, int] | None
-) -> dict[int, int] | None:
-    """Widths for title and notes when every number keeps its own width in `width` cells (the
-    heavy box: three cells a column and one more); None when they cannot keep their least."""
-    natural = [_natural(header, [row[i] for row in rows]) for i, header in enumerate(_HEADERS)]
-    columns = len(_HEADERS) + (thumbnail is not None)
-    room = width - 3 * columns - 1 - (thumbnail[0] if thumbnail else 0)
-    room -= sum(n for i, n in enumerate(natural) if i not in _FOLDING)
-    widths = {i: min(natural[i], least) for i, (least, _) in _FOLDING.items()}
-    spare = room - sum(widths.values())
-    if spare < 0:
-        return None
-    for i, (_, share) in _FOLDING.items():  # the spare room by share, up to the natural width
-        widths[i] += min(natural[i] - widths[i], spare * share // 5)
-    spare = room - sum(widths.values())
-    for i in _FOLDING:
-        given = min(natural[i] - widths[i], spare)
-        widths[i] += given
-        spare -= given
-    return widths
-
-
-def cart_table(
-    views: list[LineView], mode: listing.GraphicsMode, width: int | None = None
-) -> Table:
-    """The cart as people see it, laid out for a terminal `width` (None: as wide as it likes).
-    A narrow terminal gets smaller pictures, then none, then one record per line, a field a
-    row, so no number and no note is ever cut."""
+def cart_table(views: list[LineView], mode: listing.GraphicsMode, width: int) -> Table:
+    """The cart as people see it, laid out for a terminal `width`. A narrow terminal gets
+    smaller pictures, then none, then one record per line, a field a row, so no number and no
+    note is ever cut."""
     pictures = mode != "none" and any(v.fresh and v.fresh.thumbnail for v in views)
     rows = [_cells(view) for view in views]
+    columns = [
+        listing.Column(
+            header,
+            [row[i] for row in rows],
+            justify="left" if i in _FOLDING else "right",
+            least=_FOLDING[i][0] if i in _FOLDING else None,
+            weight=_FOLDING[i][1] if i in _FOLDING else 0,
+        )
+        for i, header in enumerate(_HEADERS)
+    ]
     sizes = [listing.THUMB_CELLS, listing.SMALL_THUMB_CELLS] if pictures else []
-    thumbnail = sizes[0] if sizes else None
-    widths: dict[int, int] = {}  # none: rich shares the room by ratio
-    if width is not None:
-        for thumbnail in (*sizes, None):  # the full picture, a small one, none
-            fitted = _fold_widths(rows, width, thumbnail)
-            if fitted is not None:
-                widths = fitted
-                break
-        else:
-            return _cart_records(rows)
-    table = Table(show_lines=thumbnail is not None, header_style="bold")
-    if thumbnail is not None:
-        table.add_column("", width=thumbnail[0], no_wrap=True)
-    for i, header in enumerate(_HEADERS):
-        if i in _FOLDING:
-            ratio = None if widths else _FOLDING[i][1]
-            table.add_column(header, overflow="fold", width=widths.get(i), ratio=ratio)
-        else:
-            table.add_column(header, justify="right", no_wrap=True)
+    for thumbnail in (*sizes, None):  # the full picture, a small one, none
+        widths = listing.fold_widths(columns, width, False, thumbnail[0] if thumbnail else None)
+        if widths is not None:
+            break
+    else:
+        return listing.record_table(
+            [
+                [
+                    (label, cell)
+                    for label, cell in zip(_HEADERS, cells, strict=True)
+                    if label != "notes" or str(cell)
+                ]
+                for cells in rows
+            ]
+        )
+    table = listing.column_table(
+        columns,
+        widths,
+        picture=thumbnail[0] if thumbnail else None,
+        show_lines=thumbnail is not None,
+    )
     for view, cells in zip(views, rows, strict=True):
         row: list[Any] = []
         if thumbnail is not None:
             thumb = view.fresh.thumbnail if view.fresh else None
             row.append(picture_renderable(thumb, mode, *thumbnail) if thumb else Text(""))
         table.add_row(*row, *cells)
-    return table
-
-
-def _cart_records(rows: list[list[Text | str]]) -> Table:
-    """One cart line after another, a field a row (as listings do when narrow): the labels are
-    short, so a number has nearly the whole width and only the words fold."""
-    table = Table(show_header=False, box=box.SIMPLE, pad_edge=False, collapse_padding=True)
-    table.add_column("field", style="bold", no_wrap=True)
-    table.add_column("value", overflow="fold")
-    for number, cells in enumerate(rows, 1):
-        fields = [
-            (label, cell)
-            for label, cell in zip(_HEADERS, cells, strict=True)
-            if label != "notes" or str(cell)
-        ]
-        last = len(fields) - 1
-        for index, (label, value) in enumerate(fields):
-            table.add_row(label, value, end_section=index == last and number < len(rows))
     return table
 
 

@@ -702,15 +702,73 @@ def _share_room(room: int, folding: Sequence[Column]) -> list[int]:
     return widths
 
 
-def fold_widths(columns: Sequence[Column], width: int, compact: bool) -> list[int] | None:
-    """Widths for the folding columns of a table of `columns` laid out in `width` cells with
-    every other column whole, or None when it cannot be (the caller then shows records)."""
+def fold_widths(
+    columns: Sequence[Column], width: int, compact: bool, picture: int | None = None
+) -> list[int] | None:
+    """Widths for the folding columns of a table of `columns` (after a picture column
+    `picture` cells wide, if any) laid out in `width` cells with every other column whole, or
+    None when it cannot be (the caller then tries a narrower layout, or shows records)."""
     folding = [column for column in columns if column.least is not None]
-    used = sum(column.natural for column in columns if column.least is None)
-    room = width - used - _frame(len(columns), compact)
+    used = sum(column.natural for column in columns if column.least is None) + (picture or 0)
+    room = width - used - _frame(len(columns) + (picture is not None), compact)
     if room < sum(min(column.natural, column.least or 0) for column in folding):
         return None
     return _share_room(room, folding)
+
+
+def column_table(
+    columns: Sequence[Column],
+    widths: Sequence[int] | None,
+    *,
+    compact: bool = False,
+    picture: int | None = None,
+    show_lines: bool = False,
+) -> Table:
+    """An empty table with the columns of `columns`: the numbers whole, each folding column at
+    its width from `fold_widths` (None: at least its `least`), after a picture column of
+    `picture` cells if any. Listings, the cart, `orders` and `sales` share it."""
+    table = Table(
+        show_lines=show_lines,
+        header_style="bold",
+        # no lines between columns, no padding at the edges: about ten cells more for words
+        box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
+        collapse_padding=compact,
+        pad_edge=not compact,
+    )
+    if picture is not None:
+        table.add_column("", width=picture, no_wrap=True)
+    folded = iter(widths or [])
+    for column in columns:
+        folds = column.least is not None
+        table.add_column(
+            column.header,
+            justify=column.justify,
+            no_wrap=not folds,
+            overflow="fold",
+            width=next(folded, None) if folds else None,
+            min_width=column.least if folds and widths is None else None,
+        )
+    return table
+
+
+def record_table(
+    records: Sequence[Sequence[tuple[str, Text | str]]],
+    ruled: Sequence[bool] | None = None,
+    caption: str | None = None,
+) -> Table:
+    """One record after another, a field a line (as psql's expanded display), for terminals too
+    narrow for a table: the labels are short, so a number has nearly the whole width and only
+    the words fold. A rule ends each record but the last (`ruled[i]` False: none after it)."""
+    table = Table(show_header=False, box=box.SIMPLE, pad_edge=False, collapse_padding=True)
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.caption = caption
+    for number, fields in enumerate(records):
+        rule = number < len(records) - 1 and (ruled is None or ruled[number])
+        last = len(fields) - 1
+        for index, (label, value) in enumerate(fields):
+            table.add_row(label, value, end_section=rule and index == last)
+    return table
 
 
 def listing_table(
@@ -732,38 +790,18 @@ def listing_table(
         columns = _text_columns(items, layout)
         if width is None:
             break
-        folding = [column for column in columns if column.least is not None]
-        used = sum(column.natural for column in columns if column.least is None)
-        if thumbnail is not None:
-            used += thumbnail[0]
-        room = width - used - _frame(len(columns) + (thumbnail is not None), compact)
-        fits = room >= sum(min(column.natural, column.least or 0) for column in folding)
-        if fits:
-            widths = _share_room(room, folding)
+        widths = fold_widths(columns, width, compact, thumbnail[0] if thumbnail else None)
+        if widths is not None:
             break
     else:
         return _record_table(items)
-    table = Table(
+    table = column_table(
+        columns,
+        widths,
+        compact=compact,
+        picture=thumbnail[0] if thumbnail else None,
         show_lines=pictures,
-        header_style="bold",
-        # no lines between columns, no padding at the edges: about ten cells more for titles
-        box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
-        collapse_padding=compact,
-        pad_edge=not compact,
     )
-    if thumbnail is not None:
-        table.add_column("", width=thumbnail[0], no_wrap=True)
-    folded = iter(widths or [])
-    for column in columns:
-        folds = column.least is not None
-        table.add_column(
-            column.header,
-            justify=column.justify,
-            no_wrap=not folds,
-            overflow="fold",
-            width=next(folded, None) if folds else None,
-            min_width=column.least if folds and widths is None else None,
-        )
     for index, item in enumerate(items):
         row = [_thumbnail_cell(item, mode, thumbnail)] if thumbnail is not None else []
         row += [column.cells[index] for column in columns]
@@ -772,14 +810,9 @@ def listing_table(
 
 
 def _record_table(items: Sequence[ImageSummary]) -> Table:
-    """One image after another, a field a line (as psql's expanded display): the labels are
-    short, so a number has nearly the whole width and only the words fold."""
-    table = Table(show_header=False, box=box.SIMPLE, pad_edge=False, collapse_padding=True)
-    table.add_column("field", style="bold", no_wrap=True)
-    table.add_column("value", overflow="fold")
-    if any(item.match is not None for item in items):
-        table.caption = f"{MATCH_MARK} the colour that matched"
-    for number, item in enumerate(items, 1):
+    """One image after another, a field a line."""
+    records = []
+    for item in items:
         fields: list[tuple[str, Text | str]] = [
             ("id", Text(str(item.id), style="bold")),
             ("title", Text(printable(item.title))),
@@ -791,10 +824,11 @@ def _record_table(items: Sequence[ImageSummary]) -> Table:
         ]
         if item.score is not None:
             fields.append(("score", f"{item.score:.3f}"))
-        last = len(fields) - 1
-        for index, (label, value) in enumerate(fields):
-            table.add_row(label, value, end_section=index == last and number < len(items))
-    return table
+        records.append(fields)
+    matched = any(item.match is not None for item in items)
+    return record_table(
+        records, caption=f"{MATCH_MARK} the colour that matched" if matched else None
+    )
 
 
 # --- completion ----------------------------------------------------------------------------------

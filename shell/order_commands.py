@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import cmd2
-from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -85,39 +84,12 @@ def _history_table(names: Sequence[str], rows: Sequence[HistoryRow], width: int)
         if widths is not None:
             break
     else:
-        return _history_records(rows)
-    table = Table(
-        header_style="bold",
-        box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
-        collapse_padding=compact,
-        pad_edge=not compact,
-    )
-    folded = iter(widths)
-    for column in columns:
-        folds = column.least is not None
-        table.add_column(
-            column.header,
-            justify=column.justify,
-            no_wrap=not folds,
-            overflow="fold",
-            width=next(folded) if folds else None,
+        return listing.record_table(
+            [row.fields for row in rows], ruled=[row.record_end for row in rows]
         )
+    table = listing.column_table(columns, widths, compact=compact)
     for row in rows:
         table.add_row(*row.cells, end_section=row.end_section)
-    return table
-
-
-def _history_records(rows: Sequence[HistoryRow]) -> Table:
-    """One row after another, a field a line (as listings' records): labels are short, so a
-    number has nearly the whole width."""
-    table = Table(show_header=False, box=box.SIMPLE, pad_edge=False, collapse_padding=True)
-    table.add_column("field", style="bold", no_wrap=True)
-    table.add_column("value", overflow="fold")
-    for number, row in enumerate(rows, 1):
-        last = len(row.fields) - 1
-        for index, (label, value) in enumerate(row.fields):
-            end = index == last and row.record_end and number < len(rows)
-            table.add_row(label, value, end_section=end)
     return table
 
 
