@@ -400,38 +400,23 @@ def _private_history(path: Path) -> None:
 _NEGATIVE_NUMBER = re.compile(r"-(\d|\.\d|inf(inity)?$|nan$)", re.IGNORECASE)
 
 
-def parser(description: str) -> cmd2.Cmd2ArgumentParser:
-    """Every command's parser: argparse gives both the help text and the tab completion."""
-    made = cmd2.Cmd2ArgumentParser(description=description)
-    made._negative_number_matcher = _NEGATIVE_NUMBER  # argparse's own: see _NEGATIVE_NUMBER
-    return made
+#: Set to True on an argparse type that reads a comma-separated list (`tag_list_of`).
+COMMA_SEPARATED = "comma_separated"
 
 
-class TextArgumentParser(cmd2.Cmd2ArgumentParser):
-    """A parser for a command whose positional words (search text, tags, a colour, a path) may
-    start with '-' like options do.
+class ShellArgumentParser(cmd2.Cmd2ArgumentParser):
+    """Every command's parser: argparse gives both the help text and the tab completion.
 
-    argparse reads `search straw -hat` as -h with the value "at" and says "ignored explicit
-    argument 'at'", and `browse_by_tags -tag` as an unrecognized argument: neither tells a
-    person anything. This says what happened and what to type: the words after `--`.
-    `verb` and `noun` word that advice for the command ("search for" that "word").
+    It keeps the words it was given, so that an error can say what went wrong in them rather
+    than repeat argparse's "unrecognized arguments". One such case it words itself: cmd2
+    groups a quote only at the start of a word, so `--tags "straw hat",hat` reaches argparse as
+    `--tags`, `straw hat` and `,hat`, and the stray `,hat` is all argparse can name.
     """
 
-    def __init__(
-        self,
-        description: str,
-        *,
-        verb: str = "search for",
-        noun: str = "word",
-        never_dashed: str = "",
-    ) -> None:
+    def __init__(self, description: str) -> None:
         super().__init__(description=description)
-        self._negative_number_matcher = _NEGATIVE_NUMBER  # as parser() does: `-10` is a value
-        self._verb = verb
-        self._noun = noun
-        #: Set when a positional word can never start with '-' (a tag): then `--` would only
-        #: trade this error for the server's, and the sentence says why instead.
-        self._never_dashed = never_dashed
+        self._negative_number_matcher = _NEGATIVE_NUMBER  # argparse's own: see _NEGATIVE_NUMBER
+        self._words: list[str] = []
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         self._words = list(args) if args is not None else []
@@ -450,6 +435,57 @@ class TextArgumentParser(cmd2.Cmd2ArgumentParser):
                 return matches.pop()
         return None
 
+    def _list_cut_at_a_quote(self) -> str | None:
+        """The advice for a comma-separated value that a quote cut in two, else None."""
+        words = self._words
+        for at in range(2, len(words)):
+            action = self._option_for(words[at - 2])
+            listed = action is not None and getattr(action.type, COMMA_SEPARATED, False)
+            if words[at].startswith(",") and listed:
+                flag, whole = words[at - 2], words[at - 1] + words[at]
+                return (
+                    f"{words[at]!r} is the rest of the list given to {flag}: a quote in a "
+                    f"comma-separated list does not group words; quote the whole list instead, "
+                    f'as in: {flag} "{whole}"'
+                )
+        return None
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments"):
+            message = self._list_cut_at_a_quote() or message
+        super().error(message)
+
+
+def parser(description: str) -> ShellArgumentParser:
+    """A command's parser (`ShellArgumentParser`)."""
+    return ShellArgumentParser(description)
+
+
+class TextArgumentParser(ShellArgumentParser):
+    """A parser for a command whose positional words (search text, tags, a colour, a path) may
+    start with '-' like options do.
+
+    argparse reads `search straw -hat` as -h with the value "at" and says "ignored explicit
+    argument 'at'", and `browse_by_tags -tag` as an unrecognized argument: neither tells a
+    person anything. This says what happened and what to type: the words after `--`.
+    `verb` and `noun` word that advice for the command ("search for" that "word").
+    """
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        verb: str = "search for",
+        noun: str = "word",
+        never_dashed: str = "",
+    ) -> None:
+        super().__init__(description)
+        self._verb = verb
+        self._noun = noun
+        #: Set when a positional word can never start with '-' (a tag): then `--` would only
+        #: trade this error for the server's, and the sentence says why instead.
+        self._never_dashed = never_dashed
+
     def _is_unknown_option(self, word: str) -> bool:
         return (
             word.startswith("-")
@@ -459,7 +495,7 @@ class TextArgumentParser(cmd2.Cmd2ArgumentParser):
         )
 
     def error(self, message: str) -> NoReturn:
-        words = getattr(self, "_words", [])
+        words = self._words
         dashed = [word for word in words if self._is_unknown_option(word)]
         if dashed and self._never_dashed:
             message = f"{self.prog} has no option {', '.join(dashed)}, and {self._never_dashed}."

@@ -41,7 +41,15 @@ from protocol.catalog import (
 from protocol.errors import ErrorCode, VitrineError
 from protocol.limits import MAX_DESCRIPTION_CHARS, MAX_TAGS, MAX_TITLE_CHARS
 from shell import listing
-from shell.app import IMAGES, CommandFailed, VitrineShell, image_id, parser, write_json_lines
+from shell.app import (
+    COMMA_SEPARATED,
+    IMAGES,
+    CommandFailed,
+    VitrineShell,
+    image_id,
+    parser,
+    write_json_lines,
+)
 from shell.connection import ConnectionLost, InterruptedAfterSending
 from shell.interrupts import HeldInterrupts
 from shell.pictures import picture_renderable
@@ -111,6 +119,7 @@ def tag_list_of(flag: str, per: str = "per image") -> Callable[[str], list[str]]
         return tags
 
     tag_list.__name__ = "tag_list"  # argparse names a type by it in its own messages
+    setattr(tag_list, COMMA_SEPARATED, True)  # for ShellArgumentParser's advice
     return tag_list
 
 

@@ -96,6 +96,31 @@ def test_a_word_starting_with_a_dash_is_explained(run: Shell, line: str, said: s
     assert run.shell.exit_code == 1 and run.session.sent == []
 
 
+@pytest.mark.parametrize(
+    ("line", "advice"),
+    [
+        ('search_by_color red --tags "straw hat",hat', '--tags "straw hat,hat"'),
+        ("search_by_color red --tags 'straw hat',hat,cap", '--tags "straw hat,hat,cap"'),
+        ('search_by_color red --in-stock --tags "straw hat",hat', '--tags "straw hat,hat"'),
+    ],
+)
+def test_a_list_cut_by_a_leading_quote_says_to_quote_the_whole_list(
+    run: Shell, line: str, advice: str
+) -> None:
+    """cmd2 groups `"straw hat"` and leaves `,hat` as a word of its own: argparse alone would
+    only say "unrecognized arguments: ,hat"."""
+    err = run(line)
+    assert "quote the whole list instead, as in: " + advice in err, err
+    assert "unrecognized" not in err, err
+    assert run.shell.exit_code == 1 and run.session.sent == []
+
+
+def test_an_unrelated_stray_word_is_still_named(run: Shell) -> None:
+    """Only a list flag's value can have been cut by a quote."""
+    err = run("search_by_color red --batch 5 ,x")
+    assert "unrecognized arguments: ,x" in err, err
+
+
 def test_a_bad_value_of_a_real_option_is_not_called_an_unknown_option(run: Shell) -> None:
     err = run("browse_by_tags straw --batch=0")
     assert "no option" not in err and "a batch holds 1 to 500 images" in err, err
