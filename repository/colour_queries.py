@@ -1,5 +1,5 @@
-"""The vocabulary of search by colour: what a query, its filters and a ranked hit are, and the
-limits on how many are kept.
+"""The vocabulary of search by colour: what a query and a ranked hit are, and the limits on how
+many are kept. Its filters are those of every ranked search (`repository.filters`).
 
 Ranking itself is `repository.colour_table`: every dominant colour in memory, scored with
 numpy, only the best candidates looked up in SQL. This module is what that table, the route
@@ -23,7 +23,6 @@ __all__ = [
     "MAX_RESULTS",
     "WANT_GROWTH",
     "WANT_ROOM",
-    "ColourFilters",
     "ColourHit",
     "HueQuery",
     "LightnessSaturationBox",
@@ -73,16 +72,6 @@ class HueQuery:
     ranges: Sequence[tuple[float, float]]
     min_share: float = 0.0
     boxes: Sequence[LightnessSaturationBox] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class ColourFilters:
-    """Conditions on the image, applied before the cut. `tag_ids` are all required."""
-
-    tag_ids: Sequence[int] = ()
-    min_price_cents: int | None = None
-    max_price_cents: int | None = None
-    in_stock: bool = False
 
 
 @dataclass(frozen=True, slots=True)

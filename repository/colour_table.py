@@ -42,12 +42,11 @@ from repository.colour_queries import (
     MAX_RESULTS,
     WANT_GROWTH,
     WANT_ROOM,
-    ColourFilters,
     ColourHit,
     HueQuery,
     local_hue,
 )
-from repository.images import passing_ids
+from repository.filters import SearchFilters
 
 __all__ = ["ColourTable"]
 
@@ -290,14 +289,14 @@ class ColourTable:
         conn: sqlite3.Connection,
         viewer: int,
         query: HueQuery,
-        filters: ColourFilters | None = None,
+        filters: SearchFilters | None = None,
         *,
         limit: int = MAX_RESULTS,
     ) -> list[ColourHit]:
         """The best `limit` images `viewer` may see that pass `filters` and have a colour
         matching `query`, best first (score, then newest), each with its best-matching
         colour."""
-        filters = filters if filters is not None else ColourFilters()
+        filters = filters if filters is not None else SearchFilters()
         if limit <= 0 or not query.ranges:
             return []
         snap = self._snap()
@@ -328,7 +327,7 @@ class ColourTable:
         self,
         conn: sqlite3.Connection,
         viewer: int,
-        filters: ColourFilters,
+        filters: SearchFilters,
         rows: _Rows,
         score: np.ndarray,
         limit: int,
@@ -349,7 +348,7 @@ class ColourTable:
             ordered_ids = rows.image_id[order].tolist()
             unknown = [i for i in ordered_ids if i not in passed]
             if unknown:
-                ok = _passing(conn, viewer, unknown, filters)
+                ok = filters.passing(conn, viewer, unknown)
                 passed.update((i, i in ok) for i in unknown)
             keep = [pos for pos, i in enumerate(ordered_ids) if passed[i]]
             if len(keep) >= limit or want >= n:
@@ -368,20 +367,4 @@ def _hit(rows: _Rows, at: int, score: float) -> ColourHit:
         lightness=float(rows.lightness[at]),
         share=float(rows.share[at]),
         rgb=(r, g, b),
-    )
-
-
-def _passing(
-    conn: sqlite3.Connection, viewer: int, ids: Sequence[int], filters: ColourFilters
-) -> set[int]:
-    """Which candidates `viewer` may see and pass the filters: one query, with the visibility
-    rule and filter SQL every ranked search shares."""
-    return passing_ids(
-        conn,
-        viewer,
-        ids,
-        filters.tag_ids,
-        filters.min_price_cents,
-        filters.max_price_cents,
-        filters.in_stock,
     )

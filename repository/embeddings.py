@@ -1,5 +1,6 @@
-"""Stored embeddings and the SQL that search by image needs: which vectors exist, which images
-still lack one, and which ids a viewer may see under the search filters.
+"""Stored embeddings and the SQL that search by image needs: which vectors exist and which images
+still lack one. Which ids a viewer may see under the search filters is `repository.filters`,
+shared with the other ranked searches.
 
 Vectors are stored as 1,280 little-endian float32 per image, tagged with the model that made
 them, so a model change is detected (and backfilled) rather than mixed into one index.
@@ -11,7 +12,6 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -148,80 +148,3 @@ def visible_vector(
         return False, None, ""
     vector = vector_from(row[0]) if row[1] == model else None
     return True, vector, row[2]
-
-
-@dataclass(frozen=True, slots=True)
-class SearchFilters:
-    """Filters resolved against the database: tag ids (rarest first) and plain conditions."""
-
-    tag_ids: tuple[int, ...] = ()
-    tag_counts: tuple[int, ...] = ()
-    min_price_cents: int | None = None
-    max_price_cents: int | None = None
-    in_stock: bool = False
-    #: A tag nobody has used: nothing can match.
-    impossible: bool = False
-
-    def sql(self, params: dict[str, object]) -> str:
-        """Conditions on `images i` (tags as EXISTS), appended to a visibility WHERE."""
-        return repo.filter_sql(
-            params, self.tag_ids, self.min_price_cents, self.max_price_cents, self.in_stock
-        )
-
-
-def resolve_filters(
-    conn: sqlite3.Connection,
-    tags: list[str],
-    min_price_cents: int | None = None,
-    max_price_cents: int | None = None,
-    in_stock: bool = False,
-) -> SearchFilters:
-    known = repo.tag_ids(conn, tags)
-    if len(known) < len(tags):
-        return SearchFilters(impossible=True)
-    counts = repo.tag_image_counts(conn, list(known.values()))
-    order = sorted(known.values(), key=lambda t: counts[t])
-    return SearchFilters(
-        tag_ids=tuple(order),
-        tag_counts=tuple(counts[t] for t in order),
-        min_price_cents=min_price_cents,
-        max_price_cents=max_price_cents,
-        in_stock=in_stock,
-    )
-
-
-def allowed_ids(conn: sqlite3.Connection, viewer: int, filters: SearchFilters) -> np.ndarray:
-    """Sorted ids the viewer may see that pass the filters: a walk of the rarest tag's index
-    when there are tags, of the images table otherwise."""
-    params: dict[str, object] = {"viewer": viewer}
-    if filters.tag_ids:
-        rest = SearchFilters(
-            tag_ids=filters.tag_ids[1:],
-            min_price_cents=filters.min_price_cents,
-            max_price_cents=filters.max_price_cents,
-            in_stock=filters.in_stock,
-        )
-        params["first"] = filters.tag_ids[0]
-        sql = (
-            f"SELECT it.image_id FROM image_tags it CROSS JOIN images i ON i.id = it.image_id "
-            f"WHERE it.tag_id = :first AND {VISIBLE}{rest.sql(params)} ORDER BY it.image_id"
-        )
-    else:
-        sql = f"SELECT i.id FROM images i WHERE {VISIBLE}{filters.sql(params)} ORDER BY i.id"
-    ids = [row[0] for row in conn.execute(sql, params)]
-    return np.asarray(ids, dtype=np.int64)
-
-
-def passing(
-    conn: sqlite3.Connection, viewer: int, ids: Sequence[int], filters: SearchFilters
-) -> set[int]:
-    """Which of some candidate ids the viewer may see and pass the filters (one query)."""
-    return repo.passing_ids(
-        conn,
-        viewer,
-        ids,
-        filters.tag_ids,
-        filters.min_price_cents,
-        filters.max_price_cents,
-        filters.in_stock,
-    )

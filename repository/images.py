@@ -23,10 +23,14 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from protocol.limits import MAX_QUANTITY, MAX_SEARCH_RESULTS
 from repository.database import transaction
 from util.catalogue_text import fold_for_search
+
+if TYPE_CHECKING:
+    from repository.filters import SearchFilters
 
 #: Serialises the catalogue's write transactions inside this process (images, tags, colours,
 #: embeddings, orders: `repository.orders` and `repository.embeddings` take it too). SQLite
@@ -45,44 +49,15 @@ BM25_WEIGHTS = (10.0, 2.0, 5.0, 1.0)
 VISIBLE = "i.deleted_at IS NULL AND (i.private = 0 OR i.owner_id = :viewer)"
 
 
-def filter_sql(
-    params: dict[str, object],
-    tag_ids: Sequence[int] = (),
-    min_price_cents: int | None = None,
-    max_price_cents: int | None = None,
-    in_stock: bool = False,
-) -> str:
-    """The search filters as conditions on `images i` (tags all required, as EXISTS), to append
-    to a WHERE that already holds VISIBLE; fills `params`. One definition for every search."""
-    where = ""
-    if min_price_cents is not None:
-        where += " AND i.price_cents >= :min_price"
-        params["min_price"] = min_price_cents
-    if max_price_cents is not None:
-        where += " AND i.price_cents <= :max_price"
-        params["max_price"] = max_price_cents
-    if in_stock:
-        where += " AND i.quantity > 0"
-    for n, tag_id in enumerate(tag_ids):
-        params[f"t{n}"] = tag_id
-        where += (
-            f" AND EXISTS (SELECT 1 FROM image_tags x{n} "
-            f"WHERE x{n}.image_id = i.id AND x{n}.tag_id = :t{n})"
-        )
-    return where
-
-
 def passing_ids(
     conn: sqlite3.Connection,
     viewer: int,
     ids: Sequence[int],
-    tag_ids: Sequence[int] = (),
-    min_price_cents: int | None = None,
-    max_price_cents: int | None = None,
-    in_stock: bool = False,
+    filters: SearchFilters | None = None,
 ) -> set[int]:
     """Which of some ranked candidates `viewer` may see and pass the filters, in one query:
-    the post-filter of every ranked search (text, vectors, colours).
+    the post-filter of every ranked search (text, vectors, colours; through
+    `SearchFilters.passing`, or with no filters for the visibility alone, as `search_ids`).
 
     The query returns the candidates that fail (or have no row at all), which are normally
     few, rather than the hundreds that pass: reading rows back is Python work under the GIL,
@@ -90,7 +65,7 @@ def passing_ids(
     """
     wanted = [int(i) for i in ids]
     params: dict[str, object] = {"viewer": viewer, "ids": json.dumps(wanted)}
-    where = filter_sql(params, tag_ids, min_price_cents, max_price_cents, in_stock)
+    where = "" if filters is None else filters.sql(params)
     sql = (
         f"SELECT j.value FROM json_each(:ids) j LEFT JOIN images i ON i.id = j.value "
         f"WHERE i.id IS NULL OR NOT ({VISIBLE}{where})"

@@ -142,22 +142,15 @@ def _ranked(
     conn: sqlite3.Connection,
     viewer: int,
     query: colours_repo.HueQuery,
-    tags: list[str],
-    request: ColourSearch,
+    asked: Recheck,
     table: ColourTable,
     limit: int,
 ) -> Ranked:
-    """The best `limit` ids with their scores and matching colours (in the executor)."""
-    known = repo.tag_ids(conn, tags)
-    if len(known) < len(tags):
+    """The best `limit` ids with their scores and matching colours (in the executor), under
+    the filters `asked` (those its later batches are re-checked with)."""
+    filters = asked.resolve(conn)
+    if filters.impossible:
         return [], {}, {}  # a tag nobody has used: nothing carries it
-    flt = request.filters
-    filters = colours_repo.ColourFilters(
-        tag_ids=list(known.values()),
-        min_price_cents=flt.min_price_cents,
-        max_price_cents=flt.max_price_cents,
-        in_stock=flt.in_stock,
-    )
     table.ensure_built(conn)
     hits = table.rank(conn, viewer, query, filters, limit=limit)
     scores = {h.image_id: round(h.score, 6) for h in hits}
@@ -194,11 +187,12 @@ async def colour_search(ctx: RequestContext, request: ColourSearch) -> Frames:
     )
     table = colour_table(ctx.services)
     viewer = ctx.user.id
+    asked = Recheck.of(tags, flt)
     return await open_ranked(
         ctx,
         request.id,
         request.options,
-        lambda conn, limit: _ranked(conn, viewer, store_query, tags, request, table, limit),
-        Recheck.of(tags, flt),
+        lambda conn, limit: _ranked(conn, viewer, store_query, asked, table, limit),
+        asked,
         keep=colours_repo.MAX_RESULTS,
     )

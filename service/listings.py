@@ -41,6 +41,7 @@ from protocol.catalog import (
 from protocol.errors import ErrorCode, VitrineError
 from repository import images as repo
 from repository.blobstore import BlobStore
+from repository.filters import SearchFilters
 from service.context import RequestContext
 from service.images import build_summaries, normalise_tags
 from service.registry import Frames, route
@@ -73,33 +74,34 @@ class Recheck:
     """The filters a ranked search was asked with, applied again to every later batch: a
     price, a stock count or a tag can change between `more`s, and a listing headed "up to
     5.00" must not then show an image at 99.00. For a text search, the text too: an image
-    renamed from "hat" to "boot" meanwhile is no longer a result of `search hat`."""
+    renamed from "hat" to "boot" meanwhile is no longer a result of `search hat`.
+
+    The tags are kept as names and resolved again each time (`resolve`), since a tag's id can
+    change between batches; the first ranking resolves them the same way."""
 
     tags: tuple[str, ...] = ()
-    min_price_cents: int | None = None
-    max_price_cents: int | None = None
-    in_stock: bool = False
+    #: The plain conditions (price, stock), with no tags: those are `tags`, still unresolved.
+    conditions: SearchFilters = field(default_factory=SearchFilters)
     #: The FTS5 query of a text search (`fts_query`), else None.
     text: str | None = None
 
     @classmethod
     def of(cls, tags: list[str], filters: Filters) -> Recheck:
-        """From the normalised tags (`checked_filter_tags`) and the wire filters."""
-        return cls(tuple(tags), filters.min_price_cents, filters.max_price_cents, filters.in_stock)
+        """From the normalised tags (`checked_filter_tags`) and the wire filters: the one place
+        the wire's filters become the repository's."""
+        conditions = SearchFilters(
+            min_price_cents=filters.min_price_cents,
+            max_price_cents=filters.max_price_cents,
+            in_stock=filters.in_stock,
+        )
+        return cls(tuple(tags), conditions)
+
+    def resolve(self, conn: sqlite3.Connection, *, rarest_first: bool = False) -> SearchFilters:
+        """The filters with their tags as the database names them now."""
+        return self.conditions.with_tags(conn, self.tags, rarest_first=rarest_first)
 
     def passing(self, conn: sqlite3.Connection, viewer: int, ids: list[int]) -> set[int]:
-        known = repo.tag_ids(conn, self.tags)
-        if len(known) < len(self.tags):
-            return set()
-        allowed = repo.passing_ids(
-            conn,
-            viewer,
-            ids,
-            list(known.values()),
-            self.min_price_cents,
-            self.max_price_cents,
-            self.in_stock,
-        )
+        allowed = self.resolve(conn).passing(conn, viewer, ids)
         if self.text is not None and allowed:
             allowed &= repo.matching_text(conn, self.text, list(allowed))
         return allowed
@@ -383,8 +385,11 @@ def fts_query(text: str) -> str:
     stand together, in that order (`long-sleeve` used to find "Long dress with short sleeves").
     Words between a pair of double quotes are one phrase too (`"straw hat"` does not find "hat
     with straw"); an unpaired quote is ignored. A word or a closing quote followed by `*` is a
-    prefix search (`shir*` finds `shirt`, `t-shi*` finds `t-shirt`). Raises BAD_REQUEST if no
-    word is left.
+    prefix search (`shir*` finds `shirt`, `t-shi*` finds `t-shirt`). Chinese and Japanese are
+    written without spaces, and the index holds each of their characters as a word of its own
+    (`util.catalogue_text.index_text`): a run of them is a phrase of its characters, so
+    `连衣裙` finds "红色连衣裙" but not a title with 连, 衣 and 裙 apart. Raises BAD_REQUEST if
+    no word is left.
 
     The text is folded exactly as the index is (`fold_for_search`: NFKC, casefold, Greek
     accents): full-width letters, ligatures, `ß` and final sigma then match their plain

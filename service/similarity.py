@@ -77,20 +77,17 @@ from repository import images as repo
 from repository.blobstore import BlobError
 from repository.embeddings import (
     BACKFILL_CHUNK,
-    SearchFilters,
-    allowed_ids,
     count_missing,
     index_generation,
     iter_embeddings,
     live_subset,
     missing_embeddings,
-    passing,
-    resolve_filters,
     store_embeddings,
     vector_bytes,
     vector_from,
     visible_vector,
 )
+from repository.filters import SearchFilters
 from service.context import RequestContext, Services
 from service.ingest import (
     Analyser,
@@ -578,14 +575,14 @@ class SimilarityEngine:
         if not selective_tags:
             k = min(n, POST_FILTER_CANDIDATES)
             found = index.search(query, k, exclude=exclude)
-            ok = passing(conn, viewer, [i for i, _ in found], filters)
+            ok = filters.passing(conn, viewer, [i for i, _ in found])
             kept = [(i, s) for i, s in found if i in ok]
             # Every vector was a candidate; the query's own image (left out) counts only if it
             # is in the index: one searched by id before its backfill is not.
             exhaustive = len(found) < k or k >= n - (exclude is not None and exclude in index)
             if len(kept) >= limit or exhaustive:
                 return kept[:limit]
-        allowed = allowed_ids(conn, viewer, filters)
+        allowed = filters.allowed_ids(conn, viewer)
         return index.search(query, limit, allowed=allowed, exclude=exclude)
 
 
@@ -772,7 +769,7 @@ async def _open_search(
     model = engine.model_name
     assert model is not None
     viewer = ctx.user.id
-    flt = request.filters
+    asked = Recheck.of(tags, request.filters)
 
     def rank(conn: sqlite3.Connection, limit: int) -> Ranked:
         query = vector
@@ -784,9 +781,7 @@ async def _open_search(
             if stored is None:
                 raise _NotEmbedded(blob)
             query = stored
-        filters = resolve_filters(
-            conn, tags, flt.min_price_cents, flt.max_price_cents, flt.in_stock
-        )
+        filters = asked.resolve(conn, rarest_first=True)
         ranked, unindexed[0] = engine.rank_counting(conn, viewer, query, filters, exclude, limit)
         return [i for i, _ in ranked], {i: round(float(s), 6) for i, s in ranked}, {}
 
@@ -796,7 +791,7 @@ async def _open_search(
         request.id,
         request.options,
         rank,
-        Recheck.of(tags, flt),
+        asked,
         keep=MAX_RESULTS,
         unindexed=lambda: unindexed[0],
     )

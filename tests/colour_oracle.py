@@ -25,13 +25,13 @@ from repository.colour_queries import (
     MAX_RESULTS,
     WANT_GROWTH,
     WANT_ROOM,
-    ColourFilters,
     ColourHit,
     HueQuery,
     LightnessSaturationBox,
     local_hue,
 )
-from repository.images import VISIBLE, filter_sql  # the one definition of "may see"
+from repository.filters import SearchFilters
+from repository.images import VISIBLE  # the one definition of "may see"
 
 __all__ = ["candidates_sql", "rank_by_colour"]
 
@@ -81,16 +81,10 @@ def _accepts(boxes: Sequence[LightnessSaturationBox], params: dict[str, object])
     return f" AND (NOT ({' OR '.join(covered)}) OR {' OR '.join(held)})"
 
 
-def _filters(filters: ColourFilters, params: dict[str, object]) -> str:
-    return filter_sql(
-        params, filters.tag_ids, filters.min_price_cents, filters.max_price_cents, filters.in_stock
-    )
-
-
 def candidates_sql(
     viewer: int,
     query: HueQuery,
-    filters: ColourFilters,
+    filters: SearchFilters,
     interval: tuple[float, float],
     want: int,
 ) -> tuple[str, dict[str, object]]:
@@ -115,7 +109,7 @@ def candidates_sql(
     within = "" if whole_circle else " AND abs(c.hue - :q_local) <= :tol"
     params["tol"] = float(query.tolerance)
     accepts = _accepts(query.boxes, params)
-    where = _filters(filters, params)
+    where = filters.sql(params)
     sql = (
         f"SELECT c.image_id, c.rank, c.hue, c.saturation, c.lightness, c.share, c.score, "
         f"EXISTS (SELECT 1 FROM images i WHERE i.id = c.image_id AND {VISIBLE}{where}), "
@@ -133,7 +127,7 @@ def _walk(
     conn: sqlite3.Connection,
     viewer: int,
     query: HueQuery,
-    filters: ColourFilters,
+    filters: SearchFilters,
     want: int,
 ) -> tuple[list[ColourHit], float | None]:
     """Every interval's candidates that may be shown, and the score from which on the list is
@@ -167,7 +161,7 @@ def rank_by_colour(
     conn: sqlite3.Connection,
     viewer: int,
     query: HueQuery,
-    filters: ColourFilters | None = None,
+    filters: SearchFilters | None = None,
     *,
     limit: int = MAX_RESULTS,
 ) -> list[ColourHit]:
@@ -176,7 +170,7 @@ def rank_by_colour(
 
     Read in one transaction, so repeated walks see one state of the store.
     """
-    filters = filters if filters is not None else ColourFilters()
+    filters = filters if filters is not None else SearchFilters()
     if limit <= 0 or not query.ranges:
         return []
     own = not conn.in_transaction

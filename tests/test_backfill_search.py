@@ -17,7 +17,7 @@ from models.embeddings import EMBEDDING_DIM
 from protocol.catalog import Batch, DeleteImage, Filters, ImageSearch, ListingOptions
 from repository import images as repo
 from repository.database import Database
-from repository.embeddings import resolve_filters
+from repository.filters import SearchFilters
 from repository.vector_index import VectorIndex
 from service.similarity import SimilarityEngine
 from shell.connection import ServerConnection
@@ -134,7 +134,7 @@ def test_a_search_does_not_take_the_index_lock(tmp_path: Path) -> None:
 
     def search() -> None:
         conn = db.conn
-        filters = resolve_filters(conn, [])
+        filters = SearchFilters().with_tags(conn, [], rarest_first=True)
         answers.append(engine.rank_counting(conn, 1, _vectors(1)[0], filters, None))
 
     with engine._lock:  # as an upload's or a delete's index update would

@@ -24,6 +24,7 @@ from repository import colour_table
 from repository import images as repo
 from repository.colour_table import ColourTable
 from repository.database import Database, migrate
+from repository.filters import SearchFilters
 from repository.migrations import MIGRATIONS
 from tests import colour_oracle as oracle
 from tests.rows import add_users, new_image
@@ -126,7 +127,7 @@ def test_filters_apply_before_the_cut(store: tuple) -> None:
     (tag_id,) = repo.tag_ids(conn, ["even"]).values()
     q = parse_colour("blue")
     hq = cq.HueQuery(q.hue, q.tolerance, hue_ranges(q.hue, q.tolerance), 0.0, q.boxes)
-    filters = cq.ColourFilters(tag_ids=[tag_id], in_stock=True, min_price_cents=200)
+    filters = SearchFilters(tag_ids=(tag_id,), in_stock=True, min_price_cents=200)
     got = oracle.rank_by_colour(conn, 2, hq, filters, limit=10)
     ok = _visible(
         conn,

@@ -19,6 +19,7 @@ from repository import colour_queries as cq
 from repository import images as repo
 from repository.colour_table import ColourTable
 from repository.database import Database
+from repository.filters import SearchFilters
 from tests import colour_oracle as oracle
 from tests.rows import add_users, new_image
 from util.colour_spec import NAMES, LSBox, hue_ranges, parse_colour
@@ -91,13 +92,16 @@ def _random_query(rng: np.random.Generator) -> cq.HueQuery:
     return cq.HueQuery(hue % 360.0, tol, hue_ranges(hue, tol), min_share, boxes)
 
 
-def _random_filters(conn: object, rng: np.random.Generator) -> cq.ColourFilters:
+def _random_filters(conn: object, rng: np.random.Generator) -> SearchFilters:
     known = repo.tag_ids(conn, TAGS)  # type: ignore[arg-type]
     tags = [known[t] for t in TAGS if rng.random() < 0.25]
     lo = int(rng.integers(0, 4)) * 100 if rng.random() < 0.3 else None
     hi = int(rng.integers(3, 8)) * 100 if rng.random() < 0.3 else None
-    return cq.ColourFilters(
-        tag_ids=tags, min_price_cents=lo, max_price_cents=hi, in_stock=bool(rng.random() < 0.3)
+    return SearchFilters(
+        tag_ids=tuple(tags),
+        min_price_cents=lo,
+        max_price_cents=hi,
+        in_stock=bool(rng.random() < 0.3),
     )
 
 
@@ -106,7 +110,7 @@ def _same(conn: object, table: ColourTable, rng: np.random.Generator, rounds: in
     compared = 0
     for _ in range(rounds):
         query = _random_query(rng)
-        filters = _random_filters(conn, rng) if rng.random() < 0.6 else cq.ColourFilters()
+        filters = _random_filters(conn, rng) if rng.random() < 0.6 else SearchFilters()
         viewer = int(rng.integers(1, 3))
         limit = int(rng.choice([1, 7, 20, 60, 500, 5000]))
         want = oracle.rank_by_colour(conn, viewer, query, filters, limit=limit)  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ import pytest
 from models.embeddings import EMBEDDING_DIM
 from repository import images as repo
 from repository.database import Database
-from repository.embeddings import resolve_filters
+from repository.filters import SearchFilters
 from repository.vector_index import VectorIndex
 from service.similarity import POST_FILTER_CANDIDATES, SimilarityEngine
 from tests.rows import add_users, new_image
@@ -44,7 +44,7 @@ def test_every_passing_image_is_ranked_when_all_are_candidates(
     query_id = ids[-1]
     indexed = slice(None) if query_in_index else slice(0, n)
     engine = types.SimpleNamespace(index=VectorIndex.from_arrays(ids[indexed], vectors[indexed]))
-    cheap = resolve_filters(conn, [], None, 1000, False)
+    cheap = SearchFilters(max_price_cents=1000).with_tags(conn, [], rarest_first=True)
 
     ranked = SimilarityEngine.rank(engine, conn, 1, vectors[-1], cheap, query_id)  # type: ignore[arg-type]
 
