@@ -43,7 +43,7 @@ import sqlite_utils
 
 from models.embeddings import EMBEDDING_DIM
 from tests.servers import ServerProcess
-from util.catalogue_text import fold_for_search
+from util.catalogue_text import index_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = ROOT.parent / "shared/models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
@@ -294,10 +294,10 @@ def fill(
             fts_rows.append(  # folded as repository.images.fts_texts folds them
                 {
                     "rowid": image_id,
-                    "title": fold_for_search(title),
-                    "description": fold_for_search(description),
-                    "tags": fold_for_search(" ".join(tags)),
-                    "filename": fold_for_search(filename),
+                    "title": index_text(title),
+                    "description": index_text(description),
+                    "tags": index_text(" ".join(tags)),
+                    "filename": index_text(filename),
                 }
             )
             colour_rows.extend(

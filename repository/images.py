@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from protocol.limits import MAX_QUANTITY, MAX_SEARCH_RESULTS
 from repository.database import transaction
-from util.catalogue_text import fold_for_search
+from util.catalogue_text import index_text
 
 if TYPE_CHECKING:
     from repository.filters import SearchFilters
@@ -348,9 +348,10 @@ def visible_tag_counts(conn: sqlite3.Connection, viewer: int) -> list[tuple[str,
 
 
 def fts_texts(conn: sqlite3.Connection, image_id: int) -> tuple[str, str, str, str] | None:
-    """The text-index row of a live image, folded for search (`fold_for_search`): title,
-    description, tags and filename; None if the image is not live. The stored columns keep
-    what the seller typed: only the index holds the folded spelling."""
+    """The text-index row of a live image, folded for search and with Chinese and Japanese
+    characters set apart (`index_text`): title, description, tags and filename; None if the
+    image is not live. The stored columns keep what the seller typed: only the index holds
+    the folded spelling."""
     row = conn.execute(
         "SELECT i.title, i.description, "
         "  COALESCE((SELECT group_concat(t.name, ' ') FROM image_tags it "
@@ -361,7 +362,7 @@ def fts_texts(conn: sqlite3.Connection, image_id: int) -> tuple[str, str, str, s
     ).fetchone()
     if row is None:
         return None
-    title, description, tags, filename = (fold_for_search(str(v)) for v in row)
+    title, description, tags, filename = (index_text(str(v)) for v in row)
     return title, description, tags, filename
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-from util.catalogue_text import fold_for_search
+from util.catalogue_text import fold_for_search, index_text
 
 _V1_SCHEMA = """
         CREATE TABLE users (
@@ -167,14 +167,10 @@ _V6_CHECKOUT_KEY = """
 """
 
 
-def _v7_fold_search_text(conn: sqlite3.Connection) -> None:
-    """v7: the text index holds its text folded (`util.catalogue_text.fold_for_search`: NFKC,
-    casefold, Greek accents), as the search text is, so `fullwidth`, `fine`, `xii`, `strasse`
-    and `σισυφος` find `ＦＵＬＬＷＩＤＴＨ ﬁne Ⅻ`, `straße` and `ΣΊΣΥΦΟΣ`. Every live image's row is
-    written again; the stored titles keep what was typed. It folds with the function as it is
-    when it runs, on purpose: a later change to the folding comes with its own migration, and a
-    database that meets both gets the newest spelling. The SELECT repeats
-    `repository.images.fts_texts` for all rows in one statement rather than one per image."""
+def _rewrite_search_text(conn: sqlite3.Connection, spell: Callable[[str], str]) -> None:
+    """Write the text-index row of every live image again, each column spelt by `spell`; the
+    stored titles keep what was typed. The SELECT repeats `repository.images.fts_texts` for all
+    rows in one statement rather than one per image."""
     rows = conn.execute(
         "SELECT i.id, i.title, i.description, "
         "  COALESCE((SELECT group_concat(t.name, ' ') FROM image_tags it "
@@ -182,12 +178,29 @@ def _v7_fold_search_text(conn: sqlite3.Connection) -> None:
         "  i.filename "
         "FROM images i WHERE i.deleted_at IS NULL"
     )
-    folded = [(row[0], *(fold_for_search(str(v)) for v in row[1:])) for row in rows]
+    folded = [(row[0], *(spell(str(v)) for v in row[1:])) for row in rows]
     conn.execute("DELETE FROM images_fts")
     conn.executemany(
         "INSERT INTO images_fts (rowid, title, description, tags, filename) VALUES (?, ?, ?, ?, ?)",
         folded,
     )
+
+
+def _v7_fold_search_text(conn: sqlite3.Connection) -> None:
+    """v7: the text index holds its text folded (`util.catalogue_text.fold_for_search`: NFKC,
+    casefold, Greek accents), as the search text is, so `fullwidth`, `fine`, `xii`, `strasse`
+    and `σισυφος` find `ＦＵＬＬＷＩＤＴＨ ﬁne Ⅻ`, `straße` and `ΣΊΣΥΦΟΣ`. It folds with the
+    function as it is when it runs, on purpose: a later change to the folding comes with its
+    own migration (v8 did), and a database that meets both gets the newest spelling."""
+    _rewrite_search_text(conn, fold_for_search)
+
+
+def _v8_split_unspaced_text(conn: sqlite3.Connection) -> None:
+    """v8: in the text index every Chinese ideograph and Japanese kana is a word of its own
+    (`util.catalogue_text.index_text`), and a search for a run of them looks for those
+    characters together, in order; so `连衣裙` finds "红色连衣裙" and `東京` "東京タワー". Rows
+    written before held each run as one word, which the new query no longer matches."""
+    _rewrite_search_text(conn, index_text)
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
@@ -198,4 +211,5 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _run_statements(_V5_NO_HUE_INDEX),
     _run_statements(_V6_CHECKOUT_KEY),
     _v7_fold_search_text,
+    _v8_split_unspaced_text,
 ]

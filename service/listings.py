@@ -45,7 +45,7 @@ from repository.filters import SearchFilters
 from service.context import RequestContext
 from service.images import build_summaries, normalise_tags
 from service.registry import Frames, route
-from util.catalogue_text import fold_for_search
+from util.catalogue_text import fold_for_search, split_unspaced
 
 _CURSORS = "cursors"
 _BUSY = "cursors_busy"
@@ -356,7 +356,10 @@ def _in_word(ch: str) -> bool:
 def _words(piece: str) -> list[tuple[str, int]]:
     """(word, index just past it) for each word of `piece`: a run of word characters that
     starts with a letter, digit or underscore, with single joiners (`_JOINERS`) between its
-    parts; each joiner becomes a space, so the word is a phrase (`t-shirt` is `t shirt`)."""
+    parts; each joiner becomes a space, so the word is a phrase (`t-shirt` is `t shirt`).
+    Each Chinese or Japanese character is set apart as the index sets it apart
+    (`split_unspaced`), so such a run is a phrase of single characters (`连衣裙` is `连 衣 裙`,
+    `tシャツ` is `t シ ャ ツ`)."""
     found: list[tuple[str, int]] = []
     i, n = 0, len(piece)
     while i < n:
@@ -370,7 +373,7 @@ def _words(piece: str) -> list[tuple[str, int]]:
         ):
             i += 1
         word = "".join(" " if ch in _JOINERS else ch for ch in piece[start:i])
-        found.append((word, i))
+        found.append((" ".join(split_unspaced(word).split()), i))
     return found
 
 

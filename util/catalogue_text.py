@@ -89,7 +89,7 @@ def fold_for_search(text: str) -> str:
     The index keeps what this function gave when each row was written, and queries use what it
     gives now: a change to it (or a Python with another Unicode version, which moves NFKC and
     casefold for new characters only) needs a migration that writes every row again, as
-    schema v7 did (`repository.migrations`), or old rows stop matching their new spelling.
+    schema v7 did (and v8 for `index_text`), or old rows stop matching their new spelling.
     """
     folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
     if not any(_greek(ch) for ch in folded):
@@ -104,3 +104,79 @@ def fold_for_search(text: str) -> str:
             base = ch
         kept.append(ch)
     return unicodedata.normalize("NFC", "".join(kept))
+
+
+#: Scripts written without spaces between words, whose every character is a word of its own in
+#: the text index (`index_text`), as (first, last) code points: the iteration marks 々 and 〻
+#: (Lm), 〆 (Lo) and the ideographic zero 〇 (Nl); Hiragana with ゝ ゞ; Katakana with the
+#: prolonged sound mark ー (Lm) and ヽ ヾ; the Katakana phonetic extensions; CJK Unified
+#: Ideographs Extension A and the main block; the Compatibility Ideographs; the Kana blocks of
+#: the Supplementary Multilingual Plane; and planes 2 and 3, which hold only ideographs
+#: (Extensions B to I and the Compatibility Supplement). The modifier letters (Lm) are letters
+#: to the index's tokenizer and to `str.isalnum`, so they are searched for like the kana they
+#: follow. Half-width katakana are full-width after NFKC. Hangul is left out: Korean puts
+#: spaces between words. Thai is left out too: its vowel signs are combining marks, which the
+#: unicode61 tokenizer treats as separators, so a word is cut at each of them whatever is done
+#: here; it would need a dictionary to split it properly.
+UNSPACED_RANGES: tuple[tuple[int, int], ...] = (
+    (0x3005, 0x3007),
+    (0x303B, 0x303B),
+    (0x3041, 0x30FF),
+    (0x31F0, 0x31FF),
+    (0x3400, 0x4DBF),
+    (0x4E00, 0x9FFF),
+    (0xF900, 0xFAFF),
+    (0x1AFF0, 0x1B16F),
+    (0x20000, 0x3FFFF),
+)
+
+
+def is_unspaced(ch: str) -> bool:
+    """A character of `UNSPACED_RANGES`, other than the combining voiced sound marks among them
+    (U+3099, U+309A, which belong to the kana before them): a word of its own in the index."""
+    code = ord(ch)
+    return (
+        code >= 0x3005
+        and any(first <= code <= last for first, last in UNSPACED_RANGES)
+        and not _is_mark(ch)
+    )
+
+
+def split_unspaced(text: str) -> str:
+    """`text` with a space either side of every `is_unspaced` character (and of the combining
+    marks right after it, which stay with it), so that the index's tokenizer makes each one a
+    token of its own: "红色连衣裙" becomes "红 色 连 衣 裙" and "tシャツ" "t シ ャ ツ". Text
+    without such characters comes back unchanged."""
+    if not any(is_unspaced(ch) for ch in text):
+        return text
+    out: list[str] = []
+    after_unspaced = False
+    for ch in text:
+        if after_unspaced and _is_mark(ch):
+            out.append(ch)
+        elif is_unspaced(ch):
+            out.append(f" {ch}")
+            after_unspaced = True
+        else:
+            if after_unspaced:
+                out.append(" ")
+            out.append(ch)
+            after_unspaced = False
+    if after_unspaced:
+        out.append(" ")
+    return "".join(out)
+
+
+def index_text(text: str) -> str:
+    """What the text index holds for a title, description, tag list or file name, and the
+    spelling a search is matched against: `fold_for_search`, then `split_unspaced`.
+
+    Chinese and Japanese put no spaces between words and the unicode61 tokenizer has no
+    dictionary, so left alone a whole run of ideographs and kana would be one token, found only
+    whole or by its start ("红色连衣裙" not by 连衣裙). Each such character is a token instead,
+    and a search turns a run of them into a phrase of those characters (`service.listings.
+    fts_query`): 连衣裙 then finds the three together, in order, anywhere in the text, as
+    search engines without a dictionary do for these languages. A change here needs a
+    migration that writes every row again, as for `fold_for_search` (schema v8 did for this).
+    """
+    return split_unspaced(fold_for_search(text))
