@@ -1,5 +1,5 @@
 """The search filters (all of some tags, a price range in cents, in stock) as every ranked
-search applies them: search by image (`service.similarity`), by colour
+search applies them: search by image (`service.image_search`), by colour
 (`repository.colour_table`) and the re-check of every later batch of a ranked listing
 (`service.listings.Recheck`, text search too).
 

@@ -35,6 +35,7 @@ from service import (  # noqa: F401  (they register their routes)
     accounts,
     colour_backfill,
     colour_search,
+    image_search,
     images,
     listings,
     orders,

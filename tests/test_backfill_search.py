@@ -19,6 +19,7 @@ from repository import images as repo
 from repository.database import Database
 from repository.filters import SearchFilters
 from repository.vector_index import VectorIndex
+from service.image_search import rank_counting
 from service.similarity import SimilarityEngine
 from shell.connection import ServerConnection
 from tests.rows import add_users, new_image
@@ -85,7 +86,7 @@ def test_a_search_during_the_backfill_counts_what_it_could_not_rank(tmp_path: Pa
             # Never the hidden or deleted ones; and what it ranked plus what it says it could
             # not rank covers every image alice may see but the one searched by. It may say
             # more (images embedded between the count and the ranking), never fewer: no upload
-            # runs here, the only way to be missed (SimilarityEngine.rank_counting).
+            # runs here, the only way to be missed (service.image_search.rank_counting).
             assert found <= visible - {query}
             assert len(found) + unindexed >= len(visible) - 1, (len(found), unindexed)
             assert unindexed <= len(visible) - 1, unindexed
@@ -129,13 +130,13 @@ def test_a_search_does_not_take_the_index_lock(tmp_path: Path) -> None:
     """Searches held the index lock across the count and the whole ranking during the backfill:
     they ran one at a time, and uploads and deletes waited behind them."""
     engine, db = _engine(tmp_path, 3)
-    engine._store_and_index([1], _vectors(1))  # 2 and 3 are not embedded yet
+    engine.backfill._store_and_index([1], _vectors(1))  # 2 and 3 are not embedded yet
     answers: list[tuple[list[tuple[int, float]], int]] = []
 
     def search() -> None:
         conn = db.conn
         filters = SearchFilters().with_tags(conn, [], rarest_first=True)
-        answers.append(engine.rank_counting(conn, 1, _vectors(1)[0], filters, None))
+        answers.append(rank_counting(engine, conn, 1, _vectors(1)[0], filters, None))
 
     with engine._lock:  # as an upload's or a delete's index update would
         worker = threading.Thread(target=search, daemon=True)
@@ -159,7 +160,7 @@ def test_the_backfill_writes_without_the_index_lock_and_indexes_before_it_commit
     finished = threading.Event()
 
     def backfill_step() -> None:
-        engine._store_and_index([1, 2, 3], _vectors(3))
+        engine.backfill._store_and_index([1, 2, 3], _vectors(3))
         finished.set()
 
     with repo.WRITE_LOCK:  # another writer holds the database

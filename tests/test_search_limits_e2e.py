@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from repository.images import MAX_SEARCH_RESULTS
-from service.similarity import MAX_RESULTS
+from service.image_search import MAX_RESULTS
 from tests.servers import LoggedInShell as Shell
 from tests.servers import ServerProcess, create_users, json_lines
 from tests.test_images_server import upload_many

@@ -1,9 +1,8 @@
-"""`SimilarityEngine.rank` over a real database and index, at the sizes where its shortcut
+"""`service.image_search.rank` over a real database and index, at the sizes where its shortcut
 (rank the first POST_FILTER_CANDIDATES, then filter) must hand over to the filtered search."""
 
 from __future__ import annotations
 
-import types
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from repository import images as repo
 from repository.database import Database
 from repository.filters import SearchFilters
 from repository.vector_index import VectorIndex
-from service.similarity import POST_FILTER_CANDIDATES, SimilarityEngine
+from service.image_search import POST_FILTER_CANDIDATES, rank
 from tests.rows import add_users, new_image
 
 
@@ -43,10 +42,10 @@ def test_every_passing_image_is_ranked_when_all_are_candidates(
     conn.execute("UPDATE images SET price_cents = 100 WHERE id = ?", (ids[n - 1],))
     query_id = ids[-1]
     indexed = slice(None) if query_in_index else slice(0, n)
-    engine = types.SimpleNamespace(index=VectorIndex.from_arrays(ids[indexed], vectors[indexed]))
+    index = VectorIndex.from_arrays(ids[indexed], vectors[indexed])
     cheap = SearchFilters(max_price_cents=1000).with_tags(conn, [], rarest_first=True)
 
-    ranked = SimilarityEngine.rank(engine, conn, 1, vectors[-1], cheap, query_id)  # type: ignore[arg-type]
+    ranked = rank(index, conn, 1, vectors[-1], cheap, query_id)
 
     expected = {i for i in ids[:n] if conn.execute(
         "SELECT price_cents <= 1000 FROM images WHERE id = ?", (i,)).fetchone()[0]}  # fmt: skip

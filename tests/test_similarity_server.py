@@ -33,7 +33,7 @@ from protocol.catalog import (
 )
 from protocol.errors import ErrorCode, VitrineError
 from repository.blobstore import BlobError
-from service.similarity import SimilarityEngine
+from service.embedding_backfill import EmbeddingBackfill
 from shell.connection import ServerConnection
 from tests.servers import ServerProcess
 from tests.test_images_server import error_of, unique, upload
@@ -435,14 +435,12 @@ def test_a_bug_while_backfilling_is_retried_and_logged_with_its_traceback(
     """Every failure used to mark the image as not embeddable until a restart, with one line
     and no traceback: a bug in the model input would have silently left every image out."""
     # what the decision reads
-    engine = SimpleNamespace(
-        _failed=frozenset(), _failed_lock=threading.Lock(), _stop=threading.Event()
-    )
-    decide = SimilarityEngine._embedding_failed
+    engine = SimpleNamespace(failed=frozenset(), _lock=threading.Lock(), _stop=threading.Event())
+    decide = EmbeddingBackfill._embedding_failed
     decide(engine, 1, BlobError("the blob is gone"))  # type: ignore[arg-type]
     decide(engine, 2, ImageRejected(TRUNCATED, "cut short"))  # type: ignore[arg-type]
     with caplog.at_level("ERROR", logger="vitrine"):
         decide(engine, 3, AttributeError("a bug"))  # type: ignore[arg-type]
-    assert engine._failed == {1, 2}
+    assert engine.failed == {1, 2}
     (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
     assert "image 3" in record.getMessage() and record.exc_info is not None
