@@ -1,7 +1,9 @@
 """Account requests: sign-up, login, resume, logout, password change.
 
 The answer to a failed login never says whether the name exists, and it comes only after the
-throttle's delay, so guessing is slow and learns nothing about which accounts exist.
+throttle's delay, so guessing is slow and learns nothing about which accounts exist. The
+throttle refuses only the peer that guessed too often: the owner's right password is always
+checked, however many strangers guess at the account.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ async def login(ctx: RequestContext, request: Login) -> Session:
         if not ok or user is None:
             await asyncio.sleep(attempt.failed())
             raise VitrineError(ErrorCode.UNAUTHENTICATED, BAD_CREDENTIALS)
-        attempt.succeeded(forgive_account=True)
+        attempt.succeeded()
     return await _start_session(ctx, request.id, user, user.password_hash)
 
 
@@ -148,11 +150,14 @@ async def change_password(ctx: RequestContext, request: ChangePassword) -> Sessi
     user = await services.db_call(accounts.user_by_id, ctx.user.id)
     if user is None:
         raise VitrineError(ErrorCode.UNAUTHENTICATED, "Your account no longer exists.")
-    async with services.throttle.attempt(user.name, ctx.connection.peer) as attempt:
+    # Throttled by this peer's own wrong passwords only: strangers guessing at the account must
+    # not stop its owner from changing the password, which is what an owner under attack does.
+    throttle = services.throttle.attempt(user.name, ctx.connection.peer, logged_in=True)
+    async with throttle as attempt:
         if not await services.run(auth.verify_password, request.old_password, user.password_hash):
             await asyncio.sleep(attempt.failed())
             raise VitrineError(ErrorCode.UNAUTHENTICATED, "The current password is wrong.")
-        attempt.succeeded(forgive_account=False)
+        attempt.succeeded()
     auth.check_new_password(request.new_password)
     new_hash = await services.run(auth.hash_password, request.new_password)
     await services.db_call(accounts.replace_password, user.id, new_hash)

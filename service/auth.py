@@ -1,19 +1,22 @@
 """Password hashing, the rules for names and passwords, and throttling of failed logins.
 
 Argon2id at the OWASP minimum (19 MiB, t=2, p=1) makes each guess cost real memory and time;
-the throttle makes guessing slow even for a patient attacker, per account (one victim, many
-peers) and per peer (one peer, many victims).
+the throttle makes guessing slow even for a patient attacker: it refuses a peer that guessed
+too often (one account, or many), and slows, without ever refusing, guesses at one account from
+many peers, so that strangers cannot lock an account's owner out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import logging
 import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidKey
@@ -22,9 +25,12 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from protocol.base import MIN_PASSWORD_LENGTH, USERNAME_RULE, USERNAME_RULE_TEXT
 from protocol.errors import ErrorCode, VitrineError
 
+log = logging.getLogger("vitrine.auth")
+
 ARGON2_MEMORY_KIB = 19 * 1024
 ARGON2_ITERATIONS = 2
 ARGON2_LANES = 1
+
 #: Longest a queued login waits before looking at the throttle's counts again.
 WAIT_RECHECK_S = 1.0
 
@@ -78,58 +84,117 @@ def check_new_password(password: str) -> None:
         )
 
 
+def peer_key(address: str) -> str:
+    """Who a failure is counted against: an IPv4 address whole, an IPv6 address by its /64.
+
+    One host (or one customer of an ISP) owns a whole IPv6 /64 and can pick a new address in it
+    for every guess, so counting by address would give it billions of fresh counters. Link-local
+    and loopback IPv6 addresses are counted whole (every neighbour shares fe80::/64, and ::/64
+    holds ::1), and an IPv4-mapped IPv6 address (`::ffff:203.0.113.5`, from a dual-stack
+    socket) is its IPv4 address. Anything that is not an IP address is taken as it is.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        if ip.is_loopback or ip.is_link_local:
+            return str(ip)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 @dataclass
 class _Failures:
     times: deque[float] = field(default_factory=deque)
 
 
-class LoginAttempt:
-    """One password check that holds a place in the throttle's counts until its verdict.
+@dataclass(frozen=True)
+class _Keys:
+    """The throttle's counters for one attempt.
 
-    The place is taken before hashing, so attempts sent at once on many connections cannot all
-    pass the check while each other's failures are still being computed.
+    `pair` (this account from this peer) and `peer` refuse past their limits; `account` (this
+    account from anywhere) only slows, so strangers cannot lock its owner out. `account` is
+    None for a password check of a session already logged in (ChangePassword): only its own
+    peer's failures may hold it back.
     """
 
-    def __init__(self, throttle: LoginThrottle, account: str, peer: str) -> None:
+    name: str
+    peer: str
+    pair: str
+    peer_key: str
+    account: str | None
+
+    def refusing(self) -> tuple[str, str]:
+        return (self.pair, self.peer_key)
+
+    def held(self) -> tuple[str, ...]:
+        return self.refusing() + ((self.account,) if self.account else ())
+
+
+class LoginAttempt:
+    """One password check that holds places in the throttle's counts until it ends.
+
+    The places are taken before hashing, so attempts sent at once on many connections cannot all
+    pass the check while each other's failures are still being computed. A failed attempt keeps
+    them through the delay before its answer, so the verdicts an attacker gets on one account
+    are bounded by its places per delay, however many addresses it guesses from.
+    """
+
+    def __init__(self, throttle: LoginThrottle, keys: _Keys) -> None:
         self._throttle = throttle
-        self._account = account
-        self._peer = peer
-        self._open = True
+        self._keys = keys
+        self._verdict = False
+        self._held = True
 
     def failed(self) -> float:
-        """Count the attempt as a failure; returns how long to wait before answering it."""
-        self._close()
-        return self._throttle.failure(self._account, self._peer)
+        """Count the attempt as a failure; returns how long to wait before answering it (the
+        places are held until `end`, which `LoginThrottle.attempt` calls after that wait)."""
+        self._give_verdict()
+        return self._throttle.failure(self._keys)
 
-    def succeeded(self, *, forgive_account: bool) -> None:
-        """A right password is no failure; a login also forgives the account's earlier ones."""
-        self._close()
-        if forgive_account:
-            self._throttle.success(self._account)
+    def succeeded(self) -> None:
+        """A right password is no failure; it forgives this peer's earlier failures on the
+        account and marks the peer as one the account's owner logs in from."""
+        self._give_verdict()
+        self._throttle.success(self._keys)
+        self.end()
 
-    def abandon(self) -> None:
-        """No verdict reached the peer (an error, a dropped connection): it taught nothing."""
-        if self._open:
-            self._close()
+    def end(self) -> None:
+        """Give the places back: after the answer, or with no verdict (an error, a dropped
+        connection), which taught the peer nothing."""
+        if self._held:
+            self._held = False
+            self._throttle._release(self._keys)
 
-    def _close(self) -> None:
-        if not self._open:
+    def _give_verdict(self) -> None:
+        if self._verdict:
             raise RuntimeError("this login attempt already has its verdict")
-        self._open = False
-        self._throttle._release(self._account, self._peer)
+        self._verdict = True
 
 
 class LoginThrottle:
-    """Growing delays after failed logins, and RATE_LIMITED past a threshold.
+    """Growing delays after failed logins; RATE_LIMITED for the peer that made them.
 
-    Failures are counted within a sliding window, separately per account name and per peer
-    address; the stricter of the two applies. Memory is bounded by forgetting the least recently
-    failed keys first.
+    Failures are counted within a sliding window per (account, peer) pair, per peer (one peer,
+    many victims) and per account (one victim, many peers); a peer is an IPv4 address or an IPv6
+    /64 (`peer_key`). Past `pair_limit` or `peer_limit` recorded failures the peer is refused
+    (RATE_LIMITED) without its password being checked. The account's own count never refuses:
+    refusing there would let anyone lock the owner out with a few wrong guesses. It only sets
+    the delay before a wrong password is answered (the largest of the three counts decides,
+    the peer's growing four times more slowly: one busy office shares one address), and at most
+    `account_in_flight` checks of one account run at once, each failed one holding its place
+    through its delay; so peers guessing one account together get about `account_in_flight`
+    verdicts per `max_delay`. A peer from which the account logged in within `trusted_s` does
+    not wait for those places (still for its own): the owner is not queued behind strangers'
+    guesses. Memory is bounded by forgetting the least recently used keys first.
 
     Attempts still being verified count too: when recorded failures plus attempts in flight reach
-    a limit, a new attempt waits for their verdicts instead of being hashed alongside them. So a
-    burst of guesses gets no more verdicts than the limit, while a burst of right passwords (many
-    clients behind one address) is only queued, never refused.
+    a peer's limit, a new attempt waits for their verdicts instead of being hashed alongside them.
+    So a burst of guesses gets no more verdicts than the limit, while a burst of right passwords
+    (many clients behind one address) is only queued, never refused.
     """
 
     def __init__(
@@ -137,21 +202,40 @@ class LoginThrottle:
         *,
         base_delay: float = 0.25,
         max_delay: float = 4.0,
-        account_limit: int = 5,
+        pair_limit: int = 5,
         peer_limit: int = 20,
+        account_in_flight: int = 4,
         window_s: float = 300.0,
+        trusted_s: float = 30 * 86400.0,
         max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.base_delay = base_delay
         self.max_delay = max_delay
-        self.account_limit = account_limit
+        self.pair_limit = pair_limit
         self.peer_limit = peer_limit
+        self.account_in_flight = account_in_flight
         self.window_s = window_s
+        self.trusted_s = trusted_s
         self.max_keys = max_keys
+        self._clock = clock
         self._failures: OrderedDict[str, _Failures] = OrderedDict()
+        #: pair key -> when the account last logged in from that peer.
+        self._trusted: OrderedDict[str, float] = OrderedDict()
         self._in_flight: dict[str, int] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _keys(account: str, peer: str, *, logged_in: bool) -> _Keys:
+        net = peer_key(peer)
+        return _Keys(
+            name=account,
+            peer=peer,
+            pair=f"ap:{account}@{net}",
+            peer_key=f"p:{net}",
+            account=None if logged_in else f"a:{account}",
+        )
 
     def _recent(self, key: str, now: float) -> deque[float]:
         entry = self._failures.get(key)
@@ -161,36 +245,59 @@ class LoginThrottle:
             entry.times.popleft()
         return entry.times
 
-    def _limits(self, account: str, peer: str) -> tuple[tuple[str, int], ...]:
-        return ((f"a:{account}", self.account_limit), (f"p:{peer}", self.peer_limit))
-
-    def _refuse_if_over(self, account: str, peer: str, now: float) -> None:
-        """Under the lock: RATE_LIMITED once recorded failures reach either limit."""
-        for key, limit in self._limits(account, peer):
+    def _refuse_if_over(self, keys: _Keys, now: float) -> None:
+        """Under the lock: RATE_LIMITED once this peer's recorded failures reach a limit."""
+        for key, limit, whose in (
+            (keys.pair, self.pair_limit, "for this account from your address"),
+            (keys.peer_key, self.peer_limit, "from your address"),
+        ):
             recent = self._recent(key, now)
             if len(recent) >= limit:
                 retry = int(recent[0] + self.window_s - now) + 1
+                # The name tried, as %r: the operator sees who is under attack, and control
+                # characters in a name cannot forge a log line.
+                log.warning(
+                    "password check refused (RATE_LIMITED): account=%r peer=%s counter=%s "
+                    "failures=%d",
+                    keys.name,
+                    keys.peer,
+                    "pair" if key == keys.pair else "peer",
+                    len(recent),
+                )
                 raise VitrineError(
                     ErrorCode.RATE_LIMITED,
-                    f"Too many failed logins; try again in {retry} seconds.",
+                    f"Too many wrong passwords {whose}; try again in {retry} seconds.",
                 )
 
-    def _try_reserve(self, account: str, peer: str) -> LoginAttempt | None:
-        """A place for one attempt, None if attempts in flight fill what the limits leave."""
-        now = time.monotonic()
+    def _is_trusted(self, keys: _Keys, now: float) -> bool:
+        since = self._trusted.get(keys.pair)
+        return since is not None and now - since < self.trusted_s
+
+    def _try_reserve(self, keys: _Keys) -> LoginAttempt | None:
+        """Places for one attempt, None while attempts in flight fill what the limits leave."""
+        now = self._clock()
         with self._lock:
-            self._refuse_if_over(account, peer, now)
-            limits = self._limits(account, peer)
-            for key, limit in limits:
+            self._refuse_if_over(keys, now)
+            for key, limit in ((keys.pair, self.pair_limit), (keys.peer_key, self.peer_limit)):
                 if len(self._recent(key, now)) + self._in_flight.get(key, 0) >= limit:
                     return None
-            for key, _ in limits:
+            if (
+                keys.account is not None
+                and self._in_flight.get(keys.account, 0) >= self.account_in_flight
+                and not self._is_trusted(keys, now)
+            ):
+                return None
+            for key in keys.held():
                 self._in_flight[key] = self._in_flight.get(key, 0) + 1
-            return LoginAttempt(self, account, peer)
+            return LoginAttempt(self, keys)
 
-    async def reserve(self, account: str, peer: str) -> LoginAttempt:
-        """Wait for a place (or RATE_LIMITED); the caller must give the attempt a verdict."""
-        while (attempt := self._try_reserve(account, peer)) is None:
+    async def reserve(self, account: str, peer: str, *, logged_in: bool = False) -> LoginAttempt:
+        """Wait for places (or RATE_LIMITED); the caller must `end` the attempt.
+
+        `logged_in`: the password of a session already logged in as `account` (ChangePassword);
+        the account's count from other peers neither delays nor queues it."""
+        keys = self._keys(account, peer, logged_in=logged_in)
+        while (attempt := self._try_reserve(keys)) is None:
             waiter = asyncio.get_running_loop().create_future()
             with self._lock:
                 self._waiters.append(waiter)
@@ -201,17 +308,19 @@ class LoginThrottle:
         return attempt
 
     @contextlib.asynccontextmanager
-    async def attempt(self, account: str, peer: str) -> AsyncIterator[LoginAttempt]:
-        """`reserve`, and give up the place if the body ends without a verdict."""
-        attempt = await self.reserve(account, peer)
+    async def attempt(
+        self, account: str, peer: str, *, logged_in: bool = False
+    ) -> AsyncIterator[LoginAttempt]:
+        """`reserve`, and `end` the attempt when the body ends (after a failure's delay)."""
+        attempt = await self.reserve(account, peer, logged_in=logged_in)
         try:
             yield attempt
         finally:
-            attempt.abandon()
+            attempt.end()
 
-    def _release(self, account: str, peer: str) -> None:
+    def _release(self, keys: _Keys) -> None:
         with self._lock:
-            for key, _ in self._limits(account, peer):
+            for key in keys.held():
                 left = self._in_flight.get(key, 0) - 1
                 if left > 0:
                     self._in_flight[key] = left
@@ -221,12 +330,12 @@ class LoginThrottle:
         for waiter in waiters:
             waiter.get_loop().call_soon_threadsafe(_wake, waiter)
 
-    def failure(self, account: str, peer: str) -> float:
+    def failure(self, keys: _Keys) -> float:
         """Record a failure and return how long to wait before answering it."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             counts = []
-            for key in (f"a:{account}", f"p:{peer}"):
+            for key in keys.held():
                 self._recent(key, now)
                 entry = self._failures.setdefault(key, _Failures())
                 entry.times.append(now)
@@ -234,14 +343,28 @@ class LoginThrottle:
                 counts.append(len(entry.times))
             while len(self._failures) > self.max_keys:
                 self._failures.popitem(last=False)
-        account_count, peer_count = counts
+        pair_count, peer_count, *account_count = counts
         # The peer counter grows more slowly: one busy office shares one address.
-        steps = max(account_count, peer_count // 4)
+        steps = max(pair_count, peer_count // 4, *account_count)
+        log.info(
+            "wrong password: account=%r peer=%s failures: pair=%d peer=%d account=%s",
+            keys.name,
+            keys.peer,
+            pair_count,
+            peer_count,
+            account_count[0] if account_count else "- (logged-in session)",
+        )
         return min(self.max_delay, self.base_delay * 2 ** max(steps - 1, 0))
 
-    def success(self, account: str) -> None:
+    def success(self, keys: _Keys) -> None:
+        now = self._clock()
         with self._lock:
-            self._failures.pop(f"a:{account}", None)
+            self._failures.pop(keys.pair, None)
+            if keys.account is not None:  # a login, not a ChangePassword
+                self._trusted[keys.pair] = now
+                self._trusted.move_to_end(keys.pair)
+                while len(self._trusted) > self.max_keys:
+                    self._trusted.popitem(last=False)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

@@ -16,6 +16,12 @@ from shell.app import ACCOUNT, CommandFailed, TextArgumentParser, VitrineShell, 
 from shell.text import printable
 
 
+def _check_name(name: str) -> None:
+    """The server's rule for names, applied before a password is asked for one."""
+    if not USERNAME_RULE.fullmatch(name.strip().lower()):
+        raise CommandFailed(f"Invalid user name {printable(name)!r}: use {USERNAME_RULE_TEXT}.")
+
+
 class AccountCommands(cmd2.CommandSet[VitrineShell]):
     DEFAULT_CATEGORY = ACCOUNT
 
@@ -32,10 +38,7 @@ class AccountCommands(cmd2.CommandSet[VitrineShell]):
         shell = self._cmd
         # Refused before the password is asked (twice), not after: the server stays the judge
         # (of a name taken too), this only spares typing a password for a name it would refuse.
-        if not USERNAME_RULE.fullmatch(args.name.strip().lower()):
-            raise CommandFailed(
-                f"Invalid user name {printable(args.name)!r}: use {USERNAME_RULE_TEXT}."
-            )
+        _check_name(args.name)
         password = shell.ask_new_secret("New password: ", "VITRINE_PASSWORD")
         user = shell.session.call(CreateUser(id=0, name=args.name, password=password), UserInfo)
         role = " as the admin" if user.admin else ""
@@ -47,6 +50,9 @@ class AccountCommands(cmd2.CommandSet[VitrineShell]):
     @cmd2.with_argparser(login_parser)
     def do_login(self, args: argparse.Namespace) -> None:
         shell = self._cmd
+        # No account can have a name outside the rule: asking for the password would be for
+        # nothing, and a name too long for the wire would come back as a protocol error.
+        _check_name(args.name)
         password = shell.ask_secret("Password: ")
         session = shell.session.login(args.name, password)
         role = " (admin)" if session.admin else ""

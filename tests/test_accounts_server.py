@@ -123,7 +123,8 @@ def test_guesses_sent_at_once_get_no_more_verdicts_than_the_limit(
     # 5 failures per account: only 5 guesses are ever hashed, the other 35 are refused unheard.
     assert codes == {ErrorCode.UNAUTHENTICATED: 5, ErrorCode.RATE_LIMITED: 35}
     assert all("try again in" in r.message for r in results if r.code is ErrorCode.RATE_LIMITED)
-    # The account is locked for the window: even the right password is refused.
+    # That address is refused this account for the window, even with the right password (other
+    # addresses are not: test_login_lockout.py).
     error = error_of(lambda: connections[0].call(Login(id=0, name="burst", password=PASSWORD)))
     assert error.code is ErrorCode.RATE_LIMITED
 
@@ -217,12 +218,13 @@ def test_passwords_are_argon2id_phc_at_owasp_minimum() -> None:
     assert not verify_password("other password", phc)
 
 
-def test_throttle_counts_per_account_and_per_peer() -> None:
+def test_throttle_counts_per_pair_and_per_peer() -> None:
     """Through `attempt`, as the login handlers use it: a refused place is RATE_LIMITED at
-    once, and a verdict is what counts."""
+    once, and a verdict is what counts. The account's own count never refuses
+    (test_login_lockout.py)."""
 
     async def scenario() -> None:
-        throttle = LoginThrottle(base_delay=0.1, max_delay=1.0, account_limit=3, peer_limit=5)
+        throttle = LoginThrottle(base_delay=0.1, max_delay=1.0, pair_limit=3, peer_limit=5)
 
         async def fail(account: str, peer: str) -> float:
             async with asyncio.timeout(1), throttle.attempt(account, peer) as attempt:
@@ -236,19 +238,19 @@ def test_throttle_counts_per_account_and_per_peer() -> None:
         delays = [await fail("alice", "10.0.0.1") for _ in range(3)]
         assert delays == sorted(delays) and delays[0] < delays[-1] <= 1.0
         with pytest.raises(VitrineError) as caught:
-            await admitted("alice", "10.0.0.2")  # another peer cannot keep guessing alice
+            await admitted("alice", "10.0.0.1")  # that peer cannot keep guessing alice
         assert caught.value.code is ErrorCode.RATE_LIMITED
-        await admitted("bob", "10.0.0.2")
+        await admitted("alice", "10.0.0.2")  # another peer is still heard
         for name in ("bob", "carol"):
             await fail(name, "10.0.0.1")
         with pytest.raises(VitrineError) as caught:
             await admitted("dave", "10.0.0.1")  # one peer cannot spray many accounts
         assert caught.value.code is ErrorCode.RATE_LIMITED
-        # a login forgives the account's earlier failures: two more do not reach its limit
+        # a login forgives that peer's earlier failures: two more do not reach its limit
         for _ in range(2):
             await fail("erin", "10.0.0.3")
         async with throttle.attempt("erin", "10.0.0.3") as attempt:
-            attempt.succeeded(forgive_account=True)
+            attempt.succeeded()
         for _ in range(2):
             await fail("erin", "10.0.0.3")
         await admitted("erin", "10.0.0.3")
@@ -260,22 +262,25 @@ def test_throttle_counts_attempts_still_being_verified() -> None:
     """A place is taken before hashing; past the limit, newcomers wait for the verdicts."""
 
     async def scenario() -> None:
-        throttle = LoginThrottle(base_delay=0.0, account_limit=2, peer_limit=10)
+        throttle = LoginThrottle(base_delay=0.0, pair_limit=2, peer_limit=10)
         first = await throttle.reserve("alice", "10.0.0.1")
-        second = await throttle.reserve("alice", "10.0.0.2")
-        third = asyncio.create_task(throttle.reserve("alice", "10.0.0.3"))
+        second = await throttle.reserve("alice", "10.0.0.1")
+        third = asyncio.create_task(throttle.reserve("alice", "10.0.0.1"))
         await asyncio.sleep(0.05)
-        assert not third.done()  # two in flight fill alice's limit: the third waits
-        first.succeeded(forgive_account=False)  # a right password frees its place...
-        (await asyncio.wait_for(third, 1)).failed()
+        assert not third.done()  # two in flight fill the pair's limit: the third waits
+        first.succeeded()  # a right password frees its place...
+        attempt = await asyncio.wait_for(third, 1)
+        attempt.failed()
+        attempt.end()
         second.failed()  # ...wrong ones keep theirs, as failures
+        second.end()
         with pytest.raises(VitrineError) as caught:
-            await throttle.reserve("alice", "10.0.0.4")
+            await throttle.reserve("alice", "10.0.0.1")
         assert caught.value.code is ErrorCode.RATE_LIMITED
         async with throttle.attempt("bob", "10.0.0.1"):
             pass  # no verdict (a dropped connection): the place is given back
         for index in range(10):  # right passwords never use up the peer's limit
-            (await throttle.reserve(f"user{index}", "10.0.0.9")).succeeded(forgive_account=True)
+            (await throttle.reserve(f"user{index}", "10.0.0.9")).succeeded()
 
     asyncio.run(scenario())
 
