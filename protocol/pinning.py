@@ -2,15 +2,28 @@
 
 One line per server: `host:port SHA256:<base64>`. An unknown server is shown and asked about
 (or accepted by an explicit flag); a changed fingerprint is always refused, because that is
-exactly what an attacker in the middle looks like.
+exactly what an attacker in the middle looks like. The one exception is a server whose
+certificate verified against the CA the user named with `--ca-file`: that CA, not the pin, is
+then the trust anchor, and the pin just follows the certificate (`follow`).
+
+The file is the user's as much as the client's: lines the client does not understand
+(comments, notes, other tools' entries) are kept as they are when it adds a pin.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from util.files import write_atomically
+
+#: Editors on some systems start a UTF-8 file with a byte-order mark; it is not part of a pin.
+_BOM = "\ufeff"
 
 
 class PinningError(Exception):
@@ -35,22 +48,25 @@ class FingerprintChanged(PinningError):
 class KnownServers:
     path: Path
 
-    def _entries(self) -> dict[str, str]:
-        entries: dict[str, str] = {}
+    def _read(self) -> str:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            return self.path.read_text(encoding="utf-8").removeprefix(_BOM)
         except FileNotFoundError:
-            return entries
+            return ""
         except (OSError, UnicodeDecodeError) as exc:
             # Pins that cannot be read cannot vouch for any server: refuse, and say what to fix.
+            if isinstance(exc, NotADirectoryError):
+                raise _not_a_directory(self.path) from None
             raise PinningError(
                 f"Cannot read the known servers file {self.path}: {_reason(exc)}. "
                 "Fix or remove it (every server is then asked about again)."
             ) from None
-        for line in text.splitlines():
-            fields = line.split()
-            if len(fields) >= 2 and not line.lstrip().startswith("#"):
-                entries[fields[0]] = fields[1]
+
+    def _entries(self) -> dict[str, str]:
+        entries: dict[str, str] = {}
+        for line in self._read().splitlines():
+            if (pin := _pin(line)) is not None:
+                entries[pin[0]] = pin[1]
         return entries
 
     def lookup(self, server: str) -> str | None:
@@ -66,16 +82,87 @@ class KnownServers:
         return True
 
     def add(self, server: str, fingerprint: str) -> None:
-        entries = self._entries()
-        entries[server] = fingerprint
-        text = "".join(f"{key} {value}\n" for key, value in entries.items())
+        """Pin `server` to `fingerprint`, replacing its old pin and keeping every other line.
+
+        Read, change and rewrite happen under a lock: two clients pinning at once would
+        otherwise each rewrite the file they read, and the later rename drops the other pin."""
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # pins and history
-            write_atomically(self.path, text.encode())
+            with self._locked():
+                write_atomically(self.path, _repinned(self._read(), server, fingerprint).encode())
         except OSError as exc:
+            if isinstance(exc, NotADirectoryError | FileExistsError):
+                raise _not_a_directory(self.path) from None
             raise PinningError(
                 f"Cannot save the pin for {server} in {self.path}: {_reason(exc)}."
             ) from None
+
+    def follow(
+        self,
+        server: str,
+        presented: str,
+        notice: Callable[[str], None] = lambda text: print(text, file=sys.stderr),
+    ) -> None:
+        """Pin whatever certificate `server` now presents, saying so when it replaces another.
+
+        Only for a certificate that verified, chain and host name, against the CA the user
+        named (`--ca-file`): that CA is the trust anchor, so a renewal (every 60-90 days with
+        Let's Encrypt) must not lock every client out as a changed key would. The notice
+        still leaves a trace of the change, for a user who did not expect one."""
+        stored = self.lookup(server)
+        if stored == presented:
+            return
+        self.add(server, presented)
+        if stored is not None:
+            notice(
+                f"vitrine: the certificate of {server} changed from {stored} to {presented}; "
+                "it verifies against --ca-file, so it is accepted and pinned."
+            )
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An advisory lock on the config directory: the file itself is replaced by each
+        rewrite, so a lock on it would not hold across the rename."""
+        fd = os.open(self.path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _repinned(text: str, server: str, fingerprint: str) -> str:
+    """`text` with `server`'s pin line (the first, in its place; any later ones dropped, as
+    they would contradict it) set to `fingerprint`, or the pin added at the end."""
+    lines: list[str] = []
+    pinned = False
+    for line in text.splitlines(keepends=True):
+        if (pin := _pin(line)) is None or pin[0] != server:
+            lines.append(line)
+        elif not pinned:
+            lines.append(f"{server} {fingerprint}\n")
+            pinned = True
+    if not pinned:
+        if lines and not lines[-1].endswith(("\n", "\r")):
+            lines[-1] += "\n"
+        lines.append(f"{server} {fingerprint}\n")
+    return "".join(lines)
+
+
+def _pin(line: str) -> tuple[str, str] | None:
+    """(server, fingerprint) of a pin line; None for a comment or a line not understood."""
+    fields = line.split()
+    if len(fields) < 2 or fields[0].startswith("#"):
+        return None
+    return fields[0], fields[1]
+
+
+def _not_a_directory(path: Path) -> PinningError:
+    """The fault is the config directory (`--config-dir` naming a file), not the pins in it."""
+    return PinningError(
+        f"The config directory {path.parent} is not a directory (is --config-dir a file?). "
+        "Pass a directory, or remove the file in its place."
+    )
 
 
 def _reason(exc: OSError | UnicodeDecodeError) -> str:

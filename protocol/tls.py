@@ -2,7 +2,8 @@
 
 A fresh server has no certificate a client could verify against a CA, so it makes its own and
 clients pin its fingerprint the way OpenSSH pins host keys (see `protocol.pinning`). Production
-deployments can pass a real certificate instead and clients verify it with `--ca-file`.
+deployments can pass a real certificate instead and clients verify it with `--ca-file`, which
+makes that CA the trust anchor: a renewed certificate that verifies is accepted, not refused.
 """
 
 from __future__ import annotations
@@ -143,12 +144,18 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def client_context(ca_file: Path | None = None) -> ssl.SSLContext:
-    """TLS 1.3 only. Without a CA file the chain is not checked here: the pin is checked instead."""
+    """TLS 1.3 only. Without a CA file the chain is not checked here: the pin is checked instead.
+
+    With one, chain and host name are checked here and that CA becomes the trust anchor: the
+    pin then only follows the certificate (`KnownServers.follow`), so both checks are set
+    explicitly rather than left to the defaults they rely on."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     if ca_file is None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     else:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.check_hostname = True
         context.load_verify_locations(cafile=str(ca_file))
     return context

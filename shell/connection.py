@@ -60,7 +60,10 @@ class UntrustedServer(PinningError):
 
 @dataclass
 class TrustPolicy:
-    """How to treat a server that `known_servers` does not know yet."""
+    """How to treat a server that `known_servers` does not know yet, or knows by another
+    certificate. With `--ca-file` the handshake has verified chain and host name against the
+    CA the user named, and that CA is the trust anchor: the pin just follows the certificate
+    (renewals are routine), instead of asking or refusing."""
 
     known_servers: KnownServers
     #: Accept an unknown server without asking (scripts).
@@ -70,12 +73,15 @@ class TrustPolicy:
     #: Asks the person; returns True to trust and pin. None means nobody can be asked.
     ask: Callable[[str, str], bool] | None = None
 
-    def verify(self, server: str, presented: str) -> None:
+    def verify(self, server: str, presented: str, *, ca_verified: bool = False) -> None:
         if self.expected is not None and self.expected != presented:
             raise UntrustedServer(
                 f"The server at {server} presented {presented}, not the expected {self.expected}; "
                 "refusing to connect."
             )
+        if ca_verified:
+            self.known_servers.follow(server, presented)
+            return
         if self.known_servers.check(server, presented):
             return
         if self.expected is not None or self.trust_new:
@@ -248,7 +254,7 @@ class ServerConnection:
         self.fingerprint = tls.fingerprint(der or b"")
         self._writer = writer
         try:
-            self.trust.verify(self.server, self.fingerprint)
+            self.trust.verify(self.server, self.fingerprint, ca_verified=self.ca_file is not None)
         except BaseException:
             self._io(self._drop_transport())
             raise

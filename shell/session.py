@@ -6,6 +6,7 @@ went away and carry on as the same user without asking for the password again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import TypeVar
@@ -13,9 +14,21 @@ from typing import TypeVar
 from protocol.base import Request, Response
 from protocol.errors import ErrorCode, VitrineError
 from protocol.messages import ChangePassword, Login, Logout, Resume, Session, UserInfo, WhoAmI
+from protocol.pinning import PinningError
 from shell.connection import ConnectionLost, ServerConnection
 
 R = TypeVar("R", bound=Response)
+
+#: How long the server keeps a session it was never told to end (docs/protocol.md: resume
+#: tokens expire 7 days after the login that made them).
+SESSION_LIFETIME_S = 7 * 24 * 3600
+
+
+class ServerLogoutFailed(ConnectionError):
+    """The shell has forgotten the session, but the server could not be told to end it.
+
+    A ConnectionError so the shell reports it like any unreachable server (and a script's exit
+    status says something did not happen); the logout itself is already done here."""
 
 
 class ClientSession:
@@ -25,6 +38,8 @@ class ClientSession:
         self.user: str | None = None
         self.admin = False
         self._token: str | None = None
+        #: When the held token was issued: the server ends its session SESSION_LIFETIME_S later.
+        self._token_since = 0.0
 
     @property
     def server(self) -> str:
@@ -77,17 +92,33 @@ class ClientSession:
 
     def _adopt(self, session: Session) -> Session:
         self.user, self.admin, self._token = session.name, session.admin, session.resume_token
+        self._token_since = time.time()
         return session
 
     def logout(self) -> None:
+        """End the session here whatever happens, then on the server if it can be reached.
+
+        `logout` is for good: a token kept because the server was down (or its identity could
+        not be trusted) would silently resume the session at the next command. Raises
+        ServerLogoutFailed, after forgetting the token, when the server was not told."""
+        name, held, expires = self.user, self._token, self._token_since + SESSION_LIFETIME_S
         try:
             self.call(Logout(id=0))
-        except ConnectionLost:
-            pass
+        except (ConnectionError, ConnectionLost, PinningError) as exc:
+            if held is None:
+                raise  # no session to end: a plain failure to reach the server
+            until = time.strftime("%Y-%m-%d %H:%M", time.localtime(expires))
+            # Lost mid-request, the logout may have arrived; a failed connect never sent it.
+            told = "may not have been" if isinstance(exc, ConnectionLost) else "was not"
+            raise ServerLogoutFailed(
+                f"{exc}\nLogged out {name} in this shell only: the server {told} told, and "
+                f"ends the session there on its own at {until} (7 days after the login)."
+            ) from None
         except VitrineError as exc:
             if exc.code is not ErrorCode.UNAUTHENTICATED:
                 raise
-        self._forget()
+        finally:
+            self._forget()
 
     def recheck_login(self) -> None:
         """After an UNAUTHENTICATED answer while logged in, ask whether the server still has
