@@ -205,8 +205,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     for dest, (flag, _convert) in CHECKED.items():
         env = cfg.env_name(flag)
-        if env in os.environ:
-            parser.set_defaults(**{dest: EnvValue(env, os.environ[env])})
+        value = cfg.env_value(env)  # empty is unset, as for every other variable
+        if value is not None:
+            parser.set_defaults(**{dest: EnvValue(env, value)})
     args = parser.parse_args(argv)
     check_env(parser, args)
     if (args.tls_cert is None) != (args.tls_key is None):

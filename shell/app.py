@@ -16,6 +16,7 @@ import select
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 import cmd2
@@ -69,10 +70,16 @@ class VitrineShell(cmd2.Cmd):
         command_sets: Iterable[cmd2.CommandSet[Any]] = (),
         **kwargs: Any,
     ) -> None:
-        _private_history(config_dir / "history")
+        history = config_dir / "history"
+        unsaved = _private_history(history)
+        if unsaved is not None:
+            # Pins shipped read-only in a container, or a full disk, must not stop the shell:
+            # the history is a convenience. One line now rather than a traceback at start.
+            print(f"vitrine: history will not be saved: {unsaved}", file=sys.stderr)
         super().__init__(
             command_sets=list(command_sets),
-            persistent_history_file=str(config_dir / "history"),
+            # an earlier history that can still be read is offered (`history -a`, the up arrow)
+            persistent_history_file=str(history) if _readable_file(history) else "",
             auto_suggest=False,
             # Titles, searches and descriptions hold `>`, `|` and `;` as text. cmd2 would write
             # `update_image 80 --title Sizes>important.txt` over a local file, run what follows
@@ -81,6 +88,8 @@ class VitrineShell(cmd2.Cmd):
             terminators=[],
             **kwargs,
         )
+        if unsaved is not None:
+            self.persistent_history_file = ""  # cmd2 saves at exit only when this is set
         self.session = session
         self.data_dir = data_dir
         self.config_dir = config_dir
@@ -104,6 +113,11 @@ class VitrineShell(cmd2.Cmd):
         #: Whoever read stdout has closed it (`| head -1`): nothing more runs, and shell.cli
         #: exits with SIGPIPE's status, as a Unix tool killed by it would.
         self.output_closed = False
+        #: A SIGINT came while a script was read from stdin that is not a terminal: nothing more
+        #: runs, and shell.cli exits with 130 (128 + SIGINT), as a shell script would.
+        self.interrupted = False
+        #: The command that was running then ("" between commands), for shell.cli to name.
+        self.interrupted_during: str | None = None
         self.sync_login_state()
 
     # --- what is offered when --------------------------------------------------------------------
@@ -160,6 +174,9 @@ class VitrineShell(cmd2.Cmd):
         With `stop_on_failure`, a failed command ends the run (failed_command names it)."""
         if self.output_closed or self.reader_gone():
             return self._stop_for_closed_output()
+        if self.interrupted:  # while the line was read: it is not run
+            self.interrupted_during = self.interrupted_during or ""
+            return True
         failed_before, self.exit_code = self.exit_code, 0
         line = line.removeprefix(BOM)  # a script saved "with BOM" by a Windows editor
         undecodable = _undecodable(line)
@@ -190,15 +207,52 @@ class VitrineShell(cmd2.Cmd):
             stop = super().onecmd_plus_hooks(line, **kwargs)
         if self.output_closed or self.reader_gone():
             # cmd2 swallows the BrokenPipeError of a table it prints, so the pipe itself is
-            # asked: a `checkout --yes` after a listing piped to `head -1` must not run.
+            # asked. This stops the run once the reader is seen gone; it cannot promise that a
+            # short listing piped to `head -1` is noticed before the next command starts
+            # (docs/shell.md says so, and advises against chaining a checkout after one).
             self.exit_code = failed_before
             return self._stop_for_closed_output()
         failed = self.exit_code != 0
         self.exit_code = max(failed_before, self.exit_code)
+        if self.interrupted:  # the command has said what it did; nothing after it runs
+            self.interrupted_during = undecodable or line.strip()
+            return True
         if failed and self.stop_on_failure:
             self.failed_command = undecodable or line.strip()
             return True
         return stop
+
+    def sigint_handler(self, signum: int, frame: FrameType | None) -> None:
+        """A script read from a pipe or a file stops at SIGINT (`kill -INT`, Ctrl-C at the
+        terminal that started `... | client.py`), as a shell script does: the command it
+        interrupts accounts for itself as after a Ctrl-C, and the lines after it are not run.
+        cmd2 went on with the next line and ended with status 0. At a terminal, Ctrl-C still
+        only stops the command and gives the prompt back."""
+        if not self.stdin.isatty():
+            self.interrupted = True
+        super().sigint_handler(signum, frame)
+
+    def _raise_keyboard_interrupt(self) -> None:
+        """cmd2 prints an empty line first so that the next prompt starts a line of its own;
+        in piped or redirected output it would sit among the JSON lines."""
+        if self.stdout.isatty():
+            self.poutput()
+        raise KeyboardInterrupt("Got a keyboard interrupt")
+
+    def _read_command_line(self, prompt: str) -> str:
+        """cmd2 answers a Ctrl-C at the prompt with `^C` on stdout: with stdout not a terminal
+        that goes to stderr (a person typing, output redirected), and in a script read from
+        stdin the interrupt ends the run (onecmd_plus_hooks stops at the empty line)."""
+        try:
+            return super()._read_command_line(prompt)
+        except KeyboardInterrupt:
+            if self.interrupted or not self.stdin.isatty():
+                self.interrupted = True
+                return ""
+            if self.stdout.isatty():
+                raise  # cmd2 shows ^C and the prompt again
+            self.perror("^C", style=None)
+            return ""
 
     def reader_gone(self) -> bool:
         """Whether stdout is a pipe or socket whose reader has closed it: the kernel reports
@@ -384,13 +438,28 @@ def _long_enough(password: str) -> str:
     return password
 
 
-def _private_history(path: Path) -> None:
+def _private_history(path: Path) -> str | None:
     """The history holds every line typed, a password typed by mistake on a command line too:
     owner-only, like known_servers. cmd2 rewrites the file in place, so the mode it is created
-    with here stays."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-    os.chmod(path, 0o600)
+    with here stays. Returns why the history cannot be saved (a read-only config directory,
+    `history` a directory), or None when it can."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        return f"cannot write {exc.filename or path}: {reason}."
+    return None
+
+
+def _readable_file(path: Path) -> bool:
+    """Whether cmd2 can load `path` as the earlier history without an error of its own."""
+    try:
+        with path.open("rb"):
+            return path.is_file()
+    except OSError:
+        return False
 
 
 # argparse takes a word that starts with "-" for an option unless it looks like a negative
@@ -521,13 +590,26 @@ class TextArgumentParser(ShellArgumentParser):
         super().error(message)
 
 
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+
+
+def whole_number(text: str) -> int:
+    """A whole number as a person types one in a flag: ASCII digits with an optional sign.
+    int() would also take `1_0` (10) and non-ASCII digits such as `１２` or `١٢`, so a typo
+    would quietly become another count or another image's id. Raises ValueError."""
+    digits = text.strip()
+    if not _WHOLE_NUMBER.fullmatch(digits):
+        raise ValueError(f"{text!r} is not a whole number")
+    return int(digits)
+
+
 def id_argument(kind: str) -> Callable[[str], int]:
     """An argparse type for an image or order id, written `12` or `#12` as listings show them;
     1 to 2**53, the largest integer a JSON number keeps exact."""
 
     def parse(text: str) -> int:
         try:
-            value = int(text.strip().lstrip("#"))
+            value = whole_number(text.strip().removeprefix("#"))
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an {kind} id (a number)") from None
         if not 1 <= value <= 2**53:

@@ -97,11 +97,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.server_source = "--server"
     if args.server is None:
-        from_env = os.environ.get(cfg.env_name("--server"))
+        from_env = cfg.env_value(cfg.env_name("--server"))
         args.server = f"127.0.0.1:{DEFAULT_PORT}" if from_env is None else from_env
         args.server_source = "--server" if from_env is None else cfg.env_name("--server")
     if args.timeout is None:
-        from_env = os.environ.get(cfg.env_name("--timeout"))
+        from_env = cfg.env_value(cfg.env_name("--timeout"))
         try:
             args.timeout = DEFAULT_ANSWER_TIMEOUT_S if from_env is None else _seconds(from_env)
         except argparse.ArgumentTypeError as exc:
@@ -152,9 +152,39 @@ def _ask_trust(server: str, fingerprint: str) -> bool:
 #: The exit status of a Unix tool killed by SIGPIPE (128 + 13): the client's reader closed its
 #: end (`| head -1`), so it stopped there, as `cat` or `grep` would.
 SIGPIPE_STATUS = 141
+#: The exit status of a script stopped by SIGINT (128 + 2), as a shell reports one.
+INTERRUPTED_STATUS = 130
+
+
+#: The narrowest width anything is laid out for: a smaller COLUMNS is taken as this. Here
+#: listings, the cart and the order histories are records of a field a line (their narrowest
+#: layout), and the longest number the protocol allows still shows whole beside the longest
+#: label: an order total of 500 lines at the largest price and quantity (20 characters, after
+#: "order total"), an id of 16 digits in show_image (after "description").
+MIN_COLUMNS = 36
+
+
+def sane_terminal_size() -> None:
+    """Drop a COLUMNS or LINES that is not a positive number, and raise a COLUMNS below
+    MIN_COLUMNS to it, before any console reads them. rich takes `COLUMNS=0` literally and
+    then prints nothing at all, errors included, and `COLUMNS=1` gave records of blank lines;
+    the standard library already ignores 0, so both now agree on one width."""
+    for name in ("COLUMNS", "LINES"):
+        value = os.environ.get(name)
+        if value is None:
+            continue
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if number <= 0:
+            del os.environ[name]  # as if unset: the terminal's own size, else 80 columns
+        else:  # rich reads only plain digits, the standard library any int(): one spelling
+            os.environ[name] = str(max(number, MIN_COLUMNS) if name == "COLUMNS" else number)
 
 
 def main(argv: list[str] | None = None) -> int:
+    sane_terminal_size()  # before argparse, which lays --help out for COLUMNS too
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # A script line that is not UTF-8 is refused by the shell with a sentence; read strictly,
     # it would end the whole run with a UnicodeDecodeError. (Before anything reads stdin: the
@@ -171,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         known_servers=KnownServers(config_dir / "known_servers"),
         trust_new=args.trust_new_server,
         expected=args.fingerprint,
-        ask=_ask_trust if sys.stdin.isatty() else None,
+        # Asked only where it can be seen and answered: with stderr redirected the question
+        # would be invisible, and a blind "yes" would pin a fingerprint nobody read.
+        ask=_ask_trust if sys.stdin.isatty() and sys.stderr.isatty() else None,
     )
     if args.ca_file is not None:
         try:  # a CA bundle that cannot be used is not the server's fault: say which file
@@ -228,9 +260,22 @@ def main(argv: list[str] | None = None) -> int:
             return SIGPIPE_STATUS if shell.output_closed else shell.exit_code
         scripted_status = shell.exit_code
         shell.stop_on_failure = not at_terminal
-        status = shell.cmdloop()
+        try:
+            status = shell.cmdloop()
+        except KeyboardInterrupt:  # one that came between cmd2's own handling of them
+            if not shell.interrupted:
+                raise
         if shell.output_closed:
             return SIGPIPE_STATUS
+        if shell.interrupted:
+            during = shell.interrupted_during
+            shell.perror(
+                f"Interrupted at `{during}`: nothing after it was run."
+                if during
+                else "Interrupted while waiting for the next command: nothing more was run.",
+                style=None,
+            )
+            return INTERRUPTED_STATUS
         if shell.failed_command is not None:
             shell.perror(
                 f"Stopped at `{shell.failed_command}`, which failed: nothing after it was run.",

@@ -59,7 +59,7 @@ from protocol.catalog import (
 )
 from protocol.errors import ErrorCode, VitrineError
 from protocol.limits import MAX_BATCH
-from shell.app import CommandFailed, write_json_lines
+from shell.app import CommandFailed, whole_number, write_json_lines
 from shell.connection import ConnectionLost
 from shell.contact_sheet import sheet_format, write_contact_sheet
 from shell.interrupts import HeldInterrupts
@@ -171,7 +171,7 @@ def memory(shell: cmd2.Cmd) -> ListingMemory:
 
 def batch_size(text: str) -> int:
     try:
-        value = int(text)
+        value = whole_number(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of images") from None
     if not 1 <= value <= MAX_BATCH:

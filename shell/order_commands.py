@@ -22,7 +22,15 @@ from rich.text import Text
 from protocol.catalog import ListOrders, ListSales, Order, OrderLine, OrderList
 from protocol.limits import MAX_BATCH
 from shell import listing
-from shell.app import CART, CommandFailed, VitrineShell, id_argument, parser, write_json_lines
+from shell.app import (
+    CART,
+    CommandFailed,
+    VitrineShell,
+    id_argument,
+    parser,
+    whole_number,
+    write_json_lines,
+)
 from shell.text import plural, printable
 from util.money import format_cents
 
@@ -161,7 +169,7 @@ order_id = id_argument("order")
 def page_size(text: str) -> int:
     """listing.batch_size's range, in a message about orders rather than images."""
     try:
-        value = int(text)
+        value = whole_number(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of orders") from None
     if not 1 <= value <= MAX_BATCH:

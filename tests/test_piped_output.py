@@ -331,9 +331,9 @@ def test_a_contact_sheet_of_one_image_is_said_in_the_singular(
 @pytest.mark.parametrize(
     ("variable", "value", "said"),
     [
-        ("VITRINE_TIMEOUT", "", "VITRINE_TIMEOUT: '' is not a number of seconds"),
+        ("VITRINE_TIMEOUT", "soon", "VITRINE_TIMEOUT: 'soon' is not a number of seconds"),
         ("VITRINE_TIMEOUT", "0", "VITRINE_TIMEOUT: the timeout must be above 0 s"),
-        ("VITRINE_SERVER", "", "bad VITRINE_SERVER: '' has no host name"),
+        ("VITRINE_SERVER", ":7878", "bad VITRINE_SERVER: ':7878' has no host name"),
     ],
 )
 def test_a_bad_environment_value_is_said_to_come_from_the_variable(

@@ -121,6 +121,26 @@ def test_an_unrelated_stray_word_is_still_named(run: Shell) -> None:
     assert "unrecognized arguments: ,x" in err, err
 
 
+@pytest.mark.parametrize("typed", ["1_0", "１０", "١٠", "1e1", "0x10"])
+def test_numbers_are_ascii_digits_only(run: Shell, typed: str) -> None:
+    """int() takes `1_0` and non-ASCII digits: a typo would quietly be another number."""
+    err = run(f"browse_by_tags straw --batch {typed}")
+    assert f"{typed!r} is not a number of images" in err, err
+    assert run.session.sent == []
+
+
+@pytest.mark.parametrize("typed", ["1_2", "１２", "#١٢"])
+def test_an_image_id_is_ascii_digits_only(run: Shell, typed: str) -> None:
+    err = run(f"search_by_image --id {typed}")
+    assert f"{typed!r} is not an image id (a number)" in err, err
+    assert run.session.sent == []
+
+
+def test_an_image_id_may_still_be_written_as_listings_show_it(run: Shell) -> None:
+    run("search_by_image --id #12")
+    assert run.session.sent and run.session.sent[0].image_id == 12  # type: ignore[attr-defined]
+
+
 def test_a_bad_value_of_a_real_option_is_not_called_an_unknown_option(run: Shell) -> None:
     err = run("browse_by_tags straw --batch=0")
     assert "no option" not in err and "a batch holds 1 to 500 images" in err, err

@@ -8,6 +8,10 @@ and `--fingerprint`, are command-line only. The client's `--data-dir` is
 `VITRINE_CLIENT_DATA_DIR`, so that one exported `VITRINE_DATA_DIR` cannot put carts into the
 server's data directory. Defaults come from platformdirs so a plain `python server.py` works
 with nothing set up.
+
+A variable set but empty (`VITRINE_CONFIG_DIR=`) counts as unset, for every variable here
+(`env_value`): an empty path would otherwise mean the current directory, and the client would
+write its pins, history and carts wherever it happened to be started.
 """
 
 from __future__ import annotations
@@ -34,7 +38,13 @@ def default_client_data_dir() -> Path:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("VITRINE_CACHE_DIR") or platformdirs.user_cache_dir(APP_NAME))
+    return Path(env_value("VITRINE_CACHE_DIR") or platformdirs.user_cache_dir(APP_NAME))
+
+
+def env_value(name: str) -> str | None:
+    """The variable's value, or None when it is unset or empty (see the module docstring):
+    `VAR=` in a unit file or a `docker run -e VAR=` is how people clear a setting."""
+    return os.environ.get(name) or None
 
 
 def env_name(flag: str) -> str:
@@ -54,7 +64,8 @@ def add_option(
     """Add `flag` with its environment twin as the default, and say so in the help. `env`
     names the twin where env_name's would be another program's (the client's --data-dir)."""
     env = env or env_name(flag)
-    value = os.environ.get(env, default)
+    from_env = env_value(env)
+    value = default if from_env is None else from_env
     parser.add_argument(flag, default=value, help=f"{help} (env {env})", **kwargs)  # type: ignore[arg-type]
 
 
