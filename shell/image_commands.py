@@ -8,7 +8,9 @@ still finishes the others and then sets a non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import stat
 import sys
 import time
@@ -48,6 +50,7 @@ from shell.app import (
     VitrineShell,
     image_id,
     parser,
+    whole_number,
     write_json_lines,
 )
 from shell.connection import ConnectionLost, InterruptedAfterSending
@@ -155,7 +158,7 @@ def bounded_text(limit: int, what: str) -> Any:
 
 def window_size(text: str) -> int:
     try:
-        value = int(text)
+        value = whole_number(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of requests") from None
     if not 1 <= value <= 256:
@@ -208,6 +211,11 @@ class _Report:
     Lines are gathered and printed together every PRINT_EVERY_S, so thousands of outcomes cost
     a few hundred writes, not thousands of redraws of the live progress bar. With --json the
     lines go straight to stdout, which then never carries the bar (_progress_for).
+
+    A reader of stdout that has gone (`| head -1`) stops the sending (`gone`, asked before each
+    file). Waiting for a write to fail was too late: the lines of a quarter of a second fit in
+    the pipe's buffer, so the write that found the reader gone came a flush later, and 132
+    more files had been sent meanwhile. From then on lines are dropped, not written.
     """
 
     def __init__(
@@ -229,11 +237,30 @@ class _Report:
         self.json = bool(args.json)
         self.list_new = bool(args.verbose) or total <= LIST_EACH_UP_TO
         self.pending: list[str] = []
-        self.flushed = time.monotonic()
+        #: The first line is written at once: a reader that wants only it (`head -1`) has it,
+        #: and goes, before a quarter of a second's files are sent for nobody.
+        self.flushed = -PRINT_EVERY_S
         self.interrupts = interrupts
         #: The results (by id) given a line: one the first Ctrl-C kept from `__call__` gets
         #: its line from `catch_up`, so every file has one.
         self.taken: set[int] = set()
+        #: Whoever read stdout has closed it: nothing more is written there.
+        self.output_gone = False
+
+    def gone(self) -> bool:
+        """Whether stdout's reader has gone: asked of the pipe itself (no write needed), so
+        the run stops before its next file, not at its next flush."""
+        if not self.output_gone and self.shell.reader_gone():
+            self.output_gone = True
+        return self.output_gone
+
+    def stopped_why(self) -> str:
+        """How the summary of a stopped run starts."""
+        if self.interrupts.terminated is not None:
+            return f"Stopped by {signal.Signals(self.interrupts.terminated).name}."
+        if self.output_gone:
+            return "Stopped: whoever read the output has closed it."
+        return "Interrupted."
 
     def line(self, result: FileResult) -> str | None:
         if self.json:
@@ -279,14 +306,22 @@ class _Report:
 
     def interrupted(self, waiting: int) -> None:
         """Ctrl-C: say why the run does not stop at once, and how to make it. The bar goes
-        first: its counts stop meaning anything, and the notice would be drawn into it."""
+        first: its counts stop meaning anything, and the notice would be drawn into it.
+        SIGTERM and SIGHUP do not wait (HeldInterrupts.wait): nobody is there to."""
         self.flush()
         self.stop_bar()
-        self.shell.perror(
-            f"Interrupted: waiting up to {INTERRUPT_GRACE_S:g} s for the answers to "
-            f"{plural(waiting, 'upload')} already sent (Ctrl-C again to stop waiting).",
-            style=None,
-        )
+        uploads = plural(waiting, "upload")
+        why = self.stopped_why().rstrip(".")
+        if self.interrupts.terminated is not None:
+            message = f"{why}: not waiting for the answers to {uploads} already sent."
+        else:
+            again = "" if self.output_gone else " again"
+            message = (
+                f"{why}: waiting up to {INTERRUPT_GRACE_S:g} s for the answers to {uploads} "
+                f"already sent (Ctrl-C{again} to stop waiting)."
+            )
+        with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+            self.shell.perror(message, style=None)
 
     def stop_bar(self) -> None:
         """Take the bar off the screen (it is transient); what follows is printed plainly."""
@@ -300,9 +335,14 @@ class _Report:
             return
         text = "\n".join(self.pending)
         self.pending = []
+        if self.output_gone:
+            return
         if self.json:
-            self.shell.stdout.write(text + "\n")
-            self.shell.stdout.flush()
+            try:
+                self.shell.stdout.write(text + "\n")
+                self.shell.stdout.flush()
+            except BrokenPipeError:  # the command raises it once every file is accounted for
+                self.output_gone = True
         elif self.progress is not None:
             self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
@@ -498,11 +538,13 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             on_result=report,
             on_interrupt=report.interrupted,
             interrupts=interrupts,
+            stop_if=report.gone,
         )
         try:
             # The Uploader holds Ctrl-C from the first press (or the last answer) on, until the
-            # end of this block: the summary always ends the run.
-            with interrupts:
+            # end of this block: the summary always ends the run. SIGTERM and SIGHUP stop it as
+            # Ctrl-C does, and end the shell (`end`) once the summary is out.
+            with interrupts.stopping(), interrupts:
                 try:
                     if progress is not None:
                         progress.start()
@@ -511,9 +553,16 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
                 finally:
                     report.flush()
                     report.stop_bar()
-                self._summarise(summary, report, walked, fields, args)
+                try:
+                    self._summarise(summary, report, walked, fields, args)
+                except OSError:
+                    if interrupts.terminated is None:  # else SIGHUP: the terminal may be gone
+                        raise
         finally:
             interrupts.end()
+        if report.output_gone:
+            # After the summary (on stderr): the shell stops as on any broken pipe (exit 141).
+            raise BrokenPipeError(32, "whoever read the output has closed it")
 
     def _summarise(
         self,
@@ -544,13 +593,13 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
                 f"are not images ({names}{more}); name one to try it."
             )
         if summary.interrupted:
-            line = f"Interrupted. {line}"
+            line = f"{report.stopped_why()} {line}"
             if summary.count(Outcome.UNANSWERED) or summary.count(Outcome.NOT_SENT):
                 line += (
                     " Run the same command again to send the rest: files already stored come "
                     "back as present, not twice."
                 )
-        if args.json:
+        if args.json or report.gone():
             shell.perror(line, style=None)
         else:
             shell.poutput(line)

@@ -2,6 +2,9 @@
 flight: checkout's order, add_image's uploads already sent. A KeyboardInterrupt raised between
 sending and recording the answer loses the answer (the cart keeps lines already bought, a run's
 summary never comes), so presses are counted and heeded only where the command waits.
+
+add_image also lets SIGTERM and SIGHUP stop its sending the way Ctrl-C does (`stopping`), so
+that a run killed by `timeout` still says what became of every file before it ends.
 """
 
 from __future__ import annotations
@@ -45,8 +48,11 @@ class HeldInterrupts:
         self._heeded = 0
         self._previous: dict[int, Any] = {}
         self._holding = False
-        #: The first SIGTERM or SIGHUP received while holding.
+        #: The first SIGTERM or SIGHUP received while holding (or while `stopping`).
         self.terminated: int | None = None
+        #: Inside `stopping`: a SIGTERM or SIGHUP becomes one KeyboardInterrupt.
+        self._stopping = False
+        self._stop_raised = False
 
     def __enter__(self) -> HeldInterrupts:
         return self
@@ -77,6 +83,41 @@ class HeldInterrupts:
     def _terminate(self, signum: int, frame: FrameType | None) -> None:
         if self.terminated is None:
             self.terminated = signum
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        self._terminate(signum, frame)
+        self._raise_stop()
+
+    def _raise_stop(self) -> None:
+        """Once per run: the KeyboardInterrupt already raised stopped it, and a second one
+        would cut short the accounting it started."""
+        if not self._stop_raised:
+            self._stop_raised = True
+            raise KeyboardInterrupt("stopped by a signal")
+
+    @contextlib.contextmanager
+    def stopping(self) -> Iterator[None]:
+        """SIGTERM and SIGHUP stop what runs in the block as a first Ctrl-C does (a
+        KeyboardInterrupt, once), and are remembered in `terminated` for `end`, which the
+        caller calls once it has said what was done. add_image's uploads got cmd2's SystemExit
+        instead: the process ended with files sent and no word about them. Outside the main
+        thread no signal arrives, so nothing changes; a signal ignored (`nohup`) stays so.
+        Holding (`hold`, `whole`) inside the block counts them as usual, and lets one through
+        at the end of `whole`."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous: dict[int, Any] = {}
+        for signum in self.TERMINATING:
+            if signal.getsignal(signum) != signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, self._stop)
+        self._stopping = True
+        try:
+            yield
+        finally:
+            self._stopping = False
+            for signum, handler in previous.items():
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
     def end(self) -> None:
         """After the cart is saved and the outcome said: end the shell by the signal it got, as
@@ -113,7 +154,8 @@ class HeldInterrupts:
         """Keep a first press out of one step's output (add_image: one file's outcome and its
         line), which it used to cut, as at `{"path":"…/b042.j`. Such a press is let through at
         the end of the block, as if it had come just then; once holding, presses are only
-        counted anyway."""
+        counted anyway. So is a SIGTERM or SIGHUP: inside `stopping` it then stops the run,
+        elsewhere it ends the shell."""
         if self._holding:  # held already: presses are only counted
             yield
             return
@@ -123,7 +165,11 @@ class HeldInterrupts:
             yield
         finally:
             self.__exit__(None, None, None)
-        self.end()  # SIGTERM or SIGHUP meanwhile: the shell ends by it, as if it came now
+        if self.terminated is not None:  # SIGTERM or SIGHUP meanwhile, as if it came now
+            if self._stopping:
+                self._raise_stop()
+            else:
+                self.end()
         if self._presses > presses:
             self._heeded = self._presses
             signal.raise_signal(signal.SIGINT)  # to the handler held back, whatever it does

@@ -21,7 +21,9 @@ the user must hear which), a second Ctrl-C stops that wait, and the files never 
 counted. Re-running the command then sends the rest, and reports the stored ones as present.
 Given `interrupts` (checkout's holder of Ctrl-C), the first Ctrl-C is the only one that stops
 anything: from then on presses are held, so a second one ends the wait for answers and nothing
-else, and the accounting (and what the caller prints of it) is never cut short.
+else, and the accounting (and what the caller prints of it) is never cut short. The caller may
+stop the sending the same way by other means: SIGTERM and SIGHUP (HeldInterrupts.stopping), or
+`stop_if` saying so before a file is sent (add_image: whoever read its output has gone).
 """
 
 from __future__ import annotations
@@ -370,7 +372,7 @@ class UploadFields:
 class UploadSummary:
     results: list[FileResult] = field(default_factory=list)
     seconds: float = 0.0
-    #: Stopped by Ctrl-C: some files may be unanswered or not sent.
+    #: Stopped by Ctrl-C (or SIGTERM, SIGHUP, `stop_if`): some may be unanswered or not sent.
     interrupted: bool = False
 
     def count(self, outcome: Outcome) -> int:
@@ -442,6 +444,10 @@ class _Read:
 _DONE = object()
 
 
+class SendingStopped(Exception):
+    """`stop_if` said to send no more: the run ends as after a first Ctrl-C."""
+
+
 class Uploader:
     """Send files over one pipelined connection with a bounded window; see the module docstring.
 
@@ -461,6 +467,7 @@ class Uploader:
         on_interrupt: Callable[[int], None] = lambda _: None,
         interrupt_grace: float = INTERRUPT_GRACE_S,
         interrupts: HeldInterrupts | None = None,
+        stop_if: Callable[[], bool] = lambda: False,
     ) -> None:
         if window < 1:
             raise ValueError(f"the window must be at least 1 request, got {window}")
@@ -475,6 +482,8 @@ class Uploader:
         #: Held from the first Ctrl-C (or the last answer) on; the caller lets go once it has
         #: said what became of every file.
         self.interrupts = interrupts
+        #: Asked before each file is sent; True stops the run as a first Ctrl-C does.
+        self.stop_if = stop_if
         self._stop = threading.Event()
 
     # The reader runs in its own thread so file I/O overlaps sending and the server's work.
@@ -519,7 +528,7 @@ class Uploader:
         try:
             run.send_all(reads, fields)
             self._hold()  # every answer is in: a Ctrl-C now would only lose the report
-        except KeyboardInterrupt as interrupt:
+        except (KeyboardInterrupt, SendingStopped) as interrupt:
             self._hold()
             self._stop.set()
             run.after_interrupt(interrupt)
@@ -619,6 +628,8 @@ class _Run:
                 in_flight and self.bytes_in_flight + size > uploader.byte_window
             ):
                 self.settle(self.done.get())
+            if uploader.stop_if():
+                raise SendingStopped
             self.sending, self.future = (item.file, size), None
             try:
                 self.future = uploader.submit(build_request(item.file, item.data, fields))
@@ -639,10 +650,10 @@ class _Run:
         while in_flight:
             self.settle(self.done.get())
 
-    def after_interrupt(self, interrupt: KeyboardInterrupt) -> None:
-        """Ctrl-C: wait a little for the answers already due, then give every file not yet
-        reported its outcome, in the order given: unanswered if its request may have reached
-        the server (it may be stored), not sent if it never left."""
+    def after_interrupt(self, interrupt: BaseException) -> None:
+        """Ctrl-C (or SendingStopped): wait a little for the answers already due, then give
+        every file not yet reported its outcome, in the order given: unanswered if its request
+        may have reached the server (it may be stored), not sent if it never left."""
         self.summary.interrupted = True
         in_flight = self.in_flight
         if isinstance(interrupt, InterruptedAfterSending) and self.future is None:
