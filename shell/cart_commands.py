@@ -31,9 +31,13 @@ answers fresh facts (`GetImages`) and decides checkouts. Choices made here:
   the cart file (fsynced) before the order leaves, and the server keeps the key with the order.
   Saving the answer drops it; a shell killed in between (SIGKILL included) leaves it, and the
   next checkout sends it again with whatever the cart holds then. If the earlier order went
-  through, the server answers with it (`placed_earlier`): it is reported, its lines leave the
-  cart, nothing more is bought, and the command fails only if other lines remain. `view_cart`
+  through, the server answers with it (`placed_earlier`): it is reported, what it bought leaves
+  the cart, nothing more is bought, and the command fails only if something remains (naming
+  lines the order did not hold apart from lines it bought only some units of). `view_cart`
   warns while a key is pending; `clear_cart` forgets it.
+* An order placed whose cart cannot then be saved (a full disk) fails the command: the cart
+  still holds the bought lines and the key, and the message says so and that the next
+  `checkout` reports the order and buys nothing twice.
 * The cart table never cuts a number or a note: a narrow terminal loses the pictures, then gets
   one record per line (as listings do).
 
@@ -64,6 +68,7 @@ from protocol.catalog import (
     GetImages,
     Images,
     ImageSummary,
+    Order,
     OrderPlaced,
 )
 from protocol.errors import ErrorCode, VitrineError
@@ -77,7 +82,7 @@ from shell.order_commands import order_json
 from shell.pictures import picture_renderable
 from shell.text import plural, printable
 from shell.upload import INTERRUPT_GRACE_S
-from util.money import format_cents
+from util.money import format_cents, parse_quantity
 
 #: A server detail line names its image first: "image 12: sold out, 1 wanted".
 _DETAIL = re.compile(r"image (\d+): (.*)", re.DOTALL)
@@ -87,11 +92,18 @@ _DETAIL = re.compile(r"image (\d+): (.*)", re.DOTALL)
 
 
 def whole_number(text: str) -> int:
-    """Any integer: the command, not argparse, explains why zero or a negative is refused."""
+    """A quantity as util.money reads one (ASCII digits only: int() would also take "1_0",
+    "３" and "٣"), or such a quantity with a minus sign, which is kept so that the command, not
+    argparse, explains why a negative is refused (update_cart names an id not in the cart
+    first)."""
+    raw = text.strip()
     try:
-        return int(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if raw[:1] == "-" and raw[1:2].isascii() and raw[1:2].isdigit():
+            with contextlib.suppress(ValueError):  # else parse_quantity(raw) says what is wrong
+                return -parse_quantity(raw[1:])
+        return parse_quantity(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def store_for(shell: cmd2.Cmd) -> CartStore:
@@ -395,6 +407,59 @@ def _outcome_unknown(why: str) -> CommandFailed:
 KEY_SETTLING_REFUSALS = frozenset(
     {ErrorCode.OUT_OF_STOCK, ErrorCode.NOT_FOUND, ErrorCode.CONFLICT, ErrorCode.FORBIDDEN}
 )
+
+
+@dataclass(frozen=True)
+class Stays:
+    """A cart line left after an order's lines were taken out of the cart."""
+
+    image_id: int
+    title: str
+    #: Units still in the cart.
+    quantity: int
+    #: Units of this image the order bought (0: the image was not in the order at all).
+    bought: int
+
+
+def _not_bought_now(stays: list[Stays]) -> str:
+    """Why a checkout answered with an earlier order fails: what of the cart that order did not
+    buy. A line it bought only some units of (the quantity was raised since) is told apart from
+    one it did not hold at all, so nobody looks for a whole line that did leave."""
+    absent = [line for line in stays if not line.bought]
+    parts = []
+    if absent:
+        one = len(absent) == 1
+        numbers = ", ".join(f"#{line.image_id}" for line in absent)
+        parts.append(
+            f"{plural(len(absent), 'line')} of your cart {'was' if one else 'were'} not in that "
+            f"order and {'stays' if one else 'stay'} in it ({numbers})"
+        )
+    for line in stays:
+        if line.bought:
+            title = f" ({printable(line.title)})" if line.title else ""
+            parts.append(
+                f"that order bought {line.bought} of the {line.bought + line.quantity} units of "
+                f"#{line.image_id}{title} in your cart; the other {line.quantity} "
+                f"{'stays' if line.quantity == 1 else 'stay'} in it"
+            )
+    units = sum(line.quantity for line in stays)
+    return f"Not bought now: {'; '.join(parts)}. Run checkout again to buy {plural(units, 'item')}."
+
+
+def _not_saved(order: Order, placed_earlier: bool, problem: CartError) -> str:
+    """The one message when an order was placed but the cart could not be saved: the file still
+    holds the bought lines and the checkout's key (written before the order was sent), and the
+    shell has no way to record the order number either. The key is what makes the advice safe:
+    the next checkout sends it, and the server answers with this order instead of a new one."""
+    units = sum(line.quantity for line in order.lines)
+    return (
+        f"Order #{order.id} was placed{' earlier' if placed_earlier else ''} "
+        f"({plural(units, 'item')} for {format_cents(order.total_cents)}), but your cart could "
+        f"not be saved: {problem} It still holds the bought lines and this checkout's key, so "
+        "view_cart will say the checkout got no answer. Once the cart can be saved again, run "
+        f"`checkout`: the server answers with order #{order.id}, its lines leave the cart and "
+        "nothing is bought twice."
+    )
 
 
 def _clock(when: float) -> str:
@@ -775,7 +840,8 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         )
         before = cart.pending
         answer: OrderPlaced | VitrineError | None = None
-        left: int | None = 0
+        stays: list[Stays] = []
+        unsaved: CartError | None = None
         try:
             # The cart's lock is held from here until what was bought has left the cart, so two
             # shells of one buyer cannot both place an order for the same lines; Ctrl-C, SIGTERM
@@ -799,16 +865,18 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
                 if isinstance(answer, OrderPlaced) or answer.code in KEY_SETTLING_REFUSALS:
                     current.pending = None  # settled: the file no longer needs it
                 if isinstance(answer, OrderPlaced):
-                    current.take({line.image_id: line.quantity for line in answer.order.lines})
-                    left = len(current)
+                    ordered = {line.image_id: line.quantity for line in answer.order.lines}
+                    current.take(ordered)
+                    stays = [
+                        Stays(
+                            line.image_id, line.title, line.quantity, ordered.get(line.image_id, 0)
+                        )
+                        for line in current.lines
+                    ]
         except CartError as exc:
             if answer is None:
                 raise CommandFailed(f"{exc} Nothing was bought.") from None
-            if isinstance(answer, OrderPlaced):
-                shell.perror(
-                    f"Order #{answer.order.id} was placed, but the cart could not be updated: {exc}"
-                )
-            left = None
+            unsaved = exc
         if isinstance(answer, VitrineError):
             if answer.code not in KEY_SETTLING_REFUSALS:
                 raise _outcome_unknown(
@@ -822,8 +890,11 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
             write_json_lines(
                 shell, [{**order_json(order), "placed_earlier": answer.placed_earlier}]
             )
-            if answer.placed_earlier and left:
-                raise CommandFailed(self._not_bought_now(left))
+        if unsaved is not None:  # placed, but the cart still holds what it bought: exit 1
+            raise CommandFailed(_not_saved(order, answer.placed_earlier, unsaved))
+        if as_json:
+            if answer.placed_earlier and stays:
+                raise CommandFailed(_not_bought_now(stays))
             return
         units = sum(line.quantity for line in order.lines)
         placed = f"{plural(units, 'item')} for {format_cents(order.total_cents)}"
@@ -833,34 +904,21 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
                 f"Order #{order.id} had already been placed by the checkout sent{sent_at}, "
                 f"which got no answer: {placed}. Nothing more was bought; "
                 + (
-                    "the bought lines are still in your cart: clear_cart empties it."
-                    if left is None
+                    "what it bought left your cart."
+                    if stays
                     else "its lines left your cart, which is now empty."
-                    if not left
-                    else "its lines left your cart."
                 )
             )
-            if left:
-                raise CommandFailed(self._not_bought_now(left))
+            if stays:
+                raise CommandFailed(_not_bought_now(stays))
             return
         shell.poutput(
             f"Order #{order.id} placed: {placed}. "
             + (
-                "The bought lines are still in your cart: clear_cart empties it."
-                if left is None
-                else f"{plural(left, 'line')} added meanwhile stay in your cart."
-                if left
+                "What it did not buy stays in your cart."
+                if stays
                 else "Your cart is empty; `orders` lists your orders."
             )
-        )
-
-    @staticmethod
-    def _not_bought_now(left: int) -> str:
-        return (
-            f"Not bought now: {plural(left, 'line')} of your cart "
-            f"{'was' if left == 1 else 'were'} not in that order and "
-            f"{'stays' if left == 1 else 'stay'} in it; run checkout again to buy "
-            f"{'it' if left == 1 else 'them'}."
         )
 
     def _place(self, request: Checkout, interrupts: HeldInterrupts) -> OrderPlaced | VitrineError:

@@ -20,7 +20,10 @@ survive crashes, restarts of either side, and two shells of the same user at onc
   hold it for ever).
 * **Corruption is not a crash.** A file that is not a valid cart is renamed
   `<user>.json.corrupt-<UTC timestamp>` (kept for a person to look at), the shell says so, and
-  the cart starts empty.
+  the cart starts empty. A cart in a newer format (a higher `version`) is not damaged: it is
+  left untouched and cart commands refuse to use it, so the newer client still finds it. Only
+  a regular file is read: a FIFO, device or socket at the cart's path is refused unopened, as
+  reading a FIFO would wait for ever.
 
 A line remembers the unit price the buyer saw when adding it, so `view_cart` can warn when the
 price changed and a scripted `checkout --yes` is never charged a price nobody saw.
@@ -37,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -90,6 +94,28 @@ class CartFile(msgspec.Struct, kw_only=True):
     user: str = ""
     lines: Annotated[list[CartItem], msgspec.Meta(max_length=MAX_ORDER_LINES)] = []
     pending: PendingCheckout | None = None
+
+
+class _Version(msgspec.Struct):
+    """Only a cart file's format version: read first, so that a newer format (whose other
+    fields this version may not understand) is told apart from a damaged file."""
+
+    version: int = FORMAT_VERSION
+
+
+def _file_kind(mode: int) -> str | None:
+    """None for a regular file; otherwise what the thing at the cart's path is, for a person."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "an unusual kind of file"
 
 
 class Cart:
@@ -270,12 +296,21 @@ class CartStore:
             ) from None
 
     def _read(self) -> Cart:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
+        data = self._read_bytes()
+        if data is None:
             return Cart()
-        except OSError as exc:
-            raise CartError(f"Cannot read the cart {self.path}: {exc.strerror or exc}.") from None
+        try:
+            version = msgspec.json.decode(data, type=_Version).version
+        except msgspec.MsgspecError:
+            version = FORMAT_VERSION  # not a cart at all: the full decode below says why
+        if version > FORMAT_VERSION:
+            # Not damage: a newer Vitrine wrote it, and moving it aside would make that newer
+            # client find its cart gone. Left exactly as it is; only cart commands refuse.
+            raise CartError(
+                f"Your cart file {self.path} was written by a newer version of Vitrine (cart "
+                f"format {version}; this one reads format {FORMAT_VERSION}). It was left as it "
+                "is: use that newer version for your cart."
+            )
         try:
             stored = msgspec.json.decode(data, type=CartFile)
             if stored.version != FORMAT_VERSION:
@@ -284,6 +319,32 @@ class CartStore:
             self._move_aside(str(exc))
             return Cart()
         return Cart(stored.lines, stored.pending)
+
+    def _read_bytes(self) -> bytes | None:
+        """The file's bytes (None when there is none). Only a regular file is opened: reading
+        a FIFO put at the cart's path would wait for a writer for ever, and a device or socket
+        is no cart. The type is checked before opening, and again on the descriptor (opened
+        without blocking) in case something was swapped in between."""
+        path = self.path
+        try:
+            kind = _file_kind(os.stat(path).st_mode)
+            if kind is None:
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                try:
+                    kind = _file_kind(os.fstat(fd).st_mode)
+                    if kind is None:
+                        with os.fdopen(fd, "rb", closefd=False) as handle:
+                            return handle.read()
+                finally:
+                    os.close(fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CartError(f"Cannot read the cart {path}: {exc.strerror or exc}.") from None
+        raise CartError(
+            f"Cannot read the cart {path}: it is {kind}, not a regular file, so nothing was "
+            "read from it. Move it away or delete it, and the cart starts empty."
+        )
 
     def _move_aside(self, problem: str) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

@@ -189,7 +189,7 @@ def test_a_cart_file_from_before_pending_checkouts_still_loads(tmp_path: Path) -
         b'{"version": 1, "lines": [{"image_id": "five", "quantity": 1, "price_cents": 1}]}',
         b'{"version": 1, "lines": [{"image_id": 5, "quantity": 0, "price_cents": 1}]}',
         b'{"version": 1, "lines": [{"image_id": 5, "quantity": 1, "price_cents": -3}]}',
-        b'{"version": 99, "lines": []}',
+        b'{"version": 0, "lines": []}',
         b"[1, 2, 3]",
     ],
     ids=[
