@@ -109,6 +109,9 @@ def peer_key(address: str) -> str:
 @dataclass
 class _Failures:
     times: deque[float] = field(default_factory=deque)
+    #: The oldest recent failure when a refusal was last logged: one line per key and window,
+    #: since refusals cost nothing and could otherwise fill the log thousands of times a second.
+    refusal_logged: float | None = None
 
 
 @dataclass(frozen=True)
@@ -116,9 +119,10 @@ class _Keys:
     """The throttle's counters for one attempt.
 
     `pair` (this account from this peer) and `peer` refuse past their limits; `account` (this
-    account from anywhere) only slows, so strangers cannot lock its owner out. `account` is
-    None for a password check of a session already logged in (ChangePassword): only its own
-    peer's failures may hold it back.
+    account from anywhere) refuses only peers the account has not logged in from lately, so
+    strangers cannot lock its owner out of the addresses the owner uses. `account` is None for
+    a password check of a session already logged in (ChangePassword): only its own peer's
+    failures may hold it back.
     """
 
     name: str
@@ -181,15 +185,16 @@ class LoginThrottle:
     Failures are counted within a sliding window per (account, peer) pair, per peer (one peer,
     many victims) and per account (one victim, many peers); a peer is an IPv4 address or an IPv6
     /64 (`peer_key`). Past `pair_limit` or `peer_limit` recorded failures the peer is refused
-    (RATE_LIMITED) without its password being checked. The account's own count never refuses:
-    refusing there would let anyone lock the owner out with a few wrong guesses. It only sets
-    the delay before a wrong password is answered (the largest of the three counts decides,
-    the peer's growing four times more slowly: one busy office shares one address), and at most
-    `account_in_flight` checks of one account run at once, each failed one holding its place
-    through its delay; so peers guessing one account together get about `account_in_flight`
-    verdicts per `max_delay`. A peer from which the account logged in within `trusted_s` does
-    not wait for those places (still for its own): the owner is not queued behind strangers'
-    guesses. Memory is bounded by forgetting the least recently used keys first.
+    (RATE_LIMITED) without its password being checked. Past `account_limit` failures of the
+    account from everywhere, every peer is refused too, except the peers from which the account
+    logged in within `trusted_s`: so attackers with many addresses (an IPv6 /48 holds 65,536
+    /64s) still get no more than `account_limit` guesses per window at one account, as with a
+    plain per-account limit, while the owner, at an address it used lately, is neither refused
+    nor queued behind them. The owner at a new address meets the account limit like anyone
+    (docs/security.md, Known limits). The counts also set the delay before a wrong password is
+    answered (the largest decides, the peer's growing four times more slowly: one busy office
+    shares one address), and at most `account_in_flight` checks of one account run at once
+    for untrusted peers. Memory is bounded by forgetting the least recently used keys first.
 
     Attempts still being verified count too: when recorded failures plus attempts in flight reach
     a peer's limit, a new attempt waits for their verdicts instead of being hashed alongside them.
@@ -204,6 +209,7 @@ class LoginThrottle:
         max_delay: float = 4.0,
         pair_limit: int = 5,
         peer_limit: int = 20,
+        account_limit: int = 5,
         account_in_flight: int = 4,
         window_s: float = 300.0,
         trusted_s: float = 30 * 86400.0,
@@ -214,6 +220,7 @@ class LoginThrottle:
         self.max_delay = max_delay
         self.pair_limit = pair_limit
         self.peer_limit = peer_limit
+        self.account_limit = account_limit
         self.account_in_flight = account_in_flight
         self.window_s = window_s
         self.trusted_s = trusted_s
@@ -245,25 +252,36 @@ class LoginThrottle:
             entry.times.popleft()
         return entry.times
 
-    def _refuse_if_over(self, keys: _Keys, now: float) -> None:
-        """Under the lock: RATE_LIMITED once this peer's recorded failures reach a limit."""
-        for key, limit, whose in (
+    def _limits(self, keys: _Keys, now: float) -> list[tuple[str, int, str]]:
+        """(key, limit, whose failures, for the message) that can refuse this attempt."""
+        limits = [
             (keys.pair, self.pair_limit, "for this account from your address"),
             (keys.peer_key, self.peer_limit, "from your address"),
-        ):
+        ]
+        if keys.account is not None and not self._is_trusted(keys, now):
+            limits.append((keys.account, self.account_limit, "for this account"))
+        return limits
+
+    def _refuse_if_over(self, keys: _Keys, now: float) -> None:
+        """Under the lock: RATE_LIMITED once recorded failures reach a limit."""
+        counters = {keys.pair: "pair", keys.peer_key: "peer", keys.account: "account"}
+        for key, limit, whose in self._limits(keys, now):
             recent = self._recent(key, now)
             if len(recent) >= limit:
                 retry = int(recent[0] + self.window_s - now) + 1
-                # The name tried, as %r: the operator sees who is under attack, and control
-                # characters in a name cannot forge a log line.
-                log.warning(
-                    "password check refused (RATE_LIMITED): account=%r peer=%s counter=%s "
-                    "failures=%d",
-                    keys.name,
-                    keys.peer,
-                    "pair" if key == keys.pair else "peer",
-                    len(recent),
-                )
+                entry = self._failures[key]
+                if entry.refusal_logged != recent[0]:
+                    entry.refusal_logged = recent[0]
+                    # The name tried, as %r: the operator sees who is under attack, and control
+                    # characters in a name cannot forge a log line.
+                    log.warning(
+                        "password check refused (RATE_LIMITED): account=%r peer=%s counter=%s "
+                        "failures=%d (logged once per counter and window)",
+                        keys.name,
+                        keys.peer,
+                        counters[key],
+                        len(recent),
+                    )
                 raise VitrineError(
                     ErrorCode.RATE_LIMITED,
                     f"Too many wrong passwords {whose}; try again in {retry} seconds.",
@@ -278,7 +296,7 @@ class LoginThrottle:
         now = self._clock()
         with self._lock:
             self._refuse_if_over(keys, now)
-            for key, limit in ((keys.pair, self.pair_limit), (keys.peer_key, self.peer_limit)):
+            for key, limit, _ in self._limits(keys, now):
                 if len(self._recent(key, now)) + self._in_flight.get(key, 0) >= limit:
                     return None
             if (

@@ -10,6 +10,7 @@ with a fake clock.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 from pathlib import Path
@@ -147,18 +148,45 @@ def _rate_limited(caught: pytest.ExceptionInfo[VitrineError]) -> str:
     return caught.value.message
 
 
-def test_many_peers_guessing_never_refuse_the_account() -> None:
+def test_many_peers_get_no_more_guesses_than_the_account_limit() -> None:
+    """Each pair and each peer has room to spare, but the account's own count refuses: a
+    hundred addresses (a /48 of IPv6 holds 65,536 /64s) get five guesses per window, as one
+    address would, not five each."""
+
     async def scenario() -> None:
         clock = FakeClock()
-        throttle = _throttle(clock, base_delay=0.25)
-        # twenty peers, five guesses each: each pair is at its limit, the account at 100
-        delays = [await _fail(throttle, "alice", f"10.0.0.{i // 5}") for i in range(100)]
-        assert delays[0] == 0.25 and delays == sorted(delays) and delays[-1] == 4.0
-        await _admitted(throttle, "alice", "10.9.9.9")  # a hundred failures: still checked
+        throttle = _throttle(clock, account_limit=5)
+        verdicts = 0
+        for i in range(100):
+            try:
+                await _fail(throttle, "alice", f"10.0.{i}.1")
+                verdicts += 1
+            except VitrineError as refused:
+                assert refused.code is ErrorCode.RATE_LIMITED
+                assert "for this account;" in refused.message, refused.message
+        assert verdicts == 5
+        await _admitted(throttle, "bob", "10.0.99.1")  # for alice only
+
+    asyncio.run(scenario())
+
+
+def test_the_owner_at_a_recent_address_is_not_refused_for_strangers_guesses() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        throttle = _throttle(clock, account_limit=5)
+        await _admitted(throttle, "alice", "10.9.9.9")  # the owner, earlier
+        clock.now += 3600
+        for i in range(5):
+            await _fail(throttle, "alice", f"10.0.{i}.1")
         with pytest.raises(VitrineError) as caught:
-            await _fail(throttle, "alice", "10.0.0.0")  # ...but that guesser is refused
-        assert "for this account from your address" in _rate_limited(caught)
-        await _admitted(throttle, "bob", "10.0.0.0")  # for alice only: not past its peer limit
+            await _admitted(throttle, "alice", "10.0.50.1")  # a new address: refused
+        assert "for this account;" in _rate_limited(caught)
+        await _admitted(throttle, "alice", "10.9.9.9")  # the owner's address: checked
+        clock.now += 31 * 86400  # not used for over 30 days: no longer exempt
+        for i in range(5):
+            await _fail(throttle, "alice", f"10.1.{i}.1")
+        with pytest.raises(VitrineError):
+            await _admitted(throttle, "alice", "10.9.9.9")
 
     asyncio.run(scenario())
 
@@ -183,7 +211,7 @@ def test_a_peer_spraying_accounts_is_refused_and_the_window_forgets() -> None:
 def test_a_login_forgives_that_peers_failures_not_the_strangers() -> None:
     async def scenario() -> None:
         clock = FakeClock()
-        throttle = _throttle(clock, base_delay=1.0, max_delay=1000.0)
+        throttle = _throttle(clock, base_delay=1.0, max_delay=1000.0, account_limit=100)
         for _ in range(4):
             await _fail(throttle, "erin", "10.0.0.3")
         await _admitted(throttle, "erin", "10.0.0.3")
@@ -221,7 +249,7 @@ def test_a_failed_guess_holds_the_accounts_place_through_its_delay() -> None:
 
 def test_change_password_is_held_back_only_by_its_own_peer() -> None:
     async def scenario() -> None:
-        throttle = _throttle(FakeClock(), base_delay=1.0, max_delay=64.0)
+        throttle = _throttle(FakeClock(), base_delay=1.0, max_delay=64.0, account_limit=100)
         for index in range(50):
             await _fail(throttle, "alice", f"10.0.{index}.1")
         # a logged-in session's wrong password: its delay counts its own failures only
@@ -254,7 +282,8 @@ def test_a_peer_is_an_ipv4_address_or_an_ipv6_64(address: str, counted_as: str) 
 
 def test_one_ipv6_host_cannot_rotate_addresses_within_its_64() -> None:
     async def scenario() -> None:
-        throttle = _throttle(FakeClock())
+        # the account limit is out of the way: this is about how peers are counted
+        throttle = _throttle(FakeClock(), account_limit=100)
         for index in range(5):
             await _fail(throttle, "alice", f"2001:db8:1:2::{index + 1:x}")
         with pytest.raises(VitrineError) as caught:
@@ -275,3 +304,22 @@ def test_memory_stays_bounded() -> None:
         assert not throttle._in_flight
 
     asyncio.run(scenario())
+
+
+def test_a_refusal_is_logged_once_per_counter_and_window(caplog: pytest.LogCaptureFixture) -> None:
+    """Refusals cost the server nothing, so a peer over its limit could write thousands of
+    WARNING lines a second."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        throttle = _throttle(clock)
+        for _ in range(5):
+            await _fail(throttle, "alice", "10.0.0.1")
+        for _ in range(50):
+            with pytest.raises(VitrineError):
+                await _admitted(throttle, "alice", "10.0.0.1")
+
+    with caplog.at_level(logging.WARNING, logger="vitrine.auth"):
+        asyncio.run(scenario())
+    refusals = [r for r in caplog.records if "password check refused" in r.getMessage()]
+    assert len(refusals) == 1, [r.getMessage() for r in refusals]
