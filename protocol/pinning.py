@@ -13,6 +13,7 @@ The file is the user's as much as the client's: lines the client does not unders
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import sys
@@ -42,6 +43,10 @@ class FingerprintChanged(PinningError):
         self.server = server
         self.stored = stored
         self.presented = presented
+
+
+#: The side file `KnownServers` locks while it rewrites the pins.
+LOCK_NAME = "known_servers.lock"
 
 
 @dataclass
@@ -121,11 +126,24 @@ class KnownServers:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """An advisory lock on the config directory: the file itself is replaced by each
-        rewrite, so a lock on it would not hold across the rename."""
-        fd = os.open(self.path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        """An advisory lock around read-modify-write, on a side file (`known_servers.lock`):
+        the pins file itself is replaced by each rewrite, so a lock on it would not hold across
+        the rename, and a lock on the directory fails on NFS. Where no lock can be had (a
+        filesystem without locks, a directory that cannot take the file), the pin is written
+        without one, as before locking existed: a lost concurrent pin is asked for again, while
+        a refusal here would stop every first contact."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+            fd = os.open(self.path.with_name(LOCK_NAME), flags, 0o600)
+        except OSError:
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF, errno.EINVAL):
+                    raise
             yield
         finally:
             os.close(fd)  # releases the lock

@@ -170,7 +170,12 @@ _V6_CHECKOUT_KEY = """
 def _rewrite_search_text(conn: sqlite3.Connection, spell: Callable[[str], str]) -> None:
     """Write the text-index row of every live image again, each column spelt by `spell`; the
     stored titles keep what was typed. The SELECT repeats `repository.images.fts_texts` for all
-    rows in one statement rather than one per image."""
+    rows in one statement rather than one per image.
+
+    The index is dropped and made again from its own definition rather than emptied with
+    DELETE, which has to read every old row's tokens: a damaged index would then stop the
+    upgrade, and with it the server's start, while everything it holds is about to be
+    replaced anyway."""
     rows = conn.execute(
         "SELECT i.id, i.title, i.description, "
         "  COALESCE((SELECT group_concat(t.name, ' ') FROM image_tags it "
@@ -179,7 +184,11 @@ def _rewrite_search_text(conn: sqlite3.Connection, spell: Callable[[str], str]) 
         "FROM images i WHERE i.deleted_at IS NULL"
     )
     folded = [(row[0], *(spell(str(v)) for v in row[1:])) for row in rows]
-    conn.execute("DELETE FROM images_fts")
+    (definition,) = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'images_fts'"
+    ).fetchone()
+    conn.execute("DROP TABLE images_fts")
+    conn.execute(definition)
     conn.executemany(
         "INSERT INTO images_fts (rowid, title, description, tags, filename) VALUES (?, ?, ?, ?, ?)",
         folded,

@@ -230,6 +230,31 @@ def search(conn: sqlite3.Connection, text: str) -> set[int]:
     return set(repo.search_ids(conn, 1, fts_query(text)))
 
 
+def test_the_rewrite_does_not_read_a_damaged_index(tmp_path: Path) -> None:
+    """The upgrade replaces everything the index holds, so blocks of it that no longer parse
+    must not stop it (and with it the server's start), nor survive it."""
+    path = tmp_path / "vitrine.db"
+    db = Database(path)
+    add_users(db.conn, "a")
+    dress = repo.insert_image(db.conn, new_image(1, title="红色连衣裙"))
+    for n in range(2, 300):
+        repo.insert_image(db.conn, new_image(n, title=f"plain shirt number {n}"))
+    MIGRATIONS[6](db.conn)
+    db.conn.execute("UPDATE images_fts_data SET block = randomblob(length(block)) WHERE id > 10")
+    db.conn.execute("PRAGMA user_version=7")
+    db.conn.commit()
+    db.close()
+
+    db = Database(path)
+    try:
+        assert db.schema_version == len(MIGRATIONS)
+        assert search(db.conn, "连衣裙") == {dress}
+        assert len(search(db.conn, "shirt")) == 298
+        db.conn.execute("INSERT INTO images_fts(images_fts) VALUES('integrity-check')")
+    finally:
+        db.close()
+
+
 # --- on a real server ---------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import multiprocessing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,9 +148,13 @@ def make_leaf(
     ca_key: ec.EllipticCurvePrivateKey,
     ca_label: str,
     key: ec.EllipticCurvePrivateKey,
+    names: Sequence[x509.GeneralName] = (
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ),
 ) -> tuple[Path, Path]:
-    """A server certificate for 127.0.0.1 signed by the CA, and its key, as an operator or
-    Let's Encrypt would hand them over (--tls-cert, --tls-key)."""
+    """A server certificate for `names` (127.0.0.1 and localhost) signed by the CA, and its
+    key, as an operator or Let's Encrypt would hand them over (--tls-cert, --tls-key)."""
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -160,9 +165,7 @@ def make_leaf(
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=20))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName(list(names)),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -192,6 +195,8 @@ def test_a_ca_file_is_the_trust_anchor_and_renewals_are_accepted(
     renewed = make_leaf(pki, "renewed", ca_key, "real", key)  # same key, as certbot renews
     rekeyed = make_leaf(pki, "rekeyed", ca_key, "real", ec.generate_private_key(ec.SECP256R1()))
     forged = make_leaf(pki, "forged", rogue_key, "real", key)  # right names, wrong CA
+    # Right CA, someone else's name: the host-name check is all that stops it now.
+    elsewhere = make_leaf(pki, "elsewhere", ca_key, "real", key, (x509.DNSName("shop.example"),))
 
     def serve(cert_key: tuple[Path, Path], port: int = 0) -> ServerProcess:
         flags = ["--tls-cert", str(cert_key[0]), "--tls-key", str(cert_key[1])]
@@ -224,6 +229,14 @@ def test_a_ca_file_is_the_trust_anchor_and_renewals_are_accepted(
             old = server.fingerprint
         finally:
             server.stop()
+    server = serve(elsewhere, port)
+    try:
+        result = bare_client(server.address, config_dir, "--ca-file", str(ca), "help")
+        assert result.returncode == 2 and "certificate verify failed" in result.stderr
+        assert "mismatch" in result.stderr or "match" in result.stderr, result.stderr
+        assert pins.read_text() == f"{server.address} {old}\n"
+    finally:
+        server.stop()
     server = serve(forged, port)
     try:
         result = bare_client(server.address, config_dir, "--ca-file", str(ca), "help")
