@@ -76,7 +76,7 @@ from protocol.limits import MAX_IDS_PER_REQUEST
 from shell import listing
 from shell.app import CART, CommandFailed, VitrineShell, image_id, parser, write_json_lines
 from shell.cart_store import Cart, CartError, CartItem, CartStore, PendingCheckout
-from shell.connection import ConnectionLost
+from shell.connection import ConnectionLost, unexpected_response
 from shell.interrupts import HeldInterrupts
 from shell.order_commands import order_json
 from shell.pictures import picture_renderable
@@ -91,7 +91,7 @@ _DETAIL = re.compile(r"image (\d+): (.*)", re.DOTALL)
 # --- arguments -----------------------------------------------------------------------------------
 
 
-def whole_number(text: str) -> int:
+def signed_quantity(text: str) -> int:
     """A quantity as util.money reads one (ASCII digits only: int() would also take "1_0",
     "３" and "٣"), or such a quantity with a minus sign, which is kept so that the command, not
     argparse, explains why a negative is refused (update_cart names an id not in the cart
@@ -503,7 +503,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         help="the image",
     )
     add_parser.add_argument(
-        "quantity", type=whole_number, nargs="?", default=1, metavar="QTY", help="default 1"
+        "quantity", type=signed_quantity, nargs="?", default=1, metavar="QTY", help="default 1"
     )
 
     @cmd2.with_argparser(add_parser)
@@ -618,7 +618,9 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         choices_provider=complete_cart_ids,
         help="an image in the cart",
     )
-    update_parser.add_argument("quantity", type=whole_number, metavar="QTY", help="the new count")
+    update_parser.add_argument(
+        "quantity", type=signed_quantity, metavar="QTY", help="the new count"
+    )
 
     @cmd2.with_argparser(update_parser)
     def do_update_cart(self, args: argparse.Namespace) -> None:
@@ -937,10 +939,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         response = self._answer(future, interrupts)
         if isinstance(response, VitrineError | OrderPlaced):
             return response
-        # as ServerConnection.call would say
-        return VitrineError(
-            ErrorCode.INTERNAL, f"Expected OrderPlaced, got {type(response).__name__}."
-        )
+        return unexpected_response(OrderPlaced, response)
 
     def _answer(
         self, future: Future[Response], interrupts: HeldInterrupts

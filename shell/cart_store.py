@@ -300,25 +300,28 @@ class CartStore:
         if data is None:
             return Cart()
         try:
-            version = msgspec.json.decode(data, type=_Version).version
-        except msgspec.MsgspecError:
-            version = FORMAT_VERSION  # not a cart at all: the full decode below says why
+            stored = msgspec.json.decode(data, type=CartFile)
+        except msgspec.MsgspecError as exc:
+            # A newer format may not decode as this one: its version alone tells it from damage.
+            with contextlib.suppress(msgspec.MsgspecError):
+                self._refuse_if_newer(msgspec.json.decode(data, type=_Version).version)
+            self._move_aside(str(exc))
+            return Cart()
+        self._refuse_if_newer(stored.version)
+        if stored.version != FORMAT_VERSION:
+            self._move_aside(f"unknown cart format version {stored.version}")
+            return Cart()
+        return Cart(stored.lines, stored.pending)
+
+    def _refuse_if_newer(self, version: int) -> None:
+        """Not damage: a newer Vitrine wrote it, and moving it aside would make that newer
+        client find its cart gone. Left exactly as it is; only cart commands refuse."""
         if version > FORMAT_VERSION:
-            # Not damage: a newer Vitrine wrote it, and moving it aside would make that newer
-            # client find its cart gone. Left exactly as it is; only cart commands refuse.
             raise CartError(
                 f"Your cart file {self.path} was written by a newer version of Vitrine (cart "
                 f"format {version}; this one reads format {FORMAT_VERSION}). It was left as it "
                 "is: use that newer version for your cart."
             )
-        try:
-            stored = msgspec.json.decode(data, type=CartFile)
-            if stored.version != FORMAT_VERSION:
-                raise msgspec.ValidationError(f"unknown cart format version {stored.version}")
-        except msgspec.MsgspecError as exc:
-            self._move_aside(str(exc))
-            return Cart()
-        return Cart(stored.lines, stored.pending)
 
     def _read_bytes(self) -> bytes | None:
         """The file's bytes (None when there is none). Only a regular file is opened: reading

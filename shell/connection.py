@@ -58,6 +58,15 @@ class UntrustedServer(PinningError):
     pass
 
 
+def unexpected_response(expected: type, response: object) -> VitrineError:
+    """The error for an answer of the wrong type: a server that does not speak this client's
+    protocol, or a bug. One wording for `ServerConnection.call` and the commands that wait
+    for their answer themselves (checkout, update_image)."""
+    return VitrineError(
+        ErrorCode.INTERNAL, f"Expected {expected.__name__}, got {type(response).__name__}."
+    )
+
+
 @dataclass
 class TrustPolicy:
     """How to treat a server that `known_servers` does not know yet, or knows by another
@@ -334,9 +343,7 @@ class ServerConnection:
     def call(self, request: Request, expect: type[R] | None = None) -> R:
         response = self.submit(request).result()
         if expect is not None and not isinstance(response, expect):
-            raise VitrineError(
-                ErrorCode.INTERNAL, f"Expected {expect.__name__}, got {type(response).__name__}."
-            )
+            raise unexpected_response(expect, response)
         return response  # type: ignore[return-value]
 
     def stream(self, request: Request) -> Iterator[Response]:

@@ -40,7 +40,7 @@ from protocol.catalog import (
     ImageUpdated,
     UpdateImage,
 )
-from protocol.errors import ErrorCode, VitrineError
+from protocol.errors import VitrineError
 from protocol.limits import MAX_DESCRIPTION_CHARS, MAX_TAGS, MAX_TITLE_CHARS
 from shell import listing
 from shell.app import (
@@ -53,7 +53,7 @@ from shell.app import (
     whole_number,
     write_json_lines,
 )
-from shell.connection import ConnectionLost, InterruptedAfterSending
+from shell.connection import ConnectionLost, InterruptedAfterSending, unexpected_response
 from shell.interrupts import HeldInterrupts
 from shell.pictures import picture_renderable
 from shell.swatches import NOT_COMPUTED, palette_text
@@ -700,10 +700,8 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             raise CommandFailed(outcome_unknown(number, why, "updated")) from None
         except KeyboardInterrupt:
             raise CommandFailed(outcome_unknown(number, INTERRUPTED, "updated")) from None
-        if not isinstance(response, ImageUpdated):  # as ServerConnection.call would say
-            raise VitrineError(
-                ErrorCode.INTERNAL, f"Expected ImageUpdated, got {type(response).__name__}."
-            )
+        if not isinstance(response, ImageUpdated):
+            raise unexpected_response(ImageUpdated, response)
         return response
 
     delete_parser = parser(

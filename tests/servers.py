@@ -173,6 +173,23 @@ class ServerProcess:
         return connection
 
 
+def client_argv(
+    server: ServerProcess,
+    config_dir: Path,
+    *more: str,
+    data_dir: Path | None = None,
+    pin: bool = True,
+    program: Path = ROOT / "client.py",
+) -> list[str]:
+    """The command line of `client.py` against `server`, with its own config and data
+    directories (so no test reads or writes the user's), pinned to the server's fingerprint
+    unless `pin` is False; `more` are further flags and commands. `program` is for a wrapper
+    that runs client.py inside a changed process."""
+    pinning = ["--fingerprint", server.fingerprint] if pin else []
+    return [PYTHON, str(program), "--server", server.address, "--config-dir", str(config_dir),
+            "--data-dir", str(data_dir or config_dir / "data"), *pinning, *more]  # fmt: skip
+
+
 def run_client(
     server: ServerProcess,
     *commands: str,
@@ -190,22 +207,8 @@ def run_client(
     env.pop("VITRINE_PASSWORD", None)
     if password is not None:
         env["VITRINE_PASSWORD"] = password
-    args = [
-        PYTHON,
-        str(ROOT / "client.py"),
-        "--server",
-        server.address,
-        "--config-dir",
-        str(config_dir),
-        "--data-dir",
-        str(data_dir or config_dir / "data"),
-        "--fingerprint",
-        server.fingerprint,
-        *flags,
-        *commands,
-    ]
     return subprocess.run(
-        args,
+        client_argv(server, config_dir, *flags, *commands, data_dir=data_dir),
         cwd=ROOT,
         env=env,
         capture_output=True,

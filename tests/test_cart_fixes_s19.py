@@ -25,11 +25,11 @@ import msgspec
 import pytest
 
 from protocol.catalog import CartLine, Checkout, OrderPlaced
-from shell.cart_commands import whole_number
+from shell.cart_commands import signed_quantity
 from shell.cart_store import CartError, CartFile, CartItem, CartStore, PendingCheckout
 from shell.connection import ServerConnection
 from tests import test_cart_e2e as e2e
-from tests.servers import PYTHON, ROOT, ServerProcess, run_client
+from tests.servers import ROOT, ServerProcess, client_argv, run_client
 from tests.test_cart_e2e import PASSWORD, Buyer, Result, cart_lines, item, stock_of
 
 # The cart tests' server, seller and buyer.
@@ -43,13 +43,13 @@ server, home, seller, buyer = e2e.server, e2e.home, e2e.seller, e2e.buyer
 def test_a_cart_quantity_is_ascii_digits_only(typed: str) -> None:
     """int() took "1_0" as 10 and full-width or Arabic-Indic digits as 3."""
     with pytest.raises(argparse.ArgumentTypeError, match="is not a quantity; give a whole number"):
-        whole_number(typed)
+        signed_quantity(typed)
 
 
 def test_signs_and_plain_numbers_still_reach_the_command() -> None:
     """The command explains a zero or a negative (update_cart names an id not in the cart
     first), so they still parse."""
-    assert [whole_number(text) for text in ("3", " 12 ", "+4", "0", "-2", "007")] == [
+    assert [signed_quantity(text) for text in ("3", " 12 ", "+4", "0", "-2", "007")] == [
         3,
         12,
         4,
@@ -164,20 +164,9 @@ def run_on_a_full_disk(buyer: Buyer, tmp_path: Path, *commands: str) -> Result:
     wrapper.write_text(_FULL_DISK_CLIENT.format(root=str(ROOT), client=str(ROOT / "client.py")))
     env = {**os.environ, "VITRINE_PASSWORD": PASSWORD, "COLUMNS": "200"}
     done = subprocess.run(
-        [
-            PYTHON,
-            str(wrapper),
-            "--server",
-            buyer.server.address,
-            "--config-dir",
-            str(buyer.config_dir),
-            "--data-dir",
-            str(buyer.config_dir / "data"),
-            "--fingerprint",
-            buyer.server.fingerprint,
-            f"login {buyer.name}",
-            *commands,
-        ],
+        client_argv(
+            buyer.server, buyer.config_dir, f"login {buyer.name}", *commands, program=wrapper
+        ),
         cwd=ROOT,
         env=env,
         capture_output=True,

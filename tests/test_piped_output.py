@@ -22,7 +22,7 @@ from PIL import Image
 
 from protocol.catalog import DeleteImage, GetImages, Images, UpdateImage
 from shell.connection import ServerConnection
-from tests.servers import PYTHON, ROOT, ServerProcess, create_users, run_client
+from tests.servers import PYTHON, ROOT, ServerProcess, client_argv, create_users, run_client
 from tests.test_images_server import jpeg, upload
 
 PASSWORD = "correct horse battery"
@@ -55,12 +55,6 @@ def item(alice: ServerConnection, price: int = 500, stock: int = 5, title: str =
 def stock(alice: ServerConnection, image_id: int) -> int:
     (found,) = alice.call(GetImages(id=0, image_ids=[image_id]), Images).items
     return found.quantity
-
-
-def client_argv(server: ServerProcess, home: Path, *more: str, pin: bool = True) -> list[str]:
-    pinning = ["--fingerprint", server.fingerprint] if pin else []
-    return [PYTHON, str(ROOT / "client.py"), "--server", server.address, "--config-dir",
-            str(home), "--data-dir", str(home / "data"), *pinning, *more]  # fmt: skip
 
 
 def at_a_terminal() -> None:

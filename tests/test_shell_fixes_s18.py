@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from protocol.catalog import GetImage, ImageDetails
-from tests.servers import ROOT, ServerProcess, json_lines, run_client
+from tests.servers import ROOT, ServerProcess, client_argv, json_lines, run_client
 from tests.test_images_server import jpeg, upload
 
 PASSWORD = "correct horse"
@@ -54,18 +53,10 @@ def test_history_edit_is_refused_and_runs_nothing(shop: ServerProcess, home: Pat
     pexpect = pytest.importorskip("pexpect")
     conn = shop.user_connection(home, "seller", PASSWORD)
     image = upload(conn, jpeg(7001), title="Counted", quantity=1).image_id
+    argv = client_argv(shop, home / "tty", "login seller")
     child = pexpect.spawn(
-        sys.executable,
-        [
-            str(ROOT / "client.py"),
-            "--server",
-            shop.address,
-            "--config-dir",
-            str(home / "tty"),
-            "--fingerprint",
-            shop.fingerprint,
-            "login seller",
-        ],
+        argv[0],
+        argv[1:],
         cwd=str(ROOT),
         env={**os.environ, "VITRINE_PASSWORD": PASSWORD, "TERM": "xterm-256color"},
         encoding="utf-8",

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from protocol.limits import MAX_CENTS
-from tests.servers import PYTHON, ROOT, ServerProcess, run_client
+from tests.servers import PYTHON, ROOT, ServerProcess, client_argv, run_client
 from tests.test_images_server import jpeg, upload
 from util import config as cfg
 
@@ -55,11 +55,6 @@ def pinned_config(shop: ServerProcess, config: Path) -> Path:
     assert done.returncode == 0, done.stderr
     assert (config / "known_servers").is_file()
     return config
-
-
-def client_argv(shop: ServerProcess, config: Path, *commands: str) -> list[str]:
-    return [PYTHON, str(ROOT / "client.py"), "--server", shop.address, "--config-dir",
-            str(config), "--data-dir", str(config / "data"), *commands]  # fmt: skip
 
 
 # --- 1. a history that cannot be written ---------------------------------------------------------
@@ -115,7 +110,7 @@ def test_read_only_config_directory_does_not_stop_the_client(
     written. The client used to end with `OSError: [Errno 30] Read-only file system`."""
     config = pinned_config(shop, tmp_path / "client")
     assert (config / "history").is_file()
-    done = _read_only_run(config, client_argv(shop, config, "login admin", "whoami"))
+    done = _read_only_run(config, client_argv(shop, config, "login admin", "whoami", pin=False))
     if isinstance(done, str):
         pytest.skip(done)
     assert done.returncode == 0, done.stderr
@@ -306,7 +301,7 @@ def _script(shop: ServerProcess, config: Path, out: Path, errors: Path) -> subpr
     env = {**os.environ, "VITRINE_PASSWORD": PASSWORD, "COLUMNS": "200"}
     with out.open("wb") as stdout, errors.open("wb") as stderr:
         return subprocess.Popen(
-            [*client_argv(shop, config), "--fingerprint", shop.fingerprint],
+            client_argv(shop, config),
             cwd=ROOT,
             env=env,
             stdin=subprocess.PIPE,
@@ -387,7 +382,7 @@ def test_ctrl_c_at_the_prompt_with_stdout_redirected_leaves_stdout_empty(
     goes on (the person is there), and says ^C on the terminal instead."""
     pexpect = pytest.importorskip("pexpect")
     out = tmp_path / "out"
-    argv = [*client_argv(shop, tmp_path / "client"), "--fingerprint", shop.fingerprint]
+    argv = client_argv(shop, tmp_path / "client")
     child = pexpect.spawn(
         "/bin/sh",
         ["-c", 'exec "$@" >"$0"', str(out), *argv],

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ import pytest
 from protocol.catalog import GetImage, ImageDetails
 from protocol.errors import ErrorCode, VitrineError
 from shell.connection import ServerConnection
-from tests.servers import ROOT, ServerProcess, unread_by_server
+from tests.servers import ROOT, ServerProcess, client_argv, unread_by_server
 from tests.test_images_server import jpeg, unique, upload
 
 PASSWORD = "correct horse"
@@ -34,18 +33,10 @@ def terminal(server: ServerProcess, name: str, config_dir: Path) -> Iterator[Any
     """client.py at a pseudo-terminal, logged in as `name`: what a person sees."""
     pexpect = pytest.importorskip("pexpect")
     env = {**os.environ, "VITRINE_PASSWORD": PASSWORD, "TERM": "xterm-256color"}
+    argv = client_argv(server, config_dir, f"login {name}")
     child = pexpect.spawn(
-        sys.executable,
-        [
-            str(ROOT / "client.py"),
-            "--server",
-            server.address,
-            "--config-dir",
-            str(config_dir),
-            "--fingerprint",
-            server.fingerprint,
-            f"login {name}",
-        ],
+        argv[0],
+        argv[1:],
         cwd=str(ROOT),
         env=env,
         encoding="utf-8",
@@ -177,16 +168,7 @@ def test_a_script_fails_when_a_delete_has_no_answer(server: ServerProcess, tmp_p
     seller.close()
     env = {**os.environ, "VITRINE_PASSWORD": PASSWORD}
     shell = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "client.py"),
-            "--server",
-            server.address,
-            "--config-dir",
-            str(tmp_path / "script"),
-            "--fingerprint",
-            server.fingerprint,
-        ],
+        client_argv(server, tmp_path / "script"),
         cwd=ROOT,
         env=env,
         stdin=subprocess.PIPE,

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shlex
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.servers import ROOT, ServerProcess, create_users
+from tests.servers import ROOT, ServerProcess, client_argv, create_users
 
 pexpect = pytest.importorskip("pexpect")
 
@@ -56,16 +55,16 @@ def noise_folder(folder: Path, count: int, side: int, seed: int, fmt: str = "JPE
 
 
 def terminal(server: ServerProcess, config: Path, columns: int = 160) -> Any:
+    argv = client_argv(server, config)
     child = pexpect.spawn(
-        sys.executable,
-        [str(ROOT / "client.py"), "--server", server.address, "--config-dir", str(config),
-         "--fingerprint", server.fingerprint],
+        argv[0],
+        argv[1:],
         cwd=str(ROOT),
         env={**os.environ, "VITRINE_PASSWORD": PASSWORD, "TERM": "xterm-256color"},
         encoding="utf-8",
         timeout=60,
         dimensions=(40, columns),
-    )  # fmt: skip
+    )
     child.logfile_read = io.StringIO()
     child.expect("vitrine ")
     child.sendline("login alice")
@@ -146,10 +145,10 @@ def test_json_into_a_file_draws_the_bar_on_stderr_and_the_file_holds_json(
     folder = noise_folder(tmp_path / "to-file", 30, 32, seed=60)
     out = tmp_path / "out.jsonl"
     command = shlex.join(
-        [sys.executable, str(ROOT / "client.py"), "--server", server.address, "--config-dir",
-         str(tmp_path / "config"), "--fingerprint", server.fingerprint, "login alice",
-         f"add_image {folder} --json --window 1"]
-    )  # fmt: skip
+        client_argv(
+            server, tmp_path / "config", "login alice", f"add_image {folder} --json --window 1"
+        )
+    )
     child = pexpect.spawn(
         "bash",
         ["-c", f"{command} > {shlex.quote(str(out))}"],

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from shell.interrupts import HeldInterrupts
-from tests.servers import PYTHON, ROOT, ServerProcess, create_users, run_client
+from tests.servers import ROOT, ServerProcess, client_argv, create_users, run_client
 
 PASSWORD = "correct horse battery"
 FILES = 300
@@ -49,9 +49,7 @@ def noise_folder(folder: Path, count: int, seed: int) -> Path:
 
 def client(server: ServerProcess, config: Path, *commands: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [PYTHON, str(ROOT / "client.py"), "--server", server.address, "--config-dir",
-         str(config), "--data-dir", str(config / "data"), "--fingerprint", server.fingerprint,
-         "login alice", *commands],
+        client_argv(server, config, "login alice", *commands),
         cwd=ROOT,
         env={**os.environ, "VITRINE_PASSWORD": PASSWORD},
         stdin=subprocess.DEVNULL,
