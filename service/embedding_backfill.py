@@ -20,7 +20,6 @@ has reached every image (`complete`), to say how many they could not rank
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import logging
 import threading
 import time
@@ -34,6 +33,7 @@ from repository.blobstore import BlobError
 from repository.embeddings import (
     BACKFILL_CHUNK,
     count_missing,
+    live_subset,
     missing_embeddings,
     store_embeddings,
 )
@@ -103,7 +103,8 @@ class EmbeddingBackfill:
         engine = self.engine
         assert engine.model_name is not None
         conn = engine.services.db.conn
-        total = count_missing(conn, engine.model_name) - len(self.failed)
+        self._forget_deleted()
+        total = count_missing(conn, engine.model_name, self.failed)
         if total <= 0:
             if first:
                 log.info(
@@ -170,15 +171,23 @@ class EmbeddingBackfill:
         image failed for a reason other than its picture (retried at the next pass). Counted
         without the lock: an upload stored without an embedding after the count sets `_wake`
         (`wake`) before this looks at it, under the lock."""
-        (left,) = self.engine.services.db.conn.execute(
-            "SELECT COUNT(*) FROM images i WHERE i.deleted_at IS NULL AND NOT EXISTS "
-            "(SELECT 1 FROM embeddings e WHERE e.image_id = i.id AND e.model = ?) "
-            "AND i.id NOT IN (SELECT value FROM json_each(?))",
-            (self.engine.model_name, json.dumps(list(self.failed))),
-        ).fetchone()
+        assert self.engine.model_name is not None
+        left = count_missing(self.engine.services.db.conn, self.engine.model_name, self.failed)
         with self._lock:
             if not self._wake.is_set():
                 self.complete = left == 0
+
+    def _forget_deleted(self) -> None:
+        """Drop from `failed` the images deleted since they failed: held until a restart, they
+        cost memory for nothing and were counted in "backfill done: ... N could not be
+        decoded". A deleted image never comes back, so it never needs its id again."""
+        failed = self.failed
+        if not failed:
+            return
+        gone = failed - live_subset(self.engine.services.db.conn, list(failed))
+        if gone:
+            with self._lock:
+                self.failed = self.failed - gone
 
     def _embedding_failed(self, image_id: int, exc: Exception) -> None:
         """A picture that cannot be read or decoded is remembered and not tried again. Anything

@@ -25,7 +25,6 @@ without a query.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from typing import TYPE_CHECKING
@@ -36,8 +35,7 @@ from models.embeddings import prepare_input
 from protocol.catalog import ImageSearch
 from protocol.errors import ErrorCode, VitrineError
 from protocol.limits import MAX_SEARCH_RESULTS
-from repository import images as repo
-from repository.embeddings import visible_vector
+from repository.embeddings import count_missing_visible, visible_vector
 from repository.filters import SearchFilters
 from service.context import RequestContext, Services
 from service.ingest import decode_upload, rejection_error
@@ -91,34 +89,14 @@ def rank_counting(
     will be ranked. The count says how many images, not results: `limit` still caps what is
     ranked. Once the backfill is done this costs nothing."""
     backfill = engine.backfill
-    missing = 0 if backfill.complete else _count_unindexed(engine, conn, viewer, filters, exclude)
+    missing = 0
+    if not backfill.complete:
+        assert engine.model_name is not None
+        skip = backfill.failed if exclude is None else backfill.failed | {exclude}
+        missing = count_missing_visible(conn, engine.model_name, viewer, filters, skip)
     index = engine.index
     assert index is not None
     return rank(index, conn, viewer, query, filters, exclude, limit), missing
-
-
-def _count_unindexed(
-    engine: SimilarityEngine,
-    conn: sqlite3.Connection,
-    viewer: int,
-    filters: SearchFilters,
-    exclude: int | None,
-) -> int:
-    if filters.impossible:
-        return 0
-    skip = [*engine.backfill.failed, *([] if exclude is None else [exclude])]
-    params: dict[str, object] = {
-        "viewer": viewer,
-        "model": engine.model_name,
-        "skip": json.dumps(skip),
-    }
-    (n,) = conn.execute(
-        f"SELECT COUNT(*) FROM images i WHERE {repo.VISIBLE}{filters.sql(params)} "
-        "AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.image_id = i.id "
-        "AND e.model = :model) AND i.id NOT IN (SELECT value FROM json_each(:skip))",
-        params,
-    ).fetchone()
-    return int(n)
 
 
 def rank(
@@ -253,11 +231,12 @@ async def _open_search(
             if stored is None:
                 raise _NotEmbedded(blob)
             query = stored
+        nonlocal unindexed
         filters = asked.resolve(conn, rarest_first=True)
-        found, unindexed[0] = rank_counting(engine, conn, viewer, query, filters, exclude, limit)
+        found, unindexed = rank_counting(engine, conn, viewer, query, filters, exclude, limit)
         return [i for i, _ in found], {i: round(float(s), 6) for i, s in found}, {}
 
-    unindexed = [0]
+    unindexed = 0  # set by `ranked`, read by `open_ranked` right after it, in the same trip
     return await open_ranked(
         ctx,
         request.id,
@@ -265,5 +244,5 @@ async def _open_search(
         ranked,
         asked,
         keep=MAX_RESULTS,
-        unindexed=lambda: unindexed[0],
+        unindexed=lambda: unindexed,
     )
