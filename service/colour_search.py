@@ -150,7 +150,7 @@ def _ranked(
     the filters `asked` (those its later batches are re-checked with)."""
     filters = asked.resolve(conn)
     if filters.impossible:
-        return [], {}, {}  # a tag nobody has used: nothing carries it
+        return Ranked([], {}, {})  # a tag nobody has used: nothing carries it
     table.ensure_built(conn)
     hits = table.rank(conn, viewer, query, filters, limit=limit)
     scores = {h.image_id: round(h.score, 6) for h in hits}
@@ -166,7 +166,7 @@ def _ranked(
         )
         for h in hits
     }
-    return [h.image_id for h in hits], scores, matches
+    return Ranked([h.image_id for h in hits], scores, matches)
 
 
 @route(ColourSearch)

@@ -231,12 +231,11 @@ async def _open_search(
             if stored is None:
                 raise _NotEmbedded(blob)
             query = stored
-        nonlocal unindexed
         filters = asked.resolve(conn, rarest_first=True)
         found, unindexed = rank_counting(engine, conn, viewer, query, filters, exclude, limit)
-        return [i for i, _ in found], {i: round(float(s), 6) for i, s in found}, {}
+        scores = {i: round(float(s), 6) for i, s in found}
+        return Ranked([i for i, _ in found], scores, {}, unindexed)
 
-    unindexed = 0  # set by `ranked`, read by `open_ranked` right after it, in the same trip
     return await open_ranked(
         ctx,
         request.id,
@@ -244,5 +243,4 @@ async def _open_search(
         ranked,
         asked,
         keep=MAX_RESULTS,
-        unindexed=lambda: unindexed,
     )

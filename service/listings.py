@@ -22,6 +22,7 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from protocol import codec, framing
 from protocol.catalog import (
@@ -255,9 +256,16 @@ async def browse(ctx: RequestContext, request: Browse) -> Frames:
 # --- snapshot (ranked searches) -----------------------------------------------------------------
 
 
-#: What a ranked search hands to `open_ranked`: ids best first, with optional scores and
-#: matching colours by id.
-Ranked = tuple[list[int], dict[int, float], dict[int, Colour]]
+class Ranked(NamedTuple):
+    """What a ranked search hands to `open_ranked`, computed in one executor trip."""
+
+    #: Best first; may hold images the viewer cannot see (re-checked batch by batch).
+    ids: list[int]
+    scores: dict[int, float]
+    #: The matching colour by id (colour search only).
+    matches: dict[int, Colour]
+    #: What a search by image could not rank yet (`Batch.unindexed`, on the first batch).
+    unindexed: int = 0
 
 
 def _snapshot_frames(
@@ -303,7 +311,6 @@ async def open_ranked(
     recheck: Recheck | None = None,
     *,
     keep: int,
-    unindexed: Callable[[], int] | None = None,
 ) -> Frames:
     """Run a ranked search and make its first batch in one trip to the executor (the event
     loop, which every connection shares, only writes the result), keeping the cursor for
@@ -314,8 +321,7 @@ async def open_ranked(
     search's filters (`recheck`) from the second batch on. A search keeps its best `keep`
     results: `rank(conn, limit)` is asked for one more, so that the last batch can say the
     listing was cut when more matched (it said "500 images in all" of a search that matched
-    556). `unindexed`, read after `rank` in the same trip, goes on the first batch
-    (`Batch.unindexed`: what a search by image could not rank yet).
+    556).
     """
     limit = _limit(ctx, options)
     viewer = ctx.user.id
@@ -323,11 +329,21 @@ async def open_ranked(
     token = _new_token()
 
     def run(conn: sqlite3.Connection) -> tuple[SnapshotCursor, Frames, bool]:
-        ids, scores, matches = rank(conn, keep + 1)
-        cursor = SnapshotCursor(ids[:keep], 0, scores, matches, recheck, cut=len(ids) > keep)
-        missing = unindexed() if unindexed is not None else 0
+        ranked = rank(conn, keep + 1)
+        ids = ranked.ids
+        cursor = SnapshotCursor(
+            ids[:keep], 0, ranked.scores, ranked.matches, recheck, cut=len(ids) > keep
+        )
         frames, more = _snapshot_frames(
-            conn, blobs, viewer, request_id, cursor, limit, options.thumbnails, token, missing
+            conn,
+            blobs,
+            viewer,
+            request_id,
+            cursor,
+            limit,
+            options.thumbnails,
+            token,
+            ranked.unindexed,
         )
         return cursor, frames, more
 
@@ -427,7 +443,7 @@ async def text_search(ctx: RequestContext, request: TextSearch) -> Frames:
         ctx,
         request.id,
         request.options,
-        lambda conn, limit: (repo.search_ids(conn, viewer, query, limit), {}, {}),
+        lambda conn, limit: Ranked(repo.search_ids(conn, viewer, query, limit), {}, {}),
         Recheck(text=query),
         keep=repo.MAX_SEARCH_RESULTS,
     )
