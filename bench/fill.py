@@ -7,7 +7,8 @@ there. So this writes what an upload would have committed, with the repository's
 
 * **rows**: owners, titles, descriptions, prices, stock, 2% private, increasing `created_at`;
 * **tags** from a fixed vocabulary with skewed frequencies (so some tags are common, some rare),
-  and the FTS row of every image (title, description, tags, filename) as `_fts_row` writes it;
+  and the FTS row of every image (title, description, tags, filename) from `index_row`, as
+  an upload's is;
 * **colours**: 0-4 dominant colours per image (10% have none), with hues spread over the circle;
 * **embeddings**: synthetic unit vectors around a few hundred random centroids (a catalogue
   has groups of look-alike products), stored under the exact model name the server will use,
@@ -42,8 +43,8 @@ import numpy as np
 import sqlite_utils
 
 from models.embeddings import EMBEDDING_DIM
+from repository.images import index_row
 from tests.servers import ServerProcess
-from util.catalogue_text import index_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = ROOT.parent / "shared/models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
@@ -64,6 +65,7 @@ CHUNK = 5000
 #: 32,766 bound values a statement, and an images row binds 16.
 INSERT_BATCH = 1000
 COLOUR_COLUMNS = ("image_id", "rank", "r", "g", "b", "hue", "saturation", "lightness", "share")
+FTS_COLUMNS = ("rowid", "title", "description", "tags", "filename")
 
 # Skewed on purpose: the first entries of each list are picked far more often than the last.
 CATEGORIES = [
@@ -291,15 +293,8 @@ def fill(
                 }
             )
             tag_rows.extend({"image_id": image_id, "tag_id": tag_id[t]} for t in tags)
-            fts_rows.append(  # folded as repository.images.fts_texts folds them
-                {
-                    "rowid": image_id,
-                    "title": index_text(title),
-                    "description": index_text(description),
-                    "tags": index_text(" ".join(tags)),
-                    "filename": index_text(filename),
-                }
-            )
+            texts = index_row(title, description, tags, filename)
+            fts_rows.append(dict(zip(FTS_COLUMNS, (image_id, *texts), strict=True)))
             colour_rows.extend(
                 dict(zip(COLOUR_COLUMNS, (image_id, rank, *colour), strict=True))
                 for rank, colour in enumerate(_palette(rng))

@@ -10,7 +10,7 @@ Choices that hold the rest together:
   image" (live, and public or theirs); every read path uses it.
 * **One transaction per write**: row, tags, FTS row, colours and embedding commit together,
   after the blobs are durable (the caller's job), so no reader ever sees half an image.
-* **FTS rows exist for live images only**; rowid = images.id, text folded for search (`fts_texts`).
+* **FTS rows exist for live images only**; rowid = images.id, text folded for search (`index_row`).
 
 Nothing here knows the wire format: rows come back as `ImageRecord`.
 """
@@ -347,23 +347,37 @@ def visible_tag_counts(conn: sqlite3.Connection, viewer: int) -> list[tuple[str,
     return sorted(out)
 
 
+def index_row(
+    title: str, description: str, tags: Iterable[str], filename: str
+) -> tuple[str, str, str, str]:
+    """The text-index row of an image, in the index's column order (title, description, tags,
+    filename), each folded for search and with Chinese and Japanese characters set apart
+    (`index_text`). Uploads, edits and `bench.fill` all write it through here, so a search
+    finds a filled image exactly as it would find an uploaded one."""
+    return (
+        index_text(title),
+        index_text(description),
+        index_text(" ".join(tags)),
+        index_text(filename),
+    )
+
+
 def fts_texts(conn: sqlite3.Connection, image_id: int) -> tuple[str, str, str, str] | None:
-    """The text-index row of a live image, folded for search and with Chinese and Japanese
-    characters set apart (`index_text`): title, description, tags and filename; None if the
-    image is not live. The stored columns keep what the seller typed: only the index holds
-    the folded spelling."""
+    """The text-index row (`index_row`) of a live image from its current columns and tags;
+    None if the image is not live. The stored columns keep what the seller typed: only the
+    index holds the folded spelling."""
     row = conn.execute(
         "SELECT i.title, i.description, "
-        "  COALESCE((SELECT group_concat(t.name, ' ') FROM image_tags it "
-        "            JOIN tags t ON t.id = it.tag_id WHERE it.image_id = i.id), ''), "
+        "  (SELECT json_group_array(t.name) FROM image_tags it "
+        "   JOIN tags t ON t.id = it.tag_id WHERE it.image_id = i.id), "
         "  i.filename "
         "FROM images i WHERE i.id = ? AND i.deleted_at IS NULL",
         (image_id,),
     ).fetchone()
     if row is None:
         return None
-    title, description, tags, filename = (index_text(str(v)) for v in row)
-    return title, description, tags, filename
+    title, description, tags, filename = row
+    return index_row(str(title), str(description), json.loads(tags), str(filename))
 
 
 def _fts_row(conn: sqlite3.Connection, image_id: int) -> None:

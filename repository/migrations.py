@@ -169,8 +169,12 @@ _V6_CHECKOUT_KEY = """
 
 def _rewrite_search_text(conn: sqlite3.Connection, spell: Callable[[str], str]) -> None:
     """Write the text-index row of every live image again, each column spelt by `spell`; the
-    stored titles keep what was typed. The SELECT repeats `repository.images.fts_texts` for all
-    rows in one statement rather than one per image.
+    stored titles keep what was typed. The SELECT does for all rows in one statement what
+    `repository.images.fts_texts` does for one, and the columns are named here rather than
+    taken from `repository.images.index_row` on purpose: that row follows the index as it is
+    now, and a later version that changes its columns (or where tags live) must not change, or
+    break, what this released step writes into the v6 table. Only the spelling is current
+    code, and on purpose (see v7).
 
     The index is dropped and made again from its own definition rather than emptied with
     DELETE, which has to read every old row's tokens: a damaged index would then stop the

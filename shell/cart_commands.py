@@ -343,11 +343,10 @@ def cart_table(views: list[LineView], mode: listing.GraphicsMode, width: int) ->
         for i, header in enumerate(_HEADERS)
     ]
     sizes = [listing.THUMB_CELLS, listing.SMALL_THUMB_CELLS] if pictures else []
-    for thumbnail in (*sizes, None):  # the full picture, a small one, none
-        widths = listing.fold_widths(columns, width, False, thumbnail[0] if thumbnail else None)
-        if widths is not None:
-            break
-    else:
+    fit = listing.first_fit(  # the full picture, a small one, none
+        [*sizes, None], width, lambda size: (columns, False, size[0] if size else None)
+    )
+    if fit is None:
         return listing.record_table(
             [
                 [
@@ -358,9 +357,10 @@ def cart_table(views: list[LineView], mode: listing.GraphicsMode, width: int) ->
                 for cells in rows
             ]
         )
+    thumbnail = fit.shape
     table = listing.column_table(
         columns,
-        widths,
+        fit.widths,
         picture=thumbnail[0] if thumbnail else None,
         show_lines=thumbnail is not None,
     )
@@ -570,6 +570,8 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         mode = listing.graphics_mode(shell) if args.images and not args.json else "none"
         views = self._views(cart, thumbnails=mode != "none") if cart.lines else []
         flagged = sum(1 for view in views if view.warnings)
+        if cart.pending:  # on stderr, so --json's stdout stays JSON lines
+            shell.perror(f"Warning: {_pending_note(cart.pending)}", style=None)
         if args.json:
             summary = {
                 "total": format_cents(_total(views)),
@@ -580,11 +582,7 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
                 "checkout_pending": cart.pending is not None,
             }
             write_json_lines(shell, [*(line_json(view) for view in views), summary])
-            if cart.pending:
-                shell.perror(f"Warning: {_pending_note(cart.pending)}", style=None)
             return
-        if cart.pending:
-            shell.perror(f"Warning: {_pending_note(cart.pending)}", style=None)
         if not views:
             shell.poutput("Your cart is empty: add_to_cart ID [QTY] puts an image in it.")
             return

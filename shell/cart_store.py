@@ -81,7 +81,8 @@ class PendingCheckout(msgspec.Struct, kw_only=True):
     """A checkout sent and not answered yet (as far as this file knows)."""
 
     key: Annotated[str, msgspec.Meta(min_length=16, max_length=64)]
-    #: The lines as sent (price: the one expected), for a person and for `view_cart`.
+    #: The lines as sent (price: the one expected), for a person reading the file: no code
+    #: reads them back, since the server's answer to the key says what the order held.
     lines: Annotated[list[CartItem], msgspec.Meta(max_length=MAX_ORDER_LINES)] = []
     sent_at: float = 0.0
 

@@ -28,11 +28,11 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import cmd2
 import msgspec
@@ -716,6 +716,38 @@ def fold_widths(
     return _share_room(room, folding)
 
 
+Shape = TypeVar("Shape")
+
+
+@dataclass(frozen=True)
+class Fit(Generic[Shape]):
+    """The first shape of a table that fits, as `first_fit` found it."""
+
+    shape: Shape
+    columns: Sequence[Column]
+    widths: list[int]
+
+
+def first_fit(
+    shapes: Iterable[Shape],
+    width: int,
+    lay_out: Callable[[Shape], tuple[Sequence[Column], bool, int | None]],
+) -> Fit[Shape] | None:
+    """The first of `shapes`, widest first, whose table fits `width` cells with every number
+    whole; None when none does, and the caller shows records instead. `lay_out` gives a
+    shape's columns, whether it is compact, and its picture column's width (None: none).
+
+    Listings, the cart, `orders` and `sales` narrow in different steps (a layout, a picture
+    size, the box), but must give way in the same manner, so that no table ever cuts a number.
+    """
+    for shape in shapes:
+        columns, compact, picture = lay_out(shape)
+        widths = fold_widths(columns, width, compact, picture)
+        if widths is not None:
+            return Fit(shape, columns, widths)
+    return None
+
+
 def column_table(
     columns: Sequence[Column],
     widths: Sequence[int] | None,
@@ -783,18 +815,22 @@ def listing_table(
     """
     compact = width is not None and width < WIDE_LISTING
     pictures = mode != "none" and any(item.thumbnail for item in items)
-    layouts = LAYOUTS if width is not None else LAYOUTS[:1]
-    widths: list[int] | None = None
-    for layout in layouts:
+
+    def lay_out(layout: Layout) -> tuple[list[Column], bool, int | None]:
         thumbnail = layout.thumbnail if pictures else None
+        return _text_columns(items, layout), compact, thumbnail[0] if thumbnail else None
+
+    layout: Layout = LAYOUTS[0]
+    columns: Sequence[Column]
+    widths: list[int] | None = None
+    if width is None:
         columns = _text_columns(items, layout)
-        if width is None:
-            break
-        widths = fold_widths(columns, width, compact, thumbnail[0] if thumbnail else None)
-        if widths is not None:
-            break
     else:
-        return _record_table(items)
+        fit = first_fit(LAYOUTS, width, lay_out)
+        if fit is None:
+            return _record_table(items)
+        layout, columns, widths = fit.shape, fit.columns, fit.widths
+    thumbnail = layout.thumbnail if pictures else None
     table = column_table(
         columns,
         widths,

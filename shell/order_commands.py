@@ -87,15 +87,12 @@ def _history_table(names: Sequence[str], rows: Sequence[HistoryRow], width: int)
         )
         for index, name in enumerate(names)
     ]
-    for compact in (False, True):
-        widths = listing.fold_widths(columns, width, compact)
-        if widths is not None:
-            break
-    else:
+    fit = listing.first_fit((False, True), width, lambda compact: (columns, compact, None))
+    if fit is None:
         return listing.record_table(
             [row.fields for row in rows], ruled=[row.record_end for row in rows]
         )
-    table = listing.column_table(columns, widths, compact=compact)
+    table = listing.column_table(columns, fit.widths, compact=fit.shape)
     for row in rows:
         table.add_row(*row.cells, end_section=row.end_section)
     return table
