@@ -10,7 +10,15 @@ from typing import Annotated
 
 import msgspec
 
-from protocol.base import Name, Password, Request, Response, Token
+from protocol.base import (
+    USERNAME_RULE,
+    USERNAME_RULE_TEXT,
+    Name,
+    Password,
+    Request,
+    Response,
+    Token,
+)
 from protocol.errors import ErrorCode
 
 #: Bumped on any incompatible change to a message; `Hello` refuses a mismatch with a clear message.
@@ -59,6 +67,27 @@ class Error(Response):
 
 # --- accounts ------------------------------------------------------------------------------------
 
+#: How long a resume token lasts after the login that made it: the server's default
+#: (service.context.ServerConfig) and what the shell tells a user whose logout did not arrive.
+SESSION_LIFETIME_S = 7 * 24 * 3600
+
+
+def canonical_username(name: str) -> str | None:
+    """The account a typed name means (names are case-insensitive), None if no account can
+    have it: one rule for the server, which enforces it, and the shell, which checks it
+    before asking for a password."""
+    normalised = name.strip().lower()
+    return normalised if USERNAME_RULE.fullmatch(normalised) else None
+
+
+def invalid_username(shown: str) -> str:
+    """The sentence for a name outside the rule; `shown` is the name as the caller quotes it."""
+    return f"Invalid user name {shown}: use {USERNAME_RULE_TEXT}."
+
+
+#: A device token as presented, "" for none; bounded like a resume token.
+DeviceToken = Annotated[str, msgspec.Meta(max_length=256)]
+
 
 class CreateUser(Request):
     name: Name
@@ -66,8 +95,15 @@ class CreateUser(Request):
 
 
 class Login(Request):
+    """`device_token`: one a `Session` gave this client for this account earlier, which keeps
+    the owner's client from being refused for strangers' guesses (docs/security.md); an invalid
+    one is treated as none. `remember_device`: answer with a new device token. Both default to
+    what a client from before device tokens means, so it is answered as before."""
+
     name: Name
     password: Password
+    device_token: DeviceToken = ""
+    remember_device: bool = False
 
 
 class Resume(Request):
@@ -90,6 +126,8 @@ class ChangePassword(Request):
 
     old_password: Password
     new_password: Password
+    #: Answer with a device token for the new password (the change ends the earlier ones).
+    remember_device: bool = False
 
 
 class UserInfo(Response):
@@ -97,13 +135,17 @@ class UserInfo(Response):
     admin: bool
 
 
-class Session(Response):
+class Session(Response, omit_defaults=True):
     """Answer to Login, Resume and ChangePassword: who you are now and the token that resumes
-    this session."""
+    this session.
+
+    `device_token` is sent only to a client that asked for one (`remember_device`), and
+    defaults are left off the wire: a client from before the field refuses unknown fields."""
 
     name: str
     admin: bool
     resume_token: str
+    device_token: str = ""
 
 
 REQUESTS: tuple[type[Request], ...] = (

@@ -135,7 +135,8 @@ def _read_key(path: Path) -> bytes:
     return key
 
 
-def _subkey(master: bytes, info: bytes) -> bytes:
+def subkey(master: bytes, info: bytes) -> bytes:
+    """An independent key for one purpose (`info`), so that no two uses share key material."""
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(master)
 
 
@@ -155,8 +156,8 @@ class BlobStore:
         if not self.root.exists():
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.root, 0o700)
-        self._name_key = _subkey(key, _NAME_INFO)
-        self._aead = AESGCM(_subkey(key, _ENC_INFO))
+        self._name_key = subkey(key, _NAME_INFO)
+        self._aead = AESGCM(subkey(key, _ENC_INFO))
 
     # --- naming -------------------------------------------------------------------------------
 

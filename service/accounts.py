@@ -3,7 +3,8 @@
 The answer to a failed login never says whether the name exists, and it comes only after the
 throttle's delay, so guessing is slow and learns nothing about which accounts exist. The
 throttle refuses only the peer that guessed too often: the owner's right password is always
-checked, however many strangers guess at the account.
+checked, however many strangers guess at the account, from an address it used lately or with
+the device token its client was given at an earlier login.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from protocol.messages import (
 from repository import accounts
 from repository.accounts import User
 from service import auth
-from service.context import RequestContext
+from service.auth import DeviceTokens
+from service.context import RequestContext, Services
 from service.registry import route
 
 BAD_CREDENTIALS = "Wrong user name or password."
@@ -41,10 +43,21 @@ def _token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+def _device_tokens(services: Services) -> DeviceTokens:
+    assert services.device_tokens is not None  # set by Services.__post_init__
+    return services.device_tokens
+
+
 async def _start_session(
-    ctx: RequestContext, request_id: int, user: User, password_hash: str
+    ctx: RequestContext,
+    request_id: int,
+    user: User,
+    password_hash: str,
+    *,
+    remember_device: bool = False,
 ) -> Session:
-    """A new session for `user`, whose password was just verified as `password_hash`."""
+    """A new session for `user`, whose password was just verified as `password_hash`; with a
+    fresh device token (30 more days) if the client keeps them."""
     token = secrets.token_urlsafe(32)
     services = ctx.services
     session_id = await services.db_call(
@@ -57,7 +70,14 @@ async def _start_session(
     if session_id is None:
         raise VitrineError(ErrorCode.UNAUTHENTICATED, PASSWORD_CHANGED_MEANWHILE)
     await _log_in(ctx, user, session_id, PASSWORD_CHANGED_MEANWHILE)
-    return Session(id=request_id, name=user.name, admin=user.is_admin, resume_token=token)
+    device = _device_tokens(services).issue(user.id, password_hash) if remember_device else ""
+    return Session(
+        id=request_id,
+        name=user.name,
+        admin=user.is_admin,
+        resume_token=token,
+        device_token=device,
+    )
 
 
 async def _log_in(ctx: RequestContext, user: User, session_id: int, ended: str) -> None:
@@ -100,7 +120,16 @@ async def login(ctx: RequestContext, request: Login) -> Session:
     services = ctx.services
     account = request.name.strip().lower()
     peer = ctx.connection.peer
-    async with services.throttle.attempt(account, peer) as attempt:
+    device = None
+    if request.device_token:
+        # Looked up before the throttle only to check the token (a cheap HMAC); an invalid
+        # token is no token, and the answer never says which it was.
+        owner = await services.db_call(accounts.user_by_name, account)
+        if owner is not None:
+            device = _device_tokens(services).check(
+                request.device_token, owner.id, owner.password_hash
+            )
+    async with services.throttle.attempt(account, peer, device=device) as attempt:
         user = await services.db_call(accounts.user_by_name, account)
         ok = await services.run(
             auth.verify_or_waste_time, request.password, user.password_hash if user else None
@@ -109,7 +138,9 @@ async def login(ctx: RequestContext, request: Login) -> Session:
             await asyncio.sleep(attempt.failed())
             raise VitrineError(ErrorCode.UNAUTHENTICATED, BAD_CREDENTIALS)
         attempt.succeeded()
-    return await _start_session(ctx, request.id, user, user.password_hash)
+    return await _start_session(
+        ctx, request.id, user, user.password_hash, remember_device=request.remember_device
+    )
 
 
 @route(Resume, needs_login=False, exclusive=True)
@@ -166,4 +197,6 @@ async def change_password(ctx: RequestContext, request: ChangePassword) -> Sessi
         "The password was changed on another connection; log in again.",
         keep=ctx.connection,
     )
-    return await _start_session(ctx, request.id, user, new_hash)
+    return await _start_session(
+        ctx, request.id, user, new_hash, remember_device=request.remember_device
+    )

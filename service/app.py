@@ -41,7 +41,7 @@ from service import (  # noqa: F401  (they register their routes)
     orders,
     similarity,
 )
-from service.auth import LoginThrottle
+from service.auth import DeviceTokens, LoginThrottle
 from service.connection import Connection
 from service.context import ServerConfig, Services
 
@@ -296,7 +296,8 @@ def open_services(config: ServerConfig) -> Services:
         db = Database(data_dir / DB_FILE)
         if reason := lost_blob_key(data_dir, db) or missing_blob_dir(data_dir, db.conn):
             raise DataDirError(reason)
-        blobs = open_blob_store(data_dir)
+        master_key = load_or_create_key(data_dir / BLOB_KEY_FILE)
+        blobs = BlobStore(data_dir / BLOB_DIR, master_key)
         if reason := wrong_blob_key(data_dir, db.conn, blobs):
             raise DataDirError(reason)
         restrict_to_owner(data_dir)
@@ -327,6 +328,7 @@ def open_services(config: ServerConfig) -> Services:
         io_executor=ThreadPoolExecutor(max_workers=IO_WORKERS, thread_name_prefix="vitrine-io"),
         blobs=blobs,
         server_id=server_id(db.conn),
+        device_tokens=DeviceTokens.from_master_key(master_key),
     )
     services.extras["data_dir_lock"] = lock_fd
     # Search by image: registers the upload analyser and index hooks; loads nothing yet.

@@ -3,27 +3,38 @@
 Argon2id at the OWASP minimum (19 MiB, t=2, p=1) makes each guess cost real memory and time;
 the throttle makes guessing slow even for a patient attacker: it refuses a peer that guessed
 too often (one account, or many), and slows, without ever refusing, guesses at one account from
-many peers, so that strangers cannot lock an account's owner out.
+many peers, so that strangers cannot lock an account's owner out. Device tokens (OWASP's "device
+cookie") let the owner's own client past the account-wide limit from any address.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import hashlib
+import hmac
 import ipaddress
 import logging
 import os
+import secrets
+import struct
 import threading
 import time
+import unicodedata
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from protocol.base import MIN_PASSWORD_LENGTH, USERNAME_RULE, USERNAME_RULE_TEXT
+from protocol.base import MIN_PASSWORD_LENGTH
 from protocol.errors import ErrorCode, VitrineError
+from protocol.messages import canonical_username, invalid_username
+from repository.blobstore import subkey
 
 log = logging.getLogger("vitrine.auth")
 
@@ -35,6 +46,11 @@ ARGON2_LANES = 1
 WAIT_RECHECK_S = 1.0
 
 
+def normalise_password(password: str) -> str:
+    """NFC: "é" typed on macOS (decomposed, NFD) and elsewhere (composed) is one password."""
+    return unicodedata.normalize("NFC", password)
+
+
 def hash_password(password: str) -> str:
     kdf = Argon2id(
         salt=os.urandom(16),
@@ -43,15 +59,25 @@ def hash_password(password: str) -> str:
         lanes=ARGON2_LANES,
         memory_cost=ARGON2_MEMORY_KIB,
     )
-    return kdf.derive_phc_encoded(password.encode())
+    return kdf.derive_phc_encoded(normalise_password(password).encode())
 
 
-def verify_password(password: str, phc: str) -> bool:
+def _matches(password: str, phc: str) -> bool:
     try:
         Argon2id.verify_phc_encoded(password.encode(), phc)
     except (InvalidKey, ValueError):
         return False
     return True
+
+
+def verify_password(password: str, phc: str) -> bool:
+    """The NFC form matches hashes made since passwords are normalised; the form as typed
+    matches a hash made before, from a password that was not NFC. There is no re-hashing on
+    login (a new hash would end the user's device tokens), so both stay accepted."""
+    normalised = normalise_password(password)
+    if _matches(normalised, phc):
+        return True
+    return normalised != password and _matches(password, phc)
 
 
 #: Verified against when the name is unknown, so that unknown names take as long as wrong
@@ -68,16 +94,14 @@ def verify_or_waste_time(password: str, phc: str | None) -> bool:
 
 def normalise_username(name: str) -> str:
     """Names are case-insensitive: `Alice` and `alice` are the same account."""
-    normalised = name.strip().lower()
-    if not USERNAME_RULE.fullmatch(normalised):
-        raise VitrineError(
-            ErrorCode.BAD_REQUEST, f"Invalid user name {name!r}: use {USERNAME_RULE_TEXT}."
-        )
+    normalised = canonical_username(name)
+    if normalised is None:
+        raise VitrineError(ErrorCode.BAD_REQUEST, invalid_username(repr(name)))
     return normalised
 
 
 def check_new_password(password: str) -> None:
-    if len(password) < MIN_PASSWORD_LENGTH:
+    if len(normalise_password(password)) < MIN_PASSWORD_LENGTH:
         raise VitrineError(
             ErrorCode.BAD_REQUEST,
             f"Passwords must be at least {MIN_PASSWORD_LENGTH} characters long.",
@@ -106,6 +130,75 @@ def peer_key(address: str) -> str:
     return str(ip)
 
 
+#: A device token lets its holder past the account-wide limit this long after the login that
+#: issued it; every successful login issues a fresh one, so a device in use never loses it.
+DEVICE_TOKEN_LIFETIME_S = 30 * 86400.0
+#: HKDF `info` of the device-token key, beside the blob store's subkeys of the same master key
+#: (repository/blobstore.py): a distinct label gives an independent key, and the blob keys stay
+#: as they were.
+DEVICE_TOKEN_INFO = b"vitrine device token v1"
+_DEVICE_TOKEN_VERSION = 1
+#: version, user id, issue time (whole seconds since the epoch), random id.
+_DEVICE_PAYLOAD = struct.Struct(">BqQ16s")
+_DEVICE_MAC_BYTES = 32
+
+
+class DeviceTokens:
+    """Stateless device tokens: nothing is stored, so they survive restarts without a schema.
+
+    A token is its payload and an HMAC-SHA256 over the payload and a digest of the account's
+    stored password hash: a password change (a new hash, new salt) kills every token issued
+    before it, and the issue time in the payload makes them expire. The random id names the
+    token for the throttle (its own failure count) without putting the token itself in memory
+    keys or logs.
+    """
+
+    def __init__(
+        self,
+        key: bytes,
+        *,
+        lifetime_s: float = DEVICE_TOKEN_LIFETIME_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._key = key
+        self.lifetime_s = lifetime_s
+        self._clock = clock
+
+    @classmethod
+    def from_master_key(cls, master: bytes, **kwargs: Any) -> DeviceTokens:
+        """Derive the key as the blob store derives its subkeys (HKDF-SHA256, no salt)."""
+        return cls(subkey(master, DEVICE_TOKEN_INFO), **kwargs)
+
+    def _mac(self, payload: bytes, password_hash: str) -> bytes:
+        bound = payload + hashlib.sha256(password_hash.encode()).digest()
+        return hmac.new(self._key, bound, hashlib.sha256).digest()
+
+    def issue(self, user_id: int, password_hash: str) -> str:
+        payload = _DEVICE_PAYLOAD.pack(
+            _DEVICE_TOKEN_VERSION, user_id, int(self._clock()), secrets.token_bytes(16)
+        )
+        raw = payload + self._mac(payload, password_hash)
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def check(self, token: str, user_id: int, password_hash: str) -> str | None:
+        """The token's id if it is valid for this account now, else None: another account's,
+        expired, forged, malformed and pre-password-change tokens are all just no token."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except (binascii.Error, ValueError):
+            return None
+        if len(raw) != _DEVICE_PAYLOAD.size + _DEVICE_MAC_BYTES:
+            return None
+        payload, mac = raw[: _DEVICE_PAYLOAD.size], raw[_DEVICE_PAYLOAD.size :]
+        if not hmac.compare_digest(mac, self._mac(payload, password_hash)):
+            return None
+        version, owner, issued, random_id = _DEVICE_PAYLOAD.unpack(payload)
+        age = self._clock() - issued
+        if version != _DEVICE_TOKEN_VERSION or owner != user_id or not 0 <= age < self.lifetime_s:
+            return None
+        return random_id.hex()
+
+
 @dataclass
 class _Failures:
     times: deque[float] = field(default_factory=deque)
@@ -119,10 +212,12 @@ class _Keys:
     """The throttle's counters for one attempt.
 
     `pair` (this account from this peer) and `peer` refuse past their limits; `account` (this
-    account from anywhere) refuses only peers the account has not logged in from lately, so
-    strangers cannot lock its owner out of the addresses the owner uses. `account` is None for
-    a password check of a session already logged in (ChangePassword): only its own peer's
-    failures may hold it back.
+    account from anywhere) refuses only peers the account has not logged in from lately and
+    attempts without a valid device token, so strangers cannot lock its owner out. `account` is
+    None for a password check of a session already logged in (ChangePassword): only its own
+    peer's failures may hold it back. `device` counts the failures made with one device token:
+    past its limit the token no longer exempts, so a stolen token is no way around the account
+    limit.
     """
 
     name: str
@@ -130,12 +225,14 @@ class _Keys:
     pair: str
     peer_key: str
     account: str | None
+    device: str | None = None
 
     def refusing(self) -> tuple[str, str]:
         return (self.pair, self.peer_key)
 
     def held(self) -> tuple[str, ...]:
-        return self.refusing() + ((self.account,) if self.account else ())
+        extra = tuple(key for key in (self.account, self.device) if key)
+        return self.refusing() + extra
 
 
 class LoginAttempt:
@@ -190,11 +287,13 @@ class LoginThrottle:
     logged in within `trusted_s`: so attackers with many addresses (an IPv6 /48 holds 65,536
     /64s) still get no more than `account_limit` guesses per window at one account, as with a
     plain per-account limit, while the owner, at an address it used lately, is neither refused
-    nor queued behind them. The owner at a new address meets the account limit like anyone
-    (docs/security.md, Known limits). The counts also set the delay before a wrong password is
-    answered (the largest decides, the peer's growing four times more slowly: one busy office
-    shares one address), and at most `account_in_flight` checks of one account run at once
-    for untrusted peers. Memory is bounded by forgetting the least recently used keys first.
+    nor queued behind them. The owner at a new address, or after a restart, is exempt the same
+    way by presenting a device token from an earlier login (`DeviceTokens`), until
+    `device_limit` failures were made with that token. The counts also set the delay before a
+    wrong password is answered (the largest decides, the peer's growing four times more slowly:
+    one busy office shares one address), and at most `account_in_flight` checks of one account
+    run at once for peers not exempt. Memory is bounded by forgetting the least recently used
+    keys first.
 
     Attempts still being verified count too: when recorded failures plus attempts in flight reach
     a peer's limit, a new attempt waits for their verdicts instead of being hashed alongside them.
@@ -211,6 +310,7 @@ class LoginThrottle:
         peer_limit: int = 20,
         account_limit: int = 5,
         account_in_flight: int = 4,
+        device_limit: int = 5,
         window_s: float = 300.0,
         trusted_s: float = 30 * 86400.0,
         max_keys: int = 100_000,
@@ -222,6 +322,7 @@ class LoginThrottle:
         self.peer_limit = peer_limit
         self.account_limit = account_limit
         self.account_in_flight = account_in_flight
+        self.device_limit = device_limit
         self.window_s = window_s
         self.trusted_s = trusted_s
         self.max_keys = max_keys
@@ -234,7 +335,7 @@ class LoginThrottle:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _keys(account: str, peer: str, *, logged_in: bool) -> _Keys:
+    def _keys(account: str, peer: str, *, logged_in: bool, device: str | None = None) -> _Keys:
         net = peer_key(peer)
         return _Keys(
             name=account,
@@ -242,6 +343,7 @@ class LoginThrottle:
             pair=f"ap:{account}@{net}",
             peer_key=f"p:{net}",
             account=None if logged_in else f"a:{account}",
+            device=f"d:{device}" if device is not None and not logged_in else None,
         )
 
     def _recent(self, key: str, now: float) -> deque[float]:
@@ -258,7 +360,7 @@ class LoginThrottle:
             (keys.pair, self.pair_limit, "for this account from your address"),
             (keys.peer_key, self.peer_limit, "from your address"),
         ]
-        if keys.account is not None and not self._is_trusted(keys, now):
+        if keys.account is not None and not self._is_exempt(keys, now):
             limits.append((keys.account, self.account_limit, "for this account"))
         return limits
 
@@ -287,9 +389,16 @@ class LoginThrottle:
                     f"Too many wrong passwords {whose}; try again in {retry} seconds.",
                 )
 
-    def _is_trusted(self, keys: _Keys, now: float) -> bool:
+    def _is_exempt(self, keys: _Keys, now: float) -> bool:
+        """Not held back by the account's count: a peer the account logged in from lately, or
+        a valid device token whose own failures (recorded and in flight) are under its limit."""
         since = self._trusted.get(keys.pair)
-        return since is not None and now - since < self.trusted_s
+        if since is not None and now - since < self.trusted_s:
+            return True
+        if keys.device is None:
+            return False
+        used = len(self._recent(keys.device, now)) + self._in_flight.get(keys.device, 0)
+        return used < self.device_limit
 
     def _try_reserve(self, keys: _Keys) -> LoginAttempt | None:
         """Places for one attempt, None while attempts in flight fill what the limits leave."""
@@ -302,19 +411,22 @@ class LoginThrottle:
             if (
                 keys.account is not None
                 and self._in_flight.get(keys.account, 0) >= self.account_in_flight
-                and not self._is_trusted(keys, now)
+                and not self._is_exempt(keys, now)
             ):
                 return None
             for key in keys.held():
                 self._in_flight[key] = self._in_flight.get(key, 0) + 1
             return LoginAttempt(self, keys)
 
-    async def reserve(self, account: str, peer: str, *, logged_in: bool = False) -> LoginAttempt:
+    async def reserve(
+        self, account: str, peer: str, *, logged_in: bool = False, device: str | None = None
+    ) -> LoginAttempt:
         """Wait for places (or RATE_LIMITED); the caller must `end` the attempt.
 
         `logged_in`: the password of a session already logged in as `account` (ChangePassword);
-        the account's count from other peers neither delays nor queues it."""
-        keys = self._keys(account, peer, logged_in=logged_in)
+        the account's count from other peers neither delays nor queues it. `device`: the id of
+        a device token the caller checked as valid for `account` (`DeviceTokens.check`)."""
+        keys = self._keys(account, peer, logged_in=logged_in, device=device)
         while (attempt := self._try_reserve(keys)) is None:
             waiter = asyncio.get_running_loop().create_future()
             with self._lock:
@@ -327,10 +439,10 @@ class LoginThrottle:
 
     @contextlib.asynccontextmanager
     async def attempt(
-        self, account: str, peer: str, *, logged_in: bool = False
+        self, account: str, peer: str, *, logged_in: bool = False, device: str | None = None
     ) -> AsyncIterator[LoginAttempt]:
         """`reserve`, and `end` the attempt when the body ends (after a failure's delay)."""
-        attempt = await self.reserve(account, peer, logged_in=logged_in)
+        attempt = await self.reserve(account, peer, logged_in=logged_in, device=device)
         try:
             yield attempt
         finally:
@@ -352,25 +464,28 @@ class LoginThrottle:
         """Record a failure and return how long to wait before answering it."""
         now = self._clock()
         with self._lock:
-            counts = []
+            counts: dict[str, int] = {}
             for key in keys.held():
                 self._recent(key, now)
                 entry = self._failures.setdefault(key, _Failures())
                 entry.times.append(now)
                 self._failures.move_to_end(key)
-                counts.append(len(entry.times))
+                counts[key] = len(entry.times)
             while len(self._failures) > self.max_keys:
                 self._failures.popitem(last=False)
-        pair_count, peer_count, *account_count = counts
+        pair_count, peer_count = counts[keys.pair], counts[keys.peer_key]
+        account_count = [counts[keys.account]] if keys.account else []
         # The peer counter grows more slowly: one busy office shares one address.
-        steps = max(pair_count, peer_count // 4, *account_count)
+        steps = max(pair_count, peer_count // 4, *account_count, counts.get(keys.device or "", 0))
         log.info(
-            "wrong password: account=%r peer=%s failures: pair=%d peer=%d account=%s",
+            "wrong password: account=%r peer=%s failures: pair=%d peer=%d account=%s%s",
             keys.name,
             keys.peer,
             pair_count,
             peer_count,
             account_count[0] if account_count else "- (logged-in session)",
+            # the token's own count, never the token: a log is no place for a credential
+            f" device-token={counts[keys.device]}" if keys.device else "",
         )
         return min(self.max_delay, self.base_delay * 2 ** max(steps - 1, 0))
 
@@ -378,6 +493,8 @@ class LoginThrottle:
         now = self._clock()
         with self._lock:
             self._failures.pop(keys.pair, None)
+            if keys.device is not None:  # its holder knows the password
+                self._failures.pop(keys.device, None)
             if keys.account is not None:  # a login, not a ChangePassword
                 self._trusted[keys.pair] = now
                 self._trusted.move_to_end(keys.pair)

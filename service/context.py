@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import secrets
 import sqlite3
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -12,10 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from protocol.errors import ErrorCode, VitrineError
+from protocol.messages import SESSION_LIFETIME_S
 from repository.accounts import User
 from repository.blobstore import BlobStore
 from repository.database import Database
-from service.auth import LoginThrottle
+from service.auth import DeviceTokens, LoginThrottle
 
 if TYPE_CHECKING:
     from repository.images import NewImage
@@ -48,7 +50,7 @@ class ServerConfig:
     idle_timeout_s: float = 300.0
     handshake_timeout_s: float = 10.0
     write_timeout_s: float = 30.0
-    session_lifetime_s: float = 7 * 24 * 3600.0
+    session_lifetime_s: float = float(SESSION_LIFETIME_S)
     #: Longest side of the thumbnails served in listings (and seen by colours and embeddings).
     thumbnail_side: int = 256
     #: Extract dominant colours at upload (`--no-colours` turns it off: a shop that does not
@@ -97,6 +99,16 @@ class Services:
     #: At most this much at once: a client that uploads, drops the connection and comes back
     #: must not pile up work (and the bytes it holds) beyond what two full windows hold.
     max_unfinished: int = 64
+    #: Issues and checks the device tokens that exempt an owner's client from the account-wide
+    #: login limit; None: keyed from the data directory's master key (`__post_init__`).
+    device_tokens: DeviceTokens | None = None
+
+    def __post_init__(self) -> None:
+        """`open_services` keys the device tokens from the data directory's master key, so
+        they outlive a restart; services built without it (tests) get a key of their own,
+        whose tokens die with the process."""
+        if self.device_tokens is None:
+            self.device_tokens = DeviceTokens.from_master_key(secrets.token_bytes(32))
 
     def finish_regardless(self, work: Awaitable[T]) -> Awaitable[T]:
         """`work`, carried to its end even if the request waiting for it is cancelled (its

@@ -10,16 +10,21 @@ import argparse
 
 import cmd2
 
-from protocol.base import USERNAME_RULE, USERNAME_RULE_TEXT
-from protocol.messages import CreateUser, UserInfo, WhoAmI
+from protocol.messages import CreateUser, UserInfo, WhoAmI, canonical_username, invalid_username
 from shell.app import ACCOUNT, CommandFailed, TextArgumentParser, VitrineShell, parser
+from shell.session import DEVICE_TOKENS_FILE, DeviceTokenStore
 from shell.text import printable
 
 
 def _check_name(name: str) -> None:
     """The server's rule for names, applied before a password is asked for one."""
-    if not USERNAME_RULE.fullmatch(name.strip().lower()):
-        raise CommandFailed(f"Invalid user name {printable(name)!r}: use {USERNAME_RULE_TEXT}.")
+    if canonical_username(name) is None:
+        raise CommandFailed(invalid_username(repr(printable(name))))
+
+
+def _device_tokens(shell: VitrineShell) -> DeviceTokenStore:
+    """Beside known_servers: what lets this client's owner log in while strangers guess."""
+    return DeviceTokenStore(shell.config_dir / DEVICE_TOKENS_FILE)
 
 
 class AccountCommands(cmd2.CommandSet[VitrineShell]):
@@ -54,7 +59,7 @@ class AccountCommands(cmd2.CommandSet[VitrineShell]):
         # nothing, and a name too long for the wire would come back as a protocol error.
         _check_name(args.name)
         password = shell.ask_secret("Password: ")
-        session = shell.session.login(args.name, password)
+        session = shell.session.login(args.name, password, _device_tokens(shell))
         role = " (admin)" if session.admin else ""
         shell.confirm(f"Logged in as {session.name}{role}.")
 
@@ -79,5 +84,5 @@ class AccountCommands(cmd2.CommandSet[VitrineShell]):
         new = shell.ask_new_secret("New password: ", "VITRINE_NEW_PASSWORD")
         if new == old:  # it would still end every other session, for nothing
             raise CommandFailed("The new password is the current one; nothing was changed.")
-        shell.session.change_password(old, new)
+        shell.session.change_password(old, new, _device_tokens(shell))
         shell.confirm("Password changed; your other sessions have ended.")

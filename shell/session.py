@@ -1,27 +1,79 @@
 """The shell's hold on one server: the connection, who is logged in, and getting both back.
 
 A resume token (kept in memory only, never on disk) lets the shell reconnect after the server
-went away and carry on as the same user without asking for the password again.
+went away and carry on as the same user without asking for the password again. A device token
+(kept on disk, owner-only, per server and account) is no credential by itself: presented with
+the password at the next login, it keeps the owner from being refused while strangers guess at
+the account (docs/security.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import TypeVar
 
 from protocol.base import Request, Response
 from protocol.errors import ErrorCode, VitrineError
-from protocol.messages import ChangePassword, Login, Logout, Resume, Session, UserInfo, WhoAmI
+from protocol.messages import (
+    SESSION_LIFETIME_S,
+    ChangePassword,
+    Login,
+    Logout,
+    Resume,
+    Session,
+    UserInfo,
+    WhoAmI,
+)
 from protocol.pinning import PinningError
 from shell.connection import ConnectionLost, ServerConnection
+from util.files import write_atomically
 
 R = TypeVar("R", bound=Response)
 
-#: How long the server keeps a session it was never told to end (docs/protocol.md: resume
-#: tokens expire 7 days after the login that made them).
-SESSION_LIFETIME_S = 7 * 24 * 3600
+
+#: The device tokens' file in the config directory, beside known_servers.
+DEVICE_TOKENS_FILE = "device_tokens"
+
+
+class DeviceTokenStore:
+    """The device tokens this client was given, by server (its `server_id`, else its address)
+    and account, in a JSON file only its owner can read.
+
+    Losing the file costs nothing but the exemption it gives, so an unreadable or damaged file
+    reads as empty and a failed write is ignored: neither may stop a login.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _read(self) -> dict[str, dict[str, str]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {
+            server: {a: t for a, t in accounts.items() if isinstance(t, str)}
+            for server, accounts in data.items()
+            if isinstance(accounts, dict)
+        }
+
+    def get(self, server: str, account: str) -> str:
+        """The token for `account` on `server`, "" if none."""
+        return self._read().get(server, {}).get(account, "")
+
+    def put(self, server: str, account: str, token: str) -> None:
+        data = self._read()
+        data.setdefault(server, {})[account] = token
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomically(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 class ServerLogoutFailed(ConnectionError):
@@ -80,17 +132,48 @@ class ClientSession:
         self.ensure_connected()
         return self.connection.stream(request)
 
-    def login(self, name: str, password: str) -> Session:
-        return self._adopt(self.call(Login(id=0, name=name, password=password), Session))
-
-    def change_password(self, old: str, new: str) -> Session:
-        """The server revokes every token of the user, the one held here too, and answers with
-        a new one: keep it, or the next reconnect could not resume."""
-        return self._adopt(
-            self.call(ChangePassword(id=0, old_password=old, new_password=new), Session)
+    def login(self, name: str, password: str, devices: DeviceTokenStore | None = None) -> Session:
+        """With `devices`, present this account's device token and keep the new one."""
+        self.ensure_connected()  # the server's id names its device tokens
+        account = name.strip().lower()
+        held = devices.get(self._server_key(), account) if devices else ""
+        request = Login(
+            id=0,
+            name=name,
+            password=password,
+            device_token=held,
+            remember_device=devices is not None,
         )
+        try:
+            session = self.call(request, Session)
+        except VitrineError as exc:
+            # A server from before device tokens refuses the fields unread, password unchecked:
+            # ask again as the clients of its time did.
+            if exc.code is not ErrorCode.BAD_REQUEST or "unknown field" not in exc.message:
+                raise
+            session = self.call(Login(id=0, name=name, password=password), Session)
+        return self._adopt(session, devices)
 
-    def _adopt(self, session: Session) -> Session:
+    def change_password(
+        self, old: str, new: str, devices: DeviceTokenStore | None = None
+    ) -> Session:
+        """The server revokes every token of the user, the one held here too, and answers with
+        a new one: keep it, or the next reconnect could not resume. The change also ends the
+        user's device tokens; with `devices`, the new one is kept."""
+        request = ChangePassword(
+            id=0, old_password=old, new_password=new, remember_device=devices is not None
+        )
+        return self._adopt(self.call(request, Session), devices)
+
+    def _server_key(self) -> str:
+        return self.connection.server_id or self.server
+
+    def _adopt(self, session: Session, devices: DeviceTokenStore | None = None) -> Session:
+        if devices is not None and session.device_token:
+            devices.put(self._server_key(), session.name, session.device_token)
+        return self._adopt_session(session)
+
+    def _adopt_session(self, session: Session) -> Session:
         self.user, self.admin, self._token = session.name, session.admin, session.resume_token
         self._token_since = time.time()
         return session
