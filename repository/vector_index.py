@@ -25,6 +25,7 @@ import json
 import math
 import os
 import secrets
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -34,7 +35,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from util.files import fsync_directory
+from util.files import TMP_SUFFIX, fsync_directory
 
 __all__ = [
     "DEFAULT_EXACT_THRESHOLD",
@@ -590,8 +591,13 @@ class VectorIndex:
     # ----------------------------------------------------------------------------- persistence
 
     def save(self, directory: str | os.PathLike[str], generation: str) -> None:
-        """Write the index atomically: new files first (fsynced), then the manifest is replaced
-        in one rename, so a crash leaves the previous index or the new one, never a mix.
+        """Write the index atomically: new files first (each under a temporary name, fsynced,
+        then renamed), then the manifest replaced in one rename, so a crash leaves the previous
+        index or the new one, never a mix.
+
+        A save that fails (a full disk at shutdown) removes what it wrote before raising: the
+        loader reads only the files its manifest names, so a leftover would do no harm, but it
+        would take disk space until the next successful save, on the disk that was full.
 
         ``generation`` is the caller's token for the database state the index reflects (see
         docs/vector-index.md); ``saved_generation`` reads it back without loading vectors.
@@ -599,38 +605,48 @@ class VectorIndex:
         root = Path(directory)
         root.mkdir(parents=True, exist_ok=True)
         tag = secrets.token_hex(8)
-        with self._mutate, self._rw.read():
-            n = self._n
-            names = {"ids": f"ids-{tag}.npy", "vectors": f"vectors-{tag}.npy"}
-            _write_durable(root / names["ids"], lambda f: np.save(f, self._row_ids[:n]))
+        written: list[Path] = []
 
-            def write_vectors(f: Any) -> None:
-                np.lib.format.write_array_header_1_0(
-                    f, {"descr": "<f4", "fortran_order": False, "shape": (n, self.dim)}
-                )
-                for b, block in enumerate(self._blocks):
-                    rows = min(n - b * _BLOCK_ROWS, _BLOCK_ROWS)
-                    if rows > 0:
-                        f.write(memoryview(np.ascontiguousarray(block[:rows])).cast("B"))
+        def write(name: str, contents: Callable[[BinaryIO], object]) -> None:
+            _write_durable(root / name, contents)
+            written.append(root / name)
 
-            _write_durable(root / names["vectors"], write_vectors)
-            if self._ann is not None:
-                names["ann"] = f"ann-{tag}.faiss"
-                data = faiss.serialize_index(self._ann.index)
-                _write_durable(root / names["ann"], lambda f: f.write(memoryview(data)))
-            manifest = {
-                "format": _FORMAT,
-                "dim": self.dim,
-                "count": n,
-                "generation": generation,
-                "files": names,
-                "ann_trained_at": self._ann_trained_at,
-                "nprobe": self._ann.fixed_nprobe if self._ann else None,
-            }
-        _write_durable(
-            root / f".{_MANIFEST}.{tag}", lambda f: f.write(json.dumps(manifest).encode())
-        )
-        os.replace(root / f".{_MANIFEST}.{tag}", root / _MANIFEST)
+        try:
+            with self._mutate, self._rw.read():
+                n = self._n
+                names = {"ids": f"ids-{tag}.npy", "vectors": f"vectors-{tag}.npy"}
+                write(names["ids"], lambda f: np.save(f, self._row_ids[:n]))
+
+                def write_vectors(f: Any) -> None:
+                    np.lib.format.write_array_header_1_0(
+                        f, {"descr": "<f4", "fortran_order": False, "shape": (n, self.dim)}
+                    )
+                    for b, block in enumerate(self._blocks):
+                        rows = min(n - b * _BLOCK_ROWS, _BLOCK_ROWS)
+                        if rows > 0:
+                            f.write(memoryview(np.ascontiguousarray(block[:rows])).cast("B"))
+
+                write(names["vectors"], write_vectors)
+                if self._ann is not None:
+                    names["ann"] = f"ann-{tag}.faiss"
+                    data = faiss.serialize_index(self._ann.index)
+                    write(names["ann"], lambda f: f.write(memoryview(data)))
+                manifest = {
+                    "format": _FORMAT,
+                    "dim": self.dim,
+                    "count": n,
+                    "generation": generation,
+                    "files": names,
+                    "ann_trained_at": self._ann_trained_at,
+                    "nprobe": self._ann.fixed_nprobe if self._ann else None,
+                }
+            fsync_directory(root)  # the files' names are durable before the manifest names them
+            _write_durable(root / _MANIFEST, lambda f: f.write(json.dumps(manifest).encode()))
+        except BaseException:
+            for path in written:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise
         fsync_directory(root)
         self.generation = generation
         keep = {_MANIFEST, *names.values()}
@@ -712,8 +728,23 @@ def _dots(matrix: FloatArray, rows: int, query: FloatArray, out: npt.NDArray[np.
 
 
 def _write_durable(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write via a callback and fsync, so the later manifest rename never points at lost data."""
-    with open(path, "wb") as f:
+    """Write via a callback to a temporary name, fsync, then rename to ``path``: a failure
+    (a full disk) leaves no partial file, only the exception. Its ``filename`` is set when the
+    write itself failed (numpy and ``write`` leave it empty), so that a log line can name the
+    file; a failed flush on close is not chained to it as a second traceback."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    f = os.fdopen(fd, "wb")
+    try:
         write(f)
         f.flush()
         os.fsync(f.fileno())
+        f.close()
+        os.replace(temporary, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            f.close()  # closes the descriptor even when flushing the buffer fails again
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)
+        raise

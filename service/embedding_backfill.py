@@ -5,8 +5,9 @@ Images uploaded while the server had no model (no weights, or one still loading 
 would otherwise stay out of search by image for good. The backfill finds them, decodes their
 stored originals exactly as an upload does (same decoder, same draft scale: identical vectors),
 and embeds them through the same batcher, logging progress every ``BACKFILL_LOG_EVERY`` images
-and a final "backfill done" line with count and rate. It runs at start and whenever an upload
-is stored without an embedding while the model is ready.
+and a final "backfill done" line with count and rate (ending "stopped: the next start goes on"
+when the server stopped it midway). It runs at start and whenever an upload is stored without
+an embedding while the model is ready.
 
 It is not a thread of its own, as the colour backfill is (`service.colour_backfill`): it needs
 the model and the index first, so the engine's thread (`service.similarity`) runs it once both
@@ -116,9 +117,11 @@ class EmbeddingBackfill:
         t0 = last_log = time.monotonic()
         done = logged = 0
         after = 0
+        finished = False
         while not self._stop.is_set():
             rows = missing_embeddings(conn, engine.model_name, after, BACKFILL_CHUNK)
             if not rows:
+                finished = True
                 break
             after = rows[-1][0]
             rows = [r for r in rows if r[0] not in self.failed]
@@ -132,16 +135,20 @@ class EmbeddingBackfill:
                 log.info(
                     "backfill: %d/%d images embedded (%.0f img/s)", done, total, done / since(t0)
                 )
-        if not self._stop.is_set():
+        if finished:
             self._mark_complete()
         elapsed = since(t0)
         failed = f"; {len(self.failed)} could not be decoded" if self.failed else ""
+        # A stop (the server shutting down) ends the pass early: said as the colour backfill
+        # says it, or the line would claim that every image has its embedding.
+        stopped = "" if finished else " (stopped: the next start goes on)"
         log.info(
-            "backfill done: %d images embedded in %.1f s (%.0f img/s)%s",
+            "backfill done: %d images embedded in %.1f s (%.0f img/s)%s%s",
             done,
             elapsed,
             done / elapsed,
             failed,
+            stopped,
         )
 
     def _store_and_index(self, ids: list[int], vectors: np.ndarray) -> None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import logging
 import sqlite3
 import threading
@@ -73,6 +74,22 @@ logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 UPLOAD_WAIT_S = 30.0
 INDEX_DIR = "vector-index"
 _EXTRA = "similarity"
+#: Why a save of the vector index fails when the disk, not this code, is at fault: a full
+#: disk or quota, a read-only or forbidden directory, a file where the directory should be.
+DISK_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EIO,
+        errno.ENOTDIR,
+        errno.EEXIST,
+        errno.EISDIR,
+    }
+)
+_UNSAVED = "the vector index could not be saved; the next start rebuilds it"
 #: Exceptions that mean a bug in this code rather than a missing or bad model file.
 PROGRAMMING_ERRORS = (AttributeError, AssertionError, NameError, TypeError, KeyError, IndexError)
 
@@ -152,10 +169,21 @@ class SimilarityEngine:
             try:
                 generation = index_generation(self.services.db.conn, self.model_name)
                 self.index.save(self.index_dir, generation)
-            except Exception:
+            except OSError as exc:
                 # Nothing is lost (the embeddings are in the database), but the next start
-                # pays for a rebuild, and a bug here should not pass unseen.
-                log.exception("the vector index could not be saved; the next start rebuilds it")
+                # pays for a rebuild. A full, read-only or forbidden disk is the operator's to
+                # fix and needs one line naming the file; anything else may be a bug here.
+                if exc.errno not in DISK_ERRNOS:
+                    log.exception(_UNSAVED)
+                    return
+                log.warning(
+                    "the vector index could not be saved to %s (%s); the next start rebuilds it",
+                    exc.filename or self.index_dir,
+                    exc.strerror or describe(exc),
+                )
+                return
+            except Exception:
+                log.exception(_UNSAVED)
                 return
             self._dirty = False
             log.info("vector index saved: %d vectors in %.2f s", len(self.index), since(t0))
