@@ -24,6 +24,10 @@ unsorted delta, and deleted (or re-inserted) ids are masked out of the sorted ma
 are merged into the main arrays once they grow past `merge_at` rows. All state is swapped under
 one lock and the arrays are never modified in place, so a search works on a consistent
 snapshot without holding the lock while it computes.
+
+Images whose colours were never computed (stored under `--no-colours`, `colours_pending`) have
+no rows here until the colour backfill reaches them; `count_uncomputed` says how many a search
+leaves out meanwhile.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,8 +51,9 @@ from repository.colour_queries import (
     local_hue,
 )
 from repository.filters import SearchFilters
+from repository.images import VISIBLE
 
-__all__ = ["ColourTable"]
+__all__ = ["ColourTable", "count_uncomputed"]
 
 log = logging.getLogger("vitrine.colours")
 
@@ -368,3 +373,29 @@ def _hit(rows: _Rows, at: int, score: float) -> ColourHit:
         share=float(rows.share[at]),
         rgb=(r, g, b),
     )
+
+
+def count_uncomputed(
+    conn: sqlite3.Connection,
+    viewer: int,
+    filters: SearchFilters,
+    skip: Collection[int] = (),
+) -> int:
+    """How many images `viewer` may see that pass `filters` still wait for their colours, `skip`
+    left out: what a search by colour cannot rank yet (`Batch.unindexed`).
+
+    A walk of the partial index of waiting images (`images_colours_pending`) with a row probe
+    each, so it costs in proportion to what still waits, never to the catalogue; the search
+    asks only while the backfill runs."""
+    if filters.impossible:
+        return 0
+    params: dict[str, object] = {"viewer": viewer}
+    sql = (
+        "SELECT COUNT(*) FROM images i "
+        f"WHERE i.colours_pending = 1 AND {VISIBLE}{filters.sql(params)}"
+    )
+    if skip:
+        sql += " AND i.id NOT IN (SELECT value FROM json_each(:skip))"
+        params["skip"] = json.dumps([int(i) for i in skip])
+    (n,) = conn.execute(sql, params).fetchone()
+    return int(n)

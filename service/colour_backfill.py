@@ -13,6 +13,12 @@ computed (another owner's upload of the same bytes copies them).
 
 An original that cannot be read or decoded is logged and left waiting: the next start tries
 again, and `server.py --check` counts what still waits.
+
+Searches by colour meanwhile say how many images they could not rank yet; they learn whether
+this is still running, and which images it could not compute, from
+`colour_search.BackfillProgress`, which it marks complete once every image it could compute is
+in the colour table. From then on a search counts nothing: an upload on this server computes
+its colours before its commit, so no new image waits.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ def start(services: Services) -> None:
     """Begin computing missing colours in the background, when this server extracts colours."""
     if not services.config.colours:
         return
+    colour_search.backfill_progress(services)  # before the thread: searches count from now on
     stopping = threading.Event()
     thread = threading.Thread(
         target=_run, args=(services, stopping), name="vitrine-colour-backfill", daemon=True
@@ -70,10 +77,14 @@ def _run(services: Services, stopping: threading.Event) -> None:
 
 def backfill(services: Services, stopping: threading.Event) -> int:
     """Compute and store the colours of every live image waiting for them; return how many
-    were stored."""
+    were stored. Marks the progress complete when it got to the end, not when stopped or when
+    it fails, so searches keep counting what still waits."""
     conn = services.db.conn
+    progress = colour_search.backfill_progress(services)
+    progress.complete = False
     total = repo.count_colours_pending(conn)
     if not total:
+        progress.complete = True
         return 0
     log.info("colour backfill: %d images have no colours yet; computing them", total)
     t0 = last_log = time.monotonic()
@@ -92,6 +103,7 @@ def backfill(services: Services, stopping: threading.Event) -> int:
                 palettes[image_id] = palette_of(services.config, original, stored=True)
             except (imaging.ImageRejected, BlobError, OSError) as exc:
                 failed += 1
+                progress.failed = progress.failed | {image_id}
                 log.warning("image %d: its colours cannot be computed: %s", image_id, exc)
         stored = repo.store_palettes(conn, palettes)
         colour_search.colour_table(services).add(conn, stored)
@@ -99,6 +111,8 @@ def backfill(services: Services, stopping: threading.Event) -> int:
         if time.monotonic() - last_log >= LOG_EVERY_S:
             last_log = time.monotonic()
             log.info("colour backfill: %d/%d images", done, total)
+    # Only now is every computed image in the table: from here a search counts nothing.
+    progress.complete = not stopping.is_set()
     elapsed = time.monotonic() - t0
     left = f"; {failed} could not be read or decoded" if failed else ""
     stopped = " (stopped: the next start goes on)" if stopping.is_set() else ""

@@ -14,6 +14,17 @@ table follows uploads and deletes through the `Services.on_stored` / `on_deleted
 updates change visibility, stock and tags only, and those are read in SQL at search time.
 Batches, `More` and the visibility re-check of every batch come from
 `service.listings.open_ranked`, which reads thumbnails for the batch only.
+
+Images stored under `--no-colours` enter the table only once the colour backfill
+(`service.colour_backfill`) has computed their colours. Until then a search's first batch
+carries `Batch.unindexed`, how many of them the viewer may see that pass the filters, as search
+by image does during its backfill; without it, three searches a second after start-up answered
+"7 images in all", then 24, then 30, for the same catalogue. It is counted just before the
+ranking and without a lock, so it can be off by the chunk (64 images) the backfill commits in
+between; once the backfill has finished it is 0 without a query, so a search then costs what
+it did before. A server started with `--no-colours` answers UNAVAILABLE: it computes no
+colours at all, so every image uploaded since would be missing from the results, with no
+backfill to wait for.
 """
 
 from __future__ import annotations
@@ -21,13 +32,14 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from dataclasses import dataclass
 
 from models.colours import warm_up
 from protocol.catalog import Colour, ColourSearch
 from protocol.errors import ErrorCode, VitrineError
 from repository import colour_queries as colours_repo
 from repository import images as repo
-from repository.colour_table import ColourTable
+from repository.colour_table import ColourTable, count_uncomputed
 from service.context import RequestContext, Services
 from service.listings import Ranked, Recheck, checked_filter_tags, open_ranked
 from service.registry import Frames, route
@@ -45,7 +57,41 @@ log = logging.getLogger("vitrine.colours")
 
 _BUILDER = "colour_table_builder"
 _EXTRA = "colour_table"
+_PROGRESS = "colour_backfill_progress"
 _INSTALL_LOCK = threading.Lock()
+
+NO_COLOURS = (
+    "Search by colour is unavailable on this server: it was started with --no-colours, so it "
+    "computes no colours, and a search would miss every image uploaded since."
+)
+
+
+@dataclass(slots=True)
+class BackfillProgress:
+    """What the colour backfill tells searches, kept here rather than in the backfill's module
+    because the backfill already depends on this one for the table.
+
+    Read without a lock: each field is replaced, never changed in place."""
+
+    #: False from the backfill's start until it has put every waiting image it could compute
+    #: into the table; searches count what still waits only while it is False.
+    complete: bool = False
+    #: Waiting images whose originals could not be read or decoded: never ranked in this run,
+    #: so not counted as coming.
+    failed: frozenset[int] = frozenset()
+
+
+def backfill_progress(services: Services) -> BackfillProgress:
+    """The progress of this server's colour backfill, made by its first caller (the backfill's
+    `start`, before its thread runs, so a search right after start-up already counts)."""
+    with _INSTALL_LOCK:
+        return services.extras.setdefault(_PROGRESS, BackfillProgress())
+
+
+def _waiting(services: Services) -> BackfillProgress | None:
+    """The backfill's progress while it runs; None once it has finished, or when none runs."""
+    progress: BackfillProgress | None = services.extras.get(_PROGRESS)
+    return None if progress is None or progress.complete else progress
 
 
 def colour_table(services: Services) -> ColourTable:
@@ -69,18 +115,20 @@ def start(services: Services) -> None:
     """Build the colour table in the background right after start-up, so the first colour
     search does not pay for it (0.35 s at 100,000 images); searches before it is ready wait
     for this one build. The same thread readies colour extraction's compiled kernels, so the
-    first upload does not pay for them either."""
+    first upload does not pay for them either. A `--no-colours` server builds nothing: it
+    answers no search by colour."""
+    if not services.config.colours:
+        return
 
     def build() -> None:
         try:
             colour_table(services).ensure_built(services.db.conn)
         except Exception:
             log.exception("building the colour table failed; the first colour search retries")
-        if services.config.colours:
-            try:
-                warm_up()
-            except Exception:  # the first upload compiles them instead
-                log.exception("readying the colour kernels failed")
+        try:
+            warm_up()
+        except Exception:  # the first upload compiles them instead
+            log.exception("readying the colour kernels failed")
 
     builder = threading.Thread(target=build, name="vitrine-colour-table", daemon=True)
     services.extras[_BUILDER] = builder
@@ -145,12 +193,18 @@ def _ranked(
     asked: Recheck,
     table: ColourTable,
     limit: int,
+    waiting: BackfillProgress | None,
 ) -> Ranked:
     """The best `limit` ids with their scores and matching colours (in the executor), under
-    the filters `asked` (those its later batches are re-checked with)."""
+    the filters `asked` (those its later batches are re-checked with), and, while the backfill
+    runs (`waiting`), how many images that pass could not be ranked yet: counted first, so an
+    image the backfill adds in between is counted and ranked rather than neither."""
     filters = asked.resolve(conn)
     if filters.impossible:
         return Ranked([], {}, {})  # a tag nobody has used: nothing carries it
+    unindexed = 0
+    if waiting is not None:
+        unindexed = count_uncomputed(conn, viewer, filters, waiting.failed)
     table.ensure_built(conn)
     hits = table.rank(conn, viewer, query, filters, limit=limit)
     scores = {h.image_id: round(h.score, 6) for h in hits}
@@ -166,7 +220,7 @@ def _ranked(
         )
         for h in hits
     }
-    return Ranked([h.image_id for h in hits], scores, matches)
+    return Ranked([h.image_id for h in hits], scores, matches, unindexed)
 
 
 @route(ColourSearch)
@@ -176,6 +230,8 @@ async def colour_search(ctx: RequestContext, request: ColourSearch) -> Frames:
         ranges = hue_ranges(query.hue, tolerance)
     except ColourSpecError as exc:
         raise VitrineError(ErrorCode.BAD_REQUEST, str(exc)) from None
+    if not ctx.services.config.colours:
+        raise VitrineError(ErrorCode.UNAVAILABLE, NO_COLOURS)
     flt = request.filters
     tags = checked_filter_tags(flt)
     store_query = colours_repo.HueQuery(
@@ -192,7 +248,9 @@ async def colour_search(ctx: RequestContext, request: ColourSearch) -> Frames:
         ctx,
         request.id,
         request.options,
-        lambda conn, limit: _ranked(conn, viewer, store_query, asked, table, limit),
+        lambda conn, limit: _ranked(
+            conn, viewer, store_query, asked, table, limit, _waiting(ctx.services)
+        ),
         asked,
         keep=colours_repo.MAX_RESULTS,
     )

@@ -264,7 +264,8 @@ class Ranked(NamedTuple):
     scores: dict[int, float]
     #: The matching colour by id (colour search only).
     matches: dict[int, Colour]
-    #: What a search by image could not rank yet (`Batch.unindexed`, on the first batch).
+    #: What a search by image or by colour could not rank yet, its backfill still running
+    #: (`Batch.unindexed`, on the first batch).
     unindexed: int = 0
 
 

@@ -118,6 +118,9 @@ class LatestListing:
     kept: int = 0
     #: What narrows this kind of search, for the end of one the server cut (see `_cut`).
     narrow: str = ""
+    #: (this kind of search, the server's backfill that computes what it ranks by), for the
+    #: note on images it could not rank yet (see `_unindexed`).
+    indexing: tuple[str, str] = ("search by image", "backfill")
     #: ServerConnection.generation the cursor was made on: cursors live and die with their
     #: connection, so after a reconnect the listing is gone whatever the server says.
     generation: int = 0
@@ -359,6 +362,15 @@ def _narrowing(request: Request) -> str:
     return filters
 
 
+def _indexing(request: Request) -> tuple[str, str]:
+    """What the images a search could not rank yet (`Batch.unindexed`) wait for: an embedding
+    for search by image, their colours for search by colour, each computed by its own backfill
+    on the server (the note said "search by image" after a search by colour)."""
+    if isinstance(request, ColourSearch):
+        return ("search by colour", "colour backfill")
+    return ("search by image", "backfill")
+
+
 def start_listing(
     shell: cmd2.Cmd,
     make_request: Callable[[ListingOptions], Request],
@@ -376,7 +388,12 @@ def start_listing(
     mem = memory(shell)
     request = make_request(_wire_options(shell, render, first))
     latest = LatestListing(
-        what, None, render, more_batch=args.batch or MORE_BATCH, narrow=_narrowing(request)
+        what,
+        None,
+        render,
+        more_batch=args.batch or MORE_BATCH,
+        narrow=_narrowing(request),
+        indexing=_indexing(request),
     )
     before, mem.latest = mem.latest, latest
     try:
@@ -386,19 +403,19 @@ def start_listing(
     except BaseException:
         mem.latest = before  # a refused search is no listing: `more` goes on with the last one
         raise
-    _unindexed(shell, fetched)
+    _unindexed(shell, fetched, latest)
     _show(shell, fetched.items, latest, render)
 
 
-def _unindexed(shell: cmd2.Cmd, fetched: Fetched) -> None:
+def _unindexed(shell: cmd2.Cmd, fetched: Fetched, latest: LatestListing) -> None:
     """Said once, on the first batch, and on stderr whatever the form: these images are
     missing from every batch of the listing, not only this one."""
     if fetched.unindexed:
         count = plural(fetched.unindexed, "image")
+        search, backfill = latest.indexing
         shell.perror(
             f"{count} {'is' if fetched.unindexed == 1 else 'are'} still being indexed for "
-            "search by image and not in these results: try again when the server's backfill "
-            "is done.",
+            f"{search} and not in these results: try again when the server's {backfill} is done.",
             style=None,
         )
 
@@ -430,7 +447,7 @@ def continue_listing(shell: cmd2.Cmd, args: argparse.Namespace) -> None:
                 f"{exc.message.rstrip('.')}. There is nothing to continue."
             ) from None
         if first:
-            _unindexed(shell, fetched)
+            _unindexed(shell, fetched, latest)
         _show(shell, fetched.items, latest, render)
         return
     if latest.lost:
