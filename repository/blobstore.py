@@ -173,15 +173,27 @@ class BlobStore:
     # --- operations ---------------------------------------------------------------------------
 
     def put(self, data: bytes, name: str | None = None) -> str:
-        """Store ``data`` durably and return its name; a no-op if it is already stored.
+        """Store ``data`` durably and return its name; a no-op if it is already stored intact.
 
         ``name``, when given, is ``name_for(data)`` as the caller already computed it: an upload
-        names its blobs before writing them, and a 25 MB original costs milliseconds to hash."""
+        names its blobs before writing them, and a 25 MB original costs milliseconds to hash.
+
+        A file already under that name is read and authenticated first, because trusting its
+        mere existence made a damaged blob (truncated, bit-rotted) permanent: every later upload
+        of the good bytes shared it and read back an error. A damaged one is replaced with the
+        same atomic write as a new blob, so a reader sees the old file or the new, and two
+        uploads repairing it at once each rename a whole file. Dedup hits are rare enough that
+        the read costs nothing that matters."""
         if name is None:
             name = self.name_for(data)
         path = self.root / name[:2] / name
-        if path.exists():
+        damage = self._damage(path, name, data)
+        if damage is None:
             return name
+        if damage:
+            log.warning(
+                "blob %s was damaged (%s); replacing it with the uploaded copy", name, damage
+            )
         directory = path.parent
         if not directory.exists():
             directory.mkdir(mode=0o700, exist_ok=True)
@@ -216,6 +228,40 @@ class BlobStore:
     def exists(self, name: str) -> bool:
         return self.path_for(name).exists()
 
+    def intact(self, name: str) -> bool:
+        """Whether blob ``name`` is there and authenticates: what an upload about to share it
+        needs to know, since a row naming a damaged blob can never show its picture."""
+        try:
+            self.get(name)
+        except (BlobNotFound, BlobCorrupt):
+            return False
+        return True
+
+    def _damage(self, path: Path, name: str, data: bytes) -> str | None:
+        """None when ``path`` holds ``data`` sealed under ``name``; otherwise "" when there is
+        no file, else what is wrong with it (for the log). A file of the wrong size is damaged
+        without reading it: sealing adds a fixed overhead."""
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return ""
+        expected = len(MAGIC) + NONCE_BYTES + len(data) + TAG_BYTES
+        if size != expected:
+            return f"{size} bytes instead of {expected}"
+        try:
+            stored = self.get(name)
+        except BlobNotFound:  # removed since the stat: written afresh, nothing was damaged
+            return ""
+        except BlobAuthenticationFailed:
+            return "failed authentication"
+        except BlobCorrupt:
+            return "bad header"
+        if not hmac.compare_digest(stored, data):
+            # Authenticated under this name yet other bytes: only a caller's wrong `name` can
+            # do that, and rewriting makes the name answer for what the caller stored.
+            return "holds other content"
+        return None
+
     def delete(self, name: str) -> bool:
         """Remove blob ``name``; return False if it was not there (deletes are idempotent)."""
         path = self.path_for(name)
@@ -232,22 +278,50 @@ class BlobStore:
             if not name.endswith(TMP_SUFFIX):
                 yield name
 
+    def temporary_files(self) -> Iterator[tuple[Path, int]]:
+        """(path, size) of each temporary file left by a write that never finished (a crash,
+        a kill -9): what `sweep` removes besides unreferenced blobs, for `--check` to show."""
+        for directory, entry in self._scan():
+            if entry.endswith(TMP_SUFFIX):
+                path = directory / entry
+                with contextlib.suppress(FileNotFoundError):
+                    yield path, path.stat().st_size
+
     def sweep(self, referenced: set[str]) -> int:
-        """Delete blobs not in ``referenced`` and leftover temporary files; return the count.
+        """Delete blobs not in ``referenced`` and leftover temporary files; return the number
+        of blobs deleted, the temporary files being logged here on their own line.
 
         Run at start-up only (see the class docstring): after a crash there can be a blob whose
-        row never committed, and temporary files from writes that never finished.
+        row never committed, and temporary files from writes that never finished. They are
+        counted apart because they are different news: an unreferenced blob is an image's data
+        (a restore from an older database deletes newer images' blobs here), a temporary file
+        never was one.
         """
-        removed = 0
+        removed = temporaries = temporary_bytes = 0
         touched: set[Path] = set()
         for directory, entry in self._scan():
-            if entry.endswith(TMP_SUFFIX) or entry not in referenced:
-                with contextlib.suppress(FileNotFoundError):
-                    (directory / entry).unlink()
+            temporary = entry.endswith(TMP_SUFFIX)
+            if not (temporary or entry not in referenced):
+                continue
+            path = directory / entry
+            with contextlib.suppress(FileNotFoundError):
+                size = path.stat().st_size if temporary else 0
+                path.unlink()
+                touched.add(directory)
+                if temporary:
+                    temporaries += 1
+                    temporary_bytes += size
+                else:
                     removed += 1
-                    touched.add(directory)
         for directory in touched:
             fsync_directory(directory)
+        if temporaries:
+            log.info(
+                "start-up: removed %d temporary files (%d bytes) left by blob writes that never "
+                "finished",
+                temporaries,
+                temporary_bytes,
+            )
         return removed
 
     def _scan(self) -> Iterator[tuple[Path, str]]:

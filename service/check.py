@@ -8,8 +8,8 @@ It deletes nothing and changes no data, server running or not: the database is o
 read-only, nothing is swept or purged, and no blob key is made (a missing one is a problem
 reported). A check is what an operator runs when something looks wrong, perhaps on a directory
 whose database went missing, where the start-up sweep would delete every blob. Blobs no row
-names (crash leftovers, purged images' data) are reported, not counted as problems: the next
-normal start removes them.
+names (crash leftovers, purged images' data) and temporary files of writes that never finished
+are reported, not counted as problems: the next normal start removes them.
 
 What it may touch, all of it what a start would do too: it creates `server.lock` if absent
 (and holds its lock while checking, so a server cannot start meanwhile); it creates an empty
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from repository import images as repo
-from repository.blobstore import BlobAuthenticationFailed, BlobError
+from repository.blobstore import BlobAuthenticationFailed, BlobError, BlobStore
 from repository.database import connect_read_only
 from repository.migrations import MIGRATIONS
 from service.app import (
@@ -207,4 +207,20 @@ def _check_rows_and_blobs(
             "data): the next normal start removes them. For example:"
         )
         report.lines += [f"  {blobs.path_for(name)}" for name in orphans[:ORPHANS_LISTED]]
+    _report_temporary_files(blobs, report)
     report.problems += repo.database_problems(conn)
+
+
+def _report_temporary_files(blobs: BlobStore, report: CheckReport) -> None:
+    """Temporary files a killed write left in `blobs/`: the next start removes them too, and
+    an operator comparing this report with that start's log must find them here. Not a
+    problem: no row can name a temporary file."""
+    leftovers = sorted(blobs.temporary_files())
+    if not leftovers:
+        return
+    size = sum(nbytes for _, nbytes in leftovers)
+    report.lines.append(
+        f"temporary files in blobs: {len(leftovers)} ({size} bytes), left by writes that never "
+        "finished (a crash or kill -9): the next normal start removes them. For example:"
+    )
+    report.lines += [f"  {path}" for path, _ in leftovers[:ORPHANS_LISTED]]

@@ -22,10 +22,14 @@ used to. Measured, that alone did not move ingest beyond the run-to-run noise (a
 docs/architecture.md, "Bulk ingest".
 
 A SIGKILL between 2 and 4 leaves blobs no row names; the start-up sweep removes them, and
-re-running the upload writes them again (a no-op for blobs already there) and commits. An
+re-running the upload writes them again (a no-op for blobs already there intact) and commits. An
 upload that fails there without a crash (its insert refused: "database or disk is full") removes
 the blobs it wrote at once, those that no row names and no other upload in flight holds
 (`BlobsInFlight`), so that a full disk gets its space back without a restart.
+
+A stored blob that is missing or damaged (truncated, bit-rotted) is never shared as it is: the
+upload takes the full path of step 2, whose writes replace it, so re-uploading a good copy
+repairs every row naming it.
 """
 
 from __future__ import annotations
@@ -332,7 +336,7 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
         byte_size=size,
         tags=upload.tags,
     )
-    if known is not None and await services.run(_both_exist, blobs, blob, known.thumb_blob):
+    if known is not None and await services.run(_both_intact, blobs, blob, known.thumb_blob):
         # The same bytes are stored for someone else: share blobs and analysis, decode nothing.
         new.thumb_blob = known.thumb_blob
         new.format, new.width, new.height = known.format, known.width, known.height
@@ -461,5 +465,10 @@ def _name_and_look_up(
     return blob, mine, known
 
 
-def _both_exist(blobs: BlobStore, blob: str, thumb: str) -> bool:
-    return blobs.exists(blob) and blobs.exists(thumb)
+def _both_intact(blobs: BlobStore, blob: str, thumb: str) -> bool:
+    """Whether a new row may share these blobs as they are. Existence was not enough: a
+    truncated original then stayed broken for every later upload of the good bytes. When one
+    is missing or damaged the upload takes the full path, which holds both names
+    (`BlobsInFlight`), makes the thumbnail again and writes both (`BlobStore.put` replaces a
+    damaged file, logging it), so the rows already naming them read again too."""
+    return blobs.intact(blob) and blobs.intact(thumb)
