@@ -360,19 +360,20 @@ _JOINERS = frozenset("-'\u2019\u2010")
 
 
 def _starts_word(ch: str) -> bool:
-    """A letter, digit or underscore: what Python's `\\w` matches, as before."""
-    return ch.isalnum() or ch == "_"
+    """A letter or digit: what the index's tokenizer keeps (`_` alone is no word, so `search _`
+    is refused like `search %` instead of finding nothing)."""
+    return ch.isalnum()
 
 
 def _in_word(ch: str) -> bool:
-    """Also a combining mark (`İ` folds to `i` + U+0307, and a Devanagari vowel sign belongs
-    to its word)."""
-    return _starts_word(ch) or unicodedata.category(ch)[0] == "M"
+    """Also an underscore between letters (`snake_case` stays one phrase) and a combining mark
+    (`İ` folds to `i` + U+0307, and a Devanagari vowel sign belongs to its word)."""
+    return _starts_word(ch) or ch == "_" or unicodedata.category(ch)[0] == "M"
 
 
 def _words(piece: str) -> list[tuple[str, int]]:
     """(word, index just past it) for each word of `piece`: a run of word characters that
-    starts with a letter, digit or underscore, with single joiners (`_JOINERS`) between its
+    starts with a letter or digit, with single joiners (`_JOINERS`) between its
     parts; each joiner becomes a space, so the word is a phrase (`t-shirt` is `t shirt`).
     Each Chinese or Japanese character is set apart as the index sets it apart
     (`split_unspaced`), so such a run is a phrase of single characters (`连衣裙` is `连 衣 裙`,

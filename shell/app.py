@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import itertools
 import os
 import re
 import select
@@ -480,6 +481,8 @@ class ShellArgumentParser(cmd2.Cmd2ArgumentParser):
     than repeat argparse's "unrecognized arguments". One such case it words itself: cmd2
     groups a quote only at the start of a word, so `--tags "straw hat",hat` reaches argparse as
     `--tags`, `straw hat` and `,hat`, and the stray `,hat` is all argparse can name.
+
+    A command that takes any number of words takes them after its flags too (`_flags_first`).
     """
 
     def __init__(self, description: str) -> None:
@@ -489,7 +492,48 @@ class ShellArgumentParser(cmd2.Cmd2ArgumentParser):
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         self._words = list(args) if args is not None else []
+        if args is not None and self._variadic():
+            args = self._flags_first(self._words)
         return super().parse_known_args(args, namespace)
+
+    def _variadic(self) -> bool:
+        """Whether a positional takes any number of words (tags, search words, paths, ids),
+        and every flag one value or none, as _flags_first reads them."""
+        positionals = self._get_positional_actions()
+        flags = self._get_optional_actions()
+        return any(action.nargs in ("*", "+") for action in positionals) and all(
+            action.nargs in (0, None) for action in flags
+        )
+
+    def _flags_first(self, words: list[str]) -> list[str]:
+        """The words with the flags (and their values) moved before the rest, so that words
+        typed after a flag still count: argparse gives a variadic positional only the words
+        before the first flag and calls the others unrecognized (`browse_by_tags dress --any
+        hat`: "unrecognized arguments: hat"). argparse's own parse_intermixed_args would do
+        this, but Python 3.11's drops a leading `--` (`search -- -hat` then fails on -h). A
+        flag keeps its value beside it, and `--` and what follows it stay last, as typed."""
+        flags: list[str] = []
+        rest: list[str] = []
+        remaining = iter(words)
+        for word in remaining:
+            if word == "--":
+                return [*flags, *rest, word, *remaining]
+            if not self._reads_as_flag(word):
+                rest.append(word)
+                continue
+            flags.append(word)
+            action = self._option_for(word)
+            if action is not None and action.nargs is None and "=" not in word:
+                flags.extend(itertools.islice(remaining, 1))
+        return [*flags, *rest]
+
+    def _reads_as_flag(self, word: str) -> bool:
+        """Whether argparse takes the word for a flag, known or not (its _parse_optional)."""
+        if not word.startswith("-") or word == "-":
+            return False
+        if self._option_for(word) is not None:
+            return True
+        return not self._negative_number_matcher.match(word) and " " not in word
 
     def _option_for(self, word: str) -> argparse.Action | None:
         """The action a word names as argparse reads it (`--batch=5`, `--tol` for --tolerance),

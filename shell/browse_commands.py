@@ -7,7 +7,6 @@ only say what to ask for, so every listing behaves alike.
 from __future__ import annotations
 
 import argparse
-import re
 
 import cmd2
 from rich.table import Table
@@ -55,51 +54,83 @@ def browse_tags(words: list[str]) -> list[str]:
     return tags
 
 
+#: The blanks that end a word, as cmd2 reads a line (shlex's whitespace): the flags argparse sees
+#: and the words read back here must be cut at the same places.
+BLANKS = frozenset(" \t\r\n")
+QUOTES = "\"'"
+
+
 def shell_words(line: str) -> list[str]:
-    """The words of a line as the person typed them, quotes kept: a word runs to the next
-    unquoted blank, so `"stra"*` is one word (cmd2 makes two of it, `stra` and `*`, and a
-    search then loses the `*`). Backslashes are plain characters, as cmd2 reads them."""
+    """The words of a line as the person typed them, quotes kept.
+
+    A quote groups words only from the start of a word to the same quote at the end of one
+    (before a blank, the end of the line, or a `*` ending the word): `'straw hat'`, `"stra"*`,
+    `'women's linen'`. Anywhere else a quote is a plain character, so `women's`, `o'neill`
+    and `32"` are words as they stand, and the flags after them are still flags (a quote
+    opened inside them used to run to the end of the line and swallow `--json`). cmd2 makes
+    two words of `"stra"*` (`stra` and `*`, and a search then loses the `*`), so the line is
+    read again here. Backslashes are plain characters, as cmd2 reads them.
+
+    Raises UnclosedQuote for a quote that starts a word and is never closed at the end of one.
+    """
     words: list[str] = []
-    word: list[str] = []
-    quote = ""
-    for char in line:
-        if quote:
-            word.append(char)
-            if char == quote:
-                quote = ""
-        elif char.isspace():
-            if word:
-                words.append("".join(word))
-                word = []
+    at, end = 0, len(line)
+    while at < end:
+        if line[at] in BLANKS:
+            at += 1
+            continue
+        start = at
+        if line[at] in QUOTES:
+            at = _group_end(line, at)
         else:
-            word.append(char)
-            if char in "\"'":
-                quote = char
-    if word:
-        words.append("".join(word))
+            while at < end and line[at] not in BLANKS:
+                at += 1
+        words.append(line[start:at])
     return words
 
 
+def _group_end(line: str, start: int) -> int:
+    """Where the word that a quote group starts at `start` ends (past its closing quote and a
+    `*` after it)."""
+    quote = line[start]
+    at = start + 1
+    while (at := line.find(quote, at)) != -1:
+        after = at + 1 + (line[at + 1 : at + 2] == "*")
+        if after == len(line) or line[after] in BLANKS:
+            return after
+        at += 1
+    raise UnclosedQuote(line[start:].strip())
+
+
+class UnclosedQuote(ValueError):
+    """A quote at the start of a word that no quote at the end of a word closes; args[0] is
+    the rest of the line from that quote."""
+
+
 def search_text(word: str) -> tuple[str, str]:
-    """(what the server gets for one typed word, the word without the shell's quotes).
+    """(what the server gets for one word of shell_words, the word without the shell's quotes).
 
     Double quotes mean a phrase to the server as they group words to the shell, so they stay
     (`"straw hat"`, `"stra"*`); single quotes only group, so they go, and what they held is
     sent as it is (`'"stra"*'` is `"stra"*`), a phrase when it has blanks (`'straw hat'`). A
-    word that is all one quoted word goes bare (`"hat"` is `hat`), as it always did."""
-    sent: list[str] = []
-    bare: list[str] = []
-    for part in re.findall(r'"[^"]*"?|\'[^\']*\'?|[^"\']+', word):
-        if part.startswith("'"):
-            inner = part[1:].removesuffix("'")
-            sent.append(f'"{inner}"' if len(inner.split()) > 1 and '"' not in inner else inner)
-            bare.append(inner)
-        else:
-            sent.append(part)
-            bare.append(part.replace('"', "") if part.startswith('"') else part)
-    if len(sent) == 1 and word[:1] == '"' and len(bare[0].split()) == 1:
-        sent = bare
-    return "".join(sent), "".join(bare)
+    word that is all one quoted word goes bare (`"hat"` is `hat`), as it always did.
+
+    A double quote that groups nothing (`32"`, one inside a group) is sent as a blank, which
+    is what it is to the server's words anyway: sent as it is, the server would pair it with
+    the next one and make a phrase of the words between them. An apostrophe stays: `o'neill`
+    is the phrase "o neill" to the server, as the index split "O'Neill"."""
+    star = "*" if len(word) > 2 and word.endswith("*") else ""
+    grouped = word[:1] in QUOTES and len(word) - len(star) >= 2 and word[-1 - len(star)] == word[0]
+    if not grouped:
+        return word.replace('"', " ").strip(), word
+    quote, inner = word[0], word[1 : -1 - len(star)]
+    if quote == "'":
+        sent = f'"{inner}"' if len(inner.split()) > 1 and '"' not in inner else inner
+        return sent + star, inner + star
+    inner = inner.replace('"', " ")
+    if not star and len(inner.split()) == 1:
+        return inner.strip(), inner
+    return f'"{inner}"{star}', inner + star
 
 
 def typed_search_text(args: argparse.Namespace, parser: TextArgumentParser) -> str:
@@ -113,7 +144,17 @@ def typed_search_text(args: argparse.Namespace, parser: TextArgumentParser) -> s
     # raw line holds nothing past the words: a redirection or pipe is refused before any command
     # runs (VitrineShell), and `;` ends no command in this shell.
     raw = getattr(statement, "raw", "")
-    words = shell_words(raw)
+    try:
+        words = shell_words(raw)
+    except UnclosedQuote as exc:
+        unclosed = printable(exc.args[0])
+        quote = unclosed[0]
+        raise CommandFailed(
+            f"The {quote} that starts {unclosed!r} is never closed: a quote groups words from "
+            f"the start of a word to a {quote} at the end of one. Inside a word a quote is a "
+            "plain character (search women's finds \"Women's\"): close the group, or leave "
+            "out its first quote."
+        ) from None
     if not words or words[0] != getattr(statement, "command", None):
         return ""
     text: list[str] = []
@@ -130,7 +171,7 @@ def typed_search_text(args: argparse.Namespace, parser: TextArgumentParser) -> s
                 next(rest, None)
         else:
             text.append(sent)
-    return " ".join(text)
+    return " ".join(part for part in text if part)
 
 
 class BrowseCommands(cmd2.CommandSet[VitrineShell]):

@@ -227,8 +227,8 @@ def test_text_search_pages_with_more(seller: ServerConnection) -> None:
     assert sorted(ids_of(batches)) == sorted(ids)
 
 
-# Texts with no word (letter, digit or underscore) left once the syntax is taken as text.
-_NO_WORDS = frozenset({'"', "(((", "*"})
+# Texts with no word (letter or digit) left once the syntax is taken as text.
+_NO_WORDS = frozenset({'"', "(((", "*", "\\ % _ {} [] - +"})
 
 
 @pytest.mark.parametrize(
