@@ -8,6 +8,7 @@ than silently dropped (a typo in a client is a bug worth hearing about).
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Annotated
 
 import msgspec
@@ -30,6 +31,13 @@ USERNAME_RULE_TEXT = (
     "3 to 32 characters: lowercase letters, digits, '.', '_' or '-', "
     "starting with a letter or digit"
 )
+
+
+def normalise_password(password: str) -> str:
+    """NFC: "é" typed on macOS (decomposed, NFD) and elsewhere (composed) is one password. Here
+    so that the server, which hashes and measures this form, and the shell, which checks a new
+    password's length and compares it with the old one before sending, count alike."""
+    return unicodedata.normalize("NFC", password)
 
 
 class Message(msgspec.Struct, tag=True, tag_field="type", forbid_unknown_fields=True, kw_only=True):

@@ -218,8 +218,9 @@ class Batch(Response):
     #: On the last batch of a ranked search (text, by image, by colour) that kept only its
     #: best `kept` results while more matched: the listing ends there, but not the matches.
     kept: int = 0
-    #: On the first batch of a search by image while the embedding backfill still runs: how many
-    #: images the viewer could see have no embedding yet, so this search could not rank them.
+    #: On the first batch of a search by image or by colour while its backfill still runs: how
+    #: many images the viewer could see (passing the filters) have no embedding, or no colours,
+    #: yet, so this search could not rank them.
     unindexed: int = 0
 
 

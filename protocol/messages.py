@@ -85,8 +85,10 @@ def invalid_username(shown: str) -> str:
     return f"Invalid user name {shown}: use {USERNAME_RULE_TEXT}."
 
 
+#: The longest device token the server reads (and the shell keeps): the server's are 86.
+MAX_DEVICE_TOKEN_LENGTH = 256
 #: A device token as presented, "" for none; bounded like a resume token.
-DeviceToken = Annotated[str, msgspec.Meta(max_length=256)]
+DeviceToken = Annotated[str, msgspec.Meta(max_length=MAX_DEVICE_TOKEN_LENGTH)]
 
 
 class CreateUser(Request):
@@ -94,11 +96,12 @@ class CreateUser(Request):
     password: Password
 
 
-class Login(Request):
+class Login(Request, omit_defaults=True):
     """`device_token`: one a `Session` gave this client for this account earlier, which keeps
     the owner's client from being refused for strangers' guesses (docs/security.md); an invalid
     one is treated as none. `remember_device`: answer with a new device token. Both default to
-    what a client from before device tokens means, so it is answered as before."""
+    what a client from before device tokens means and are then left off the wire: a server
+    from before them refuses unknown fields, and is asked exactly as its clients asked."""
 
     name: Name
     password: Password
@@ -120,9 +123,10 @@ class WhoAmI(Request):
     pass
 
 
-class ChangePassword(Request):
+class ChangePassword(Request, omit_defaults=True):
     """Answered by a `Session` with a new token: every earlier token of the user is revoked,
-    this connection's too, and other connections logged in as the user are logged out."""
+    this connection's too, and other connections logged in as the user are logged out.
+    `remember_device` is left off the wire when false, as `Login`'s fields are."""
 
     old_password: Password
     new_password: Password

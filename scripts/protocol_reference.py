@@ -6,6 +6,7 @@ document cannot drift from the code (tests check every message is documented).
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 
@@ -54,7 +55,8 @@ def type_name(info: mi.Type) -> str:
 
 def describe(cls: type) -> list[str]:
     info = mi.type_info(cls)
-    doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    # cleandoc first: the indentation of a docstring's later lines is no part of its text
+    doc = " ".join(inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].split())
     lines = [f"### `{cls.__name__}`", ""]
     if doc:
         lines += [doc, ""]

@@ -4,7 +4,8 @@ The answer to a failed login never says whether the name exists, and it comes on
 throttle's delay, so guessing is slow and learns nothing about which accounts exist. The
 throttle refuses only the peer that guessed too often: the owner's right password is always
 checked, however many strangers guess at the account, from an address it used lately or with
-the device token its client was given at an earlier login.
+the device token its client was given at an earlier login (until wrong passwords made with the
+account's device tokens reach their own limit: docs/security.md).
 """
 
 from __future__ import annotations
@@ -120,15 +121,19 @@ async def login(ctx: RequestContext, request: Login) -> Session:
     services = ctx.services
     account = request.name.strip().lower()
     peer = ctx.connection.peer
-    device = None
+    device = False
     if request.device_token:
-        # Looked up before the throttle only to check the token (a cheap HMAC); an invalid
-        # token is no token, and the answer never says which it was.
+        # The token is checked before the throttle (it decides which limits apply), which needs
+        # the account's row: only for a peer its own counts do not refuse already, so that a
+        # refused peer still costs no work. An invalid token is no token, and the answer never
+        # says which it was.
+        services.throttle.refuse_peer_early(account, peer)
         owner = await services.db_call(accounts.user_by_name, account)
         if owner is not None:
-            device = _device_tokens(services).check(
+            checked = _device_tokens(services).check(
                 request.device_token, owner.id, owner.password_hash
             )
+            device = checked is not None
     async with services.throttle.attempt(account, peer, device=device) as attempt:
         user = await services.db_call(accounts.user_by_name, account)
         ok = await services.run(

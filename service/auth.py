@@ -22,7 +22,6 @@ import secrets
 import struct
 import threading
 import time
-import unicodedata
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from typing import Any
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from protocol.base import MIN_PASSWORD_LENGTH
+from protocol.base import MIN_PASSWORD_LENGTH, normalise_password
 from protocol.errors import ErrorCode, VitrineError
 from protocol.messages import canonical_username, invalid_username
 from repository.blobstore import subkey
@@ -44,11 +43,6 @@ ARGON2_LANES = 1
 
 #: Longest a queued login waits before looking at the throttle's counts again.
 WAIT_RECHECK_S = 1.0
-
-
-def normalise_password(password: str) -> str:
-    """NFC: "é" typed on macOS (decomposed, NFD) and elsewhere (composed) is one password."""
-    return unicodedata.normalize("NFC", password)
 
 
 def hash_password(password: str) -> str:
@@ -148,9 +142,9 @@ class DeviceTokens:
 
     A token is its payload and an HMAC-SHA256 over the payload and a digest of the account's
     stored password hash: a password change (a new hash, new salt) kills every token issued
-    before it, and the issue time in the payload makes them expire. The random id names the
-    token for the throttle (its own failure count) without putting the token itself in memory
-    keys or logs.
+    before it, and the issue time in the payload makes them expire. The random id makes every
+    token distinct; the throttle counts the failures made with any of an account's tokens
+    together, since each login issues another.
     """
 
     def __init__(
@@ -215,9 +209,10 @@ class _Keys:
     account from anywhere) refuses only peers the account has not logged in from lately and
     attempts without a valid device token, so strangers cannot lock its owner out. `account` is
     None for a password check of a session already logged in (ChangePassword): only its own
-    peer's failures may hold it back. `device` counts the failures made with one device token:
-    past its limit the token no longer exempts, so a stolen token is no way around the account
-    limit.
+    peer's failures may hold it back. `device` (set when a valid device token came with the
+    attempt) counts the failures made with any of the account's device tokens: past its limit
+    no token exempts, so neither a stolen token nor the fresh one each of the owner's logins
+    issues is a way around the account limit.
     """
 
     name: str
@@ -289,7 +284,8 @@ class LoginThrottle:
     plain per-account limit, while the owner, at an address it used lately, is neither refused
     nor queued behind them. The owner at a new address, or after a restart, is exempt the same
     way by presenting a device token from an earlier login (`DeviceTokens`), until
-    `device_limit` failures were made with that token. The counts also set the delay before a
+    `device_limit` failures were made with the account's tokens (all of them together, as each
+    login issues a new one). The counts also set the delay before a
     wrong password is answered (the largest decides, the peer's growing four times more slowly:
     one busy office shares one address), and at most `account_in_flight` checks of one account
     run at once for peers not exempt. Memory is bounded by forgetting the least recently used
@@ -335,7 +331,7 @@ class LoginThrottle:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _keys(account: str, peer: str, *, logged_in: bool, device: str | None = None) -> _Keys:
+    def _keys(account: str, peer: str, *, logged_in: bool, device: bool = False) -> _Keys:
         net = peer_key(peer)
         return _Keys(
             name=account,
@@ -343,7 +339,7 @@ class LoginThrottle:
             pair=f"ap:{account}@{net}",
             peer_key=f"p:{net}",
             account=None if logged_in else f"a:{account}",
-            device=f"d:{device}" if device is not None and not logged_in else None,
+            device=f"ad:{account}" if device and not logged_in else None,
         )
 
     def _recent(self, key: str, now: float) -> deque[float]:
@@ -363,6 +359,15 @@ class LoginThrottle:
         if keys.account is not None and not self._is_exempt(keys, now):
             limits.append((keys.account, self.account_limit, "for this account"))
         return limits
+
+    def refuse_peer_early(self, account: str, peer: str) -> None:
+        """RATE_LIMITED if this peer's own counts (pair, peer) already refuse an attempt at
+        `account`: a login asks before doing anything for the attempt (looking the account up
+        to check a device token), so that a refusal costs the server nothing. The account's
+        count is not asked, since a valid token or a trusted address may lift it."""
+        now = self._clock()
+        with self._lock:
+            self._refuse_if_over(self._keys(account, peer, logged_in=True), now)
 
     def _refuse_if_over(self, keys: _Keys, now: float) -> None:
         """Under the lock: RATE_LIMITED once recorded failures reach a limit."""
@@ -391,7 +396,8 @@ class LoginThrottle:
 
     def _is_exempt(self, keys: _Keys, now: float) -> bool:
         """Not held back by the account's count: a peer the account logged in from lately, or
-        a valid device token whose own failures (recorded and in flight) are under its limit."""
+        a valid device token while the failures made with the account's tokens (recorded and in
+        flight) are under their limit."""
         since = self._trusted.get(keys.pair)
         if since is not None and now - since < self.trusted_s:
             return True
@@ -419,13 +425,13 @@ class LoginThrottle:
             return LoginAttempt(self, keys)
 
     async def reserve(
-        self, account: str, peer: str, *, logged_in: bool = False, device: str | None = None
+        self, account: str, peer: str, *, logged_in: bool = False, device: bool = False
     ) -> LoginAttempt:
         """Wait for places (or RATE_LIMITED); the caller must `end` the attempt.
 
         `logged_in`: the password of a session already logged in as `account` (ChangePassword);
-        the account's count from other peers neither delays nor queues it. `device`: the id of
-        a device token the caller checked as valid for `account` (`DeviceTokens.check`)."""
+        the account's count from other peers neither delays nor queues it. `device`: the caller
+        checked a device token of `account` as valid (`DeviceTokens.check`)."""
         keys = self._keys(account, peer, logged_in=logged_in, device=device)
         while (attempt := self._try_reserve(keys)) is None:
             waiter = asyncio.get_running_loop().create_future()
@@ -439,7 +445,7 @@ class LoginThrottle:
 
     @contextlib.asynccontextmanager
     async def attempt(
-        self, account: str, peer: str, *, logged_in: bool = False, device: str | None = None
+        self, account: str, peer: str, *, logged_in: bool = False, device: bool = False
     ) -> AsyncIterator[LoginAttempt]:
         """`reserve`, and `end` the attempt when the body ends (after a failure's delay)."""
         attempt = await self.reserve(account, peer, logged_in=logged_in, device=device)
@@ -484,17 +490,17 @@ class LoginThrottle:
             pair_count,
             peer_count,
             account_count[0] if account_count else "- (logged-in session)",
-            # the token's own count, never the token: a log is no place for a credential
-            f" device-token={counts[keys.device]}" if keys.device else "",
+            # the tokens' count, never a token: a log is no place for a credential
+            f" device-tokens={counts[keys.device]}" if keys.device else "",
         )
         return min(self.max_delay, self.base_delay * 2 ** max(steps - 1, 0))
 
     def success(self, keys: _Keys) -> None:
         now = self._clock()
         with self._lock:
+            # The tokens' count is not forgiven: the owner's success says nothing of who else
+            # holds a token, and forgiving it would give a thief a new budget at each login.
             self._failures.pop(keys.pair, None)
-            if keys.device is not None:  # its holder knows the password
-                self._failures.pop(keys.device, None)
             if keys.account is not None:  # a login, not a ChangePassword
                 self._trusted[keys.pair] = now
                 self._trusted.move_to_end(keys.pair)

@@ -10,6 +10,7 @@ import argparse
 
 import cmd2
 
+from protocol.base import normalise_password
 from protocol.messages import CreateUser, UserInfo, WhoAmI, canonical_username, invalid_username
 from shell.app import ACCOUNT, CommandFailed, TextArgumentParser, VitrineShell, parser
 from shell.session import DEVICE_TOKENS_FILE, DeviceTokenStore
@@ -82,7 +83,9 @@ class AccountCommands(cmd2.CommandSet[VitrineShell]):
         shell = self._cmd
         old = shell.ask_secret("Current password: ")
         new = shell.ask_new_secret("New password: ", "VITRINE_NEW_PASSWORD")
-        if new == old:  # it would still end every other session, for nothing
+        # Compared as the server compares them (NFC): it would still end every other session,
+        # for nothing.
+        if normalise_password(new) == normalise_password(old):
             raise CommandFailed("The new password is the current one; nothing was changed.")
         shell.session.change_password(old, new, _device_tokens(shell))
         shell.confirm("Password changed; your other sessions have ended.")

@@ -25,7 +25,7 @@ import msgspec
 from cmd2.exceptions import Cmd2ArgparseError, Cmd2ShlexError
 from rich.console import Console
 
-from protocol.base import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from protocol.base import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, normalise_password
 from protocol.errors import ErrorCode, VitrineError
 from protocol.pinning import PinningError
 from shell.connection import ConnectionLost
@@ -434,7 +434,7 @@ def _sendable(password: str) -> str:
 
 def _long_enough(password: str) -> str:
     _sendable(password)
-    if len(password) < MIN_PASSWORD_LENGTH:
+    if len(normalise_password(password)) < MIN_PASSWORD_LENGTH:  # as the server counts
         raise CommandFailed(f"Passwords must be at least {MIN_PASSWORD_LENGTH} characters long.")
     return password
 

@@ -2,15 +2,16 @@
 
 A resume token (kept in memory only, never on disk) lets the shell reconnect after the server
 went away and carry on as the same user without asking for the password again. A device token
-(kept on disk, owner-only, per server and account) is no credential by itself: presented with
-the password at the next login, it keeps the owner from being refused while strangers guess at
-the account (docs/security.md).
+(kept on disk, owner-only, per server address and pinned certificate, and per account) is no
+credential by itself: presented with the password at the next login, it keeps the owner from
+being refused while strangers guess at the account (docs/security.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -20,6 +21,7 @@ from typing import TypeVar
 from protocol.base import Request, Response
 from protocol.errors import ErrorCode, VitrineError
 from protocol.messages import (
+    MAX_DEVICE_TOKEN_LENGTH,
     SESSION_LIFETIME_S,
     ChangePassword,
     Login,
@@ -28,6 +30,7 @@ from protocol.messages import (
     Session,
     UserInfo,
     WhoAmI,
+    canonical_username,
 )
 from protocol.pinning import PinningError
 from shell.connection import ConnectionLost, ServerConnection
@@ -38,14 +41,41 @@ R = TypeVar("R", bound=Response)
 
 #: The device tokens' file in the config directory, beside known_servers.
 DEVICE_TOKENS_FILE = "device_tokens"
+#: What the server's tokens are made of (unpadded base64url); anything else was not issued by
+#: a Vitrine server, and could only get the next login refused.
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def acceptable_token(token: str) -> bool:
+    """A token the server would read: base64url, no longer than the protocol allows."""
+    return len(token) <= MAX_DEVICE_TOKEN_LENGTH and _TOKEN_SHAPE.fullmatch(token) is not None
+
+
+def server_key(connection: ServerConnection) -> str:
+    """Whose tokens these are: the address and the certificate fingerprint it is pinned to.
+    Not `Welcome.server_id`, which any server can claim: a server must hold the pinned key of
+    the address to be given, or to replace, the tokens of the server there."""
+    return f"{connection.server} {connection.fingerprint}"
+
+
+def _device_token_refused(exc: VitrineError) -> bool:
+    """The server could not read the request because of the device token it carried (a
+    server whose bound is shorter than this shell's, say): worth asking once without it."""
+    return exc.code is ErrorCode.BAD_REQUEST and "device_token" in exc.message
+
+
+def _fields_unknown(exc: VitrineError) -> bool:
+    """A server from before device tokens refused their fields unread, password unchecked."""
+    return exc.code is ErrorCode.BAD_REQUEST and "unknown field" in exc.message
 
 
 class DeviceTokenStore:
-    """The device tokens this client was given, by server (its `server_id`, else its address)
-    and account, in a JSON file only its owner can read.
+    """The device tokens this client was given, by server (`server_key`) and account, in a JSON
+    file only its owner can read.
 
     Losing the file costs nothing but the exemption it gives, so an unreadable or damaged file
-    reads as empty and a failed write is ignored: neither may stop a login.
+    reads as empty and a failed write is ignored: neither may stop a login. A token the server
+    could not read is neither kept nor presented, for the same reason.
     """
 
     def __init__(self, path: Path) -> None:
@@ -65,10 +95,13 @@ class DeviceTokenStore:
         }
 
     def get(self, server: str, account: str) -> str:
-        """The token for `account` on `server`, "" if none."""
-        return self._read().get(server, {}).get(account, "")
+        """The token for `account` on `server`, "" if none (or none the server could read)."""
+        token = self._read().get(server, {}).get(account, "")
+        return token if acceptable_token(token) else ""
 
     def put(self, server: str, account: str, token: str) -> None:
+        if not acceptable_token(token):
+            return
         data = self._read()
         data.setdefault(server, {})[account] = token
         with contextlib.suppress(OSError):
@@ -92,6 +125,8 @@ class ClientSession:
         self._token: str | None = None
         #: When the held token was issued: the server ends its session SESSION_LIFETIME_S later.
         self._token_since = 0.0
+        #: The account the user logged in to, as asked for (canonical): its device token's name.
+        self._account: str | None = None
 
     @property
     def server(self) -> str:
@@ -134,25 +169,27 @@ class ClientSession:
 
     def login(self, name: str, password: str, devices: DeviceTokenStore | None = None) -> Session:
         """With `devices`, present this account's device token and keep the new one."""
-        self.ensure_connected()  # the server's id names its device tokens
-        account = name.strip().lower()
-        held = devices.get(self._server_key(), account) if devices else ""
+        self.ensure_connected()  # the server's address and pinned key name its device tokens
+        # The token is filed under the name asked for, never the one the server answers with:
+        # a server must not choose which account's token it replaces.
+        account = canonical_username(name)
+        held = devices.get(server_key(self.connection), account) if devices and account else ""
+        remember = devices is not None
         request = Login(
-            id=0,
-            name=name,
-            password=password,
-            device_token=held,
-            remember_device=devices is not None,
+            id=0, name=name, password=password, device_token=held, remember_device=remember
         )
         try:
             session = self.call(request, Session)
         except VitrineError as exc:
-            # A server from before device tokens refuses the fields unread, password unchecked:
-            # ask again as the clients of its time did.
-            if exc.code is not ErrorCode.BAD_REQUEST or "unknown field" not in exc.message:
+            if _fields_unknown(exc):  # ask again as the clients of the server's time did
+                session = self.call(Login(id=0, name=name, password=password), Session)
+            elif held and _device_token_refused(exc):  # a bad token must not lock the user out
+                request = Login(id=0, name=name, password=password, remember_device=remember)
+                session = self.call(request, Session)
+            else:
                 raise
-            session = self.call(Login(id=0, name=name, password=password), Session)
-        return self._adopt(session, devices)
+        self._account = account
+        return self._adopt(session, devices, account)
 
     def change_password(
         self, old: str, new: str, devices: DeviceTokenStore | None = None
@@ -160,17 +197,27 @@ class ClientSession:
         """The server revokes every token of the user, the one held here too, and answers with
         a new one: keep it, or the next reconnect could not resume. The change also ends the
         user's device tokens; with `devices`, the new one is kept."""
+        account = self._account
         request = ChangePassword(
             id=0, old_password=old, new_password=new, remember_device=devices is not None
         )
-        return self._adopt(self.call(request, Session), devices)
+        try:
+            session = self.call(request, Session)
+        except VitrineError as exc:
+            if devices is None or not _fields_unknown(exc):
+                raise
+            # A server from before device tokens refused the request unread: nothing changed.
+            session = self.call(ChangePassword(id=0, old_password=old, new_password=new), Session)
+        return self._adopt(session, devices, account)
 
-    def _server_key(self) -> str:
-        return self.connection.server_id or self.server
-
-    def _adopt(self, session: Session, devices: DeviceTokenStore | None = None) -> Session:
-        if devices is not None and session.device_token:
-            devices.put(self._server_key(), session.name, session.device_token)
+    def _adopt(
+        self,
+        session: Session,
+        devices: DeviceTokenStore | None = None,
+        account: str | None = None,
+    ) -> Session:
+        if devices is not None and account and session.device_token:
+            devices.put(server_key(self.connection), account, session.device_token)
         return self._adopt_session(session)
 
     def _adopt_session(self, session: Session) -> Session:
@@ -219,4 +266,4 @@ class ClientSession:
             pass  # the next command reconnects and resumes, or says it cannot
 
     def _forget(self) -> None:
-        self.user, self.admin, self._token = None, False, None
+        self.user, self.admin, self._token, self._account = None, False, None, None

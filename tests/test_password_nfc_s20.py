@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from protocol.errors import ErrorCode, VitrineError
 from protocol.messages import ChangePassword, CreateUser, Login, Session
 from service.auth import check_new_password, hash_password, verify_password
-from tests.servers import ServerProcess
+from shell.app import CommandFailed, _long_enough
+from tests.servers import ServerProcess, run_client
 
 COMPOSED = unicodedata.normalize("NFC", "café crème brûlée")
 DECOMPOSED = unicodedata.normalize("NFD", COMPOSED)
@@ -57,3 +58,32 @@ def test_an_account_made_on_one_machine_logs_in_from_another(
     again = shared_server.connect(tmp_path / "mac2")
     login = Login(id=0, name="nfc-user", password=unicodedata.normalize("NFD", new))
     assert again.call(login, Session).name == "nfc-user"
+
+
+def test_the_shell_sees_a_new_password_equal_to_the_old_one_as_the_server_does(
+    shared_server: ServerProcess, tmp_path: Path
+) -> None:
+    """The same password typed composed as the new one and decomposed as the current one is no
+    change: the shell refuses it before asking the server, which would end every other session
+    for nothing."""
+    home = tmp_path / "home"
+    made = run_client(shared_server, "create_user nfc-same", config_dir=home, password=DECOMPOSED)
+    assert made.returncode == 0, made.stderr
+    done = run_client(
+        shared_server,
+        "login nfc-same",
+        "change_password",
+        config_dir=home,
+        password=DECOMPOSED,
+        extra_env={"VITRINE_NEW_PASSWORD": COMPOSED},
+    )
+    assert done.returncode != 0
+    assert "The new password is the current one; nothing was changed." in done.stderr, done
+
+
+def test_the_shell_counts_a_new_passwords_length_as_the_server_does() -> None:
+    """Seven decomposed "é" are 14 code points but 7 characters once composed: the shell must
+    refuse it before the second entry, as the server would after it."""
+    with pytest.raises(CommandFailed, match="at least"):
+        _long_enough(unicodedata.normalize("NFD", "ééééééé"))
+    assert _long_enough("éééééééé") == "éééééééé"
