@@ -185,14 +185,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--no-colours",
         action="store_true",
         help="do not extract dominant colours at upload: saves about 5%% of upload time, and "
-        "search_by_color does not find an image uploaded meanwhile until a later run with "
-        "colours has computed its colours (in the background, right after start-up)",
+        "search_by_color answers UNAVAILABLE on such a run; a later run with colours computes "
+        "the missing colours in the background, right after start-up",
     )
     parser.add_argument(
         "--check",
         action="store_true",
         help="check the data directory (blobs, rows, orders) instead of serving, deleting nothing "
-        "(unreferenced blobs are reported; the next start removes them); exit 0 if consistent, "
+        "(unreferenced blobs and leftover temporary files are reported; the next start "
+        "removes them); exit 0 if consistent, "
         "1 if not",
     )
     cfg.add_option(

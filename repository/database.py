@@ -57,6 +57,19 @@ def migrate(conn: sqlite3.Connection) -> int:
     return version
 
 
+def check_writable(conn: sqlite3.Connection) -> None:
+    """Raise SQLITE_READONLY now if the database cannot be written. SQLite opens a file it may
+    not write (`chmod 444`, `chattr +i`, a read-only mount) read-only without a word, and reads
+    work, so a server would start, pass for healthy and then fail every login. One write, rolled
+    back, asks SQLite itself: `os.access` cannot see every reason it would refuse."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(f"PRAGMA user_version={int(version)}")
+    finally:
+        conn.execute("ROLLBACK")
+
+
 def server_id(conn: sqlite3.Connection) -> str:
     """This data's random id, made by its first start (migrations, v4)."""
     return str(conn.execute("SELECT value FROM server_meta WHERE key = 'server_id'").fetchone()[0])
@@ -89,7 +102,12 @@ class Database:
             conn = connect(path)
             self._all.append(conn)
         self._local.conn = conn
-        self.schema_version = migrate(conn)
+        try:
+            self.schema_version = migrate(conn)
+            check_writable(conn)
+        except BaseException:
+            self.close()  # the caller never gets this object to close
+            raise
 
     @property
     def conn(self) -> sqlite3.Connection:

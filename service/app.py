@@ -271,9 +271,20 @@ def restrict_to_owner(data_dir: Path) -> None:
 
 
 def unreadable_database(path: Path, exc: sqlite3.DatabaseError) -> str:
-    """One sentence for a database SQLite refuses; only damage calls for the backup."""
-    if (exc.sqlite_errorname or "").startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+    """One sentence for a database SQLite refuses; only damage calls for the backup. A file
+    the server may not write is named (the database, or its -wal or -shm), with the fix: it
+    would otherwise serve reads and answer every login INTERNAL."""
+    name = exc.sqlite_errorname or ""
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
         return f"the database {path} is damaged ({exc}); restore it from a backup."
+    if name.startswith("SQLITE_READONLY"):
+        files = [path.with_name(path.name + suffix) for suffix in ("", "-wal", "-shm")]
+        stuck = [str(f) for f in files if f.exists() and not os.access(f, os.W_OK)]
+        return (
+            f"the database {' and '.join(stuck) or path} cannot be written ({exc}): make it "
+            "writable for the user the server runs as (chmod u+w; `lsattr` shows an immutable "
+            "flag, which `chattr -i` clears; or remount the volume read-write)."
+        )
     return f"cannot open the database {path}: {exc}"
 
 
@@ -372,16 +383,17 @@ async def serve(
     # SIGHUP too: a server started from a terminal gets it when the terminal closes, and its
     # default action would kill the process with no shutdown at all. But not when the operator
     # ignored it (`nohup server.py &`): a handler would replace nohup's SIG_IGN, and closing
-    # the terminal would stop the server they asked to outlive it.
+    # the terminal would stop the server they asked to outlive it. SIGINT likewise: a script's
+    # `server.py &` (no job control) starts it ignored, so that Ctrl-C at the program the script
+    # runs next, at the same terminal, is that program's alone (Python keeps it ignored too).
     stop = asyncio.Event()
 
     def on_signal(sig: signal.Signals) -> None:
         log.info("received %s", sig.name)
         stop.set()
 
-    stopping = [signal.SIGINT, signal.SIGTERM]
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        stopping.append(signal.SIGHUP)
+    stopping = [signal.SIGTERM]
+    stopping += [s for s in (signal.SIGINT, signal.SIGHUP) if signal.getsignal(s) != signal.SIG_IGN]
     for sig in stopping:
         loop.add_signal_handler(sig, on_signal, sig)
     services = open_services(config)
@@ -443,7 +455,15 @@ async def serve(
         await asyncio.to_thread(colour_backfill.stop, services)
         if services.unfinished:
             log.info("finishing %d uploads whose clients left", len(services.unfinished))
-            _, left = await asyncio.wait(services.unfinished, timeout=UNFINISHED_WAIT_S)
+            done, left = await asyncio.wait(services.unfinished, timeout=UNFINISHED_WAIT_S)
+            # Their requests were logged "disconnected" when the clients left: say what became
+            # of them, or the operator would think them lost.
+            refused = sum(1 for task in done if task.cancelled() or task.exception() is not None)
+            log.info(
+                "uploads whose clients left: %d stored, %d refused or failed",
+                len(done) - refused,
+                refused,
+            )
             if left:
                 log.warning(
                     "%d uploads whose clients left were not finished within %.0f s; the next "

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from repository import images as repo
 from repository.blobstore import BlobAuthenticationFailed, BlobError, BlobStore
-from repository.database import connect_read_only
+from repository.database import check_writable, connect, connect_read_only
 from repository.migrations import MIGRATIONS
 from service.app import (
     BLOB_KEY_FILE,
@@ -109,6 +109,8 @@ def check_data_dir(data_dir: Path, purge_after_s: float = 30 * 24 * 3600.0) -> C
         report.lines.append("The server is running: unreferenced blobs may be uploads in flight.")
     except OSError as exc:  # a read-only copy: the check needs no lock to read it
         report.lines.append(f"Could not lock the data directory ({exc.strerror}).")
+    if lock_fd is not None:  # not while a server runs: its writes are no question
+        _report_unwritable(db_path, report)
     conn = connect_read_only(db_path)
     try:
         _check_rows_and_blobs(conn, data_dir, purge_after_s, report)
@@ -124,6 +126,22 @@ def check_data_dir(data_dir: Path, purge_after_s: float = 30 * 24 * 3600.0) -> C
         if lock_fd is not None:
             os.close(lock_fd)
     return report
+
+
+def _report_unwritable(db_path: Path, report: CheckReport) -> None:
+    """Say so when a normal start would refuse the database as unwritable (`check_writable`),
+    so that --check and the start agree. A note, not a problem: checking a read-only copy
+    (a backup, a mount) is what --check is for, and its data can be consistent."""
+    try:
+        conn = connect(db_path)
+        try:
+            check_writable(conn)
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        report.lines.append(
+            f"A normal start refuses this directory: {unreadable_database(db_path, exc)}"
+        )
 
 
 def _check_rows_and_blobs(

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +34,13 @@ START_TIMEOUT_S = 120.0
 RESTART_ATTEMPTS = 5
 
 
+def default_sigint() -> None:
+    """For a child: SIGINT back to its default. A test run started with SIGINT ignored (`make
+    test &` from a script, as CI may) passes the ignore on, and a server keeps an ignored SIGINT
+    ignored on purpose (service.app.serve), so a test of Ctrl-C would wait for nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class ServerProcess:
     data_dir: Path
@@ -44,6 +51,8 @@ class ServerProcess:
     fingerprint: str = ""
     process: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)
+    #: Run in the child before the server starts: the signal dispositions it inherits.
+    signals: Callable[[], None] = default_sigint
     _drains: list[threading.Thread] = field(default_factory=list, repr=False)
 
     @property
@@ -71,6 +80,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=self.signals,
         )
         assert self.process.stdout is not None and self.process.stderr is not None
         self._drains = [self._drain_in_background(self.process.stderr)]

@@ -8,7 +8,6 @@ naming what the user actually gave. docs/operations.md describes each refusal.
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import signal
@@ -352,17 +351,10 @@ def ignore_sighup() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
-def test_a_server_started_under_nohup_outlives_sighup(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_server_started_under_nohup_outlives_sighup(tmp_path: Path) -> None:
     """`nohup server.py &` ignores SIGHUP so that the server outlives its terminal; the
     server's own handler replaced that, and closing the terminal stopped it."""
-    server = ServerProcess(tmp_path / "server")
-    with monkeypatch.context() as patch:
-        patch.setattr(
-            subprocess, "Popen", functools.partial(subprocess.Popen, preexec_fn=ignore_sighup)
-        )
-        server.start()
+    server = ServerProcess(tmp_path / "server", signals=ignore_sighup).start()
     try:
         assert server.process is not None
         server.process.send_signal(signal.SIGHUP)

@@ -6,9 +6,14 @@ test_crash_safety.py."""
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
+from protocol.catalog import UploadImage
 from service.context import Services
+from tests.servers import ServerProcess
+from tests.test_images_server import jpeg
 
 
 def test_work_whose_client_left_is_finished_up_to_a_bound() -> None:
@@ -33,3 +38,22 @@ def test_work_whose_client_left_is_finished_up_to_a_bound() -> None:
 
     asyncio.run(scenario())
     assert finished == ["kept"] and holder.unfinished == set()
+
+
+def test_a_stopping_server_says_what_became_of_uploads_whose_clients_left(
+    tmp_path: Path,
+) -> None:
+    """Their requests are logged "disconnected" when the stop cancels the connections, so the
+    log must say they were stored after all (QA read 32 such lines and thought them lost)."""
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        conn = server.user_connection(tmp_path / "client", "seller")
+        for seed in range(40):
+            conn.submit(UploadImage(id=0, data=jpeg(seed, (1600, 1200)), filename="p.jpg"))
+        server.wait_for_log("request=UploadImage", timeout=60)
+    finally:
+        server.stop()
+    log = server.log()
+    started = re.search(r"finishing (\d+) uploads whose clients left", log)
+    assert started, log
+    assert f"uploads whose clients left: {started[1]} stored, 0 refused or failed" in log, log
