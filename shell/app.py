@@ -30,7 +30,7 @@ from protocol.errors import ErrorCode, VitrineError
 from protocol.pinning import PinningError
 from shell.connection import ConnectionLost
 from shell.session import ClientSession
-from shell.text import printable
+from shell.text import escape_undecodable, printable
 
 ACCOUNT = "Account"
 IMAGES = "Images"
@@ -417,8 +417,7 @@ def _undecodable(line: str) -> str:
     try:
         line.encode("utf-8")
     except UnicodeEncodeError:
-        raw = line.encode("utf-8", "surrogateescape")
-        return printable(raw.decode("utf-8", "backslashreplace").strip())
+        return printable(escape_undecodable(line).strip())
     return ""
 
 

@@ -34,6 +34,13 @@ def printable(text: str, replacement: str = "\ufffd") -> str:
     )
 
 
+def escape_undecodable(text: str) -> str:
+    """Bytes that were not UTF-8 (kept by Python as lone surrogates: file names, argv, stdin read
+    with surrogateescape) as `\\x..` each: printable, and two different bytes never look alike,
+    as one U+FFFD for both did. The shell marks them so wherever it shows them."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def plural(count: int, noun: str) -> str:
     """Sentences the shell prints count things; "1 tags" reads like a bug."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

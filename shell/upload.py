@@ -52,7 +52,7 @@ from protocol.errors import VitrineError
 from protocol.limits import MAX_FILENAME_CHARS, MAX_TITLE_CHARS
 from shell.connection import ConnectionLost, InterruptedAfterSending
 from shell.interrupts import HeldInterrupts
-from shell.text import plural
+from shell.text import escape_undecodable, plural
 from util.filenames import display_name
 from util.images import ACCEPTED_FORMATS, DEFAULT_MAX_BYTES, ImageRejected, precheck
 
@@ -108,8 +108,26 @@ def looks_like_an_image(name: str) -> bool:
 
 
 def shown_path(path: str) -> str:
-    """Undecodable bytes in a name (kept as lone surrogates) cannot be printed or encoded."""
-    return os.fsencode(path).decode("utf-8", errors="replace")
+    """Undecodable bytes in a name (kept as lone surrogates) can be neither printed nor encoded,
+    so each is shown as `\\x..`, as the shell shows them in a refused command line. With U+FFFD
+    for all of them, `x\\xff.png` and `x\\xfe.png` were both `x\ufffd.png`, and a script could
+    not tell which file got which id."""
+    return escape_undecodable(path)
+
+
+def stored_name(name: str) -> str:
+    """A name for the server to keep: undecodable bytes as `%..` (upper case, as in a URI).
+
+    Not `\\x..`: the server keeps only what follows a name's last `\\` (a Windows client's
+    folders), so `x\\xff.png` would be stored as `xff.png`. Not U+FFFD either: two such files
+    would be stored under one name.
+    """
+    text = os.fsencode(name).decode("utf-8", errors="surrogateescape")
+    return "".join(f"%{ord(ch) - 0xDC00:02X}" if _escaped_byte(ch) else ch for ch in text)
+
+
+def _escaped_byte(ch: str) -> bool:
+    return "\udc80" <= ch <= "\udcff"
 
 
 def _regular(path: str) -> os.stat_result | None:
@@ -405,20 +423,21 @@ class UploadSummary:
 
 
 def _wire_name(name: str, limit: int) -> str:
-    """A str the wire can carry: undecodable bytes in a file name become U+FFFD, then cut.
+    """A str the wire can carry (`stored_name`), cut to the limit.
 
     Names from os.listdir keep undecodable bytes as lone surrogates, which no UTF-8 encoder
-    accepts; the server cleans the name for display anyway (util.filenames).
+    accepts; the server cleans the name for display anyway (util.filenames). A name of 255
+    bytes, all undecodable, is 765 characters escaped, so the cut is for the limit's sake.
     """
-    text = os.fsencode(name).decode("utf-8", errors="replace")
-    return text[:limit]
+    return stored_name(name)[:limit]
 
 
 def build_request(file: Candidate, data: bytes, fields: UploadFields) -> UploadImage:
     name = _wire_name(file.path.name, MAX_FILENAME_CHARS)
-    # The default title is the file's stem made printable (the server refuses control characters
-    # in titles, and a name may hold any byte but '/').
-    title = fields.title if fields.title is not None else display_name(file.path.stem)
+    # The default title is the stem of the name sent, made printable (the server refuses control
+    # characters in titles, and a name may hold any byte but '/'): what the server itself makes
+    # a blank title from.
+    title = fields.title if fields.title is not None else display_name(stored_name(file.path.stem))
     return UploadImage(
         id=0,
         filename=name,
