@@ -129,9 +129,10 @@ def check_data_dir(data_dir: Path, purge_after_s: float = 30 * 24 * 3600.0) -> C
 
 
 def _report_unwritable(db_path: Path, report: CheckReport) -> None:
-    """Say so when a normal start would refuse the database as unwritable (`check_writable`),
-    so that --check and the start agree. A note, not a problem: checking a read-only copy
-    (a backup, a mount) is what --check is for, and its data can be consistent."""
+    """A problem when a normal start would refuse the database as unwritable (`check_writable`),
+    so that `--check && server.py` cannot pass the check and then fail to start. Asked only of
+    a directory the check could lock, hence write: a read-only copy (a backup on a read-only
+    mount) is checked for consistency without it."""
     try:
         conn = connect(db_path)
         try:
@@ -139,9 +140,7 @@ def _report_unwritable(db_path: Path, report: CheckReport) -> None:
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
-        report.lines.append(
-            f"A normal start refuses this directory: {unreadable_database(db_path, exc)}"
-        )
+        report.problems.append(unreadable_database(db_path, exc))
 
 
 def _check_rows_and_blobs(

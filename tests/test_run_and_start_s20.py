@@ -294,8 +294,9 @@ def test_a_read_only_database_is_refused_at_start(server: ServerProcess, tmp_pat
         line = refusal(start_refused(server.data_dir))
         checked = run_check(server.data_dir)
     assert f"the database {database} cannot be written" in line, line
-    # --check agrees with the start (a note: a read-only copy may still be consistent)
-    assert f"A normal start refuses this directory: {line.split(': ', 1)[1]}" in checked.stdout
+    # --check agrees with the start, so `--check && server.py` cannot pass and then fail
+    assert checked.returncode == 1, checked.stdout
+    assert line.split(": ", 1)[1] in checked.stdout and "NOT consistent" in checked.stdout
     assert "chattr -i" in line and "chmod u+w" in line, line
     server.restart()  # writable again: serves as before
     server.user_connection(tmp_path / "c2", "buyer").close()
