@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from protocol.limits import MAX_QUANTITY, MAX_SEARCH_RESULTS
+from protocol.limits import MAX_QUANTITY, MAX_SEARCH_RESULTS, MAX_TAGS
 from repository.database import transaction
 from util.catalogue_text import index_text
 
@@ -482,6 +482,23 @@ class StockOutOfRange(Exception):
         self.stock = stock
 
 
+class TooManyTags(Exception):
+    """Adding tags would give an image more than MAX_TAGS; nothing was changed. `had` is its
+    count before the change, `would_have` the count the change would have left."""
+
+    def __init__(self, had: int, would_have: int) -> None:
+        super().__init__(had, would_have)
+        self.had = had
+        self.would_have = would_have
+
+
+def _tag_count(conn: sqlite3.Connection, image_id: int) -> int:
+    (count,) = conn.execute(
+        "SELECT COUNT(*) FROM image_tags WHERE image_id = ?", (image_id,)
+    ).fetchone()
+    return int(count)
+
+
 def _insert_palette(
     conn: sqlite3.Connection, image_id: int, palette: Sequence[ColourRecord]
 ) -> None:
@@ -584,6 +601,7 @@ def update_image(
                     raise StockOutOfRange(row[0])
             return None
         if changes.add_tags:
+            had = _tag_count(conn, image_id)
             conn.executemany(
                 "INSERT INTO image_tags (image_id, tag_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 [(image_id, t) for t in _ensure_tags(conn, changes.add_tags)],
@@ -594,6 +612,13 @@ def update_image(
                 "DELETE FROM image_tags WHERE image_id = ? AND tag_id = ?",
                 [(image_id, t) for t in known.values()],
             )
+        if changes.add_tags:
+            # The wire bounds one request's tags only; the total is counted here, in the write,
+            # so that repeated additions (or two at once) cannot pass it. An image already over
+            # the limit (from before this check) may still lose tags, or keep its count.
+            has = _tag_count(conn, image_id)
+            if has > MAX_TAGS and has > had:
+                raise TooManyTags(had, has)  # the transaction rolls back: nothing is changed
         _fts_row(conn, image_id)
         return images_by_ids(conn, [image_id])[0]  # read in the transaction that changed it
 

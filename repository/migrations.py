@@ -7,10 +7,11 @@ can store a negative stock.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 
-from util.catalogue_text import fold_for_search, index_text
+from util.catalogue_text import fold_for_search, fold_tag, index_text
 
 _V1_SCHEMA = """
         CREATE TABLE users (
@@ -216,6 +217,65 @@ def _v8_split_unspaced_text(conn: sqlite3.Connection) -> None:
     _rewrite_search_text(conn, index_text)
 
 
+def _merge_tag(conn: sqlite3.Connection, tag_id: int, into: int) -> None:
+    """Give every image of tag `tag_id` the tag `into` instead (once: an image with both keeps
+    one row), then drop `tag_id`."""
+    conn.execute(
+        "INSERT INTO image_tags (image_id, tag_id) SELECT image_id, ? FROM image_tags "
+        "WHERE tag_id = ? ON CONFLICT DO NOTHING",
+        (into, tag_id),
+    )
+    conn.execute("DELETE FROM image_tags WHERE tag_id = ?", (tag_id,))
+    conn.execute("DELETE FROM tags WHERE id = ?", (tag_id,))
+
+
+def _v9_fold_tags(conn: sqlite3.Connection) -> None:
+    """v9: tags are spelt as search folds text (`util.catalogue_text.fold_tag`: NFKC, casefold),
+    so `ＳＡＬＥ`, `ﬁne` and `straße`, stored until now as tags of their own that browsing by
+    `sale`, `fine` or `strasse` never found, become those tags. Tags that now fold alike are
+    merged into one: the one already spelt so if there is one, else the oldest, renamed. Its
+    images keep one row each. The text index held the tags folded already, but the merged
+    images' rows are written again, so that each holds its tags once, as a new upload's row
+    would; the columns are named here, not taken from `repository.images`, as in v7."""
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for tag_id, name in conn.execute("SELECT id, name FROM tags ORDER BY id").fetchall():
+        groups.setdefault(fold_tag(str(name)), []).append((int(tag_id), str(name)))
+    changed: list[int] = []
+    for folded, tags in groups.items():
+        if not folded or (len(tags) == 1 and tags[0][1] == folded):
+            continue
+        keep = next((tag_id for tag_id, name in tags if name == folded), tags[0][0])
+        for tag_id, _name in tags:
+            if tag_id != keep:
+                _merge_tag(conn, tag_id, keep)
+        # A tag spelt `folded` outside this group (one whose own name folds on further) would
+        # make the rename break the unique name: merge into it instead.
+        row = conn.execute("SELECT id FROM tags WHERE name = ?", (folded,)).fetchone()
+        if row is not None and row[0] != keep:
+            _merge_tag(conn, keep, int(row[0]))
+            keep = int(row[0])
+        conn.execute("UPDATE tags SET name = ? WHERE id = ?", (folded, keep))
+        changed.append(keep)
+    if not changed:
+        return
+    rows = conn.execute(
+        "SELECT i.id, i.title, i.description, "
+        "  COALESCE((SELECT group_concat(t.name, ' ') FROM image_tags it "
+        "            JOIN tags t ON t.id = it.tag_id WHERE it.image_id = i.id), ''), "
+        "  i.filename "
+        "FROM images i WHERE i.deleted_at IS NULL AND i.id IN "
+        "  (SELECT image_id FROM image_tags WHERE tag_id IN (SELECT value FROM json_each(?)))",
+        (json.dumps(changed),),
+    ).fetchall()
+    for row in rows:
+        conn.execute("DELETE FROM images_fts WHERE rowid = ?", (row[0],))
+        conn.execute(
+            "INSERT INTO images_fts (rowid, title, description, tags, filename) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (row[0], *(index_text(str(v)) for v in row[1:])),
+        )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _run_statements(_V1_SCHEMA),
     _run_statements(_V2_COLOUR_INDEX),
@@ -225,4 +285,5 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _run_statements(_V6_CHECKOUT_KEY),
     _v7_fold_search_text,
     _v8_split_unspaced_text,
+    _v9_fold_tags,
 ]

@@ -26,7 +26,7 @@ from protocol.catalog import (
     UploadImage,
 )
 from protocol.errors import ErrorCode, VitrineError
-from protocol.limits import MAX_QUANTITY, MAX_TITLE_CHARS
+from protocol.limits import MAX_QUANTITY, MAX_TAGS, MAX_TITLE_CHARS
 from protocol.messages import Ok
 from repository import images as repo
 from repository.blobstore import BlobError, BlobStore
@@ -57,20 +57,22 @@ def _clean_text(text: str, what: str) -> str:
 
 
 def _upload_title(title: str, filename: str) -> str:
-    """Every image has a title to show and search: a blank one becomes the file's stem, which is
-    what the shell sends when none is given."""
+    """Every image has a title to show and search: a blank one (nothing visible, see
+    `catalogue_text.is_blank`) becomes the file's stem, which is what the shell sends when none
+    is given."""
     cleaned = _clean_text(title, "title")
-    if cleaned:
+    if not catalogue_text.is_blank(cleaned):
         return cleaned
     stem = filename.rsplit(".", 1)[0] if "." in filename.lstrip(".") else filename
-    return stem.strip()[:MAX_TITLE_CHARS] or filename[:MAX_TITLE_CHARS]
+    stem = stem.strip()[:MAX_TITLE_CHARS]
+    return filename[:MAX_TITLE_CHARS] if catalogue_text.is_blank(stem) else stem
 
 
 def _new_title(title: str | None) -> str | None:
     if title is None:
         return None
     cleaned = _clean_text(title, "title")
-    if not cleaned:
+    if catalogue_text.is_blank(cleaned):  # zero-width characters alone show as nothing
         raise VitrineError(
             ErrorCode.BAD_REQUEST,
             "A title cannot be blank: give one, or leave the title out to keep the current one.",
@@ -268,6 +270,13 @@ async def update_image(ctx: RequestContext, request: UpdateImage) -> ImageUpdate
         )
     except repo.StockOutOfRange as exc:
         raise _stock_out_of_range(request.image_id, exc.stock, request.add_quantity or 0) from None
+    except repo.TooManyTags as exc:
+        raise VitrineError(
+            ErrorCode.CONFLICT,
+            f"Image {request.image_id} has {exc.had} tags; this change would give it "
+            f"{exc.would_have}, more than the limit of {MAX_TAGS} per image. Remove some "
+            "of its tags first. Nothing was changed.",
+        ) from None
     if changed is None:  # deleted, or made private by its owner, since `_editable` read it
         raise _not_found(request.image_id)
     return ImageUpdated(id=request.id, image=summary(changed))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from protocol.limits import MAX_TAG_CHARS
+from protocol.limits import MAX_DESCRIPTION_CHARS, MAX_TAG_CHARS, MAX_TITLE_CHARS
 
 #: Python's \w leaves out combining marks (categories Mn, Mc, Me), yet Devanagari and Thai
 #: vowel signs, Hebrew points and the dot that `İ`.lower() adds are parts of words; so a mark
@@ -37,14 +37,30 @@ def _fits_tag_rule(tag: str) -> bool:
     return bool(TAG_RULE.fullmatch(tag[0] + "".join("a" if _is_mark(c) else c for c in tag[1:])))
 
 
-def normalise_tag(raw: str) -> str:
-    """One spelling per tag: NFC, trimmed, lowercase, inner whitespace runs turned into '-'.
+def fold_tag(raw: str) -> str:
+    """A tag's one spelling, without the rule's checks: NFKC and casefold (as `fold_for_search`
+    does for the text index), trimmed, inner whitespace runs turned into '-'.
 
-    So `Summer Dress`, ` summer  dress ` and `SUMMER-DRESS` are the same tag. Anything else
-    odd (commas, slashes, quotes, control characters, an empty name) is refused rather than
-    silently rewritten, because a tag is something people type again to find things.
+    Folded like search, so that `ＳＡＬＥ`, `ﬁne` and `Straße` are the tags `sale`, `fine` and
+    `strasse`: with NFC and lower() only, each was a tag of its own that browsing by the plain
+    spelling never found, while a text search did. Accents stay (`café` is not `cafe`): a tag
+    is shown as its one spelling, and browse matches it exactly, so dropping them would rename
+    what sellers typed, and merge words that differ (`año`, `ano`). Composed and decomposed
+    accents are one spelling already (NFKC composes). Schema v9 merged the tags stored before.
     """
-    tag = "-".join(unicodedata.normalize("NFC", raw).strip().lower().split())
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", raw).casefold())
+    return "-".join(folded.strip().split())
+
+
+def normalise_tag(raw: str) -> str:
+    """One spelling per tag (`fold_tag`), checked against the rule.
+
+    So `Summer Dress`, ` summer  dress `, `SUMMER-DRESS` and `ＳＵＭＭＥＲ ＤＲＥＳＳ` are the
+    same tag. Anything else odd (commas, slashes, quotes, control characters, an empty name) is
+    refused rather than silently rewritten, because a tag is something people type again to
+    find things.
+    """
+    tag = fold_tag(raw)
     if not tag:
         raise TextRefused("A tag cannot be empty.")
     if _is_mark(tag[0]):
@@ -62,13 +78,39 @@ def normalise_tags(raw: list[str]) -> list[str]:
     return list(dict.fromkeys(normalise_tag(t) for t in raw))
 
 
+#: The longest title and description, counted as stored: after NFC, which lengthens some text
+#: (U+FB2C is three characters composed), so the wire's own count of what was typed is not
+#: enough.
+TEXT_LIMITS = {"title": MAX_TITLE_CHARS, "description": MAX_DESCRIPTION_CHARS}
+
+
 def clean_text(text: str, what: str) -> str:
     """Titles and descriptions are shown in terminals: control characters are refused outright
-    (tabs and line breaks excepted); the text is composed (NFC) and trimmed."""
+    (tabs and line breaks excepted); the text is composed (NFC) and trimmed, and must then fit
+    `TEXT_LIMITS` for `what`."""
     text = unicodedata.normalize("NFC", text).strip()
     if any(unicodedata.category(ch) == "Cc" and ch not in "\n\t" for ch in text):
         raise TextRefused(f"The {what} contains control characters; remove them.")
+    limit = TEXT_LIMITS.get(what)
+    if limit is not None and len(text) > limit:
+        raise TextRefused(
+            f"The {what} is {len(text)} characters long once composed (NFC); "
+            f"a {what} has at most {limit}."
+        )
     return text
+
+
+#: Letters and symbols that draw nothing, yet are neither format characters nor whitespace: the
+#: Hangul fillers and the blank Braille pattern, well known for making names that look empty.
+_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def is_blank(text: str) -> bool:
+    """Nothing a reader would see: only whitespace, format characters (Cf: zero-width spaces
+    and joiners, word joiners, bidi controls, U+FEFF) and `_INVISIBLE`. strip() keeps the
+    format characters, so a title of U+200B alone passed as not blank and was listed as
+    nothing at all."""
+    return all(ch.isspace() or ch in _INVISIBLE or unicodedata.category(ch) == "Cf" for ch in text)
 
 
 def _greek(ch: str) -> bool:

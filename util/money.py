@@ -31,7 +31,8 @@ def _shown(text: str) -> str:
 
 
 def parse_price(text: str) -> int:
-    """ "12.50" -> 1250. Refuses negative, non-numeric, more than two decimals, absurdly large.
+    """ "12.50" -> 1250. Refuses negative, signed (+5), non-numeric, more than two decimals,
+    absurdly large.
 
     A price is a number, not a string of digits: "1.230" is 1.23 (zeros past the cents add no
     precision) and "-0" is 0 (nothing below zero), as a person or a spreadsheet may write them.
@@ -42,7 +43,13 @@ def parse_price(text: str) -> int:
             return 0  # -0, -0.00, -.0: zero with a sign, not a negative price
         raise ValueError(f"A price cannot be negative ({_shown(raw)}); give 0 or more, like 12.50.")
     if raw.startswith("+"):
-        raw = raw[1:]
+        # update_image's --quantity reads +5 as "add 5"; reading --price +5 as "5.00" on the
+        # same command line silently replaced the price of a seller who meant to raise it.
+        plain = raw[1:].strip()
+        raise ValueError(
+            f"{_shown(raw)} is not a price: prices are set, not changed by an amount"
+            + (f"; to set it to {plain} write {plain}." if _PRICE.fullmatch(plain) else ".")
+        )
     if "," in raw and _PRICE.fullmatch(raw.replace(",", ".")):
         raise ValueError(f"Write prices with a decimal point, not a comma: {raw.replace(',', '.')}")
     if not _PRICE.fullmatch(raw):
