@@ -38,6 +38,7 @@ import queue
 import stat
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
@@ -442,7 +443,8 @@ def build_request(file: Candidate, data: bytes, fields: UploadFields) -> UploadI
         id=0,
         filename=name,
         data=data,
-        title=title[:MAX_TITLE_CHARS],
+        # composed first: a cut between a letter and its accent would leave the accent alone
+        title=unicodedata.normalize("NFC", title)[:MAX_TITLE_CHARS],
         description=fields.description,
         tags=list(fields.tags),
         price_cents=fields.price_cents,
