@@ -50,7 +50,11 @@ class AccountCommands(cmd2.CommandSet[VitrineShell]):
         role = " as the admin" if user.admin else ""
         shell.confirm(f"Created user {user.name}{role}. Log in with: login {user.name}")
 
-    login_parser = parser("Log in to the server.")
+    # A TextArgumentParser as create_user's: with a plain one `login -bad` read -bad as an
+    # unknown option and then said NAME was missing, which explains nothing.
+    login_parser = TextArgumentParser(
+        "Log in to the server.", never_dashed="a name cannot start with '-'"
+    )
     login_parser.add_argument("name", metavar="NAME", help="your user name")
 
     @cmd2.with_argparser(login_parser)

@@ -9,7 +9,9 @@ survive crashes, restarts of either side, and two shells of the same user at onc
   as `localhost:7878` and `127.0.0.1:7878` keeps one cart. A server too old to send an id is
   keyed by its address; a cart kept under the address before ids existed is taken over by the
   first server with an id found there. Names are percent-encoded, which keeps them
-  filename-safe and distinct (`[::1]:7878` and `::1_7878` never share a file).
+  filename-safe and distinct (`[::1]:7878` and `::1_7878` never share a file). Every folder
+  made on the way is owner-only (0700), and `carts/` and the server's folder are made so again
+  if found looser: their listing says which accounts are used on which server.
 * **Atomic.** Each save writes a temporary file in the same directory, fsyncs it, renames it
   over the cart with `os.replace` and fsyncs the directory: a reader sees the old cart or the
   new one, never half of either, even after a power cut.
@@ -50,6 +52,7 @@ from urllib.parse import quote
 import msgspec
 
 from protocol.limits import MAX_CENTS, MAX_LINE_QUANTITY, MAX_ORDER_LINES
+from util.config import private_directory, tighten_directory
 from util.files import write_atomically
 
 #: Seconds of waiting for the cart's lock before saying so; and between tries.
@@ -234,17 +237,20 @@ class CartStore:
         #: How long to wait for another shell that holds the cart (its checkout, say).
         self.wait_s = wait_s
         self.path = cart_path(data_dir, server_id or server, user)
+        self._carts = data_dir / "carts"
         #: Where this cart was kept before carts were keyed by the server's id.
         self._by_address = cart_path(data_dir, server, user) if server_id else None
         self.notice = notice
 
     def _prepare(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_directory(self.path.parent)
         except OSError as exc:
             raise CartError(
                 f"Cannot create the cart folder {self.path.parent}: {exc.strerror or exc}."
             ) from None
+        for folder in (self._carts, self.path.parent):  # as an older client left them
+            tighten_directory(folder)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import ssl
@@ -197,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitrine: bad {args.server_source}: {exc}", file=sys.stderr)
         return 2
     config_dir, data_dir = Path(args.config_dir), Path(args.data_dir)
+    # Before pinning writes known_servers there: each level made is owner-only. A folder that
+    # cannot be made is reported by whatever then fails to write in it.
+    with contextlib.suppress(OSError):
+        cfg.private_directory(config_dir)
     trust = TrustPolicy(
         known_servers=KnownServers(config_dir / "known_servers"),
         trust_new=args.trust_new_server,

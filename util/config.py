@@ -12,11 +12,16 @@ with nothing set up.
 A variable set but empty (`VITRINE_CONFIG_DIR=`) counts as unset, for every variable here
 (`env_value`): an empty path would otherwise mean the current directory, and the client would
 write its pins, history and carts wherever it happened to be started.
+
+The client's own folders are owner-only (`private_directory`), every level it has to create
+included: `carts/<server>/<user>.json` names the accounts used on each server, and a plain
+`mkdir -p` under the usual umask would let every local user list them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 
@@ -39,6 +44,30 @@ def default_client_data_dir() -> Path:
 
 def default_cache_dir() -> Path:
     return Path(env_value("VITRINE_CACHE_DIR") or platformdirs.user_cache_dir(APP_NAME))
+
+
+def private_directory(path: Path) -> None:
+    """Make `path` and each missing folder above it 0700, as the XDG spec asks of a program
+    creating its base directories: `Path.mkdir(parents=True, mode=...)` gives the mode to the
+    last level only, and the others 0755 under the usual umask. Folders already there keep
+    their mode (a `--data-dir` someone chose is theirs); raises OSError as mkdir does."""
+    missing: list[Path] = []
+    for level in (path, *path.parents):
+        if level.is_dir():
+            break
+        missing.append(level)
+    for level in reversed(missing):
+        level.mkdir(mode=0o700, exist_ok=True)  # another shell may make it at the same moment
+
+
+def tighten_directory(path: Path) -> None:
+    """Take group and other access away from a folder that only Vitrine uses, made looser by
+    an older client (or by hand). Only one of this user's own, and quietly: failing to tighten
+    it is no reason to refuse what the folder is for."""
+    with contextlib.suppress(OSError):
+        status = path.stat()
+        if status.st_uid == os.getuid() and status.st_mode & 0o077:
+            path.chmod(0o700)
 
 
 def env_value(name: str) -> str | None:
