@@ -397,6 +397,14 @@ def _arc_hue(arc: np.ndarray) -> float:  # pragma: no cover - compiled
     return _hls_hue(arc[1] / arc[0], arc[2] / arc[0], arc[3] / arc[0])
 
 
+@_kernel()
+def _keeps_chroma(arc: np.ndarray, keep: float) -> bool:  # pragma: no cover - compiled
+    """Whether the mean colour of an arc (count, sums of r, g, b and of chroma) keeps at least
+    `keep` of its pixels' mean chroma: hues averaged from round the circle cancel to grey."""
+    r, g, b = arc[1] / arc[0], arc[2] / arc[0], arc[3] / arc[0]
+    return max(r, g, b) - min(r, g, b) >= keep * (arc[4] / arc[0])
+
+
 #: The query side's hue distance (355 and 5 are 10 apart), compiled for the merge.
 _hue_distance = _kernel()(hue_distance)
 
@@ -452,11 +460,15 @@ def cluster_arcs(
     merge_degrees: float,
     valley_ratio: float,
     lit_fraction: float,
+    chroma_keep: float = 0.0,
 ) -> np.ndarray:  # pragma: no cover - compiled
     """`models.colours` steps 4-5: the chromatic pixels (`cpx`, planar) vote with their hue
     bins in a circularly smoothed histogram, each joins the arc of the peak its bin climbs to,
     and neighbouring arcs merge while their mean hues are closer than `merge_degrees` or the
-    valley between them is above `valley_ratio` of the smaller peak, closest pair first.
+    valley between them is above `valley_ratio` of the smaller peak, closest pair first, and
+    only if the merged arc's mean colour keeps at least `chroma_keep` of its pixels' mean
+    chroma (0: no limit). Without that limit a smooth gradient round the whole circle (a
+    rainbow, a hue wheel, colour noise) merged into one arc whose mean was grey.
     Returns the arcs in hue order as rows of (pixel count, sum of r, sum of g, sum of b), then
     the same four sums over the arc's brightest pixels only (`_lit_sums`), in double precision.
 
@@ -464,18 +476,21 @@ def cluster_arcs(
     to a merged arc is the lower of the two it now spans), so one round is a pass over the
     neighbours, not a scan of the histogram per pair."""
     label, smooth = _segment(hbin, kernel)
-    arcs_by_bin = np.zeros((360, 4))
+    # columns: pixel count, sums of r, g and b, sum of chroma (for `chroma_keep`)
+    arcs_by_bin = np.zeros((360, 5))
     for i in range(hbin.size):
         p = label[hbin[i]]
+        r, g, b = np.float64(cpx[0, i]), np.float64(cpx[1, i]), np.float64(cpx[2, i])
         arcs_by_bin[p, 0] += 1.0
-        arcs_by_bin[p, 1] += np.float64(cpx[0, i])
-        arcs_by_bin[p, 2] += np.float64(cpx[1, i])
-        arcs_by_bin[p, 3] += np.float64(cpx[2, i])
+        arcs_by_bin[p, 1] += r
+        arcs_by_bin[p, 2] += g
+        arcs_by_bin[p, 3] += b
+        arcs_by_bin[p, 4] += max(r, g, b) - min(r, g, b)
     n = 0
     for p in range(360):
         if arcs_by_bin[p, 0] > 0:
             n += 1
-    arcs = np.empty((n, 4))
+    arcs = np.empty((n, 5))
     peaks = np.empty(n, dtype=np.int64)
     k = 0
     for p in range(360):
@@ -500,8 +515,10 @@ def cluster_arcs(
         for k in range(n):
             j = (k + 1) % n
             d = _hue_distance(hues[k], hues[j])
-            if (best_k < 0 or d < best) and (
-                d < merge_degrees or gaps[k] > valley_ratio * min(heights[k], heights[j])
+            if (
+                (best_k < 0 or d < best)
+                and (d < merge_degrees or gaps[k] > valley_ratio * min(heights[k], heights[j]))
+                and _keeps_chroma(arcs[k] + arcs[j], chroma_keep)
             ):
                 best, best_k = d, k
         if best_k < 0:
@@ -538,7 +555,7 @@ def cluster_arcs(
             root = merged_into[root]
         arc_of_peak[first_peaks[first]] = position[root]
     out = np.empty((n, 8))
-    out[:, :4] = arcs[:n]
+    out[:, :4] = arcs[:n, :4]
     out[:, 4:] = _lit_sums(cpx, hbin, label, arc_of_peak, n, lit_fraction)
     return out
 

@@ -139,6 +139,15 @@ MERGE_DEGREES = 24.0
 # ... and so are neighbours separated only by a shallow dip (a valley above this fraction of
 # the smaller peak), which is what a gradient or a textured fabric looks like.
 VALLEY_RATIO = 0.6
+# ... but never so far round the hue circle that the merged colour greys: a merge is refused
+# when the mean colour of the merged cluster would keep less than CHROMA_KEEP of its pixels'
+# mean chroma. A smooth sweep of hues (a rainbow, a hue wheel, colour noise) has no valley to
+# cut it and every neighbour within MERGE_DEGREES, so it merged all the way round and its mean
+# was grey (#7c7f7c, "hue 120", share 1.0). Shading, texture and a gradient over a few tens of
+# degrees keep nearly all of their chroma (red to yellow keeps all of it: sRGB's chroma is
+# constant along that edge of the hue hexagon); red to green, 120 degrees, keeps 0.75.
+# docs/colour-measurements.md, "Hue sweeps".
+CHROMA_KEEP = 0.85
 # The long side the thumbnail is box-reduced to before anything else (speed; 4096 pixels
 # are plenty for shares to the percent).
 WORK_SIDE = 64
@@ -594,7 +603,15 @@ def extract_palette(
     if sum(len(part.bins) for part in chromatic) < MIN_CLUSTER_SHARE * total:
         return []
     groups = [
-        cluster_arcs(part.colours, part.bins, _KERNEL, MERGE_DEGREES, VALLEY_RATIO, LIT_FRACTION)
+        cluster_arcs(
+            part.colours,
+            part.bins,
+            _KERNEL,
+            MERGE_DEGREES,
+            VALLEY_RATIO,
+            LIT_FRACTION,
+            CHROMA_KEEP,
+        )
         if len(part.bins)
         else _NO_ARCS
         for part in chromatic

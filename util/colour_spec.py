@@ -207,7 +207,7 @@ def check_tolerance(tolerance: float, given: str | None = None) -> float:
     `given` is what the user typed, so the refusal quotes it rather than the parsed float."""
     if not isinstance(tolerance, int | float) or not math.isfinite(tolerance) or tolerance < 0:
         raise ColourSpecError(
-            f"tolerance must be a number of degrees from 0 to 180 (180 or more takes any hue), "
+            "tolerance must be a number of degrees, 0 or more (180 or more takes any hue), "
             f"not {given if given is not None else repr(tolerance)}"
         )
     return float(min(tolerance, 180.0))
