@@ -15,7 +15,8 @@ LOG="$(mktemp -t vitrine-server.XXXXXX.log)"
 # `setsid --wait` keeps $! the server's parent even if setsid has to fork. Both tools are
 # util-linux; where they are missing the server starts as before.
 DETACH=()
-if command -v setsid >/dev/null 2>&1; then DETACH+=(setsid --wait); fi
+# Probed, not assumed: BusyBox's setsid and util-linux before 2.31 have no --wait.
+if setsid --wait true >/dev/null 2>&1; then DETACH+=(setsid --wait); fi
 if command -v setpriv >/dev/null 2>&1 && setpriv --pdeathsig TERM true 2>/dev/null; then
     DETACH+=(setpriv --pdeathsig TERM)
 fi

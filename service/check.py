@@ -29,7 +29,7 @@ from pathlib import Path
 
 from repository import images as repo
 from repository.blobstore import BlobAuthenticationFailed, BlobError, BlobStore
-from repository.database import check_writable, connect, connect_read_only
+from repository.database import check_writable, connect_read_only
 from repository.migrations import MIGRATIONS
 from service.app import (
     BLOB_KEY_FILE,
@@ -109,10 +109,11 @@ def check_data_dir(data_dir: Path, purge_after_s: float = 30 * 24 * 3600.0) -> C
         report.lines.append("The server is running: unreferenced blobs may be uploads in flight.")
     except OSError as exc:  # a read-only copy: the check needs no lock to read it
         report.lines.append(f"Could not lock the data directory ({exc.strerror}).")
-    if lock_fd is not None:  # not while a server runs: its writes are no question
-        _report_unwritable(db_path, report)
     conn = connect_read_only(db_path)
     try:
+        if lock_fd is not None:  # not while a server runs: its writes are no question
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # holds the WAL open
+            _report_unwritable(db_path, report)
         _check_rows_and_blobs(conn, data_dir, purge_after_s, report)
     except sqlite3.DatabaseError as exc:
         report.problems.append(unreadable_database(db_path, exc))
@@ -133,8 +134,11 @@ def _report_unwritable(db_path: Path, report: CheckReport) -> None:
     so that `--check && server.py` cannot pass the check and then fail to start. Asked only of
     a directory the check could lock, hence write: a read-only copy (a backup on a read-only
     mount) is checked for consistency without it."""
+    # A plain connection, not `connect`: its journal-mode pragma is a write. And opened while
+    # the caller's read-only one is: closing the last connection would fold a WAL a crash left
+    # into the database, and --check changes nothing.
     try:
-        conn = connect(db_path)
+        conn = sqlite3.connect(db_path, isolation_level=None)
         try:
             check_writable(conn)
         finally:

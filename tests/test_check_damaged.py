@@ -141,3 +141,23 @@ def test_blobs_damaged_where_others_authenticate_are_named_not_the_key(data_dir:
             "(tampered, swapped, or a different key)",
         ]
     assert sorted(found) == sorted(expected)
+
+
+def test_the_check_leaves_a_crashed_servers_wal_alone(data_dir: Path, tmp_path: Path) -> None:
+    """--check changes nothing: its writability probe used to open the database read-write,
+    and closing that last connection folded the WAL a kill -9 left into vitrine.db."""
+    writer = sqlite3.connect(data_dir / "vitrine.db", isolation_level=None)
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("INSERT INTO server_meta (key, value) VALUES ('wal-test', 'x')")
+    # a crash: the directory as a killed server leaves it, the WAL beside the database
+    crashed = tmp_path / "crashed"
+    shutil.copytree(data_dir, crashed)
+    writer.close()
+    files = ("vitrine.db", "vitrine.db-wal")
+    before = {name: (crashed / name).read_bytes() for name in files}
+    assert before["vitrine.db-wal"], "the copy must hold a WAL for this test to mean anything"
+
+    done = run_check(crashed)
+
+    assert "consistent" in done.stdout, done.stdout + done.stderr
+    assert {name: (crashed / name).read_bytes() for name in files} == before
