@@ -183,7 +183,9 @@ class BlobStore:
         of the good bytes shared it and read back an error. A damaged one is replaced with the
         same atomic write as a new blob, so a reader sees the old file or the new, and two
         uploads repairing it at once each rename a whole file. Dedup hits are rare enough that
-        the read costs nothing that matters."""
+        the read costs nothing that matters. Only a file that fails authentication (or is too
+        short to) is replaced: one that authenticates with other bytes is another content's
+        blob under a wrong ``name``, and put raises ValueError rather than overwrite it."""
         if name is None:
             name = self.name_for(data)
         path = self.root / name[:2] / name
@@ -239,27 +241,30 @@ class BlobStore:
 
     def _damage(self, path: Path, name: str, data: bytes) -> str | None:
         """None when ``path`` holds ``data`` sealed under ``name``; otherwise "" when there is
-        no file, else what is wrong with it (for the log). A file of the wrong size is damaged
-        without reading it: sealing adds a fixed overhead."""
+        no file, else what is wrong with it (for the log).
+
+        Only a file that does not authenticate is damaged. A wrong size is no proof: a blob
+        that authenticates under ``name`` yet holds other bytes means the caller passed a wrong
+        ``name``, and that blob may back other rows, so it is never overwritten (ValueError)."""
         try:
             size = path.stat().st_size
         except FileNotFoundError:
             return ""
         expected = len(MAGIC) + NONCE_BYTES + len(data) + TAG_BYTES
-        if size != expected:
-            return f"{size} bytes instead of {expected}"
+        sized = "" if size == expected else f"; {size} bytes instead of {expected}"
         try:
             stored = self.get(name)
         except BlobNotFound:  # removed since the stat: written afresh, nothing was damaged
             return ""
         except BlobAuthenticationFailed:
-            return "failed authentication"
+            return "failed authentication" + sized
         except BlobCorrupt:
-            return "bad header"
+            return "bad header or too short" + sized
         if not hmac.compare_digest(stored, data):
-            # Authenticated under this name yet other bytes: only a caller's wrong `name` can
-            # do that, and rewriting makes the name answer for what the caller stored.
-            return "holds other content"
+            raise ValueError(
+                f"blob {name} is stored intact with other content: the name given to put is "
+                "not name_for(data) (a caller's bug); the stored blob is left as it is"
+            )
         return None
 
     def delete(self, name: str) -> bool:

@@ -29,7 +29,9 @@ the blobs it wrote at once, those that no row names and no other upload in fligh
 
 A stored blob that is missing or damaged (truncated, bit-rotted) is never shared as it is: the
 upload takes the full path of step 2, whose writes replace it, so re-uploading a good copy
-repairs every row naming it.
+repairs every row naming it. That holds for the owner's own live image too (step 1 reads and
+authenticates its blobs before reporting it present), which is the repair a user tries first.
+A thumbnail is repaired only if it is made again byte for byte (see `_both_intact`).
 """
 
 from __future__ import annotations
@@ -316,8 +318,8 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
         except imaging.ImageRejected as exc:
             raise _refused(upload, exc) from None
     blobs = services.blobs
-    blob, mine, known = await services.db_call(_name_and_look_up, blobs, upload)
-    if mine is not None:
+    blob, mine, known, repair = await services.db_call(_name_and_look_up, blobs, upload)
+    if mine is not None and not repair:
         return mine, False
 
     new = repo.NewImage(
@@ -336,6 +338,17 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
         byte_size=size,
         tags=upload.tags,
     )
+    if repair:
+        # The owner's own image, damaged: only the full path writes (and so repairs) its blobs.
+        # Its insert finds that image (`DuplicateImage`), and `_commit` reports it as present.
+        # No analyser: the row that would keep their work is never inserted.
+        try:
+            prepared, written, started = await services.run(
+                _prepare_and_start, services, blob, upload.data, []
+            )
+        except imaging.ImageRejected as exc:
+            raise _refused(upload, exc) from None
+        return await _write_and_commit(services, upload, new, prepared, written, started)
     if known is not None and await services.run(_both_intact, blobs, blob, known.thumb_blob):
         # The same bytes are stored for someone else: share blobs and analysis, decode nothing.
         new.thumb_blob = known.thumb_blob
@@ -458,11 +471,22 @@ def _insert_and_announce(conn: sqlite3.Connection, services: Services, new: repo
 
 def _name_and_look_up(
     conn: sqlite3.Connection, blobs: BlobStore, upload: Upload
-) -> tuple[str, int | None, repo.StoredContent | None]:
-    """The content's blob name and `repo.dedup_lookup` of it, in one trip to the executor."""
+) -> tuple[str, int | None, repo.StoredContent | None, bool]:
+    """The content's blob name, `repo.dedup_lookup` of it, and whether the owner's own image of
+    it (if any) needs its blobs repaired, in one trip to the executor.
+
+    The owner re-uploading a photo they still have is the repair a user is most likely to try
+    when their image will not show, and reporting it present left it broken. So that image's
+    blobs are read and authenticated here, as `_both_intact` does for a shared one: a re-sent
+    file now costs reading and decrypting its original and thumbnail, about a millisecond for
+    a typical photo (docs/operations.md, "Start-up refusals", has the measurement)."""
     blob = blobs.name_for(upload.data)
     mine, known = repo.dedup_lookup(conn, upload.owner_id, blob)
-    return blob, mine, known
+    repair = False
+    if mine is not None:
+        row = conn.execute("SELECT thumb_blob FROM images WHERE id = ?", (mine,)).fetchone()
+        repair = row is not None and not _both_intact(blobs, blob, row[0])
+    return blob, mine, known, repair
 
 
 def _both_intact(blobs: BlobStore, blob: str, thumb: str) -> bool:
@@ -470,5 +494,10 @@ def _both_intact(blobs: BlobStore, blob: str, thumb: str) -> bool:
     truncated original then stayed broken for every later upload of the good bytes. When one
     is missing or damaged the upload takes the full path, which holds both names
     (`BlobsInFlight`), makes the thumbnail again and writes both (`BlobStore.put` replaces a
-    damaged file, logging it), so the rows already naming them read again too."""
+    damaged file, logging it), so the rows already naming them read again too.
+
+    A damaged thumbnail is repaired only when the thumbnail made again is byte-identical, as
+    its name is the keyed hash of its bytes. After a Pillow upgrade (or any change in how
+    thumbnails are made) it can differ: the upload then writes a new thumbnail under a new name,
+    and the older rows keep naming the damaged one and list without a picture."""
     return blobs.intact(blob) and blobs.intact(thumb)

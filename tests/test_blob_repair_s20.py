@@ -148,6 +148,61 @@ def test_the_owner_repairs_a_deleted_images_original_by_uploading_it_again(
     assert details(alice, again.image_id).original == data
 
 
+def test_the_owner_repairs_a_live_image_by_uploading_it_again(
+    running: ServerProcess, tmp_path: Path
+) -> None:
+    """The repair a user tries first (review of session 20): alice's original is cut short,
+    she uploads the same photo again without deleting anything; she is told it is the image
+    she has, and that image reads again."""
+    alice = running.user_connection(tmp_path / "client", "alice20f", PASSWORD)
+    data = jpeg(2099, (640, 480))
+    first = upload(alice, data, "photo.jpg")
+    original, _ = blob_names(running, first.image_id)
+    with blob_path(running, original).open("r+b") as f:
+        f.truncate(2000)
+
+    again = upload(alice, data, "photo.jpg")
+
+    assert (again.image_id, again.created) == (first.image_id, False)
+    assert details(alice, first.image_id).original == data
+    running.wait_for_log(f"blob {original} was damaged")
+
+
+def test_the_owner_repairs_a_live_images_thumbnail_by_uploading_it_again(
+    running: ServerProcess, tmp_path: Path
+) -> None:
+    """Only the thumbnail rotted (the original is fine): the owner's re-upload remakes it."""
+    alice = running.user_connection(tmp_path / "client", "alice20g", PASSWORD)
+    data = jpeg(2098, (640, 480))
+    first = upload(alice, data, "photo.jpg")
+    _, thumbnail = blob_names(running, first.image_id)
+    path = blob_path(running, thumbnail)
+    sealed = bytearray(path.read_bytes())
+    sealed[len(sealed) // 2] ^= 0x01
+    path.write_bytes(bytes(sealed))
+    assert details(alice, first.image_id).image.thumbnail is None
+
+    again = upload(alice, data, "photo.jpg")
+
+    assert (again.image_id, again.created) == (first.image_id, False)
+    assert details(alice, first.image_id).image.thumbnail is not None
+
+
+def test_the_owners_resend_of_an_intact_image_writes_nothing(
+    running: ServerProcess, tmp_path: Path
+) -> None:
+    """Re-sending a folder already stored stays a lookup: no blob is written again."""
+    alice = running.user_connection(tmp_path / "client", "alice20h", PASSWORD)
+    data = jpeg(2097, (640, 480))
+    first = upload(alice, data, "photo.jpg")
+    before = files_in(running.data_dir / "blobs")
+
+    again = upload(alice, data, "photo.jpg")
+
+    assert (again.image_id, again.created) == (first.image_id, False)
+    assert files_in(running.data_dir / "blobs") == before
+
+
 def test_an_intact_shared_blob_is_not_written_again(running: ServerProcess, tmp_path: Path) -> None:
     """The dedup fast path stays a fast path: a second user's upload of intact bytes shares
     both blobs and writes no file (same inodes, same times, nothing new)."""
@@ -281,3 +336,22 @@ def test_sweep_counts_unreferenced_blobs_without_temporary_files(
 
     assert not leftover.exists() and list(store.iter_names()) == [keep]
     assert "removed 1 temporary files (77 bytes)" in caplog.text
+
+
+@pytest.mark.parametrize("wrong_size", [False, True])
+def test_put_under_a_wrong_name_never_overwrites_an_intact_blob(
+    store: BlobStore, wrong_size: bool
+) -> None:
+    """A caller's wrong `name` must not replace a blob that authenticates (it may back other
+    rows): put refuses, whether or not the sizes differ, and the blob keeps its content."""
+    kept = b"alice's photo " * 100
+    name = store.put(kept)
+    before = files_in(store.root)
+    other = (b"bob's photo! " * 200) if wrong_size else bytes(reversed(kept))
+    assert len(other) != len(kept) if wrong_size else len(other) == len(kept)
+
+    with pytest.raises(ValueError, match="other content"):
+        store.put(other, name)
+
+    assert store.get(name) == kept
+    assert files_in(store.root) == before
