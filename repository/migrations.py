@@ -11,7 +11,7 @@ import json
 import sqlite3
 from collections.abc import Callable
 
-from util.catalogue_text import fold_for_search, fold_tag, index_text
+from util.catalogue_text import TextRefused, fold_for_search, index_text, normalise_tag
 
 _V1_SCHEMA = """
         CREATE TABLE users (
@@ -229,17 +229,28 @@ def _merge_tag(conn: sqlite3.Connection, tag_id: int, into: int) -> None:
     conn.execute("DELETE FROM tags WHERE id = ?", (tag_id,))
 
 
+def _v9_spelling(name: str) -> str:
+    """The spelling v9 gives a stored tag: `normalise_tag`'s, as uploads and lookups have it, so
+    the tag is still found and removed by what was typed for it. A name no version accepted
+    (none should be stored) is left as it is rather than renamed to another refused one."""
+    try:
+        return normalise_tag(name)
+    except TextRefused:
+        return name
+
+
 def _v9_fold_tags(conn: sqlite3.Connection) -> None:
-    """v9: tags are spelt as search folds text (`util.catalogue_text.fold_tag`: NFKC, casefold),
-    so `ＳＡＬＥ`, `ﬁne` and `straße`, stored until now as tags of their own that browsing by
-    `sale`, `fine` or `strasse` never found, become those tags. Tags that now fold alike are
-    merged into one: the one already spelt so if there is one, else the oldest, renamed. Its
-    images keep one row each. The text index held the tags folded already, but the merged
-    images' rows are written again, so that each holds its tags once, as a new upload's row
-    would; the columns are named here, not taken from `repository.images`, as in v7."""
+    """v9: tags are folded (`util.catalogue_text.fold_tag`: NFKC, lower(), `ß` as `ss`, unless
+    that would make the tag invalid), so `ＳＡＬＥ`, `ﬁne` and `straße`, stored until now as
+    tags of their own that browsing by `sale`, `fine` or `strasse` never found, become those
+    tags, while `a½`, `ŀ` or 33 `ß`, which folded are refused, keep their names. Tags that now
+    fold alike are merged into one: the one already spelt so if there is one, else the oldest,
+    renamed. Its images keep one row each. The text index held the tags folded already, but
+    the merged images' rows are written again, so that each holds its tags once, as a new
+    upload's row would; the columns are named here, not taken from `repository.images`, as in v7."""
     groups: dict[str, list[tuple[int, str]]] = {}
     for tag_id, name in conn.execute("SELECT id, name FROM tags ORDER BY id").fetchall():
-        groups.setdefault(fold_tag(str(name)), []).append((int(tag_id), str(name)))
+        groups.setdefault(_v9_spelling(str(name)), []).append((int(tag_id), str(name)))
     changed: list[int] = []
     for folded, tags in groups.items():
         if not folded or (len(tags) == 1 and tags[0][1] == folded):

@@ -8,6 +8,7 @@ real SQLite file the way a server's start runs it.
 from __future__ import annotations
 
 import sqlite3
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from protocol.catalog import (
     UpdateImage,
 )
 from protocol.errors import ErrorCode
-from protocol.limits import MAX_DESCRIPTION_CHARS, MAX_TAGS, MAX_TITLE_CHARS
+from protocol.limits import MAX_DESCRIPTION_CHARS, MAX_TAG_CHARS, MAX_TAGS, MAX_TITLE_CHARS
 from repository import images as repo
 from repository.database import Database
 from repository.migrations import MIGRATIONS
@@ -212,6 +213,106 @@ def test_the_version_9_migration_merges_tags_that_now_fold_alike(tmp_path: Path)
         assert _tag_rows(conn)["strasse"] == sorted([ids["both"], ids["sharp"], new])
     finally:
         db.close()
+
+
+def _plain_tag(raw: str) -> str | None:
+    """The tag rule as it was before this session's folding (NFC and lower()), or None."""
+    tag = "-".join(unicodedata.normalize("NFC", raw).strip().lower().split())
+    if not tag or catalogue_text._is_mark(tag[0]) or len(tag) > MAX_TAG_CHARS:
+        return None
+    return tag if catalogue_text._fits_tag_rule(tag) else None
+
+
+def test_folding_never_makes_a_valid_tag_invalid() -> None:
+    """Every tag of one character, or one character before or after a letter, that the rule
+    accepted before folding is still accepted, stays put when normalised again (so a stored tag
+    is found by its own name) and is the same tag whether typed or as stored before v9."""
+    refused: list[str] = []
+    moving: list[str] = []
+    for code in range(0x110000):
+        if 0xD800 <= code < 0xE000:
+            continue
+        ch = chr(code)
+        for typed in (ch, f"a{ch}", f"{ch}a"):
+            stored = _plain_tag(typed)
+            if stored is None:
+                continue
+            try:
+                tag = catalogue_text.normalise_tag(typed)
+                again = catalogue_text.normalise_tag(tag)
+                from_stored = catalogue_text.normalise_tag(stored)
+            except catalogue_text.TextRefused:
+                refused.append(typed)
+                continue
+            if not tag == again == from_stored:
+                moving.append(typed)
+    assert refused == []
+    assert moving == []
+
+
+def test_tags_that_folding_would_break_keep_their_spelling() -> None:
+    fold = catalogue_text.normalise_tag
+    assert fold("A½") == fold("a½") == "a½"  # not a1⁄2, with a fraction slash
+    assert fold("Ŀ") == fold("ŀ") == "ŀ"  # not l·
+    assert fold("⑴") == "⑴"  # not (1)
+    assert fold("ำa") == "ำa"  # not a combining mark first
+    assert fold("ß" * 33) == "ß" * 33  # 66 characters as ss
+    assert fold("ß" * 32) == "ss" * 32
+    assert fold("ẞ") == "ss"
+
+
+def test_greek_tags_keep_their_final_sigma() -> None:
+    fold = catalogue_text.normalise_tag
+    assert fold("ΛΌΓΟΣ") == fold("λόγος") == "λόγος"
+    assert fold("ΛΌΓΟΣ ΚΑΙ ΜΎΘΟΣ") == "λόγος-και-μύθος"
+    assert fold("Ϲ") == fold("ϲ")  # lunate sigma: one tag typed or as stored before v9
+    # Search text still casefolds (and drops Greek accents): only the tag spelling changed.
+    assert catalogue_text.fold_for_search("ΛΌΓΟΣ") == "λογοσ"
+    assert catalogue_text.fold_for_search("Straße") == "strasse"
+
+
+def test_the_version_9_migration_keeps_tags_that_folding_would_break(tmp_path: Path) -> None:
+    path = tmp_path / "vitrine.db"
+    db = Database(path)
+    add_users(db.conn, "a")
+    kept = ["a½", "ŀ", "ß" * 33, "λόγος"]
+    ids = {
+        name: repo.insert_image(db.conn, new_image(k, tags=[name])) for k, name in enumerate(kept)
+    }
+    ids["straße"] = repo.insert_image(db.conn, new_image(9, tags=["straße", "ß" * 32]))
+    db.conn.execute("PRAGMA user_version=8")
+    db.close()
+
+    db = Database(path)
+    try:
+        conn = db.conn
+        names = sorted(row[0] for row in conn.execute("SELECT name FROM tags"))
+        assert names == sorted([*kept, "strasse", "ss" * 32])
+        typed = {"A½": "a½", "Ŀ": "ŀ", "ß" * 33: "ß" * 33, "ΛΌΓΟΣ": "λόγος", "Straße": "straße"}
+        for spelling, stored in typed.items():
+            tag_ids = repo.tag_ids(conn, catalogue_text.normalise_tags([spelling]))
+            assert len(tag_ids) == 1, spelling
+            found = repo.browse_ids(
+                conn, 1, list(tag_ids.values()), match_any=False, before=None, limit=50
+            )
+            assert found == [ids[stored]], spelling
+        assert repo.database_problems(conn) == []
+    finally:
+        db.close()
+
+
+def test_tags_with_characters_folding_would_break_are_accepted_and_removed(
+    seller: ServerConnection,
+) -> None:
+    mark = unique("half")
+    image_id = upload(
+        seller, jpeg(2041, (32, 24)), title=mark, tags=["A½", "ΛΌΓΟΣ", "ß" * 33]
+    ).image_id
+    assert sorted(details(seller, image_id).image.tags) == sorted(["a½", "λόγος", "ß" * 33])
+    browsed = ids_of(listing(seller, Browse(id=0, tags=["a½", "λόγος"])))
+    assert image_id in browsed
+    seller.call(UpdateImage(id=0, image_id=image_id, remove_tags=["A½", "ß" * 33]), ImageUpdated)
+    assert details(seller, image_id).image.tags == ["λόγος"]
 
 
 # --- 3. the total of tags per image ---------------------------------------------------------------

@@ -37,19 +37,58 @@ def _fits_tag_rule(tag: str) -> bool:
     return bool(TAG_RULE.fullmatch(tag[0] + "".join("a" if _is_mark(c) else c for c in tag[1:])))
 
 
-def fold_tag(raw: str) -> str:
-    """A tag's one spelling, without the rule's checks: NFKC and casefold (as `fold_for_search`
-    does for the text index), trimmed, inner whitespace runs turned into '-'.
+def _plain_spelling(raw: str) -> str:
+    """The spelling every tag had until schema v9: NFC, lower(), trimmed, inner whitespace runs
+    turned into '-'."""
+    return "-".join(unicodedata.normalize("NFC", raw).strip().lower().split())
 
-    Folded like search, so that `ＳＡＬＥ`, `ﬁne` and `Straße` are the tags `sale`, `fine` and
-    `strasse`: with NFC and lower() only, each was a tag of its own that browsing by the plain
-    spelling never found, while a text search did. Accents stay (`café` is not `cafe`): a tag
-    is shown as its one spelling, and browse matches it exactly, so dropping them would rename
-    what sellers typed, and merge words that differ (`año`, `ano`). Composed and decomposed
-    accents are one spelling already (NFKC composes). Schema v9 merged the tags stored before.
+
+def _folded_spelling(raw: str) -> str:
+    """NFKC, lower() and `ß` made `ss`, trimmed, inner whitespace runs turned into '-'. lower()
+    comes first as well, so that a capital folds as its small letter, stored until v9, does:
+    NFKC makes the lunate `Ϲ` `Σ` but `ϲ` `ς`.
+
+    Not casefold, which search uses (`fold_for_search`): a tag is shown as its one spelling, and
+    casefold turns a Greek final `ς` into `σ` (`λόγος` shown as `λόγοσ`), where lower() keeps
+    it final at the end of a word. What casefold adds beyond lower() that people type is `ß`
+    (and `ẞ`, which lower() makes `ß`); `ﬁ`, `ſ` and full-width letters NFKC folds already.
     """
-    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", raw).casefold())
-    return "-".join(folded.strip().split())
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", raw.lower()).lower())
+    return "-".join(folded.replace("ß", "ss").strip().split())
+
+
+def _refusal(tag: str, raw: str) -> str | None:
+    """Why `tag` (spelt from `raw`) is not a tag, or None if it is one."""
+    if not tag:
+        return "A tag cannot be empty."
+    if _is_mark(tag[0]):
+        return (
+            f"Invalid tag {raw!r:.80}: it starts with the combining mark U+{ord(tag[0]):04X}, "
+            f"which belongs after a letter; tags use {TAG_RULE_TEXT}."
+        )
+    if len(tag) > MAX_TAG_CHARS or not _fits_tag_rule(tag):
+        return f"Invalid tag {raw!r:.80}: tags use {TAG_RULE_TEXT}."
+    return None
+
+
+def fold_tag(raw: str) -> str:
+    """A tag's one spelling, without refusing anything: `_folded_spelling` (NFKC, lower(),
+    `ß` as `ss`) when that is a valid tag, else `_plain_spelling` (NFC, lower()), the spelling
+    of every tag until schema v9. Uploads, browsing, removing tags, the shell's completion and
+    the v9 migration all use it, so a tag is found by what was typed for it.
+
+    Folded, so that `ＳＡＬＥ`, `ﬁne` and `Straße` are the tags `sale`, `fine` and `strasse`:
+    with NFC and lower() only, each was a tag of its own that browsing by the plain spelling
+    never found, while a text search did. Accents stay (`café` is not `cafe`): browse matches a
+    tag exactly, so dropping them would rename what sellers typed and merge words that differ
+    (`año`, `ano`). Not folded when folding would make a valid tag invalid, so that no tag
+    stored before v9 becomes one that cannot be found or removed, and no tag that was accepted
+    is refused: NFKC makes `½` `1⁄2` (a fraction slash), `ŀ` `l·` and `⑴` `(1)`; Thai `ำ`
+    becomes a combining mark and another letter, which cannot start a tag; and `ß` made `ss`
+    can pass the length limit. Such a tag keeps its `ß` and capitals folded by lower() only.
+    """
+    folded = _folded_spelling(raw)
+    return folded if _refusal(folded, raw) is None else _plain_spelling(raw)
 
 
 def normalise_tag(raw: str) -> str:
@@ -61,15 +100,8 @@ def normalise_tag(raw: str) -> str:
     find things.
     """
     tag = fold_tag(raw)
-    if not tag:
-        raise TextRefused("A tag cannot be empty.")
-    if _is_mark(tag[0]):
-        raise TextRefused(
-            f"Invalid tag {raw!r:.80}: it starts with the combining mark U+{ord(tag[0]):04X}, "
-            f"which belongs after a letter; tags use {TAG_RULE_TEXT}."
-        )
-    if len(tag) > MAX_TAG_CHARS or not _fits_tag_rule(tag):
-        raise TextRefused(f"Invalid tag {raw!r:.80}: tags use {TAG_RULE_TEXT}.")
+    if (why := _refusal(tag, raw)) is not None:
+        raise TextRefused(why)
     return tag
 
 
