@@ -18,13 +18,13 @@ from repository import images as repo
 from repository.database import Database
 from repository.embeddings import count_missing, count_missing_visible, store_embeddings
 from repository.filters import SearchFilters
-from service.app import close_services, open_services
-from service.context import ServerConfig, Services
+from service.context import Services
 from service.image_search import rank_counting
-from service.similarity import SimilarityEngine, engine_of
+from service.similarity import SimilarityEngine
+from tests.engines import ready_engine
 from tests.rows import add_users, new_image
 from tests.test_backfill_search import _vectors
-from tests.test_similarity_server import photo, weights
+from tests.test_similarity_server import photo
 
 
 def _embedded(services: Services, model: str) -> set[int]:
@@ -39,20 +39,8 @@ def _stored(services: Services, k: int, data: bytes) -> int:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[SimilarityEngine]:
-    """A real server's services and engine, with the model loaded and the index open: how the
-    engine's thread leaves them before it runs the backfill (the test runs its passes)."""
-    services = open_services(ServerConfig(data_dir=tmp_path / "data", weights=weights()))
-    engine = engine_of(services)
-    assert engine is not None
-    try:
-        engine._load_model()
-        engine._open_index()
-        engine.state = "ready"
-        add_users(services.db.conn, "alice")
-        yield engine
-    finally:
-        engine.stop()
-        close_services(services)
+    with ready_engine(tmp_path / "data") as ready:
+        yield ready
 
 
 def test_a_deleted_undecodable_image_does_not_hide_a_new_one_from_the_backfill(

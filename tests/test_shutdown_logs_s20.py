@@ -20,30 +20,17 @@ from repository import images as repo
 from repository import vector_index
 from repository.vector_index import VectorIndex
 from service import embedding_backfill
-from service.app import close_services, open_services
-from service.context import ServerConfig
-from service.similarity import SimilarityEngine, engine_of
-from tests.rows import add_users, new_image
+from service.similarity import SimilarityEngine
+from tests.engines import ready_engine
+from tests.rows import new_image
 from tests.test_backfill_search import _vectors
-from tests.test_similarity_server import photo, weights
+from tests.test_similarity_server import photo
 
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[SimilarityEngine]:
-    """A real server's services and engine with the model loaded and the index open, as the
-    engine's thread leaves them before it runs the backfill (the tests run its passes)."""
-    services = open_services(ServerConfig(data_dir=tmp_path / "data", weights=weights()))
-    engine = engine_of(services)
-    assert engine is not None
-    try:
-        engine._load_model()
-        engine._open_index()
-        engine.state = "ready"
-        add_users(services.db.conn, "alice")
-        yield engine
-    finally:
-        engine.stop()
-        close_services(services)
+    with ready_engine(tmp_path / "data") as ready:
+        yield ready
 
 
 def _done_line(caplog: pytest.LogCaptureFixture) -> str:
