@@ -135,6 +135,12 @@ def _read_key(path: Path) -> bytes:
     return key
 
 
+def sealed_size(plain_bytes: int) -> int:
+    """The size of the file `BlobStore.put` writes for `plain_bytes` of content: header, nonce,
+    ciphertext, tag."""
+    return len(MAGIC) + NONCE_BYTES + plain_bytes + TAG_BYTES
+
+
 def subkey(master: bytes, info: bytes) -> bytes:
     """An independent key for one purpose (`info`), so that no two uses share key material."""
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(master)
@@ -230,6 +236,14 @@ class BlobStore:
     def exists(self, name: str) -> bool:
         return self.path_for(name).exists()
 
+    def sized_for(self, name: str, plain_bytes: int) -> bool:
+        """Whether blob ``name`` is there with the size ``put`` seals ``plain_bytes`` to: a
+        truncated file shows without reading it (rot of the right size does not: ``intact``)."""
+        try:
+            return self.path_for(name).stat().st_size == sealed_size(plain_bytes)
+        except FileNotFoundError:
+            return False
+
     def intact(self, name: str) -> bool:
         """Whether blob ``name`` is there and authenticates: what an upload about to share it
         needs to know, since a row naming a damaged blob can never show its picture."""
@@ -250,7 +264,7 @@ class BlobStore:
             size = path.stat().st_size
         except FileNotFoundError:
             return ""
-        expected = len(MAGIC) + NONCE_BYTES + len(data) + TAG_BYTES
+        expected = sealed_size(len(data))
         sized = "" if size == expected else f"; {size} bytes instead of {expected}"
         try:
             stored = self.get(name)

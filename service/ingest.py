@@ -29,9 +29,11 @@ the blobs it wrote at once, those that no row names and no other upload in fligh
 
 A stored blob that is missing or damaged (truncated, bit-rotted) is never shared as it is: the
 upload takes the full path of step 2, whose writes replace it, so re-uploading a good copy
-repairs every row naming it. That holds for the owner's own live image too (step 1 reads and
-authenticates its blobs before reporting it present), which is the repair a user tries first.
-A thumbnail is repaired only if it is made again byte for byte (see `_both_intact`).
+repairs every row naming it. That holds for the owner's own live image too (step 1 checks its
+original's size and reads and authenticates its thumbnail before reporting it present), which
+is the repair a user tries first; an original of the right size that has rotted is found by
+`--check`, not by the owner's re-send (see `_name_and_look_up`). A thumbnail is repaired only
+if it is made again byte for byte (see `_both_intact`).
 """
 
 from __future__ import annotations
@@ -341,7 +343,10 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
     if repair:
         # The owner's own image, damaged: only the full path writes (and so repairs) its blobs.
         # Its insert finds that image (`DuplicateImage`), and `_commit` reports it as present.
-        # No analyser: the row that would keep their work is never inserted.
+        # No analyser, as there is no row to keep their work, unless the owner deleted the image
+        # since the lookup: a new row is then inserted, with its colours as any upload's (the
+        # palette does not depend on the analysers) and without an embedding, which the
+        # backfill makes (`index_stored` wakes it), as for an upload stored before the model.
         try:
             prepared, written, started = await services.run(
                 _prepare_and_start, services, blob, upload.data, []
@@ -477,15 +482,20 @@ def _name_and_look_up(
 
     The owner re-uploading a photo they still have is the repair a user is most likely to try
     when their image will not show, and reporting it present left it broken. So that image's
-    blobs are read and authenticated here, as `_both_intact` does for a shared one: a re-sent
-    file now costs reading and decrypting its original and thumbnail, about a millisecond for
-    a typical photo (docs/operations.md, "Start-up refusals", has the measurement)."""
+    thumbnail (small) is read and authenticated here, and its original checked by its size
+    only (`BlobStore.sized_for`): re-syncing a folder of 4,000 camera originals of 8 to 25 MB
+    must not read and decrypt tens of GB. A truncated or missing original, the damage found so far,
+    shows in its size; an original of the right size that has rotted is left to `--check`,
+    which reads every blob (and to another user's upload of it, which checks in full:
+    `_both_intact`). docs/operations.md, "Start-up refusals", has the costs."""
     blob = blobs.name_for(upload.data)
     mine, known = repo.dedup_lookup(conn, upload.owner_id, blob)
     repair = False
     if mine is not None:
         row = conn.execute("SELECT thumb_blob FROM images WHERE id = ?", (mine,)).fetchone()
-        repair = row is not None and not _both_intact(blobs, blob, row[0])
+        repair = row is not None and not (
+            blobs.sized_for(blob, len(upload.data)) and blobs.intact(row[0])
+        )
     return blob, mine, known, repair
 
 

@@ -66,7 +66,7 @@ from shell.interrupts import HeldInterrupts
 from shell.pictures import GraphicsMode, detect_graphics, picture_renderable
 from shell.swatches import palette_text
 from shell.text import plural, printable
-from util.catalogue_text import fold_tag
+from util.catalogue_text import tag_spellings
 from util.money import format_cents
 
 FIRST_BATCH = 20
@@ -928,7 +928,8 @@ def complete_tag_list(app: cmd2.Cmd, text: str, line: str, begidx: int, endidx: 
     done, _, partial = text.rpartition(",")
     prefix = f"{done}," if done else ""
     already = set(done.split(",")) if done else set()
-    typed = fold_tag(partial) if partial.strip() else ""  # ＳＡ completes to sale, as it browses
+    # ＳＡ completes to sale, as it browses; straß to both strasse and straße½ (not folded).
+    typed = tag_spellings(partial) if partial.strip() else ("",)
     items = [
         CompletionItem(prefix + tag.name, display=tag.name, display_meta=f"{tag.count}")
         for tag in known_tags(app)

@@ -19,8 +19,12 @@ import pytest
 
 from protocol.catalog import DeleteImage, GetImage, ImageDetails, Uploaded, UploadImage
 from protocol.messages import Ok
+from repository import images as repo
 from repository.blobstore import BlobStore, load_or_create_key
+from repository.database import Database
+from service.ingest import Upload, _name_and_look_up
 from shell.connection import ServerConnection
+from tests.rows import add_users, new_image
 from tests.servers import ServerProcess, run_client
 from tests.test_crash_safety import run_check
 from tests.test_images_server import jpeg
@@ -355,3 +359,51 @@ def test_put_under_a_wrong_name_never_overwrites_an_intact_blob(
 
     assert store.get(name) == kept
     assert files_in(store.root) == before
+
+
+class CountingStore(BlobStore):
+    """A real store that records which blobs were read whole."""
+
+    def __init__(self, root: Path, key: bytes) -> None:
+        super().__init__(root, key)
+        self.read: list[str] = []
+
+    def get(self, name: str) -> bytes:
+        self.read.append(name)
+        return super().get(name)
+
+
+def owners_resend(tmp_path: Path, damage: int | None) -> tuple[bool, list[str], str, str]:
+    """The owner's image of a stored original and thumbnail, the original cut to `damage`
+    bytes if given; then the lookup of the owner sending the same bytes again: (repair?,
+    blobs read whole, original's name, thumbnail's name)."""
+    store = CountingStore(tmp_path / "blobs", load_or_create_key(tmp_path / "blob.key"))
+    data, thumbnail = jpeg(2096, (640, 480)), jpeg(2095, (64, 48))
+    original, thumb = store.put(data), store.put(thumbnail)
+    if damage is not None:
+        with store.path_for(original).open("r+b") as f:
+            f.truncate(damage)
+    db = Database(tmp_path / "vitrine.db")
+    add_users(db.conn, "alice")
+    repo.insert_image(db.conn, new_image(1, blob=original, thumb_blob=thumb))
+    store.read.clear()
+    _, mine, _, repair = _name_and_look_up(
+        db.conn, store, Upload(owner_id=1, data=data, filename="")
+    )
+    assert mine is not None
+    return repair, store.read, original, thumb
+
+
+def test_the_owners_resend_of_an_intact_image_does_not_read_its_original(tmp_path: Path) -> None:
+    """Re-syncing a folder of camera originals must not read and decrypt each of them: the
+    original is checked by its size, the (small) thumbnail in full (review of session 20)."""
+    repair, read, original, thumb = owners_resend(tmp_path, damage=None)
+    assert not repair
+    assert original not in read
+    assert read == [thumb]
+
+
+@pytest.mark.parametrize("damage", [0, 2000])
+def test_the_owners_resend_of_a_truncated_original_is_a_repair(tmp_path: Path, damage: int) -> None:
+    repair, _, _, _ = owners_resend(tmp_path, damage=damage)
+    assert repair

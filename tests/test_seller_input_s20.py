@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.catalog import (
     Browse,
@@ -248,6 +250,47 @@ def test_folding_never_makes_a_valid_tag_invalid() -> None:
                 moving.append(typed)
     assert refused == []
     assert moving == []
+
+
+#: Letters that folding treats specially: `ß` and `ẞ` (made `ss`), letters whose capital has no
+#: composed form with a mark (`J̌`), NFKC's compatibility forms (`½`, `ﬁ`, `Ｓ`, `ŀ`), `İ`
+#: (lower() adds a dot) and the Greek sigmas; then any letter or digit, and the separators.
+_BASES = st.one_of(
+    st.sampled_from(list("ßẞsSjJiIİaAσςΣϹϲ½ﬁＳŀĿ⑴ำ")),
+    st.characters(categories=["L", "N"]),
+    st.sampled_from(list(" -_.'")),
+)
+#: Marks that compose with the letter before them or do not, then any mark.
+_MARKS = st.one_of(
+    st.sampled_from(["\u0301", "\u030c", "\u0307", "\u0323", "\u0345"]),
+    st.characters(categories=["M"]),
+)
+#: Each letter with up to two marks after it, which is where composing goes wrong.
+_TAG_TEXT = st.lists(
+    st.tuples(_BASES, st.lists(_MARKS, max_size=2)).map(lambda p: p[0] + "".join(p[1])),
+    max_size=6,
+).map("".join)
+
+
+@settings(max_examples=1000)
+@given(_TAG_TEXT)
+def test_a_normalised_tag_normalises_to_itself(raw: str) -> None:
+    """A stored tag is found and removed by its own spelling only if normalising it again gives
+    it back."""
+    try:
+        tag = catalogue_text.normalise_tag(raw)
+    except catalogue_text.TextRefused:
+        return
+    assert catalogue_text.normalise_tag(tag) == tag
+
+
+def test_a_mark_after_sharp_s_or_a_capital_without_composed_form_stays_put() -> None:
+    fold = catalogue_text.normalise_tag
+    # ß made ss, then composed with the acute that followed it (was "strass\u0301e", which
+    # normalised again to "stras\u015be").
+    assert fold("straß\u0301e") == fold("stras\u015be") == "stras\u015be"
+    # The plain spelling (½ does not fold) composes after lower(): J̌ is ǰ (was "j\u030c½").
+    assert fold("J\u030c½") == fold("\u01f0½") == "\u01f0½"
 
 
 def test_tags_that_folding_would_break_keep_their_spelling() -> None:

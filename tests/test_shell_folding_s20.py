@@ -31,3 +31,22 @@ def test_tag_completion_folds_what_was_typed_as_browsing_does() -> None:
     assert offered == ["sale"]
     offered = [c.text for c in complete_tag_list(app, "sale,Straß", "", 0, 0).items]
     assert offered == ["sale,strasse"]
+
+
+def test_tag_completion_offers_tags_kept_in_their_plain_spelling() -> None:
+    """straß folds to strass, but straße½ does not fold as a whole (½ would become 1⁄2) and is
+    stored as typed: completion offers it as well as strasse."""
+    app = cmd2.Cmd()
+    mem = memory(app)
+    mem.tags, mem.tags_at = (
+        [
+            TagCount(name="strasse", count=3),
+            TagCount(name="straße½", count=1),
+            TagCount(name="sale", count=2),
+        ],
+        time.monotonic(),
+    )
+    offered = [c.text for c in complete_tag_list(app, "Straß", "", 0, 0).items]
+    assert offered == ["strasse", "straße½"]
+    offered = [c.text for c in complete_tag_list(app, "sale,STRASSE", "", 0, 0).items]
+    assert offered == ["sale,strasse"]

@@ -39,8 +39,10 @@ def _fits_tag_rule(tag: str) -> bool:
 
 def _plain_spelling(raw: str) -> str:
     """The spelling every tag had until schema v9: NFC, lower(), trimmed, inner whitespace runs
-    turned into '-'."""
-    return "-".join(unicodedata.normalize("NFC", raw).strip().lower().split())
+    turned into '-'. NFC again after lower(), which can leave a letter and its mark apart (`J̌`
+    has no composed capital, `ǰ` is composed), so that a stored tag spells itself again."""
+    composed = unicodedata.normalize("NFC", unicodedata.normalize("NFC", raw).lower())
+    return "-".join(composed.split())
 
 
 def _folded_spelling(raw: str) -> str:
@@ -52,9 +54,11 @@ def _folded_spelling(raw: str) -> str:
     casefold turns a Greek final `ς` into `σ` (`λόγος` shown as `λόγοσ`), where lower() keeps
     it final at the end of a word. What casefold adds beyond lower() that people type is `ß`
     (and `ẞ`, which lower() makes `ß`); `ﬁ`, `ſ` and full-width letters NFKC folds already.
+    NFKC once more after `ss`, which can compose with a mark that followed the `ß` (`ß́` is
+    `sś`): left apart, the stored tag spelt itself differently and was never found again.
     """
     folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", raw.lower()).lower())
-    return "-".join(folded.replace("ß", "ss").strip().split())
+    return "-".join(unicodedata.normalize("NFKC", folded.replace("ß", "ss")).split())
 
 
 def _refusal(tag: str, raw: str) -> str | None:
@@ -89,6 +93,14 @@ def fold_tag(raw: str) -> str:
     """
     folded = _folded_spelling(raw)
     return folded if _refusal(folded, raw) is None else _plain_spelling(raw)
+
+
+def tag_spellings(raw: str) -> tuple[str, ...]:
+    """Both spellings `raw` could have as (the start of) a stored tag: folded, and plain when
+    that differs. Whether a tag folds depends on all of it, so the start typed may fold while
+    the whole tag did not: `straß` folds to `strass`, yet `straße½` is stored as typed. The
+    shell's completion offers a tag that starts with either."""
+    return tuple(dict.fromkeys((fold_tag(raw), _plain_spelling(raw))))
 
 
 def normalise_tag(raw: str) -> str:
