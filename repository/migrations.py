@@ -287,6 +287,36 @@ def _v9_fold_tags(conn: sqlite3.Connection) -> None:
         )
 
 
+#: v10: colours extracted before session 20's merge limit (`models.colours.CHROMA_KEEP`) are
+#: computed again. A hue sweep (a rainbow, a hue wheel, colour noise) merged then all the way
+#: round into one grey "colour" with an arbitrary hue (`#7c7f7c`, "hue 120", share 1.0), found
+#: by `search_by_color green --min-share 0.99`; and an upload of the same bytes by someone else
+#: copies the stored palette, so only recomputing the stored one makes the two agree again.
+#: Only palettes holding a colour the current rule cannot produce are marked, not all of them:
+#: the pending flag (v3) makes the colour backfill compute them at the next start, and its rows
+#: are deleted, since pending means "no colours yet" (`repository.images.store_palettes` inserts
+#: the new ones) and a search must not find the grey meanwhile. Soft-deleted rows are marked too:
+#: `repository.images.dedup_lookup` may offer one to a new upload of the same bytes, and a
+#: pending one is extracted again rather than copied.
+#:
+#: The bound is chroma (max - min of the stored sRGB, of 255) under 10.2, i.e. 0.04. Every
+#: pixel of a colour has at least the lowest floor, FAINT_CHROMA 0.06 (CHROMA_MIN 0.12 and
+#: DARK_CHROMA 0.08 are higher), and a merged cluster keeps at least CHROMA_KEEP 0.85 of it:
+#: 0.051. Measured: the lowest on the 500 clothing photos is 0.082 (a navy, #303445), while the
+#: merged greys of docs/colour-measurements.md, "Hue sweeps", are 0 to 0.027 (#8c8587). It is
+#: a constant here, not taken from `models.colours`, so that a later change there cannot change
+#: what this released step marks. On 100,000 images (250,000 colour rows) the step takes
+#: about 0.1 s: one scan of `image_colours`, and the marked images by primary key.
+_V10_RECOMPUTE_GREY_MERGES = """
+        UPDATE images SET colours_pending = 1
+            WHERE id IN (SELECT image_id FROM image_colours
+                         WHERE max(r, g, b) - min(r, g, b) < 0.04 * 255);
+        DELETE FROM image_colours
+            WHERE image_id IN (SELECT image_id FROM image_colours
+                               WHERE max(r, g, b) - min(r, g, b) < 0.04 * 255)
+"""
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _run_statements(_V1_SCHEMA),
     _run_statements(_V2_COLOUR_INDEX),
@@ -297,4 +327,5 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v7_fold_search_text,
     _v8_split_unspaced_text,
     _v9_fold_tags,
+    _run_statements(_V10_RECOMPUTE_GREY_MERGES),
 ]
