@@ -29,8 +29,7 @@ from protocol.messages import (
 from repository import accounts
 from repository.accounts import User
 from service import auth
-from service.auth import DeviceTokens
-from service.context import RequestContext, Services
+from service.context import RequestContext
 from service.registry import route
 
 BAD_CREDENTIALS = "Wrong user name or password."
@@ -42,11 +41,6 @@ PASSWORD_CHANGED_MEANWHILE = (
 
 def _token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
-
-
-def _device_tokens(services: Services) -> DeviceTokens:
-    assert services.device_tokens is not None  # set by Services.__post_init__
-    return services.device_tokens
 
 
 async def _start_session(
@@ -71,7 +65,7 @@ async def _start_session(
     if session_id is None:
         raise VitrineError(ErrorCode.UNAUTHENTICATED, PASSWORD_CHANGED_MEANWHILE)
     await _log_in(ctx, user, session_id, PASSWORD_CHANGED_MEANWHILE)
-    device = _device_tokens(services).issue(user.id, password_hash) if remember_device else ""
+    device = services.device_tokens.issue(user.id, password_hash) if remember_device else ""
     return Session(
         id=request_id,
         name=user.name,
@@ -130,7 +124,7 @@ async def login(ctx: RequestContext, request: Login) -> Session:
         services.throttle.refuse_peer_early(account, peer)
         owner = await services.db_call(accounts.user_by_name, account)
         if owner is not None:
-            checked = _device_tokens(services).check(
+            checked = services.device_tokens.check(
                 request.device_token, owner.id, owner.password_hash
             )
             device = checked is not None

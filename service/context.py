@@ -100,15 +100,12 @@ class Services:
     #: must not pile up work (and the bytes it holds) beyond what two full windows hold.
     max_unfinished: int = 64
     #: Issues and checks the device tokens that exempt an owner's client from the account-wide
-    #: login limit; None: keyed from the data directory's master key (`__post_init__`).
-    device_tokens: DeviceTokens | None = None
-
-    def __post_init__(self) -> None:
-        """`open_services` keys the device tokens from the data directory's master key, so
-        they outlive a restart; services built without it (tests) get a key of their own,
-        whose tokens die with the process."""
-        if self.device_tokens is None:
-            self.device_tokens = DeviceTokens.from_master_key(secrets.token_bytes(32))
+    #: login limit. `open_services` keys them from the data directory's master key, so they
+    #: outlive a restart; services built without it (tests) get a key of their own, whose
+    #: tokens die with the process.
+    device_tokens: DeviceTokens = field(
+        default_factory=lambda: DeviceTokens.from_master_key(secrets.token_bytes(32))
+    )
 
     def finish_regardless(self, work: Awaitable[T]) -> Awaitable[T]:
         """`work`, carried to its end even if the request waiting for it is cancelled (its

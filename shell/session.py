@@ -34,6 +34,7 @@ from protocol.messages import (
 )
 from protocol.pinning import PinningError
 from shell.connection import ConnectionLost, ServerConnection
+from util.config import private_directory
 from util.files import write_atomically
 
 R = TypeVar("R", bound=Response)
@@ -105,7 +106,7 @@ class DeviceTokenStore:
         data = self._read()
         data.setdefault(server, {})[account] = token
         with contextlib.suppress(OSError):
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_directory(self.path.parent)
             write_atomically(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
