@@ -80,10 +80,12 @@ def positive_bytes(text: str) -> int:
     return value
 
 
-#: The largest --max-image-bytes. An upload is one frame holding the file and its text (title,
-#: description, tags and file name: under 64 KiB at their wire limits), and a frame may not pass
-#: max_frame_bytes; a larger setting would refuse big files as broken frames, not as too large.
-LARGEST_IMAGE_BYTES = ServerConfig.max_frame_bytes - 64 * 1024
+#: The largest --max-image-bytes. A frame may not pass max_frame_bytes, and the file travels in
+#: two: the upload (the file and its text: title, description, tags and file name, under 64 KiB
+#: at their wire limits) and show_image's answer, which carries the text again, the owner's
+#: name, the palette and the thumbnail (at most 256 px a side, so under 196 KiB even stored
+#: raw). A larger setting would accept files that the owner could then never download.
+LARGEST_IMAGE_BYTES = ServerConfig.max_frame_bytes - 512 * 1024
 
 
 def image_bytes(text: str) -> int:
