@@ -69,29 +69,62 @@ def replace_password(conn: sqlite3.Connection, user_id: int, password_hash: str)
         )
 
 
+#: Expired sessions deleted by each new one (`create_session`): more than the one it adds, so
+#: the table drains to the sessions still live, and few enough that no login pays for a backlog.
+PURGE_PER_SESSION = 16
+
+
 def create_session(
     conn: sqlite3.Connection, user_id: int, token_hash: bytes, lifetime_s: float, password_hash: str
-) -> int | None:
-    """A new session, only while the user's password is still the one just verified (None
-    otherwise): a login whose password was changed on another connection during its seconds
-    of hashing must not get a token the change can no longer revoke."""
+) -> tuple[int, float] | None:
+    """A new session and when it expires, only while the user's password is still the one
+    just verified (None otherwise): a login whose password was changed on another connection
+    during its seconds of hashing must not get a token the change can no longer revoke.
+
+    Every login added a row and nothing deleted one, so the table only grew. Each new session
+    now deletes up to PURGE_PER_SESSION expired ones, of any user, oldest first: found by the
+    expiry index (v11), it is a bounded amount of work for the login that does it, and as
+    each login removes more dead rows than it adds, the table shrinks to the live sessions
+    whenever anyone logs in. A purge of only the user's own sessions would leave those of
+    users who never come back for good; a purge of all at start-up would need the server to
+    restart (and `purge_expired_sessions` is there for that too). An expired row is worth
+    nothing: a Resume of its token answers as for an unknown one, and `session_expires_at` of
+    a deleted session is None, as of an expired one."""
     now = time.time()
+    # Two statements, each its own transaction: the purge needs no atomicity with the insert,
+    # and a statement that fails on a failing disk is rolled back by SQLite itself, where a
+    # COMMIT that fails could leave this thread's connection inside a transaction.
+    purge_expired_sessions(conn, now, limit=PURGE_PER_SESSION)
     cursor = conn.execute(
         "INSERT INTO sessions (user_id, token_hash, created_at, expires_at) "
-        "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM users WHERE id = ? AND password_hash = ?)",
+        "SELECT ?, ?, ?, ? "
+        "WHERE EXISTS (SELECT 1 FROM users WHERE id = ? AND password_hash = ?)",
         (user_id, token_hash, now, now + lifetime_s, user_id, password_hash),
     )
-    return int(cursor.lastrowid) if cursor.rowcount == 1 and cursor.lastrowid else None
+    if cursor.rowcount == 1 and cursor.lastrowid:
+        return int(cursor.lastrowid), now + lifetime_s
+    return None
 
 
-def session_is_live(conn: sqlite3.Connection, session_id: int) -> bool:
-    return (
-        conn.execute(
-            "SELECT 1 FROM sessions WHERE id = ? AND revoked_at IS NULL AND expires_at > ?",
-            (session_id, time.time()),
-        ).fetchone()
-        is not None
+def purge_expired_sessions(conn: sqlite3.Connection, now: float, limit: int | None = None) -> int:
+    """Delete sessions expired by `now` (at most `limit`, the soonest expired first); returns
+    how many. Revoked ones stay until they expire too: a row is needed for nothing after its
+    expiry, and before it the revocation is what refuses its token."""
+    cursor = conn.execute(
+        "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE expires_at <= ? "
+        "ORDER BY expires_at LIMIT ?)",
+        (now, -1 if limit is None else limit),
     )
+    return cursor.rowcount
+
+
+def session_expires_at(conn: sqlite3.Connection, session_id: int) -> float | None:
+    """When the session expires if it is live now (neither revoked nor expired), else None."""
+    row = conn.execute(
+        "SELECT expires_at FROM sessions WHERE id = ? AND revoked_at IS NULL AND expires_at > ?",
+        (session_id, time.time()),
+    ).fetchone()
+    return None if row is None else float(row[0])
 
 
 def session_user(conn: sqlite3.Connection, token_hash: bytes) -> tuple[int, User] | None:

@@ -316,6 +316,18 @@ _V10_RECOMPUTE_GREY_MERGES = """
                                WHERE max(r, g, b) - min(r, g, b) < 0.04 * 255)
 """
 
+#: v11: sessions are found by user (a password change revokes all of a user's, and deleting a
+#: user cascades to them), which scanned the whole table, and by expiry: each new session
+#: deletes a few expired ones (`repository.accounts.create_session`), until then nothing did.
+#: The rows expired before this step, every login's since the first start, are deleted here,
+#: once (SQLite's clock, in seconds since the epoch as `time.time()` stored them). IF NOT EXISTS:
+#: tests of earlier steps set `user_version` back on a newer database and run the rest again.
+_V11_SESSION_INDEXES = """
+        CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions(user_id);
+        CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions(expires_at);
+        DELETE FROM sessions WHERE expires_at <= (julianday('now') - 2440587.5) * 86400.0
+"""
+
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _run_statements(_V1_SCHEMA),
@@ -328,4 +340,5 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v8_split_unspaced_text,
     _v9_fold_tags,
     _run_statements(_V10_RECOMPUTE_GREY_MERGES),
+    _run_statements(_V11_SESSION_INDEXES),
 ]

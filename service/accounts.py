@@ -1,7 +1,8 @@
 """Account requests: sign-up, login, resume, logout, password change.
 
 The answer to a failed login never says whether the name exists, and it comes only after the
-throttle's delay, so guessing is slow and learns nothing about which accounts exist. The
+throttle's delay, so guessing is slow and learns nothing about which accounts exist (a name
+outside the public name rule, which no account can have, gets the same answer at once). The
 throttle refuses only the peer that guessed too often: the owner's right password is always
 checked, however many strangers guess at the account, from an address it used lately or with
 the device token its client was given at an earlier login (until wrong passwords made with the
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import secrets
 
 from protocol.errors import ErrorCode, VitrineError
@@ -25,12 +27,15 @@ from protocol.messages import (
     Session,
     UserInfo,
     WhoAmI,
+    canonical_username,
 )
 from repository import accounts
 from repository.accounts import User
 from service import auth
 from service.context import RequestContext
 from service.registry import route
+
+log = logging.getLogger("vitrine.auth")
 
 BAD_CREDENTIALS = "Wrong user name or password."
 SESSION_ENDED = "That session has ended (logged out, expired or revoked); log in again."
@@ -55,16 +60,16 @@ async def _start_session(
     fresh device token (30 more days) if the client keeps them."""
     token = secrets.token_urlsafe(32)
     services = ctx.services
-    session_id = await services.db_call(
+    made = await services.db_call(
         accounts.create_session,
         user.id,
         _token_hash(token),
         services.config.session_lifetime_s,
         password_hash,
     )
-    if session_id is None:
+    if made is None:
         raise VitrineError(ErrorCode.UNAUTHENTICATED, PASSWORD_CHANGED_MEANWHILE)
-    await _log_in(ctx, user, session_id, PASSWORD_CHANGED_MEANWHILE)
+    await _log_in(ctx, user, made[0], PASSWORD_CHANGED_MEANWHILE)
     device = services.device_tokens.issue(user.id, password_hash) if remember_device else ""
     return Session(
         id=request_id,
@@ -83,11 +88,18 @@ async def _log_in(ctx: RequestContext, user: User, session_id: int, ended: str) 
     logs in after the sweep would stay logged in on a dead session; so it logs in first and
     looks again: a revocation before the second look is seen there, one after it is followed
     by a sweep that finds this connection logged in.
+
+    The second look also reads when the session expires: the connection ends it then, however
+    busy it keeps (`ConnectionState.expire_at`).
     """
-    ctx.connection.start(user, session_id)
-    if not await ctx.services.db_call(accounts.session_is_live, session_id):
-        ctx.connection.end()
+    state = ctx.connection
+    state.start(user, session_id)
+    expires_at = await ctx.services.db_call(accounts.session_expires_at, session_id)
+    if expires_at is None:
+        state.end()
         raise VitrineError(ErrorCode.UNAUTHENTICATED, ended)
+    if state.session_id == session_id:  # not ended by a sweep meanwhile
+        state.expire_at(expires_at)
 
 
 def _taken(name: str) -> VitrineError:
@@ -112,9 +124,23 @@ async def create_user(ctx: RequestContext, request: CreateUser) -> UserInfo:
 
 @route(Login, needs_login=False, exclusive=True)
 async def login(ctx: RequestContext, request: Login) -> Session:
+    """A name outside the name rule (`canonical_username`, the rule sign-up and the shell
+    apply) belongs to no account and never will: it is answered as a wrong password is, but
+    at once, without a password check or a count in the throttle. Its counters are for
+    guesses at accounts, and one per made-up name would only push real ones out of its
+    memory; a refused peer learns nothing either way, as the rule is public. The name is
+    still logged, as a wrong password's is, so the operator sees what is being tried."""
     services = ctx.services
-    account = request.name.strip().lower()
+    account = canonical_username(request.name)
     peer = ctx.connection.peer
+    if account is None:
+        # %r, lowercased as names are: control characters in it cannot forge a log line.
+        log.info(
+            "login with a name no account can have: account=%r peer=%s (not counted)",
+            request.name.strip().lower(),
+            peer,
+        )
+        raise VitrineError(ErrorCode.UNAUTHENTICATED, BAD_CREDENTIALS)
     device = False
     if request.device_token:
         # The token is checked before the throttle (it decides which limits apply), which needs

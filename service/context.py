@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import secrets
 import sqlite3
+import time
+import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,7 +34,12 @@ StoredHook = Callable[["Services", sqlite3.Connection, int, "NewImage"], None]
 #: Called after an image was (soft) deleted, with its id: e.g. to drop it from an index.
 DeletedHook = Callable[["Services", int], Awaitable[None]]
 
+log = logging.getLogger("vitrine.requests")
+
 T = TypeVar("T")
+
+#: What a request on a connection whose session ran out of time is told (`ConnectionState`).
+SESSION_EXPIRED = "Your session has expired; log in again."
 
 
 @dataclass
@@ -47,6 +55,15 @@ class ServerConfig:
     max_image_pixels: int = 40_000_000
     max_batch: int = 500
     max_in_flight: int = 32
+    #: Open connections at once (each idle TLS one holds ~275 KB and a file descriptor): at
+    #: most ~280 MB of idle connections; start-up lowers it to fit the open-file limit.
+    max_connections: int = 1024
+    #: Open connections from one client address (an IPv6 /64): an office behind one NAT, or
+    #: the test-suite's 40 at once, stays far below; one attacker holds at most ~70 MB idle.
+    max_connections_per_address: int = 256
+    #: Connections logged in as one account at once, checked at Login and Resume: what one
+    #: free account can make the server buffer is at most this many frames in the making.
+    max_connections_per_account: int = 64
     idle_timeout_s: float = 300.0
     handshake_timeout_s: float = 10.0
     write_timeout_s: float = 30.0
@@ -107,26 +124,36 @@ class Services:
         default_factory=lambda: DeviceTokens.from_master_key(secrets.token_bytes(32))
     )
 
-    def finish_regardless(self, work: Awaitable[T]) -> Awaitable[T]:
+    def finish_regardless(self, work: Awaitable[T], what: str = "") -> Awaitable[T]:
         """`work`, carried to its end even if the request waiting for it is cancelled (its
         client disconnected). An upload cancelled between its blob writes and its insert left
         blobs that no row names until the next start; one whose bytes all arrived is now
         stored, and sending it again reports it present. Past `max_unfinished`, work is
-        cancelled with its request as before (the next start sweeps what it left)."""
+        cancelled with its request as before (the next start sweeps what it left).
+
+        `what` names the work in the log (the request, its user), with anything a client
+        chose quoted by the caller (%r), as the request lines do; without it, the coroutine's
+        name. While its request still waits, a failure is the request's, which answers and
+        logs it; once its client left, nobody else would: see `_log_unanswered`."""
         if len(self.unfinished) >= self.max_unfinished:
             return work
         task = asyncio.ensure_future(work)
         self.unfinished.add(task)
+        waiting = asyncio.shield(task)
+        label = what or getattr(work, "__qualname__", type(work).__name__)
 
         def forget(finished: asyncio.Task[T]) -> None:
             self.unfinished.discard(finished)
-            if not finished.cancelled():
-                # Nobody may be left to read it: read here, a refused upload is not logged
-                # as "exception was never retrieved".
-                finished.exception()
+            if finished.cancelled():
+                return
+            # Read here in any case: nobody may be left to, and asyncio would otherwise log a
+            # refused upload as "exception was never retrieved".
+            exc = finished.exception()
+            if exc is not None and waiting.cancelled():
+                _log_unanswered(label, exc)
 
         task.add_done_callback(forget)
-        return asyncio.shield(task)
+        return waiting
 
     def end_sessions(
         self,
@@ -167,6 +194,23 @@ async def _in_pool(pool: ThreadPoolExecutor, call: Callable[[], T]) -> T:
     return await asyncio.get_running_loop().run_in_executor(pool, call)
 
 
+def _log_unanswered(what: str, exc: BaseException) -> None:
+    """The outcome of work whose client left, which no request line will tell: that line said
+    "disconnected" when the client went. A refusal (VitrineError) is what a request line would
+    have logged at INFO, with its code; anything else (a database or disk error, a bug) lost
+    an upload the client may believe sent, so it is an ERROR with its traceback, as a request's
+    own unexpected failure is (service.connection)."""
+    if isinstance(exc, VitrineError):
+        log.info(
+            "%s, whose client had left, was refused: outcome=%s %.200r",
+            what,
+            exc.code.value,
+            exc.message,
+        )
+        return
+    log.error("%s failed after its client had left (no one was told)", what, exc_info=exc)
+
+
 @dataclass(eq=False)  # identity: one per connection, kept in Services.connections
 class ConnectionState:
     peer: str
@@ -176,18 +220,53 @@ class ConnectionState:
     extras: dict[str, Any] = field(default_factory=dict)
     #: Why this connection's session was ended from elsewhere, told to its next request.
     ended: str | None = None
+    #: Ends the session when it expires (`expire_at`); called early, it cancels that.
+    _expiry: weakref.finalize | None = field(default=None, init=False, repr=False)
 
     def start(self, user: User, session_id: int) -> None:
         """Someone logged in; a different user than before inherits none of their listings
         (a `More` on the last user's cursor would page through what only they could see)."""
+        self._cancel_expiry()
         if self.user is None or self.user.id != user.id:
             self.extras.clear()
         self.user, self.session_id, self.ended = user, session_id, None
 
+    def expire_at(self, when: float) -> None:
+        """End this connection's session at `when` (seconds since the epoch, as the database
+        has it), telling its next request `SESSION_EXPIRED`.
+
+        Expiry was only checked at Login and Resume, so a connection that kept talking stayed
+        logged in for good. A timer ends it instead of a check of the clock on every read of
+        `user`: the session then ends between two steps of the event loop, as one ended from
+        another connection does, and never between two reads of `user` in one step. The
+        timer holds the state weakly, and is cancelled when the session ends sooner or the
+        state is collected (its connection closed), so closed connections leave no timers
+        behind for the rest of the session's lifetime."""
+        self._cancel_expiry()
+        if self.session_id is None:
+            return
+        session_id, state = self.session_id, weakref.ref(self)
+
+        def expire() -> None:
+            current = state()
+            if current is not None and current.session_id == session_id:
+                current.end(SESSION_EXPIRED)
+
+        loop = asyncio.get_running_loop()
+        handle = loop.call_later(max(0.0, when - time.time()), expire)
+        self._expiry = weakref.finalize(self, handle.cancel)
+        self._expiry.atexit = False
+
     def end(self, reason: str | None = None) -> None:
         """Nobody logged in; what the last user listed is forgotten with them."""
+        self._cancel_expiry()
         self.user, self.session_id, self.ended = None, None, reason
         self.extras.clear()
+
+    def _cancel_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry()  # cancels the timer, once
+            self._expiry = None
 
 
 @dataclass
@@ -197,7 +276,8 @@ class RequestContext:
 
     @property
     def user(self) -> User:
-        """The logged-in user; routes that need login are only called with one."""
+        """The logged-in user; routes that need login are only called with one (the session
+        may still end while the request runs: it is then told why)."""
         if self.connection.user is None:
-            raise VitrineError(ErrorCode.UNAUTHENTICATED, "Log in first.")
+            raise VitrineError(ErrorCode.UNAUTHENTICATED, self.connection.ended or "Log in first.")
         return self.connection.user

@@ -203,7 +203,8 @@ async def upload_image(ctx: RequestContext, request: UploadImage) -> Uploaded:
         quantity=request.quantity,
         private=request.private,
     )
-    image_id, created = await ctx.services.finish_regardless(ingest(ctx.services, upload))
+    what = f"upload {request.id} of {filename!r} ({len(request.data)} bytes) user={ctx.user.name}"
+    image_id, created = await ctx.services.finish_regardless(ingest(ctx.services, upload), what)
     return Uploaded(id=request.id, image_id=image_id, created=created)
 
 

@@ -95,8 +95,8 @@ def test_guesses_from_another_address_do_not_lock_the_owner_out(
 
 
 def test_a_name_tried_is_logged_escaped(server: ServerProcess, tmp_path: Path) -> None:
-    """The name tried is not validated before the password check (an unknown name must cost
-    as much as a wrong password): %r keeps its control characters from forging a log line."""
+    """A name outside the rule is refused at once but still logged, so the operator sees what
+    is being tried: %r keeps its control characters from forging a log line."""
     connection = server.connect(tmp_path)
     with pytest.raises(VitrineError):
         connection.call(Login(id=0, name="x\nFORGED outcome=ok", password="whatever1"))
