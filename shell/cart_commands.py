@@ -11,7 +11,10 @@ answers fresh facts (`GetImages`) and decides checkouts. Choices made here:
   (checkout buys every line or none, so those must be fixed or removed first); each
   `--json` line has a `status`, "ok" only when `checkout --yes` would buy it as it stands.
 * `update_cart` re-reads the line's price and shows it, so the line then holds the price the
-  buyer just saw.
+  buyer just saw. It sets a count: a signed one ("+2", "-0") is refused, naming what to type
+  for what was likely meant, rather than read as the count ("+2" once left 2 of 5, "-0"
+  removed the line); `add_to_cart` adds, so there "+2" is 2 more. A cart quantity past
+  MAX_LINE_QUANTITY is refused in the cart's words, whatever its length.
 * `checkout` shows the lines at current prices and asks. Confirmed at a terminal, the order is
   placed at the prices shown; with `--yes` (scripts) it is placed at the prices stored in the
   cart, so a changed price makes the server refuse that line rather than charge a price nobody
@@ -27,6 +30,10 @@ answers fresh facts (`GetImages`) and decides checkouts. Choices made here:
   From then until the cart file is saved, Ctrl-C is only counted (`HeldInterrupts`).
   SIGTERM and SIGHUP in that span end the wait at once (the same unknown outcome), and the
   shell ends by that signal once the cart is saved.
+* A checkout the server refuses before reading it (UNAUTHENTICATED: the session ended, say by
+  a password change in another shell while this one asked; BAD_REQUEST) bought nothing: it is
+  reported so, the shell shows itself logged out after UNAUTHENTICATED, and a key first sent
+  with it is dropped. A key sent again is kept: the refusal says nothing of its earlier send.
 * Checkout is idempotent across dying shells: a random key and the lines sent are written into
   the cart file (fsynced) before the order leaves, and the server keeps the key with the order.
   Saving the answer drops it; a shell killed in between (SIGKILL included) leaves it, and the
@@ -54,7 +61,7 @@ import signal
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import cmd2
 from cmd2 import Choices, CompletionItem
@@ -72,10 +79,10 @@ from protocol.catalog import (
     OrderPlaced,
 )
 from protocol.errors import ErrorCode, VitrineError
-from protocol.limits import MAX_IDS_PER_REQUEST
+from protocol.limits import MAX_IDS_PER_REQUEST, MAX_LINE_QUANTITY
 from shell import listing
 from shell.app import CART, CommandFailed, VitrineShell, image_id, parser, write_json_lines
-from shell.cart_store import Cart, CartError, CartItem, CartStore, PendingCheckout
+from shell.cart_store import LINE_LIMIT, Cart, CartError, CartItem, CartStore, PendingCheckout
 from shell.connection import ConnectionLost, unexpected_response
 from shell.interrupts import HeldInterrupts
 from shell.order_commands import order_json
@@ -91,12 +98,24 @@ _DETAIL = re.compile(r"image (\d+): (.*)", re.DOTALL)
 # --- arguments -----------------------------------------------------------------------------------
 
 
+#: ASCII digits only, as util.money's parsers take them.
+_QUANTITY = re.compile(r"[0-9]+")
+
+
 def signed_quantity(text: str) -> int:
     """A quantity as util.money reads one (ASCII digits only: int() would also take "1_0",
     "３" and "٣"), or such a quantity with a minus sign, which is kept so that the command, not
     argparse, explains why a negative is refused (update_cart names an id not in the cart
-    first)."""
+    first). A plus sign is read as the number: add_to_cart adds, so "+2" means 2 more either
+    way (update_cart, which sets a count, reads its own with `typed_count`)."""
     raw = text.strip()
+    # Past MAX_LINE_QUANTITY in the cart's words, not parse_quantity's stock limit (a thousand
+    # times larger): a cart's quantities have one limit and one message.
+    digits = raw[1:] if raw[:1] in ("+", "-") else raw
+    if _QUANTITY.fullmatch(digits) and (
+        len(digits.lstrip("0")) > len(str(MAX_LINE_QUANTITY)) or int(digits) > MAX_LINE_QUANTITY
+    ):
+        raise argparse.ArgumentTypeError(LINE_LIMIT)
     try:
         if raw[:1] == "-" and raw[1:2].isascii() and raw[1:2].isdigit():
             with contextlib.suppress(ValueError):  # else parse_quantity(raw) says what is wrong
@@ -104,6 +123,25 @@ def signed_quantity(text: str) -> int:
         return parse_quantity(raw)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class TypedCount(NamedTuple):
+    """update_cart's QTY: the count, and the sign typed before it ("" when none)."""
+
+    count: int
+    sign: str
+
+    def __str__(self) -> str:
+        return f"{self.sign}{self.count}"
+
+
+def typed_count(text: str) -> TypedCount:
+    """update_cart sets a line's count, so a sign cannot be read away: "+2" was once taken as 2,
+    which left 2 of the 5 a buyer meant to add to, and "-0" as 0, which removed the line. The
+    sign is kept for the command to refuse it, naming the command that does what was meant."""
+    raw = text.strip()
+    sign = raw[:1] if raw[:1] in ("+", "-") else ""
+    return TypedCount(abs(signed_quantity(raw)), sign)
 
 
 def store_for(shell: cmd2.Cmd) -> CartStore:
@@ -247,6 +285,34 @@ def _changes_since(before: tuple[int, int, str], image: ImageSummary) -> str:
     return (
         f" The {plural(quantity, 'unit')} already in the cart {verb} added {' and '.join(said)};"
         " the whole line is now as shown."
+    )
+
+
+def _signed_count(number: int, typed: TypedCount, held: int) -> str:
+    """Why update_cart refuses a signed count, and what to type for what was likely meant: it
+    sets the line's count, so "+2" is not "2 more" and "-0" is not a way to remove it."""
+    if typed.count == 0:
+        return (
+            f"update_cart sets how many the cart holds, so {typed} is refused rather than read as "
+            f"0, which would remove the line: remove_from_cart {number} takes the line out "
+            f"(as update_cart {number} 0 does). The cart still holds {held} of it."
+        )
+    if typed.sign == "+":
+        wanted = held + typed.count
+        return (
+            f"update_cart sets how many the cart holds, so {typed} is refused rather than read "
+            f"as {typed.count}: add_to_cart {number} {typed.count} adds {typed.count} "
+            f"({wanted} in all), and update_cart {number} {wanted} sets the line to {wanted}. "
+            f"The cart still holds {held} of it."
+        )
+    left = held - typed.count
+    fewer = (
+        f"update_cart {number} {left} leaves {left} of the {held} there, and " if left > 0 else ""
+    )
+    return (
+        f"A quantity must be 1 or more, not {typed} (0 removes the line): update_cart sets how "
+        f"many the cart holds and does not take units off. {fewer}remove_from_cart {number} "
+        f"takes the line out. The cart still holds {held} of it."
     )
 
 
@@ -407,6 +473,14 @@ def _outcome_unknown(why: str) -> CommandFailed:
 KEY_SETTLING_REFUSALS = frozenset(
     {ErrorCode.OUT_OF_STOCK, ErrorCode.NOT_FOUND, ErrorCode.CONFLICT, ErrorCode.FORBIDDEN}
 )
+
+#: Refusals the server gives before it reads the checkout at all: UNAUTHENTICATED when the
+#: connection's session has ended (service.connection, before any handler; service.orders reads
+#: the buyer before placing anything), BAD_REQUEST for a request it could not decode or one
+#: naming an image twice (checked before the transaction). Neither can follow a committed order,
+#: so this send bought nothing and a key first sent with it may go. But the key was not looked
+#: up either: a key sent again (a checkout that got no answer) is kept, as unknown as before.
+UNREAD_REFUSALS = frozenset({ErrorCode.UNAUTHENTICATED, ErrorCode.BAD_REQUEST})
 
 
 @dataclass(frozen=True)
@@ -617,20 +691,22 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         help="an image in the cart",
     )
     update_parser.add_argument(
-        "quantity", type=signed_quantity, metavar="QTY", help="the new count"
+        "quantity",
+        type=typed_count,
+        metavar="QTY",
+        help="the new count, not a change: add_to_cart adds",
     )
 
     @cmd2.with_argparser(update_parser)
     def do_update_cart(self, args: argparse.Namespace) -> None:
         shell = self._cmd
-        number, quantity = args.image_id, args.quantity
+        number, typed = args.image_id, args.quantity
+        quantity = typed.count
         store = self._store()
         try:
-            if quantity < 0:
-                store.load().get(number)  # an id not in the cart is the first thing to say
-                raise CartError(
-                    f"A quantity must be 1 or more, not {quantity} (0 removes the line)."
-                )
+            if typed.sign:
+                # An id not in the cart is the first thing to say.
+                raise CartError(_signed_count(number, typed, store.load().get(number).quantity))
             if quantity == 0:
                 with store.edit() as cart:
                     removed = cart.remove(number)
@@ -864,6 +940,8 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
                 answer = self._place(request, interrupts)
                 if isinstance(answer, OrderPlaced) or answer.code in KEY_SETTLING_REFUSALS:
                     current.pending = None  # settled: the file no longer needs it
+                elif answer.code in UNREAD_REFUSALS:
+                    current.pending = before  # as if never sent: it was not read
                 if isinstance(answer, OrderPlaced):
                     ordered = {line.image_id: line.quantity for line in answer.order.lines}
                     current.take(ordered)
@@ -878,6 +956,8 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
                 raise CommandFailed(f"{exc} Nothing was bought.") from None
             unsaved = exc
         if isinstance(answer, VitrineError):
+            if answer.code in UNREAD_REFUSALS:
+                raise self._unread(answer, before)
             if answer.code not in KEY_SETTLING_REFUSALS:
                 raise _outcome_unknown(
                     f"The server answered the checkout with {answer.code.value} "
@@ -966,6 +1046,25 @@ class CartCommands(cmd2.CommandSet[VitrineShell]):
         if interrupts.terminated is not None:
             name = signal.Signals(interrupts.terminated).name
             raise _outcome_unknown(f"The shell was told to end ({name}) before the server answered")
+
+    def _unread(self, exc: VitrineError, before: PendingCheckout | None) -> CommandFailed:
+        """A checkout the server refused before reading it bought nothing; after an
+        UNAUTHENTICATED one the shell shows itself logged out, as after any other command."""
+        again = ""
+        if exc.code is ErrorCode.UNAUTHENTICATED:
+            self._cmd.session.recheck_login()
+            again = " Log in again, then checkout."
+        earlier = (
+            f" The checkout sent at {_clock(before.sent_at)} still got no answer: the cart keeps "
+            "its key, and the next checkout asks the server about it."
+            if before
+            else ""
+        )
+        return CommandFailed(
+            f"Not bought: the server refused the checkout before reading it ({exc.code.value}: "
+            f"{printable(exc.message)}), so nothing was bought; your cart is unchanged.{again}"
+            f"{earlier}"
+        )
 
     def _refused(self, cart: Cart, exc: VitrineError) -> CommandFailed:
         self._report_refusal(cart, exc)

@@ -60,6 +60,10 @@ LOCK_NOTICE_AFTER_S = 0.5
 LOCK_POLL_S = 0.05
 FORMAT_VERSION = 1
 
+#: The one sentence for a line past MAX_LINE_QUANTITY, whether the cart adds up to it or a
+#: command is typed past it (shell.cart_commands).
+LINE_LIMIT = f"At most {MAX_LINE_QUANTITY} units of one image fit on a line."
+
 
 class CartError(Exception):
     """A cart operation that cannot be done, worded for the user."""
@@ -171,7 +175,7 @@ class Cart:
             self.lines.append(line)
         total = line.quantity + quantity
         if total > MAX_LINE_QUANTITY:
-            raise CartError(f"At most {MAX_LINE_QUANTITY} units of one image fit on a line.")
+            raise CartError(LINE_LIMIT)
         line.quantity, line.price_cents, line.title = total, price_cents, title
         return line
 
@@ -184,7 +188,7 @@ class Cart:
             self.lines.remove(line)
             return None
         if quantity > MAX_LINE_QUANTITY:
-            raise CartError(f"At most {MAX_LINE_QUANTITY} units of one image fit on a line.")
+            raise CartError(LINE_LIMIT)
         line.quantity = quantity
         return line
 

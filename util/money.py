@@ -67,7 +67,13 @@ def parse_price(text: str) -> int:
 
 
 def parse_quantity(text: str) -> int:
-    """A stock count: a whole number from 0 to MAX_QUANTITY."""
+    """A stock count: a whole number from 0 to MAX_QUANTITY.
+
+    A leading "+" is read as the number, which is right only where there is nothing to add to:
+    add_image's first stock, add_to_cart's units (which add anyway). A command that replaces a
+    count already there must look at the sign first (parse_stock_change; update_cart's
+    shell.cart_commands.typed_count), or "+5" silently sets what was meant to be added.
+    """
     raw = text.strip()
     if raw.startswith("-") and _QUANTITY.fullmatch(raw[1:]):
         raise ValueError(f"A quantity cannot be negative ({_shown(raw)}); give 0 or more.")
