@@ -76,7 +76,8 @@ from util.filenames import save_name
 from util.images import DEFAULT_MAX_BYTES
 from util.money import format_cents, price_arg, quantity_arg, stock_change_arg
 
-#: Above this many files, new uploads are counted rather than listed (unless --verbose).
+#: Above this many files, new uploads and files already stored are counted rather than listed
+#: (unless --verbose); refusals are always listed.
 LIST_EACH_UP_TO = 20
 #: Seconds between flushes of per-file lines, so printing never slows a big upload.
 PRINT_EVERY_S = 0.25
@@ -232,7 +233,10 @@ class _Report:
         )
         self.files = 0
         self.json = bool(args.json)
-        self.list_new = bool(args.verbose) or total <= LIST_EACH_UP_TO
+        #: Whether files stored (new or already present) get a line each: a re-run of an
+        #: interrupted upload, as the summary advises, found hundreds already present, and a
+        #: line for each buried the few that needed the user.
+        self.list_each = bool(args.verbose) or total <= LIST_EACH_UP_TO
         self.pending: list[str] = []
         #: The first line is written at once: a reader that wants only it (`head -1`) has it,
         #: and goes, before a quarter of a second's files are sent for nobody.
@@ -270,9 +274,13 @@ class _Report:
             return msgspec.json.encode(value).decode()
         shown = printable(result.file.shown)
         if result.outcome is Outcome.NEW:
-            return f"new       #{result.image_id}  {shown}" if self.list_new else None
+            return f"new       #{result.image_id}  {shown}" if self.list_each else None
         if result.outcome is Outcome.PRESENT:
-            return f"present   #{result.image_id}  {shown} (already stored)"
+            return (
+                f"present   #{result.image_id}  {shown} (already stored)"
+                if self.list_each
+                else None
+            )
         if result.outcome is Outcome.NOT_SENT:
             return None  # counted in the summary: after Ctrl-C there may be thousands
         return f"{result.outcome.value:<9} {shown}: {printable(result.reason)}"
@@ -571,7 +579,8 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
     ) -> None:
         shell = self._cmd
         line = summary.line()
-        if not report.list_new and not args.json and summary.count(Outcome.NEW):
+        stored = summary.count(Outcome.NEW) + summary.count(Outcome.PRESENT)
+        if not report.list_each and not args.json and stored:
             line += " Add --verbose to list every file."
         present = summary.count(Outcome.PRESENT)
         if present and fields != UploadFields():
@@ -827,11 +836,17 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
 
         Checked before asking the server, so a refused --save costs no download. Like cp, a
         path ending in a slash must be a directory that exists: `--save new/` never quietly
-        becomes a file called `new`.
+        becomes a file called `new`. A folder that is missing is said to be missing: "is not
+        a directory" sent the user looking for a file in its place.
         """
         target = Path(os.path.expanduser(args.save))
         if target.is_dir():
             return target
+        trailing = args.save.endswith(("/", os.sep))
+        folder = target if trailing else target.parent
+        if not os.path.lexists(folder):
+            shown = printable(args.save if trailing else str(folder))
+            raise CommandFailed(f"{shown} does not exist.")
         listing.check_new_file(args.save, args.force)
         return target
 

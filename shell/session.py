@@ -10,7 +10,10 @@ being refused while strangers guess at the account (docs/security.md).
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +45,8 @@ R = TypeVar("R", bound=Response)
 
 #: The device tokens' file in the config directory, beside known_servers.
 DEVICE_TOKENS_FILE = "device_tokens"
+#: The side file `DeviceTokenStore` locks while it rewrites the tokens.
+DEVICE_TOKENS_LOCK = "device_tokens.lock"
 #: What the server's tokens are made of (unpadded base64url); anything else was not issued by
 #: a Vitrine server, and could only get the next login refused.
 _TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]+")
@@ -101,13 +106,39 @@ class DeviceTokenStore:
         return token if acceptable_token(token) else ""
 
     def put(self, server: str, account: str, token: str) -> None:
+        """Read, change and rewrite under a lock: two shells logging in at once (other
+        accounts, other servers) would otherwise each rewrite the file they read, and the later
+        rename drop the other's token, and with it the owner's exemption from the lockout."""
         if not acceptable_token(token):
             return
-        data = self._read()
-        data.setdefault(server, {})[account] = token
         with contextlib.suppress(OSError):
             private_directory(self.path.parent)
-            write_atomically(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
+            with self._locked():
+                data = self._read()
+                data.setdefault(server, {})[account] = token
+                write_atomically(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An advisory lock on a side file, as KnownServers._locked (protocol.pinning) takes
+        for the pins, for the same reasons: the tokens' file is replaced by each rewrite, so a
+        lock on it would not hold across the rename. Where no lock can be had the token is
+        written without one, as before: a lost token costs an exemption, a refusal the login."""
+        try:
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+            fd = os.open(self.path.with_name(DEVICE_TOKENS_LOCK), flags, 0o600)
+        except OSError:
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF, errno.EINVAL):
+                    raise
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
 
 class ServerLogoutFailed(ConnectionError):

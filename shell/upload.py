@@ -361,6 +361,9 @@ class FileResult:
     #: The same as a stable word for scripts: the image check's reason ("truncated",
     #: "too_many_pixels"), else the server's error code, "unreadable" or "connection_lost".
     code: str = ""
+    #: The server answered for it (stored, present or refused), as opposed to a file refused
+    #: here, never sent, or sent without an answer: what the summary's rate counts.
+    answered: bool = False
 
 
 def lost_file(file: Candidate, reason: str) -> FileResult:
@@ -403,10 +406,20 @@ class UploadSummary:
         wire (a run of 400 files all refused for a bad tag said 0.0 MB)."""
         return sum(r.size for r in self.results)
 
+    @property
+    def answered(self) -> int:
+        return sum(1 for result in self.results if result.answered)
+
     def line(self) -> str:
-        """The closing sentence of a run: counts, volume and rate."""
+        """The closing sentence of a run: counts, volume and rate.
+
+        The rate is of files the server answered: after Ctrl-C, counting the thousand never
+        sent too said 720 files/s of a run answered at 55. When some files got no answer the
+        rate says so (`files/s answered`), since `files` then means more than those."""
         files = len(self.results)
         seconds = max(self.seconds, 1e-9)
+        answered = self.answered
+        rate = f"{answered / seconds:.1f} files/s" + (" answered" if answered < files else "")
         megabytes = self.bytes_sent / 1e6
         stopped = ""
         if self.interrupted or self.count(Outcome.UNANSWERED) or self.count(Outcome.NOT_SENT):
@@ -418,7 +431,7 @@ class UploadSummary:
             f"{plural(files, 'file')}: {self.count(Outcome.NEW)} new, "
             f"{self.count(Outcome.PRESENT)} already present, "
             f"{self.count(Outcome.REJECTED)} rejected{stopped} "
-            f"({megabytes:.1f} MB in {self.seconds:.1f} s: {files / seconds:.1f} files/s, "
+            f"({megabytes:.1f} MB in {self.seconds:.1f} s: {rate}, "
             f"{megabytes / seconds:.1f} MB/s)."
         )
 
@@ -585,7 +598,9 @@ def _result_of(file: Candidate, size: int, future: Future[Response]) -> FileResu
         # lower case of every other code (`truncated`, `connection_lost`), even when the
         # server gave no finer reason than its error code (`UNAUTHENTICATED` → `unauthenticated`).
         code = exc.details[0] if exc.details else exc.code.value.lower()
-        return FileResult(file, Outcome.REJECTED, size, reason=exc.message, code=code)
+        return FileResult(
+            file, Outcome.REJECTED, size, reason=exc.message, code=code, answered=True
+        )
     except ConnectionLost as exc:
         # Sent: the server stores what it began even when its client is gone, so this file
         # may well be stored; a re-run says which (as after a Ctrl-C).
@@ -597,9 +612,11 @@ def _result_of(file: Candidate, size: int, future: Future[Response]) -> FileResu
         return FileResult(file, Outcome.UNANSWERED, size, reason=reason, code="connection_lost")
     if not isinstance(response, Uploaded):
         reason = f"unexpected answer {type(response).__name__}"
-        return FileResult(file, Outcome.REJECTED, size, reason=reason, code="unexpected_answer")
+        return FileResult(
+            file, Outcome.REJECTED, size, reason=reason, code="unexpected_answer", answered=True
+        )
     outcome = Outcome.NEW if response.created else Outcome.PRESENT
-    return FileResult(file, outcome, size, image_id=response.image_id)
+    return FileResult(file, outcome, size, image_id=response.image_id, answered=True)
 
 
 class _Run:

@@ -558,7 +558,7 @@ def test_save_to_a_missing_directory_is_refused_and_the_file_written_is_named(
     missing = tmp_path / "nodir"
     refused = alice(f"show_image {image} --save {missing}/")
     assert refused.code != 0, refused
-    assert f"{missing}/ is not a directory." in refused.err, refused
+    assert f"{missing}/ does not exist." in refused.err, refused
     assert not missing.exists()  # not even as a file called "nodir"
 
     into = tmp_path / "into"
