@@ -88,6 +88,16 @@ def positive_bytes(text: str) -> int:
 LARGEST_IMAGE_BYTES = ServerConfig.max_frame_bytes - 512 * 1024
 
 
+def positive_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
 def image_bytes(text: str) -> int:
     value = positive_bytes(text)
     if value > LARGEST_IMAGE_BYTES:
@@ -109,6 +119,9 @@ CHECKED: dict[str, tuple[str, Callable[[str], object]]] = {
     "idle_timeout": ("--idle-timeout", positive_seconds),
     "write_timeout": ("--write-timeout", positive_seconds),
     "max_image_bytes": ("--max-image-bytes", image_bytes),
+    "max_connections": ("--max-connections", positive_count),
+    "max_connections_per_address": ("--max-connections-per-address", positive_count),
+    "max_connections_per_account": ("--max-connections-per-account", positive_count),
     "log_level": ("--log-level", log_level),
 }
 
@@ -176,6 +189,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=ServerConfig.max_image_bytes,
         type=from_flag(image_bytes),
         help=f"largest image file accepted, in bytes (at most {LARGEST_IMAGE_BYTES})",
+    )
+    cfg.add_option(
+        parser,
+        "--max-connections",
+        default=ServerConfig.max_connections,
+        type=from_flag(positive_count),
+        help="open connections at once, server-wide (each idle one holds about 275 KB)",
+    )
+    cfg.add_option(
+        parser,
+        "--max-connections-per-address",
+        default=ServerConfig.max_connections_per_address,
+        type=from_flag(positive_count),
+        help="open connections from one client address (an IPv6 /64 counts as one)",
+    )
+    cfg.add_option(
+        parser,
+        "--max-connections-per-account",
+        default=ServerConfig.max_connections_per_account,
+        type=from_flag(positive_count),
+        help="connections logged in as one account at once",
     )
     cfg.add_option(
         parser,
@@ -248,6 +282,9 @@ def run_server(args: argparse.Namespace) -> int:
         idle_timeout_s=float(args.idle_timeout),
         write_timeout_s=float(args.write_timeout),
         max_image_bytes=int(args.max_image_bytes),
+        max_connections=int(args.max_connections),
+        max_connections_per_address=int(args.max_connections_per_address),
+        max_connections_per_account=int(args.max_connections_per_account),
         weights=args.weights or None,
         colours=not args.no_colours,
     )

@@ -12,6 +12,7 @@ import fcntl
 import gc
 import logging
 import os
+import resource
 import signal
 import sqlite3
 import ssl
@@ -42,7 +43,7 @@ from service import (  # noqa: F401  (they register their routes)
     similarity,
 )
 from service.auth import DeviceTokens, LoginThrottle
-from service.connection import Connection
+from service.connection import Connection, ConnectionLimits
 from service.context import ServerConfig, Services
 
 log = logging.getLogger("vitrine.server")
@@ -357,6 +358,35 @@ def close_services(services: Services) -> None:
     os.close(services.extras.pop("data_dir_lock"))
 
 
+#: File descriptors kept for everything but client connections: the database and its WAL, blob
+#: files being written, the model, the listening socket, and TLS handshakes not yet counted.
+RESERVED_FDS = 256
+
+
+def connection_cap(config: ServerConfig) -> int:
+    """`config.max_connections`, raising the soft open-file limit to fit it (as far as the
+    hard limit allows) or else lowering the cap, with a warning: past the open-file limit,
+    accept fails for everyone, which the cap is there to prevent."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = config.max_connections + RESERVED_FDS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return config.max_connections
+    cap = max(1, soft - RESERVED_FDS)
+    log.warning(
+        "the open-file limit (%d) leaves room for %d connections, not --max-connections %d: "
+        "raise it (ulimit -n, or LimitNOFILE= in a systemd unit)",
+        soft,
+        cap,
+        config.max_connections,
+    )
+    return cap
+
+
 def _quiet_handshake_failures(loop: asyncio.AbstractEventLoop, context: dict) -> None:
     """A failed connection is the peer's problem, not a server error worth a traceback.
 
@@ -410,13 +440,14 @@ async def serve(
         raise
     loop.set_exception_handler(_quiet_handshake_failures)
     connections: set[asyncio.Task[None]] = set()
+    limits = ConnectionLimits(connection_cap(config), config.max_connections_per_address)
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         connections.add(task)
         try:
-            await Connection(services, reader, writer).serve()
+            await Connection(services, reader, writer, limits).serve()
         except asyncio.CancelledError:
             # Cancelled by shutdown: asyncio's stream callback would log it as an error.
             pass

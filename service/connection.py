@@ -12,13 +12,17 @@ import asyncio
 import contextlib
 import errno
 import logging
+import re
 import sqlite3
 import time
+from collections import Counter
 
 from protocol import codec, framing
 from protocol.base import Request, Response
 from protocol.errors import ErrorCode, VitrineError
-from protocol.messages import PROTOCOL_VERSION, Error, Hello, Limits, Welcome
+from protocol.messages import PROTOCOL_VERSION, Error, Hello, Limits, Login, Resume, Welcome
+from repository import accounts as account_repo
+from service.auth import peer_key
 from service.context import ConnectionState, RequestContext, Services
 from service.registry import ROUTES, Frames, Reply
 
@@ -30,6 +34,19 @@ WRITE_CHUNK_BYTES = 256 * 1024
 # The slowest average a reply may be read at (beyond one write timeout): a 25 MB original gets
 # about 400 s. Slower, a peer could hold its in-flight replies for hours, a chunk at a time.
 MIN_READ_BYTES_PER_S = 64 * 1024
+#: A frame that has begun must keep coming: a pause longer than this (or the idle timeout, if
+#: shorter) closes the connection, and so does a frame slower than MIN_READ_BYTES_PER_S on
+#: average beyond this grace. A peer that sent 30 MiB of a 32 MiB frame and stopped held them
+#: until the idle timeout (300 s); a steady upload slower than the idle timeout was cut. A
+#: 25 MB original at exactly 64 KiB/s still arrives (in 381 s, of the 411 s it gets).
+FRAME_STALL_S = 30.0
+#: Most bytes taken from the stream at once while a frame arrives, to see how far it got.
+READ_CHUNK_BYTES = 256 * 1024
+#: How long a refused connection is given to send its Hello before the close: a close with its
+#: Hello unread, or arriving after, resets the connection, and the client may lose the reason.
+REFUSAL_LINGER_S = 1.0
+#: Connection refusals past the first of a burst are summed up in one line this often.
+REFUSAL_LOG_INTERVAL_S = 60.0
 #: What a client is told when the disk or the blob store failed under its request: enough to
 #: know it is the server's fault and worth retrying later, nothing of the paths in the log.
 STORAGE_FAILED = (
@@ -77,16 +94,114 @@ class _Closing(Exception):
     """Raised inside the loop when the connection must end after what was sent."""
 
 
+class _Late(TimeoutError):
+    """A frame (or the wait for one) ran out of time; `reason` says how, for the peer and the
+    log: nothing received, or how much of a frame arrived. `slow`: it kept coming, too slowly."""
+
+    def __init__(self, reason: str, slow: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.slow = slow
+
+
+class _Cut(framing.FrameError):
+    """The peer closed the connection in the middle of a frame: nobody is left to answer."""
+
+
+class ConnectionLimits:
+    """Open connections, server-wide and per client address (`auth.peer_key`: an IPv6 /64 is
+    one address, as for login failures).
+
+    Each idle TLS connection holds about 275 KB (asyncio's TLS reserves a 256 KiB receive
+    buffer) and a file descriptor: one free account opened 19,480 of them, 7 GB, close to the
+    open-file limit that would have refused everyone's new connections."""
+
+    def __init__(self, total: int, per_address: int) -> None:
+        self.total = total
+        self.per_address = per_address
+        self.open = 0
+        self.by_address: Counter[str] = Counter()
+        self._refusals = _RefusalLog()
+
+    def admit(self, address: str) -> str | None:
+        """Count a new connection from `address` in, or say why it is refused."""
+        if self.open >= self.total:
+            reason = f"the server has too many connections open ({self.total}); try again later"
+        elif self.by_address[address] >= self.per_address:
+            reason = (
+                f"too many connections from your address ({self.per_address}); close some "
+                "and try again"
+            )
+        else:
+            self.open += 1
+            self.by_address[address] += 1
+            return None
+        self._refusals.note(address, reason)
+        return reason
+
+    def release(self, address: str) -> None:
+        self.open -= 1
+        self.by_address[address] -= 1
+        if self.by_address[address] <= 0:
+            del self.by_address[address]
+
+
+class _RefusalLog:
+    """One warning when refusals start, then one line per REFUSAL_LOG_INTERVAL_S while they go
+    on: a flood of refused connections must not become a flood of log lines."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._summary: asyncio.TimerHandle | None = None
+
+    def note(self, address: str, reason: str) -> None:
+        if self._summary is not None:
+            self.counts[address] += 1
+            return
+        log.warning(
+            "refusing connections: peer=%s: %s (further refusals are summed up every %g s)",
+            address,
+            reason,
+            REFUSAL_LOG_INTERVAL_S,
+        )
+        self._arm()
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._summary = loop.call_later(REFUSAL_LOG_INTERVAL_S, self._summarise)
+
+    def _summarise(self) -> None:
+        self._summary = None
+        if not self.counts:
+            return  # the burst is over: the next refusal is logged at once
+        top = ", ".join(f"{address} {count}" for address, count in self.counts.most_common(5))
+        log.warning(
+            "refusing connections: %d more refused in the last %g s from %d addresses (most: %s)",
+            self.counts.total(),
+            REFUSAL_LOG_INTERVAL_S,
+            len(self.counts),
+            top,
+        )
+        self.counts.clear()
+        self._arm()
+
+
 class Connection:
     def __init__(
-        self, services: Services, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        services: Services,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.services = services
         self.config = services.config
         self.reader = reader
         self.writer = writer
+        self.limits = limits
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.state = ConnectionState(peer=str(peer[0]))
+        self.address = peer_key(self.state.peer)
         services.connections.add(self.state)
         self.label = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._write_lock = asyncio.Lock()
@@ -132,7 +247,11 @@ class Connection:
     # --- the loop --------------------------------------------------------------------------------
 
     async def serve(self) -> None:
+        refusal = self.limits.admit(self.address) if self.limits is not None else None
         try:
+            if refusal is not None:
+                await self._refuse(refusal)
+                return
             await self._handshake()
             await self._loop()
         except _Closing:
@@ -140,6 +259,8 @@ class Connection:
         except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
             log.debug("connection %s dropped: %s", self.label, exc)
         finally:
+            if self.limits is not None and refusal is None:
+                self.limits.release(self.address)
             self.services.connections.discard(self.state)
             for task in self._tasks:
                 task.cancel()
@@ -149,6 +270,14 @@ class Connection:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.writer.wait_closed(), 2)
 
+    async def _refuse(self, reason: str) -> None:
+        """Tell a connection over a cap why, then close it (the caller does). Its Hello, sent
+        right after TLS, is read first if it comes soon: see REFUSAL_LINGER_S."""
+        with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+            async with asyncio.timeout(REFUSAL_LINGER_S):
+                await self.reader.read(self.config.max_anonymous_frame_bytes)
+        await self._send_error(0, ErrorCode.RATE_LIMITED, f"Closing the connection: {reason}.")
+
     def _frame_limit(self) -> int:
         """Upload-sized frames only once someone is logged in (exclusive requests such as Login
         finish before the next frame is read, so the state seen here is current)."""
@@ -156,26 +285,114 @@ class Connection:
             return min(self.config.max_anonymous_frame_bytes, self.config.max_frame_bytes)
         return self.config.max_frame_bytes
 
-    async def _next_request(self, timeout: float) -> Request | None:
+    async def _read_into(
+        self, into: bytearray, size: int, stall: float, deadline: float, what: str
+    ) -> None:
+        """Read until `into` holds `size` bytes: a pause longer than `stall`, or the loop's
+        clock passing `deadline`, raises `_Late` saying which and how far `what` got, and an
+        end of stream EOFError (`into` then holds what came). Read in
+        pieces rather than with `readexactly`, whose wait cannot tell a frame that keeps coming
+        from one that stopped, nor say how much arrived."""
+        loop = asyncio.get_running_loop()
+        while len(into) < size:
+            left = deadline - loop.time()
+            try:
+                async with asyncio.timeout(max(0.0, min(stall, left))):
+                    chunk = await self.reader.read(min(size - len(into), READ_CHUNK_BYTES))
+            except TimeoutError:
+                if stall < left:
+                    raise _Late(
+                        f"{what} stopped arriving: {len(into)} of {size} bytes arrived, then "
+                        f"nothing for {stall:g} s"
+                    ) from None
+                raise _Late(
+                    f"{what} did not arrive in full in time: {len(into)} of {size} bytes",
+                    slow=True,
+                ) from None
+            if not chunk:
+                raise EOFError
+            into += chunk
+
+    async def _read_frame(self, limit: int, wait: float, whole: bool) -> bytearray | None:
+        """The next frame's body, or None on a clean end of stream between frames.
+
+        Its first bytes may take `wait` (the idle timeout); once it began, the frame must
+        keep coming (FRAME_STALL_S). With `whole`, `wait` bounds the whole frame (the
+        handshake's one deadline)."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        stall = min(FRAME_STALL_S, self.config.idle_timeout_s)
+        header = bytearray()
+        try:
+            async with asyncio.timeout(wait):
+                header += await self.reader.read(framing.HEADER.size)
+        except TimeoutError:
+            raise _Late(f"nothing received for {wait:g} s") from None
+        if not header:
+            return None
+        try:
+            await self._read_into(
+                header, framing.HEADER.size, stall, began + wait, "a frame's 4-byte header"
+            )
+        except EOFError:
+            raise _Cut("Connection closed in the middle of a frame header.") from None
+        (length,) = framing.HEADER.unpack(header)
+        framing._check_length(length, limit)  # the same refusals as framing.read_frame
+        budget = stall + length / MIN_READ_BYTES_PER_S
+        deadline = loop.time() + budget
+        if whole:
+            deadline = min(deadline, began + wait)
+        body = bytearray()
+        try:
+            await self._read_into(body, length, stall, deadline, "the request")
+        except _Late as late:
+            if whole or not late.slow:
+                raise
+            raise _Late(
+                f"{late.reason} (a frame gets {stall:g} s plus a second per "
+                f"{MIN_READ_BYTES_PER_S // 1024} KiB: {budget:.0f} s for this one)"
+            ) from None
+        except EOFError:
+            got = len(body)
+            raise _Cut(f"Connection closed after {got} of {length} announced bytes.") from None
+        return body
+
+    def _log_closing(self, outcome: str, reason: str) -> None:
+        """One line per connection closed for a frame: the peer and why. Floods of these are
+        bounded by the connection caps (ConnectionLimits, max_connections_per_account)."""
+        user = self.state.user.name if self.state.user else "-"
+        log.info(
+            "user=%s peer=%s request=? outcome=%s closed the connection: %s",
+            user,
+            self.label,
+            outcome,
+            reason,
+        )
+
+    async def _next_request(self, wait: float, *, whole: bool = False) -> Request | None:
         """Read and decode one request; framing errors are answered, then the connection closes."""
         limit = self._frame_limit()
         try:
-            async with asyncio.timeout(timeout):
-                body = await framing.read_frame(self.reader, limit)
-        except TimeoutError:
-            await self._send_error(
-                0,
-                ErrorCode.BAD_REQUEST,
-                f"Closing the connection: nothing received for {timeout:g} s.",
-            )
+            body = await self._read_frame(limit, wait, whole)
+        except _Late as late:
+            self._log_closing(ErrorCode.BAD_REQUEST.value, late.reason)
+            with contextlib.suppress(ConnectionError, OSError):
+                await self._send_error(
+                    0, ErrorCode.BAD_REQUEST, f"Closing the connection: {late.reason}."
+                )
             raise _Closing from None
         except framing.FrameTooLarge as exc:
             message = str(exc)
             if limit < self.config.max_frame_bytes:
                 message += " Until a login, only small frames are read: log in first."
+            self._log_closing(ErrorCode.TOO_LARGE.value, str(exc))
             await self._send_error(0, ErrorCode.TOO_LARGE, message)
             raise _Closing from None
+        except _Cut as exc:
+            self._log_closing("disconnected", str(exc))
+            raise _Closing from None
         except framing.FrameError as exc:
+            self._log_closing(ErrorCode.BAD_REQUEST.value, str(exc))
             with contextlib.suppress(ConnectionError, OSError):
                 await self._send_error(0, ErrorCode.BAD_REQUEST, str(exc))
             raise _Closing from None
@@ -184,6 +401,7 @@ class Connection:
         try:
             return codec.decode_request(body)
         except codec.MessageError as exc:
+            request_id = exc.request_id or _id_before_trailing_bytes(body, exc)
             # Not a request, but worth the line a request gets: the operator sees who sends it.
             # The message quotes what the peer sent (a type's name, a field's): %r, so that a
             # newline or an escape in it cannot forge a log line or drive a terminal.
@@ -195,14 +413,14 @@ class Connection:
                 exc.code.value,
                 exc.message,
             )
-            await self._send_error(exc.request_id, exc.code, exc.message)
+            await self._send_error(request_id, exc.code, exc.message)
             return None
 
     async def _handshake(self) -> None:
         """One frame, within one deadline: a peer that cannot send Hello first is not a client,
         and a malformed frame must not buy it another handshake timeout."""
         request = await self._next_request(
-            min(self.config.handshake_timeout_s, self.config.idle_timeout_s)
+            min(self.config.handshake_timeout_s, self.config.idle_timeout_s), whole=True
         )
         if request is None:  # malformed: the error is already sent
             raise _Closing
@@ -337,7 +555,50 @@ class Connection:
                 self.state.ended
                 or f"{type(request).__name__} needs a logged-in user; log in first.",
             )
-        return await route.handler(RequestContext(self.services, self.state), request)
+        reply = await route.handler(RequestContext(self.services, self.state), request)
+        if isinstance(request, Login | Resume):
+            await self._within_account_cap(request)
+        return reply
+
+    async def _within_account_cap(self, request: Login | Resume) -> None:
+        """Undo a login that makes its account's connections more than the cap: one account
+        could otherwise hold thousands of connections, each with a frame of up to
+        max_frame_bytes in the making. Checked after the login, since only then is the account
+        known (a Resume names none); a Login's new session is revoked, as its token is never
+        sent, while a resumed one stays with the account's other connections."""
+        user, cap = self.state.user, self.config.max_connections_per_account
+        if user is None:
+            return
+        logged_in = sum(
+            1 for state in self.services.connections if state.user and state.user.id == user.id
+        )
+        if logged_in <= cap:
+            return
+        session_id = self.state.session_id
+        self.state.end()
+        if isinstance(request, Login) and session_id is not None:
+            await self.services.db_call(account_repo.revoke_session, session_id)
+        raise VitrineError(
+            ErrorCode.RATE_LIMITED,
+            f"This account already has {cap} connections logged in, the most it may have; "
+            "close one of them (or log out there) and try again.",
+        )
+
+
+_TRAILING = re.compile(r"trailing characters \(byte (\d+)\)")
+
+
+def _id_before_trailing_bytes(body: bytes | bytearray, exc: codec.MessageError) -> int:
+    """The id of a message followed by stray bytes, so that its refusal answers it. msgspec
+    refuses the whole body and says where the message ended; codec salvages ids only from a
+    body that is one message."""
+    match = _TRAILING.search(exc.message)
+    if match is None:
+        return 0
+    try:
+        return codec.decode_request(body[: int(match.group(1))]).id
+    except codec.MessageError as inner:
+        return inner.request_id
 
 
 def _error(

@@ -296,7 +296,7 @@ def test_a_refused_start_makes_no_tls_identity(server: ServerProcess, tmp_path: 
         (
             ["--max-image-bytes", "40000000"],
             "argument --max-image-bytes: '40000000' is more than one upload can carry; the "
-            "largest is 33488896",
+            "largest is 33030144",
         ),
         (["--log-level", "LOUD"], "argument --log-level: 'LOUD' is not one of DEBUG, INFO"),
         (["--tls-cert", "x.pem"], "--tls-cert and --tls-key go together: give both or neither"),
