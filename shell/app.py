@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import getpass
 import itertools
 import os
 import re
 import select
+import stat
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Any, NoReturn
 import cmd2
 import msgspec
 from cmd2.exceptions import Cmd2ArgparseError, Cmd2ShlexError
+from cmd2.parsing import StatementParser
 from rich.console import Console
 
 from protocol.base import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, normalise_password
@@ -101,6 +104,7 @@ class VitrineShell(cmd2.Cmd):
         for name in REMOVED_BUILTINS:
             self.disable_command(name, f"{name} is not available in Vitrine.")
             self.hidden_commands.append(name)
+        self._offer_no_editor()
         self._member_ui: bool | None = None
         self._user: str | None = None
         #: Goes up whenever the logged-in user changes (a logout too), so what was remembered
@@ -119,6 +123,8 @@ class VitrineShell(cmd2.Cmd):
         self.interrupted = False
         #: The command that was running then ("" between commands), for shell.cli to name.
         self.interrupted_during: str | None = None
+        #: Between commands given as arguments: the last one that ran, for shell.cli to name.
+        self.interrupted_after = ""
         self.sync_login_state()
 
     # --- what is offered when --------------------------------------------------------------------
@@ -203,6 +209,10 @@ class VitrineShell(cmd2.Cmd):
                 f"'size{statement.redirector}10', or --title 'Sizes{statement.redirector}XL'). "
                 "Nothing was run."
             )
+            stop = False
+        elif statement is not None and (escaped := _escaped_blank(line, self.statement_parser)):
+            # `add_image ~/my\ shoe.jpg` skipped `~/my\` and `shoe.jpg` without a hint.
+            self.fail(escaped)
             stop = False
         else:
             stop = super().onecmd_plus_hooks(line, **kwargs)
@@ -336,6 +346,26 @@ class VitrineShell(cmd2.Cmd):
         self.exit_code = 1
         super()._report_disabled_command_usage(*args, message_to_print=message_to_print, **kwargs)
 
+    @functools.wraps(cmd2.Cmd.do_history)  # its parser, completion and place in help
+    def do_history(self, *args: Any, **kwargs: Any) -> bool | None:
+        return cmd2.Cmd.do_history(self, *args, **kwargs)
+
+    #: The line `help -v` and completion show: cmd2's says "View, run, edit, save, ..."
+    do_history.__doc__ = "View, run, save, or clear previously entered commands."
+
+    def _offer_no_editor(self) -> None:
+        """Help and `set` offered what the shell refuses: `history -e` ("edit and then run")
+        and the `editor` setting, which only `edit` and `history -e` use. Both go from what is
+        listed; `history -e` typed anyway is still refused with its reason (`run_editor`)."""
+        self.remove_settable("editor")
+        history = self.command_parsers.get(self.do_history)
+        if history is None:
+            return
+        history.description = self.do_history.__doc__
+        for action in history._actions:
+            if "--edit" in action.option_strings:
+                action.help = argparse.SUPPRESS
+
     def run_editor(self, file_path: str | None = None) -> NoReturn:
         """There is no editor in Vitrine (`edit` and `shell` are off). cmd2's `history -e` would
         still write the chosen items to a file, fail to open the editor, and then run the file
@@ -421,6 +451,30 @@ def _undecodable(line: str) -> str:
     return ""
 
 
+def _escaped_blank(line: str, parser: StatementParser) -> str:
+    """Why a line that escapes a blank with a backslash, as bash reads `my\\ shoe.jpg`, is not
+    run, else "". Here a backslash is a plain character (cmd2 splits lines without escapes,
+    which keeps `C:\\photos` and search text as typed), so that name was two words, each
+    skipped as a file that does not exist. A word ending in a backslash before another word
+    is that mistake: nothing else means anything by it."""
+    tokens = parser.tokenize(line)
+    for at, word in enumerate(tokens[:-1]):
+        if not word.endswith("\\"):
+            continue
+        end = at + 1
+        while tokens[end].endswith("\\") and end + 1 < len(tokens):
+            end += 1
+        typed = " ".join(tokens[at : end + 1])
+        meant = " ".join([part[:-1] for part in tokens[at:end]] + [tokens[end]])
+        quote = "'" if '"' in meant else '"'
+        return (
+            f"A backslash does not escape a blank in Vitrine: `{printable(typed)}` is "
+            f"{end + 1 - at} words here, not one. Put a word with blanks in quotes instead, as "
+            f"in: {quote}{printable(meant)}{quote}. Nothing was run."
+        )
+    return ""
+
+
 def _sendable(password: str) -> str:
     """A typed password the wire takes: the schema's own refusal of an empty or endless one
     ("Expected `str` of length >= 1 - at `$.password`") means nothing to a person."""
@@ -442,24 +496,63 @@ def _private_history(path: Path) -> str | None:
     """The history holds every line typed, a password typed by mistake on a command line too:
     owner-only, like known_servers. cmd2 rewrites the file in place, so the mode it is created
     with here stays. Returns why the history cannot be saved (a read-only config directory,
-    `history` a directory), or None when it can."""
+    `history` a directory or a FIFO), or None when it can.
+
+    Opened without blocking, and used only when it is a regular file: opening a FIFO to write
+    waits for a reader, and the shell hung at start."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        os.chmod(path, 0o600)
+        kind = _special_file(path)
+        if kind is None:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+            try:
+                kind = _special_kind(os.fstat(fd).st_mode)
+                if kind is None:
+                    os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         return f"cannot write {exc.filename or path}: {reason}."
+    if kind is not None:
+        return f"{path} is {kind}, not a regular file, so it is neither read nor written."
     return None
 
 
 def _readable_file(path: Path) -> bool:
-    """Whether cmd2 can load `path` as the earlier history without an error of its own."""
+    """Whether cmd2 can load `path` as the earlier history without an error of its own, or
+    waiting for ever on a FIFO."""
     try:
-        with path.open("rb"):
-            return path.is_file()
+        if _special_file(path) is not None:
+            return False
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            return stat.S_ISREG(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
     except OSError:
         return False
+
+
+def _special_file(path: Path) -> str | None:
+    """What is at `path` when it is a FIFO, socket or device (which no history is), else None
+    (nothing there, a regular file, or a directory, whose open then fails with its reason)."""
+    try:
+        return _special_kind(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return None
+
+
+def _special_kind(mode: int) -> str | None:
+    """A FIFO, socket or device, for a person, else None. The same test as
+    shell.cart_store._file_kind (private to the cart), but leaving directories to the open."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return None
 
 
 # argparse takes a word that starts with "-" for an option unless it looks like a negative

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import re
+import signal
 import ssl
 import sys
 from pathlib import Path
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.commands and (
             run_arguments(shell, args.commands, at_terminal=interactive) or not interactive
         ):
-            return SIGPIPE_STATUS if shell.output_closed else shell.exit_code
+            return _stopped_status(shell) or shell.exit_code
         scripted_status = shell.exit_code
         shell.stop_on_failure = not at_terminal
         try:
@@ -270,17 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:  # one that came between cmd2's own handling of them
             if not shell.interrupted:
                 raise
-        if shell.output_closed:
-            return SIGPIPE_STATUS
-        if shell.interrupted:
-            during = shell.interrupted_during
-            shell.perror(
-                f"Interrupted at `{during}`: nothing after it was run."
-                if during
-                else "Interrupted while waiting for the next command: nothing more was run.",
-                style=None,
-            )
-            return INTERRUPTED_STATUS
+        stopped = _stopped_status(shell, between="while waiting for the next command")
+        if stopped:
+            return stopped
         if shell.failed_command is not None:
             shell.perror(
                 f"Stopped at `{shell.failed_command}`, which failed: nothing after it was run.",
@@ -295,11 +288,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_arguments(shell: VitrineShell, commands: list[str], *, at_terminal: bool) -> bool:
     """Run the argument commands in order, stopping at the first that fails; True when the
-    client should exit now (a `quit`, or a failure with nobody at a terminal to carry on)."""
+    client should exit now (a `quit`, a SIGINT without a terminal, or a failure with nobody at
+    a terminal to carry on).
+
+    SIGINT goes to the shell's own handler, as in `cmdloop`: without a terminal it then stops
+    the run as it stops a script read from stdin (`_stopped_status` says where, status 130).
+    Under Python's default handler the interrupted command merely failed, and the run ended
+    as after any failure, with status 1."""
     shell.stop_on_failure = True
+    previous = signal.signal(signal.SIGINT, shell.sigint_handler)
+    after = ""
     try:
         for done, command in enumerate(commands, start=1):
-            if not shell.onecmd_plus_hooks(command):
+            ran_before, after = after, command.strip()
+            stop = shell.onecmd_plus_hooks(command)
+            if shell.interrupted:
+                if not shell.interrupted_during:  # it came before this command began
+                    shell.interrupted_after = ran_before
+                return True
+            if not stop:
                 continue
             if shell.output_closed:  # nobody reads what would follow, nor a note about it
                 return True
@@ -321,5 +328,31 @@ def run_arguments(shell: VitrineShell, commands: list[str], *, at_terminal: bool
             shell.failed_command = None
             return not at_terminal
         return False
+    except KeyboardInterrupt:  # between two commands, outside any command's own handling
+        if not shell.interrupted:
+            raise
+        shell.interrupted_during, shell.interrupted_after = "", after
+        return True
     finally:
+        signal.signal(signal.SIGINT, previous)
         shell.stop_on_failure = False
+
+
+def _stopped_status(shell: VitrineShell, between: str = "") -> int:
+    """The exit status of a run that must stop whatever its commands did, else 0: the reader
+    of stdout gone (141, said nowhere), or a SIGINT without a terminal (130). The same rule for
+    commands given as arguments and read from stdin: stderr ends with where it stopped, and
+    nothing after that was run. `between` says where a SIGINT between commands came, when no
+    command had run yet there."""
+    if shell.output_closed:
+        return SIGPIPE_STATUS
+    if not shell.interrupted:
+        return 0
+    if shell.interrupted_during:
+        where = f"at `{shell.interrupted_during}`: nothing after it was run"
+    elif shell.interrupted_after:
+        where = f"after `{shell.interrupted_after}`: nothing after it was run"
+    else:
+        where = f"{between or 'before the first command'}: nothing more was run"
+    shell.perror(f"Interrupted {where}.", style=None)
+    return INTERRUPTED_STATUS

@@ -836,17 +836,11 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
 
         Checked before asking the server, so a refused --save costs no download. Like cp, a
         path ending in a slash must be a directory that exists: `--save new/` never quietly
-        becomes a file called `new`. A folder that is missing is said to be missing: "is not
-        a directory" sent the user looking for a file in its place.
+        becomes a file called `new` (`listing.check_new_file`).
         """
         target = Path(os.path.expanduser(args.save))
         if target.is_dir():
             return target
-        trailing = args.save.endswith(("/", os.sep))
-        folder = target if trailing else target.parent
-        if not os.path.lexists(folder):
-            shown = printable(args.save if trailing else str(folder))
-            raise CommandFailed(f"{shown} does not exist.")
         listing.check_new_file(args.save, args.force)
         return target
 

@@ -37,6 +37,7 @@ from typing import Any, Generic, TypeVar
 import cmd2
 import msgspec
 from cmd2 import Choices, CompletionItem, Completions
+from cmd2.rich_utils import Cmd2BaseConsole
 from rich import box
 from rich.cells import cell_len
 from rich.console import JustifyMethod
@@ -125,9 +126,10 @@ class LatestListing:
     #: ServerConnection.generation the cursor was made on: cursors live and die with their
     #: connection, so after a reconnect the listing is gone whatever the server says.
     generation: int = 0
-    #: A batch asked for whose wait Ctrl-C stopped. The server has answered it (or will), and
-    #: its cursor has moved past it: the next `more` shows this answer rather than asking again,
-    #: which would skip it.
+    #: A batch asked for and not shown yet: its wait, or its drawing, was stopped by Ctrl-C.
+    #: The server has answered it (or will), and its cursor has moved past it: the next `more`
+    #: shows this answer rather than asking again, which would skip it. It stays here until
+    #: `_show` has put it out whole.
     pending: Future[Fetched] | None = None
     #: The connection ended since the listing began, so the server's cursor is gone.
     lost: bool = False
@@ -245,10 +247,15 @@ def render_options(args: argparse.Namespace, base: RenderOptions | None = None) 
 def check_new_file(given: str, force: bool) -> None:
     """Refuse a path a command would write (like cp: an existing file only with --force, a
     trailing slash only for a directory that exists) before anything is asked of the server,
-    so a refusal costs no query and no download."""
+    so a refusal costs no query and no download. A folder that is missing is said to be
+    missing: "is not a directory" sent the user looking for a file in its place."""
     path = Path(os.path.expanduser(given))
     shown = printable(given)
-    if given.endswith(("/", os.sep)) and not path.is_dir():
+    trailing = given.endswith(("/", os.sep))
+    folder = path if trailing else path.parent
+    if not os.path.lexists(folder):
+        raise CommandFailed(f"{shown if trailing else printable(str(folder))} does not exist.")
+    if trailing and not path.is_dir():
         raise CommandFailed(f"{shown} is not a directory.")
     if path.is_dir():
         raise CommandFailed(f"{shown} is a directory; give a file name.")
@@ -336,7 +343,8 @@ def _still_on_its_way(shell: cmd2.Cmd, latest: LatestListing, render: RenderOpti
 
 def _wait(shell: cmd2.Cmd, latest: LatestListing, render: RenderOptions) -> Fetched:
     """The pending batch of `latest`, once it arrives. Ctrl-C leaves it pending (and says so),
-    so the next `more` shows it instead of skipping it."""
+    so the next `more` shows it instead of skipping it; so does an answer that arrived but is
+    not shown yet (`_show` ends its pending). A batch that failed is no longer pending."""
     pending = latest.pending
     assert pending is not None
     try:
@@ -344,9 +352,9 @@ def _wait(shell: cmd2.Cmd, latest: LatestListing, render: RenderOptions) -> Fetc
     except KeyboardInterrupt:
         _still_on_its_way(shell, latest, render)
         raise
-    finally:
-        if pending.done():
-            latest.pending = None
+    except BaseException:
+        latest.pending = None
+        raise
     latest.cursor, latest.kept = fetched.cursor, fetched.kept
     return fetched
 
@@ -498,14 +506,32 @@ def _note(shell: cmd2.Cmd, render: RenderOptions, message: str, *, error: bool =
 def _show(
     shell: cmd2.Cmd, items: list[ImageSummary], latest: LatestListing, render: RenderOptions
 ) -> None:
-    memory(shell).remember(items)
+    """Put out the batch `_wait` gave, then end its pending. Ctrl-C while it is being drawn (a
+    batch of 200 thumbnails takes a while) keeps it pending for the next `more`, which shows
+    it whole and numbered as now: the server's cursor is past it already, and it used to be
+    lost. Rows drawn before the press come again then (how far a table got cannot be told)."""
     start = latest.shown + 1
+    try:
+        if render.json:
+            write_json_lines(shell, map(image_json, items))
+        elif items:
+            mode = graphics_mode(shell) if render.images else "none"
+            _print_table(shell, listing_table(items, mode, terminal_columns()))
+    except KeyboardInterrupt:
+        if latest.pending is not None:
+            last = start + len(items) - 1
+            shown = f"results {start}-{last}" if len(items) > 1 else f"result {start}"
+            _note(
+                shell,
+                render,
+                f"Stopped showing {shown} of {latest.what}: `more` shows "
+                f"{'them' if len(items) > 1 else 'it'} again, whole.",
+                error=True,
+            )
+        raise
+    latest.pending = None
+    memory(shell).remember(items)
     latest.shown += len(items)
-    if render.json:
-        write_json_lines(shell, map(image_json, items))
-    elif items:
-        mode = graphics_mode(shell) if render.images else "none"
-        shell.poutput(listing_table(items, mode, terminal_columns()), soft_wrap=False)
     if render.sheet is not None and items:
         labels = [(f"{item.id} {printable(item.title)}", item.thumbnail or b"") for item in items]
         try:
@@ -532,6 +558,15 @@ def _show(
             render,
             f"Showing {shown} of {latest.what}; type more for up to {latest.more_batch} more.",
         )
+
+
+def _print_table(shell: cmd2.Cmd, table: Table) -> None:
+    """As `poutput` prints it, through a console of its own: cmd2 keeps one console for stdout,
+    and rich clears what it rendered only once the write is done, so a table whose write Ctrl-C
+    cut would be written again, ahead of whatever that console printed next (the batch that
+    `more` then shows whole)."""
+    console = Cmd2BaseConsole(file=shell.stdout, emoji=False, markup=False, highlight=False)
+    console.print(table, soft_wrap=False)
 
 
 # --- forms ---------------------------------------------------------------------------------------
