@@ -358,23 +358,34 @@ def close_services(services: Services) -> None:
     os.close(services.extras.pop("data_dir_lock"))
 
 
-#: File descriptors kept for everything but client connections: the database and its WAL, blob
-#: files being written, the model, the listening socket, and TLS handshakes not yet counted.
+#: File descriptors kept for everything but counted client connections: the database and its
+#: WAL, blob files being written, the model, the listening socket.
 RESERVED_FDS = 256
+#: The soft open-file limit start-up asks for (as far as the hard limit allows), well above the
+#: caps: connections still in their TLS handshake (up to the handshake timeout) and refused ones
+#: still closing are not counted by ConnectionLimits, yet hold a descriptor each. 3,000 plain
+#: TCP connections from one address held 772 descriptors, which cap + 256 barely covered.
+WANTED_OPEN_FILES = 65536
 
 
 def connection_cap(config: ServerConfig) -> int:
-    """`config.max_connections`, raising the soft open-file limit to fit it (as far as the
-    hard limit allows) or else lowering the cap, with a warning: past the open-file limit,
-    accept fails for everyone, which the cap is there to prevent."""
+    """`config.max_connections`, after raising the soft open-file limit to WANTED_OPEN_FILES
+    (or the cap plus RESERVED_FDS if more; as far as the hard limit allows), or else the cap
+    lowered to what the limit leaves, with a warning.
+
+    The cap counts connections once their TLS handshake is done, so it keeps the counted ones
+    from exhausting the limit; it cannot stop a flood of handshakes (bounded by the listen
+    backlog and the handshake timeout) from doing so, which is what the headroom is for."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = config.max_connections + RESERVED_FDS
+    needed = config.max_connections + RESERVED_FDS
+    wanted = max(needed, WANTED_OPEN_FILES)
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(hard, wanted)
     if soft != resource.RLIM_INFINITY and soft < wanted:
-        raised = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
         with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
-            soft = raised
-    if soft == resource.RLIM_INFINITY or soft >= wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    if soft == resource.RLIM_INFINITY or soft >= needed:
         return config.max_connections
     cap = max(1, soft - RESERVED_FDS)
     log.warning(

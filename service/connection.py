@@ -36,17 +36,23 @@ WRITE_CHUNK_BYTES = 256 * 1024
 MIN_READ_BYTES_PER_S = 64 * 1024
 #: A frame that has begun must keep coming: a pause longer than this (or the idle timeout, if
 #: shorter) closes the connection, and so does a frame slower than MIN_READ_BYTES_PER_S on
-#: average beyond this grace. A peer that sent 30 MiB of a 32 MiB frame and stopped held them
-#: until the idle timeout (300 s); a steady upload slower than the idle timeout was cut. A
-#: 25 MB original at exactly 64 KiB/s still arrives (in 381 s, of the 411 s it gets).
+#: average beyond this grace, unless it arrives within the idle timeout (`frame_budget`). A
+#: peer that sent 30 MiB of a 32 MiB frame and stopped held them until the idle timeout
+#: (300 s); a steady upload slower than the idle timeout was cut. A 25 MB original at exactly
+#: 64 KiB/s still arrives (in 381 s, of the 411 s it gets).
 FRAME_STALL_S = 30.0
 #: Most bytes taken from the stream at once while a frame arrives, to see how far it got.
 READ_CHUNK_BYTES = 256 * 1024
 #: How long a refused connection is given to send its Hello before the close: a close with its
 #: Hello unread, or arriving after, resets the connection, and the client may lose the reason.
 REFUSAL_LINGER_S = 1.0
-#: Connection refusals past the first of a burst are summed up in one line this often.
+#: Connection refusals (and evictions) past the first of a burst are summed up in one line
+#: this often.
 REFUSAL_LOG_INTERVAL_S = 60.0
+#: How long a connection closed to make room (`ConnectionLimits`) is given to take the reason
+#: before it is closed regardless: its place is already given to the newcomer, so a peer that
+#: does not read must not keep the socket for a write timeout.
+EVICTION_NOTICE_S = 2.0
 #: What a client is told when the disk or the blob store failed under its request: enough to
 #: know it is the server's fault and worth retrying later, nothing of the paths in the log.
 STORAGE_FAILED = (
@@ -61,6 +67,15 @@ STORAGE_FULL = (
 )
 _SQLITE_STORAGE_ERRORS = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR}
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+def frame_budget(length: int, idle_timeout_s: float) -> float:
+    """Seconds a frame of `length` bytes gets from its header to its last byte: the rate rule
+    (a stall's grace plus MIN_READ_BYTES_PER_S), but never less than the idle timeout, which
+    every frame had before the rate rule. The rule alone gave a 200 KB upload 33 s, so one at
+    5 KB/s (40 s) over a slow uplink was cut where it used to arrive."""
+    stall = min(FRAME_STALL_S, idle_timeout_s)
+    return max(idle_timeout_s, stall + length / MIN_READ_BYTES_PER_S)
 
 
 def _failed(name: str, request_id: int, exc: Exception) -> str:
@@ -114,43 +129,84 @@ class ConnectionLimits:
 
     Each idle TLS connection holds about 275 KB (asyncio's TLS reserves a 256 KiB receive
     buffer) and a file descriptor: one free account opened 19,480 of them, 7 GB, close to the
-    open-file limit that would have refused everyone's new connections."""
+    open-file limit that would have refused everyone's new connections.
+
+    Only connections that finished their TLS handshake are counted (asyncio runs the handshake
+    before the server sees the connection), and a refused one stops counting at once though its
+    socket lives on for its reason (REFUSAL_LINGER_S, then the close): the open-file count can
+    run past `total` by what the listen backlog and the handshake timeout let in.
+
+    When the server is full, a newcomer whose address, with it, would still hold fewer
+    connections than the heaviest address takes a place from that address (`_make_room`):
+    four addresses holding 256 idle connections each locked every other client out."""
 
     def __init__(self, total: int, per_address: int) -> None:
         self.total = total
         self.per_address = per_address
         self.open = 0
-        self.by_address: Counter[str] = Counter()
-        self._refusals = _RefusalLog()
+        #: Each address's counted connections (a dict for its order and O(1) removal).
+        self.by_address: dict[str, dict[Connection, None]] = {}
+        self._refusals = _BurstLog("refusing connections", "refusals")
+        self._evictions = _BurstLog("closing connections to make room", "evictions")
 
-    def admit(self, address: str) -> str | None:
-        """Count a new connection from `address` in, or say why it is refused."""
-        if self.open >= self.total:
-            reason = f"the server has too many connections open ({self.total}); try again later"
-        elif self.by_address[address] >= self.per_address:
+    def admit(self, connection: Connection) -> str | None:
+        """Count a new connection in (closing another to make room if it must), or say why it
+        is refused."""
+        address = connection.address
+        held = len(self.by_address.get(address, ()))
+        if held >= self.per_address:
             reason = (
                 f"too many connections from your address ({self.per_address}); close some "
                 "and try again"
             )
+        elif self.open >= self.total and not self._make_room(address, held):
+            reason = f"the server has too many connections open ({self.total}); try again later"
         else:
             self.open += 1
-            self.by_address[address] += 1
+            self.by_address.setdefault(address, {})[connection] = None
             return None
         self._refusals.note(address, reason)
         return reason
 
-    def release(self, address: str) -> None:
+    def _make_room(self, address: str, held: int) -> bool:
+        """Close one connection of the address holding the most, if the newcomer's address
+        (`held` connections) would still hold fewer than it once the newcomer is in: never
+        between two addresses of equal share, which would only trade places back and forth.
+        O(addresses) to find the heaviest, then O(its connections, at most per_address) to
+        pick the one that loses least (see `Connection.eviction_order`)."""
+        heaviest, theirs = max(self.by_address.items(), key=lambda item: len(item[1]))
+        count = len(theirs)
+        if held + 1 >= count:
+            return False
+        victim = min(theirs, key=Connection.eviction_order)
+        self.release(victim)
+        victim.evict(f"the server is full and your address holds the most connections ({count})")
+        self._evictions.note(
+            heaviest,
+            f"the server is full ({self.total}); closed one of the {count} connections of "
+            f"{heaviest} for a newcomer from {address}",
+        )
+        return True
+
+    def release(self, connection: Connection) -> None:
+        """Stop counting `connection`; nothing if it no longer counts (it was evicted)."""
+        held = self.by_address.get(connection.address)
+        if held is None or connection not in held:
+            return
+        del held[connection]
         self.open -= 1
-        self.by_address[address] -= 1
-        if self.by_address[address] <= 0:
-            del self.by_address[address]
+        if not held:
+            del self.by_address[connection.address]
 
 
-class _RefusalLog:
-    """One warning when refusals start, then one line per REFUSAL_LOG_INTERVAL_S while they go
-    on: a flood of refused connections must not become a flood of log lines."""
+class _BurstLog:
+    """One warning when refusals (or evictions) start, then one line per
+    REFUSAL_LOG_INTERVAL_S while they go on: a flood of them must not become a flood of log
+    lines."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str, noun: str) -> None:
+        self.what = what
+        self.noun = noun
         self.counts: Counter[str] = Counter()
         self._summary: asyncio.TimerHandle | None = None
 
@@ -159,9 +215,11 @@ class _RefusalLog:
             self.counts[address] += 1
             return
         log.warning(
-            "refusing connections: peer=%s: %s (further refusals are summed up every %g s)",
+            "%s: peer=%s: %s (further %s are summed up every %g s)",
+            self.what,
             address,
             reason,
+            self.noun,
             REFUSAL_LOG_INTERVAL_S,
         )
         self._arm()
@@ -173,11 +231,13 @@ class _RefusalLog:
     def _summarise(self) -> None:
         self._summary = None
         if not self.counts:
-            return  # the burst is over: the next refusal is logged at once
+            return  # the burst is over: the next one is logged at once
         top = ", ".join(f"{address} {count}" for address, count in self.counts.most_common(5))
         log.warning(
-            "refusing connections: %d more refused in the last %g s from %d addresses (most: %s)",
+            "%s: %d more %s in the last %g s from %d addresses (most: %s)",
+            self.what,
             self.counts.total(),
+            self.noun,
             REFUSAL_LOG_INTERVAL_S,
             len(self.counts),
             top,
@@ -207,6 +267,13 @@ class Connection:
         self._write_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(self.config.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
+        #: When a frame last arrived or a reply last left: who is idle longest (`evict`).
+        self.active_at = time.monotonic()
+        self._serve_task: asyncio.Task[None] | None = None
+        self._finishing = False
+        #: Set once `evict` gave this connection's place away: nothing more is sent.
+        self.evicted = False
+        self._eviction: asyncio.Task[None] | None = None
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -228,6 +295,8 @@ class Connection:
                 # The peer left: asyncio's TLS transport would drop the bytes and log "SSL
                 # connection is closed" (naming no peer) for every answer still coming.
                 raise ConnectionResetError("the peer closed the connection")
+            if self.evicted:  # its last frame is the reason (`evict`)
+                raise ConnectionResetError("the connection was closed to make room")
             try:
                 # asyncio.timeout, not wait_for: no extra task per chunk on the shared loop.
                 async with asyncio.timeout(budget):
@@ -238,6 +307,7 @@ class Connection:
             except TimeoutError:
                 self.writer.transport.abort()
                 raise ConnectionError("peer stopped reading") from None
+            self.active_at = time.monotonic()
 
     async def _send_error(
         self, request_id: int, code: ErrorCode, message: str, details: list[str] | None = None
@@ -247,7 +317,8 @@ class Connection:
     # --- the loop --------------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        refusal = self.limits.admit(self.address) if self.limits is not None else None
+        self._serve_task = asyncio.current_task()
+        refusal = self.limits.admit(self) if self.limits is not None else None
         try:
             if refusal is not None:
                 await self._refuse(refusal)
@@ -259,8 +330,9 @@ class Connection:
         except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
             log.debug("connection %s dropped: %s", self.label, exc)
         finally:
-            if self.limits is not None and refusal is None:
-                self.limits.release(self.address)
+            self._finishing = True
+            if self.limits is not None:
+                self.limits.release(self)
             self.services.connections.discard(self.state)
             for task in self._tasks:
                 task.cancel()
@@ -277,6 +349,31 @@ class Connection:
             async with asyncio.timeout(REFUSAL_LINGER_S):
                 await self.reader.read(self.config.max_anonymous_frame_bytes)
         await self._send_error(0, ErrorCode.RATE_LIMITED, f"Closing the connection: {reason}.")
+
+    def eviction_order(self) -> tuple[bool, bool, float]:
+        """The key `ConnectionLimits` picks the connection to close by, least first: one not
+        logged in (nobody's session is cut), with no request running, idle longest."""
+        return (self.state.user is not None, bool(self._tasks), self.active_at)
+
+    def evict(self, reason: str) -> None:
+        """Close this connection, already no longer counted, telling the peer `reason`."""
+        self.evicted = True
+        self._eviction = asyncio.create_task(self._close_evicted(reason))
+
+    async def _close_evicted(self, reason: str) -> None:
+        """The reason, written after any reply being written (under the write lock) and within
+        EVICTION_NOTICE_S, then the end of `serve`, which closes the socket."""
+        error = _error(0, ErrorCode.RATE_LIMITED, f"Closing the connection: {reason}.")
+        try:
+            async with asyncio.timeout(EVICTION_NOTICE_S):
+                async with self._write_lock:
+                    if not self.writer.is_closing():
+                        self.writer.write(framing.frame(codec.encode(error)))
+                        await self.writer.drain()
+        except (TimeoutError, ConnectionError, OSError):
+            self.writer.transport.abort()  # not reading: no graceful close either
+        if self._serve_task is not None and not self._finishing:
+            self._serve_task.cancel()
 
     def _frame_limit(self) -> int:
         """Upload-sized frames only once someone is logged in (exclusive requests such as Login
@@ -317,8 +414,8 @@ class Connection:
         """The next frame's body, or None on a clean end of stream between frames.
 
         Its first bytes may take `wait` (the idle timeout); once it began, the frame must
-        keep coming (FRAME_STALL_S). With `whole`, `wait` bounds the whole frame (the
-        handshake's one deadline)."""
+        keep coming (FRAME_STALL_S) and arrive within `frame_budget`. With `whole`, `wait`
+        bounds the whole frame (the handshake's one deadline)."""
         loop = asyncio.get_running_loop()
         began = loop.time()
         stall = min(FRAME_STALL_S, self.config.idle_timeout_s)
@@ -338,7 +435,7 @@ class Connection:
             raise _Cut("Connection closed in the middle of a frame header.") from None
         (length,) = framing.HEADER.unpack(header)
         framing._check_length(length, limit)  # the same refusals as framing.read_frame
-        budget = stall + length / MIN_READ_BYTES_PER_S
+        budget = frame_budget(length, self.config.idle_timeout_s)
         deadline = loop.time() + budget
         if whole:
             deadline = min(deadline, began + wait)
@@ -350,7 +447,8 @@ class Connection:
                 raise
             raise _Late(
                 f"{late.reason} (a frame gets {stall:g} s plus a second per "
-                f"{MIN_READ_BYTES_PER_S // 1024} KiB: {budget:.0f} s for this one)"
+                f"{MIN_READ_BYTES_PER_S // 1024} KiB, or the idle timeout of "
+                f"{self.config.idle_timeout_s:g} s if longer: {budget:.0f} s for this one)"
             ) from None
         except EOFError:
             got = len(body)
@@ -398,6 +496,7 @@ class Connection:
             raise _Closing from None
         if body is None:
             raise _Closing
+        self.active_at = time.monotonic()
         try:
             return codec.decode_request(body)
         except codec.MessageError as exc:

@@ -1,9 +1,10 @@
 """Frames that stop, trickle or break: how long the server waits, what it says, what it logs.
 
 A frame that has begun must keep coming: a pause longer than the idle timeout (or 30 s) closes
-the connection, and so does a frame slower than 64 KiB/s on average beyond that grace, each
-with a sentence saying how much arrived; a steady upload slower than the idle timeout is read
-to its end. Every frame-level refusal leaves one log line naming the peer.
+the connection, and so does a frame slower than 64 KiB/s on average beyond that grace, unless
+it arrives within the idle timeout, each with a sentence saying how much arrived; a steady
+upload slower than the idle timeout is read to its end. Every frame-level refusal leaves one
+log line naming the peer.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 
 from protocol.errors import ErrorCode
 from protocol.messages import PROTOCOL_VERSION, Error, Session, UserInfo, Welcome
+from service.connection import FRAME_STALL_S, MIN_READ_BYTES_PER_S, frame_budget
 from tests.servers import ServerProcess
 from tests.wire import closed_by_server, read_response, send_body, send_message, tls_socket
 
@@ -120,6 +122,39 @@ def test_a_frame_slower_than_the_minimum_rate_is_closed_saying_so(
     assert f"of {len(frame) - 4} bytes" in reply.message, reply.message
     assert closed_by_server(sock)
     server.wait_for_log(f"{peer_of(sock)}request=? outcome=BAD_REQUEST closed")
+
+
+def test_a_frame_gets_the_idle_timeout_or_the_rate_rule_whichever_is_longer() -> None:
+    """The rate rule alone gave a 200 KB upload 33 s where it used to have the idle timeout
+    (300 s): at 5 KB/s (40 s) it was cut."""
+    assert frame_budget(200_000, 300.0) == 300.0
+    big = 25_000_000
+    assert frame_budget(big, 300.0) == FRAME_STALL_S + big / MIN_READ_BYTES_PER_S  # 411 s
+    # A short idle timeout is also the stall's grace: the rule is then always the longer.
+    assert frame_budget(200_000, 2.0) == 2.0 + 200_000 / MIN_READ_BYTES_PER_S
+
+
+@pytest.mark.slow
+def test_a_small_frame_slower_than_the_rate_but_within_the_idle_timeout_is_read(
+    tmp_path: Path,
+) -> None:
+    """About 33 s: the rate rule gives a frame 30 s (FRAME_STALL_S) plus its size at 64 KiB/s,
+    so only an idle timeout above 30 s can be the longer, and only a frame slower than 30 s
+    can tell them apart. 59 KB (small enough to need no login) at 1.8 KB/s: the rule alone
+    cut it at 31 s."""
+    server = ServerProcess(tmp_path / "server", extra_args=["--idle-timeout", "45"]).start()
+    try:
+        sock = greeted(server)
+        frame = upload_frame(59_000)
+        assert frame_budget(len(frame) - 4, 45.0) == 45.0
+        assert trickle(sock, frame, 2_000, 1.1) == len(frame)
+        reply = read_response(sock)
+        # Read to its end: answered with its id (an upload needs a login).
+        assert isinstance(reply, Error) and reply.id == 7, reply
+        assert reply.code is ErrorCode.UNAUTHENTICATED
+        sock.close()
+    finally:
+        server.stop()
 
 
 def test_frame_refusals_and_timeouts_are_logged_with_the_peer(server: ServerProcess) -> None:
