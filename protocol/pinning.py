@@ -12,16 +12,12 @@ The file is the user's as much as the client's: lines the client does not unders
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
-import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from util.files import write_atomically
+from util.files import side_file_lock, write_atomically
 
 #: Editors on some systems start a UTF-8 file with a byte-order mark; it is not part of a pin.
 _BOM = "\ufeff"
@@ -93,7 +89,7 @@ class KnownServers:
         otherwise each rewrite the file they read, and the later rename drops the other pin."""
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # pins and history
-            with self._locked():
+            with side_file_lock(self.path.with_name(LOCK_NAME)):
                 write_atomically(self.path, _repinned(self._read(), server, fingerprint).encode())
         except OSError as exc:
             if isinstance(exc, NotADirectoryError | FileExistsError):
@@ -123,30 +119,6 @@ class KnownServers:
                 f"vitrine: the certificate of {server} changed from {stored} to {presented}; "
                 "it verifies against --ca-file, so it is accepted and pinned."
             )
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """An advisory lock around read-modify-write, on a side file (`known_servers.lock`):
-        the pins file itself is replaced by each rewrite, so a lock on it would not hold across
-        the rename, and a lock on the directory fails on NFS. Where no lock can be had (a
-        filesystem without locks, a directory that cannot take the file), the pin is written
-        without one, as before locking existed: a lost concurrent pin is asked for again, while
-        a refusal here would stop every first contact."""
-        try:
-            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-            fd = os.open(self.path.with_name(LOCK_NAME), flags, 0o600)
-        except OSError:
-            yield
-            return
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF, errno.EINVAL):
-                    raise
-            yield
-        finally:
-            os.close(fd)  # releases the lock
 
 
 def _repinned(text: str, server: str, fingerprint: str) -> str:

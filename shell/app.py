@@ -34,6 +34,7 @@ from protocol.pinning import PinningError
 from shell.connection import ConnectionLost
 from shell.session import ClientSession
 from shell.text import escape_undecodable, printable
+from util.files import file_kind
 
 ACCOUNT = "Account"
 IMAGES = "Images"
@@ -544,15 +545,9 @@ def _special_file(path: Path) -> str | None:
 
 
 def _special_kind(mode: int) -> str | None:
-    """A FIFO, socket or device, for a person, else None. The same test as
-    shell.cart_store._file_kind (private to the cart), but leaving directories to the open."""
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return None
+    """A FIFO, socket or device (`util.files.file_kind`), else None: a directory is left to the
+    open, whose own error says so."""
+    return None if stat.S_ISDIR(mode) else file_kind(mode)
 
 
 # argparse takes a word that starts with "-" for an option unless it looks like a negative

@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,7 +52,7 @@ import msgspec
 
 from protocol.limits import MAX_CENTS, MAX_LINE_QUANTITY, MAX_ORDER_LINES
 from util.config import private_directory, tighten_directory
-from util.files import write_atomically
+from util.files import file_kind, write_atomically
 
 #: Seconds of waiting for the cart's lock before saying so; and between tries.
 LOCK_NOTICE_AFTER_S = 0.5
@@ -109,21 +108,6 @@ class _Version(msgspec.Struct):
     fields this version may not understand) is told apart from a damaged file."""
 
     version: int = FORMAT_VERSION
-
-
-def _file_kind(mode: int) -> str | None:
-    """None for a regular file; otherwise what the thing at the cart's path is, for a person."""
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "an unusual kind of file"
 
 
 class Cart:
@@ -341,11 +325,11 @@ class CartStore:
         without blocking) in case something was swapped in between."""
         path = self.path
         try:
-            kind = _file_kind(os.stat(path).st_mode)
+            kind = file_kind(os.stat(path).st_mode)
             if kind is None:
                 fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
                 try:
-                    kind = _file_kind(os.fstat(fd).st_mode)
+                    kind = file_kind(os.fstat(fd).st_mode)
                     if kind is None:
                         with os.fdopen(fd, "rb", closefd=False) as handle:
                             return handle.read()

@@ -10,10 +10,7 @@ being refused while strangers guess at the account (docs/security.md).
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,7 +35,7 @@ from protocol.messages import (
 from protocol.pinning import PinningError
 from shell.connection import ConnectionLost, ServerConnection
 from util.config import private_directory
-from util.files import write_atomically
+from util.files import side_file_lock, write_atomically
 
 R = TypeVar("R", bound=Response)
 
@@ -113,32 +110,10 @@ class DeviceTokenStore:
             return
         with contextlib.suppress(OSError):
             private_directory(self.path.parent)
-            with self._locked():
+            with side_file_lock(self.path.with_name(DEVICE_TOKENS_LOCK)):
                 data = self._read()
                 data.setdefault(server, {})[account] = token
                 write_atomically(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """An advisory lock on a side file, as KnownServers._locked (protocol.pinning) takes
-        for the pins, for the same reasons: the tokens' file is replaced by each rewrite, so a
-        lock on it would not hold across the rename. Where no lock can be had the token is
-        written without one, as before: a lost token costs an exemption, a refusal the login."""
-        try:
-            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-            fd = os.open(self.path.with_name(DEVICE_TOKENS_LOCK), flags, 0o600)
-        except OSError:
-            yield
-            return
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF, errno.EINVAL):
-                    raise
-            yield
-        finally:
-            os.close(fd)  # releases the lock
 
 
 class ServerLogoutFailed(ConnectionError):

@@ -9,8 +9,12 @@ itself survives a power cut. Readers see the old file or the new one, never a mi
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
+import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 #: Temporary files end with this, and start with a dot, so sweeps can recognise leftovers.
@@ -41,3 +45,44 @@ def write_atomically(path: Path, data: bytes) -> None:
             os.unlink(temporary)
         raise
     fsync_directory(path.parent)
+
+
+@contextlib.contextmanager
+def side_file_lock(lock_path: Path) -> Iterator[None]:
+    """An advisory lock for a read-modify-write of a file that `write_atomically` replaces: on
+    a side file, since a lock on the file itself would not hold across the rename, and a lock
+    on its directory fails on NFS. Where no lock can be had (a filesystem without locks, a
+    directory that cannot take the file) the body runs without one, as before locking existed:
+    the callers' files (pins, device tokens) lose at worst one concurrent change, where a
+    refusal would stop the user."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF, errno.EINVAL):
+                raise
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def file_kind(mode: int) -> str | None:
+    """None for a regular file; otherwise what the thing is, for a person. Checked before a
+    file of the user's is opened: a FIFO or a device in its place would block the open or
+    the read for good."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "an unusual kind of file"
