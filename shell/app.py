@@ -452,25 +452,38 @@ def _undecodable(line: str) -> str:
     return ""
 
 
+#: Commands whose words are local paths, and the options that take one: where `my\ shoe.jpg`
+#: can only be a bash habit. Elsewhere (search text, titles, descriptions) a backslash before a
+#: blank is text as typed (`search C:\ photos`), and so is one before an option.
+_PATH_COMMANDS = frozenset({"add_image", "search_by_image"})
+_PATH_OPTIONS = frozenset({"--save", "--sheet"})
+
+
 def _escaped_blank(line: str, parser: StatementParser) -> str:
-    """Why a line that escapes a blank with a backslash, as bash reads `my\\ shoe.jpg`, is not
-    run, else "". Here a backslash is a plain character (cmd2 splits lines without escapes,
-    which keeps `C:\\photos` and search text as typed), so that name was two words, each
-    skipped as a file that does not exist. A word ending in a backslash before another word
-    is that mistake: nothing else means anything by it."""
+    """Why a line that escapes a blank in a path with a backslash, as bash reads
+    `my\\ shoe.jpg`, is not run, else "". Here a backslash is a plain character (cmd2 splits
+    lines without escapes, which keeps `C:\\photos` and search text as typed), so that name was
+    two words, each skipped as a file that does not exist. A path word ending in a backslash
+    before another word that is not an option is that mistake."""
     tokens = parser.tokenize(line)
     for at, word in enumerate(tokens[:-1]):
-        if not word.endswith("\\"):
+        if not word.endswith("\\") or tokens[at + 1].startswith("-") or at == 0:
+            continue
+        if tokens[0] not in _PATH_COMMANDS and tokens[at - 1] not in _PATH_OPTIONS:
             continue
         end = at + 1
-        while tokens[end].endswith("\\") and end + 1 < len(tokens):
+        while (
+            tokens[end].endswith("\\")
+            and end + 1 < len(tokens)
+            and not tokens[end + 1].startswith("-")
+        ):
             end += 1
         typed = " ".join(tokens[at : end + 1])
         meant = " ".join([part[:-1] for part in tokens[at:end]] + [tokens[end]])
         quote = "'" if '"' in meant else '"'
         return (
             f"A backslash does not escape a blank in Vitrine: `{printable(typed)}` is "
-            f"{end + 1 - at} words here, not one. Put a word with blanks in quotes instead, as "
+            f"{end + 1 - at} words here, not one. Put a path with blanks in quotes instead, as "
             f"in: {quote}{printable(meant)}{quote}. Nothing was run."
         )
     return ""

@@ -294,9 +294,12 @@ def run_arguments(shell: VitrineShell, commands: list[str], *, at_terminal: bool
     SIGINT goes to the shell's own handler, as in `cmdloop`: without a terminal it then stops
     the run as it stops a script read from stdin (`_stopped_status` says where, status 130).
     Under Python's default handler the interrupted command merely failed, and the run ended
-    as after any failure, with status 1."""
+    as after any failure, with status 1. An ignored SIGINT stays ignored: bash starts a
+    script's background jobs (`client.py ... &`) so, for a Ctrl-C meant for the foreground."""
     shell.stop_on_failure = True
-    previous = signal.signal(signal.SIGINT, shell.sigint_handler)
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, shell.sigint_handler)
     after = ""
     try:
         for done, command in enumerate(commands, start=1):

@@ -254,7 +254,8 @@ def check_new_file(given: str, force: bool) -> None:
     trailing = given.endswith(("/", os.sep))
     folder = path if trailing else path.parent
     if not os.path.lexists(folder):
-        raise CommandFailed(f"{shown if trailing else printable(str(folder))} does not exist.")
+        missing = given if trailing else os.path.dirname(given)  # as typed, `~` and all
+        raise CommandFailed(f"{printable(missing)} does not exist.")
     if trailing and not path.is_dir():
         raise CommandFailed(f"{shown} is not a directory.")
     if path.is_dir():

@@ -159,15 +159,14 @@ def test_a_table_whose_write_ctrl_c_cut_is_not_written_again_later(tmp_path: Pat
 # --- 2. SIGINT to commands given as arguments ----------------------------------------------------
 
 
-def test_sigint_during_an_argument_command_interrupts_the_script(
-    shop: ServerProcess, tmp_path: Path
-) -> None:
-    """QA: the same commands as arguments ended with status 1 and "Stopped at `add_image ...`,
-    which failed: 1 command after it not run", fed on stdin with 130 and "Interrupted at". The
-    arguments ran under Python's own SIGINT handler, which only failed the command."""
+def _sigint_mid_upload(
+    shop: ServerProcess, tmp_path: Path, disposition: signal.Handlers
+) -> tuple[int, str, list[dict], Path]:
+    """Upload 300 files as argument commands, then `tags`, with SIGINT at `disposition` in the
+    client, and send it a SIGINT once the first file's line is out."""
     folder = tmp_path / "noise"
     folder.mkdir()
-    rng = np.random.default_rng(21)
+    rng = np.random.default_rng(21 + int(disposition))  # files of their own per test
     for index in range(300):
         pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"n{index:03d}.jpg", format="JPEG")
@@ -176,7 +175,7 @@ def test_sigint_during_an_argument_command_interrupts_the_script(
         shop,
         tmp_path / "client",
         "login admin",
-        f"add_image {folder} --json --window 1",
+        f"add_image {folder} --json --window 1 --tags noise",
         "tags --json",
     )
     with out.open("wb") as stdout, errors.open("wb") as stderr:
@@ -187,7 +186,7 @@ def test_sigint_during_an_argument_command_interrupts_the_script(
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            preexec_fn=lambda: signal.signal(signal.SIGINT, disposition),
         )
     try:
         deadline = time.monotonic() + 60
@@ -196,19 +195,41 @@ def test_sigint_during_an_argument_command_interrupts_the_script(
             assert client.poll() is None, errors.read_text()
             time.sleep(0.05)
         client.send_signal(signal.SIGINT)
-        status = client.wait(timeout=60)
+        status = client.wait(timeout=120)
     finally:
         if client.poll() is None:
             client.kill()
-    said = errors.read_text()
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    return status, errors.read_text(), records, folder
+
+
+def test_sigint_during_an_argument_command_interrupts_the_script(
+    shop: ServerProcess, tmp_path: Path
+) -> None:
+    """QA: the same commands as arguments ended with status 1 and "Stopped at `add_image ...`,
+    which failed: 1 command after it not run", fed on stdin with 130 and "Interrupted at". The
+    arguments ran under Python's own SIGINT handler, which only failed the command."""
+    status, said, records, folder = _sigint_mid_upload(shop, tmp_path, signal.SIG_DFL)
     assert status == 130, said
     assert "Interrupted. 300 files:" in said, said
-    assert f"Interrupted at `add_image {folder} --json --window 1`: nothing after it was run." in (
-        said.splitlines()
-    ), said
+    interrupted = f"add_image {folder} --json --window 1 --tags noise"
+    assert f"Interrupted at `{interrupted}`: nothing after it was run." in said.splitlines(), said
     assert "Stopped at" not in said, said
-    records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 300 and all("outcome" in record for record in records)  # no `tags`
+
+
+def test_an_ignored_sigint_stays_ignored_by_argument_commands(
+    shop: ServerProcess, tmp_path: Path
+) -> None:
+    """Review: bash starts a script's background jobs with SIGINT ignored, so that a Ctrl-C
+    meant for the foreground leaves them alone; installing the shell's handler regardless
+    stopped a `client.py ... &` upload there."""
+    status, said, records, _ = _sigint_mid_upload(shop, tmp_path, signal.SIG_IGN)
+    assert status == 0, said
+    assert "Interrupted" not in said, said
+    uploads = [record for record in records if "outcome" in record]
+    assert len(uploads) == 300 and all(record["outcome"] == "new" for record in uploads), said
+    assert records[300:] and "noise" in json.dumps(records[300:]), records[300:]  # `tags` ran
 
 
 # --- 3. a FIFO named history ---------------------------------------------------------------------
@@ -291,7 +312,8 @@ def test_help_and_set_offer_no_editor(
     ("line", "typed", "meant"),
     [
         (r"add_image ~/my\ shoe.jpg --price 3", r"~/my\ shoe.jpg", '"~/my shoe.jpg"'),
-        (r"search straw\ hat\ band", r"straw\ hat\ band", '"straw hat band"'),
+        (r"search_by_image straw\ hat\ band.jpg", r"straw\ hat\ band.jpg", '"straw hat band.jpg"'),
+        (r"show_image 5 --save ~/new\ folder/", r"~/new\ folder/", '"~/new folder/"'),
         (r'add_image 32"\ frame.png', r'32"\ frame.png', "'32\" frame.png'"),
     ],
 )
@@ -308,11 +330,21 @@ def test_a_backslash_before_a_blank_is_refused_with_the_quoting_to_use(
     said = " ".join(capsys.readouterr().err.split())
     assert app.exit_code == 1
     assert f"A backslash does not escape a blank in Vitrine: `{typed}` is " in said, said
-    assert f"Put a word with blanks in quotes instead, as in: {meant}. Nothing was run." in said
+    assert f"Put a path with blanks in quotes instead, as in: {meant}. Nothing was run." in said
     assert session.sent == []
 
 
-@pytest.mark.parametrize("line", [r"search C:\photos", "search slash\\", r"search 'a\ b'"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        r"search C:\photos",
+        "search slash\\",
+        r"search 'a\ b'",
+        # Only a path's backslash is a bash habit: search text keeps its own (review, s21).
+        r"search straw\ hat",
+        r"search -- \ hat",
+    ],
+)
 def test_other_backslashes_are_plain_characters_as_before(
     shell: tuple[VitrineShell, ListingSession, io.StringIO],
     capsys: pytest.CaptureFixture[str],

@@ -14,6 +14,7 @@ import fcntl
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,24 +49,33 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def side_file_lock(lock_path: Path) -> Iterator[None]:
+def side_file_lock(lock_path: Path, wait_s: float = 3.0) -> Iterator[None]:
     """An advisory lock for a read-modify-write of a file that `write_atomically` replaces: on
     a side file, since a lock on the file itself would not hold across the rename, and a lock
     on its directory fails on NFS. Where no lock can be had (a filesystem without locks, a
     directory that cannot take the file) the body runs without one, as before locking existed:
     the callers' files (pins, device tokens) lose at worst one concurrent change, where a
-    refusal would stop the user."""
+    refusal would stop the user. The same goes for a lock still held after `wait_s`: the
+    callers hold it only while they rewrite a small file, so a longer wait means a stuck
+    holder (another program, a hung filesystem), which must not hang a login in silence."""
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError:
         yield
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF, errno.EINVAL):
-                raise
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    continue
+            except OSError as exc:
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF, errno.EINVAL):
+                    raise
+            break
         yield
     finally:
         os.close(fd)  # releases the lock
