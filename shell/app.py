@@ -469,7 +469,10 @@ def _escaped_blank(line: str, parser: StatementParser) -> str:
     for at, word in enumerate(tokens[:-1]):
         if not word.endswith("\\") or tokens[at + 1].startswith("-") or at == 0:
             continue
-        if tokens[0] not in _PATH_COMMANDS and tokens[at - 1] not in _PATH_OPTIONS:
+        before = tokens[at - 1]
+        if before.startswith("-") and before not in _PATH_OPTIONS:
+            continue  # the value of a text option (`--title Price\ list`) is text
+        if tokens[0] not in _PATH_COMMANDS and before not in _PATH_OPTIONS:
             continue
         end = at + 1
         while (

@@ -22,7 +22,7 @@ from PIL import Image
 
 from protocol.base import Request
 from protocol.catalog import Batch, ImageSummary, More
-from shell.app import VitrineShell
+from shell.app import VitrineShell, _escaped_blank
 from shell.browse_commands import BrowseCommands
 from shell.image_commands import ImageCommands
 from tests.servers import ROOT, ServerProcess, client_argv, run_client
@@ -355,3 +355,15 @@ def test_other_backslashes_are_plain_characters_as_before(
     said = capsys.readouterr().err
     assert app.exit_code == 0, said
     assert len(session.sent) == 1
+
+
+@pytest.mark.parametrize(
+    "line", [r"add_image a.jpg --title Price\ list", r"add_image a.jpg --description so\ so"]
+)
+def test_a_text_options_backslash_is_not_taken_for_a_path(
+    shell: tuple[VitrineShell, ListingSession, io.StringIO], line: str
+) -> None:
+    """Review: add_image's titles were refused with advice to quote "a path"."""
+    app, _, _ = shell
+    assert _escaped_blank(line, app.statement_parser) == ""
+    assert _escaped_blank(r"add_image my\ shoe.jpg --title T", app.statement_parser)
