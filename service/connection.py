@@ -136,9 +136,13 @@ class ConnectionLimits:
     socket lives on for its reason (REFUSAL_LINGER_S, then the close): the open-file count can
     run past `total` by what the listen backlog and the handshake timeout let in.
 
-    When the server is full, a newcomer whose address, with it, would still hold fewer
-    connections than the heaviest address takes a place from that address (`_make_room`):
-    four addresses holding 256 idle connections each locked every other client out."""
+    When the server is full, a newcomer may take the place of an idle connection
+    (`Connection.idle`: nothing in flight, no frame half-read, no reply being written) of an
+    address that, with the newcomer in, would still hold more connections than the newcomer's
+    (`_make_room`): four addresses holding 256 idle connections each locked every other client
+    out. A connection with work in progress is never closed for a newcomer: closing one lost
+    half-received uploads, the replies of stored ones, and cut a password change between its
+    commit and the end of the account's other sessions."""
 
     def __init__(self, total: int, per_address: int) -> None:
         self.total = total
@@ -169,22 +173,37 @@ class ConnectionLimits:
         return reason
 
     def _make_room(self, address: str, held: int) -> bool:
-        """Close one connection of the address holding the most, if the newcomer's address
-        (`held` connections) would still hold fewer than it once the newcomer is in: never
-        between two addresses of equal share, which would only trade places back and forth.
-        O(addresses) to find the heaviest, then O(its connections, at most per_address) to
-        pick the one that loses least (see `Connection.eviction_order`)."""
-        heaviest, theirs = max(self.by_address.items(), key=lambda item: len(item[1]))
-        count = len(theirs)
-        if held + 1 >= count:
+        """Close one idle connection for a newcomer whose address holds `held`, or say there is
+        none to close. Only addresses that would still hold more than the newcomer's once it is
+        in give up a place: never between two of equal share, which would only trade places
+        back and forth. An idle connection not logged in goes first, from any such address (the
+        heaviest first had many addresses of one anonymous connection each close an office's
+        logged-in ones); then an idle logged-in one. Within each, the address holding the
+        most, then the longest idle. One pass over the counted connections (at most `total`)."""
+        floor = held + 1
+        heavy = [conns for conns in self.by_address.values() if len(conns) > floor]
+        for logged_in in (False, True):
+            victim = min(
+                (
+                    conn
+                    for conns in heavy
+                    for conn in conns
+                    if (conn.state.user is not None) is logged_in and conn.idle()
+                ),
+                key=lambda conn: (-len(self.by_address[conn.address]), conn.active_at),
+                default=None,
+            )
+            if victim is not None:
+                break
+        else:
             return False
-        victim = min(theirs, key=Connection.eviction_order)
+        count = len(self.by_address[victim.address])
         self.release(victim)
         victim.evict(f"the server is full and your address holds the most connections ({count})")
         self._evictions.note(
-            heaviest,
-            f"the server is full ({self.total}); closed one of the {count} connections of "
-            f"{heaviest} for a newcomer from {address}",
+            victim.address,
+            f"the server is full ({self.total}); closed an idle connection of the {count} of "
+            f"{victim.address} for a newcomer from {address}",
         )
         return True
 
@@ -267,13 +286,16 @@ class Connection:
         self._write_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(self.config.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
-        #: When a frame last arrived or a reply last left: who is idle longest (`evict`).
+        #: When a frame last arrived or a reply last left: who is idle longest (`_make_room`).
         self.active_at = time.monotonic()
         self._serve_task: asyncio.Task[None] | None = None
-        self._finishing = False
-        #: Set once `evict` gave this connection's place away: nothing more is sent.
-        self.evicted = False
-        self._eviction: asyncio.Task[None] | None = None
+        #: From a frame's first byte to its last: not `idle`, as closing would lose the frame.
+        self._mid_frame = False
+        #: While a request that runs alone (Login, ChangePassword, ...) is handled inline in the
+        #: serve task, where `_tasks` does not see it: not `idle`.
+        self._exclusive = False
+        #: Set once `evict` gave this connection's place away: `serve` tells the peer and ends.
+        self.evicted: str | None = None
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -295,8 +317,6 @@ class Connection:
                 # The peer left: asyncio's TLS transport would drop the bytes and log "SSL
                 # connection is closed" (naming no peer) for every answer still coming.
                 raise ConnectionResetError("the peer closed the connection")
-            if self.evicted:  # its last frame is the reason (`evict`)
-                raise ConnectionResetError("the connection was closed to make room")
             try:
                 # asyncio.timeout, not wait_for: no extra task per chunk on the shared loop.
                 async with asyncio.timeout(budget):
@@ -329,8 +349,14 @@ class Connection:
             pass
         except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
             log.debug("connection %s dropped: %s", self.label, exc)
+        except asyncio.CancelledError:
+            if self.evicted is None:
+                raise
+            # The cancel was `evict`'s, not the server's shutdown: tell the peer, then close.
+            assert self._serve_task is not None
+            self._serve_task.uncancel()
+            await self._tell_evicted(self.evicted)
         finally:
-            self._finishing = True
             if self.limits is not None:
                 self.limits.release(self)
             self.services.connections.discard(self.state)
@@ -350,30 +376,39 @@ class Connection:
                 await self.reader.read(self.config.max_anonymous_frame_bytes)
         await self._send_error(0, ErrorCode.RATE_LIMITED, f"Closing the connection: {reason}.")
 
-    def eviction_order(self) -> tuple[bool, bool, float]:
-        """The key `ConnectionLimits` picks the connection to close by, least first: one not
-        logged in (nobody's session is cut), with no request running, idle longest."""
-        return (self.state.user is not None, bool(self._tasks), self.active_at)
+    def idle(self) -> bool:
+        """Whether closing this connection for a newcomer loses nothing: no request in flight
+        or running alone, no frame half-received, no reply being written. Its serve task then
+        waits for the first bytes of the next frame (or of `Hello`), and `evict` stops it there.
+        """
+        return not (
+            self._tasks
+            or self._exclusive
+            or self._mid_frame
+            or self._write_lock.locked()
+            or self.evicted is not None
+            or self._serve_task is None
+        )
 
     def evict(self, reason: str) -> None:
-        """Close this connection, already no longer counted, telling the peer `reason`."""
-        self.evicted = True
-        self._eviction = asyncio.create_task(self._close_evicted(reason))
+        """Close this `idle` connection, already no longer counted, telling the peer `reason`.
+        Its serve task is cancelled at once, in its wait for a frame's first bytes, so that no
+        request is read after the decision: one arriving just then is never started."""
+        assert self._serve_task is not None
+        self.evicted = reason
+        self._serve_task.cancel()
 
-    async def _close_evicted(self, reason: str) -> None:
-        """The reason, written after any reply being written (under the write lock) and within
-        EVICTION_NOTICE_S, then the end of `serve`, which closes the socket."""
+    async def _tell_evicted(self, reason: str) -> None:
+        """The reason, within EVICTION_NOTICE_S: the place is already the newcomer's, so a peer
+        that does not read must not keep the socket for a write timeout."""
         error = _error(0, ErrorCode.RATE_LIMITED, f"Closing the connection: {reason}.")
         try:
             async with asyncio.timeout(EVICTION_NOTICE_S):
-                async with self._write_lock:
-                    if not self.writer.is_closing():
-                        self.writer.write(framing.frame(codec.encode(error)))
-                        await self.writer.drain()
+                if not self.writer.is_closing():
+                    self.writer.write(framing.frame(codec.encode(error)))
+                    await self.writer.drain()
         except (TimeoutError, ConnectionError, OSError):
             self.writer.transport.abort()  # not reading: no graceful close either
-        if self._serve_task is not None and not self._finishing:
-            self._serve_task.cancel()
 
     def _frame_limit(self) -> int:
         """Upload-sized frames only once someone is logged in (exclusive requests such as Login
@@ -427,6 +462,7 @@ class Connection:
             raise _Late(f"nothing received for {wait:g} s") from None
         if not header:
             return None
+        self._mid_frame = True  # until the body is in (left set if it never is: closing)
         try:
             await self._read_into(
                 header, framing.HEADER.size, stall, began + wait, "a frame's 4-byte header"
@@ -453,6 +489,7 @@ class Connection:
         except EOFError:
             got = len(body)
             raise _Cut(f"Connection closed after {got} of {length} announced bytes.") from None
+        self._mid_frame = False
         return body
 
     def _log_closing(self, outcome: str, reason: str) -> None:
@@ -577,9 +614,13 @@ class Connection:
             route = ROUTES.get(type(request))
             if route is not None and route.exclusive:
                 self._slots.release()
-                if self._tasks:
-                    await asyncio.gather(*self._tasks, return_exceptions=True)
-                await self._run(request)
+                self._exclusive = True
+                try:
+                    if self._tasks:
+                        await asyncio.gather(*self._tasks, return_exceptions=True)
+                    await self._run(request)
+                finally:
+                    self._exclusive = False
                 continue
             task = asyncio.create_task(self._run_in_slot(request))
             self._tasks.add(task)

@@ -12,12 +12,15 @@ from __future__ import annotations
 import resource
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from protocol.catalog import ImageDetails, Uploaded
 from protocol.errors import ErrorCode, VitrineError
 from protocol.messages import (
     PROTOCOL_VERSION,
@@ -31,6 +34,7 @@ from protocol.messages import (
 )
 from shell.connection import ConnectionLost
 from tests.servers import ServerProcess, default_sigint
+from tests.test_slow_peers import noise_png
 from tests.wire import closed_by_server, read_response, send_message, tls_socket
 
 HELLO = {"type": "Hello", "id": 1, "protocol": PROTOCOL_VERSION}
@@ -70,21 +74,29 @@ def full(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     )
 
 
-def tls_from(server: ServerProcess, source: str | None) -> ssl.SSLSocket:
-    """`tls_socket`, from the client address `source` (127.0.0.x) if given."""
-    if source is None:
+def tls_from(
+    server: ServerProcess, source: str | None, receive_buffer: int | None = None
+) -> ssl.SSLSocket:
+    """`tls_socket`, from the client address `source` (127.0.0.x) if given; a small
+    `receive_buffer` makes a peer that stops reading hold up a large reply at once."""
+    if source is None and receive_buffer is None:
         return tls_socket(server)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    raw = socket.create_connection(
-        (server.host, server.port), timeout=10, source_address=(source, 0)
-    )
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    raw.settimeout(10)
+    raw.bind((source or "127.0.0.1", 0))
+    raw.connect((server.host, server.port))
     return context.wrap_socket(raw, server_hostname=server.host)
 
 
-def greeted(server: ServerProcess, source: str | None = None) -> ssl.SSLSocket:
-    sock = tls_from(server, source)
+def greeted(
+    server: ServerProcess, source: str | None = None, receive_buffer: int | None = None
+) -> ssl.SSLSocket:
+    sock = tls_from(server, source, receive_buffer)
     send_message(sock, HELLO)
     reply = read_response(sock)
     assert isinstance(reply, Welcome), reply
@@ -179,9 +191,10 @@ def test_logins_past_the_per_account_cap_are_refused_naming_it(
     third.close()
 
 
-def signed_up(sock: ssl.SSLSocket, name: str) -> None:
-    send_message(sock, {"type": "CreateUser", "id": 2, "name": name, "password": PASSWORD})
-    assert isinstance(read_response(sock), UserInfo)
+def signed_up(sock: ssl.SSLSocket, name: str, *, create: bool = True) -> None:
+    if create:
+        send_message(sock, {"type": "CreateUser", "id": 2, "name": name, "password": PASSWORD})
+        assert isinstance(read_response(sock), UserInfo)
     send_message(sock, {"type": "Login", "id": 3, "name": name, "password": PASSWORD})
     assert isinstance(read_response(sock), Session)
 
@@ -225,6 +238,90 @@ def test_a_newcomer_to_a_full_server_takes_a_place_from_the_address_holding_the_
     assert log.count("closing connections to make room: peer=") == 1, log
     assert "peer=127.0.0.2" in log and "newcomer from 127.0.0.3" in log
     for sock in [heavy[0], *heavy[5:], *newcomers]:
+        sock.close()
+
+
+def still_served(sock: ssl.SSLSocket, logged_in: bool) -> bool:
+    send_message(sock, {"type": "WhoAmI", "id": 5})
+    reply = read_response(sock)
+    if logged_in:
+        return isinstance(reply, UserInfo)
+    return isinstance(reply, Error) and reply.code is ErrorCode.UNAUTHENTICATED
+
+
+@pytest.fixture
+def anonymous_first(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from _server(tmp_path_factory, "anonymous-first", "--max-connections", "8")
+
+
+def test_anonymous_connections_of_any_address_go_before_a_logged_in_one(
+    anonymous_first: ServerProcess,
+) -> None:
+    """Taking the place from the heaviest address had two addresses of anonymous connections
+    close an office's logged-in ones, keeping their own."""
+    server = anonymous_first
+    office = [greeted(server, "127.0.0.2") for _ in range(4)]
+    signed_up(office[0], "office")
+    for sock in office[1:]:
+        signed_up(sock, "office", create=False)
+    others = [greeted(server, source) for source in ("127.0.0.10", "127.0.0.11") * 2]
+    newcomers = [greeted(server, "127.0.0.20")]
+    assert "holds the most connections (2)" in evicted(others[0]).message
+    newcomers.append(greeted(server, "127.0.0.21"))
+    assert "holds the most connections (2)" in evicted(others[1]).message
+    assert all(still_served(sock, True) for sock in office)
+    # Only then a logged-in one, of the address over its share, idle the longest; an
+    # address's last connection is kept (places never pass between equal shares).
+    newcomers.append(greeted(server, "127.0.0.22"))
+    assert "holds the most connections (4)" in evicted(office[0]).message
+    assert all(still_served(sock, True) for sock in office[1:])
+    assert all(still_served(sock, False) for sock in others[2:] + newcomers)
+    for sock in office[1:] + others[2:] + newcomers:
+        sock.close()
+
+
+@pytest.fixture
+def busy_kept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    flags = ("--max-connections", "5", "--write-timeout", "600")
+    yield from _server(tmp_path_factory, "busy-kept", *flags)
+
+
+def test_connections_with_work_in_progress_are_never_closed_for_a_newcomer(
+    busy_kept: ServerProcess,
+) -> None:
+    """Closing the longest idle connection cut a frame still arriving (a connection is active
+    only when a frame is in, or a reply out) and dropped replies being written. Only idle
+    connections give up their place; with none, the newcomer is refused."""
+    server = busy_kept
+    original = noise_png(99, 2000)  # ~12 MB: far beyond what the socket buffers take
+    # The oldest, anonymous, and by the old rule the first to go: half of a frame sent.
+    trickling = greeted(server, "127.0.0.2")
+    request = msgspec.msgpack.encode({"type": "WhoAmI", "id": 6})
+    trickling.sendall(struct.pack(">I", len(request)) + request[:3])
+    # Logged in, asking for a large reply and not reading it: a request in flight.
+    stalled = greeted(server, "127.0.0.2", receive_buffer=4096)
+    signed_up(stalled, "seller")
+    stalled.settimeout(60)
+    send_message(stalled, {"type": "UploadImage", "id": 7, "filename": "big.png", "data": original})
+    uploaded = read_response(stalled)
+    assert isinstance(uploaded, Uploaded), uploaded
+    get = {"type": "GetImage", "id": 8, "image_id": uploaded.image_id, "with_original": True}
+    send_message(stalled, get)
+    trickling.sendall(request[3:4])  # still coming, still not whole
+    idle = greeted(server, "127.0.0.2")
+    others = [greeted(server, "127.0.0.3"), greeted(server, "127.0.0.4")]
+    newcomer = greeted(server, "127.0.0.5")
+    assert "holds the most connections (3)" in evicted(idle).message
+    # 127.0.0.2 still holds the most, but nothing it holds is idle.
+    assert "too many connections open (5)" in refused(server, "127.0.0.6").message
+    trickling.sendall(request[4:])
+    reply = read_response(trickling)
+    assert isinstance(reply, Error) and reply.id == 6, reply
+    assert reply.code is ErrorCode.UNAUTHENTICATED
+    details = read_response(stalled)
+    assert isinstance(details, ImageDetails) and details.original == original
+    assert still_served(stalled, True)
+    for sock in [trickling, stalled, *others, newcomer]:
         sock.close()
 
 
