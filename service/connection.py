@@ -380,7 +380,8 @@ class Connection:
         """Whether closing this connection for a newcomer loses nothing: no request in flight
         or running alone, no frame half-received, no reply being written. Its serve task then
         waits for the first bytes of the next frame (or of `Hello`), and `evict` stops it there.
-        """
+        Those are decrypted bytes: a frame whose first TLS record is still arriving counts as
+        idle, since asyncio passes nothing on before a whole record (docs/protocol.md)."""
         return not (
             self._tasks
             or self._exclusive
