@@ -8,6 +8,7 @@ so the server can answer the right request instead of dropping the connection.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Union
 
 import msgspec
@@ -69,13 +70,21 @@ def _salvage_id(body: bytes) -> int:
     return 0
 
 
+#: How msgspec says that a body holds a whole message and stray bytes after it (where they start).
+_TRAILING = re.compile(r"trailing characters \(byte (\d+)\)")
+
+
 def _decode(decoder: msgspec.msgpack.Decoder, body: bytes) -> Any:
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise MessageError(f"Invalid message: {exc}", _salvage_id(body)) from None
     except msgspec.DecodeError as exc:
-        raise MessageError(f"Malformed MessagePack: {exc}", 0) from None
+        # A whole message with stray bytes after it: its id is readable, so that its refusal
+        # answers it (msgspec refuses the whole body, and says where the message ended).
+        trailing = _TRAILING.search(str(exc))
+        request_id = _salvage_id(body[: int(trailing.group(1))]) if trailing else 0
+        raise MessageError(f"Malformed MessagePack: {exc}", request_id) from None
     except RecursionError:
         raise MessageError("Malformed MessagePack: values nested too deeply", 0) from None
     except UnicodeDecodeError as exc:

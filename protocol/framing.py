@@ -32,7 +32,8 @@ def frame(body: bytes) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def _check_length(length: int, max_bytes: int) -> None:
+def check_length(length: int, max_bytes: int) -> None:
+    """The refusals of a frame's announced length, for every reader of frames."""
     if length == 0:
         raise FrameError("Empty frame: a frame must hold one message.")
     if length > max_bytes:
@@ -48,7 +49,7 @@ async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> bytes | No
             return None
         raise FrameError("Connection closed in the middle of a frame header.") from None
     (length,) = HEADER.unpack(header)
-    _check_length(length, max_bytes)
+    check_length(length, max_bytes)
     try:
         return await reader.readexactly(length)
     except asyncio.IncompleteReadError as exc:
@@ -79,7 +80,7 @@ def read_frame_blocking(sock: socket.socket, max_bytes: int) -> bytes | None:
     except EOFError:
         return None
     (length,) = HEADER.unpack(header)
-    _check_length(length, max_bytes)
+    check_length(length, max_bytes)
     try:
         return _recv_exactly(sock, length)
     except EOFError:

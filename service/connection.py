@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import re
 import sqlite3
 import time
 from collections import Counter
@@ -147,11 +146,15 @@ class ConnectionLimits:
     def __init__(self, total: int, per_address: int) -> None:
         self.total = total
         self.per_address = per_address
-        self.open = 0
         #: Each address's counted connections (a dict for its order and O(1) removal).
         self.by_address: dict[str, dict[Connection, None]] = {}
         self._refusals = _BurstLog("refusing connections", "refusals")
         self._evictions = _BurstLog("closing connections to make room", "evictions")
+
+    @property
+    def open(self) -> int:
+        """Connections counted now."""
+        return sum(len(held) for held in self.by_address.values())
 
     def admit(self, connection: Connection) -> str | None:
         """Count a new connection in (closing another to make room if it must), or say why it
@@ -166,7 +169,6 @@ class ConnectionLimits:
         elif self.open >= self.total and not self._make_room(address, held):
             reason = f"the server has too many connections open ({self.total}); try again later"
         else:
-            self.open += 1
             self.by_address.setdefault(address, {})[connection] = None
             return None
         self._refusals.note(address, reason)
@@ -213,7 +215,6 @@ class ConnectionLimits:
         if held is None or connection not in held:
             return
         del held[connection]
-        self.open -= 1
         if not held:
             del self.by_address[connection.address]
 
@@ -471,7 +472,7 @@ class Connection:
         except EOFError:
             raise _Cut("Connection closed in the middle of a frame header.") from None
         (length,) = framing.HEADER.unpack(header)
-        framing._check_length(length, limit)  # the same refusals as framing.read_frame
+        framing.check_length(length, limit)
         budget = frame_budget(length, self.config.idle_timeout_s)
         deadline = loop.time() + budget
         if whole:
@@ -538,7 +539,6 @@ class Connection:
         try:
             return codec.decode_request(body)
         except codec.MessageError as exc:
-            request_id = exc.request_id or _id_before_trailing_bytes(body, exc)
             # Not a request, but worth the line a request gets: the operator sees who sends it.
             # The message quotes what the peer sent (a type's name, a field's): %r, so that a
             # newline or an escape in it cannot forge a log line or drive a terminal.
@@ -550,7 +550,7 @@ class Connection:
                 exc.code.value,
                 exc.message,
             )
-            await self._send_error(request_id, exc.code, exc.message)
+            await self._send_error(exc.request_id, exc.code, exc.message)
             return None
 
     async def _handshake(self) -> None:
@@ -724,22 +724,6 @@ class Connection:
             f"This account already has {cap} connections logged in, the most it may have; "
             "close one of them (or log out there) and try again.",
         )
-
-
-_TRAILING = re.compile(r"trailing characters \(byte (\d+)\)")
-
-
-def _id_before_trailing_bytes(body: bytes | bytearray, exc: codec.MessageError) -> int:
-    """The id of a message followed by stray bytes, so that its refusal answers it. msgspec
-    refuses the whole body and says where the message ended; codec salvages ids only from a
-    body that is one message."""
-    match = _TRAILING.search(exc.message)
-    if match is None:
-        return 0
-    try:
-        return codec.decode_request(body[: int(match.group(1))]).id
-    except codec.MessageError as inner:
-        return inner.request_id
 
 
 def _error(
