@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_level)
     try:
         if args.check:
-            report = check_data_dir(Path(args.data_dir))
+            report = check_data_dir(Path(args.data_dir), tls_files=tls_files_of(args))
             print(report.text(), flush=True)
             return 0 if report.ok else 1
         return run_server(args)
@@ -272,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     except TlsIdentityError as exc:
         print(f"vitrine: {exc}", file=sys.stderr)
         return 1
+
+
+def tls_files_of(args: argparse.Namespace) -> tuple[Path, Path] | None:
+    """--tls-cert and --tls-key as the pair `serve` and `--check` take (parse_args refused
+    half a pair: both or neither)."""
+    return None if args.tls_cert is None else (Path(args.tls_cert), Path(args.tls_key))
 
 
 def run_server(args: argparse.Namespace) -> int:
@@ -290,9 +296,7 @@ def run_server(args: argparse.Namespace) -> int:
     )
     # Before the TLS identity, which would otherwise be the first to trip over a bad path.
     prepare_data_dir(config.data_dir)
-    # parse_args refused half a pair: both or neither.
-    tls_files = None if args.tls_cert is None else (Path(args.tls_cert), Path(args.tls_key))
-    identity = identity_after_refusals(config, tls_files)
+    identity = identity_after_refusals(config, tls_files_of(args))
 
     try:
         asyncio.run(serve(config, identity, announce))

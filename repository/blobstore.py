@@ -178,7 +178,7 @@ class BlobStore:
 
     # --- operations ---------------------------------------------------------------------------
 
-    def put(self, data: bytes, name: str | None = None) -> str:
+    def put(self, data: bytes, name: str | None = None, *, named: bool = False) -> str:
         """Store ``data`` durably and return its name; a no-op if it is already stored intact.
 
         ``name``, when given, is ``name_for(data)`` as the caller already computed it: an upload
@@ -191,7 +191,12 @@ class BlobStore:
         uploads repairing it at once each rename a whole file. Dedup hits are rare enough that
         the read costs nothing that matters. Only a file that fails authentication (or is too
         short to) is replaced: one that authenticates with other bytes is another content's
-        blob under a wrong ``name``, and put raises ValueError rather than overwrite it."""
+        blob under a wrong ``name``, and put raises ValueError rather than overwrite it.
+
+        ``named`` says that a row already names this blob (an upload sharing or repairing a
+        stored image's blobs). A missing file then is a loss being repaired, which the operator
+        is told of like a damaged one; on disk it looks the same as a blob never written, so
+        only the caller can tell the two apart."""
         if name is None:
             name = self.name_for(data)
         path = self.root / name[:2] / name
@@ -202,6 +207,8 @@ class BlobStore:
             log.warning(
                 "blob %s was damaged (%s); replacing it with the uploaded copy", name, damage
             )
+        elif named:
+            log.warning("blob %s was missing; replacing it with the uploaded copy", name)
         directory = path.parent
         if not directory.exists():
             directory.mkdir(mode=0o700, exist_ok=True)

@@ -7,6 +7,7 @@ are per thread because sqlite3 connections must not be shared across threads mid
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from repository.migrations import MIGRATIONS
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -120,7 +123,65 @@ class Database:
         return conn
 
     def close(self) -> None:
+        """Close every connection, folding the WAL into the database file first.
+
+        Operators are told that after a clean stop the database file alone is the whole
+        database (docs/operations.md), and SQLite's own checkpoint at the last close fails
+        without a word: on a full disk the server stopped "cleanly" and left a 4 KB
+        vitrine.db that was malformed without its 2 MB -wal. So the checkpoint is asked for
+        explicitly, on the last connection once the others are closed, and a WAL still holding
+        data afterwards is logged as an ERROR saying which files belong together and why."""
         with self._lock:
-            for conn in self._all:
-                conn.close()
+            if not self._all:
+                return
+            *others, last = self._all
             self._all.clear()
+            for conn in others:
+                conn.close()
+            reason = _checkpoint(last)
+            last.close()
+        _report_wal_left(self.path, reason)
+
+
+def _checkpoint(conn: sqlite3.Connection) -> str:
+    """Copy the whole WAL into the database file and empty it; return "" when that worked,
+    otherwise why not, in words for the operator."""
+    try:
+        busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.Error as exc:  # SQLITE_FULL on a full disk, SQLITE_IOERR, ...
+        return f"the checkpoint failed: {exc}"
+    if busy:
+        return (
+            f"the checkpoint could not finish ({copied} of {frames} WAL pages copied): another "
+            "process (an sqlite3 shell, a backup, `server.py --check`) was reading the database"
+        )
+    return ""
+
+
+def _report_wal_left(path: Path, reason: str) -> None:
+    """Log an ERROR when the database file alone is not the whole database after the close."""
+    wal = Path(f"{path}-wal")
+    try:
+        left = wal.stat().st_size
+    except FileNotFoundError:
+        left = 0
+    except OSError as exc:
+        left = -1
+        reason = reason or f"{wal.name} cannot be examined: {exc}"
+    if left == 0:
+        if reason:  # SQLite's own checkpoint at the last close managed it after all
+            log.warning("closing the database: %s; the WAL was emptied when it closed", reason)
+        return
+    log.error(
+        "the database was closed with %s still holding %s (%s): %s alone is not the whole "
+        "database and may read as malformed. Back up or copy %s together with %s and %s, "
+        "never %s alone, and do not delete them; the next start on these files folds the WAL in",
+        wal.name,
+        "data" if left < 0 else f"{left} bytes",
+        reason or "SQLite left it in place",
+        path.name,
+        path.name,
+        wal.name,
+        f"{path.name}-shm",
+        path.name,
+    )

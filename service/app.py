@@ -555,8 +555,10 @@ def tls_identity(config: ServerConfig, tls_files: tuple[Path, Path] | None) -> I
     Raises tls.TlsIdentityError with one sentence naming the file and what to do. The pair is
     one argument so that half of it cannot be passed; the command line refuses half of it."""
     if tls_files is None:
-        data_dir = prepare_data_dir(config.data_dir)
+        data_dir = config.data_dir
         made = not (data_dir / tls.CERT_FILE).exists() and not (data_dir / tls.KEY_FILE).exists()
+        if made:  # only then: `--check` runs this on copies it may not change (read-only ones)
+            prepare_data_dir(data_dir)
         cert, key = tls.ensure_self_signed(data_dir)
         advice = (
             f"restore {tls.CERT_FILE} and {tls.KEY_FILE} from a backup, or remove both to make "

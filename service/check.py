@@ -27,8 +27,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protocol import tls
 from repository import images as repo
-from repository.blobstore import BlobAuthenticationFailed, BlobError, BlobStore
+from repository.blobstore import BlobAuthenticationFailed, BlobError, BlobNotFound, BlobStore
 from repository.database import check_writable, connect_read_only
 from repository.migrations import MIGRATIONS
 from service.app import (
@@ -36,6 +37,8 @@ from service.app import (
     DB_FILE,
     DataDirBusy,
     database_version,
+    has_users,
+    identity_after_refusals,
     lock_data_dir,
     lost_database,
     missing_blob_dir,
@@ -44,6 +47,8 @@ from service.app import (
     unreadable_database,
     wrong_blob_key,
 )
+from service.context import ServerConfig
+from service.similarity import INDEX_DIR
 
 #: Problems listed one by one up to this many; beyond, only counted.
 MAX_LISTED = 20
@@ -73,11 +78,17 @@ class CheckReport:
         return "\n".join(out)
 
 
-def check_data_dir(data_dir: Path, purge_after_s: float = 30 * 24 * 3600.0) -> CheckReport:
-    """Raises DataDirPathError when `data_dir` is not a directory at all."""
+def check_data_dir(
+    data_dir: Path,
+    purge_after_s: float = 30 * 24 * 3600.0,
+    tls_files: tuple[Path, Path] | None = None,
+) -> CheckReport:
+    """Raises DataDirPathError when `data_dir` is not a directory at all. `tls_files` are
+    --tls-cert and --tls-key, if given: checked instead of the self-made pair, as a start would."""
     if data_dir.exists() and not data_dir.is_dir():
         raise not_a_directory(data_dir)
     report = CheckReport()
+    _check_tls_identity(data_dir, tls_files, report)
     db_path = data_dir / DB_FILE
     try:
         version = database_version(db_path)
@@ -115,6 +126,7 @@ def check_data_dir(data_dir: Path, purge_after_s: float = 30 * 24 * 3600.0) -> C
             conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # holds the WAL open
             _report_unwritable(db_path, report)
         _check_rows_and_blobs(conn, data_dir, purge_after_s, report)
+        _check_vector_index(data_dir / INDEX_DIR, report)
     except sqlite3.DatabaseError as exc:
         report.problems.append(unreadable_database(db_path, exc))
     except OSError as exc:  # a part of the directory that cannot be read: named, no traceback
@@ -127,6 +139,58 @@ def check_data_dir(data_dir: Path, purge_after_s: float = 30 * 24 * 3600.0) -> C
         if lock_fd is not None:
             os.close(lock_fd)
     return report
+
+
+def _check_tls_identity(
+    data_dir: Path, tls_files: tuple[Path, Path] | None, report: CheckReport
+) -> None:
+    """A problem when a start would refuse the TLS files (half a pair, damaged, mismatched),
+    asked through the start's own check so the words are the same and `--check && server.py`
+    cannot pass here and be refused there. A missing pair is not made: a start makes it, and
+    a line says so when clients have pinned the old one (a restore that missed both files)."""
+    try:
+        identity_after_refusals(ServerConfig(data_dir=data_dir), tls_files)
+    except tls.TlsIdentityError as exc:
+        report.problems.append(str(exc))
+        return
+    names = (tls.CERT_FILE, tls.KEY_FILE)
+    if (
+        tls_files is None
+        and not any((data_dir / n).exists() for n in names)
+        and has_users(data_dir)
+    ):
+        report.lines.append(
+            f"no {tls.CERT_FILE} and {tls.KEY_FILE}: the next start makes a new TLS identity, "
+            "which every client that pinned the old one refuses; restore both from a backup "
+            "to keep it."
+        )
+
+
+def _check_vector_index(index_dir: Path, report: CheckReport) -> None:
+    """The saved index for search by image, checked against the checksums in its manifest.
+
+    It holds nothing the database does not (a start rebuilds it when it is missing, stale or
+    unusable), but a file the disk changed would load and answer wrong matches if unchecked,
+    and damage here may mean a failing disk: a problem, with what the next start does. An
+    index the check cannot verify (saved by an earlier version, a file missing) is a line."""
+    # Here, not at the top: faiss loads with it, and a check of a directory without an index
+    # (or whose database is refused first) needs none.
+    from repository.vector_index import DamagedIndexError, IndexFormatError, VectorIndex
+
+    try:
+        count = VectorIndex.verify(index_dir)
+    except FileNotFoundError:
+        return  # none saved yet (no model, or never stopped cleanly): a start builds it
+    except DamagedIndexError as exc:
+        report.problems.append(
+            f"the vector index is damaged: {exc}; the next start rebuilds it from the database "
+            "(search by image stays right), nothing to restore."
+        )
+        return
+    except IndexFormatError as exc:
+        report.lines.append(f"vector index: {exc}; the next start rebuilds it from the database")
+        return
+    report.lines.append(f"vector index: {count} vectors, files match their checksums")
 
 
 def _report_unwritable(db_path: Path, report: CheckReport) -> None:
@@ -186,19 +250,26 @@ def _check_rows_and_blobs(
         report.problems += repo.database_problems(conn)
         return
     wrong_key = wrong_blob_key(data_dir, conn, blobs)
-    checked = authenticated = 0
+    # A missing blob is counted as missing, not as read: "read" beside "on disk" must add up.
+    checked = authenticated = missing = 0
     found: list[tuple[bool, str]] = []  # (failed authentication, problem), in row order
     for image_id, blob, thumb in rows:
         for kind, name in (("original", blob), ("thumbnail", thumb)):
-            checked += 1
             try:
                 blobs.get(name)
+                checked += 1
                 authenticated += 1
+            except BlobNotFound as exc:
+                missing += 1
+                found.append((False, f"image {image_id}: {kind} blob unusable: {exc}"))
             except BlobAuthenticationFailed as exc:
+                checked += 1
                 found.append((True, f"image {image_id}: {kind} blob unusable: {exc}"))
             except BlobError as exc:
+                checked += 1
                 found.append((False, f"image {image_id}: {kind} blob unusable: {exc}"))
             except OSError as exc:
+                checked += 1
                 found.append(
                     (
                         False,
@@ -217,7 +288,9 @@ def _check_rows_and_blobs(
         # Start-up probes only the newest images: one blob that authenticates anywhere proves
         # the key, and what fails is damage to those images, each named.
         report.problems += [problem for _, problem in found]
-    report.lines.append(f"blobs read: {checked}, authenticated: {authenticated}")
+    report.lines.append(
+        f"blobs read: {checked}, authenticated: {authenticated}, missing: {missing}"
+    )
     referenced = repo.referenced_blobs(conn)
     stored = set(blobs.iter_names())
     orphans = sorted(stored - referenced)

@@ -146,6 +146,16 @@ def _unavailable(engine: SimilarityEngine | None) -> VitrineError:
             "Search by image is unavailable on this server: its vector index could not be "
             "built. The server's log says why.",
         )
+    if engine is not None and engine.weights is not None:
+        # The operator gave weights: telling them to set VITRINE_WEIGHTS, as below, sent them
+        # looking for a setting they had made. Which file, and why it failed, is for the log.
+        return VitrineError(
+            ErrorCode.UNAVAILABLE,
+            "Search by image is unavailable on this server: it was started with weights for "
+            "its image model (VITRINE_WEIGHTS=... or --weights), but they could not be loaded. "
+            "The server's log says why; whoever runs the server should fix or replace that file "
+            "and restart it.",
+        )
     return VitrineError(
         ErrorCode.UNAVAILABLE,
         "Search by image is unavailable on this server: it has no image model. " + WEIGHTS_HINT,

@@ -215,7 +215,11 @@ def _refused(upload: Upload, exc: imaging.ImageRejected) -> VitrineError:
 
 
 def _prepare_and_start(
-    services: Services, blob: str, data: bytes, analysers: list[Analyser]
+    services: Services,
+    blob: str,
+    data: bytes,
+    analysers: list[Analyser],
+    named: frozenset[str] = frozenset(),
 ) -> tuple[Prepared, Future[str], list[tuple[Analyser, Future[Any]]]]:
     """All the CPU work of a new upload, in one executor call: decode once, start the
     analysers, make the thumbnail and start the blob writes, then the palette. The blob names
@@ -242,7 +246,7 @@ def _prepare_and_start(
     in_flight.hold((blob, prepared.thumb_blob))
     try:
         pool = services.io_executor or services.executor
-        written = pool.submit(_store_blobs, services.blobs, blob, prepared)
+        written = pool.submit(_store_blobs, services.blobs, blob, prepared, named)
         if config.colours:
             prepared.palette = _palette_records(prepared.thumbnail)
     except BaseException:
@@ -302,11 +306,13 @@ async def _finish_analysers(
             log.exception("upload analyser %r failed; the image is kept without it", analyser)
 
 
-def _store_blobs(blobs: BlobStore, blob: str, prepared: Prepared) -> str:
-    """Original and thumbnail, durable before any row names them, under the names the upload
-    already computed; returns the thumbnail's name."""
-    blobs.put(prepared.data, blob)
-    return blobs.put(prepared.thumbnail_bytes, prepared.thumb_blob)
+def _store_blobs(blobs: BlobStore, blob: str, prepared: Prepared, named: frozenset[str]) -> str:
+    """Original and thumbnail, durable before any new row names them, under the names the
+    upload already computed; returns the thumbnail's name. `named` holds the names that stored
+    rows already hold, so that a missing one is logged as repaired (`BlobStore.put`)."""
+    blobs.put(prepared.data, blob, named=blob in named)
+    thumb = prepared.thumb_blob
+    return blobs.put(prepared.thumbnail_bytes, thumb, named=thumb in named)
 
 
 async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
@@ -349,7 +355,7 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
         # backfill makes (`index_stored` wakes it), as for an upload stored before the model.
         try:
             prepared, written, started = await services.run(
-                _prepare_and_start, services, blob, upload.data, []
+                _prepare_and_start, services, blob, upload.data, [], repair
             )
         except imaging.ImageRejected as exc:
             raise _refused(upload, exc) from None
@@ -369,9 +375,10 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
                 raise _refused(upload, exc) from None
     else:
         analysers = [a for a in services.analysers if await a.ready(services)]
+        named = frozenset() if known is None else frozenset((blob, known.thumb_blob))
         try:
             prepared, written, started = await services.run(
-                _prepare_and_start, services, blob, upload.data, analysers
+                _prepare_and_start, services, blob, upload.data, analysers, named
             )
         except imaging.ImageRejected as exc:
             raise _refused(upload, exc) from None
@@ -476,9 +483,10 @@ def _insert_and_announce(conn: sqlite3.Connection, services: Services, new: repo
 
 def _name_and_look_up(
     conn: sqlite3.Connection, blobs: BlobStore, upload: Upload
-) -> tuple[str, int | None, repo.StoredContent | None, bool]:
-    """The content's blob name, `repo.dedup_lookup` of it, and whether the owner's own image of
-    it (if any) needs its blobs repaired, in one trip to the executor.
+) -> tuple[str, int | None, repo.StoredContent | None, frozenset[str]]:
+    """The content's blob name, `repo.dedup_lookup` of it, and the names of the blobs of the
+    owner's own image of it when they need repairing (empty when they do not, or there is no
+    such image), in one trip to the executor.
 
     The owner re-uploading a photo they still have is the repair a user is most likely to try
     when their image will not show, and reporting it present left it broken. So that image's
@@ -490,12 +498,13 @@ def _name_and_look_up(
     `_both_intact`). docs/operations.md, "Start-up refusals", has the costs."""
     blob = blobs.name_for(upload.data)
     mine, known = repo.dedup_lookup(conn, upload.owner_id, blob)
-    repair = False
+    repair: frozenset[str] = frozenset()
     if mine is not None:
         row = conn.execute("SELECT thumb_blob FROM images WHERE id = ?", (mine,)).fetchone()
-        repair = row is not None and not (
+        if row is not None and not (
             blobs.sized_for(blob, len(upload.data)) and blobs.intact(row[0])
-        )
+        ):
+            repair = frozenset((blob, row[0]))
     return blob, mine, known, repair
 
 

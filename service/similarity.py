@@ -21,7 +21,8 @@ The index (``repository.vector_index.VectorIndex``) holds the live images' vecto
 current model. It is loaded from ``<data dir>/vector-index`` when its generation token still
 matches the database (model name and a BLAKE2b digest of the live embedded ids,
 `repository.embeddings.index_generation`: embeddings are never updated in place), else rebuilt
-from the embeddings table; the time is logged. It is
+from the embeddings table; the time is logged. A saved file that fails its checksum is logged as
+a WARNING naming it, and rebuilt over. It is
 kept in step after each commit: add after an upload's row commits, remove after a delete, both
 under one lock with a liveness check in SQL, so a delete racing an add never leaves a deleted
 image in the index. Changes that arrive while the index is being built are queued and applied
@@ -97,6 +98,12 @@ WEIGHTS_HINT = (
     "Start the server with VITRINE_WEIGHTS=/path/to/mobilenet_v2_1.0_224_imagenet_no_top"
     ".weights.h5 (or server.py --weights PATH), or give it internet access so Keras can "
     "download the ImageNet weights; images uploaded meanwhile get their embeddings then."
+)
+#: For an operator who did give weights: WEIGHTS_HINT would tell them to set what they set.
+BAD_WEIGHTS_HINT = (
+    "The weights file given with VITRINE_WEIGHTS (or --weights) could not be loaded: it must "
+    "be an existing, readable mobilenet_v2_1.0_224_imagenet_no_top.weights.h5; fix or replace "
+    "it and restart the server. Images uploaded meanwhile get their embeddings then."
 )
 
 
@@ -219,7 +226,7 @@ class SimilarityEngine:
             log.warning(
                 "search by image is unavailable: %s. %s",
                 self.reason,
-                WEIGHTS_HINT,
+                WEIGHTS_HINT if self.weights is None else BAD_WEIGHTS_HINT,
                 exc_info=isinstance(exc, PROGRAMMING_ERRORS),
             )
             self._settle_model()
@@ -255,7 +262,12 @@ class SimilarityEngine:
         )
 
     def _open_index(self) -> None:
-        from repository.vector_index import IndexFormatError, StaleIndexError, VectorIndex
+        from repository.vector_index import (
+            DamagedIndexError,
+            IndexFormatError,
+            StaleIndexError,
+            VectorIndex,
+        )
 
         assert self.model_name is not None
         conn = self.services.db.conn
@@ -265,7 +277,10 @@ class SimilarityEngine:
             index = VectorIndex.load(self.index_dir, expected_generation=generation)
             how = "loaded from disk"
         except (StaleIndexError, IndexFormatError) as exc:
-            log.info("vector index: rebuilding from the database (%s)", exc)
+            # A stale or absent index is routine; a file whose bytes changed after the save is
+            # the disk's damage, which the operator should hear of (the rebuild hides it).
+            level = logging.WARNING if isinstance(exc, DamagedIndexError) else logging.INFO
+            log.log(level, "vector index: rebuilding from the database (%s)", exc)
             index = VectorIndex.from_chunks(iter_embeddings(conn, self.model_name))
             how = "rebuilt from the database"
             self._dirty = True

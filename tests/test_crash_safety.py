@@ -30,9 +30,9 @@ FILES = 150
 KILL_AFTER = 30
 
 
-def run_check(data_dir: Path) -> subprocess.CompletedProcess[str]:
+def run_check(data_dir: Path, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PYTHON, str(ROOT / "server.py"), "--check", "--data-dir", str(data_dir)],
+        [PYTHON, str(ROOT / "server.py"), "--check", "--data-dir", str(data_dir), *options],
         cwd=ROOT,
         capture_output=True,
         text=True,

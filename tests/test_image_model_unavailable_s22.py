@@ -1,0 +1,117 @@
+"""Why search by image is unavailable, as the client is told it (QA, session 22).
+
+A server given VITRINE_WEIGHTS that names a missing or corrupt file answered exactly as one
+given no weights at all: "it has no image model. Start the server with VITRINE_WEIGHTS=...",
+which sent an operator who had set it looking for a setting they had made. Now the sentence
+says the weights given could not be loaded and points at the server's log, which names the
+file and the cause; the client is still told no path and no exception (docs/security.md: any
+logged-in user can ask). Real servers, real TLS; the corrupt file is a few random bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from protocol.catalog import ImageSearch
+from protocol.errors import ErrorCode, VitrineError
+from tests.servers import ServerProcess, run_client
+from tests.test_images_server import error_of, upload
+from tests.test_similarity_server import MISSING_WEIGHTS, READY_TIMEOUT_S, photo
+
+PASSWORD = "correct horse battery"
+
+
+def settled_error(process: ServerProcess, home: Path) -> VitrineError:
+    """The UNAVAILABLE a search by image gets once the model's load has failed (a corrupt file
+    takes TensorFlow's import to find out; until then the answer is "still loading")."""
+    conn = process.user_connection(home, "carol", PASSWORD)
+    try:
+        upload(conn, photo(7))  # uploads work without a model
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            error = error_of(conn, ImageSearch(id=0, data=photo(7)))
+            assert error.code == ErrorCode.UNAVAILABLE, error
+            if "still loading" not in error.message:
+                return error
+            assert time.monotonic() < deadline, process.log()
+            time.sleep(0.5)
+    finally:
+        conn.close()
+
+
+def corrupt_weights(folder: Path) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "broken.weights.h5"
+    path.write_bytes(os.urandom(64))
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt"])
+def test_weights_given_but_unloadable_are_told_apart_from_none(kind: str, tmp_path: Path) -> None:
+    weights = MISSING_WEIGHTS if kind == "missing" else corrupt_weights(tmp_path / "w")
+    env = {"VITRINE_WEIGHTS": weights, "VITRINE_CACHE_DIR": str(tmp_path / "cache")}
+    process = ServerProcess(tmp_path / "srv", env=env).start()
+    try:
+        message = settled_error(process, tmp_path / "c").message
+        assert "could not be loaded" in message and "server's log says why" in message, message
+        assert "VITRINE_WEIGHTS" in message and "--weights" in message, message
+        assert "it has no image model" not in message, message
+        # the file and the exception are the operator's, in the log; the user sees neither
+        assert weights not in message and "broken" not in message, message
+        assert "Error" not in message and "signature" not in message, message
+    finally:
+        process.stop()
+    log = process.log()
+    assert "search by image is unavailable" in log
+    assert weights in log
+    cause = "FileNotFoundError" if kind == "missing" else "OSError"
+    assert cause in log, log
+    # the log's advice fits too: not "start the server with VITRINE_WEIGHTS" to one who did
+    assert "could not be loaded" in log and "Start the server with VITRINE_WEIGHTS" not in log
+
+
+def test_the_shell_shows_the_sentence_for_a_corrupt_file(tmp_path: Path) -> None:
+    weights = corrupt_weights(tmp_path / "w")
+    env = {"VITRINE_WEIGHTS": weights, "VITRINE_CACHE_DIR": str(tmp_path / "cache")}
+    process = ServerProcess(tmp_path / "srv", env=env).start()
+    try:
+        settled_error(process, tmp_path / "c")
+        query = tmp_path / "q.jpg"
+        query.write_bytes(photo(8))
+        done = run_client(
+            process, "login carol", f'search_by_image "{query}"',
+            config_dir=tmp_path / "c", password=PASSWORD,
+        )  # fmt: skip
+        assert done.returncode != 0
+        assert "Error (UNAVAILABLE)" in done.stderr and "could not be loaded" in done.stderr
+        assert weights not in done.stderr + done.stdout
+    finally:
+        process.stop()
+
+
+def test_no_weights_configured_keeps_the_advice_to_set_them(tmp_path: Path) -> None:
+    """VITRINE_WEIGHTS unset (empty counts as unset): Keras' own download is tried, which
+    cannot succeed offline, and the sentence still says how to provide weights."""
+    offline = {
+        "VITRINE_WEIGHTS": "",
+        "VITRINE_CACHE_DIR": str(tmp_path / "cache"),
+        "KERAS_HOME": str(tmp_path / "keras"),
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+        "http_proxy": "http://127.0.0.1:9",
+        "NO_PROXY": "",
+        "no_proxy": "",
+    }
+    process = ServerProcess(tmp_path / "srv", env=offline).start()
+    try:
+        message = settled_error(process, tmp_path / "c").message
+        assert "it has no image model" in message and "VITRINE_WEIGHTS=" in message, message
+        assert "could not be loaded" not in message, message
+    finally:
+        assert process.stop() == 0
+    assert "Start the server with VITRINE_WEIGHTS" in process.log()

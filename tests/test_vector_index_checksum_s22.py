@@ -1,0 +1,148 @@
+"""A saved vector index whose files the disk changed is refused, not trusted (session 22).
+
+QA permuted `vector-index/ids-*.npy` (same shape) and search by a hat's photo answered another
+product with score 1.0; overwriting 1 MB inside `vectors-*.npy` dropped the exact match. The
+start logged "vector index loaded from disk" and `--check` said "consistent". Now the manifest
+holds each file's checksum: a mismatch is a WARNING naming the file and a rebuild from the
+database, `--check` reports it, and an index saved without checksums is rebuilt, not trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from repository import vector_index
+from repository.vector_index import IndexFormatError, VectorIndex
+from tests.servers import ServerProcess
+from tests.test_crash_safety import run_check
+from tests.test_images_server import upload
+from tests.test_similarity_server import READY_TIMEOUT_S, photo, search, wait_until_ready, weights
+
+DIM = 1280
+
+
+def _saved(tmp_path: Path, n: int = 300) -> tuple[Path, dict]:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    VectorIndex.from_arrays(np.arange(1, n + 1, dtype=np.int64), vectors).save(tmp_path, "g")
+    return tmp_path, json.loads((tmp_path / "manifest.json").read_text())
+
+
+def _permute_ids(path: Path) -> None:
+    """What QA did: the same shape and header, the ids in another order."""
+    ids = np.load(path)
+    np.save(path, np.roll(ids, 1))
+
+
+def test_a_permuted_ids_file_is_refused_naming_it(tmp_path: Path) -> None:
+    root, manifest = _saved(tmp_path)
+    ids_file = root / manifest["files"]["ids"]
+    _permute_ids(ids_file)
+    with pytest.raises(vector_index.DamagedIndexError) as raised:
+        VectorIndex.load(root, expected_generation="g")
+    assert raised.value.path == ids_file and str(ids_file) in str(raised.value)
+    with pytest.raises(vector_index.DamagedIndexError):
+        VectorIndex.verify(root)
+
+
+def test_bytes_overwritten_inside_the_vectors_file_are_refused(tmp_path: Path) -> None:
+    root, manifest = _saved(tmp_path)
+    vectors_file = root / manifest["files"]["vectors"]
+    size = vectors_file.stat().st_size
+    with open(vectors_file, "r+b") as f:  # in place, the size unchanged
+        f.seek(size // 2)
+        f.write(bytes(1024))
+    assert vectors_file.stat().st_size == size
+    with pytest.raises(vector_index.DamagedIndexError, match="vectors-"):
+        VectorIndex.load(root, expected_generation="g")
+
+
+def test_an_index_without_checksums_is_unverifiable_not_damaged(tmp_path: Path) -> None:
+    """What the previous version saved: rebuilt (IndexFormatError), but not called damage."""
+    root, manifest = _saved(tmp_path)
+    del manifest["checksums"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match="no checksums") as raised:
+        VectorIndex.load(root, expected_generation="g")
+    assert not isinstance(raised.value, vector_index.DamagedIndexError)
+
+
+def test_an_intact_index_loads_and_verifies(tmp_path: Path) -> None:
+    root, manifest = _saved(tmp_path)
+    assert set(manifest["checksums"]) == set(manifest["files"])
+    assert all(value.startswith("sha256:") for value in manifest["checksums"].values())
+    assert VectorIndex.verify(root) == 300
+    assert len(VectorIndex.load(root, expected_generation="g")) == 300
+    with pytest.raises(FileNotFoundError):
+        VectorIndex.verify(tmp_path / "none")
+
+
+def _wait_for_index(process: ServerProcess) -> str:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while "vectors (" not in (log := process.log()):  # "vector index ... in S s: N vectors (...)"
+        assert time.monotonic() < deadline, log
+        assert process.process is not None and process.process.poll() is None, log
+        time.sleep(0.2)
+    return log
+
+
+def test_a_server_rebuilds_a_damaged_index_and_check_reports_it(tmp_path: Path) -> None:
+    process = ServerProcess(tmp_path / "data", env={"VITRINE_WEIGHTS": weights()}).start()
+    datas = [photo(seed) for seed in range(700, 706)]
+    try:
+        conn = process.user_connection(tmp_path / "c", "seller")
+        wait_until_ready(conn, datas[0])
+        ids = [upload(conn, data).image_id for data in datas]
+        conn.close()
+    finally:
+        process.stop()
+    root = process.data_dir / "vector-index"
+    manifest = json.loads((root / "manifest.json").read_text())
+    ids_file = root / manifest["files"]["ids"]
+    _permute_ids(ids_file)
+
+    done = run_check(process.data_dir)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"the vector index is damaged: {ids_file} does not match the checksum" in done.stdout
+    assert "the next start rebuilds it from the database" in done.stdout
+
+    process.restart()
+    try:
+        log = _wait_for_index(process)
+        assert "WARNING vitrine.similarity: vector index: rebuilding from the database" in log
+        assert f"{ids_file} does not match the checksum in its manifest" in log
+        assert "rebuilt from the database" in log and "loaded from disk" not in log
+        conn = process.user_connection(tmp_path / "c", "seller")
+        for data, image_id in zip(datas, ids, strict=True):
+            (best, *_), _ = search(conn, data=data, limit=3)
+            assert best.id == image_id and best.score == pytest.approx(1.0, abs=1e-4)
+        conn.close()
+    finally:
+        process.stop()
+    assert (
+        "vector index: 6 vectors, files match their checksums" in run_check(process.data_dir).stdout
+    )
+
+    # An index the previous version saved (no checksums) is rebuilt, and the log says why.
+    manifest = json.loads((root / "manifest.json").read_text())
+    del manifest["checksums"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    done = run_check(process.data_dir)
+    assert done.returncode == 0 and "no checksums (saved by an earlier version)" in done.stdout
+    process.restart()
+    try:
+        log = _wait_for_index(process)
+        said = (
+            "INFO vitrine.similarity: vector index: rebuilding from the database (the saved "
+            "index has no checksums (saved by an earlier version), so it cannot be verified)"
+        )
+        assert said in log
+        assert "rebuilt from the database" in log
+    finally:
+        process.stop()
