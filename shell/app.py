@@ -26,6 +26,10 @@ import cmd2
 import msgspec
 from cmd2.exceptions import Cmd2ArgparseError, Cmd2ShlexError
 from cmd2.parsing import StatementParser
+from cmd2.styles import Cmd2Style
+from prompt_toolkit import PromptSession
+from prompt_toolkit.application import create_app_session
+from prompt_toolkit.output.vt100 import Vt100_Output
 from rich.console import Console
 
 from protocol.base import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, normalise_password
@@ -33,7 +37,7 @@ from protocol.errors import ErrorCode, VitrineError
 from protocol.pinning import PinningError
 from shell.connection import ConnectionLost
 from shell.session import ClientSession
-from shell.text import escape_undecodable, printable
+from shell.text import dumb_terminal, escape_undecodable, printable
 from util.files import file_kind
 
 ACCOUNT = "Account"
@@ -155,6 +159,19 @@ class VitrineShell(cmd2.Cmd):
                 if self.get_command_func(name) is not None:
                     self.disable_command(name, message)
             self.prompt = f"vitrine {self.session.server}> "
+
+    def _create_main_session(self, **kwargs: Any) -> PromptSession[str]:
+        """At a dumb terminal, prompt_toolkit reads lines with its plain prompt (text only), but
+        creating the session still showed the cursor with an escape sequence, which such a
+        terminal prints as text at the start of every session."""
+        if not (dumb_terminal() and _isatty(self.stdin) and _isatty(self.stdout)):
+            return super()._create_main_session(**kwargs)
+        try:
+            output = _TextOnlyOutput.from_pty(self.stdout)
+        except (AttributeError, OSError, ValueError):
+            return super()._create_main_session(**kwargs)
+        with create_app_session(output=output):
+            return super()._create_main_session(**kwargs)
 
     def postcmd(self, stop: bool, statement: cmd2.Statement | str) -> bool:
         self.sync_login_state()
@@ -396,11 +413,12 @@ class VitrineShell(cmd2.Cmd):
         if not self.stdin.isatty():
             raise CommandFailed(f"No terminal to ask for a password: set {env}.")
         try:
-            if self.stdout.isatty():
+            if self.stdout.isatty() and not dumb_terminal():
                 return _sendable(self.read_secret(prompt))
             # stdout piped (`client.py "login alice" "tags --json" | jq`): cmd2 would then read
             # the line with echo on and the prompt nowhere to be seen. getpass turns echo off
-            # and prompts on the terminal itself (else stderr), never on stdout.
+            # and prompts on the terminal itself (else stderr), never on stdout. A dumb
+            # terminal gets it too: cmd2's hidden prompt draws with cursor movements there.
             return _sendable(getpass.getpass(prompt))
         except EOFError:
             raise CommandFailed("No password given.") from None
@@ -419,11 +437,13 @@ class VitrineShell(cmd2.Cmd):
         if not self.stdin.isatty():
             return False
         try:
-            if self.stdout.isatty():
+            if self.stdout.isatty() and not dumb_terminal():
                 answer = self.read_input(f"{question} [y/N] ")
             else:  # stdout is for data (and may be a file nobody sees): ask on stderr
-                sys.stderr.write(f"{question} [y/N] ")
-                sys.stderr.flush()
+                # (at a dumb terminal, where cmd2's prompt draws with cursor movements, on it)
+                asked = self.stdout if self.stdout.isatty() else sys.stderr
+                asked.write(f"{question} [y/N] ")
+                asked.flush()
                 answer = self.stdin.readline()
                 if not answer:
                     raise EOFError
@@ -438,6 +458,29 @@ class VitrineShell(cmd2.Cmd):
 
 
 BOM = "\ufeff"
+
+
+def _isatty(stream: Any) -> bool:
+    """Whether `stream` is a terminal; False for a stream that is missing or closed."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+class _TextOnlyOutput(Vt100_Output):
+    """prompt_toolkit's terminal output without the cursor escapes it sends unasked (showing,
+    hiding, shaping the cursor): for a dumb terminal, where its plain prompt writes nothing else
+    but text."""
+
+    def show_cursor(self) -> None:
+        pass
+
+    def hide_cursor(self) -> None:
+        pass
+
+    def reset_cursor_shape(self) -> None:
+        pass
 
 
 def _undecodable(line: str) -> str:
@@ -669,7 +712,21 @@ class ShellArgumentParser(cmd2.Cmd2ArgumentParser):
     def error(self, message: str) -> NoReturn:
         if message.startswith("unrecognized arguments"):
             message = self._list_cut_at_a_quote() or message
-        super().error(message)
+        self._report_error(message)
+
+    def _report_error(self, message: str) -> NoReturn:
+        """cmd2's report (usage, then "Error: ..."), but folded only for a person at a terminal:
+        rich folds it at 80 columns for a file or pipe as well, which split one error over two
+        lines (the first with a trailing blank), and `grep Error:` found half of it. cmd2 also
+        ended the report with an empty line of its own."""
+        lines = message.split("\n")
+        text = "Error: " + "\n       ".join(lines)
+        with self.output_to(sys.stderr):
+            self.print_usage(sys.stderr)
+            console = self._get_formatter().console
+            with console.capture() as capture:
+                console.print(text, style=Cmd2Style.ERROR, soft_wrap=not _isatty(sys.stderr))
+        self.exit(2, capture.get())
 
 
 def parser(description: str) -> ShellArgumentParser:

@@ -11,6 +11,8 @@ import ssl
 import sys
 from pathlib import Path
 
+from cmd2 import rich_utils
+
 from protocol.errors import VitrineError
 from protocol.pinning import KnownServers, PinningError
 from shell.account_commands import AccountCommands
@@ -28,7 +30,7 @@ from shell.image_commands import ImageCommands
 from shell.order_commands import OrderHistoryCommands
 from shell.session import ClientSession
 from shell.similar_commands import SimilarCommands
-from shell.text import plural
+from shell.text import dumb_terminal, plural
 from util import config as cfg
 
 DEFAULT_PORT = 7878
@@ -185,8 +187,41 @@ def sane_terminal_size() -> None:
             os.environ[name] = str(max(number, MIN_COLUMNS) if name == "COLUMNS" else number)
 
 
+def reopen_closed_std_streams() -> None:
+    """Give a closed stdin, stdout or stderr (a daemon-style launch, `<&-`, `>&-`) /dev/null in
+    its place, as if it had been redirected there: Python leaves sys.stdin and the others None
+    for a closed descriptor, and the first `isatty()` on one ended the run with a traceback.
+    Done first, before anything opens a file: the kernel hands out the lowest free descriptor,
+    so a history or socket opened before this would take fd 1, and output would land in it."""
+    modes = {0: ("stdin", "r"), 1: ("stdout", "w"), 2: ("stderr", "w")}
+    for fd, (name, mode) in modes.items():
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            # line-buffered like the streams Python makes itself; fd left open at exit
+            stream = open(fd, mode, buffering=1, closefd=False, errors="surrogateescape")  # noqa: SIM115
+            setattr(sys, name, stream)
+            setattr(sys, f"__{name}__", stream)
+
+
+def plain_text_for_a_dumb_terminal() -> None:
+    """TERM=dumb (Emacs' shell, many IDE consoles) shows escape sequences as text: no styles
+    then, in listings, help or errors. cmd2 styles whatever goes to a terminal in truecolor,
+    whatever TERM says; its `allow_style` setting (`set allow_style`) is what turns that off.
+    With it off, rich also stops sizing the output as a dumb terminal's 80 columns."""
+    if dumb_terminal():
+        rich_utils.ALLOW_STYLE = rich_utils.AllowStyle.NEVER
+
+
 def main(argv: list[str] | None = None) -> int:
+    reopen_closed_std_streams()  # before anything else opens a file (see there)
     sane_terminal_size()  # before argparse, which lays --help out for COLUMNS too
+    plain_text_for_a_dumb_terminal()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # A script line that is not UTF-8 is refused by the shell with a sentence; read strictly,
     # it would end the whole run with a UnicodeDecodeError. (Before anything reads stdin: the

@@ -40,7 +40,7 @@ from protocol.catalog import (
     ImageUpdated,
     UpdateImage,
 )
-from protocol.errors import VitrineError
+from protocol.errors import ErrorCode, VitrineError
 from protocol.limits import MAX_TAGS
 from shell import listing
 from shell.app import (
@@ -61,6 +61,7 @@ from shell.text import plural, printable
 from shell.upload import (
     DEFAULT_WINDOW,
     INTERRUPT_GRACE_S,
+    SESSION_ENDED_CODE,
     FileResult,
     Outcome,
     Uploader,
@@ -283,6 +284,8 @@ class _Report:
             )
         if result.outcome is Outcome.NOT_SENT:
             return None  # counted in the summary: after Ctrl-C there may be thousands
+        if result.code == SESSION_ENDED_CODE:
+            return None  # the same reason for each file sent meanwhile: the summary says it once
         return f"{result.outcome.value:<9} {shown}: {printable(result.reason)}"
 
     def __call__(self, result: FileResult) -> None:
@@ -352,6 +355,13 @@ class _Report:
             self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
             self.shell.poutput(text)
+
+
+#: What a run that did not send everything advises (the server reports stored files as present).
+RUN_AGAIN = (
+    "Run the same command again to send the rest: files already stored come back as present, "
+    "not twice."
+)
 
 
 #: The widest the bar itself is drawn, and the narrowest worth drawing, in cells.
@@ -429,6 +439,16 @@ def _cells(renderable: Any) -> int:
 def _is_terminal(stream: Any) -> bool:
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())
+
+
+def _same_stream(one: Any, other: Any) -> bool:
+    """Whether two streams write to the same place (one terminal, `2>&1`): only then does a
+    line on stderr that says "see above" point at the lines on stdout."""
+    try:
+        first, second = os.fstat(one.fileno()), os.fstat(other.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
 
 
 def _is_regular_file(stream: IO[str]) -> bool:
@@ -609,6 +629,9 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             shell.perror(line, style=None)
         else:
             shell.poutput(line)
+        if summary.session_ended is not None:
+            self._session_ended(summary, walked)
+            return
         if summary.interrupted:
             shell.exit_code = 1  # the line above is the whole report; fail() would repeat it
             return
@@ -621,7 +644,42 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             parts += [plural(unanswered, "file") + " unanswered"] if unanswered else []
             parts += [plural(not_sent, "file") + " not sent"] if not_sent else []
             parts += [plural(skipped, "path") + " skipped"] if skipped else []
-            shell.fail(f"Not everything was uploaded: {' and '.join(parts)}; see above.")
+            listed = bool(rejected or unanswered or (args.json and not_sent))
+            message = f"Not everything was uploaded: {' and '.join(parts)}; {self._see(listed)}."
+            if summary.connection_lost is not None:
+                message += (
+                    f" The connection to {shell.session.server} was lost "
+                    f"({summary.connection_lost.rstrip('.')}). {RUN_AGAIN}"
+                )
+            shell.fail(message)
+
+    def _see(self, on_stdout: bool) -> str:
+        """Where the lines behind the closing failure are: skipped paths are named on stderr,
+        the files on stdout, and "see above" on stderr points at stdout only when both go to
+        the same place (a terminal, `2>&1`), not with `>out 2>err` or stdout piped."""
+        if not on_stdout or _same_stream(self._cmd.stdout, sys.stderr):
+            return "see above"
+        return "see stdout"
+
+    def _session_ended(self, summary: UploadSummary, walked: WalkResult) -> None:
+        """The server refused a file because the session had ended (a password change or a
+        logout on another connection): the run stopped sending there. Said once, and the shell
+        shows itself logged out at once, as after any other command refused so."""
+        shell = self._cmd
+        shell.session.recheck_login()  # postcmd then shows the logged-out shell
+        refused = sum(1 for r in summary.results if r.code == SESSION_ENDED_CODE and r.answered)
+        not_sent = summary.count(Outcome.NOT_SENT)
+        others = summary.count(Outcome.REJECTED) - refused + summary.count(Outcome.UNANSWERED)
+        parts = [f"{plural(refused, 'file')} refused for it"] if refused else []
+        parts += [f"{plural(not_sent, 'file')} not sent"] if not_sent else []
+        counts = f" {' and '.join(parts)}." if parts else ""
+        if others or walked.problems:
+            counts += f" Other files were not uploaded either; {self._see(bool(others))}."
+        reason = printable(summary.session_ended or "").rstrip(".")
+        shell.fail(
+            f"The session ended, so the upload stopped: {reason}.{counts} "
+            f"Once logged in, {RUN_AGAIN[0].lower()}{RUN_AGAIN[1:]}"
+        )
 
     update_parser = parser(
         "Change an image you own (admins: any public image, but not who sees it). Only the "
@@ -683,10 +741,7 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         if args.json:
             write_json_lines(shell, [listing.image_json(answer.image)])
             return
-        shell.poutput(
-            listing.listing_table([answer.image], "none", listing.terminal_columns()),
-            soft_wrap=False,
-        )
+        listing.print_listing(shell, [answer.image], "none")
 
     def _updated(self, request: UpdateImage) -> ImageUpdated:
         """The server's answer to an update. Once the request is on its way the server applies
@@ -734,6 +789,9 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         except InterruptedAfterSending as sent:  # on the wire: the server deletes them anyway
             futures, interrupted = sent.futures, True
         refused = unknown = 0
+        #: Refused because the session had ended: said once, not once an id.
+        ended: list[int] = []
+        ended_why = ""
         for number, future in zip(ids, futures, strict=True):
             why = ""
             if interrupted and not future.done():
@@ -742,6 +800,10 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
                 try:
                     future.result()
                 except VitrineError as exc:
+                    if exc.code is ErrorCode.UNAUTHENTICATED:
+                        ended.append(number)
+                        ended_why = ended_why or exc.message
+                        continue
                     refused += 1
                     shell.perror(f"#{number} not deleted ({exc.code.value}): {exc.message}")
                     continue
@@ -761,6 +823,15 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             parts.append(f"{unknown} of {len(ids)} with the outcome unknown (see above)")
         if parts:
             shell.fail(" and ".join(parts) + ".")
+        if ended:
+            shell.session.recheck_login()  # postcmd then shows the logged-out shell
+            numbers = " ".join(str(number) for number in ended)
+            shell.fail(
+                f"The session ended, so {len(ended)} of {len(ids)} not deleted "
+                f"({', '.join(f'#{number}' for number in ended)}): "
+                f"{printable(ended_why).rstrip('.')}. Once logged in, `delete_image {numbers}` "
+                "deletes them."
+            )
 
     show_parser = parser("Show everything about one image, with a larger picture.")
     show_parser.add_argument(

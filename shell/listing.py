@@ -516,8 +516,7 @@ def _show(
         if render.json:
             write_json_lines(shell, map(image_json, items))
         elif items:
-            mode = graphics_mode(shell) if render.images else "none"
-            _print_table(shell, listing_table(items, mode, terminal_columns()))
+            print_listing(shell, items, graphics_mode(shell) if render.images else "none")
     except KeyboardInterrupt:
         if latest.pending is not None:
             last = start + len(items) - 1
@@ -561,13 +560,27 @@ def _show(
         )
 
 
-def _print_table(shell: cmd2.Cmd, table: Table) -> None:
-    """As `poutput` prints it, through a console of its own: cmd2 keeps one console for stdout,
-    and rich clears what it rendered only once the write is done, so a table whose write Ctrl-C
-    cut would be written again, ahead of whatever that console printed next (the batch that
-    `more` then shows whole)."""
-    console = Cmd2BaseConsole(file=shell.stdout, emoji=False, markup=False, highlight=False)
-    console.print(table, soft_wrap=False)
+def _table_console(shell: cmd2.Cmd) -> Cmd2BaseConsole:
+    """The console a listing is printed through, as `poutput` would (styles as cmd2's
+    `allow_style` says), at the width the table is laid out for: rich takes a terminal whose
+    TERM is dumb for 80 columns whatever its size and COLUMNS say, and a table laid out for
+    120 was then squeezed into 80, down to empty id and qty columns. rich keeps a width it is
+    given only together with a height."""
+    columns, lines = terminal_size()
+    return Cmd2BaseConsole(
+        file=shell.stdout, emoji=False, markup=False, highlight=False, width=columns, height=lines
+    )
+
+
+def print_listing(shell: cmd2.Cmd, items: Sequence[ImageSummary], mode: GraphicsMode) -> None:
+    """The listing table of `items`, laid out for the terminal and printed through a console
+    of its own (`_table_console`): cmd2 keeps one console for stdout, and rich clears what it
+    rendered only once the write is done, so a table whose write Ctrl-C cut would be written
+    again, ahead of whatever that console printed next (the batch that `more` then shows
+    whole). Whether the swatches can be coloured decides whether the hex codes may go."""
+    console = _table_console(shell)
+    coloured = console.color_system is not None and not console.no_color
+    console.print(listing_table(items, mode, console.width, coloured=coloured), soft_wrap=False)
 
 
 # --- forms ---------------------------------------------------------------------------------------
@@ -630,9 +643,16 @@ def colours_cell(item: ImageSummary, hex_codes: bool = True) -> Text:
     return cell
 
 
+def terminal_size() -> tuple[int, int]:
+    """(columns, lines) listings are laid out for: COLUMNS and LINES, else the terminal's
+    size, else 80 x 24."""
+    size = shutil.get_terminal_size((80, 24))
+    return size.columns, size.lines
+
+
 def terminal_columns() -> int:
     """The width listings are laid out for (COLUMNS, else the terminal, else 80)."""
-    return shutil.get_terminal_size((80, 24)).columns
+    return terminal_size()[0]
 
 
 # --- the table -----------------------------------------------------------------------------------
@@ -655,12 +675,21 @@ class Layout:
 
 #: Narrowing steps, in order. Numbers (ids, prices, quantities, shares, scores) are never cut:
 #: the words give way first (stacked and folded, which costs no height beside a picture), then
-#: the hex codes, then the picture's size, then the picture.
+#: the hex codes, then the picture's size, then the picture; without a picture the hex codes
+#: come back when they fit, and go last.
 LAYOUTS = (
     Layout(stacked=False, hex_codes=True, thumbnail=THUMB_CELLS, title_least=12),
     Layout(stacked=True, hex_codes=True, thumbnail=THUMB_CELLS, title_least=16),
     Layout(stacked=True, hex_codes=False, thumbnail=THUMB_CELLS, title_least=16),
     Layout(stacked=True, hex_codes=False, thumbnail=SMALL_THUMB_CELLS, title_least=12),
+    Layout(stacked=True, hex_codes=True, thumbnail=None, title_least=12),
+    Layout(stacked=True, hex_codes=False, thumbnail=None, title_least=12),
+)
+#: The steps of a listing without pictures (--no-images, no thumbnails, no graphics): the
+#: title's 16 cells are kept only beside a big picture, so here the hex codes outlast them.
+TEXT_LAYOUTS = (
+    Layout(stacked=False, hex_codes=True, thumbnail=None, title_least=12),
+    Layout(stacked=True, hex_codes=True, thumbnail=None, title_least=12),
     Layout(stacked=True, hex_codes=False, thumbnail=None, title_least=12),
 )
 #: Fewest cells the tags and owner columns fold to (shorter content keeps its own width).
@@ -858,7 +887,11 @@ def record_table(
 
 
 def listing_table(
-    items: Sequence[ImageSummary], mode: GraphicsMode, width: int | None = None
+    items: Sequence[ImageSummary],
+    mode: GraphicsMode,
+    width: int | None = None,
+    *,
+    coloured: bool = True,
 ) -> Table:
     """The table people see, laid out for a terminal `width` (None: as wide as it likes).
 
@@ -866,21 +899,27 @@ def listing_table(
     fit is used, so a narrow terminal loses words and hex codes before any number would be
     cut. A terminal too narrow even for the last layout gets one record per image, a field a
     line: rich would otherwise cut the numbers, and a cut id names another image.
+
+    Output that is not `coloured` (not a terminal, NO_COLOR, TERM=dumb) shows a swatch as two
+    blank blocks, so there the hex codes never go: they are all that names the colour.
     """
     compact = width is not None and width < WIDE_LISTING
     pictures = mode != "none" and any(item.thumbnail for item in items)
+    layouts = LAYOUTS if pictures else TEXT_LAYOUTS
+    if not coloured:
+        layouts = tuple(layout for layout in layouts if layout.hex_codes)
 
     def lay_out(layout: Layout) -> tuple[list[Column], bool, int | None]:
         thumbnail = layout.thumbnail if pictures else None
         return _text_columns(items, layout), compact, thumbnail[0] if thumbnail else None
 
-    layout: Layout = LAYOUTS[0]
+    layout: Layout = layouts[0]
     columns: Sequence[Column]
     widths: list[int] | None = None
     if width is None:
         columns = _text_columns(items, layout)
     else:
-        fit = first_fit(LAYOUTS, width, lay_out)
+        fit = first_fit(layouts, width, lay_out)
         if fit is None:
             return _record_table(items)
         layout, columns, widths = fit.shape, fit.columns, fit.widths
@@ -910,7 +949,8 @@ def _record_table(items: Sequence[ImageSummary]) -> Table:
             ("price", format_cents(item.price_cents)),
             ("qty", str(item.quantity)),
             ("owner", _owner_cell(item)),
-            ("colours", colours_cell(item, hex_codes=False)),
+            # the hex fits: records are for MIN_COLUMNS and up, and "██ #rrggbb 42% ◂" is 16
+            ("colours", colours_cell(item)),
         ]
         if item.score is not None:
             fields.append(("score", f"{item.score:.3f}"))

@@ -352,7 +352,8 @@ class OrderHistoryCommands(cmd2.CommandSet[VitrineShell]):
     sales_parser.add_argument(
         "--json",
         action="store_true",
-        help="one JSON object per sold line, then one with the totals (of this page)",
+        help="one JSON object per sold line, then one with the totals (of this page); a page "
+        "with nothing sold on it prints no line",
     )
     add_history_arguments(sales_parser, "orders")
 
@@ -368,7 +369,10 @@ class OrderHistoryCommands(cmd2.CommandSet[VitrineShell]):
         revenue = sum(order.total_cents for order in answer.orders)
         if args.json and not answer.orders:
             # An empty page is no line at all, not a totals line of zeros: a script that
-            # wants every page loops until a call prints nothing (as `orders --json` does).
+            # wants every page loops until a call prints nothing (as `orders --json` does,
+            # and listings: docs/shell.md). `view_cart` always has its totals because a cart
+            # is not paged. The help and docs/shell.md's table say so, since a reader of
+            # "then one totals object" alone expected zeros (QA, session 22).
             return
         if args.json:
             values = [

@@ -45,6 +45,7 @@ from rich.segment import ControlType, Segment
 from rich.style import Style
 from rich.text import Text
 
+from shell.text import dumb_terminal
 from util.images import decode_image
 
 GraphicsMode = Literal["kitty", "sixel", "blocks", "none"]
@@ -90,7 +91,7 @@ def detect_graphics(
         stdout_is_tty = sys.stdout.isatty()
     term = env.get("TERM", "").lower()
     program = env.get("TERM_PROGRAM", "").lower()
-    if not stdout_is_tty or term == "dumb":
+    if not stdout_is_tty or dumb_terminal(env):
         return "none"
     # Inside tmux or screen a graphics escape goes to the multiplexer, which drops it or draws it
     # in the wrong place; the outer terminal's variables (KITTY_WINDOW_ID...) are inherited and lie.

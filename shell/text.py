@@ -6,7 +6,9 @@ printable the same way wherever it appears.
 
 from __future__ import annotations
 
+import os
 import unicodedata
+from collections.abc import Mapping
 
 # Control, format, surrogate, private-use and unassigned characters, and the line and paragraph
 # separators: anything that could move the cursor, hide text or reorder it.
@@ -44,3 +46,15 @@ def escape_undecodable(text: str) -> str:
 def plural(count: int, noun: str) -> str:
     """Sentences the shell prints count things; "1 tags" reads like a bug."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+#: TERM values of a terminal that shows text and nothing else: rich and prompt_toolkit both
+#: read these two so, and the shell must agree with them, or it lays out for a width, or sends
+#: escapes, that they do not.
+DUMB_TERMS = frozenset({"dumb", "unknown"})
+
+
+def dumb_terminal(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether TERM names a terminal without cursor movement or colours (Emacs' shell, many IDE
+    consoles), where any escape sequence shows up as text."""
+    return environ.get("TERM", "").strip().lower() in DUMB_TERMS

@@ -14,6 +14,9 @@ bounded both in requests and in bytes, so memory stays flat whatever the folder 
 file ends with exactly one `FileResult`: new, already present, or rejected with a reason; one bad
 file never stops the others, and a lost connection turns the unsent rest into rejections that
 say re-running the command finishes the job (the server reports stored files as present).
+A refusal for a session that has ended (a password change or logout on another connection:
+UNAUTHENTICATED) is different: the server would refuse every file after it too, so nothing more
+is sent, the answers already due are awaited, and the rest are *not sent*.
 
 Ctrl-C stops sending but still accounts for every file: the answers to requests already on the
 wire are awaited for a few seconds (the server stores those files whatever the client does, so
@@ -49,7 +52,7 @@ from PIL import Image
 
 from protocol.base import Request, Response
 from protocol.catalog import Uploaded, UploadImage
-from protocol.errors import VitrineError
+from protocol.errors import ErrorCode, VitrineError
 from protocol.limits import MAX_FILENAME_CHARS, MAX_TITLE_CHARS
 from shell.connection import ConnectionLost, InterruptedAfterSending
 from shell.interrupts import HeldInterrupts
@@ -65,6 +68,9 @@ DEFAULT_BYTE_WINDOW = 128 * 1024 * 1024
 READ_AHEAD = 16
 #: After Ctrl-C, how long to wait for the answers to uploads already sent.
 INTERRUPT_GRACE_S = 5.0
+#: The `code` of a file refused, or not sent, because the session had ended: the server's
+#: error code lowered, as for any refusal without a finer reason.
+SESSION_ENDED_CODE = ErrorCode.UNAUTHENTICATED.value.lower()
 
 
 # --- walking -------------------------------------------------------------------------------------
@@ -376,6 +382,7 @@ UNANSWERED_REASON = (
     "again to find out (files already stored come back as present)"
 )
 NOT_SENT_REASON = "not sent: the run was interrupted"
+SESSION_ENDED_REASON = "not sent: the session ended; log in again, then run the command again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +403,12 @@ class UploadSummary:
     seconds: float = 0.0
     #: Stopped by Ctrl-C (or SIGTERM, SIGHUP, `stop_if`): some may be unanswered or not sent.
     interrupted: bool = False
+    #: Why the server refused a file for a session that had ended (its message), if it did:
+    #: the run stopped sending there, and the caller says so once instead of once a file.
+    session_ended: str | None = None
+    #: Why the connection was lost during the run (ConnectionLost's words), if it was: the
+    #: cause of every file unanswered or not sent for it, said once in the closing line.
+    connection_lost: str | None = None
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for result in self.results if result.outcome is outcome)
@@ -643,14 +656,23 @@ class _Run:
 
     def settle(self, future: Future[Response]) -> None:
         file, size = self.in_flight[future]
+        self.note_cause(future.exception())  # done: this does not wait
         self.record(_result_of(file, size, future))
         del self.in_flight[future]  # after recording: a Ctrl-C in between still finds the file
         self.bytes_in_flight -= size
 
+    def note_cause(self, exc: BaseException | None) -> None:
+        """Keep the first session end and the first lost connection, for the closing line."""
+        summary = self.summary
+        if isinstance(exc, VitrineError) and exc.code is ErrorCode.UNAUTHENTICATED:
+            summary.session_ended = summary.session_ended or exc.message
+        elif isinstance(exc, ConnectionLost):
+            summary.connection_lost = summary.connection_lost or str(exc)
+
     def send_all(self, reads: queue.Queue[object], fields: UploadFields) -> None:
         uploader, in_flight = self.uploader, self.in_flight
         lost: str | None = None
-        while True:
+        while self.summary.session_ended is None:
             item = reads.get()
             if item is _DONE:
                 break
@@ -666,6 +688,8 @@ class _Run:
                 in_flight and self.bytes_in_flight + size > uploader.byte_window
             ):
                 self.settle(self.done.get())
+            if self.summary.session_ended is not None:
+                break  # the server refuses every request of the connection from now on
             if uploader.stop_if():
                 raise SendingStopped
             self.sending, self.future = (item.file, size), None
@@ -673,6 +697,7 @@ class _Run:
                 self.future = uploader.submit(build_request(item.file, item.data, fields))
             except ConnectionLost as exc:
                 self.sending = None
+                self.note_cause(exc)
                 lost = f"not sent: the connection was lost ({exc}); run the command again"
                 self.record(lost_file(item.file, lost))
                 continue
@@ -687,6 +712,21 @@ class _Run:
                     break
         while in_flight:
             self.settle(self.done.get())
+        if self.summary.session_ended is not None:
+            self.uploader._stop.set()  # the reader need not read what will not be sent
+            self.not_sent_rest()
+
+    def not_sent_rest(self) -> None:
+        """After the session ended: every file not yet reported was never sent, those read
+        and waiting in the queue and those refused here (a re-run says so again) too."""
+        reported = {id(result.file) for result in self.summary.results}
+        for file in self.files:
+            if id(file) not in reported:
+                self.record(
+                    FileResult(
+                        file, Outcome.NOT_SENT, reason=SESSION_ENDED_REASON, code=SESSION_ENDED_CODE
+                    )
+                )
 
     def after_interrupt(self, interrupt: BaseException) -> None:
         """Ctrl-C (or SendingStopped): wait a little for the answers already due, then give

@@ -14,6 +14,7 @@ from __future__ import annotations
 import colorsys
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 
 __all__ = [
@@ -193,7 +194,11 @@ _ACCEPTED = (
     + ") or a hex colour #rrggbb (e.g. #1e90ff)"
 )
 _HEX = re.compile(r"#([0-9a-fA-F]{6})")
-_DEGREES = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)(deg|°)?")
+# A decimal number, optionally with an exponent (1e2), as --tolerance takes it, then a unit.
+# ASCII only: `_normalised` has already turned every script's digits into these.
+_DEGREES = re.compile(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)(?:deg|°)?")
+# The minus sign of typeset text (U+2212), which NFKC leaves alone: `−5` is a negative number.
+_MINUS = str.maketrans({"\u2212": "-"})
 
 
 def hue_distance(a: float, b: float) -> float:
@@ -270,11 +275,30 @@ def _hex_query(text: str, digits: str) -> ColourQuery:
     )
 
 
+def _normalised(text: str) -> str:
+    """The COLOR as the rules read it: NFKC, so that full-width forms (`ｒｅｄ`, `＃ＦＦ0000`,
+    `１２０`) read as their ASCII letters, digits and `#`; then each decimal digit of any other
+    script (Arabic-Indic `٣٠`, Devanagari `१२०`) as its ASCII digit, in hues and hex colours
+    alike. Python's float() already took those digits, so hues accepted them while names and
+    hex colours did not; one rule for all three keeps what the shell and the server accept
+    the same whatever a keyboard sends."""
+    folded = unicodedata.normalize("NFKC", text).translate(_MINUS).strip()
+    return "".join(
+        str(unicodedata.decimal(ch))
+        if not ch.isascii() and unicodedata.decimal(ch, None) is not None
+        else ch
+        for ch in folded
+    )
+
+
 def parse_colour(text: str) -> ColourQuery:
-    """Turn the user's COLOR into a query, or raise ColourSpecError listing what is accepted."""
+    """Turn the user's COLOR into a query, or raise ColourSpecError listing what is accepted.
+
+    The text is read through `_normalised` first; messages quote it as typed (stripped)."""
     if not isinstance(text, str):
         raise ColourSpecError(f"colour must be text: {_ACCEPTED}")
-    spec = text.strip()
+    typed = text.strip()
+    spec = _normalised(text)
     if not spec:
         raise ColourSpecError(f"no colour given: {_ACCEPTED}")
     key = spec.lower()
@@ -285,13 +309,14 @@ def parse_colour(text: str) -> ColourQuery:
         m = _HEX.fullmatch(spec)
         if m is None:
             raise ColourSpecError(
-                f"malformed hex colour {spec!r}: a hex colour is # and six hex digits; "
+                f"malformed hex colour {typed!r}: a hex colour is # and six hex digits; "
                 f"give {_ACCEPTED}"
             )
         return _hex_query(spec, m.group(1))
-    if _DEGREES.fullmatch(spec):
-        value = float(spec.rstrip("deg°"))
+    m = _DEGREES.fullmatch(spec)
+    if m is not None:
+        value = float(m.group(1))  # 1e400 is inf: out of range like any other
         if not 0.0 <= value <= 360.0:
-            raise ColourSpecError(f"hue {spec} is out of range; give {_ACCEPTED}")
+            raise ColourSpecError(f"hue {typed} is out of range; give {_ACCEPTED}")
         return ColourQuery(hue=value % 360.0, tolerance=DEFAULT_TOLERANCE, text=spec)
-    raise ColourSpecError(f"unknown colour {spec!r}; give {_ACCEPTED}")
+    raise ColourSpecError(f"unknown colour {typed!r}; give {_ACCEPTED}")

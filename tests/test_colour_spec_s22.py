@@ -1,0 +1,149 @@
+"""One rule for how a COLOR may be written (QA, session 22).
+
+Arabic-Indic `٣٠` and full-width `１２０` were hues 30 and 120, while full-width `ｒｅｄ` and
+`#ＦＦ0000` were "unknown colour" and "malformed hex", and `1e3` was an "unknown colour"
+rather than a hue out of range. The rule now: NFKC first (full-width letters, digits, `#`),
+then any script's decimal digits as ASCII digits, wherever a digit goes; a number may have an
+exponent. The shell and the server both parse with `util.colour_spec.parse_colour`, so both
+are checked here: the server through a raw `ColourSearch` (no shell in between), the shell
+through client.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol.catalog import ColourSearch, Filters
+from tests.servers import LoggedInShell as Shell
+from tests.servers import ServerProcess
+from tests.test_colour_search_e2e import PASSWORD, alice, found, server, shop
+from util.colour_spec import NAMES, ColourSpecError, parse_colour
+
+__all__ = ["alice", "server", "shop"]  # fixtures, used by name
+
+#: Decimal digits 0-9 of a few scripts: Arabic-Indic, Devanagari, Bengali, Thai, full-width.
+DIGITS = {
+    "arabic-indic": "٠١٢٣٤٥٦٧٨٩",
+    "devanagari": "०१२३४५६७८९",
+    "bengali": "০১২৩৪৫৬৭৮৯",
+    "thai": "๐๑๒๓๔๕๖๗๘๙",
+    "full-width": "０１２３４５６７８９",
+}
+
+
+def full_width(text: str) -> str:
+    """The full-width form of printable ASCII, as an East Asian keyboard's wide mode types it."""
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+def in_script(text: str, digits: str) -> str:
+    return "".join(digits[int(c)] if c.isdigit() else c for c in text)
+
+
+def same(a: str, b: str) -> None:
+    qa, qb = parse_colour(a), parse_colour(b)
+    assert (qa.hue, qa.tolerance, qa.boxes, qa.name) == (qb.hue, qb.tolerance, qb.boxes, qb.name)
+
+
+@pytest.mark.parametrize(
+    ("written", "plain"),
+    [
+        ("ｒｅｄ", "red"),
+        ("ＲＥＤ", "red"),
+        ("#ＦＦ0000", "#ff0000"),
+        ("＃ｆｆ００００", "#ff0000"),
+        ("#ff٣٠٠٠", "#ff3000"),
+        ("٣٠", "30"),
+        ("１２０", "120"),
+        ("３５５°", "355"),
+        ("３５５ｄｅｇ", "355"),
+        ("1e2", "100"),
+        ("２.５e１", "25"),
+    ],
+)
+def test_one_rule_for_names_hex_and_hues(written: str, plain: str) -> None:
+    same(written, plain)
+
+
+@pytest.mark.parametrize("text", ["1e3", "１e３", "٣e٣", "1E3deg", "1e400", "−5", "-2e1"])
+def test_a_number_out_of_range_says_so_whatever_its_form(text: str) -> None:
+    with pytest.raises(ColourSpecError) as err:
+        parse_colour(text)
+    message = str(err.value)
+    assert message.startswith(f"hue {text} is out of range"), message  # quoted as typed
+    assert "0 to 360" in message and "#rrggbb" in message
+
+
+@pytest.mark.parametrize("text", ["ｔｅａｌ", "#ＦＦ00", "inf", "٣٠٫٥"])
+def test_what_is_still_refused_is_quoted_as_typed(text: str) -> None:
+    with pytest.raises(ColourSpecError, match=r"unknown colour|malformed hex") as err:
+        parse_colour(text)
+    assert repr(text) in str(err.value)
+
+
+@given(
+    name=st.sampled_from(sorted(NAMES)),
+    upper=st.booleans(),
+)
+def test_every_name_reads_the_same_full_width(name: str, upper: bool) -> None:
+    typed = name.upper() if upper else name
+    same(full_width(typed), name)
+
+
+@given(
+    rgb=st.tuples(*[st.integers(0, 255)] * 3).filter(lambda c: len(set(c)) > 1),
+    script=st.sampled_from(sorted(DIGITS)),
+    wide=st.booleans(),
+)
+def test_every_hex_reads_the_same_in_any_digits(
+    rgb: tuple[int, int, int], script: str, wide: bool
+) -> None:
+    plain = "#" + "".join(f"{v:02x}" for v in rgb)
+    written = in_script(plain, DIGITS[script])
+    same(full_width(written) if wide else written, plain)
+
+
+@given(
+    hue=st.one_of(st.integers(0, 360).map(str), st.decimals(0, 360, places=2).map(str)),
+    script=st.sampled_from(sorted(DIGITS)),
+    unit=st.sampled_from(["", "°", "deg"]),
+)
+def test_every_hue_reads_the_same_in_any_digits(hue: str, script: str, unit: str) -> None:
+    same(in_script(hue, DIGITS[script]) + unit, hue)
+
+
+# --- through the server and the shell ------------------------------------------------------------
+
+
+def _server_ids(server: ServerProcess, home: Path, spec: str) -> list[int]:
+    """What the server ranks for `spec` sent as typed, with no shell to normalise it first."""
+    conn = server.user_connection(home, "alice", PASSWORD)
+    try:
+        request = ColourSearch(id=0, hue=0.0, spec=spec, filters=Filters(tags=["e2e-colour"]))
+        frames = list(conn.stream(request))
+        return [item.id for frame in frames for item in frame.items]  # type: ignore[attr-defined]
+    finally:
+        conn.close()
+
+
+def test_the_server_reads_full_width_and_other_digits(
+    server: ServerProcess, shop: dict[str, int], tmp_path: Path
+) -> None:
+    assert _server_ids(server, tmp_path, "ｒｅｄ") == _server_ids(server, tmp_path, "red")
+    assert set(_server_ids(server, tmp_path, "red")) == {shop["red350"], shop["red10"]}
+    assert _server_ids(server, tmp_path, "#１ｅ９０ｆｆ") == [shop["blue"]]
+    assert _server_ids(server, tmp_path, "١٢٠") == [shop["green"]]
+
+
+def test_the_shell_reads_them_too(alice: Shell, shop: dict[str, int]) -> None:
+    assert [r["id"] for r in found(alice, "search_by_color ｒｅｄ")] == [
+        r["id"] for r in found(alice, "search_by_color red")
+    ]
+    assert [r["id"] for r in found(alice, "search_by_color ＃１Ｅ９０ＦＦ")] == [shop["blue"]]
+    assert [r["id"] for r in found(alice, "search_by_color ١٢٠")] == [shop["green"]]
+    code, _, err = alice("search_by_color 1e3")
+    assert code != 0 and "hue 1e3 is out of range" in err and "unknown colour" not in err, err
