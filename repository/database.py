@@ -7,11 +7,13 @@ are per thread because sqlite3 connections must not be shared across threads mid
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from repository.migrations import MIGRATIONS
@@ -123,43 +125,68 @@ class Database:
         return conn
 
     def close(self) -> None:
-        """Close every connection, folding the WAL into the database file first.
+        """Close every connection, then fold the WAL into the database file.
 
         Operators are told that after a clean stop the database file alone is the whole
         database (docs/operations.md), and SQLite's own checkpoint at the last close fails
         without a word: on a full disk the server stopped "cleanly" and left a 4 KB
         vitrine.db that was malformed without its 2 MB -wal. So the checkpoint is asked for
-        explicitly, on the last connection once the others are closed, and a WAL still holding
-        data afterwards is logged as an ERROR saying which files belong together and why."""
+        explicitly, and a WAL still holding data the database file lacks is logged as an ERROR
+        saying which files belong together and why. It runs on a connection of its own, opened
+        here once the others are closed: one of theirs may belong to a thread still inside a
+        transaction (the similarity thread that `stop` gave up waiting for), and a checkpoint
+        on it fails with "database table is locked" for no reason an operator can act on."""
         with self._lock:
             if not self._all:
                 return
-            *others, last = self._all
-            self._all.clear()
-            for conn in others:
+            for conn in self._all:
                 conn.close()
-            reason = _checkpoint(last)
-            last.close()
-        _report_wal_left(self.path, reason)
+            self._all.clear()
+            outcome = _checkpoint(self.path)
+        _report_wal_left(self.path, outcome)
 
 
-def _checkpoint(conn: sqlite3.Connection) -> str:
-    """Copy the whole WAL into the database file and empty it; return "" when that worked,
-    otherwise why not, in words for the operator."""
+@dataclass(frozen=True)
+class _Checkpoint:
+    """Why the WAL may still hold data after the close ("" when the checkpoint finished), and
+    whether every WAL page is in the database file all the same."""
+
+    reason: str = ""
+    whole: bool = False
+
+
+def _checkpoint(path: Path) -> _Checkpoint:
+    """Copy the whole WAL into the database file and empty it, on a fresh connection (mode=rw:
+    a database file removed meanwhile is not made anew, empty, by the close)."""
     try:
-        busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    except sqlite3.Error as exc:  # SQLITE_FULL on a full disk, SQLITE_IOERR, ...
-        return f"the checkpoint failed: {exc}"
-    if busy:
-        return (
-            f"the checkpoint could not finish ({copied} of {frames} WAL pages copied): another "
-            "process (an sqlite3 shell, a backup, `server.py --check`) was reading the database"
+        fresh = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=rw",
+            uri=True,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
         )
-    return ""
+        with contextlib.closing(fresh) as conn:
+            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.Error as exc:  # SQLITE_FULL on a full disk, SQLITE_IOERR, ...
+        return _Checkpoint(f"the checkpoint failed: {exc}")
+    if not busy:
+        return _Checkpoint()
+    reader = (
+        "another process (an sqlite3 shell, a backup, `server.py --check`) was reading the database"
+    )
+    if 0 <= copied == frames:
+        # A reader whose snapshot is the newest data holds the WAL open without needing any of
+        # it: every page reached the database file, only emptying the WAL had to wait.
+        return _Checkpoint(f"all {frames} WAL pages were copied, but {reader}", whole=True)
+    return _Checkpoint(
+        f"the checkpoint could not finish ({copied} of {frames} WAL pages copied): {reader}"
+    )
 
 
-def _report_wal_left(path: Path, reason: str) -> None:
-    """Log an ERROR when the database file alone is not the whole database after the close."""
+def _report_wal_left(path: Path, outcome: _Checkpoint) -> None:
+    """Log an ERROR when the database file alone is not the whole database after the close, a
+    WARNING when it is whole but its WAL could not be emptied."""
+    reason = outcome.reason
     wal = Path(f"{path}-wal")
     try:
         left = wal.stat().st_size
@@ -171,6 +198,16 @@ def _report_wal_left(path: Path, reason: str) -> None:
     if left == 0:
         if reason:  # SQLite's own checkpoint at the last close managed it after all
             log.warning("closing the database: %s; the WAL was emptied when it closed", reason)
+        return
+    if outcome.whole:
+        log.warning(
+            "closing the database: %s. %s is whole (it holds every change); only %s (%s) "
+            "could not be emptied, and the next start on these files empties it",
+            reason,
+            path.name,
+            wal.name,
+            "size unknown" if left < 0 else f"{left} bytes",
+        )
         return
     log.error(
         "the database was closed with %s still holding %s (%s): %s alone is not the whole "

@@ -32,6 +32,7 @@ from repository import images as repo
 from repository.blobstore import BlobAuthenticationFailed, BlobError, BlobNotFound, BlobStore
 from repository.database import check_writable, connect_read_only
 from repository.migrations import MIGRATIONS
+from repository.vector_index import DamagedIndexError, IndexFormatError, VectorIndex
 from service.app import (
     BLOB_KEY_FILE,
     DB_FILE,
@@ -173,10 +174,6 @@ def _check_vector_index(index_dir: Path, report: CheckReport) -> None:
     unusable), but a file the disk changed would load and answer wrong matches if unchecked,
     and damage here may mean a failing disk: a problem, with what the next start does. An
     index the check cannot verify (saved by an earlier version, a file missing) is a line."""
-    # Here, not at the top: faiss loads with it, and a check of a directory without an index
-    # (or whose database is refused first) needs none.
-    from repository.vector_index import DamagedIndexError, IndexFormatError, VectorIndex
-
     try:
         count = VectorIndex.verify(index_dir)
     except FileNotFoundError:
@@ -250,35 +247,25 @@ def _check_rows_and_blobs(
         report.problems += repo.database_problems(conn)
         return
     wrong_key = wrong_blob_key(data_dir, conn, blobs)
-    # A missing blob is counted as missing, not as read: "read" beside "on disk" must add up.
-    checked = authenticated = missing = 0
+    # Counted per blob, not per row naming it: two users' uploads of the same bytes share
+    # their blobs, and "read" beside "on disk" (a set of names) must add up. Each blob is read
+    # once; what is wrong with one is named for every image that holds it. A missing blob is
+    # counted as missing, not as read.
+    outcomes: dict[str, _BlobOutcome] = {}
     found: list[tuple[bool, str]] = []  # (failed authentication, problem), in row order
     for image_id, blob, thumb in rows:
         for kind, name in (("original", blob), ("thumbnail", thumb)):
-            try:
-                blobs.get(name)
-                checked += 1
-                authenticated += 1
-            except BlobNotFound as exc:
-                missing += 1
-                found.append((False, f"image {image_id}: {kind} blob unusable: {exc}"))
-            except BlobAuthenticationFailed as exc:
-                checked += 1
-                found.append((True, f"image {image_id}: {kind} blob unusable: {exc}"))
-            except BlobError as exc:
-                checked += 1
-                found.append((False, f"image {image_id}: {kind} blob unusable: {exc}"))
-            except OSError as exc:
-                checked += 1
+            if name not in outcomes:
+                outcomes[name] = _read_blob(blobs, name)
+            if problem := outcomes[name].problem:
                 found.append(
-                    (
-                        False,
-                        f"image {image_id}: {kind} blob unreadable "
-                        f"({exc.strerror}: {exc.filename})",
-                    )
+                    (outcomes[name].failed_authentication, f"image {image_id}: {kind} {problem}")
                 )
+    missing = sum(1 for o in outcomes.values() if o.missing)
+    checked = len(outcomes) - missing
+    authenticated = sum(1 for o in outcomes.values() if not o.problem)
+    failed = sum(1 for o in outcomes.values() if o.failed_authentication)
     if wrong_key and not authenticated:
-        failed = sum(1 for auth, _ in found if auth)
         report.problems.append(
             f"{wrong_key} Here {failed} of {checked} blobs fail authentication under it; a "
             "normal start refuses this key."
@@ -303,6 +290,29 @@ def _check_rows_and_blobs(
         report.lines += [f"  {blobs.path_for(name)}" for name in orphans[:ORPHANS_LISTED]]
     _report_temporary_files(blobs, report)
     report.problems += repo.database_problems(conn)
+
+
+@dataclass(frozen=True)
+class _BlobOutcome:
+    """What reading one blob found: nothing wrong (`problem` empty), or what to say of it."""
+
+    problem: str = ""
+    failed_authentication: bool = False
+    missing: bool = False
+
+
+def _read_blob(blobs: BlobStore, name: str) -> _BlobOutcome:
+    try:
+        blobs.get(name)
+    except BlobNotFound as exc:
+        return _BlobOutcome(f"blob unusable: {exc}", missing=True)
+    except BlobAuthenticationFailed as exc:
+        return _BlobOutcome(f"blob unusable: {exc}", failed_authentication=True)
+    except BlobError as exc:
+        return _BlobOutcome(f"blob unusable: {exc}")
+    except OSError as exc:
+        return _BlobOutcome(f"blob unreadable ({exc.strerror}: {exc.filename})")
+    return _BlobOutcome()
 
 
 def _report_temporary_files(blobs: BlobStore, report: CheckReport) -> None:

@@ -146,7 +146,8 @@ def _unavailable(engine: SimilarityEngine | None) -> VitrineError:
             "Search by image is unavailable on this server: its vector index could not be "
             "built. The server's log says why.",
         )
-    if engine is not None and engine.weights is not None:
+    # Whose failure it was is decided once, where it was caught (SimilarityEngine.model_failure).
+    if engine is not None and engine.model_failure == "weights file":
         # The operator gave weights: telling them to set VITRINE_WEIGHTS, as below, sent them
         # looking for a setting they had made. Which file, and why it failed, is for the log.
         return VitrineError(
@@ -155,6 +156,14 @@ def _unavailable(engine: SimilarityEngine | None) -> VitrineError:
             "its image model (VITRINE_WEIGHTS=... or --weights), but they could not be loaded. "
             "The server's log says why; whoever runs the server should fix or replace that file "
             "and restart it.",
+        )
+    if engine is not None and engine.model_failure == "other":
+        # Not the file's fault (TensorFlow's import, memory, a bug): advice to replace the file
+        # or to set VITRINE_WEIGHTS would both send the operator the wrong way.
+        return VitrineError(
+            ErrorCode.UNAVAILABLE,
+            "Search by image is unavailable on this server: the image model failed to load. "
+            "The server's log says why.",
         )
     return VitrineError(
         ErrorCode.UNAVAILABLE,

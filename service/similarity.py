@@ -39,12 +39,13 @@ import concurrent.futures
 import contextlib
 import errno
 import logging
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -105,6 +106,38 @@ BAD_WEIGHTS_HINT = (
     "be an existing, readable mobilenet_v2_1.0_224_imagenet_no_top.weights.h5; fix or replace "
     "it and restart the server. Images uploaded meanwhile get their embeddings then."
 )
+#: For a failure that is not the weights file's (TensorFlow's import, memory, a bug): advice to
+#: replace a good file would send the operator the wrong way.
+MODEL_FAILED_HINT = (
+    "The image model failed to load; the error above says why. Once that is fixed, restart the "
+    "server: images uploaded meanwhile get their embeddings then."
+)
+
+#: Whose a failed model load is, for the advice given with it (`SimilarityEngine.model_failure`,
+#: set where the failure is caught; `service.image_search` words its answer by it): "" while
+#: nothing failed, "no weights" when none were given (Keras' download was tried), "weights file"
+#: when the file given is missing, unreadable or not these weights, "other" for anything else.
+ModelFailure = Literal["", "no weights", "weights file", "other"]
+
+
+def model_failure(exc: BaseException, weights: str | None) -> ModelFailure:
+    """Whose fault a failed model load is. Only what is raised about the weights file itself
+    is blamed on it, as measured with a missing path, random bytes, an empty file, a truncated
+    copy and an HDF5 file of other weights: FileNotFoundError (`Embedder`'s own check), the
+    OSError h5py raises for a file it cannot open ("file signature not found", "truncated
+    file"; PermissionError too), and the ValueError Keras raises when the layers' weights are
+    not in it. An OSError naming another file (the model cache), an ImportError of TensorFlow,
+    a MemoryError or a bug is not the file's."""
+    if weights is None:
+        return "no weights"
+    if isinstance(exc, OSError):
+        named = exc.filename
+        if named is None or os.path.realpath(os.fspath(named)) == os.path.realpath(weights):
+            return "weights file"
+        return "other"
+    if isinstance(exc, ValueError) and not isinstance(exc, UnicodeError):
+        return "weights file"
+    return "other"
 
 
 # --- the engine ---------------------------------------------------------------------------------
@@ -130,6 +163,7 @@ class SimilarityEngine:
         self.index_dir = index_dir
         self.state = "loading"
         self.reason = ""
+        self.model_failure: ModelFailure = ""
         self.model_name: str | None = None
         self.batcher: EmbeddingBatcher | None = None
         self.index: VectorIndex | None = None
@@ -220,14 +254,18 @@ class SimilarityEngine:
             self._load_model()
         except BaseException as exc:  # anything at all: the server must keep serving
             self.reason = describe(exc)
+            self.model_failure = model_failure(exc, self.weights)
             self.state = "unavailable"
             # No weights, a bad file or no network for Keras' download need one line and the
-            # hint; a programming error is a bug, and its traceback goes to the log as well.
+            # hint; anything else (a broken TensorFlow, a bug) gets its traceback as well.
             log.warning(
                 "search by image is unavailable: %s. %s",
                 self.reason,
-                WEIGHTS_HINT if self.weights is None else BAD_WEIGHTS_HINT,
-                exc_info=isinstance(exc, PROGRAMMING_ERRORS),
+                {
+                    "no weights": WEIGHTS_HINT,
+                    "weights file": BAD_WEIGHTS_HINT,
+                }.get(self.model_failure, MODEL_FAILED_HINT),
+                exc_info=isinstance(exc, PROGRAMMING_ERRORS) or self.model_failure == "other",
             )
             self._settle_model()
             return

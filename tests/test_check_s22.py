@@ -3,12 +3,15 @@
 
 QA removed `server-key.pem` and kept `server-cert.pem`: `--check` said "consistent" (rc 0)
 and the start refused. And with one blob missing, "blobs read: 800" stood beside "blobs on
-disk: 799". The directory is built by real Services (SQLite file, blob store, ingest), as in
-tests/test_check_damaged.py, whose fixtures these tests share.
+disk: 799", and a blob two users' rows share was counted twice. The directory is built by real
+Services (SQLite file, blob store, ingest), as in tests/test_check_damaged.py, whose fixtures
+these tests share.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import stat
 from pathlib import Path
 
@@ -16,8 +19,13 @@ import pytest
 
 from protocol.tls import CERT_FILE, KEY_FILE, ensure_self_signed
 from repository.blobstore import BlobStore, load_or_create_key
+from service.app import open_services
+from service.context import ServerConfig
+from service.ingest import Upload, ingest
+from tests.rows import add_users
 from tests.test_check_damaged import IMAGES, data_dir, stored  # noqa: F401  (fixtures)
 from tests.test_crash_safety import run_check
+from tests.test_images_server import jpeg
 from tests.test_operator_startup import check_problems, flip_a_bit, refusal, start_refused
 
 
@@ -89,3 +97,36 @@ def test_check_takes_the_tls_pair_given_on_the_command_line(
     done = run_check(data_dir, *given)
     assert done.returncode == 1, done.stdout + done.stderr
     assert str(key) in done.stdout
+
+
+def test_blobs_two_users_share_are_read_and_counted_once(tmp_path: Path) -> None:
+    """Two users uploading the same bytes store one original and one thumbnail, named by both
+    rows. Until session 22's review the counts were per row: "blobs read: 4" beside "blobs on
+    disk: 2". A damaged shared blob is still named for each image that holds it."""
+    shared = tmp_path / "data"
+    services = open_services(ServerConfig(data_dir=shared, colours=False))
+    try:
+        add_users(services.db.conn, "seller", "buyer")
+        for owner in (1, 2):
+            upload = Upload(owner_id=owner, data=jpeg(2230, (320, 240)), filename=f"{owner}.jpg")
+            assert asyncio.run(ingest(services, upload))[1]
+    finally:
+        for pool in (services.executor, services.quick_executor, services.io_executor):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        services.db.close()
+        os.close(services.extras.pop("data_dir_lock"))
+
+    done = run_check(shared)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "blobs read: 2, authenticated: 2, missing: 0" in done.stdout
+    assert "blobs on disk: 2, unreferenced: 0" in done.stdout
+
+    blobs = BlobStore(shared / "blobs", load_or_create_key(shared / "blob.key"))
+    original = max(blobs.iter_names(), key=lambda name: blobs.path_for(name).stat().st_size)
+    flip_a_bit(blobs.path_for(original))
+    done = run_check(shared)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "blobs read: 2, authenticated: 1, missing: 0" in done.stdout
+    for image_id in (1, 2):
+        assert f"image {image_id}: original blob unusable" in done.stdout, done.stdout

@@ -6,6 +6,7 @@ which sent an operator who had set it looking for a setting they had made. Now t
 says the weights given could not be loaded and points at the server's log, which names the
 file and the cause; the client is still told no path and no exception (docs/security.md: any
 logged-in user can ask). Real servers, real TLS; the corrupt file is a few random bytes.
+A failure that is not the file's (a broken TensorFlow) blames neither the file nor the setting.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import pytest
 
 from protocol.catalog import ImageSearch
 from protocol.errors import ErrorCode, VitrineError
-from tests.servers import ServerProcess, run_client
+from service.similarity import model_failure
+from tests.servers import ROOT, ServerProcess, run_client
 from tests.test_images_server import error_of, upload
-from tests.test_similarity_server import MISSING_WEIGHTS, READY_TIMEOUT_S, photo
+from tests.test_similarity_server import MISSING_WEIGHTS, READY_TIMEOUT_S, photo, weights
 
 PASSWORD = "correct horse battery"
 
@@ -115,3 +117,58 @@ def test_no_weights_configured_keeps_the_advice_to_set_them(tmp_path: Path) -> N
     finally:
         assert process.stop() == 0
     assert "Start the server with VITRINE_WEIGHTS" in process.log()
+
+
+def broken_tensorflow(folder: Path) -> str:
+    """A directory to put first on PYTHONPATH whose `tensorflow` fails to import as a broken
+    installation does (a missing shared library): the weights file is good, TensorFlow is not."""
+    package = folder / "tensorflow"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        'raise ImportError("libtensorflow_framework.so.2: cannot open shared object file")\n'
+    )
+    return str(folder)
+
+
+def test_a_model_that_fails_for_another_reason_does_not_blame_the_weights(
+    tmp_path: Path,
+) -> None:
+    """Until session 22's review every failure with weights given was the file's: a broken
+    TensorFlow got "fix or replace that file", sending the operator to a file that is fine."""
+    env = {
+        "VITRINE_WEIGHTS": weights(),
+        "VITRINE_CACHE_DIR": str(tmp_path / "cache"),  # empty: the model must be converted
+        "PYTHONPATH": os.pathsep.join([broken_tensorflow(tmp_path / "py"), str(ROOT)]),
+    }
+    process = ServerProcess(tmp_path / "srv", env=env).start()
+    try:
+        message = settled_error(process, tmp_path / "c").message
+        assert "the image model failed to load" in message, message
+        assert "server's log says why" in message, message
+        assert "could not be loaded" not in message and "replace" not in message, message
+        assert "VITRINE_WEIGHTS" not in message, message
+    finally:
+        process.stop()
+    log = process.log()
+    assert "search by image is unavailable" in log and "libtensorflow_framework" in log, log
+    assert "The image model failed to load" in log, log
+    assert "fix or replace" not in log and "Start the server with VITRINE_WEIGHTS" not in log
+
+
+@pytest.mark.parametrize(
+    ("exc", "whose"),
+    [
+        (FileNotFoundError("model weights not found: /w.weights.h5"), "weights file"),
+        (OSError("Unable to synchronously open file (file signature not found)"), "weights file"),
+        (PermissionError(13, "Permission denied", "/w.weights.h5"), "weights file"),
+        (ValueError("A total of 104 objects could not be loaded."), "weights file"),
+        (OSError(28, "No space left on device", "/cache/model.tflite"), "other"),
+        (ImportError("libtensorflow_framework.so.2: cannot open shared object"), "other"),
+        (MemoryError(), "other"),
+        (TypeError("unexpected keyword argument"), "other"),
+    ],
+)
+def test_only_failures_about_the_file_are_blamed_on_it(exc: BaseException, whose: str) -> None:
+    """The exceptions are those measured with real files (see `model_failure`)."""
+    assert model_failure(exc, "/w.weights.h5") == whose
+    assert model_failure(exc, None) == "no weights"

@@ -9,7 +9,9 @@ database, `--check` reports it, and an index saved without checksums is rebuilt,
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -18,7 +20,8 @@ import pytest
 
 from repository import vector_index
 from repository.vector_index import IndexFormatError, VectorIndex
-from tests.servers import ServerProcess
+from tests.servers import PYTHON, ROOT, ServerProcess
+from tests.test_clean_stop_wal_s22 import fill, small_disk  # noqa: F401 (a fixture)
 from tests.test_crash_safety import run_check
 from tests.test_images_server import upload
 from tests.test_similarity_server import READY_TIMEOUT_S, photo, search, wait_until_ready, weights
@@ -81,6 +84,78 @@ def test_an_intact_index_loads_and_verifies(tmp_path: Path) -> None:
     assert len(VectorIndex.load(root, expected_generation="g")) == 300
     with pytest.raises(FileNotFoundError):
         VectorIndex.verify(tmp_path / "none")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("files", ["ids-x.npy", "vectors-x.npy"]),  # a list where the kinds' mapping belongs
+        ("files", "ids-x.npy"),
+        ("files", {"ids": 7}),
+        ("checksums", ["sha256:00"]),
+    ],
+)
+def test_a_manifest_of_another_shape_is_a_format_error(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    """Until session 22's review a list for `files` raised a bare AttributeError from the
+    checksum check, which `load`'s callers do not catch: the similarity engine stopped and
+    search by image stayed UNAVAILABLE until a restart, instead of a rebuild."""
+    root, manifest = _saved(tmp_path)
+    manifest[field] = value
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError):
+        VectorIndex.load(root, expected_generation="g")
+    with pytest.raises(IndexFormatError):
+        VectorIndex.verify(root)
+
+
+def test_only_the_saved_checksum_algorithm_is_accepted(tmp_path: Path) -> None:
+    """A digest of another algorithm is not one a save writes: refused as unusable, not left to
+    fail inside hashlib (`shake_128` gave a TypeError from `hexdigest()`)."""
+    root, manifest = _saved(tmp_path)
+    for kind, name in manifest["files"].items():
+        digest = hashlib.shake_128((root / name).read_bytes()).hexdigest(32)
+        manifest["checksums"][kind] = f"shake_128:{digest}"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match="no usable checksum"):
+        VectorIndex.load(root, expected_generation="g")
+    with pytest.raises(IndexFormatError, match="no usable checksum"):
+        VectorIndex.verify(root)
+
+
+def test_a_page_the_disk_cannot_serve_does_not_kill_the_process(small_disk: Path) -> None:  # noqa: F811
+    """The check reads the files; it does not map them. A page fault the filesystem cannot
+    serve (a disk I/O error; here a hole in a file on a full tmpfs, which a read returns as
+    zeros and a mapping must allocate) is a SIGBUS for a mapped file, which killed a start or
+    `--check` (until session 22's review: `Bus error`, exit status 135)."""
+    root = small_disk / "vector-index"
+    root.mkdir()
+    size = 4 * 1024 * 1024
+    with (root / "vectors-x.npy").open("wb") as f:
+        f.truncate(size)  # a hole: no blocks until a page is written or mapped
+    manifest = {
+        "format": vector_index._FORMAT,
+        "count": 0,
+        "files": {"vectors": "vectors-x.npy"},
+        "checksums": {"vectors": f"sha256:{hashlib.sha256(bytes(size)).hexdigest()}"},
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    fill(small_disk)
+
+    code = (
+        "import sys; from repository.vector_index import VectorIndex; "
+        "print(VectorIndex.verify(sys.argv[1]))"
+    )
+    done = subprocess.run(  # a process of its own: a SIGBUS would end the test run
+        [PYTHON, "-c", code, str(root)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "0"), done.stderr
 
 
 def _wait_for_index(process: ServerProcess) -> str:
