@@ -37,7 +37,7 @@ from protocol.errors import ErrorCode, VitrineError
 from protocol.pinning import PinningError
 from shell.connection import ConnectionLost
 from shell.session import ClientSession
-from shell.text import dumb_terminal, escape_undecodable, printable
+from shell.text import dumb_terminal, escape_undecodable, is_terminal, printable
 from util.files import file_kind
 
 ACCOUNT = "Account"
@@ -164,7 +164,7 @@ class VitrineShell(cmd2.Cmd):
         """At a dumb terminal, prompt_toolkit reads lines with its plain prompt (text only), but
         creating the session still showed the cursor with an escape sequence, which such a
         terminal prints as text at the start of every session."""
-        if not (dumb_terminal() and _isatty(self.stdin) and _isatty(self.stdout)):
+        if not (dumb_terminal() and is_terminal(self.stdin) and is_terminal(self.stdout)):
             return super()._create_main_session(**kwargs)
         try:
             output = _TextOnlyOutput.from_pty(self.stdout)
@@ -460,14 +460,6 @@ class VitrineShell(cmd2.Cmd):
 BOM = "\ufeff"
 
 
-def _isatty(stream: Any) -> bool:
-    """Whether `stream` is a terminal; False for a stream that is missing or closed."""
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, OSError, ValueError):
-        return False
-
-
 class _TextOnlyOutput(Vt100_Output):
     """prompt_toolkit's terminal output without the cursor escapes it sends unasked (showing,
     hiding, shaping the cursor): for a dumb terminal, where its plain prompt writes nothing else
@@ -725,7 +717,7 @@ class ShellArgumentParser(cmd2.Cmd2ArgumentParser):
             self.print_usage(sys.stderr)
             console = self._get_formatter().console
             with console.capture() as capture:
-                console.print(text, style=Cmd2Style.ERROR, soft_wrap=not _isatty(sys.stderr))
+                console.print(text, style=Cmd2Style.ERROR, soft_wrap=not is_terminal(sys.stderr))
         self.exit(2, capture.get())
 
 

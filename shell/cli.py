@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
 import re
 import signal
@@ -191,22 +192,37 @@ def reopen_closed_std_streams() -> None:
     """Give a closed stdin, stdout or stderr (a daemon-style launch, `<&-`, `>&-`) /dev/null in
     its place, as if it had been redirected there: Python leaves sys.stdin and the others None
     for a closed descriptor, and the first `isatty()` on one ended the run with a traceback.
+    An open descriptor that cannot go the stream's way counts as closed too: a bash script run
+    with `2>&-` reads itself through the first free descriptor, 2, so stderr was the script,
+    open read-only, and the first error written to it (EBADF) ended the run.
     Done first, before anything opens a file: the kernel hands out the lowest free descriptor,
     so a history or socket opened before this would take fd 1, and output would land in it."""
     modes = {0: ("stdin", "r"), 1: ("stdout", "w"), 2: ("stderr", "w")}
     for fd, (name, mode) in modes.items():
-        try:
-            os.fstat(fd)
-        except OSError:
+        if not _usable(fd, readable=fd == 0):
             null = os.open(os.devnull, os.O_RDWR)
             if null != fd:
-                os.dup2(null, fd)
+                os.dup2(null, fd)  # inheritable, as the standard descriptors are
                 os.close(null)
+            else:  # os.open gives close-on-exec descriptors: a child would find it closed
+                os.set_inheritable(fd, True)
+            # A stream Python made on what was there now reads or writes /dev/null through the
+            # same descriptor, and is kept: dropped, it would close that descriptor.
         if getattr(sys, name) is None:
             # line-buffered like the streams Python makes itself; fd left open at exit
             stream = open(fd, mode, buffering=1, closefd=False, errors="surrogateescape")  # noqa: SIM115
             setattr(sys, name, stream)
             setattr(sys, f"__{name}__", stream)
+
+
+def _usable(fd: int, *, readable: bool) -> bool:
+    """Whether `fd` is open for reading (stdin) or writing (stdout, stderr)."""
+    try:
+        access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    except OSError:  # closed
+        return False
+    wanted = (os.O_RDONLY, os.O_RDWR) if readable else (os.O_WRONLY, os.O_RDWR)
+    return access in wanted
 
 
 def plain_text_for_a_dumb_terminal() -> None:

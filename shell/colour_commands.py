@@ -2,8 +2,10 @@
 
 COLOR, --tolerance and --min-share are checked here with the server's own rules
 (`util.colour_spec`), so a typo costs no round trip and gets the sentence that lists what is
-accepted; the COLOR text is also sent as typed (`ColourSearch.spec`) so the server applies a
-name's lightness/saturation regions exactly as documented in docs/colours.md. The listing
+accepted; the COLOR is also sent (`ColourSearch.spec`) so the server applies a name's or a
+hex colour's lightness/saturation regions exactly as documented in docs/colours.md. It is sent
+as parsed here (`ColourQuery.text`: `red` for `ｒｅｄ`, `#ff0000` for `＃FF0000`), so a server
+from before the full-width forms were read takes it too: its parse is only a check. The listing
 itself (batches of 20, `more` 10, --batch, --json with `score`, `match` and `palette`, the
 match column, --sheet) is shell.listing's.
 """
@@ -110,9 +112,12 @@ class ColourCommands(cmd2.CommandSet[VitrineShell]):
         except ColourSpecError as exc:
             raise CommandFailed(f"search_by_color: {exc}.") from None
         filters = filters_from(args)
-        what = f"images of {printable(query.name or spec)}"
-        if query.name is None and not spec.startswith("#"):
-            what = f"images of hue {query.hue:g}°"  # not "images of 0"
+        # a name or a hex colour as parsed (`＃E38E5B` is #e38e5b, with its lightness limits);
+        # a hue as a number of degrees: not "images of 0" for 360
+        if query.name is None and not query.text.startswith("#"):
+            what = f"images of hue {query.hue:g}°"
+        else:
+            what = f"images of {printable(query.text)}"
         extras = []
         if args.tolerance is not None:
             extras.append(f"within {tolerance + 0.0:g}°")  # + 0.0: "-0" reads as a bug
@@ -129,7 +134,7 @@ class ColourCommands(cmd2.CommandSet[VitrineShell]):
                 hue=query.hue,
                 tolerance=tolerance,
                 min_share=min_share,
-                spec=spec,
+                spec=query.text,
                 filters=filters,
                 options=options,
             )

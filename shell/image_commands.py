@@ -57,7 +57,7 @@ from shell.connection import ConnectionLost, InterruptedAfterSending, unexpected
 from shell.interrupts import HeldInterrupts
 from shell.pictures import picture_renderable
 from shell.swatches import NOT_COMPUTED, palette_text
-from shell.text import plural, printable
+from shell.text import is_terminal, plural, printable, sentence
 from shell.upload import (
     DEFAULT_WINDOW,
     INTERRUPT_GRACE_S,
@@ -357,9 +357,10 @@ class _Report:
             self.shell.poutput(text)
 
 
-#: What a run that did not send everything advises (the server reports stored files as present).
+#: What a run that did not send everything advises (the server reports stored files as present):
+#: a clause, to follow "Once logged in, "; `sentence` begins a sentence with it.
 RUN_AGAIN = (
-    "Run the same command again to send the rest: files already stored come back as present, "
+    "run the same command again to send the rest: files already stored come back as present, "
     "not twice."
 )
 
@@ -436,11 +437,6 @@ def _cells(renderable: Any) -> int:
     return renderable.cell_len if isinstance(renderable, Text) else len(str(renderable))
 
 
-def _is_terminal(stream: Any) -> bool:
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
-
-
 def _same_stream(one: Any, other: Any) -> bool:
     """Whether two streams write to the same place (one terminal, `2>&1`): only then does a
     line on stderr that says "see above" point at the lines on stdout."""
@@ -465,10 +461,10 @@ def _progress_for(shell: VitrineShell, as_json: bool) -> Progress | None:
     only when the lines go to a file (`client.py … "add_image big/ --json" > out.jsonl`): on
     the terminal, or through a pipe to it (`| jq`), they would be drawn into the bar."""
     if as_json:
-        if not (_is_terminal(sys.stderr) and _is_regular_file(shell.stdout)):
+        if not (is_terminal(sys.stderr) and _is_regular_file(shell.stdout)):
             return None
         return _UploadProgress(Console(file=sys.stderr), on_stderr=True)
-    if not _is_terminal(shell.stdout):
+    if not is_terminal(shell.stdout):
         return None
     return _UploadProgress(Console(file=shell.stdout), on_stderr=False)
 
@@ -600,7 +596,9 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         shell = self._cmd
         line = summary.line()
         stored = summary.count(Outcome.NEW) + summary.count(Outcome.PRESENT)
-        if not report.list_each and not args.json and stored:
+        if not report.list_each and not args.json and stored and summary.session_ended is None:
+            # (after a session end the files not stored are counted below, and --verbose
+            # lists only the stored ones: the advice would promise what it does not show)
             line += " Add --verbose to list every file."
         present = summary.count(Outcome.PRESENT)
         if present and fields != UploadFields():
@@ -621,10 +619,7 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         if summary.interrupted:
             line = f"{report.stopped_why()} {line}"
             if summary.count(Outcome.UNANSWERED) or summary.count(Outcome.NOT_SENT):
-                line += (
-                    " Run the same command again to send the rest: files already stored come "
-                    "back as present, not twice."
-                )
+                line += f" {sentence(RUN_AGAIN)}"
         if args.json or report.gone():
             shell.perror(line, style=None)
         else:
@@ -649,7 +644,7 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             if summary.connection_lost is not None:
                 message += (
                     f" The connection to {shell.session.server} was lost "
-                    f"({summary.connection_lost.rstrip('.')}). {RUN_AGAIN}"
+                    f"({summary.connection_lost.rstrip('.')}). {sentence(RUN_AGAIN)}"
                 )
             shell.fail(message)
 
@@ -678,7 +673,7 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         reason = printable(summary.session_ended or "").rstrip(".")
         shell.fail(
             f"The session ended, so the upload stopped: {reason}.{counts} "
-            f"Once logged in, {RUN_AGAIN[0].lower()}{RUN_AGAIN[1:]}"
+            f"Once logged in, {RUN_AGAIN}"
         )
 
     update_parser = parser(
@@ -829,8 +824,8 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
             shell.fail(
                 f"The session ended, so {len(ended)} of {len(ids)} not deleted "
                 f"({', '.join(f'#{number}' for number in ended)}): "
-                f"{printable(ended_why).rstrip('.')}. Once logged in, `delete_image {numbers}` "
-                "deletes them."
+                # the server's reason already says to log in again: said once
+                f"{printable(ended_why).rstrip('.')}. Then `delete_image {numbers}` deletes them."
             )
 
     show_parser = parser("Show everything about one image, with a larger picture.")

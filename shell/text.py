@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import unicodedata
 from collections.abc import Mapping
+from typing import Any
 
 # Control, format, surrogate, private-use and unassigned characters, and the line and paragraph
 # separators: anything that could move the cursor, hide text or reorder it.
@@ -48,6 +49,12 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
+def sentence(clause: str) -> str:
+    """A clause kept once, in lower case, to end another sentence ("Once logged in, run ..."),
+    begun as a sentence of its own. Not str.capitalize, which lower-cases the rest."""
+    return clause[:1].upper() + clause[1:]
+
+
 #: TERM values of a terminal that shows text and nothing else: rich and prompt_toolkit both
 #: read these two so, and the shell must agree with them, or it lays out for a width, or sends
 #: escapes, that they do not.
@@ -57,4 +64,13 @@ DUMB_TERMS = frozenset({"dumb", "unknown"})
 def dumb_terminal(environ: Mapping[str, str] = os.environ) -> bool:
     """Whether TERM names a terminal without cursor movement or colours (Emacs' shell, many IDE
     consoles), where any escape sequence shows up as text."""
-    return environ.get("TERM", "").strip().lower() in DUMB_TERMS
+    return environ.get("TERM", "").lower() in DUMB_TERMS  # not stripped: neither do they
+
+
+def is_terminal(stream: Any) -> bool:
+    """Whether `stream` is a terminal; False for a stream that is missing or closed, so that
+    a check of where output goes never fails a command."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False

@@ -713,7 +713,7 @@ class _Run:
         while in_flight:
             self.settle(self.done.get())
         if self.summary.session_ended is not None:
-            self.uploader._stop.set()  # the reader need not read what will not be sent
+            # (the reader, perhaps a file or two ahead, is stopped by Uploader.run's finally)
             self.not_sent_rest()
 
     def not_sent_rest(self) -> None:

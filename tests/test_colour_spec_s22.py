@@ -1,16 +1,19 @@
 """One rule for how a COLOR may be written (QA, session 22).
 
 Arabic-Indic `٣٠` and full-width `１２０` were hues 30 and 120, while full-width `ｒｅｄ` and
-`#ＦＦ0000` were "unknown colour" and "malformed hex", and `1e3` was an "unknown colour"
-rather than a hue out of range. The rule now: NFKC first (full-width letters, digits, `#`),
-then any script's decimal digits as ASCII digits, wherever a digit goes; a number may have an
-exponent. The shell and the server both parse with `util.colour_spec.parse_colour`, so both
-are checked here: the server through a raw `ColourSearch` (no shell in between), the shell
-through client.py.
+`#ＦＦ0000` were "unknown colour" and "malformed hex", and `1e3` was an "unknown colour".
+The rule now: the full-width and half-width forms a keyboard sends read as ASCII (letters,
+digits, `#`), then any script's decimal digits as ASCII digits, wherever a digit goes. Not
+NFKC, which also made `1²` hue 12, `①` 1 and `ⓡⓔⓓ` red (review, session 22); and a hue is a
+plain number: an exponent made `1e-400` hue 0, and is now refused by name. The shell and the
+server both parse with `util.colour_spec.parse_colour`, so both are checked here: the server
+through a raw `ColourSearch` (no shell in between), the shell through client.py, and the shell
+against a server that reads only ASCII, to which it sends the COLOR as it read it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,8 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.catalog import ColourSearch, Filters
+from tests.servers import ROOT, ServerProcess, create_users
 from tests.servers import LoggedInShell as Shell
-from tests.servers import ServerProcess
 from tests.test_colour_search_e2e import PASSWORD, alice, found, server, shop
 from util.colour_spec import NAMES, ColourSpecError, parse_colour
 
@@ -61,15 +64,15 @@ def same(a: str, b: str) -> None:
         ("１２０", "120"),
         ("３５５°", "355"),
         ("３５５ｄｅｇ", "355"),
-        ("1e2", "100"),
-        ("２.５e１", "25"),
+        ("２.５", "2.5"),
+        ("\u3000ｒｅｄ\u3000", "red"),  # the full-width space, stripped like any other
     ],
 )
 def test_one_rule_for_names_hex_and_hues(written: str, plain: str) -> None:
     same(written, plain)
 
 
-@pytest.mark.parametrize("text", ["1e3", "１e３", "٣e٣", "1E3deg", "1e400", "−5", "-2e1"])
+@pytest.mark.parametrize("text", ["361", "３６１", "٣٦١", "400deg", "−5", "-20"])
 def test_a_number_out_of_range_says_so_whatever_its_form(text: str) -> None:
     with pytest.raises(ColourSpecError) as err:
         parse_colour(text)
@@ -83,6 +86,32 @@ def test_what_is_still_refused_is_quoted_as_typed(text: str) -> None:
     with pytest.raises(ColourSpecError, match=r"unknown colour|malformed hex") as err:
         parse_colour(text)
     assert repr(text) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1²", "²", "①", "⒛", "¹⁰", "𝟏𝟐𝟎", "ⓡⓔⓓ", "𝐫𝐞𝐝", "#ff⁰⁰⁰⁰", "#𝟏e90ff", "①②⓪"],
+)
+def test_other_compatibility_forms_are_unknown_colours(text: str) -> None:
+    """NFKC read superscripts, circled and parenthesised numbers and font variants as digits
+    and letters: `1²` was hue 12, `⒛` hue 20, `ⓡⓔⓓ` red. Only what a keyboard sends for ASCII
+    (full-width and half-width forms) and other scripts' own digits are read so now."""
+    with pytest.raises(ColourSpecError) as err:
+        parse_colour(text)
+    message = str(err.value)
+    assert message.startswith((f"unknown colour {text!r}", f"malformed hex colour {text!r}"))
+    assert "0 to 360" in message and "#rrggbb" in message, message
+
+
+@pytest.mark.parametrize("text", ["1e3", "１e３", "٣e٣", "1E3deg", "1e2", "1e-400", "0e0", "-2e1"])
+def test_a_hue_with_an_exponent_is_refused_by_name(text: str) -> None:
+    """1e-400 read as hue 0 and 1e2 as 100: a hue is a plain number of degrees. Said as such,
+    not as an unknown colour (1e3 was one before session 22)."""
+    with pytest.raises(ColourSpecError) as err:
+        parse_colour(text)
+    message = str(err.value)
+    assert message.startswith(f"{text} is not a hue in degrees: "), message
+    assert "without an exponent" in message and "#rrggbb" in message, message
 
 
 @given(
@@ -146,4 +175,65 @@ def test_the_shell_reads_them_too(alice: Shell, shop: dict[str, int]) -> None:
     assert [r["id"] for r in found(alice, "search_by_color ＃１Ｅ９０ＦＦ")] == [shop["blue"]]
     assert [r["id"] for r in found(alice, "search_by_color ١٢٠")] == [shop["green"]]
     code, _, err = alice("search_by_color 1e3")
-    assert code != 0 and "hue 1e3 is out of range" in err and "unknown colour" not in err, err
+    assert code != 0 and "1e3 is not a hue in degrees" in err and "unknown colour" not in err, err
+    code, out, err = alice("search_by_color '1²'")
+    assert code != 0 and "unknown colour '1²'" in err, err
+    assert "hue 12" not in out + err, out
+
+
+def test_a_hex_in_full_width_is_titled_as_a_hex(alice: Shell, shop: dict[str, int]) -> None:
+    """Review: the heading looked at the text as typed, so `＃e38e5b` was titled "images of hue
+    22.5°" while the search kept the hex's lightness and saturation limits."""
+    for typed in ("＃e38e5b", "#E38E5B", "＃Ｅ３８Ｅ５Ｂ"):
+        code, out, err = alice(f"search_by_color '{typed}' --tags e2e-colour")
+        assert code == 0, err
+        assert "images of #e38e5b" in out and "hue" not in out, out
+
+
+# --- a server from before the full-width forms were read --------------------------------------
+
+#: Run at start-up of the server below (PYTHONPATH): it reads the COLOR as sent, ASCII only, as
+#: servers before session 22 read names and hex colours (`ｒｅｄ`, `＃FF0000`: unknown colours).
+OLDER_PARSE = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+import util.colour_spec
+util.colour_spec._normalised = str.strip
+"""
+
+
+@pytest.fixture(scope="module")
+def older_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    site = tmp_path_factory.mktemp("older-parse")
+    (site / "sitecustomize.py").write_text(OLDER_PARSE)
+    process = ServerProcess(
+        tmp_path_factory.mktemp("older-server"), env={"PYTHONPATH": str(site)}
+    ).start()
+    create_users(process, tmp_path_factory.mktemp("older-accounts"), ["alice"], PASSWORD)
+    yield process
+    process.stop()
+
+
+def test_the_older_parse_refuses_full_width(older_server: ServerProcess, tmp_path: Path) -> None:
+    """The stand-in above does refuse what the shell sent as typed (else the test below proves
+    nothing)."""
+    conn = older_server.user_connection(tmp_path, "alice", PASSWORD)
+    try:
+        with pytest.raises(Exception, match="unknown colour"):
+            list(conn.stream(ColourSearch(id=0, hue=0.0, spec="ｒｅｄ", filters=Filters())))
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("typed", "heading"),
+    [("ｒｅｄ", "images of red"), ("＃FF0000", "images of #ff0000"), ("٣٠", "images of hue 30°")],
+)
+def test_the_shell_sends_the_colour_as_it_read_it(
+    older_server: ServerProcess, tmp_path: Path, typed: str, heading: str
+) -> None:
+    """Review: the shell sent the COLOR as typed, and a server that reads only ASCII answered
+    `ｒｅｄ` with "unknown colour" after the shell had accepted it."""
+    code, out, err = Shell(older_server, "alice", tmp_path)(f"search_by_color '{typed}'")
+    assert code == 0, err
+    assert f"Nothing found for {heading}" in out, out

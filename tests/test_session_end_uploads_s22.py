@@ -16,6 +16,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import pexpect
 import pytest
 
+from protocol.catalog import ListTags, TagList
 from protocol.messages import ChangePassword, Session
 from shell.connection import ServerConnection
 from tests.servers import ROOT, ServerProcess, client_argv, run_client
@@ -120,6 +122,42 @@ def test_an_upload_stops_sending_at_the_session_end_and_accounts_for_every_file(
     assert "Not everything was uploaded" not in said, err
 
 
+def wait_until_stored(other: ServerConnection, tag: str, count: int) -> None:
+    """Until the server holds `count` images tagged `tag` (the run is under way), asked on
+    the other connection: an upload without --json prints nothing before its summary."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        tags = other.call(ListTags(id=0), TagList).tags
+        if any(t.name == tag and t.count >= count for t in tags):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {count} images tagged {tag} within a minute")
+
+
+def test_after_a_session_end_the_summary_does_not_offer_verbose(
+    shop: ServerProcess, tmp_path: Path
+) -> None:
+    """Review: the summary on stdout still ended "Add --verbose to list every file.", but
+    --verbose lists neither the refused file nor those not sent: the failure line counts them."""
+    folder = noise_folder(tmp_path / "bulk", FILES, seed=2206)
+    other = account(shop, tmp_path / "other", "xena")
+    process = client(
+        shop, tmp_path / "config", "xena", f"add_image {folder} --window 1 --tags xena-bulk"
+    )
+    try:
+        wait_until_stored(other, "xena-bulk", 3)
+        change_password(other)
+        out, err = process.communicate(timeout=120)
+    finally:
+        other.close()
+        process.kill()
+    assert process.returncode != 0, err
+    (summary,) = [line for line in out.splitlines() if line.startswith(f"{FILES} files: ")]
+    assert " not sent " in summary, out  # the run did stop at the session end
+    assert "--verbose" not in out + err, out
+    assert ENDED in " ".join(err.split()), err
+
+
 def test_at_a_terminal_the_upload_says_it_once_and_the_prompt_is_logged_out_at_once(
     shop: ServerProcess, tmp_path: Path
 ) -> None:
@@ -162,7 +200,8 @@ def test_delete_image_after_the_session_ended_says_so_once_and_logs_out(
         child.sendline(f"delete_image {ids[0]} {ids[1]}")
         child.expect(r"The session ended, so 2 of 2 not deleted \(#\d+, #\d+\)")
         shown = child.before
-        child.expect(re.escape(f"`delete_image {ids[0]} {ids[1]}` deletes them."))
+        child.expect(re.escape(f"; log in again. Then `delete_image {ids[0]} {ids[1]}` deletes"))
+        assert "Once logged in" not in child.before, child.before  # log in, said once
         child.expect(LOGGED_OUT)
         assert "UNAUTHENTICATED" not in shown, shown
         child.sendline("quit")
@@ -220,3 +259,23 @@ def test_see_above_only_when_both_streams_go_to_one_place(
     assert apart.returncode != 0, err
     assert "Not everything was uploaded: 1 file rejected; see stdout." in err, err
     assert "broken.png" in out, out
+
+
+def test_at_a_terminal_see_above_points_at_the_lines_above(
+    shop: ServerProcess, tmp_path: Path
+) -> None:
+    """Both streams at one terminal: the rejected file is listed above the closing line, so
+    it says "see above" (not "see stdout", which is for `>out 2>err`)."""
+    folder = noise_folder(tmp_path / "some", 2, seed=2207)
+    (folder / "broken.png").write_bytes(b"not a picture at all")
+    account(shop, tmp_path / "other", "yves").close()
+    child = terminal(shop, tmp_path / "config", "yves")
+    try:
+        child.sendline(f"add_image {folder}")
+        child.expect("broken.png")
+        child.expect(r"Not everything was uploaded: 1 file rejected; (see \w+)\.")
+        assert child.match.group(1) == "see above", child.before
+        child.sendline("quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()

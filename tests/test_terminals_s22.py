@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from rich.console import Console
 
 from protocol.catalog import Colour, ImageSummary
 from shell.listing import listing_table
+from shell.text import dumb_terminal
 from tests.servers import (
     ROOT,
     ServerProcess,
@@ -123,6 +125,48 @@ def test_no_commands_and_stdin_closed_is_an_empty_script(
     assert "Connected to Vitrine" in err, err
 
 
+@pytest.mark.parametrize(
+    "stream", ["2<", "1<", "0>>"], ids=["stderr-read-only", "stdout-read-only", "stdin-write-only"]
+)
+def test_a_standard_stream_open_the_wrong_way_reads_as_dev_null(
+    server: ServerProcess, shop: dict[str, int], tmp_path: Path, stream: str
+) -> None:
+    """Review: a bash wrapper run with `2>&-` reads its script through fd 2, so the client's
+    stderr was open, read-only: `write(2, ...) = -1 EBADF`, then a fatal error, status 1 and
+    nothing on stdout. Only a closed descriptor was replaced."""
+    script = tmp_path / "c.sh"
+    script.write_text("#!/bin/sh\n")
+    before = script.read_text()
+    status, out, err = closed(
+        server, tmp_path / "home", f"{stream}{script}", "login alice", "tags --json", "whoami"
+    )
+    assert status == 0, out + err
+    assert "Traceback" not in out + err and "Fatal" not in out + err, out + err
+    if stream != "1<":
+        assert {"tag": TAG, "count": 2} in json_lines(out), out
+    if stream != "2<":
+        assert "Logged in as alice" in err, err
+    assert script.read_text() == before
+
+
+def test_a_closed_standard_stream_given_back_is_inheritable(tmp_path: Path) -> None:
+    """/dev/null opened into a closed fd 0 is close-on-exec (os.open's default), unlike the
+    dup2'd one of fd 1 and 2: a program the shell starts would find its stdin closed again."""
+    check = (
+        "import os\n"
+        "from shell.cli import reopen_closed_std_streams\n"
+        "reopen_closed_std_streams()\n"
+        "print([os.get_inheritable(fd) for fd in (0, 1, 2)],\n"
+        "      os.path.samefile('/proc/self/fd/0', os.devnull))\n"
+    )
+    done = subprocess.run(
+        ["/bin/sh", "-c", 'exec "$@" <&-', "sh", sys.executable, "-c", check],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[True,", "True,", "True]", "True"], done.stdout
+
+
 # --- 2 and 3. TERM=dumb at a terminal wider than 80 columns ---------------------------------------
 
 
@@ -169,10 +213,23 @@ def test_a_dumb_terminal_gets_the_whole_table_without_escapes(
     rows = [line for line in lines if "10.00" in line]
     assert len(rows) == 2, said
     for row, image_id in zip(rows, (shop["red"], shop["green"]), strict=False):
-        assert re.search(rf"[│┃ ]\s*{image_id} [│┃ ]", row) or str(image_id) in row, said
+        assert re.search(rf"[│┃ ]\s*{image_id} [│┃ ]", row), said  # the id, in its column
         assert re.search(r"[│ ]\s+3 [│ ]", row), row  # the quantity, whole
         assert HEX.search(row), row  # no colour there: the hex names it
     assert max(len(line) for line in lines) > 80, said  # laid out for the wider terminal
+
+
+@pytest.mark.parametrize(
+    "term", ["dumb", "DUMB", "unknown", " dumb", "dumb ", "dumb\n", "xterm", "", "dumber"]
+)
+def test_dumb_terminal_reads_term_as_rich_and_prompt_toolkit_do(term: str) -> None:
+    """Review: TERM was stripped here and not by them, so `TERM=' dumb'` turned cmd2's styles
+    off while rich still sized for 80 columns and prompt_toolkit drew with escapes."""
+    from prompt_toolkit.utils import is_dumb_terminal
+
+    rich = Console(force_terminal=True, _environ={"TERM": term}).is_dumb_terminal
+    assert rich == is_dumb_terminal(term)
+    assert dumb_terminal({"TERM": term}) == rich
 
 
 def test_a_dumb_terminal_session_and_password_prompt_carry_no_escapes(
@@ -294,3 +351,26 @@ def test_an_argument_error_not_at_a_terminal_is_one_line(
     assert line.endswith((".", "0")), done.stderr  # the whole sentence, not its first part
     assert "" not in done.stderr.splitlines(), repr(done.stderr)
     assert not any(text.endswith(" ") for text in done.stderr.splitlines()), repr(done.stderr)
+
+
+def test_an_argument_error_at_a_terminal_is_folded_to_its_width(
+    server: ServerProcess, shop: dict[str, int], tmp_path: Path
+) -> None:
+    """Unfolded only when not at a terminal: a person at a 60-column terminal still gets the
+    error folded at 60, with no line wider, and the whole of it."""
+    child = spawn_dumb(
+        server, tmp_path, "login seller2", f"update_image {shop['red']} --quantity 2147483647",
+        columns=60, env={"VITRINE_PASSWORD": PASSWORD},
+    )  # fmt: skip
+    try:
+        child.expect(r"seller2@[\d.:]+> ")  # the script stopped at the error: at the prompt
+        said = child.before
+        child.sendline("quit")
+    finally:
+        until_eof(child)
+    lines = said.splitlines()
+    start = next(n for n, line in enumerate(lines) if line.startswith("Error:"))
+    error = " ".join(line.strip() for line in lines[start : start + 3])
+    assert "2147483647 is more than the largest quantity, 1000000000." in error, said
+    assert not lines[start].endswith("1000000000."), said  # folded: on a line of its own
+    assert max(len(line) for line in lines) <= 60, said

@@ -194,11 +194,16 @@ _ACCEPTED = (
     + ") or a hex colour #rrggbb (e.g. #1e90ff)"
 )
 _HEX = re.compile(r"#([0-9a-fA-F]{6})")
-# A decimal number, optionally with an exponent (1e2), as --tolerance takes it, then a unit.
-# ASCII only: `_normalised` has already turned every script's digits into these.
-_DEGREES = re.compile(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)(?:deg|°)?")
-# The minus sign of typeset text (U+2212), which NFKC leaves alone: `−5` is a negative number.
-_MINUS = str.maketrans({"\u2212": "-"})
+# A plain decimal number, then a unit, ASCII only: `_normalised` has already turned every
+# script's digits into these. An exponent is matched only to be refused by name (`_EXPONENT`).
+_DEGREES = re.compile(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))([eE][+-]?[0-9]+)?(?:deg|°)?")
+_EXPONENT = "is not a hue in degrees: a hue is a plain number, without an exponent"
+# The minus sign of typeset text (U+2212): `−5` is a negative number.
+_MINUS = "\u2212"
+# The compatibility forms that a keyboard sends for ASCII: an East Asian keyboard's wide mode
+# types `ｒｅｄ`, `＃`, `１２０` (and half-width katakana are <narrow>). Other compatibility forms
+# (superscripts, circled, parenthesised, mathematical font variants) are not typed for a colour.
+_KEYBOARD_FORMS = ("<wide>", "<narrow>")
 
 
 def hue_distance(a: float, b: float) -> float:
@@ -275,20 +280,29 @@ def _hex_query(text: str, digits: str) -> ColourQuery:
     )
 
 
+def _folded(ch: str) -> str:
+    """One character as the rules read it (see `_normalised`)."""
+    if ch.isascii():
+        return ch
+    if ch == _MINUS:
+        return "-"
+    decomposition = unicodedata.decomposition(ch)
+    if decomposition.startswith(_KEYBOARD_FORMS):
+        return chr(int(decomposition.split()[1], 16))
+    if not decomposition and unicodedata.category(ch) == "Nd":
+        return str(unicodedata.decimal(ch))
+    return ch
+
+
 def _normalised(text: str) -> str:
-    """The COLOR as the rules read it: NFKC, so that full-width forms (`ｒｅｄ`, `＃ＦＦ0000`,
-    `１２０`) read as their ASCII letters, digits and `#`; then each decimal digit of any other
-    script (Arabic-Indic `٣٠`, Devanagari `१२०`) as its ASCII digit, in hues and hex colours
-    alike. Python's float() already took those digits, so hues accepted them while names and
-    hex colours did not; one rule for all three keeps what the shell and the server accept
-    the same whatever a keyboard sends."""
-    folded = unicodedata.normalize("NFKC", text).translate(_MINUS).strip()
-    return "".join(
-        str(unicodedata.decimal(ch))
-        if not ch.isascii() and unicodedata.decimal(ch, None) is not None
-        else ch
-        for ch in folded
-    )
+    """The COLOR as the rules read it: the full-width and half-width forms an East Asian
+    keyboard sends (`ｒｅｄ`, `＃ＦＦ0000`, `１２０`) as their ASCII letters, digits and `#`, and
+    each decimal digit of any other script (Arabic-Indic `٣٠`, Devanagari `१२०`) as its ASCII
+    digit, in hues and hex colours alike. One rule for all three keeps what the shell and the
+    server accept the same whatever a keyboard sends. Not NFKC: it also reads `1²` as 12, `①`
+    as 1, `⒛` as 20 and `ⓡⓔⓓ` as red, and a hue nobody meant is worse than a refusal; nor a
+    font variant of a digit (`𝟏`, category Nd too, but no keyboard's digit)."""
+    return "".join(_folded(ch) for ch in text).strip()
 
 
 def parse_colour(text: str) -> ColourQuery:
@@ -315,7 +329,9 @@ def parse_colour(text: str) -> ColourQuery:
         return _hex_query(spec, m.group(1))
     m = _DEGREES.fullmatch(spec)
     if m is not None:
-        value = float(m.group(1))  # 1e400 is inf: out of range like any other
+        if m.group(2):  # 1e-400 would read as 0 and 1e2 is no way to write 100: refused by name
+            raise ColourSpecError(f"{typed} {_EXPONENT}; give {_ACCEPTED}")
+        value = float(m.group(1))
         if not 0.0 <= value <= 360.0:
             raise ColourSpecError(f"hue {typed} is out of range; give {_ACCEPTED}")
         return ColourQuery(hue=value % 360.0, tolerance=DEFAULT_TOLERANCE, text=spec)
