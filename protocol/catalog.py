@@ -192,8 +192,9 @@ class ColourSearch(Request):
     max_lightness: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
     min_saturation: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
     max_saturation: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
-    #: The user's COLOR as the shell read it (a hue, a name or #rrggbb, in ASCII; other
-    #: clients may send it as typed). The server parses it as the shell
+    #: The user's COLOR as the shell read it (a name or #rrggbb in lower-case ASCII, a hue in
+    #: ASCII digits with the `°` or `deg` it was typed with, e.g. `355°`; other clients may
+    #: send it as typed). The server parses it as the shell
     #: does (util.colour_spec): its hue and its lightness/saturation regions (brown vs orange,
     #: pink vs red) replace `hue` and the four bounds above. `tolerance` still applies (the
     #: shell sends the name's band when the user gave none).

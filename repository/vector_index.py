@@ -44,6 +44,7 @@ __all__ = [
     "DamagedIndexError",
     "IndexFormatError",
     "StaleIndexError",
+    "UnreadableIndexError",
     "VectorIndex",
 ]
 
@@ -86,11 +87,38 @@ class IndexFormatError(RuntimeError):
 
 class DamagedIndexError(IndexFormatError):
     """A saved file's bytes differ from the checksum its manifest recorded: the disk changed it
-    after the save. Rebuild, as for any unusable index; ``path`` names the file for the log."""
+    after the save. Rebuild, as for any unusable index; ``path`` names the file for the log.
+    Unlike a missing or stale index, which is routine, this is the disk's doing, which the
+    operator should hear of (a WARNING at start, a problem for `--check`)."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(f"{path} does not match the checksum in its manifest (damaged)")
+    def __init__(
+        self, path: Path, problem: str = "does not match the checksum in its manifest (damaged)"
+    ) -> None:
+        super().__init__(f"{path} {problem}")
         self.path = path
+
+
+class UnreadableIndexError(DamagedIndexError):
+    """A saved file the disk could not read (EIO: a failing disk, most likely). Damage as much
+    as a changed byte is, and told as such: as a plain IndexFormatError it was an INFO line at
+    start and a remark `--check` exited 0 with. ``error`` is the OSError."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(path, f"cannot be read: {error.strerror or error}")
+        self.error = error
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Raise an error reading the saved file ``path`` as UnreadableIndexError. A file that is
+    not there (FileNotFoundError, NotADirectoryError) is let through: the callers turn it into
+    the IndexFormatError of an index that is missing or incomplete, which is no damage."""
+    try:
+        yield
+    except (FileNotFoundError, NotADirectoryError):
+        raise
+    except OSError as exc:
+        raise UnreadableIndexError(path, exc) from exc
 
 
 class _RWLock:
@@ -376,18 +404,50 @@ class VectorIndex:
             self._ann_trained_at = n
 
     def _append_locked(self, ids: IdArray, vecs: FloatArray) -> None:
-        start = self._n
-        stop = start + len(ids)
+        for rows, first in self._new_rows_locked(len(ids)):
+            rows[:] = vecs[first : first + len(rows)]
+        self._rows_added_locked(ids)
+
+    def _read_rows_locked(self, ids: IdArray, f: BinaryIO) -> None:
+        """Append ``ids`` with the vectors of the `.npy` file ``f``, read straight into the
+        blocks: no mapping, where a page the disk cannot serve is a SIGBUS that kills the
+        process (a read raises OSError, and the index is rebuilt), and no whole copy of the
+        file in memory (512 MB at 100k) beside the blocks."""
+        version = np.lib.format.read_magic(f)
+        read_header = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }.get(version)
+        if read_header is None:
+            raise IndexFormatError(f"the saved vectors are in .npy format {version}")
+        shape, fortran_order, dtype = read_header(f)
+        if shape != (len(ids), self.dim) or fortran_order or dtype != np.dtype("<f4"):
+            raise IndexFormatError("saved index files do not match their manifest")
+        for rows, _ in self._new_rows_locked(len(ids)):
+            view = memoryview(rows).cast("B")
+            while view:
+                read = f.readinto(view)
+                if not read:
+                    raise IndexFormatError("the saved vectors file is shorter than its header says")
+                view = view[read:]
+        self._rows_added_locked(ids)
+
+    def _new_rows_locked(self, count: int) -> Iterator[tuple[FloatArray, int]]:
+        """Where rows n to n+count go: each block's slice, with the index of its first row among
+        the new ones (blocks are allocated as needed). `_rows_added_locked` then counts them."""
+        start, stop = self._n, self._n + count
         while len(self._blocks) * _BLOCK_ROWS < stop:
             self._blocks.append(np.empty((_BLOCK_ROWS, self.dim), dtype=np.float32))
         pos = start
         while pos < stop:
             b, off = divmod(pos, _BLOCK_ROWS)
             take = min(_BLOCK_ROWS - off, stop - pos)
-            self._blocks[b][off : off + take] = vecs[pos - start : pos - start + take]
+            yield self._blocks[b][off : off + take], pos - start
             pos += take
-        self._row_ids = np.concatenate([self._row_ids[:start], ids])
-        self._n = stop
+
+    def _rows_added_locked(self, ids: IdArray) -> None:
+        self._row_ids = np.concatenate([self._row_ids[: self._n], ids])
+        self._n += len(ids)
         self._reindex_locked()
 
     def _remove_locked(self, ids: IdArray) -> None:
@@ -694,13 +754,7 @@ class VectorIndex:
         vector count; raises FileNotFoundError when no index was saved, IndexFormatError (or
         DamagedIndexError) as `load` would."""
         root = Path(directory)
-        manifest_path = root / _MANIFEST
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except FileNotFoundError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise IndexFormatError(f"cannot read {manifest_path}: {exc}") from exc
+        manifest = _read_manifest(root)
         try:
             if manifest.get("format") != _FORMAT:
                 raise IndexFormatError(f"unsupported index format {manifest.get('format')!r}")
@@ -720,11 +774,13 @@ class VectorIndex:
     ) -> VectorIndex:
         """Load a saved index. Raises StaleIndexError if ``expected_generation`` is given and
         differs, IndexFormatError if files are missing or damaged (callers then rebuild): every
-        file is checked against the manifest's checksum first (DamagedIndexError), and an index
-        whose manifest has none (saved before session 22) is refused as unverifiable."""
+        file is checked against the manifest's checksum first (DamagedIndexError; a file the
+        disk cannot read, UnreadableIndexError), and an index whose manifest has none (saved
+        before session 22) is refused as unverifiable. The files are read, never mapped, so a
+        disk error is an exception here too, not a SIGBUS (see `_read_rows_locked`)."""
         root = Path(directory)
         try:
-            manifest = json.loads((root / _MANIFEST).read_text())
+            manifest = _read_manifest(root)
             if manifest.get("format") != _FORMAT:
                 raise IndexFormatError(f"unsupported index format {manifest.get('format')!r}")
             generation = str(manifest["generation"])
@@ -736,24 +792,26 @@ class VectorIndex:
             files = manifest["files"]
             _verify_files(root, files, manifest.get("checksums"))
             count, dim = int(manifest["count"]), int(manifest["dim"])
-            ids = np.load(root / files["ids"], allow_pickle=False)
-            vectors = np.load(root / files["vectors"], mmap_mode="r", allow_pickle=False)
-            if ids.shape != (count,) or vectors.shape != (count, dim):
+            with _reading(root / files["ids"]):
+                ids = np.load(root / files["ids"], allow_pickle=False)
+            if ids.shape != (count,):
                 raise IndexFormatError("saved index files do not match their manifest")
             kwargs.setdefault("dim", dim)
             index = cls(**kwargs)
             if manifest.get("nprobe") is not None and index._nprobe_override is None:
                 index._nprobe_override = int(manifest["nprobe"])  # a tuned value survives
             with index._mutate, index._rw.write():
-                index._append_locked(ids.astype(np.int64, copy=False), vectors)
+                vectors_path = root / files["vectors"]
+                with _reading(vectors_path), open(vectors_path, "rb", buffering=0) as f:
+                    index._read_rows_locked(ids.astype(np.int64, copy=False), f)
                 if "ann" in files and count > index.exact_threshold:
-                    raw = np.fromfile(root / files["ann"], dtype=np.uint8)
+                    with _reading(root / files["ann"]):
+                        raw = np.fromfile(root / files["ann"], dtype=np.uint8)
                     faiss_index = faiss.deserialize_index(raw)
                     if faiss_index.ntotal != count:
                         raise IndexFormatError("saved ANN does not match the saved vectors")
                     index._ann = _Ann(faiss_index, index._nprobe_override)
                     index._ann_trained_at = int(manifest.get("ann_trained_at") or count)
-            del vectors
         except (StaleIndexError, IndexFormatError):
             raise
         except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
@@ -776,6 +834,19 @@ def _dots(matrix: FloatArray, rows: int, query: FloatArray, out: npt.NDArray[np.
     faiss.fvec_inner_products_ny(
         faiss.swig_ptr(out), faiss.swig_ptr(query), faiss.swig_ptr(matrix), len(query), rows
     )
+
+
+def _read_manifest(root: Path) -> Any:
+    """The manifest of the index saved in ``root``. FileNotFoundError when there is none (no
+    index saved yet), UnreadableIndexError when the disk cannot read it, IndexFormatError when
+    it is no JSON."""
+    path = root / _MANIFEST
+    with _reading(path):
+        text = path.read_bytes()
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise IndexFormatError(f"cannot read {path}: {exc}") from exc
 
 
 class _HashingWriter:
@@ -808,14 +879,14 @@ def _verify_files(root: Path, files: object, checksums: object) -> None:
     wrong search results. No checksums at all
     means an index saved before session 22: it cannot be verified, so it is refused like a
     damaged one and rebuilt. A manifest of another shape (a list where a mapping belongs, a
-    digest of another algorithm) is an IndexFormatError too, so that the caller rebuilds.
+    digest of another algorithm) is an IndexFormatError too, so that the caller rebuilds. A
+    file the disk cannot read (EIO) is an UnreadableIndexError: damage, not a routine rebuild.
 
     Files are read in `_VERIFY_CHUNK` pieces into one buffer, not mapped: a disk error on a
     mapped page is a SIGBUS that kills the process (a start, or `--check`), where a read
-    raises OSError and the index is rebuilt (and a filesystem that cannot map files would
-    rebuild at every start); and not in `hashlib.file_digest`'s 256 KB reads, which take the
-    GIL back thousands of times for 643 MB: in the server, where start-up threads hold it, a
-    100k load took 4.1 s instead of 1."""
+    raises OSError (`load` reads too, for the same reason); and not in `hashlib.file_digest`'s
+    256 KB reads, which take the GIL back thousands of times for 643 MB: in the server, where
+    start-up threads hold it, a 100k load took 4.1 s instead of 1."""
     if not isinstance(checksums, dict):
         raise IndexFormatError(
             "the saved index has no checksums (saved by an earlier version), so it cannot be "
@@ -831,7 +902,7 @@ def _verify_files(root: Path, files: object, checksums: object) -> None:
             raise IndexFormatError(f"the manifest in {root} has no usable checksum for {name}")
         path = root / name
         digest = hashlib.new(_CHECKSUM)
-        with open(path, "rb", buffering=0) as f:
+        with _reading(path), open(path, "rb", buffering=0) as f:
             while read := f.readinto(view):
                 digest.update(view[:read])
         if digest.hexdigest() != expected:

@@ -32,7 +32,12 @@ from repository import images as repo
 from repository.blobstore import BlobAuthenticationFailed, BlobError, BlobNotFound, BlobStore
 from repository.database import check_writable, connect_read_only
 from repository.migrations import MIGRATIONS
-from repository.vector_index import DamagedIndexError, IndexFormatError, VectorIndex
+from repository.vector_index import (
+    DamagedIndexError,
+    IndexFormatError,
+    UnreadableIndexError,
+    VectorIndex,
+)
 from service.app import (
     BLOB_KEY_FILE,
     DB_FILE,
@@ -172,12 +177,20 @@ def _check_vector_index(index_dir: Path, report: CheckReport) -> None:
 
     It holds nothing the database does not (a start rebuilds it when it is missing, stale or
     unusable), but a file the disk changed would load and answer wrong matches if unchecked,
-    and damage here may mean a failing disk: a problem, with what the next start does. An
-    index the check cannot verify (saved by an earlier version, a file missing) is a line."""
+    and damage here may mean a failing disk: a problem, with what the next start does; a file
+    the disk cannot read (EIO) all the more. An index the check cannot verify (saved by an
+    earlier version, a file missing) is a line."""
     try:
         count = VectorIndex.verify(index_dir)
     except FileNotFoundError:
         return  # none saved yet (no model, or never stopped cleanly): a start builds it
+    except UnreadableIndexError as exc:
+        report.problems.append(
+            f"the vector index cannot be read: {exc}; the next start rebuilds it from the "
+            "database (search by image stays right), but a read error may mean a failing disk: "
+            "check the disk."
+        )
+        return
     except DamagedIndexError as exc:
         report.problems.append(
             f"the vector index is damaged: {exc}; the next start rebuilds it from the database "

@@ -158,13 +158,15 @@ def _unavailable(engine: SimilarityEngine | None) -> VitrineError:
             "and restart it.",
         )
     if engine is not None and engine.model_failure == "other":
-        # Not the file's fault (TensorFlow's import, memory, a bug): advice to replace the file
-        # or to set VITRINE_WEIGHTS would both send the operator the wrong way.
+        # Neither the file's fault nor the download's (TensorFlow's import, memory, a bug),
+        # with weights given or not: advice to replace the file or to set VITRINE_WEIGHTS would
+        # both send the operator the wrong way.
         return VitrineError(
             ErrorCode.UNAVAILABLE,
             "Search by image is unavailable on this server: the image model failed to load. "
             "The server's log says why.",
         )
+    # "download": no weights were given and Keras' download of them failed (offline).
     return VitrineError(
         ErrorCode.UNAVAILABLE,
         "Search by image is unavailable on this server: it has no image model. " + WEIGHTS_HINT,

@@ -9,7 +9,9 @@ with it is `service.image_search`; the backfill its thread runs is `service.embe
   weights once per cache directory), then opens the index, then backfills. Nothing of that
   delays start-up or blocks the event loop, and every failure (no weights file, Keras' own
   download failing offline, a broken cache) is caught: the server goes on serving everything
-  else and ImageSearch answers UNAVAILABLE with a sentence saying how to provide weights.
+  else and ImageSearch answers UNAVAILABLE with a sentence fitting the cause (`model_failure`):
+  how to provide weights when Keras' download failed, to fix the file given when it is the
+  file's fault, and that the server's log says why otherwise.
 * **Uploads while the model loads** wait for it, at most ``UPLOAD_WAIT_S`` (a warm start takes
   well under a second; the first conversion ~10-20 s). Past that, or when the model cannot be
   loaded at all, the image is stored without an embedding and the backfill computes it once a
@@ -21,8 +23,8 @@ The index (``repository.vector_index.VectorIndex``) holds the live images' vecto
 current model. It is loaded from ``<data dir>/vector-index`` when its generation token still
 matches the database (model name and a BLAKE2b digest of the live embedded ids,
 `repository.embeddings.index_generation`: embeddings are never updated in place), else rebuilt
-from the embeddings table; the time is logged. A saved file that fails its checksum is logged as
-a WARNING naming it, and rebuilt over. It is
+from the embeddings table; the time is logged. A saved file that fails its checksum, or that the
+disk cannot read, is logged as a WARNING naming it, and rebuilt over. It is
 kept in step after each commit: add after an upload's row commits, remove after a delete, both
 under one lock with a liveness check in SQL, so a delete racing an add never leaves a deleted
 image in the index. Changes that arrive while the index is being built are queued and applied
@@ -40,10 +42,13 @@ import contextlib
 import errno
 import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
+import urllib.error
 from collections.abc import Sequence
+from http.client import HTTPException
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -115,21 +120,55 @@ MODEL_FAILED_HINT = (
 
 #: Whose a failed model load is, for the advice given with it (`SimilarityEngine.model_failure`,
 #: set where the failure is caught; `service.image_search` words its answer by it): "" while
-#: nothing failed, "no weights" when none were given (Keras' download was tried), "weights file"
-#: when the file given is missing, unreadable or not these weights, "other" for anything else.
-ModelFailure = Literal["", "no weights", "weights file", "other"]
+#: nothing failed, "download" when no weights were given and Keras' download of them failed,
+#: "weights file" when the file given is missing, unreadable or not these weights, "other" for
+#: anything else.
+ModelFailure = Literal["", "download", "weights file", "other"]
+
+#: What Keras' `get_file` says of a download that failed: it raises a bare Exception with this
+#: text from inside its `except URLError` (so the URLError is only the chained context).
+_KERAS_FETCH_FAILURE = "URL fetch failure on "
+#: Raised by the download itself when no weights were given: urllib's refusals (URLError,
+#: HTTPError, ContentTooShortError), a connection that broke or timed out mid-transfer,
+#: a name that does not resolve, an HTTP reply that is not one.
+_NETWORK_ERRORS = (
+    urllib.error.URLError,
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+    HTTPException,
+)
+
+
+def _download_failed(exc: BaseException) -> bool:
+    """Whether `exc` is Keras' download of the ImageNet weights failing. Offline (a proxy on a
+    closed port, as measured) `get_file` raises `Exception("URL fetch failure on https://...:
+    None -- [Errno 111] Connection refused")` chained to the URLError; a transfer cut short
+    raises the network error itself. The whole chain is looked at, each link once."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, _NETWORK_ERRORS) or str(link).startswith(_KERAS_FETCH_FAILURE):
+            return True
+        link = link.__cause__ or link.__context__
+    return False
 
 
 def model_failure(exc: BaseException, weights: str | None) -> ModelFailure:
-    """Whose fault a failed model load is. Only what is raised about the weights file itself
-    is blamed on it, as measured with a missing path, random bytes, an empty file, a truncated
-    copy and an HDF5 file of other weights: FileNotFoundError (`Embedder`'s own check), the
-    OSError h5py raises for a file it cannot open ("file signature not found", "truncated
-    file"; PermissionError too), and the ValueError Keras raises when the layers' weights are
-    not in it. An OSError naming another file (the model cache), an ImportError of TensorFlow,
-    a MemoryError or a bug is not the file's."""
+    """Whose fault a failed model load is, so that the advice fits it. With no weights given,
+    only a failed download is met with "set VITRINE_WEIGHTS or give the server internet
+    access" (`_download_failed`); a broken TensorFlow, a MemoryError or a bug got that advice
+    until session 22's review, which sent the operator to fetch weights that would not have
+    helped. With weights given, only what is raised about the weights file itself is blamed on
+    it, as measured with a missing path, random bytes, an empty file, a truncated copy and an
+    HDF5 file of other weights: FileNotFoundError (`Embedder`'s own check), the OSError h5py
+    raises for a file it cannot open ("file signature not found", "truncated file";
+    PermissionError too), and the ValueError Keras raises when the layers' weights are not in
+    it. An OSError naming another file (the model cache), an ImportError of TensorFlow, a
+    MemoryError or a bug is not the file's."""
     if weights is None:
-        return "no weights"
+        return "download" if _download_failed(exc) else "other"
     if isinstance(exc, OSError):
         named = exc.filename
         if named is None or os.path.realpath(os.fspath(named)) == os.path.realpath(weights):
@@ -256,13 +295,13 @@ class SimilarityEngine:
             self.reason = describe(exc)
             self.model_failure = model_failure(exc, self.weights)
             self.state = "unavailable"
-            # No weights, a bad file or no network for Keras' download need one line and the
+            # A bad weights file or no network for Keras' download need one line and the
             # hint; anything else (a broken TensorFlow, a bug) gets its traceback as well.
             log.warning(
                 "search by image is unavailable: %s. %s",
                 self.reason,
                 {
-                    "no weights": WEIGHTS_HINT,
+                    "download": WEIGHTS_HINT,
                     "weights file": BAD_WEIGHTS_HINT,
                 }.get(self.model_failure, MODEL_FAILED_HINT),
                 exc_info=isinstance(exc, PROGRAMMING_ERRORS) or self.model_failure == "other",
@@ -315,8 +354,9 @@ class SimilarityEngine:
             index = VectorIndex.load(self.index_dir, expected_generation=generation)
             how = "loaded from disk"
         except (StaleIndexError, IndexFormatError) as exc:
-            # A stale or absent index is routine; a file whose bytes changed after the save is
-            # the disk's damage, which the operator should hear of (the rebuild hides it).
+            # A stale or absent index is routine; a file whose bytes changed after the save, or
+            # that the disk cannot read (UnreadableIndexError, a DamagedIndexError), is the
+            # disk's damage, which the operator should hear of (the rebuild hides it).
             level = logging.WARNING if isinstance(exc, DamagedIndexError) else logging.INFO
             log.log(level, "vector index: rebuilding from the database (%s)", exc)
             index = VectorIndex.from_chunks(iter_embeddings(conn, self.model_name))

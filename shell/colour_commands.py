@@ -2,10 +2,11 @@
 
 COLOR, --tolerance and --min-share are checked here with the server's own rules
 (`util.colour_spec`), so a typo costs no round trip and gets the sentence that lists what is
-accepted; the COLOR is also sent (`ColourSearch.spec`) so the server applies a name's or a
-hex colour's lightness/saturation regions exactly as documented in docs/colours.md. It is sent
-as parsed here (`ColourQuery.text`: `red` for `ｒｅｄ`, `#ff0000` for `＃FF0000`), so a server
-from before the full-width forms were read takes it too: its parse is only a check. The listing
+accepted; --tolerance is read by the rule for COLOR's hues (`parse_tolerance`). The COLOR is
+also sent (`ColourSearch.spec`) so the server applies a name's or a hex colour's
+lightness/saturation regions exactly as documented in docs/colours.md. It is sent as parsed
+here (`ColourQuery.text`: `red` for `ｒｅｄ`, `#ff0000` for `＃FF0000`), so a server from before
+the full-width forms were read takes it too: its parse is only a check. The listing
 itself (batches of 20, `more` 10, --batch, --json with `score`, `match` and `palette`, the
 match column, --sheet) is shell.listing's.
 """
@@ -29,8 +30,8 @@ from util.colour_spec import (
     NAMES,
     ColourSpecError,
     check_min_share,
-    check_tolerance,
     parse_colour,
+    parse_tolerance,
 )
 
 
@@ -42,11 +43,6 @@ def _number(text: str, what: str) -> float:
     if not math.isfinite(value):
         raise ColourSpecError(f"{what} must be a finite number, not {text!r}")
     return value
-
-
-def _degrees(text: str) -> float:
-    """A --tolerance: `20`, `20°` or `20deg`, as COLOR's hues may be written."""
-    return _number(text.strip().removesuffix("°").removesuffix("deg"), "tolerance")
 
 
 def _fraction(text: str) -> float:
@@ -99,10 +95,9 @@ class ColourCommands(cmd2.CommandSet[VitrineShell]):
             if len(spec) > MAX_COLOUR_SPEC_CHARS:
                 raise ColourSpecError(f"a colour is at most {MAX_COLOUR_SPEC_CHARS} characters")
             query = parse_colour(spec)
+            # written as COLOR's hues may be (`20`, `20°`, `２０ｄｅｇ`, `٢٠`), by the same rule
             tolerance = (
-                query.tolerance
-                if args.tolerance is None
-                else check_tolerance(_degrees(args.tolerance), args.tolerance.strip())
+                query.tolerance if args.tolerance is None else parse_tolerance(args.tolerance)
             )
             min_share = (
                 DEFAULT_MIN_SHARE

@@ -358,7 +358,8 @@ class _Report:
 
 
 #: What a run that did not send everything advises (the server reports stored files as present):
-#: a clause, to follow "Once logged in, "; `sentence` begins a sentence with it.
+#: a clause, to follow "Then " (after the server's "log in again"); `sentence` begins a
+#: sentence with it.
 RUN_AGAIN = (
     "run the same command again to send the rest: files already stored come back as present, "
     "not twice."
@@ -668,12 +669,13 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         parts = [f"{plural(refused, 'file')} refused for it"] if refused else []
         parts += [f"{plural(not_sent, 'file')} not sent"] if not_sent else []
         counts = f" {' and '.join(parts)}." if parts else ""
+        also = ""
         if others or walked.problems:
-            counts += f" Other files were not uploaded either; {self._see(bool(others))}."
+            also = f" Other files were not uploaded either; {self._see(bool(others))}."
+        # the server's reason already says to log in again: said once, as delete_image does
         reason = printable(summary.session_ended or "").rstrip(".")
         shell.fail(
-            f"The session ended, so the upload stopped: {reason}.{counts} "
-            f"Once logged in, {RUN_AGAIN}"
+            f"The session ended, so the upload stopped: {reason}.{counts} Then {RUN_AGAIN}{also}"
         )
 
     update_parser = parser(

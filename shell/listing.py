@@ -66,7 +66,7 @@ from shell.contact_sheet import sheet_format, write_contact_sheet
 from shell.interrupts import HeldInterrupts
 from shell.pictures import GraphicsMode, detect_graphics, picture_renderable
 from shell.swatches import palette_text
-from shell.text import plural, printable
+from shell.text import is_terminal, plural, printable
 from util.catalogue_text import tag_spellings
 from util.money import format_cents
 
@@ -270,8 +270,8 @@ def check_new_file(given: str, force: bool) -> None:
 
 
 def graphics_mode(shell: cmd2.Cmd) -> GraphicsMode:
-    isatty = getattr(shell.stdout, "isatty", None)
-    return detect_graphics(os.environ, stdout_is_tty=bool(isatty and isatty()))
+    # is_terminal: a closed stdout (a wrapper's `>&-`) means no pictures, not a failed listing
+    return detect_graphics(os.environ, stdout_is_tty=is_terminal(shell.stdout))
 
 
 def _wire_options(shell: cmd2.Cmd, render: RenderOptions, limit: int) -> ListingOptions:

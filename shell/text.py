@@ -50,7 +50,7 @@ def plural(count: int, noun: str) -> str:
 
 
 def sentence(clause: str) -> str:
-    """A clause kept once, in lower case, to end another sentence ("Once logged in, run ..."),
+    """A clause kept once, in lower case, to end another sentence ("Then run ..."),
     begun as a sentence of its own. Not str.capitalize, which lower-cases the rest."""
     return clause[:1].upper() + clause[1:]
 

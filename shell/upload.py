@@ -713,7 +713,8 @@ class _Run:
         while in_flight:
             self.settle(self.done.get())
         if self.summary.session_ended is not None:
-            # (the reader, perhaps a file or two ahead, is stopped by Uploader.run's finally)
+            # The reader is stopped by Uploader.run's finally. It may have read up to READ_AHEAD
+            # files (and one more in hand) past the last one sent: those are reported not sent.
             self.not_sent_rest()
 
     def not_sent_rest(self) -> None:

@@ -24,7 +24,7 @@ from protocol.catalog import ColourSearch, Filters
 from tests.servers import ROOT, ServerProcess, create_users
 from tests.servers import LoggedInShell as Shell
 from tests.test_colour_search_e2e import PASSWORD, alice, found, server, shop
-from util.colour_spec import NAMES, ColourSpecError, parse_colour
+from util.colour_spec import NAMES, ColourSpecError, parse_colour, parse_tolerance
 
 __all__ = ["alice", "server", "shop"]  # fixtures, used by name
 
@@ -48,8 +48,17 @@ def in_script(text: str, digits: str) -> str:
 
 
 def same(a: str, b: str) -> None:
+    """`a` reads as `b` does, down to the text the shell sends for it (`ColourQuery.text`), so
+    that a server that reads only ASCII gets what the shell read (review, session 22)."""
     qa, qb = parse_colour(a), parse_colour(b)
-    assert (qa.hue, qa.tolerance, qa.boxes, qa.name) == (qb.hue, qb.tolerance, qb.boxes, qb.name)
+    assert (qa.hue, qa.tolerance, qa.boxes, qa.name, qa.text) == (
+        qb.hue,
+        qb.tolerance,
+        qb.boxes,
+        qb.name,
+        qb.text,
+    )
+    assert qa.text.isascii() or qa.text.endswith("°"), qa.text
 
 
 @pytest.mark.parametrize(
@@ -62,8 +71,9 @@ def same(a: str, b: str) -> None:
         ("#ff٣٠٠٠", "#ff3000"),
         ("٣٠", "30"),
         ("１２０", "120"),
-        ("３５５°", "355"),
-        ("３５５ｄｅｇ", "355"),
+        ("３５５°", "355°"),
+        ("３５５ｄｅｇ", "355deg"),
+        ("−０", "-0"),
         ("２.５", "2.5"),
         ("\u3000ｒｅｄ\u3000", "red"),  # the full-width space, stripped like any other
     ],
@@ -142,7 +152,60 @@ def test_every_hex_reads_the_same_in_any_digits(
     unit=st.sampled_from(["", "°", "deg"]),
 )
 def test_every_hue_reads_the_same_in_any_digits(hue: str, script: str, unit: str) -> None:
-    same(in_script(hue, DIGITS[script]) + unit, hue)
+    same(in_script(hue, DIGITS[script]) + unit, hue + unit)
+
+
+# --- --tolerance, written as hues are -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("typed", "degrees"),
+    [
+        ("20", 20.0),
+        ("20°", 20.0),
+        ("20deg", 20.0),
+        ("２０ｄｅｇ", 20.0),
+        ("٢٠", 20.0),
+        ("１２.５°", 12.5),
+        (" 7 ", 7.0),
+        ("-0", 0.0),
+        ("400", 180.0),
+        ("9" * 400, 180.0),  # a plain number too large for a float still means any hue
+    ],
+)
+def test_a_tolerance_is_written_as_a_hue_is(typed: str, degrees: float) -> None:
+    assert parse_tolerance(typed) == degrees
+
+
+@pytest.mark.parametrize("typed", ["−5", "-5", "-5°", "−０.５", "wide", "inf", "nan", "5 deg"])
+def test_a_tolerance_that_is_no_number_of_degrees_is_refused_quoting_it(typed: str) -> None:
+    """Review: `−5` (a typeset minus) was "must be a number", while `-5` was "0 or more"."""
+    with pytest.raises(ColourSpecError) as err:
+        parse_tolerance(typed)
+    assert str(err.value) == (
+        "tolerance must be a number of degrees, 0 or more (180 or more takes any hue), "
+        f"not {typed.strip()}"
+    )
+
+
+@pytest.mark.parametrize("typed", ["1e-400", "1e1", "１e１", "2E1deg", "-1e3"])
+def test_a_tolerance_with_an_exponent_is_refused_by_name(typed: str) -> None:
+    """Review: `--tolerance 1e-400` was a tolerance of 0, the case refused for hues."""
+    with pytest.raises(ColourSpecError) as err:
+        parse_tolerance(typed)
+    assert str(err.value) == (
+        f"tolerance must be a number of degrees written without an exponent, not {typed}"
+    )
+
+
+@given(
+    value=st.one_of(st.integers(0, 360).map(str), st.decimals(0, 360, places=2).map(str)),
+    script=st.sampled_from(sorted(DIGITS)),
+    unit=st.sampled_from(["", "°", "deg"]),
+)
+def test_a_tolerance_reads_as_the_same_hue_would(value: str, script: str, unit: str) -> None:
+    typed = in_script(value, DIGITS[script]) + unit
+    assert parse_tolerance(typed) == min(float(value), 180.0)
 
 
 # --- through the server and the shell ------------------------------------------------------------
@@ -179,6 +242,22 @@ def test_the_shell_reads_them_too(alice: Shell, shop: dict[str, int]) -> None:
     code, out, err = alice("search_by_color '1²'")
     assert code != 0 and "unknown colour '1²'" in err, err
     assert "hue 12" not in out + err, out
+
+
+def test_the_shell_reads_a_tolerance_as_a_hue(alice: Shell, shop: dict[str, int]) -> None:
+    """Review (session 22): the shell read --tolerance with float()."""
+    code, out, err = alice(
+        "search_by_color 10 --tolerance ２０ｄｅｇ --tags e2e-colour --no-images"
+    )
+    assert code == 0, err
+    assert "images of hue 10° (within 20°" in out, out
+    wide = [r["id"] for r in found(alice, "search_by_color 10 --tolerance 20")]
+    assert shop["red10"] in wide, wide
+    assert [r["id"] for r in found(alice, "search_by_color 10 --tolerance ٢٠")] == wide
+    code, out, err = alice("search_by_color red --tolerance 1e-400")
+    assert code != 0 and "without an exponent, not 1e-400" in err, err
+    code, out, err = alice("search_by_color red --tolerance −5")
+    assert code != 0 and "0 or more (180 or more takes any hue), not −5" in err, err
 
 
 def test_a_hex_in_full_width_is_titled_as_a_hex(alice: Shell, shop: dict[str, int]) -> None:

@@ -6,13 +6,15 @@ which sent an operator who had set it looking for a setting they had made. Now t
 says the weights given could not be loaded and points at the server's log, which names the
 file and the cause; the client is still told no path and no exception (docs/security.md: any
 logged-in user can ask). Real servers, real TLS; the corrupt file is a few random bytes.
-A failure that is not the file's (a broken TensorFlow) blames neither the file nor the setting.
+A failure that is not the file's (a broken TensorFlow) blames neither the file nor the setting,
+and with no weights given only a failed download gets the advice to set them (review).
 """
 
 from __future__ import annotations
 
 import os
 import time
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -95,10 +97,10 @@ def test_the_shell_shows_the_sentence_for_a_corrupt_file(tmp_path: Path) -> None
         process.stop()
 
 
-def test_no_weights_configured_keeps_the_advice_to_set_them(tmp_path: Path) -> None:
-    """VITRINE_WEIGHTS unset (empty counts as unset): Keras' own download is tried, which
-    cannot succeed offline, and the sentence still says how to provide weights."""
-    offline = {
+def offline(tmp_path: Path) -> dict[str, str]:
+    """No weights given (empty counts as unset), and every download through a proxy on a
+    closed port: what a server without internet access meets."""
+    return {
         "VITRINE_WEIGHTS": "",
         "VITRINE_CACHE_DIR": str(tmp_path / "cache"),
         "KERAS_HOME": str(tmp_path / "keras"),
@@ -109,14 +111,22 @@ def test_no_weights_configured_keeps_the_advice_to_set_them(tmp_path: Path) -> N
         "NO_PROXY": "",
         "no_proxy": "",
     }
-    process = ServerProcess(tmp_path / "srv", env=offline).start()
+
+
+def test_no_weights_configured_keeps_the_advice_to_set_them(tmp_path: Path) -> None:
+    """Keras' own download is tried, which cannot succeed offline, and the sentence still says
+    how to provide weights."""
+    process = ServerProcess(tmp_path / "srv", env=offline(tmp_path)).start()
     try:
         message = settled_error(process, tmp_path / "c").message
         assert "it has no image model" in message and "VITRINE_WEIGHTS=" in message, message
         assert "could not be loaded" not in message, message
     finally:
         assert process.stop() == 0
-    assert "Start the server with VITRINE_WEIGHTS" in process.log()
+    log = process.log()
+    assert "Start the server with VITRINE_WEIGHTS" in log
+    # what Keras' get_file raises offline, which `model_failure` recognises
+    assert "search by image is unavailable: Exception: URL fetch failure on https://" in log, log
 
 
 def broken_tensorflow(folder: Path) -> str:
@@ -155,20 +165,81 @@ def test_a_model_that_fails_for_another_reason_does_not_blame_the_weights(
     assert "fix or replace" not in log and "Start the server with VITRINE_WEIGHTS" not in log
 
 
+def test_with_no_weights_a_failure_other_than_the_download_does_not_ask_for_them(
+    tmp_path: Path,
+) -> None:
+    """Review (session 22): with no weights given every failure got "Start the server with
+    VITRINE_WEIGHTS ... or give it internet access", and no traceback for an ImportError. A
+    broken TensorFlow is neither cured by weights nor by a network."""
+    env = {
+        **offline(tmp_path),
+        "PYTHONPATH": os.pathsep.join([broken_tensorflow(tmp_path / "py"), str(ROOT)]),
+    }
+    process = ServerProcess(tmp_path / "srv", env=env).start()
+    try:
+        message = settled_error(process, tmp_path / "c").message
+        assert "the image model failed to load" in message, message
+        assert "server's log says why" in message, message
+        assert "VITRINE_WEIGHTS" not in message and "internet" not in message, message
+        assert "it has no image model" not in message, message
+    finally:
+        process.stop()
+    log = process.log()
+    assert "search by image is unavailable" in log and "libtensorflow_framework" in log, log
+    assert "The image model failed to load" in log, log
+    assert "Traceback" in log, log  # the cause is not the operator's setting: show where
+    assert "Start the server with VITRINE_WEIGHTS" not in log, log
+
+
+def keras_fetch_failure() -> Exception:
+    """Shaped as keras.utils.get_file raises it offline: a bare Exception raised inside its
+    `except urllib.error.URLError`, so the URLError is only its context."""
+    try:
+        try:
+            raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+        except urllib.error.URLError as e:
+            # as Keras raises it: no `from`, so the URLError is the context, not the cause
+            raise Exception(f"URL fetch failure on https://x/w.h5: {e.errno} -- {e.reason}")  # noqa: B904
+    except Exception as exc:
+        return exc
+    raise AssertionError("unreachable")
+
+
+def wrapped(exc: BaseException) -> RuntimeError:
+    """`exc` as the cause of another exception, as a library re-raising it would chain it."""
+    outer = RuntimeError("could not build the model")
+    outer.__cause__ = exc
+    return outer
+
+
 @pytest.mark.parametrize(
-    ("exc", "whose"),
+    ("exc", "with_file", "without"),
     [
-        (FileNotFoundError("model weights not found: /w.weights.h5"), "weights file"),
-        (OSError("Unable to synchronously open file (file signature not found)"), "weights file"),
-        (PermissionError(13, "Permission denied", "/w.weights.h5"), "weights file"),
-        (ValueError("A total of 104 objects could not be loaded."), "weights file"),
-        (OSError(28, "No space left on device", "/cache/model.tflite"), "other"),
-        (ImportError("libtensorflow_framework.so.2: cannot open shared object"), "other"),
-        (MemoryError(), "other"),
-        (TypeError("unexpected keyword argument"), "other"),
+        (FileNotFoundError("model weights not found: /w.weights.h5"), "weights file", "other"),
+        (
+            OSError("Unable to synchronously open file (file signature not found)"),
+            "weights file",
+            "other",
+        ),
+        (PermissionError(13, "Permission denied", "/w.weights.h5"), "weights file", "other"),
+        (ValueError("A total of 104 objects could not be loaded."), "weights file", "other"),
+        (OSError(28, "No space left on device", "/cache/model.tflite"), "other", "other"),
+        (ImportError("libtensorflow_framework.so.2: cannot open shared object"), "other", "other"),
+        (MemoryError(), "other", "other"),
+        (TypeError("unexpected keyword argument"), "other", "other"),
+        # the download's own failures, which only a run without weights makes
+        (keras_fetch_failure(), "other", "download"),
+        (wrapped(keras_fetch_failure()), "other", "download"),
+        (urllib.error.URLError("no host"), "weights file", "download"),
+        (ConnectionResetError(104, "Connection reset by peer"), "weights file", "download"),
+        (TimeoutError("The read operation timed out"), "weights file", "download"),
     ],
 )
-def test_only_failures_about_the_file_are_blamed_on_it(exc: BaseException, whose: str) -> None:
-    """The exceptions are those measured with real files (see `model_failure`)."""
-    assert model_failure(exc, "/w.weights.h5") == whose
-    assert model_failure(exc, None) == "no weights"
+def test_only_failures_about_the_file_or_the_download_are_blamed_on_them(
+    exc: BaseException, with_file: str, without: str
+) -> None:
+    """The exceptions are those measured with real files and offline (see `model_failure`).
+    (An OSError with no file named is taken for the weights file's when one was given: h5py's
+    own carry none; with weights given there is no download.)"""
+    assert model_failure(exc, "/w.weights.h5") == with_file
+    assert model_failure(exc, None) == without

@@ -115,10 +115,12 @@ def test_an_upload_stops_sending_at_the_session_end_and_accounts_for_every_file(
     assert "log in again" in after[0]["reason"], after[0]
     said = " ".join(err.split())
     assert said.count("The password was changed on another connection") == 1, err
-    assert f"{ENDED}; log in again. 1 file refused for it and {len(after)} files not sent." in (
-        said
-    ), err
-    assert "run the same command again to send the rest" in said, err
+    assert (
+        f"{ENDED}; log in again. 1 file refused for it and {len(after)} files not sent. "
+        "Then run the same command again to send the rest: files already stored come back as "
+        "present, not twice."
+    ) in said, err
+    assert "Once logged in" not in said, err  # "log in" said once (review, session 22)
     assert "Not everything was uploaded" not in said, err
 
 

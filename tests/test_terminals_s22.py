@@ -9,19 +9,22 @@ written to a file is one line, for `grep Error:`.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pexpect
 import pytest
 from rich.console import Console
 
 from protocol.catalog import Colour, ImageSummary
-from shell.listing import listing_table
+from shell.listing import graphics_mode, listing_table
+from shell.pictures import OVERRIDE_ENV
 from shell.text import dumb_terminal
 from tests.servers import (
     ROOT,
@@ -374,3 +377,14 @@ def test_an_argument_error_at_a_terminal_is_folded_to_its_width(
     assert "2147483647 is more than the largest quantity, 1000000000." in error, said
     assert not lines[start].endswith("1000000000."), said  # folded: on a line of its own
     assert max(len(line) for line in lines) <= 60, said
+
+
+def test_a_closed_stdout_means_no_pictures_not_a_failed_listing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review (session 22): `graphics_mode` asked `stdout.isatty()` itself, which raises
+    ValueError on a closed stream; it now asks `shell.text.is_terminal`, as the rest does."""
+    monkeypatch.delenv(OVERRIDE_ENV, raising=False)
+    closed = io.StringIO()
+    closed.close()
+    assert graphics_mode(SimpleNamespace(stdout=closed)) == "none"  # type: ignore[arg-type]

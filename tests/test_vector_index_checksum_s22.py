@@ -21,9 +21,11 @@ import pytest
 from repository import vector_index
 from repository.vector_index import IndexFormatError, VectorIndex
 from tests.servers import PYTHON, ROOT, ServerProcess
+from tests.test_check_damaged import data_dir, stored  # noqa: F401 (fixtures)
 from tests.test_clean_stop_wal_s22 import fill, small_disk  # noqa: F401 (a fixture)
 from tests.test_crash_safety import run_check
 from tests.test_images_server import upload
+from tests.test_operator_startup import check_problems
 from tests.test_similarity_server import READY_TIMEOUT_S, photo, search, wait_until_ready, weights
 
 DIM = 1280
@@ -158,6 +160,93 @@ def test_a_page_the_disk_cannot_serve_does_not_kill_the_process(small_disk: Path
     assert (done.returncode, done.stdout.strip()) == (0, "0"), done.stderr
 
 
+def _unreadable(path: Path) -> None:
+    """Make `path` a file every read of which fails with EIO, as a failing disk's does: a link
+    to /proc/self/mem, whose offset 0 is never mapped in the process that reads it."""
+    path.unlink()
+    path.symlink_to("/proc/self/mem")
+
+
+@pytest.mark.parametrize("kind", ["ids", "vectors", "manifest"])
+def test_a_file_the_disk_cannot_read_is_damage(tmp_path: Path, kind: str) -> None:
+    """Review (session 22): an OSError while hashing (EIO) became a plain IndexFormatError,
+    which a start logs at INFO like a missing index and `--check` prints as a remark, exit 0.
+    A read error of a saved file is damage, named as such."""
+    root, manifest = _saved(tmp_path)
+    path = root / ("manifest.json" if kind == "manifest" else manifest["files"][kind])
+    _unreadable(path)
+    for attempt in (VectorIndex.verify, lambda r: VectorIndex.load(r, expected_generation="g")):
+        with pytest.raises(vector_index.UnreadableIndexError) as raised:
+            attempt(root)
+        assert isinstance(raised.value, vector_index.DamagedIndexError)
+        assert raised.value.path == path
+        assert str(raised.value) == f"{path} cannot be read: Input/output error"
+
+
+def test_a_missing_file_is_still_no_damage(tmp_path: Path) -> None:
+    """What a crash or an operator's `rm` leaves: rebuilt, as before, without the alarm."""
+    root, manifest = _saved(tmp_path)
+    (root / manifest["files"]["vectors"]).unlink()
+    with pytest.raises(IndexFormatError) as raised:
+        VectorIndex.verify(root)
+    assert not isinstance(raised.value, vector_index.DamagedIndexError)
+
+
+def test_check_reports_a_file_the_disk_cannot_read(data_dir: Path) -> None:  # noqa: F811
+    root, manifest = _saved(data_dir / "vector-index")
+    vectors_file = root / manifest["files"]["vectors"]
+    _unreadable(vectors_file)
+    assert check_problems(data_dir) == [
+        f"the vector index cannot be read: {vectors_file} cannot be read: Input/output error; "
+        "the next start rebuilds it from the database (search by image stays right), but a "
+        "read error may mean a failing disk: check the disk."
+    ]
+
+
+def test_a_load_reads_a_page_the_disk_cannot_map(small_disk: Path) -> None:  # noqa: F811
+    """Review (session 22): `load` mapped the vectors file (np.load(mmap_mode="r")) after the
+    verifying read, so a page a read serves and a mapping cannot (a hole in a file on a full
+    tmpfs) still killed a start with SIGBUS, there. It now reads into the blocks."""
+    root = small_disk / "vector-index"
+    root.mkdir()
+    count = 1024  # 5 MB of vectors: a hole of many pages
+    np.save(root / "ids-x.npy", np.arange(1, count + 1, dtype=np.int64))
+    with (root / "vectors-x.npy").open("wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": (count, DIM)}
+        )
+        f.truncate(f.tell() + count * DIM * 4)  # all zeros, and no blocks until written
+    files = {"ids": "ids-x.npy", "vectors": "vectors-x.npy"}
+    checksums = {
+        kind: f"sha256:{hashlib.sha256((root / name).read_bytes()).hexdigest()}"
+        for kind, name in files.items()
+    }
+    manifest = {
+        "format": vector_index._FORMAT,
+        "dim": DIM,
+        "count": count,
+        "generation": "g",
+        "files": files,
+        "checksums": checksums,
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    fill(small_disk)
+
+    code = (
+        "import sys; from repository.vector_index import VectorIndex; "
+        "print(len(VectorIndex.load(sys.argv[1], expected_generation='g')))"
+    )
+    done = subprocess.run(  # a process of its own: a SIGBUS would end the test run
+        [PYTHON, "-c", code, str(root)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, str(count)), done.stderr
+
+
 def _wait_for_index(process: ServerProcess) -> str:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while "vectors (" not in (log := process.log()):  # "vector index ... in S s: N vectors (...)"
@@ -203,6 +292,23 @@ def test_a_server_rebuilds_a_damaged_index_and_check_reports_it(tmp_path: Path) 
     assert (
         "vector index: 6 vectors, files match their checksums" in run_check(process.data_dir).stdout
     )
+
+    # A file the disk cannot read (EIO) is damage too: a WARNING, not the INFO of a routine
+    # rebuild (until session 22's review).
+    manifest = json.loads((root / "manifest.json").read_text())
+    vectors_file = root / manifest["files"]["vectors"]
+    _unreadable(vectors_file)
+    process.restart()
+    try:
+        log = _wait_for_index(process)
+        said = (
+            "WARNING vitrine.similarity: vector index: rebuilding from the database "
+            f"({vectors_file} cannot be read: Input/output error)"
+        )
+        assert said in log, log
+        assert "rebuilt from the database" in log
+    finally:
+        process.stop()
 
     # An index the previous version saved (no checksums) is rebuilt, and the log says why.
     manifest = json.loads((root / "manifest.json").read_text())

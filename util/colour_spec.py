@@ -29,6 +29,8 @@ __all__ = [
     "hue_distance",
     "hue_ranges",
     "parse_colour",
+    "parse_tolerance",
+    "read_degrees",
 ]
 
 # Stored hues are rounded to this many decimals of a degree (models.colours).
@@ -195,7 +197,8 @@ _ACCEPTED = (
 )
 _HEX = re.compile(r"#([0-9a-fA-F]{6})")
 # A plain decimal number, then a unit, ASCII only: `_normalised` has already turned every
-# script's digits into these. An exponent is matched only to be refused by name (`_EXPONENT`).
+# script's digits into these. An exponent is matched only to be refused by name
+# (`read_degrees`; `_EXPONENT` for a hue).
 _DEGREES = re.compile(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))([eE][+-]?[0-9]+)?(?:deg|°)?")
 _EXPONENT = "is not a hue in degrees: a hue is a plain number, without an exponent"
 # The minus sign of typeset text (U+2212): `−5` is a negative number.
@@ -212,15 +215,49 @@ def hue_distance(a: float, b: float) -> float:
     return 360.0 - d if d > 180.0 else d
 
 
+_TOLERANCE = "tolerance must be a number of degrees, 0 or more (180 or more takes any hue)"
+
+
 def check_tolerance(tolerance: float, given: str | None = None) -> float:
     """Validate a --tolerance value; anything over 180 already covers the whole circle.
     `given` is what the user typed, so the refusal quotes it rather than the parsed float."""
     if not isinstance(tolerance, int | float) or not math.isfinite(tolerance) or tolerance < 0:
         raise ColourSpecError(
-            "tolerance must be a number of degrees, 0 or more (180 or more takes any hue), "
-            f"not {given if given is not None else repr(tolerance)}"
+            f"{_TOLERANCE}, not {given if given is not None else repr(tolerance)}"
         )
     return float(min(tolerance, 180.0))
+
+
+def read_degrees(text: str, exponent: str) -> float | None:
+    """The number of degrees `text` writes, by the one rule for hues and --tolerance alike: a
+    plain decimal number, optionally `°` or `deg`, read through `_normalised` (full-width
+    `２０ｄｅｇ`, another script's digits `٢٠`, the typeset minus of `−5`). None when `text`
+    writes no number at all (the caller words that: for a COLOR it may be a misspelt name).
+    An exponent raises ColourSpecError(`exponent`): `1e-400` would read as 0 and `1e2` is no
+    way to write 100, so it is refused by name rather than read. A plain number too large for
+    a float reads as infinity; the caller's range check refuses it or takes it as "any"."""
+    m = _DEGREES.fullmatch(_normalised(text))
+    if m is None:
+        return None
+    if m.group(2):
+        raise ColourSpecError(exponent)
+    return float(m.group(1))
+
+
+def parse_tolerance(text: str) -> float:
+    """A --tolerance as the user typed it, read as COLOR's hues are (`read_degrees`), with
+    `check_tolerance`'s refusal for anything that is not 0 or more. The shell's parse only:
+    the server gets the tolerance as a number (`ColourSearch.tolerance`), checked there by
+    `check_tolerance`. Until session 22's review the shell used float(): `1e-400` was 0 (the
+    case refused for hues), `−5` was "not a number" and `２０ｄｅｇ` was refused."""
+    typed = text.strip()
+    value = read_degrees(
+        text, f"tolerance must be a number of degrees written without an exponent, not {typed}"
+    )
+    if value is None:
+        raise ColourSpecError(f"{_TOLERANCE}, not {typed}")
+    # a plain number too large for a float (inf) still means "any hue", as 180 does
+    return check_tolerance(min(value, 180.0), typed)
 
 
 def check_min_share(min_share: float, given: str | None = None) -> float:
@@ -327,11 +364,8 @@ def parse_colour(text: str) -> ColourQuery:
                 f"give {_ACCEPTED}"
             )
         return _hex_query(spec, m.group(1))
-    m = _DEGREES.fullmatch(spec)
-    if m is not None:
-        if m.group(2):  # 1e-400 would read as 0 and 1e2 is no way to write 100: refused by name
-            raise ColourSpecError(f"{typed} {_EXPONENT}; give {_ACCEPTED}")
-        value = float(m.group(1))
+    value = read_degrees(spec, f"{typed} {_EXPONENT}; give {_ACCEPTED}")
+    if value is not None:
         if not 0.0 <= value <= 360.0:
             raise ColourSpecError(f"hue {typed} is out of range; give {_ACCEPTED}")
         return ColourQuery(hue=value % 360.0, tolerance=DEFAULT_TOLERANCE, text=spec)
