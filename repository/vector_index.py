@@ -21,7 +21,9 @@ Design notes (measurements and reasoning in docs/vector-index.md):
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import io
 import json
 import math
 import os
@@ -108,17 +110,40 @@ class UnreadableIndexError(DamagedIndexError):
         self.error = error
 
 
+#: What the kernel returns for a block the disk cannot read (EIO) or a filesystem it found
+#: corrupt (EBADMSG, EUCLEAN where defined): the only read errors that are the disk's damage.
+_DISK_ERRNOS = frozenset(
+    code
+    for code in (errno.EIO, getattr(errno, "EBADMSG", None), getattr(errno, "EUCLEAN", None))
+    if code is not None
+)
+
+
 @contextlib.contextmanager
 def _reading(path: Path) -> Iterator[None]:
-    """Raise an error reading the saved file ``path`` as UnreadableIndexError. A file that is
-    not there (FileNotFoundError, NotADirectoryError) is let through: the callers turn it into
-    the IndexFormatError of an index that is missing or incomplete, which is no damage."""
+    """Raise an error reading the saved file ``path`` as what it means for the index. A file
+    that is not there (FileNotFoundError, NotADirectoryError) is let through: the callers turn
+    it into the IndexFormatError of an index that is missing or incomplete, which is no damage.
+    Only a disk's read error (`_DISK_ERRNOS`) is an UnreadableIndexError: until session 22's
+    second review every OSError was, so a file the server may not read (EACCES: an index saved
+    by a server run as another user, whose files are 0600), or EMFILE, ENOMEM, EISDIR, was
+    told as "a failing disk: check the disk". Those are a plain IndexFormatError saying what
+    happened; the index is rebuilt as for any unusable one."""
     try:
         yield
     except (FileNotFoundError, NotADirectoryError):
         raise
     except OSError as exc:
-        raise UnreadableIndexError(path, exc) from exc
+        if exc.errno in _DISK_ERRNOS:
+            raise UnreadableIndexError(path, exc) from exc
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise IndexFormatError(
+                f"{path} cannot be read by the server ({reason}): whoever runs the server "
+                "should check the owner of the files in its data directory (an index saved by "
+                "a server run as another user is readable by that user only)"
+            ) from exc
+        raise IndexFormatError(f"{path} cannot be read: {reason}") from exc
 
 
 class _RWLock:
@@ -408,28 +433,52 @@ class VectorIndex:
             rows[:] = vecs[first : first + len(rows)]
         self._rows_added_locked(ids)
 
-    def _read_rows_locked(self, ids: IdArray, f: BinaryIO) -> None:
-        """Append ``ids`` with the vectors of the `.npy` file ``f``, read straight into the
-        blocks: no mapping, where a page the disk cannot serve is a SIGBUS that kills the
-        process (a read raises OSError, and the index is rebuilt), and no whole copy of the
-        file in memory (512 MB at 100k) beside the blocks."""
-        version = np.lib.format.read_magic(f)
-        read_header = {
-            (1, 0): np.lib.format.read_array_header_1_0,
-            (2, 0): np.lib.format.read_array_header_2_0,
-        }.get(version)
-        if read_header is None:
-            raise IndexFormatError(f"the saved vectors are in .npy format {version}")
-        shape, fortran_order, dtype = read_header(f)
-        if shape != (len(ids), self.dim) or fortran_order or dtype != np.dtype("<f4"):
-            raise IndexFormatError("saved index files do not match their manifest")
-        for rows, _ in self._new_rows_locked(len(ids)):
-            view = memoryview(rows).cast("B")
-            while view:
-                read = f.readinto(view)
-                if not read:
-                    raise IndexFormatError("the saved vectors file is shorter than its header says")
-                view = view[read:]
+    def _read_rows_locked(self, ids: IdArray, f: BinaryIO, path: Path, expected: str) -> None:
+        """Append ``ids`` with the vectors of the `.npy` file ``f`` (at ``path``), read straight
+        into the blocks and hashed as they are read: the digest is of the very bytes loaded.
+        Until session 22's second review a first pass hashed the files and a second loaded them,
+        so a failing disk could return other bytes the second time (643 MB at 100k leave the
+        page cache easily), and the second read cost 0.4-1.4 s. No mapping either, where a
+        page the disk cannot serve is a SIGBUS that kills the process (a read raises OSError,
+        and the index is rebuilt), and no whole copy of the file in memory (512 MB at 100k)
+        beside the blocks. The file is read to its end: bytes beyond the rows the header
+        promises were ignored until that review; now they are hashed (a save writes none, so
+        they fail the checksum) and refused."""
+        digest = hashlib.new(_CHECKSUM)
+        header = _HashingReader(f, digest)
+        problem = ""
+        try:
+            version = np.lib.format.read_magic(header)
+            read_header = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }.get(version)
+            if read_header is None:
+                problem = f"the saved vectors are in .npy format {version}"
+            else:
+                shape, fortran_order, dtype = read_header(header)
+                if shape != (len(ids), self.dim) or fortran_order or dtype != np.dtype("<f4"):
+                    problem = "saved index files do not match their manifest"
+        except ValueError as exc:  # not a .npy header at all
+            problem = f"the saved vectors file has no .npy header ({exc})"
+        if not problem:
+            for rows, _ in self._new_rows_locked(len(ids)):
+                view = memoryview(rows).cast("B")
+                while view and (read := f.readinto(view[:_VERIFY_CHUNK])):
+                    digest.update(view[:read])
+                    view = view[read:]
+                if view:
+                    problem = "the saved vectors file is shorter than its header says"
+                    break
+        # The rest: nothing, for a file as saved. Hashed before the verdict, so that a header
+        # the disk changed is called damage (as the checksum says) rather than another format.
+        extra = _hash_rest(f, digest)
+        if digest.hexdigest() != expected:
+            raise DamagedIndexError(path)
+        if problem:
+            raise IndexFormatError(problem)
+        if extra:
+            raise IndexFormatError(f"{path} has {extra} bytes beyond the rows its header says")
         self._rows_added_locked(ids)
 
     def _new_rows_locked(self, count: int) -> Iterator[tuple[FloatArray, int]]:
@@ -754,7 +803,13 @@ class VectorIndex:
         vector count; raises FileNotFoundError when no index was saved, IndexFormatError (or
         DamagedIndexError) as `load` would."""
         root = Path(directory)
-        manifest = _read_manifest(root)
+        try:
+            manifest = _read_manifest(root)
+        except NotADirectoryError as exc:
+            # A file where the index directory belongs: no index the next start can load, so
+            # it rebuilds, as for any unusable one. Until session 22's second review this went
+            # out bare, and `--check` gave the advice for an unexpected error.
+            raise IndexFormatError(f"{root} is not a directory") from exc
         try:
             if manifest.get("format") != _FORMAT:
                 raise IndexFormatError(f"unsupported index format {manifest.get('format')!r}")
@@ -773,11 +828,14 @@ class VectorIndex:
         **kwargs: Any,
     ) -> VectorIndex:
         """Load a saved index. Raises StaleIndexError if ``expected_generation`` is given and
-        differs, IndexFormatError if files are missing or damaged (callers then rebuild): every
-        file is checked against the manifest's checksum first (DamagedIndexError; a file the
-        disk cannot read, UnreadableIndexError), and an index whose manifest has none (saved
-        before session 22) is refused as unverifiable. The files are read, never mapped, so a
-        disk error is an exception here too, not a SIGBUS (see `_read_rows_locked`)."""
+        differs, IndexFormatError if files are missing or damaged (callers then rebuild): each
+        file is hashed as it is read, in one pass, and compared with the manifest's checksum
+        before the index is returned (DamagedIndexError; a file the disk cannot read,
+        UnreadableIndexError), and an index whose manifest has none (saved before session 22)
+        is refused as unverifiable. An IVF file is read (and so checked) only when it is used:
+        at or below ``exact_threshold`` vectors it is not, and the next save drops it. The
+        files are read, never mapped, so a disk error is an exception here too, not a SIGBUS
+        (see `_read_rows_locked`)."""
         root = Path(directory)
         try:
             manifest = _read_manifest(root)
@@ -790,10 +848,10 @@ class VectorIndex:
                     f"database is at {expected_generation!r}"
                 )
             files = manifest["files"]
-            _verify_files(root, files, manifest.get("checksums"))
+            expected = _expected_digests(root, files, manifest.get("checksums"))
             count, dim = int(manifest["count"]), int(manifest["dim"])
-            with _reading(root / files["ids"]):
-                ids = np.load(root / files["ids"], allow_pickle=False)
+            ids_path = root / files["ids"]
+            ids = np.load(io.BytesIO(_read_checked(ids_path, expected["ids"])), allow_pickle=False)
             if ids.shape != (count,):
                 raise IndexFormatError("saved index files do not match their manifest")
             kwargs.setdefault("dim", dim)
@@ -803,11 +861,13 @@ class VectorIndex:
             with index._mutate, index._rw.write():
                 vectors_path = root / files["vectors"]
                 with _reading(vectors_path), open(vectors_path, "rb", buffering=0) as f:
-                    index._read_rows_locked(ids.astype(np.int64, copy=False), f)
+                    index._read_rows_locked(
+                        ids.astype(np.int64, copy=False), f, vectors_path, expected["vectors"]
+                    )
                 if "ann" in files and count > index.exact_threshold:
-                    with _reading(root / files["ann"]):
-                        raw = np.fromfile(root / files["ann"], dtype=np.uint8)
-                    faiss_index = faiss.deserialize_index(raw)
+                    raw = _read_checked(root / files["ann"], expected["ann"])
+                    faiss_index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
+                    del raw
                     if faiss_index.ntotal != count:
                         raise IndexFormatError("saved ANN does not match the saved vectors")
                     index._ann = _Ann(faiss_index, index._nprobe_override)
@@ -862,31 +922,54 @@ class _HashingWriter:
         return self._f.write(data)
 
 
-#: How much `_verify_files` reads per `readinto`: 16 MB is about 40 reads for the 643 MB of a
-#: 100k index, each releasing the GIL for the read and again for the hash, where
+class _HashingReader:
+    """A file that hashes what is read from it, for the `.npy` header numpy parses: `load`'s
+    digest covers every byte of the file, header included."""
+
+    def __init__(self, f: BinaryIO, digest: Any) -> None:
+        self._f = f
+        self._digest = digest
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self._digest.update(data)
+        return data
+
+
+def _hash_rest(f: BinaryIO, digest: Any) -> int:
+    """Hash what is left of ``f`` to its end; how many bytes that was."""
+    buffer = bytearray(1024 * 1024)
+    view = memoryview(buffer)
+    total = 0
+    while read := f.readinto(view):
+        digest.update(view[:read])
+        total += read
+    return total
+
+
+def _read_checked(path: Path, expected: str) -> bytes:
+    """The bytes of the saved file ``path``, read once and hashed: DamagedIndexError if they
+    are not the ones the manifest's checksum recorded."""
+    with _reading(path):
+        data = path.read_bytes()
+    if hashlib.new(_CHECKSUM, data).hexdigest() != expected:
+        raise DamagedIndexError(path)
+    return data
+
+
+#: How much `_verify_files` and `load` read per `readinto`: 16 MB is about 40 reads for the
+#: 643 MB of a 100k index, each releasing the GIL for the read and again for the hash, where
 #: `hashlib.file_digest` makes 2,500 reads of 256 KB. 16 MB hashed 643 MB from the
 #: page cache in 0.43-0.46 s here, 32 MB in 0.51-0.63 s and 64 MB in 0.61-0.68 s (the buffer
 #: falls out of the CPU cache between the read and the hash); docs/vector-index.md.
 _VERIFY_CHUNK = 16 * 1024 * 1024
 
 
-def _verify_files(root: Path, files: object, checksums: object) -> None:
-    """Hash each file the manifest names and compare it with the recorded digest.
-
-    Costs one read of the files (0.43-0.46 s for the 643 MB of 100,000 vectors and their IVF
-    from the page cache, 1.2-1.4 s beside a thread that wants the GIL; docs/vector-index.md),
-    which `load` then reads again from the page cache: trusting a damaged file silently gives
-    wrong search results. No checksums at all
+def _expected_digests(root: Path, files: object, checksums: object) -> dict[str, str]:
+    """The hex digest the manifest records for each kind of file it names. No checksums at all
     means an index saved before session 22: it cannot be verified, so it is refused like a
     damaged one and rebuilt. A manifest of another shape (a list where a mapping belongs, a
-    digest of another algorithm) is an IndexFormatError too, so that the caller rebuilds. A
-    file the disk cannot read (EIO) is an UnreadableIndexError: damage, not a routine rebuild.
-
-    Files are read in `_VERIFY_CHUNK` pieces into one buffer, not mapped: a disk error on a
-    mapped page is a SIGBUS that kills the process (a start, or `--check`), where a read
-    raises OSError (`load` reads too, for the same reason); and not in `hashlib.file_digest`'s
-    256 KB reads, which take the GIL back thousands of times for 643 MB: in the server, where
-    start-up threads hold it, a 100k load took 4.1 s instead of 1."""
+    digest of another algorithm) is an IndexFormatError too, so that the caller rebuilds."""
     if not isinstance(checksums, dict):
         raise IndexFormatError(
             "the saved index has no checksums (saved by an earlier version), so it cannot be "
@@ -894,13 +977,34 @@ def _verify_files(root: Path, files: object, checksums: object) -> None:
         )
     if not isinstance(files, dict) or not all(isinstance(n, str) for n in files.values()):
         raise IndexFormatError(f"the manifest in {root} does not list its files by kind")
+    expected: dict[str, str] = {}
+    for kind, name in files.items():
+        algorithm, _, digest = str(checksums.get(kind, "")).partition(":")
+        if algorithm != _CHECKSUM or not digest:
+            raise IndexFormatError(f"the manifest in {root} has no usable checksum for {name}")
+        expected[kind] = digest
+    return expected
+
+
+def _verify_files(root: Path, files: object, checksums: object) -> None:
+    """Hash each file the manifest names and compare it with the recorded digest.
+
+    For `verify` (`server.py --check`) only: `load` hashes the bytes it loads as it reads them
+    (`_read_rows_locked`, `_read_checked`), since a second pass read other bytes than the
+    checked ones from a failing disk, and cost 0.4-1.4 s at 100k. The manifest's shape is
+    checked as `_expected_digests` says. A file the disk cannot read (EIO) is an
+    UnreadableIndexError: damage, not a routine rebuild.
+
+    Files are read in `_VERIFY_CHUNK` pieces into one buffer, not mapped: a disk error on a
+    mapped page is a SIGBUS that kills the process (a start, or `--check`), where a read
+    raises OSError (`load` reads too, for the same reason); and not in `hashlib.file_digest`'s
+    256 KB reads, which take the GIL back thousands of times for 643 MB: in the server, where
+    start-up threads hold it, a 100k load took 4.1 s instead of 1."""
+    expected_digests = _expected_digests(root, files, checksums)
     buffer = bytearray(_VERIFY_CHUNK)
     view = memoryview(buffer)
-    for kind, name in files.items():
-        algorithm, _, expected = str(checksums.get(kind, "")).partition(":")
-        if algorithm != _CHECKSUM or not expected:
-            raise IndexFormatError(f"the manifest in {root} has no usable checksum for {name}")
-        path = root / name
+    for kind, expected in expected_digests.items():
+        path = root / cast(dict[str, str], files)[kind]
         digest = hashlib.new(_CHECKSUM)
         with _reading(path), open(path, "rb", buffering=0) as f:
             while read := f.readinto(view):

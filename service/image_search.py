@@ -166,6 +166,15 @@ def _unavailable(engine: SimilarityEngine | None) -> VitrineError:
             "Search by image is unavailable on this server: the image model failed to load. "
             "The server's log says why.",
         )
+    if engine is not None and engine.model_failure == "cached download":
+        # Internet access would not help: Keras trusts the partial file it kept. The log names it.
+        return VitrineError(
+            ErrorCode.UNAVAILABLE,
+            "Search by image is unavailable on this server: the model weights Keras downloaded "
+            "earlier are damaged. The server's log names the file to delete (the next start "
+            "downloads it again); whoever runs the server can instead start it with "
+            "VITRINE_WEIGHTS=/path/to/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5.",
+        )
     # "download": no weights were given and Keras' download of them failed (offline).
     return VitrineError(
         ErrorCode.UNAVAILABLE,

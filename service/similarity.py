@@ -121,9 +121,10 @@ MODEL_FAILED_HINT = (
 #: Whose a failed model load is, for the advice given with it (`SimilarityEngine.model_failure`,
 #: set where the failure is caught; `service.image_search` words its answer by it): "" while
 #: nothing failed, "download" when no weights were given and Keras' download of them failed,
-#: "weights file" when the file given is missing, unreadable or not these weights, "other" for
-#: anything else.
-ModelFailure = Literal["", "download", "weights file", "other"]
+#: "cached download" when no weights were given and the file Keras downloaded earlier (into
+#: its cache) cannot be loaded, "weights file" when the file given is missing, unreadable or
+#: not these weights, "other" for anything else.
+ModelFailure = Literal["", "download", "cached download", "weights file", "other"]
 
 #: What Keras' `get_file` says of a download that failed: it raises a bare Exception with this
 #: text from inside its `except URLError` (so the URLError is only the chained context).
@@ -143,16 +144,37 @@ _NETWORK_ERRORS = (
 def _download_failed(exc: BaseException) -> bool:
     """Whether `exc` is Keras' download of the ImageNet weights failing. Offline (a proxy on a
     closed port, as measured) `get_file` raises `Exception("URL fetch failure on https://...:
-    None -- [Errno 111] Connection refused")` chained to the URLError; a transfer cut short
-    raises the network error itself. The whole chain is looked at, each link once."""
-    seen: set[int] = set()
-    link: BaseException | None = exc
-    while link is not None and id(link) not in seen:
-        seen.add(id(link))
-        if isinstance(link, _NETWORK_ERRORS) or str(link).startswith(_KERAS_FETCH_FAILURE):
+    None -- [Errno 111] Connection refused")` from inside its `except URLError`; a transfer
+    cut short raises the network error itself, out of `urlretrieve`. Only the exception and
+    its direct cause or context are looked at (whoever loads the model may wrap it once):
+    until session 22's second review the whole chain was, and a BrokenPipeError or a timeout
+    anywhere in it, however far from a download, asked the operator for VITRINE_WEIGHTS."""
+    for link in (exc, exc.__cause__ or exc.__context__):
+        if link is None:
+            continue
+        if str(link).startswith(_KERAS_FETCH_FAILURE) and isinstance(
+            link.__context__, urllib.error.URLError
+        ):
             return True
-        link = link.__cause__ or link.__context__
+        if isinstance(link, _NETWORK_ERRORS):
+            return True
     return False
+
+
+#: The file Keras' `MobileNetV2(weights="imagenet", include_top=False)` downloads into its cache.
+KERAS_WEIGHTS_NAME = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+
+
+def cached_weights_file() -> str | None:
+    """The ImageNet weights Keras downloaded earlier, if it has: under `$KERAS_HOME`, else
+    `~/.keras`, or `/tmp/.keras` where Keras falls back when that is not writable. Found
+    without importing Keras (a failed TensorFlow import is one of the failures classified)."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    for root in (home, "/tmp/.keras"):
+        path = os.path.join(root, "models", KERAS_WEIGHTS_NAME)
+        if os.path.isfile(path):
+            return os.path.realpath(path)
+    return None
 
 
 def model_failure(exc: BaseException, weights: str | None) -> ModelFailure:
@@ -160,15 +182,30 @@ def model_failure(exc: BaseException, weights: str | None) -> ModelFailure:
     only a failed download is met with "set VITRINE_WEIGHTS or give the server internet
     access" (`_download_failed`); a broken TensorFlow, a MemoryError or a bug got that advice
     until session 22's review, which sent the operator to fetch weights that would not have
-    helped. With weights given, only what is raised about the weights file itself is blamed on
-    it, as measured with a missing path, random bytes, an empty file, a truncated copy and an
-    HDF5 file of other weights: FileNotFoundError (`Embedder`'s own check), the OSError h5py
-    raises for a file it cannot open ("file signature not found", "truncated file";
-    PermissionError too), and the ValueError Keras raises when the layers' weights are not in
-    it. An OSError naming another file (the model cache), an ImportError of TensorFlow, a
-    MemoryError or a bug is not the file's."""
+    helped. Also with no weights given, an OSError or ValueError (h5py's, Keras') while a
+    cached download is there (`cached_weights_file`) is that file's: it is the only weights
+    file loaded then, and Keras writes it straight to its final name with no digest to check
+    MobileNetV2's against, so a download killed midway leaves a partial file it trusts at every
+    later start (h5py: "truncated file", naming no file).
+    Deleting it, or setting VITRINE_WEIGHTS, is the fix; "the log says why" was all the
+    operator got until session 22's second review. With weights given, only what is raised
+    about the weights file itself is blamed on it, as measured with a missing path, random
+    bytes, an empty file, a truncated copy and an HDF5 file of other weights:
+    FileNotFoundError (`Embedder`'s own check), the OSError h5py raises for a file it cannot
+    open ("file signature not found", "truncated file"; PermissionError too), and the
+    ValueError Keras raises when the layers' weights are not in it. An OSError naming another
+    file (the model cache), an ImportError of TensorFlow, a MemoryError or a bug is not the
+    file's."""
     if weights is None:
-        return "download" if _download_failed(exc) else "other"
+        if _download_failed(exc):
+            return "download"
+        if (
+            isinstance(exc, (OSError, ValueError))
+            and not isinstance(exc, UnicodeError)
+            and cached_weights_file() is not None
+        ):
+            return "cached download"
+        return "other"
     if isinstance(exc, OSError):
         named = exc.filename
         if named is None or os.path.realpath(os.fspath(named)) == os.path.realpath(weights):
@@ -177,6 +214,18 @@ def model_failure(exc: BaseException, weights: str | None) -> ModelFailure:
     if isinstance(exc, ValueError) and not isinstance(exc, UnicodeError):
         return "weights file"
     return "other"
+
+
+def cached_download_hint(path: str) -> str:
+    """The log's advice for a damaged cached download at ``path`` (named here, for whoever runs
+    the server; the client's answer names no server paths)."""
+    return (
+        f"The ImageNet weights Keras downloaded earlier, {path}, are damaged (a download cut "
+        "short leaves a partial file, which Keras does not check): delete that file so that "
+        "the next start downloads them again, or start the server with "
+        "VITRINE_WEIGHTS=/path/to/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5 (or "
+        "server.py --weights PATH). Images uploaded meanwhile get their embeddings then."
+    )
 
 
 # --- the engine ---------------------------------------------------------------------------------
@@ -297,13 +346,13 @@ class SimilarityEngine:
             self.state = "unavailable"
             # A bad weights file or no network for Keras' download need one line and the
             # hint; anything else (a broken TensorFlow, a bug) gets its traceback as well.
+            hints = {"download": WEIGHTS_HINT, "weights file": BAD_WEIGHTS_HINT}
+            if self.model_failure == "cached download":
+                hints["cached download"] = cached_download_hint(str(cached_weights_file()))
             log.warning(
                 "search by image is unavailable: %s. %s",
                 self.reason,
-                {
-                    "download": WEIGHTS_HINT,
-                    "weights file": BAD_WEIGHTS_HINT,
-                }.get(self.model_failure, MODEL_FAILED_HINT),
+                hints.get(self.model_failure, MODEL_FAILED_HINT),
                 exc_info=isinstance(exc, PROGRAMMING_ERRORS) or self.model_failure == "other",
             )
             self._settle_model()

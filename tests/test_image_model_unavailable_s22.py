@@ -12,6 +12,7 @@ and with no weights given only a failed download gets the advice to set them (re
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import urllib.error
@@ -21,7 +22,7 @@ import pytest
 
 from protocol.catalog import ImageSearch
 from protocol.errors import ErrorCode, VitrineError
-from service.similarity import model_failure
+from service.similarity import KERAS_WEIGHTS_NAME, cached_weights_file, model_failure
 from tests.servers import ROOT, ServerProcess, run_client
 from tests.test_images_server import error_of, upload
 from tests.test_similarity_server import MISSING_WEIGHTS, READY_TIMEOUT_S, photo, weights
@@ -243,3 +244,94 @@ def test_only_failures_about_the_file_or_the_download_are_blamed_on_them(
     own carry none; with weights given there is no download.)"""
     assert model_failure(exc, "/w.weights.h5") == with_file
     assert model_failure(exc, None) == without
+
+
+def chained(*links: BaseException) -> BaseException:
+    """``links[0]`` with each next one as the context of the one before, as nested handlers
+    chain them (``links[0]`` raised while handling ``links[1]``, and so on)."""
+    for outer, inner in itertools.pairwise(links):
+        outer.__context__ = inner
+    return links[0]
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        # a broken pipe or a timeout two links down is not the download's (session 22's
+        # second review: the whole chain was looked at)
+        chained(RuntimeError("model"), ValueError("bad"), BrokenPipeError(32, "Broken pipe")),
+        chained(RuntimeError("model"), KeyError("x"), TimeoutError("timed out")),
+        # Keras' words without the URLError it raises them for
+        Exception("URL fetch failure on https://x/w.h5 is what the log said"),
+    ],
+)
+def test_a_network_error_far_from_the_download_is_not_the_download(exc: BaseException) -> None:
+    assert model_failure(exc, None) == "other"
+
+
+def h5py_truncated(path: Path) -> OSError:
+    """What h5py raises for a file cut short, measured: no filename, no path in the text."""
+    import h5py
+
+    try:
+        h5py.File(path, "r")
+    except OSError as exc:
+        assert exc.filename is None and str(path) not in str(exc), exc
+        return exc
+    raise AssertionError(f"{path} opened")
+
+
+def truncated_download(keras_home: Path) -> Path:
+    """A download of the ImageNet weights killed midway: Keras' cache holds the first 100 KB
+    under the final name, which it trusts at every later start."""
+    path = keras_home / "models" / KERAS_WEIGHTS_NAME
+    path.parent.mkdir(parents=True)
+    with open(weights(), "rb") as f:
+        path.write_bytes(f.read(100_000))
+    return path
+
+
+def test_a_damaged_cached_download_is_told_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Session 22's second review: h5py's "truncated file" for Keras' cached download was
+    "the log says why", with no word of the file to delete."""
+    keras_home = tmp_path / "keras"
+    monkeypatch.setenv("KERAS_HOME", str(keras_home))
+    elsewhere = tmp_path / "elsewhere.h5"
+    with open(weights(), "rb") as f:
+        elsewhere.write_bytes(f.read(100_000))
+    # no cached download: the same failure is not the cache's
+    assert cached_weights_file() is None
+    assert model_failure(h5py_truncated(elsewhere), None) == "other"
+
+    cached = truncated_download(keras_home)
+    exc = h5py_truncated(cached)
+    assert cached_weights_file() == str(cached.resolve())
+    assert model_failure(exc, None) == "cached download"
+    assert model_failure(exc, "/w.weights.h5") == "weights file"  # given: the file's
+    # Keras' ValueError for a file of other weights
+    other = ValueError(f"Layer count mismatch when loading weights from file {cached}.")
+    assert model_failure(other, None) == "cached download"
+    # not a failure about a file at all: a broken TensorFlow is not the cache's
+    assert model_failure(ImportError("libtensorflow_framework.so.2"), None) == "other"
+
+
+def test_a_server_with_a_truncated_cached_download_says_to_delete_it(tmp_path: Path) -> None:
+    """No VITRINE_WEIGHTS, offline, HOME holding what a killed download leaves."""
+    home = tmp_path / "home"
+    cached = truncated_download(home / ".keras")
+    env = {**offline(tmp_path), "HOME": str(home)}
+    del env["KERAS_HOME"]
+    process = ServerProcess(tmp_path / "srv", env=env).start()
+    try:
+        message = settled_error(process, tmp_path / "c").message
+        assert str(cached) not in message and ".keras" not in message, message
+        assert "the model weights Keras downloaded earlier are damaged" in message, message
+        assert "internet" not in message, message  # Keras would trust the partial file again
+    finally:
+        process.stop()
+    log = process.log()
+    assert "truncated file" in log, log
+    assert f"The ImageNet weights Keras downloaded earlier, {cached}, are damaged" in log, log
+    assert "delete that file" in log and "VITRINE_WEIGHTS=" in log, log

@@ -9,8 +9,10 @@ database, `--check` reports it, and an index saved without checksums is rebuilt,
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -327,3 +329,103 @@ def test_a_server_rebuilds_a_damaged_index_and_check_reports_it(tmp_path: Path) 
         assert "rebuilt from the database" in log
     finally:
         process.stop()
+
+
+@pytest.fixture
+def load_hashes_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`load` must check the bytes it loads, as it reads them: the separate verifying pass
+    (`verify`'s) read the files a first time and loaded them from a second read, which a
+    failing disk can answer with other bytes (session 22's second review)."""
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("load must not read the files twice")
+
+    monkeypatch.setattr(vector_index, "_verify_files", refuse)
+
+
+def _rewrite_checksum(root: Path, manifest: dict, kind: str) -> None:
+    path = root / manifest["files"][kind]
+    manifest["checksums"][kind] = f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.usefixtures("load_hashes_itself")
+@pytest.mark.parametrize("kind", ["ids", "vectors", "vectors header", "ann"])
+def test_load_checks_the_bytes_it_loads(tmp_path: Path, kind: str) -> None:
+    n = 1200
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    index = VectorIndex.from_arrays(np.arange(1, n + 1, dtype=np.int64), vectors, exact_threshold=0)
+    assert index.uses_ann
+    index.save(tmp_path, "g")
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert len(VectorIndex.load(tmp_path, expected_generation="g", exact_threshold=0)) == n
+    path = tmp_path / manifest["files"]["ann" if kind == "ann" else kind.split()[0]]
+    with open(path, "r+b") as f:
+        f.seek(20 if kind == "vectors header" else path.stat().st_size // 2)
+        f.write(b"\x07" * 8)  # in the header: a shape of other digits
+    with pytest.raises(vector_index.DamagedIndexError) as raised:
+        VectorIndex.load(tmp_path, expected_generation="g", exact_threshold=0)
+    assert raised.value.path == path
+
+
+@pytest.mark.usefixtures("load_hashes_itself")
+def test_bytes_beyond_the_saved_rows_are_refused(tmp_path: Path) -> None:
+    """They were ignored until session 22's second review: the rows were read, the rest not."""
+    root, manifest = _saved(tmp_path)
+    vectors_file = root / manifest["files"]["vectors"]
+    with open(vectors_file, "ab") as f:
+        f.write(bytes(4096))
+    with pytest.raises(vector_index.DamagedIndexError, match="vectors-"):
+        VectorIndex.load(root, expected_generation="g")
+    _rewrite_checksum(root, manifest, "vectors")  # a manifest that agrees: still no index
+    with pytest.raises(IndexFormatError, match="4096 bytes beyond the rows") as raised:
+        VectorIndex.load(root, expected_generation="g")
+    assert not isinstance(raised.value, vector_index.DamagedIndexError)
+
+
+@pytest.mark.parametrize(
+    ("code", "damage"),
+    [
+        (errno.EIO, True),
+        (errno.EBADMSG, True),
+        (errno.EACCES, False),
+        (errno.EMFILE, False),
+        (errno.ENOMEM, False),
+        (errno.EISDIR, False),
+    ],
+)
+def test_only_a_disk_read_error_is_damage(code: int, damage: bool) -> None:
+    """Session 22's second review: every OSError was "a failing disk: check the disk", an
+    index saved by a server run as another user (EACCES) included."""
+    path = Path("/data/vector-index/ids-x.npy")
+    with pytest.raises(IndexFormatError) as raised, vector_index._reading(path):
+        raise OSError(code, os.strerror(code), str(path))
+    assert isinstance(raised.value, vector_index.UnreadableIndexError) == damage
+    assert str(path) in str(raised.value) and os.strerror(code) in str(raised.value)
+    if code == errno.EACCES:
+        assert "cannot be read by the server" in str(raised.value)
+        assert "check the owner of the files" in str(raised.value)
+
+
+def test_a_directory_where_a_file_belongs_is_no_damage(tmp_path: Path) -> None:
+    root, manifest = _saved(tmp_path)
+    vectors_file = root / manifest["files"]["vectors"]
+    vectors_file.unlink()
+    vectors_file.mkdir()
+    for attempt in (VectorIndex.verify, lambda r: VectorIndex.load(r, expected_generation="g")):
+        with pytest.raises(IndexFormatError, match="Is a directory") as raised:
+            attempt(root)
+        assert not isinstance(raised.value, vector_index.DamagedIndexError)
+
+
+def test_verify_of_a_plain_file_is_an_unusable_index(tmp_path: Path) -> None:
+    """It raised NotADirectoryError until session 22's second review (a regression of its
+    first), which `--check` does not expect."""
+    plain = tmp_path / "vector-index"
+    plain.write_bytes(b"not a directory")
+    with pytest.raises(IndexFormatError, match="is not a directory") as raised:
+        VectorIndex.verify(plain)
+    assert not isinstance(raised.value, vector_index.DamagedIndexError)
+    with pytest.raises(IndexFormatError):
+        VectorIndex.load(plain)
