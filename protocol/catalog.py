@@ -62,8 +62,12 @@ class Colour(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     share: float
 
 
-class ImageSummary(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """An image as listings show it. `thumbnail` is present only when the request asked for it."""
+class ImageSummary(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """An image as listings show it. `thumbnail` is present only when the request asked for it.
+
+    Fields at their defaults are left off the wire (docs/protocol.md, "Compatibility"): a
+    client from before `colours_pending` refuses unknown fields, and the others' defaults are
+    what every client fills in for a missing one."""
 
     id: int
     title: str
@@ -211,7 +215,13 @@ class More(Request):
     options: ListingOptions = ListingOptions(limit=10)
 
 
-class Batch(Response):
+class Batch(Response, omit_defaults=True):
+    """One batch of a listing's items; a long one comes as several frames (`final`).
+
+    `kept` and `unindexed` came after the first clients, which refuse unknown fields: at 0
+    (nothing to say) they are left off the wire, as are `cursor` and `final` at their
+    defaults, which every client fills in (docs/protocol.md, "Compatibility")."""
+
     items: list[ImageSummary]
     #: Present while more results remain; pass it to `More`.
     cursor: str | None = None
@@ -293,8 +303,11 @@ class Order(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     buyer: str = ""
 
 
-class OrderPlaced(Response):
-    """`placed_earlier`: the order is the one an earlier Checkout with that `key` placed."""
+class OrderPlaced(Response, omit_defaults=True):
+    """`placed_earlier`: the order is the one an earlier Checkout with that `key` placed.
+
+    Left off the wire when false, which is all a client from before it is ever told (it sends
+    no key)."""
 
     order: Order
     #: The order was placed by an earlier Checkout with the same key, not by this one.

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,9 +45,29 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
     )
 
 
+class SchemaTooNew(Exception):
+    """The database was written by a newer Vitrine: its schema has steps this code does not
+    know, so reading or writing it could break what that version relies on."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(
+            f"the database is at schema version {version}, newer than this Vitrine's "
+            f"{len(MIGRATIONS)}"
+        )
+        self.version = version
+
+
 def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema to the newest version, one transaction per step; return that version."""
+    """Bring the schema to the newest version, one transaction per step; return that version.
+
+    A database from a newer version is refused before anything is written (SchemaTooNew):
+    there is no step down. An upgrade is logged in one INFO line with both versions, so that
+    the start that changed the database can be found in the log (steps that change what users
+    see log their own counts, repository.migrations)."""
     (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > len(MIGRATIONS):
+        raise SchemaTooNew(version)
+    first, started = version, time.monotonic()
     for number, step in enumerate(MIGRATIONS, start=1):
         if number <= version:
             continue
@@ -59,6 +80,13 @@ def migrate(conn: sqlite3.Connection) -> int:
             conn.execute("ROLLBACK")
             raise
         version = number
+    if 0 < first < version:  # 0 is a new database: created, not upgraded
+        log.info(
+            "database schema upgraded from version %d to %d in %.2f s",
+            first,
+            version,
+            time.monotonic() - started,
+        )
     return version
 
 

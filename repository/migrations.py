@@ -8,10 +8,16 @@ can store a negative stock.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Callable
 
 from util.catalogue_text import TextRefused, fold_for_search, index_text, normalise_tag
+
+log = logging.getLogger(__name__)
+
+#: Renamed tags a v9 log line names, as examples; beyond, only counted.
+V9_RENAMES_NAMED = 10
 
 _V1_SCHEMA = """
         CREATE TABLE users (
@@ -110,13 +116,19 @@ _V1_SCHEMA = """
 """
 
 
-def _run_statements(script: str) -> Callable[[sqlite3.Connection], None]:
-    """One statement at a time: `executescript` would commit the migration's transaction."""
+def _run_statements(
+    script: str, report: Callable[[list[int]], None] | None = None
+) -> Callable[[sqlite3.Connection], None]:
+    """One statement at a time: `executescript` would commit the migration's transaction.
+    `report` is given each statement's row count (SQLite's changes(), free), for a step that
+    changes what users see to say in the log how much it changed."""
 
     def step(conn: sqlite3.Connection) -> None:
-        for statement in script.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        counts = [
+            conn.execute(statement).rowcount for statement in script.split(";") if statement.strip()
+        ]
+        if report is not None:
+            report(counts)
 
     return step
 
@@ -141,6 +153,16 @@ _V3_COLOURS_PENDING = """
             WHERE NOT EXISTS (SELECT 1 FROM image_colours c WHERE c.image_id = images.id);
         CREATE INDEX images_colours_pending ON images(id) WHERE colours_pending = 1
 """
+
+
+def _v3_report(counts: list[int]) -> None:
+    if marked := counts[1]:
+        log.info(
+            "schema v3: %d images without colours marked for the colour backfill, which "
+            "computes them at a start with colours",
+            marked,
+        )
+
 
 #: v4: a random id for this shop's data, sent in `Welcome`: the client keys a buyer's local
 #: cart by it, so a new server at the same address (or the same server by another name) is
@@ -252,23 +274,29 @@ def _v9_fold_tags(conn: sqlite3.Connection) -> None:
     for tag_id, name in conn.execute("SELECT id, name FROM tags ORDER BY id").fetchall():
         groups.setdefault(_v9_spelling(str(name)), []).append((int(tag_id), str(name)))
     changed: list[int] = []
+    renamed: list[str] = []  # "old → new", for the log
+    merged = 0
     for folded, tags in groups.items():
         if not folded or (len(tags) == 1 and tags[0][1] == folded):
             continue
+        renamed += [f"{name} → {folded}" for _tag_id, name in tags if name != folded]
         keep = next((tag_id for tag_id, name in tags if name == folded), tags[0][0])
         for tag_id, _name in tags:
             if tag_id != keep:
                 _merge_tag(conn, tag_id, keep)
+                merged += 1
         # A tag spelt `folded` outside this group (one whose own name folds on further) would
         # make the rename break the unique name: merge into it instead.
         row = conn.execute("SELECT id FROM tags WHERE name = ?", (folded,)).fetchone()
         if row is not None and row[0] != keep:
             _merge_tag(conn, keep, int(row[0]))
+            merged += 1
             keep = int(row[0])
         conn.execute("UPDATE tags SET name = ? WHERE id = ?", (folded, keep))
         changed.append(keep)
     if not changed:
         return
+    _v9_report(conn, changed, renamed, merged)
     rows = conn.execute(
         "SELECT i.id, i.title, i.description, "
         "  COALESCE((SELECT group_concat(t.name, ' ') FROM image_tags it "
@@ -285,6 +313,29 @@ def _v9_fold_tags(conn: sqlite3.Connection) -> None:
             "VALUES (?, ?, ?, ?, ?)",
             (row[0], *(index_text(str(v)) for v in row[1:])),
         )
+
+
+def _v9_report(
+    conn: sqlite3.Connection, changed: list[int], renamed: list[str], merged: int
+) -> None:
+    """Log what v9 changed that users see: a seller finds their tag under another spelling, so
+    the operator must be able to tell them which and why."""
+    (images,) = conn.execute(
+        "SELECT count(DISTINCT image_id) FROM image_tags "
+        "WHERE tag_id IN (SELECT value FROM json_each(?))",
+        (json.dumps(changed),),
+    ).fetchone()
+    named = ", ".join(renamed[:V9_RENAMES_NAMED])
+    if len(renamed) > V9_RENAMES_NAMED:
+        named += f", and {len(renamed) - V9_RENAMES_NAMED} more"
+    log.info(
+        "schema v9: %d tags respelt as uploads now spell them (%s), %d of them merged into a "
+        "tag of the same spelling; %d images (deleted ones included) hold the changed tags",
+        len(renamed),
+        named,
+        merged,
+        images,
+    )
 
 
 #: v10: colours extracted before session 20's merge limit (`models.colours.CHROMA_KEEP`) are
@@ -316,6 +367,17 @@ _V10_RECOMPUTE_GREY_MERGES = """
                                WHERE max(r, g, b) - min(r, g, b) < 0.04 * 255)
 """
 
+
+def _v10_report(counts: list[int]) -> None:
+    if marked := counts[0]:
+        log.info(
+            "schema v10: %d images' colours (a hue sweep merged into one grey) removed and "
+            "marked for the colour backfill, which computes them again after this start; until "
+            "then search by colour does not find them",
+            marked,
+        )
+
+
 #: v11: sessions are found by user (a password change revokes all of a user's, and deleting a
 #: user cascades to them), which scanned the whole table, and by expiry: each new session
 #: deletes a few expired ones (`repository.accounts.create_session`), until then nothing did.
@@ -332,13 +394,13 @@ _V11_SESSION_INDEXES = """
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _run_statements(_V1_SCHEMA),
     _run_statements(_V2_COLOUR_INDEX),
-    _run_statements(_V3_COLOURS_PENDING),
+    _run_statements(_V3_COLOURS_PENDING, _v3_report),
     _run_statements(_V4_SERVER_ID),
     _run_statements(_V5_NO_HUE_INDEX),
     _run_statements(_V6_CHECKOUT_KEY),
     _v7_fold_search_text,
     _v8_split_unspaced_text,
     _v9_fold_tags,
-    _run_statements(_V10_RECOMPUTE_GREY_MERGES),
+    _run_statements(_V10_RECOMPUTE_GREY_MERGES, _v10_report),
     _run_statements(_V11_SESSION_INDEXES),
 ]

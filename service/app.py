@@ -31,7 +31,8 @@ from repository.blobstore import (
     KeyFileError,
     load_or_create_key,
 )
-from repository.database import Database, connect_read_only, server_id
+from repository.database import Database, SchemaTooNew, connect_read_only, server_id
+from repository.migrations import MIGRATIONS
 from service import (  # noqa: F401  (they register their routes)
     accounts,
     colour_backfill,
@@ -161,6 +162,27 @@ def lost_database(data_dir: Path) -> str | None:
         f"restore {DB_FILE} from a backup, or to start afresh move {BLOB_DIR}/ and "
         f"{BLOB_KEY_FILE} out of {data_dir}."
     )
+
+
+def newer_database(path: Path, version: int) -> str:
+    """The sentence for a database a newer Vitrine wrote (`version` above this one's). Serving
+    it would read and write a schema this code does not know (a table it never fills, a
+    column it never sets), and there is no step down: only that version, or the database as
+    it was before the upgrade, is right. Start-up and `--check` both say this."""
+    return (
+        f"{path} is at schema version {version}, newer than this Vitrine's {len(MIGRATIONS)}: "
+        "it was written by a newer Vitrine; run that version (or restore a backup made before "
+        "the upgrade)."
+    )
+
+
+def database_too_new(data_dir: Path) -> str | None:
+    """Why the database must not be opened because a newer Vitrine wrote it, or None. Asked
+    before the database is opened, so that the refused start changes nothing (no migration,
+    no chmod, no TLS identity made)."""
+    db_path = data_dir / DB_FILE
+    version = database_version(db_path)
+    return newer_database(db_path, version) if version > len(MIGRATIONS) else None
 
 
 def lost_blob_key(data_dir: Path, db: Database) -> str | None:
@@ -303,7 +325,7 @@ def open_services(config: ServerConfig) -> Services:
     lock_fd = lock_data_dir(data_dir)
     db: Database | None = None
     try:
-        if reason := lost_database(data_dir):
+        if reason := lost_database(data_dir) or database_too_new(data_dir):
             raise DataDirError(reason)
         db = Database(data_dir / DB_FILE)
         if reason := lost_blob_key(data_dir, db) or missing_blob_dir(data_dir, db.conn):
@@ -322,6 +344,8 @@ def open_services(config: ServerConfig) -> Services:
             raise DataDirError(unreadable_database(data_dir / DB_FILE, exc)) from None
         if isinstance(exc, KeyFileError):  # its message already says what to do
             raise DataDirError(str(exc)) from None
+        if isinstance(exc, SchemaTooNew):  # migrate's own guard, in the same words
+            raise DataDirError(newer_database(data_dir / DB_FILE, exc.version)) from None
         raise
     if purged or removed:
         log.info("start-up: purged %d deleted images, swept %d unreferenced blobs", purged, removed)

@@ -48,6 +48,7 @@ from service.app import (
     lock_data_dir,
     lost_database,
     missing_blob_dir,
+    newer_database,
     not_a_directory,
     open_blob_store,
     unreadable_database,
@@ -108,6 +109,9 @@ def check_data_dir(
                 report.problems.append(f"the database {db_path} is empty")
             else:
                 report.problems.append(f"no database at {db_path}")
+            return report
+        if version > len(MIGRATIONS):
+            report.problems.append(newer_database(db_path, version))
             return report
         if version != len(MIGRATIONS):
             report.problems.append(
