@@ -434,16 +434,16 @@ class VectorIndex:
         self._rows_added_locked(ids)
 
     def _read_rows_locked(self, ids: IdArray, f: BinaryIO, path: Path, expected: str) -> None:
-        """Append ``ids`` with the vectors of the `.npy` file ``f`` (at ``path``), read straight
-        into the blocks and hashed as they are read: the digest is of the very bytes loaded.
-        Until session 22's second review a first pass hashed the files and a second loaded them,
-        so a failing disk could return other bytes the second time (643 MB at 100k leave the
-        page cache easily), and the second read cost 0.4-1.4 s. No mapping either, where a
-        page the disk cannot serve is a SIGBUS that kills the process (a read raises OSError,
-        and the index is rebuilt), and no whole copy of the file in memory (512 MB at 100k)
-        beside the blocks. The file is read to its end: bytes beyond the rows the header
-        promises were ignored until that review; now they are hashed (a save writes none, so
-        they fail the checksum) and refused."""
+        """Append ``ids`` with the vectors of the `.npy` file ``f`` (at ``path``), read
+        straight into the blocks and hashed as they are read: the digest is of the bytes loaded.
+        Until session 22's second review a first pass hashed the files and a second loaded
+        them, so a failing disk could return other bytes the second time (643 MB at 100k
+        leave the page cache easily), and the second read cost time (docs/vector-index.md).
+        No mapping either, where a page the disk cannot serve is a SIGBUS that kills the
+        process (a read raises OSError, and the index is rebuilt), and no whole copy of the
+        file in memory (512 MB at 100k) beside the blocks. The file is read to its end:
+        bytes beyond the rows the header promises were ignored until that review; now they
+        are hashed (a save writes none, so they fail the checksum) and refused."""
         digest = hashlib.new(_CHECKSUM)
         header = _HashingReader(f, digest)
         problem = ""

@@ -178,8 +178,9 @@ def newer_database(path: Path, version: int) -> str:
 
 def database_too_new(data_dir: Path) -> str | None:
     """Why the database must not be opened because a newer Vitrine wrote it, or None. Asked
-    before the database is opened, so that the refused start changes nothing (no migration,
-    no chmod, no TLS identity made)."""
+    before the database is opened, so that the refused start leaves the database as it was
+    (no migration, no TLS identity made; the data directory itself is made 0700 and locked
+    before this, as for every start)."""
     db_path = data_dir / DB_FILE
     version = database_version(db_path)
     return newer_database(db_path, version) if version > len(MIGRATIONS) else None

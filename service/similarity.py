@@ -177,16 +177,33 @@ def cached_weights_file() -> str | None:
     return None
 
 
+def damaged_cached_weights() -> str | None:
+    """The cached download (`cached_weights_file`) if h5py cannot open it: a file cut short.
+    Opened here rather than judged by the failure, which names no file ("truncated file") and
+    may as well be the TFLite conversion's (a full /tmp) or a shape check's, about a download
+    that is whole and must not be deleted on our word."""
+    path = cached_weights_file()
+    if path is None:
+        return None
+    import h5py  # Keras' own dependency; only on this rare path
+
+    try:
+        h5py.File(path, "r").close()
+    except OSError:
+        return path
+    return None
+
+
 def model_failure(exc: BaseException, weights: str | None) -> ModelFailure:
     """Whose fault a failed model load is, so that the advice fits it. With no weights given,
     only a failed download is met with "set VITRINE_WEIGHTS or give the server internet
     access" (`_download_failed`); a broken TensorFlow, a MemoryError or a bug got that advice
     until session 22's review, which sent the operator to fetch weights that would not have
-    helped. Also with no weights given, an OSError or ValueError (h5py's, Keras') while a
-    cached download is there (`cached_weights_file`) is that file's: it is the only weights
-    file loaded then, and Keras writes it straight to its final name with no digest to check
-    MobileNetV2's against, so a download killed midway leaves a partial file it trusts at every
-    later start (h5py: "truncated file", naming no file).
+    helped. Also with no weights given, an OSError or ValueError (h5py's, Keras') while the
+    cached download cannot be opened (`damaged_cached_weights`) is that file's: Keras writes it
+    straight to its final name with no digest to check MobileNetV2's against, so a download
+    killed midway leaves a partial file it trusts at every later start (h5py: "truncated
+    file", naming no file).
     Deleting it, or setting VITRINE_WEIGHTS, is the fix; "the log says why" was all the
     operator got until session 22's second review. With weights given, only what is raised
     about the weights file itself is blamed on it, as measured with a missing path, random
@@ -202,7 +219,7 @@ def model_failure(exc: BaseException, weights: str | None) -> ModelFailure:
         if (
             isinstance(exc, (OSError, ValueError))
             and not isinstance(exc, UnicodeError)
-            and cached_weights_file() is not None
+            and damaged_cached_weights() is not None
         ):
             return "cached download"
         return "other"
@@ -348,7 +365,8 @@ class SimilarityEngine:
             # hint; anything else (a broken TensorFlow, a bug) gets its traceback as well.
             hints = {"download": WEIGHTS_HINT, "weights file": BAD_WEIGHTS_HINT}
             if self.model_failure == "cached download":
-                hints["cached download"] = cached_download_hint(str(cached_weights_file()))
+                damaged = damaged_cached_weights() or "(in Keras' cache, since removed)"
+                hints["cached download"] = cached_download_hint(damaged)
             log.warning(
                 "search by image is unavailable: %s. %s",
                 self.reason,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import time
 import urllib.error
 from pathlib import Path
@@ -315,6 +316,11 @@ def test_a_damaged_cached_download_is_told_as_such(
     assert model_failure(other, None) == "cached download"
     # not a failure about a file at all: a broken TensorFlow is not the cache's
     assert model_failure(ImportError("libtensorflow_framework.so.2"), None) == "other"
+    # a whole download is not blamed for an OSError of the conversion (a full /tmp) or a
+    # ValueError of a shape check: deleting it on our word would cost a download for nothing
+    shutil.copyfile(weights(), cached)
+    assert model_failure(OSError(28, "No space left on device"), None) == "other"
+    assert model_failure(ValueError("unexpected embedding shape"), None) == "other"
 
 
 def test_a_server_with_a_truncated_cached_download_says_to_delete_it(tmp_path: Path) -> None:
