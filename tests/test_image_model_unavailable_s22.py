@@ -142,6 +142,23 @@ def broken_tensorflow(folder: Path) -> str:
     return str(folder)
 
 
+def with_a_broken_tensorflow(tmp_path: Path, env: dict[str, str]) -> tuple[str, str]:
+    """The answer to search by image, and the log, of a server (with `env`) whose TensorFlow
+    import fails: the neutral sentence, whatever was given."""
+    env = {**env, "PYTHONPATH": os.pathsep.join([broken_tensorflow(tmp_path / "py"), str(ROOT)])}
+    process = ServerProcess(tmp_path / "srv", env=env).start()
+    try:
+        message = settled_error(process, tmp_path / "c").message
+    finally:
+        process.stop()
+    log = process.log()
+    assert "the image model failed to load" in message, message
+    assert "server's log says why" in message, message
+    assert "search by image is unavailable" in log and "libtensorflow_framework" in log, log
+    assert "The image model failed to load" in log, log
+    return message, log
+
+
 def test_a_model_that_fails_for_another_reason_does_not_blame_the_weights(
     tmp_path: Path,
 ) -> None:
@@ -150,20 +167,10 @@ def test_a_model_that_fails_for_another_reason_does_not_blame_the_weights(
     env = {
         "VITRINE_WEIGHTS": weights(),
         "VITRINE_CACHE_DIR": str(tmp_path / "cache"),  # empty: the model must be converted
-        "PYTHONPATH": os.pathsep.join([broken_tensorflow(tmp_path / "py"), str(ROOT)]),
     }
-    process = ServerProcess(tmp_path / "srv", env=env).start()
-    try:
-        message = settled_error(process, tmp_path / "c").message
-        assert "the image model failed to load" in message, message
-        assert "server's log says why" in message, message
-        assert "could not be loaded" not in message and "replace" not in message, message
-        assert "VITRINE_WEIGHTS" not in message, message
-    finally:
-        process.stop()
-    log = process.log()
-    assert "search by image is unavailable" in log and "libtensorflow_framework" in log, log
-    assert "The image model failed to load" in log, log
+    message, log = with_a_broken_tensorflow(tmp_path, env)
+    assert "could not be loaded" not in message and "replace" not in message, message
+    assert "VITRINE_WEIGHTS" not in message, message
     assert "fix or replace" not in log and "Start the server with VITRINE_WEIGHTS" not in log
 
 
@@ -173,22 +180,9 @@ def test_with_no_weights_a_failure_other_than_the_download_does_not_ask_for_them
     """Review (session 22): with no weights given every failure got "Start the server with
     VITRINE_WEIGHTS ... or give it internet access", and no traceback for an ImportError. A
     broken TensorFlow is neither cured by weights nor by a network."""
-    env = {
-        **offline(tmp_path),
-        "PYTHONPATH": os.pathsep.join([broken_tensorflow(tmp_path / "py"), str(ROOT)]),
-    }
-    process = ServerProcess(tmp_path / "srv", env=env).start()
-    try:
-        message = settled_error(process, tmp_path / "c").message
-        assert "the image model failed to load" in message, message
-        assert "server's log says why" in message, message
-        assert "VITRINE_WEIGHTS" not in message and "internet" not in message, message
-        assert "it has no image model" not in message, message
-    finally:
-        process.stop()
-    log = process.log()
-    assert "search by image is unavailable" in log and "libtensorflow_framework" in log, log
-    assert "The image model failed to load" in log, log
+    message, log = with_a_broken_tensorflow(tmp_path, offline(tmp_path))
+    assert "VITRINE_WEIGHTS" not in message and "internet" not in message, message
+    assert "it has no image model" not in message, message
     assert "Traceback" in log, log  # the cause is not the operator's setting: show where
     assert "Start the server with VITRINE_WEIGHTS" not in log, log
 

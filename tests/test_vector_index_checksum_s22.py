@@ -128,6 +128,19 @@ def test_only_the_saved_checksum_algorithm_is_accepted(tmp_path: Path) -> None:
         VectorIndex.verify(root)
 
 
+def in_a_process_of_its_own(code: str, root: Path) -> subprocess.CompletedProcess[str]:
+    """Run `code` with `root` as its argument in a new interpreter: a SIGBUS would end the
+    test run."""
+    return subprocess.run(
+        [PYTHON, "-c", code, str(root)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_a_page_the_disk_cannot_serve_does_not_kill_the_process(small_disk: Path) -> None:  # noqa: F811
     """The check reads the files; it does not map them. A page fault the filesystem cannot
     serve (a disk I/O error; here a hole in a file on a full tmpfs, which a read returns as
@@ -151,14 +164,7 @@ def test_a_page_the_disk_cannot_serve_does_not_kill_the_process(small_disk: Path
         "import sys; from repository.vector_index import VectorIndex; "
         "print(VectorIndex.verify(sys.argv[1]))"
     )
-    done = subprocess.run(  # a process of its own: a SIGBUS would end the test run
-        [PYTHON, "-c", code, str(root)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = in_a_process_of_its_own(code, root)
     assert (done.returncode, done.stdout.strip()) == (0, "0"), done.stderr
 
 
@@ -238,14 +244,7 @@ def test_a_load_reads_a_page_the_disk_cannot_map(small_disk: Path) -> None:  # n
         "import sys; from repository.vector_index import VectorIndex; "
         "print(len(VectorIndex.load(sys.argv[1], expected_generation='g')))"
     )
-    done = subprocess.run(  # a process of its own: a SIGBUS would end the test run
-        [PYTHON, "-c", code, str(root)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = in_a_process_of_its_own(code, root)
     assert (done.returncode, done.stdout.strip()) == (0, str(count)), done.stderr
 
 
