@@ -252,7 +252,9 @@ def parse_tolerance(text: str) -> float:
     case refused for hues), `−5` was "not a number" and `２０ｄｅｇ` was refused."""
     typed = text.strip()
     value = read_degrees(
-        text, f"tolerance must be a number of degrees written without an exponent, not {typed}"
+        text,
+        "tolerance must be a number of degrees without an exponent, 0 or more (180 or more "
+        f"takes any hue), not {typed}",
     )
     if value is None:
         raise ColourSpecError(f"{_TOLERANCE}, not {typed}")
