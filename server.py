@@ -12,16 +12,11 @@ from pathlib import Path
 from typing import TextIO
 
 from protocol.tls import TlsIdentityError
-from service.app import (
-    CannotListen,
-    DataDirError,
-    DataDirPathError,
-    identity_after_refusals,
-    prepare_data_dir,
-    serve,
-)
+from service.app import CannotListen, serve
 from service.check import check_data_dir
 from service.context import ServerConfig
+from service.data_dir import DataDirError, DataDirPathError, prepare_data_dir
+from service.identity import identity_after_refusals
 from util import config as cfg
 from util import logs
 

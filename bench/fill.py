@@ -189,8 +189,8 @@ def fill(
     from repository import accounts
     from repository.blobstore import BlobStore, load_or_create_key
     from repository.database import Database
-    from service.app import BLOB_DIR, BLOB_KEY_FILE, DB_FILE, prepare_data_dir
     from service.auth import hash_password
+    from service.data_dir import BLOB_DIR, BLOB_KEY_FILE, DB_FILE, prepare_data_dir
 
     started = time.perf_counter()
     weights = weights if weights is not None else default_weights()

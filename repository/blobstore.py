@@ -69,7 +69,7 @@ class BlobAuthenticationFailed(BlobCorrupt):
     """A whole blob whose tag does not verify: tampered, swapped, or sealed under another key.
 
     Told apart from a short or headerless file because only this one can mean the wrong key,
-    which start-up must refuse before the key seals anything (see `service.app`)."""
+    which start-up must refuse before the key seals anything (see `service.data_dir`)."""
 
 
 class KeyFileError(BlobError):

@@ -38,13 +38,13 @@ from repository.vector_index import (
     UnreadableIndexError,
     VectorIndex,
 )
-from service.app import (
+from service.context import ServerConfig
+from service.data_dir import (
     BLOB_KEY_FILE,
     DB_FILE,
     DataDirBusy,
     database_version,
     has_users,
-    identity_after_refusals,
     lock_data_dir,
     lost_database,
     missing_blob_dir,
@@ -54,7 +54,7 @@ from service.app import (
     unreadable_database,
     wrong_blob_key,
 )
-from service.context import ServerConfig
+from service.identity import identity_after_refusals
 from service.similarity import INDEX_DIR
 
 #: Problems listed one by one up to this many; beyond, only counted.

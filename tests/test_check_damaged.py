@@ -17,8 +17,9 @@ import pytest
 from PIL import Image
 
 from repository.blobstore import BlobStore, load_or_create_key
-from service.app import KEY_PROBE_FAILURES, open_services
+from service.app import open_services
 from service.context import ServerConfig
+from service.data_dir import KEY_PROBE_FAILURES
 from service.ingest import Upload, ingest
 from tests.rows import add_users
 from tests.test_crash_safety import run_check

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from service.app import LOCK_FILE
+from service.data_dir import LOCK_FILE
 from tests.servers import ROOT, ServerProcess
 from tests.test_crash_safety import run_check
 from tests.test_images_server import jpeg

@@ -40,10 +40,11 @@ from repository import accounts
 from repository.database import Database, migrate
 from repository.migrations import MIGRATIONS
 from service.accounts import BAD_CREDENTIALS, SESSION_ENDED, create_user, login
-from service.app import close_services, open_services, tls_identity
+from service.app import close_services, open_services
 from service.auth import LoginThrottle
 from service.connection import Connection
 from service.context import SESSION_EXPIRED, ConnectionState, RequestContext, ServerConfig
+from service.identity import tls_identity
 
 PASSWORD = "correct horse battery"
 REVOKE_ALL = "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL"
