@@ -41,7 +41,7 @@ from service.context import RequestContext, Services
 from service.ingest import decode_upload, rejection_error
 from service.listings import Ranked, Recheck, checked_filter_tags, open_ranked
 from service.registry import Frames, route
-from service.similarity import WEIGHTS_HINT, SimilarityEngine, engine_of
+from service.similarity import FAILURE_ADVICE, SimilarityEngine, engine_of
 from util import images as imaging
 
 if TYPE_CHECKING:
@@ -138,48 +138,16 @@ def _unavailable(engine: SimilarityEngine | None) -> VitrineError:
             f"The image model is still loading (for {waited:.0f} s so far); "
             "try again in a few seconds.",
         )
-    # The reason (a path, an exception, a URL) is in the server's log, for whoever runs it;
-    # any logged-in user can ask, so the answer names no server internals.
     if engine is not None and engine.batcher is not None:
         return VitrineError(
             ErrorCode.UNAVAILABLE,
             "Search by image is unavailable on this server: its vector index could not be "
             "built. The server's log says why.",
         )
-    # Whose failure it was is decided once, where it was caught (SimilarityEngine.model_failure).
-    if engine is not None and engine.model_failure == "weights file":
-        # The operator gave weights: telling them to set VITRINE_WEIGHTS, as below, sent them
-        # looking for a setting they had made. Which file, and why it failed, is for the log.
-        return VitrineError(
-            ErrorCode.UNAVAILABLE,
-            "Search by image is unavailable on this server: it was started with weights for "
-            "its image model (VITRINE_WEIGHTS=... or --weights), but they could not be loaded. "
-            "The server's log says why; whoever runs the server should fix or replace that file "
-            "and restart it.",
-        )
-    if engine is not None and engine.model_failure == "other":
-        # Neither the file's fault nor the download's (TensorFlow's import, memory, a bug),
-        # with weights given or not: advice to replace the file or to set VITRINE_WEIGHTS would
-        # both send the operator the wrong way.
-        return VitrineError(
-            ErrorCode.UNAVAILABLE,
-            "Search by image is unavailable on this server: the image model failed to load. "
-            "The server's log says why.",
-        )
-    if engine is not None and engine.model_failure == "cached download":
-        # Internet access would not help: Keras trusts the partial file it kept. The log names it.
-        return VitrineError(
-            ErrorCode.UNAVAILABLE,
-            "Search by image is unavailable on this server: the model weights Keras downloaded "
-            "earlier are damaged. The server's log names the file to delete (the next start "
-            "downloads it again); whoever runs the server can instead start it with "
-            "VITRINE_WEIGHTS=/path/to/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5.",
-        )
-    # "download": no weights were given and Keras' download of them failed (offline).
-    return VitrineError(
-        ErrorCode.UNAVAILABLE,
-        "Search by image is unavailable on this server: it has no image model. " + WEIGHTS_HINT,
-    )
+    # Whose failure it was is decided once, where it was caught (SimilarityEngine.model_failure);
+    # the sentence for each is beside the log's in FAILURE_ADVICE.
+    failure = engine.model_failure if engine is not None else ""
+    return VitrineError(ErrorCode.UNAVAILABLE, FAILURE_ADVICE[failure or "download"].answer)
 
 
 def _decode_query(data: bytes, services: Services) -> np.ndarray:

@@ -50,7 +50,7 @@ import urllib.error
 from collections.abc import Sequence
 from http.client import HTTPException
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 
@@ -105,18 +105,7 @@ WEIGHTS_HINT = (
     ".weights.h5 (or server.py --weights PATH), or give it internet access so Keras can "
     "download the ImageNet weights; images uploaded meanwhile get their embeddings then."
 )
-#: For an operator who did give weights: WEIGHTS_HINT would tell them to set what they set.
-BAD_WEIGHTS_HINT = (
-    "The weights file given with VITRINE_WEIGHTS (or --weights) could not be loaded: it must "
-    "be an existing, readable mobilenet_v2_1.0_224_imagenet_no_top.weights.h5; fix or replace "
-    "it and restart the server. Images uploaded meanwhile get their embeddings then."
-)
-#: For a failure that is not the weights file's (TensorFlow's import, memory, a bug): advice to
-#: replace a good file would send the operator the wrong way.
-MODEL_FAILED_HINT = (
-    "The image model failed to load; the error above says why. Once that is fixed, restart the "
-    "server: images uploaded meanwhile get their embeddings then."
-)
+
 
 #: Whose a failed model load is, for the advice given with it (`SimilarityEngine.model_failure`,
 #: set where the failure is caught; `service.image_search` words its answer by it): "" while
@@ -125,6 +114,62 @@ MODEL_FAILED_HINT = (
 #: its cache) cannot be loaded, "weights file" when the file given is missing, unreadable or
 #: not these weights, "other" for anything else.
 ModelFailure = Literal["", "download", "cached download", "weights file", "other"]
+
+
+class FailureAdvice(NamedTuple):
+    """What to say of a failed model load, to each of the two who read about it. Any logged-in
+    user can ask for a search by image, so `answer` names no server internals (no path, no
+    exception) and points at the log; the log is for whoever runs the server, so `log_hint`,
+    which follows the failure's own description there, may name a file (``{path}``)."""
+
+    answer: str
+    log_hint: str
+
+
+_UNAVAILABLE = "Search by image is unavailable on this server: "
+#: The advice for each `ModelFailure`, side by side so that the log and the client never
+#: disagree about whose failure it was. Each wording exists because another one sent an
+#: operator the wrong way (session 22): advice to set VITRINE_WEIGHTS given to one who had set
+#: it, advice to fetch weights given for a broken TensorFlow, and "the log says why" for a
+#: partial download Keras trusts at every start.
+FAILURE_ADVICE: dict[ModelFailure, FailureAdvice] = {
+    # No weights were given and Keras' download of them failed (offline).
+    "download": FailureAdvice(
+        answer=_UNAVAILABLE + "it has no image model. " + WEIGHTS_HINT,
+        log_hint=WEIGHTS_HINT,
+    ),
+    # The operator gave weights: which file, and why it failed, is for the log.
+    "weights file": FailureAdvice(
+        answer=_UNAVAILABLE + "it was started with weights for its image model "
+        "(VITRINE_WEIGHTS=... or --weights), but they could not be loaded. The server's log "
+        "says why; whoever runs the server should fix or replace that file and restart it.",
+        log_hint="The weights file given with VITRINE_WEIGHTS (or --weights) could not be "
+        "loaded: it must be an existing, readable mobilenet_v2_1.0_224_imagenet_no_top"
+        ".weights.h5; fix or replace it and restart the server. Images uploaded meanwhile get "
+        "their embeddings then.",
+    ),
+    # Internet access would not help: Keras trusts the partial file it kept.
+    "cached download": FailureAdvice(
+        answer=_UNAVAILABLE + "the model weights Keras downloaded earlier are damaged. The "
+        "server's log names the file to delete (the next start downloads it again); whoever "
+        "runs the server can instead start it with "
+        "VITRINE_WEIGHTS=/path/to/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5.",
+        log_hint="The ImageNet weights Keras downloaded earlier, {path}, are damaged (a "
+        "download cut short leaves a partial file, which Keras does not check): delete that "
+        "file so that the next start downloads them again, or start the server with "
+        "VITRINE_WEIGHTS=/path/to/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5 (or "
+        "server.py --weights PATH). Images uploaded meanwhile get their embeddings then.",
+    ),
+    # Neither the file's fault nor the download's (TensorFlow's import, memory, a bug), with
+    # weights given or not: advice to replace the file or to set VITRINE_WEIGHTS would send
+    # the operator the wrong way.
+    "other": FailureAdvice(
+        answer=_UNAVAILABLE + "the image model failed to load. The server's log says why.",
+        log_hint="The image model failed to load; the error above says why. Once that is "
+        "fixed, restart the server: images uploaded meanwhile get their embeddings then.",
+    ),
+}
+
 
 #: What Keras' `get_file` says of a download that failed: it raises a bare Exception with this
 #: text from inside its `except URLError` (so the URLError is only the chained context).
@@ -231,18 +276,6 @@ def model_failure(exc: BaseException, weights: str | None) -> ModelFailure:
     if isinstance(exc, ValueError) and not isinstance(exc, UnicodeError):
         return "weights file"
     return "other"
-
-
-def cached_download_hint(path: str) -> str:
-    """The log's advice for a damaged cached download at ``path`` (named here, for whoever runs
-    the server; the client's answer names no server paths)."""
-    return (
-        f"The ImageNet weights Keras downloaded earlier, {path}, are damaged (a download cut "
-        "short leaves a partial file, which Keras does not check): delete that file so that "
-        "the next start downloads them again, or start the server with "
-        "VITRINE_WEIGHTS=/path/to/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5 (or "
-        "server.py --weights PATH). Images uploaded meanwhile get their embeddings then."
-    )
 
 
 # --- the engine ---------------------------------------------------------------------------------
@@ -361,16 +394,16 @@ class SimilarityEngine:
             self.reason = describe(exc)
             self.model_failure = model_failure(exc, self.weights)
             self.state = "unavailable"
-            # A bad weights file or no network for Keras' download need one line and the
-            # hint; anything else (a broken TensorFlow, a bug) gets its traceback as well.
-            hints = {"download": WEIGHTS_HINT, "weights file": BAD_WEIGHTS_HINT}
+            hint = FAILURE_ADVICE[self.model_failure].log_hint
             if self.model_failure == "cached download":
                 damaged = damaged_cached_weights() or "(in Keras' cache, since removed)"
-                hints["cached download"] = cached_download_hint(damaged)
+                hint = hint.format(path=damaged)
+            # A bad weights file or no network for Keras' download need one line and the
+            # hint; anything else (a broken TensorFlow, a bug) gets its traceback as well.
             log.warning(
                 "search by image is unavailable: %s. %s",
                 self.reason,
-                hints.get(self.model_failure, MODEL_FAILED_HINT),
+                hint,
                 exc_info=isinstance(exc, PROGRAMMING_ERRORS) or self.model_failure == "other",
             )
             self._settle_model()
