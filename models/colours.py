@@ -157,7 +157,10 @@ SMOOTH_SIGMA = 4.0
 # --- white balance (docs/colours.md: measured, and why it is on or off) ---------------------
 WHITE_BALANCE = True
 # Pixels that may be a white or grey surface seen under tinted light: bright, not far from
-# neutral (HSV saturation C/max). A tint strong enough to exceed WB_MAX_SAT is left alone.
+# neutral (HSV saturation C/max). A tint strong enough to exceed WB_MAX_SAT is left alone: a
+# white reaches it under a cast of about t = 1.05 (docs/colours.md), and raising it corrected
+# beige floors as if they were white (session 23, "Stronger warm casts" in
+# docs/colour-measurements.md).
 WB_MIN_LIGHTNESS = 0.45
 WB_MAX_SAT = 0.30
 # They are looked for in a frame this deep (fraction of the short side) around the picture,

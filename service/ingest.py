@@ -60,9 +60,6 @@ from util import images as imaging
 
 log = logging.getLogger("vitrine.ingest")
 
-#: ImageRejected reasons that mean "too big" rather than "not an image we take".
-_TOO_LARGE_REASONS = frozenset({imaging.TOO_LARGE, imaging.TOO_MANY_PIXELS})
-
 
 @dataclass(slots=True)
 class Upload:
@@ -195,7 +192,7 @@ def blobs_in_flight(services: Services) -> BlobsInFlight:
 
 def rejection_error(exc: imaging.ImageRejected) -> VitrineError:
     """The wire error for a refused file; `details[0]` is the stable reason code."""
-    code = ErrorCode.TOO_LARGE if exc.reason in _TOO_LARGE_REASONS else ErrorCode.UNSUPPORTED_IMAGE
+    code = ErrorCode.TOO_LARGE if exc.too_large else ErrorCode.UNSUPPORTED_IMAGE
     return VitrineError(code, exc.message, [exc.reason])
 
 

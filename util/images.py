@@ -16,21 +16,30 @@ Every byte that reaches this module is untrusted. The policy, in order of cost:
    anything Pillow raises on malformed data becomes an ``ImageRejected`` with a reason code. A
    baseline JPEG's end-of-image marker is withheld from libjpeg (see ``_without_eoi``) so that a
    cut file with the marker added back is refused as truncated rather than grey-filled.
+6. an embedded colour profile (ICC) that is not sRGB is applied, so every caller (thumbnail,
+   embedding, palette) sees sRGB pixels; a profile that cannot be used is ignored, as before.
 
 Only Pillow and numpy are imported so the client stays light (never TensorFlow).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import logging
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin
+
+try:  # Pillow built without Little CMS has no ImageCms; pictures then decode as before.
+    from PIL import ImageCms
+except ImportError:  # pragma: no cover - every supported build has it
+    ImageCms = None  # type: ignore[assignment]
 
 _log = logging.getLogger(__name__)
 
@@ -96,6 +105,13 @@ class ImageRejected(ValueError):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+    @property
+    def too_large(self) -> bool:
+        """Whether the file is refused for its size (bytes or pixels) rather than for not being
+        an image we take: the server answers TOO_LARGE for these, UNSUPPORTED_IMAGE for the
+        rest, and the shell's own check words its refusals with the same code."""
+        return self.reason in (TOO_LARGE, TOO_MANY_PIXELS)
 
     def __repr__(self) -> str:
         return f"ImageRejected({self.reason!r}, {self.message!r})"
@@ -279,7 +295,7 @@ def decode_image(
         raise _decoder_error(fmt, exc, data) from None
     quarter_turn = _apply_orientation(img)
     # Outside any try: the pixels are in memory, so a failure here is ours, not the file's.
-    rgb = to_rgb(img)
+    rgb = to_rgb(to_srgb(img))
     if quarter_turn:
         width, height = height, width
     return DecodedImage(image=rgb, format=fmt, width=width, height=height)
@@ -300,6 +316,160 @@ def _apply_orientation(img: Image.Image) -> bool:
         _log.debug("ignoring unreadable EXIF orientation", exc_info=True)
         return False
     return orientation in (5, 6, 7, 8)
+
+
+# --- colour profiles --------------------------------------------------------------------------
+
+#: A profile larger than this is not applied. Real printing (CMYK) profiles are at most a few
+#: MiB; a bigger one is junk that Little CMS would still have to parse.
+MAX_PROFILE_BYTES: Final = 8 * MIB
+#: Distinct profiles whose transforms are kept. A shop's photos come from a handful of
+#: cameras and editors (Display P3, Adobe RGB, one or two printing profiles); a printing
+#: transform holds up to about 1 MiB of tables.
+_TRANSFORM_CACHE_SIZE: Final = 16
+
+_SRGB_NAME: Final = re.compile(r"(?<![a-z])srgb(?![a-z])")
+#: The profile colour spaces (ICC header bytes 16-19) we convert, and the image modes each
+#: applies to. Other pairs (a grey profile on a colour picture, 16-bit grey) are ignored.
+_PROFILE_MODES: Final = {
+    b"RGB ": frozenset({"RGB", "RGBA", "RGBa", "P", "PA"}),
+    b"GRAY": frozenset({"L", "LA", "La"}),
+    b"CMYK": frozenset({"CMYK"}),
+}
+
+
+def to_srgb(img: Image.Image) -> Image.Image:
+    """Apply the picture's embedded colour profile, so that its pixels mean sRGB colours.
+
+    A phone's Display P3 photo or an editor's Adobe RGB export read as sRGB looks duller (a
+    red of saturation 0.70 read as 0.55), and the thumbnail, the palette (documented as sRGB)
+    and the embedding would all inherit that. Pictures without a profile, or whose profile
+    says sRGB (most camera JPEGs), are returned unchanged at the cost of a dictionary lookup
+    or a header read. A profile that cannot be used (damaged, too large, or for another kind
+    of picture than this one) is ignored, as before this conversion existed: a bad profile is
+    no reason to refuse pixels that decoded fine. The result may keep an alpha channel, for
+    ``to_rgb`` to composite as usual.
+    """
+    profile = img.info.get("icc_profile")
+    if not profile or ImageCms is None:
+        return img
+    problem = _profile_problem(profile, img.mode)
+    if problem is None and _is_srgb(profile):
+        return img
+    if problem is None:
+        source, in_mode, out_mode, alpha = _transform_input(img, profile[16:20])
+        built = _transform(
+            _Profile(hashlib.blake2b(profile, digest_size=16).digest(), profile), in_mode, out_mode
+        )
+        if isinstance(built, str):
+            problem = built
+        else:
+            try:
+                converted = built.apply(source)
+            except MemoryError:
+                raise
+            except (ImageCms.PyCMSError, ValueError, OSError) as exc:
+                problem = f"applying it failed ({exc})"
+            else:
+                if alpha is not None:
+                    converted.putalpha(alpha)
+                return converted
+    _log.info("colour profile ignored, pixels read as sRGB: %s", problem)
+    return img
+
+
+def _profile_problem(profile: bytes, mode: str) -> str | None:
+    """Why the profile cannot be applied to a picture of this mode, judged from its header."""
+    if len(profile) > MAX_PROFILE_BYTES:
+        return f"the profile is {len(profile):,} bytes, over the {MAX_PROFILE_BYTES:,} limit"
+    if len(profile) < 132 or profile[36:40] != b"acsp":
+        return "the profile is damaged (no ICC header)"
+    space = bytes(profile[16:20])
+    modes = _PROFILE_MODES.get(space)
+    if modes is None:
+        return f"profiles of colour space {space!r} are not supported"
+    if mode not in modes:
+        return f"a {space.decode('latin-1').strip()} profile does not fit a {mode} picture"
+    return None
+
+
+def _is_srgb(profile: bytes) -> bool:
+    """Whether an RGB profile names itself sRGB (its description, as Little CMS reads it).
+
+    Reading the profile costs about 1.5 microseconds; building a transform to learn that it
+    changes nothing would cost far more. A profile that says sRGB but is not is read as sRGB,
+    which is what every viewer that shortcuts the same way shows too; "linear" sRGB variants
+    are not skipped. One Little CMS cannot read is not sRGB, and `_transform` says why.
+    """
+    if profile[16:20] != b"RGB ":
+        return False
+    try:
+        text = ImageCms.ImageCmsProfile(io.BytesIO(profile)).profile.profile_description or ""
+    except (ImageCms.PyCMSError, ValueError, OSError, TypeError):
+        return False
+    text = text.lower()
+    return bool(_SRGB_NAME.search(text)) and "linear" not in text
+
+
+def _transform_input(
+    img: Image.Image, space: bytes
+) -> tuple[Image.Image, str, str, Image.Image | None]:
+    """The picture in a mode Little CMS takes, the transform's modes, and an alpha to put back.
+
+    Palette and keyed-transparency pictures become RGBA first (a colour key would no longer
+    match once the colours change); a grey picture's alpha is set aside, since the transform
+    turns grey into RGB.
+    """
+    if space == b"CMYK":
+        return img, "CMYK", "RGB", None
+    if space == b"GRAY":
+        if img.mode == "L" and "transparency" not in img.info:
+            return img, "L", "RGB", None
+        grey = img.convert("LA")
+        return grey.getchannel("L"), "L", "RGB", grey.getchannel("A")
+    if img.mode == "RGBA":
+        return img, "RGBA", "RGBA", None
+    if img.mode in ("RGBa", "PA") or "transparency" in img.info:
+        return img.convert("RGBA"), "RGBA", "RGBA", None
+    return (img if img.mode == "RGB" else img.convert("RGB")), "RGB", "RGB", None
+
+
+@dataclass(frozen=True, slots=True)
+class _Profile:
+    """A profile keyed by its digest, so the cache compares 16 bytes instead of the profile."""
+
+    digest: bytes
+    data: bytes = field(compare=False, repr=False)
+
+
+@functools.lru_cache(maxsize=1)
+def _srgb_profile() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+@functools.lru_cache(maxsize=_TRANSFORM_CACHE_SIZE)
+def _transform(profile: _Profile, in_mode: str, out_mode: str) -> ImageCms.ImageCmsTransform | str:
+    """The transform from this profile to sRGB, or why none could be built (also cached, so a
+    batch of photos with the same broken profile does not parse it again for each).
+
+    Built with NOCACHE: Little CMS keeps a one-pixel cache in each transform that concurrent
+    ``cmsDoTransform`` calls would race on; without it one transform is safe to share between
+    the decoding threads (and lru_cache may build a missing one twice at worst, harmlessly).
+    """
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile.data))
+        return ImageCms.ImageCmsTransform(
+            source,
+            _srgb_profile(),
+            in_mode,
+            out_mode,
+            ImageCms.Intent.PERCEPTUAL,
+            flags=ImageCms.Flags.NOCACHE,
+        )
+    except MemoryError:
+        raise
+    except (ImageCms.PyCMSError, ValueError, OSError, TypeError) as exc:
+        return f"the profile is damaged or unreadable ({exc})"
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
