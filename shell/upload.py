@@ -95,15 +95,27 @@ class WalkResult:
     ignored: list[str] = field(default_factory=list)
 
 
+#: Pillow formats whose files are JPEGs (start with a JPEG's bytes and decode as one), so the
+#: server takes them though Pillow names them apart: MPO, a JPEG followed by more pictures.
+PILLOW_JPEG_VARIANTS = frozenset({"MPO"})
+
+
 @functools.cache
 def image_suffixes() -> frozenset[str]:
     """Names a directory walk takes: the suffixes of the formats the server accepts, and of
     other image formats people keep beside their photos, so those are tried and refused with
-    the reason rather than passed over in silence. (Cached: it loads every Pillow plugin.)"""
+    the reason rather than passed over in silence. (Cached: it loads every Pillow plugin.)
+
+    Pillow files `.mpo` (the multi-picture JPEG some cameras save) under a format of its own,
+    MPO, but the file is a JPEG and the server stores it as one (PILLOW_JPEG_VARIANTS); a
+    folder walk once passed such photos over. `.jxl` is among the others (photos): Pillow has no
+    plugin for it, and the client's check names it (`JXL images are not accepted`)."""
     registered = Image.registered_extensions()
-    accepted = {ext for ext, fmt in registered.items() if fmt in ACCEPTED_FORMATS}
-    others = {".tif", ".tiff", ".heic", ".heif", ".avif", ".svg", ".psd", ".jp2", ".ico", ".dng"}
-    return frozenset(accepted | others)
+    taken = ACCEPTED_FORMATS | PILLOW_JPEG_VARIANTS
+    accepted = {ext for ext, fmt in registered.items() if fmt in taken}
+    photos = {".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".dng"}
+    graphics = {".svg", ".psd", ".ico"}
+    return frozenset(accepted | photos | graphics)
 
 
 def looks_like_an_image(name: str) -> bool:

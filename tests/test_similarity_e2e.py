@@ -34,10 +34,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         tmp_path_factory.mktemp("similar-e2e"), env={"VITRINE_WEIGHTS": weights()}
     ).start()
     create_users(process, tmp_path_factory.mktemp("accounts"), ("alice", "bob"), PASSWORD)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while "vector index" not in process.log():  # the model and index load in the background
-        assert time.monotonic() < deadline, process.log()
-        time.sleep(0.2)
+    process.wait_for_log("vector index", READY_TIMEOUT_S)  # model and index load in the background
     yield process
     process.stop()
 
