@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import math
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -29,19 +29,9 @@ def announce(line: str, stream: TextIO = sys.stdout) -> None:
     stream.flush()
 
 
+log = logging.getLogger("vitrine.server")
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-class EnvValue(str):
-    """A flag's value taken from its `VITRINE_*` twin: checked after parsing, so that a bad one
-    is blamed on the variable, not on a flag the user never gave."""
-
-    env: str
-
-    def __new__(cls, env: str, text: str) -> EnvValue:
-        value = super().__new__(cls, text)
-        value.env = env
-        return value
 
 
 def port_number(text: str) -> int:
@@ -108,41 +98,6 @@ def log_level(text: str) -> str:
     return text.upper()
 
 
-#: Flags whose values are checked, by destination: (flag, converter).
-CHECKED: dict[str, tuple[str, Callable[[str], object]]] = {
-    "port": ("--port", port_number),
-    "idle_timeout": ("--idle-timeout", positive_seconds),
-    "write_timeout": ("--write-timeout", positive_seconds),
-    "max_image_bytes": ("--max-image-bytes", image_bytes),
-    "max_connections": ("--max-connections", positive_count),
-    "max_connections_per_address": ("--max-connections-per-address", positive_count),
-    "max_connections_per_account": ("--max-connections-per-account", positive_count),
-    "log_level": ("--log-level", log_level),
-}
-
-
-def from_flag(convert: Callable[[str], object]) -> Callable[[str], object]:
-    """`convert` for values given as flags; a twin's value passes through to `check_env`."""
-
-    def converter(text: str) -> object:
-        return text if isinstance(text, EnvValue) else convert(text)
-
-    converter.__name__ = convert.__name__
-    return converter
-
-
-def check_env(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Convert what came from environment twins, refusing a bad one the way argparse refuses a
-    bad flag (one line, exit 2) but naming the variable."""
-    for dest, (_flag, convert) in CHECKED.items():
-        value = getattr(args, dest)
-        if isinstance(value, EnvValue):
-            try:
-                setattr(args, dest, convert(value))
-            except argparse.ArgumentTypeError as exc:
-                parser.error(f"{value.env}: {exc}")
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Serve a Vitrine image repository over TLS 1.3.")
     cfg.add_option(parser, "--host", default="127.0.0.1", help="address to listen on")
@@ -150,7 +105,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser,
         "--port",
         default=7878,
-        type=from_flag(port_number),
+        type=port_number,
         help="port to listen on (0: any free)",
     )
     cfg.add_option(
@@ -168,42 +123,42 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser,
         "--idle-timeout",
         default=300.0,
-        type=from_flag(positive_seconds),
+        type=positive_seconds,
         help="seconds before a silent connection is closed",
     )
     cfg.add_option(
         parser,
         "--write-timeout",
         default=ServerConfig.write_timeout_s,
-        type=from_flag(positive_seconds),
+        type=positive_seconds,
         help="seconds a peer may leave an answer unread before its connection is dropped",
     )
     cfg.add_option(
         parser,
         "--max-image-bytes",
         default=ServerConfig.max_image_bytes,
-        type=from_flag(image_bytes),
+        type=image_bytes,
         help=f"largest image file accepted, in bytes (at most {LARGEST_IMAGE_BYTES})",
     )
     cfg.add_option(
         parser,
         "--max-connections",
         default=ServerConfig.max_connections,
-        type=from_flag(positive_count),
+        type=positive_count,
         help="open connections at once, server-wide (each idle one holds about 275 KB)",
     )
     cfg.add_option(
         parser,
         "--max-connections-per-address",
         default=ServerConfig.max_connections_per_address,
-        type=from_flag(positive_count),
+        type=positive_count,
         help="open connections from one client address (an IPv6 /64 counts as one)",
     )
     cfg.add_option(
         parser,
         "--max-connections-per-account",
         default=ServerConfig.max_connections_per_account,
-        type=from_flag(positive_count),
+        type=positive_count,
         help="connections logged in as one account at once",
     )
     cfg.add_option(
@@ -211,6 +166,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--weights",
         help="MobileNetV2 no-top .weights.h5 for search by image (default: Keras' own ImageNet "
         "download, which needs internet); without a model the rest of the server still works",
+    )
+    cfg.add_option(
+        parser,
+        "--cache-dir",
+        default=str(cfg.platform_cache_dir()),
+        type=Path,
+        help="where the image model, converted once per weights file, is kept (safe to delete: "
+        "the next start converts it again)",
     )
     parser.add_argument(
         "--no-colours",
@@ -231,19 +194,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser,
         "--log-level",
         default="INFO",
-        type=from_flag(log_level),
+        type=log_level,
         choices=LOG_LEVELS,
         help="how much to log",
     )
-    for dest, (flag, _convert) in CHECKED.items():
-        env = cfg.env_name(flag)
-        value = cfg.env_value(env)  # empty is unset, as for every other variable
-        if value is not None:
-            parser.set_defaults(**{dest: EnvValue(env, value)})
     args = parser.parse_args(argv)
-    check_env(parser, args)
+    # A value from a VITRINE_* variable is checked here, so that a bad one is blamed on the
+    # variable (argparse would name the flag), and remembered, so that later sentences are too.
+    cfg.settle(parser, args)
     if (args.tls_cert is None) != (args.tls_key is None):
-        parser.error("--tls-cert and --tls-key go together: give both or neither")
+        cert, key = cfg.setting(args, "--tls-cert"), cfg.setting(args, "--tls-key")
+        parser.error(f"{cert.name} and {key.name} go together: give both or neither")
     return args
 
 
@@ -256,12 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_level)
     try:
         if args.check:
-            report = check_data_dir(Path(args.data_dir), tls_files=tls_files_of(args))
+            report = check_data_dir(Path(args.data_dir), tls_files_of(args), tls_settings_of(args))
             print(report.text(), flush=True)
             return 0 if report.ok else 1
         return run_server(args)
     except DataDirError as exc:
-        print(f"vitrine: {exc}", file=sys.stderr)
+        print(f"vitrine: {exc.naming(cfg.setting(args, '--data-dir'))}", file=sys.stderr)
         # A path that can never be a data directory is a bad argument, like argparse's own.
         return 2 if isinstance(exc, DataDirPathError) else 1
     except TlsIdentityError as exc:
@@ -269,10 +230,31 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def check_cache_dir(path: Path, given: cfg.Setting) -> None:
+    """Warn, once and naming the setting, of a model cache that cannot be made: it costs
+    start-up time, not service (the model is converted at every start and run from memory),
+    so it is no reason to refuse. A folder there already passes, even read-only: a cache
+    filled beforehand, in an image, is only read."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning(
+            "cannot use %s as the model cache (%s): search by image still works, but the "
+            "model is converted again at every start",
+            given.shown(path),
+            exc.strerror or exc,
+        )
+
+
 def tls_files_of(args: argparse.Namespace) -> tuple[Path, Path] | None:
     """--tls-cert and --tls-key as the pair `serve` and `--check` take (parse_args refused
     half a pair: both or neither)."""
     return None if args.tls_cert is None else (Path(args.tls_cert), Path(args.tls_key))
+
+
+def tls_settings_of(args: argparse.Namespace) -> tuple[cfg.Setting, cfg.Setting]:
+    """Where --tls-cert and --tls-key came from, for the sentences that name them."""
+    return cfg.setting(args, "--tls-cert"), cfg.setting(args, "--tls-key")
 
 
 def run_server(args: argparse.Namespace) -> int:
@@ -287,11 +269,13 @@ def run_server(args: argparse.Namespace) -> int:
         max_connections_per_address=int(args.max_connections_per_address),
         max_connections_per_account=int(args.max_connections_per_account),
         weights=args.weights or None,
+        cache_dir=Path(args.cache_dir),
         colours=not args.no_colours,
     )
     # Before the TLS identity, which would otherwise be the first to trip over a bad path.
     prepare_data_dir(config.data_dir)
-    identity = identity_after_refusals(config, tls_files_of(args))
+    check_cache_dir(Path(args.cache_dir), cfg.setting(args, "--cache-dir"))
+    identity = identity_after_refusals(config, tls_files_of(args), tls_settings_of(args))
 
     try:
         asyncio.run(serve(config, identity, announce))

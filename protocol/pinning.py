@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from util.config import Setting
 from util.files import side_file_lock, write_atomically
 
 #: Editors on some systems start a UTF-8 file with a byte-order mark; it is not part of a pin.
@@ -48,6 +49,9 @@ LOCK_NAME = "known_servers.lock"
 @dataclass
 class KnownServers:
     path: Path
+    #: Where the config directory (the file's folder) came from, for the sentence that blames
+    #: it: `VITRINE_CONFIG_DIR` when the variable gave it, not a flag nobody typed.
+    config_dir: Setting = field(default_factory=lambda: Setting("--config-dir"))
 
     def _read(self) -> str:
         try:
@@ -57,7 +61,7 @@ class KnownServers:
         except (OSError, UnicodeDecodeError) as exc:
             # Pins that cannot be read cannot vouch for any server: refuse, and say what to fix.
             if isinstance(exc, NotADirectoryError):
-                raise _not_a_directory(self.path) from None
+                raise _not_a_directory(self.path, self.config_dir) from None
             raise PinningError(
                 f"Cannot read the known servers file {self.path}: {_reason(exc)}. "
                 "Fix or remove it (every server is then asked about again)."
@@ -93,7 +97,7 @@ class KnownServers:
                 write_atomically(self.path, _repinned(self._read(), server, fingerprint).encode())
         except OSError as exc:
             if isinstance(exc, NotADirectoryError | FileExistsError):
-                raise _not_a_directory(self.path) from None
+                raise _not_a_directory(self.path, self.config_dir) from None
             raise PinningError(
                 f"Cannot save the pin for {server} in {self.path}: {_reason(exc)}."
             ) from None
@@ -147,10 +151,10 @@ def _pin(line: str) -> tuple[str, str] | None:
     return fields[0], fields[1]
 
 
-def _not_a_directory(path: Path) -> PinningError:
+def _not_a_directory(path: Path, config_dir: Setting) -> PinningError:
     """The fault is the config directory (`--config-dir` naming a file), not the pins in it."""
     return PinningError(
-        f"The config directory {path.parent} is not a directory (is --config-dir a file?). "
+        f"The config directory {path.parent} is not a directory (is {config_dir.name} a file?). "
         "Pass a directory, or remove the file in its place."
     )
 

@@ -93,54 +93,61 @@ def ensure_self_signed(
     return cert_path, key_path
 
 
-def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
+def server_context(
+    cert_path: Path, key_path: Path, names: tuple[str, str] | None = None
+) -> ssl.SSLContext:
     """Raises TlsIdentityError naming the file at fault: OpenSSL's own errors ("PEM lib",
-    "KEY_VALUES_MISMATCH") name neither file nor fault."""
-    check_pair(cert_path, key_path)
+    "KEY_VALUES_MISMATCH") name neither file nor fault. `names` are the files as the messages
+    name them (`VITRINE_TLS_CERT=/x`: the caller knows where each path came from); the paths
+    themselves by default."""
+    cert_name, key_name = names or (str(cert_path), str(key_path))
+    check_pair(cert_path, key_path, (cert_name, key_name))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     try:
         context.load_cert_chain(cert_path, key_path)
     except (ssl.SSLError, OSError) as exc:  # whatever the checks above did not foresee
         raise TlsIdentityError(
-            f"cannot use the certificate {cert_path} with the key {key_path}: "
+            f"cannot use the certificate {cert_name} with the key {key_name}: "
             f"{getattr(exc, 'reason', None) or exc}"
         ) from None
     return context
 
 
-def check_pair(cert_path: Path, key_path: Path) -> None:
-    """Both files readable PEM, unencrypted key, and the key the certificate's own."""
-    cert_data = _read(cert_path, "certificate")
-    key_data = _read(key_path, "private key")
+def check_pair(cert_path: Path, key_path: Path, names: tuple[str, str] | None = None) -> None:
+    """Both files readable PEM, unencrypted key, and the key the certificate's own. `names`
+    as for `server_context`."""
+    cert_name, key_name = names or (str(cert_path), str(key_path))
+    cert_data = _read(cert_path, "certificate", cert_name)
+    key_data = _read(key_path, "private key", key_name)
     try:
         cert = x509.load_pem_x509_certificate(cert_data)
     except ValueError:
         raise TlsIdentityError(
-            f"the TLS certificate {cert_path} is not a PEM certificate (damaged or truncated?)"
+            f"the TLS certificate {cert_name} is not a PEM certificate (damaged or truncated?)"
         ) from None
     try:
         key = serialization.load_pem_private_key(key_data, password=None)
     except TypeError:
         raise TlsIdentityError(
-            f"the TLS private key {key_path} is encrypted; Vitrine needs it unencrypted"
+            f"the TLS private key {key_name} is encrypted; Vitrine needs it unencrypted"
         ) from None
     except (ValueError, UnsupportedAlgorithm):
         raise TlsIdentityError(
-            f"the TLS private key {key_path} is not a PEM private key (damaged or truncated?)"
+            f"the TLS private key {key_name} is not a PEM private key (damaged or truncated?)"
         ) from None
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
         raise TlsIdentityError(
-            f"the TLS private key {key_path} does not belong to the certificate {cert_path}"
+            f"the TLS private key {key_name} does not belong to the certificate {cert_name}"
         )
 
 
-def _read(path: Path, what: str) -> bytes:
+def _read(path: Path, what: str, name: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise TlsIdentityError(f"cannot read the TLS {what} {path}: {exc.strerror}") from None
+        raise TlsIdentityError(f"cannot read the TLS {what} {name}: {exc.strerror}") from None
 
 
 def client_context(ca_file: Path | None = None) -> ssl.SSLContext:

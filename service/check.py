@@ -54,8 +54,9 @@ from service.data_dir import (
     unreadable_database,
     wrong_blob_key,
 )
-from service.identity import identity_after_refusals
+from service.identity import TLS_FLAGS, identity_after_refusals
 from service.similarity import INDEX_DIR
+from util.config import Setting
 
 #: Problems listed one by one up to this many; beyond, only counted.
 MAX_LISTED = 20
@@ -87,15 +88,18 @@ class CheckReport:
 
 def check_data_dir(
     data_dir: Path,
-    purge_after_s: float = 30 * 24 * 3600.0,
     tls_files: tuple[Path, Path] | None = None,
+    tls_settings: tuple[Setting, Setting] = TLS_FLAGS,
 ) -> CheckReport:
     """Raises DataDirPathError when `data_dir` is not a directory at all. `tls_files` are
-    --tls-cert and --tls-key, if given: checked instead of the self-made pair, as a start would."""
+    --tls-cert and --tls-key, if given: checked instead of the self-made pair, as a start would,
+    and named as `tls_settings` say they were given (a VITRINE_* variable, or the flag).
+    Images are "due for purge" by `ServerConfig.purge_after_s`, the age a start purges at, so
+    the count is what the next start will purge."""
     if data_dir.exists() and not data_dir.is_dir():
         raise not_a_directory(data_dir)
     report = CheckReport()
-    _check_tls_identity(data_dir, tls_files, report)
+    _check_tls_identity(data_dir, tls_files, tls_settings, report)
     db_path = data_dir / DB_FILE
     try:
         version = database_version(db_path)
@@ -135,7 +139,7 @@ def check_data_dir(
         if lock_fd is not None:  # not while a server runs: its writes are no question
             conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # holds the WAL open
             _report_unwritable(db_path, report)
-        _check_rows_and_blobs(conn, data_dir, purge_after_s, report)
+        _check_rows_and_blobs(conn, data_dir, ServerConfig.purge_after_s, report)
         _check_vector_index(data_dir / INDEX_DIR, report)
     except sqlite3.DatabaseError as exc:
         report.problems.append(unreadable_database(db_path, exc))
@@ -152,14 +156,17 @@ def check_data_dir(
 
 
 def _check_tls_identity(
-    data_dir: Path, tls_files: tuple[Path, Path] | None, report: CheckReport
+    data_dir: Path,
+    tls_files: tuple[Path, Path] | None,
+    tls_settings: tuple[Setting, Setting],
+    report: CheckReport,
 ) -> None:
     """A problem when a start would refuse the TLS files (half a pair, damaged, mismatched),
     asked through the start's own check so the words are the same and `--check && server.py`
     cannot pass here and be refused there. A missing pair is not made: a start makes it, and
     a line says so when clients have pinned the old one (a restore that missed both files)."""
     try:
-        identity_after_refusals(ServerConfig(data_dir=data_dir), tls_files)
+        identity_after_refusals(ServerConfig(data_dir=data_dir), tls_files, tls_settings)
     except tls.TlsIdentityError as exc:
         report.problems.append(str(exc))
         return

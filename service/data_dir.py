@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from repository import images as image_repo
@@ -25,12 +26,29 @@ from repository.blobstore import (
 from repository.database import Database, connect_read_only
 from repository.migrations import MIGRATIONS
 from service.similarity import INDEX_DIR
+from util.config import Setting
 
 log = logging.getLogger("vitrine.server")
 
 
+#: The --data-dir the sentences below name unless told (`DataDirError.naming`) otherwise.
+DATA_DIR = Setting("--data-dir")
+
+
 class DataDirError(Exception):
-    """The data directory cannot be served as it stands; the message says why and what to do."""
+    """The data directory cannot be served as it stands; the message says why and what to do.
+
+    One that blames the setting is worded only where it is reported (`naming`): the code that
+    finds the fault does not know whether the path came from --data-dir or VITRINE_DATA_DIR,
+    and a sentence naming the flag would send the user looking for a flag nobody typed."""
+
+    def __init__(self, message: str | Callable[[Setting], str]) -> None:
+        self._sentence = message if callable(message) else None
+        super().__init__(message(DATA_DIR) if callable(message) else message)
+
+    def naming(self, setting: Setting) -> str:
+        """The message, with the data directory named as `setting` gave it."""
+        return self._sentence(setting) if self._sentence is not None else str(self)
 
 
 class DataDirPathError(DataDirError):
@@ -50,15 +68,21 @@ def prepare_data_dir(path: Path) -> Path:
     except FileExistsError:
         raise not_a_directory(path) from None
     except OSError as exc:
+        reason = exc.strerror
         raise DataDirPathError(
-            f"cannot use {path} as the data directory: {exc.strerror}; "
-            "choose another --data-dir or fix its permissions."
+            lambda given: (
+                f"cannot use {given.shown(path)} as the data directory: {reason}; "
+                # "choose another VITRINE_DATA_DIR or --data-dir, or fix": one "or" per choice
+                f"choose another {given.either}{',' if given.env else ''} or fix its permissions."
+            )
         ) from None
     return path
 
 
 def not_a_directory(path: Path) -> DataDirPathError:
-    return DataDirPathError(f"{path} is not a directory; choose another --data-dir.")
+    return DataDirPathError(
+        lambda given: f"{given.shown(path)} is not a directory; choose another {given.either}."
+    )
 
 
 DB_FILE = "vitrine.db"
@@ -85,8 +109,10 @@ def lock_data_dir(data_dir: Path) -> int:
     except BlockingIOError:
         os.close(fd)
         raise DataDirBusy(
-            f"Another Vitrine server is using {data_dir}; stop it first or choose another "
-            "--data-dir."
+            lambda given: (
+                f"Another Vitrine server is using {data_dir}; stop it "
+                f"first or choose another {given.either}."
+            )
         ) from None
     return fd
 

@@ -100,6 +100,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     # looking for a flag that nobody typed.
     parser.set_defaults(server=None, timeout=None)
     args = parser.parse_args(argv)
+    cfg.settle(parser, args)  # the other variables' values, and where each came from
     args.server_source = "--server"
     if args.server is None:
         from_env = cfg.env_value(cfg.env_name("--server"))
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(OSError):
         cfg.private_directory(config_dir)
     trust = TrustPolicy(
-        known_servers=KnownServers(config_dir / "known_servers"),
+        known_servers=KnownServers(config_dir / "known_servers", cfg.setting(args, "--config-dir")),
         trust_new=args.trust_new_server,
         expected=args.fingerprint,
         # Asked only where it can be seen and answered: with stderr redirected the question
@@ -267,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             ssl.create_default_context(cafile=args.ca_file)
         except (OSError, ssl.SSLError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            print(f"vitrine: cannot use --ca-file {args.ca_file}: {reason}", file=sys.stderr)
+            given = cfg.setting(args, "--ca-file").given(args.ca_file)
+            print(f"vitrine: cannot use {given}: {reason}", file=sys.stderr)
             return 2
     connection = ServerConnection(
         host, port, trust, ca_file=args.ca_file, answer_timeout=args.timeout

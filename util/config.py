@@ -9,6 +9,12 @@ and `--fingerprint`, are command-line only. The client's `--data-dir` is
 server's data directory. Defaults come from platformdirs so a plain `python server.py` works
 with nothing set up.
 
+A value is blamed on where it came from: a bad one from a variable is refused naming the
+variable (`VITRINE_PORT: 'abc' is not a port number`, `VITRINE_DATA_DIR=/etc/passwd is not a
+directory`), never a flag that nobody typed. `add_option` marks such a value (`EnvValue`) and
+`settle` converts it after parsing and records its `Setting`, which the code that words a
+message about the value takes.
+
 A variable set but empty (`VITRINE_CONFIG_DIR=`) counts as unset, for every variable here
 (`env_value`): an empty path would otherwise mean the current directory, and the client would
 write its pins, history and carts wherever it happened to be started.
@@ -23,6 +29,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
@@ -43,7 +51,13 @@ def default_client_data_dir() -> Path:
 
 
 def default_cache_dir() -> Path:
-    return Path(env_value("VITRINE_CACHE_DIR") or platformdirs.user_cache_dir(APP_NAME))
+    """The server's model cache when no --cache-dir reached it (the bench scripts): the same
+    variable, so that they share the server's converted model."""
+    return Path(env_value("VITRINE_CACHE_DIR") or platform_cache_dir())
+
+
+def platform_cache_dir() -> Path:
+    return Path(platformdirs.user_cache_dir(APP_NAME))
 
 
 def private_directory(path: Path) -> None:
@@ -81,6 +95,61 @@ def env_name(flag: str) -> str:
     return "VITRINE_" + flag.lstrip("-").replace("-", "_").upper()
 
 
+class EnvValue(str):
+    """A flag's value taken from its `VITRINE_*` twin, not yet converted: checked after parsing
+    (`settle`), so that a bad one is blamed on the variable, not on a flag the user never gave.
+    It carries the flag's converter, which argparse must not run on it."""
+
+    env: str
+    flag: str
+    convert: Callable[[str], object] | None
+
+    def __new__(
+        cls, env: str, text: str, flag: str = "", convert: Callable[[str], object] | None = None
+    ) -> EnvValue:
+        value = super().__new__(cls, text)
+        value.env, value.flag, value.convert = env, flag, convert
+        return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Where a flag's value came from, for the sentences about it: `env` is the variable when
+    the value was taken from it. With `env` None every wording is the flag's alone, exactly as
+    before variables existed, so messages about a typed flag do not change."""
+
+    flag: str
+    env: str | None = None
+
+    @property
+    def name(self) -> str:
+        """What the user set: `is VITRINE_CONFIG_DIR a file?`."""
+        return self.env or self.flag
+
+    @property
+    def either(self) -> str:
+        """What the user may change: `choose another VITRINE_DATA_DIR or --data-dir`."""
+        return f"{self.env} or {self.flag}" if self.env else self.flag
+
+    def shown(self, value: object) -> str:
+        """The value where a sentence names it: `VITRINE_DATA_DIR=/etc/passwd is not...`."""
+        return f"{self.env}={value}" if self.env else str(value)
+
+    def given(self, value: object) -> str:
+        """The value with what gave it: `--ca-file /x`, `VITRINE_CA_FILE=/x`."""
+        return f"{self.env}={value}" if self.env else f"{self.flag} {value}"
+
+
+def from_flag(convert: Callable[[str], object]) -> Callable[[str], object]:
+    """`convert` for values given as flags; a twin's value passes through to `settle`."""
+
+    def converter(text: str) -> object:
+        return text if isinstance(text, EnvValue) else convert(text)
+
+    converter.__name__ = getattr(convert, "__name__", "value")  # argparse's "invalid X value"
+    return converter
+
+
 def add_option(
     parser: argparse.ArgumentParser,
     flag: str,
@@ -88,14 +157,43 @@ def add_option(
     default: object = None,
     help: str,
     env: str | None = None,
+    type: Callable[[str], object] | None = None,
     **kwargs: object,
 ) -> None:
     """Add `flag` with its environment twin as the default, and say so in the help. `env`
-    names the twin where env_name's would be another program's (the client's --data-dir)."""
+    names the twin where env_name's would be another program's (the client's --data-dir).
+    A twin's value stays an `EnvValue` until `settle` converts it."""
     env = env or env_name(flag)
     from_env = env_value(env)
-    value = default if from_env is None else from_env
-    parser.add_argument(flag, default=value, help=f"{help} (env {env})", **kwargs)  # type: ignore[arg-type]
+    value = default if from_env is None else EnvValue(env, from_env, flag, type)
+    converter = None if type is None else from_flag(type)
+    parser.add_argument(flag, default=value, type=converter, help=f"{help} (env {env})", **kwargs)  # type: ignore[arg-type]
+
+
+def settle(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Convert what came from environment twins, refusing a bad one the way argparse refuses a
+    bad flag (one line, exit 2) but naming the variable; and keep where each came from in
+    `args.settings` (see `setting`)."""
+    settings: dict[str, Setting] = {}
+    for dest, value in vars(args).items():
+        if not isinstance(value, EnvValue):
+            continue
+        settings[dest] = Setting(value.flag, value.env)
+        if value.convert is None:
+            setattr(args, dest, str(value))
+            continue
+        try:
+            setattr(args, dest, value.convert(str(value)))
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"{value.env}: {exc}")
+    args.settings = settings
+
+
+def setting(args: argparse.Namespace, flag: str) -> Setting:
+    """Where `flag`'s value in `args` (settled) came from: its variable, or the command line or
+    the default, which the flag names."""
+    dest = flag.lstrip("-").replace("-", "_")
+    return getattr(args, "settings", {}).get(dest) or Setting(flag)
 
 
 def split_host_port(text: str, default_port: int) -> tuple[str, int]:
