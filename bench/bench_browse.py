@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bench.fill import COMMON_TAG, RARE_TAG, fill, start_server
 from bench.machine import describe, rss_mib
+from bench.stats import percentile
 from protocol.base import Request
 from protocol.catalog import Batch, Browse, ListingOptions
 from protocol.messages import Login, Session
@@ -31,12 +32,6 @@ from tests.servers import ServerProcess
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_browse.json"
 TARGET_MS = 100.0
-
-
-def percentile(values: list[float], share: float) -> float:
-    """Nearest-rank percentile (the value below which `share` of the samples fall)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 def first_batch(connection: ServerConnection, request: Request) -> tuple[float, int, int]:

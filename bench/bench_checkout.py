@@ -14,7 +14,6 @@ connections, one per client, each logged in as a different buyer. Three workload
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
 import statistics
@@ -25,10 +24,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
+from bench.fault_loop import jpeg
 from bench.machine import describe
+from bench.stats import percentile
 from protocol.catalog import CartLine, Checkout, OrderPlaced, Uploaded, UploadImage
 from protocol.messages import CreateUser, Login, Session
 from shell.connection import ServerConnection
@@ -38,18 +36,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "bench_checkout.json"
 PASSWORD = "benchmark password"
 IMAGES = 50
 STOCK = 1_000_000
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-
-def jpeg(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, "JPEG", quality=80)
-    return out.getvalue()
 
 
 def login(server: ServerProcess, home: Path, name: str) -> ServerConnection:

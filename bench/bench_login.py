@@ -19,16 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.machine import describe
+from bench.stats import percentile
 from protocol.messages import CreateUser, Login, Session
 from tests.servers import ServerProcess
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_login.json"
 PASSWORD = "benchmark password"
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 def main(argv: list[str] | None = None) -> int:

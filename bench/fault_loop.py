@@ -53,6 +53,7 @@ HANG_S = 120.0
 
 
 def jpeg(seed: int) -> bytes:
+    """A small random JPEG, different for each seed (the checkout benchmark uses it too)."""
     pixels = np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, "JPEG", quality=80)

@@ -32,7 +32,6 @@ import colorsys
 import math
 import os
 import re
-import sqlite3
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -403,20 +402,3 @@ def wait_for_index(server: ServerProcess, timeout: float) -> Readiness:
             raise RuntimeError("the server exited:\n" + log[-3000:])
         time.sleep(0.2)
     raise TimeoutError(f"search by image not ready after {timeout:.0f} s:\n" + server.log()[-3000:])
-
-
-def db_counts(data_dir: Path, model: str | None) -> tuple[int, int]:
-    """(live images, live images with an embedding of `model`), read beside a running server."""
-    conn = sqlite3.connect(f"file:{data_dir / 'vitrine.db'}?mode=ro", uri=True, timeout=10)
-    try:
-        (rows,) = conn.execute("SELECT COUNT(*) FROM images WHERE deleted_at IS NULL").fetchone()
-        embedded = 0
-        if model is not None:
-            (embedded,) = conn.execute(
-                "SELECT COUNT(*) FROM embeddings e JOIN images i ON i.id = e.image_id "
-                "WHERE i.deleted_at IS NULL AND e.model = ?",
-                (model,),
-            ).fetchone()
-        return rows, embedded
-    finally:
-        conn.close()

@@ -38,10 +38,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.bench_browse import percentile
 from bench.bench_ingest import cpu_seconds
 from bench.fill import CATEGORIES, COLOUR_WORDS, MATERIALS, Filled, fill, start_server
 from bench.machine import describe, rss_mib
+from bench.stats import percentile
 
 RESULTS = Path(__file__).resolve().parent / "results" / "load.json"
 MIX = {"browse": 40, "text search": 20, "search by image": 20, "colour search": 10, "checkout": 10}

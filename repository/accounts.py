@@ -86,10 +86,9 @@ def create_session(
     expiry index (v11), it is a bounded amount of work for the login that does it, and as
     each login removes more dead rows than it adds, the table shrinks to the live sessions
     whenever anyone logs in. A purge of only the user's own sessions would leave those of
-    users who never come back for good; a purge of all at start-up would need the server to
-    restart (and `purge_expired_sessions` is there for that too). An expired row is worth
-    nothing: a Resume of its token answers as for an unknown one, and `session_expires_at` of
-    a deleted session is None, as of an expired one."""
+    users who never come back for good; a purge of all at start-up (there is none) would wait
+    for a restart. An expired row is worth nothing: a Resume of its token answers as for an
+    unknown one, and `session_expires_at` of a deleted session is None, as of an expired one."""
     now = time.time()
     # Two statements, each its own transaction: the purge needs no atomicity with the insert,
     # and a statement that fails on a failing disk is rolled back by SQLite itself, where a
@@ -106,14 +105,15 @@ def create_session(
     return None
 
 
-def purge_expired_sessions(conn: sqlite3.Connection, now: float, limit: int | None = None) -> int:
-    """Delete sessions expired by `now` (at most `limit`, the soonest expired first); returns
-    how many. Revoked ones stay until they expire too: a row is needed for nothing after its
-    expiry, and before it the revocation is what refuses its token."""
+def purge_expired_sessions(conn: sqlite3.Connection, now: float, limit: int) -> int:
+    """Delete up to `limit` sessions expired by `now`, the soonest expired first; returns how
+    many. The limit keeps it a bounded piece of the login that calls it. Revoked ones stay
+    until they expire too: a row is needed for nothing after its expiry, and before it the
+    revocation is what refuses its token."""
     cursor = conn.execute(
         "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE expires_at <= ? "
         "ORDER BY expires_at LIMIT ?)",
-        (now, -1 if limit is None else limit),
+        (now, limit),
     )
     return cursor.rowcount
 

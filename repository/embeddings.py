@@ -41,17 +41,17 @@ def vector_from(blob: bytes) -> np.ndarray | None:
 
 
 def iter_embeddings(
-    conn: sqlite3.Connection, model: str, chunk: int = REBUILD_CHUNK
+    conn: sqlite3.Connection, model: str
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids, vectors) of live images with an embedding of `model`, ascending, chunk by chunk,
-    so a rebuild never holds a second full copy of the vectors."""
+    """(ids, vectors) of live images with an embedding of `model`, ascending, `REBUILD_CHUNK`
+    at a time, so a rebuild never holds a second full copy of the vectors."""
     after = 0
     while True:
         rows = conn.execute(
             "SELECT e.image_id, e.vector FROM embeddings e CROSS JOIN images i "
             "ON i.id = e.image_id WHERE e.image_id > ? AND e.model = ? "
             "AND i.deleted_at IS NULL ORDER BY e.image_id LIMIT ?",
-            (after, model, chunk),
+            (after, model, REBUILD_CHUNK),
         ).fetchall()
         if not rows:
             return

@@ -32,7 +32,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar, cast
+from typing import Any, BinaryIO, cast
 
 import faiss
 import numpy as np
@@ -263,8 +263,6 @@ class VectorIndex:
     Thread-safe: any number of ``search`` calls may run while ``add``/``remove`` happen.
     ``add`` upserts (an id added twice keeps its latest vector); ``remove`` is final.
     """
-
-    FORMAT: ClassVar[int] = _FORMAT
 
     def __init__(
         self,

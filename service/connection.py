@@ -330,10 +330,8 @@ class Connection:
                 raise ConnectionError("peer stopped reading") from None
             self.active_at = time.monotonic()
 
-    async def _send_error(
-        self, request_id: int, code: ErrorCode, message: str, details: list[str] | None = None
-    ) -> None:
-        await self.send(_error(request_id, code, message, details))
+    async def _send_error(self, request_id: int, code: ErrorCode, message: str) -> None:
+        await self.send(_error(request_id, code, message))
 
     # --- the loop --------------------------------------------------------------------------------
 

@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from protocol.errors import ErrorCode, VitrineError
+from protocol.framing import DEFAULT_MAX_FRAME
+from protocol.limits import MAX_BATCH
 from protocol.messages import SESSION_LIFETIME_S
 from repository.accounts import User
 from repository.blobstore import BlobStore
 from repository.database import Database
 from service.auth import DeviceTokens, LoginThrottle
+from util.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from repository.images import NewImage
@@ -47,13 +50,13 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 7878
     data_dir: Path = Path(".")
-    max_frame_bytes: int = 32 * 1024 * 1024
+    max_frame_bytes: int = DEFAULT_MAX_FRAME
     #: Frames before a login are Hello, Login, CreateUser and Resume, all a few hundred bytes:
     #: an anonymous peer may not make the server buffer an upload-sized frame.
     max_anonymous_frame_bytes: int = 64 * 1024
-    max_image_bytes: int = 25 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
-    max_batch: int = 500
+    max_image_bytes: int = DEFAULT_MAX_BYTES
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_batch: int = MAX_BATCH
     max_in_flight: int = 32
     #: Open connections at once (each idle TLS one holds ~275 KB and a file descriptor): at
     #: most ~280 MB of idle connections; start-up lowers it to fit the open-file limit.

@@ -103,7 +103,6 @@ class VitrineShell(cmd2.Cmd):
         self.data_dir = data_dir
         self.config_dir = config_dir
         self.console = Console(file=self.stdout, soft_wrap=False)
-        self.error_console = Console(file=sys.stderr, soft_wrap=False)
         self.default_error = "{} is not a Vitrine command; type help to see the commands."
         self.help_error = self.default_error
         for name in REMOVED_BUILTINS:

@@ -89,17 +89,13 @@ from shell.order_commands import order_json
 from shell.pictures import picture_renderable
 from shell.text import plural, printable
 from shell.upload import INTERRUPT_GRACE_S
-from util.money import format_cents, parse_quantity
+from util.money import QUANTITY_DIGITS, format_cents, parse_quantity
 
 #: A server detail line names its image first: "image 12: sold out, 1 wanted".
 _DETAIL = re.compile(r"image (\d+): (.*)", re.DOTALL)
 
 
 # --- arguments -----------------------------------------------------------------------------------
-
-
-#: ASCII digits only, as util.money's parsers take them.
-_QUANTITY = re.compile(r"[0-9]+")
 
 
 def signed_quantity(text: str) -> int:
@@ -112,7 +108,7 @@ def signed_quantity(text: str) -> int:
     # Past MAX_LINE_QUANTITY in the cart's words, not parse_quantity's stock limit (a thousand
     # times larger): a cart's quantities have one limit and one message.
     digits = raw[1:] if raw[:1] in ("+", "-") else raw
-    if _QUANTITY.fullmatch(digits) and (
+    if QUANTITY_DIGITS.fullmatch(digits) and (
         len(digits.lstrip("0")) > len(str(MAX_LINE_QUANTITY)) or int(digits) > MAX_LINE_QUANTITY
     ):
         raise argparse.ArgumentTypeError(LINE_LIMIT)

@@ -21,7 +21,8 @@ from protocol.limits import MAX_CENTS, MAX_QUANTITY
 # [0-9], not \d: \d also matches other scripts' digits, which Decimal would accept too.
 _PRICE: Final = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 _DECIMALS: Final = re.compile(r"[0-9]*\.([0-9]+)")
-_QUANTITY: Final = re.compile(r"[0-9]+")
+#: A quantity's digits; shell.cart_commands reads a cart's quantities with it too.
+QUANTITY_DIGITS: Final = re.compile(r"[0-9]+")
 
 
 def _shown(text: str) -> str:
@@ -75,11 +76,11 @@ def parse_quantity(text: str) -> int:
     shell.cart_commands.typed_count), or "+5" silently sets what was meant to be added.
     """
     raw = text.strip()
-    if raw.startswith("-") and _QUANTITY.fullmatch(raw[1:]):
+    if raw.startswith("-") and QUANTITY_DIGITS.fullmatch(raw[1:]):
         raise ValueError(f"A quantity cannot be negative ({_shown(raw)}); give 0 or more.")
     if raw.startswith("+"):
         raw = raw[1:]
-    if not _QUANTITY.fullmatch(raw):
+    if not QUANTITY_DIGITS.fullmatch(raw):
         raise ValueError(f"{_shown(text)!r} is not a quantity; give a whole number like 3.")
     if len(raw.lstrip("0")) > len(str(MAX_QUANTITY)) or int(raw) > MAX_QUANTITY:
         raise ValueError(f"{_shown(raw)} is more than the largest quantity, {MAX_QUANTITY}.")
@@ -118,7 +119,7 @@ def parse_stock_change(text: str) -> StockChange:
     raw = text.strip()
     if raw[:1] in ("+", "-"):
         sign, digits = (-1 if raw[0] == "-" else 1), raw[1:]
-        if not _QUANTITY.fullmatch(digits):
+        if not QUANTITY_DIGITS.fullmatch(digits):
             raise ValueError(
                 f"{_shown(text)!r} is not a change of stock; write +5 to add 5, -2 to take 2, "
                 "or 7 to set the count."
