@@ -9,9 +9,11 @@ correct decode gives back the sRGB original. The last test goes through a real s
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
 import struct
+import tracemalloc
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -241,20 +243,40 @@ def test_wide_gamut_photos_decode_to_their_srgb_colours(profile: bytes, fmt: str
 def test_srgb_profiles_are_recognised_without_building_a_transform() -> None:
     original = product()
     plain = decode_image(_encode(original, "JPEG", quality=90)).image
-    before = images._transform.cache_info().misses
+    before = images.TRANSFORMS.builds
     for profile in (SRGB_V2, SRGB.tobytes()):
         tagged = decode_image(_encode(original, "JPEG", quality=90, icc_profile=profile)).image
         assert tagged.tobytes() == plain.tobytes()
-    assert images._transform.cache_info().misses == before
+    assert images.TRANSFORMS.builds == before
 
 
 def test_one_transform_per_profile_for_a_batch() -> None:
     data = [_encode(into(product(), P3), "JPEG", quality=90 - i, icc_profile=P3) for i in range(5)]
-    images._transform.cache_clear()
+    images.TRANSFORMS.clear()
     for d in data:
         decode_image(d)
-    info = images._transform.cache_info()
-    assert (info.misses, info.hits) == (1, 4)
+    assert (images.TRANSFORMS.builds, images.TRANSFORMS.hits) == (1, 4)
+
+
+def test_the_cache_does_not_keep_the_profiles() -> None:
+    """Large profiles (a hostile upload's, up to MAX_PROFILE_BYTES) are not held by the cache:
+    a first version keyed it on the profile itself, and 16 uploads of 8 MiB profiles held
+    200 MB of a server's memory for as long as the entries lived."""
+    padded = [P3 + bytes([i]) * (2 * 1024 * 1024) for i in range(8)]
+    data = [_encode(product(), "JPEG", quality=90, icc_profile=p) for p in padded]
+    del padded
+    images.TRANSFORMS.clear()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for d in data:
+            decode_image(d)
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert images.TRANSFORMS.builds == 8
+    assert held < 2 * 1024 * 1024, f"{held:,} bytes still held after decoding"
 
 
 def test_threads_share_transforms_safely() -> None:
@@ -265,7 +287,7 @@ def test_threads_share_transforms_safely() -> None:
         for _ in range(2)
     ] * 8
     serial = [decode_image(d).image.tobytes() for d in data]
-    images._transform.cache_clear()
+    images.TRANSFORMS.clear()
     with ThreadPoolExecutor(4) as pool:
         parallel = list(pool.map(lambda d: decode_image(d).image.tobytes(), data))
     assert parallel == serial

@@ -16,7 +16,6 @@ from PIL import Image
 
 from repository.images import PURGED, soft_delete
 from service.app import close_services, open_services
-from service.check import check_data_dir
 from service.context import ServerConfig
 from service.ingest import Upload, ingest
 from tests.rows import add_users
@@ -53,10 +52,6 @@ def data_dir(tmp_path: Path) -> Path:
     return data_dir
 
 
-def _due(lines: list[str]) -> str | None:
-    return next((line for line in lines if line.startswith(DUE)), None)
-
-
 def test_check_counts_as_due_what_the_next_start_purges(data_dir: Path) -> None:
     done = run_check(data_dir)
     assert "Result: consistent" in done.stdout, done.stdout + done.stderr
@@ -71,11 +66,3 @@ def test_check_counts_as_due_what_the_next_start_purges(data_dir: Path) -> None:
         close_services(services)
     assert purged == 1
     assert DUE not in run_check(data_dir).stdout
-
-
-def test_check_reads_the_servers_grace_period(
-    data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A grace period of two hours makes the image deleted three hours ago due as well."""
-    monkeypatch.setattr(ServerConfig, "purge_after_s", 2 * 3600.0)
-    assert _due(check_data_dir(data_dir).lines) == f"{DUE}: 2 (the next start purges)"

@@ -30,8 +30,10 @@ import io
 import logging
 import re
 import struct
-from dataclasses import dataclass, field
-from typing import Final, NamedTuple
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Final, NamedTuple, TypeAlias
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin
@@ -358,14 +360,17 @@ def to_srgb(img: Image.Image) -> Image.Image:
         return img
     if problem is None:
         source, in_mode, out_mode, alpha = _transform_input(img, profile[16:20])
-        built = _transform(
-            _Profile(hashlib.blake2b(profile, digest_size=16).digest(), profile), in_mode, out_mode
-        )
+        built = TRANSFORMS.get(profile, in_mode, out_mode)
         if isinstance(built, str):
             problem = built
         else:
             try:
-                converted = built.apply(source)
+                # In place where the modes allow: a 40 MP picture is not held twice.
+                if in_mode == out_mode:
+                    built.apply_in_place(source)
+                    converted = source
+                else:
+                    converted = built.apply(source)
             except MemoryError:
                 raise
             except (ImageCms.PyCMSError, ValueError, OSError) as exc:
@@ -399,7 +404,7 @@ def _is_srgb(profile: bytes) -> bool:
     Reading the profile costs about 1.5 microseconds; building a transform to learn that it
     changes nothing would cost far more. A profile that says sRGB but is not is read as sRGB,
     which is what every viewer that shortcuts the same way shows too; "linear" sRGB variants
-    are not skipped. One Little CMS cannot read is not sRGB, and `_transform` says why.
+    are not skipped. One Little CMS cannot read is not sRGB, and `_build_transform` says why.
     """
     if profile[16:20] != b"RGB ":
         return False
@@ -434,12 +439,8 @@ def _transform_input(
     return (img if img.mode == "RGB" else img.convert("RGB")), "RGB", "RGB", None
 
 
-@dataclass(frozen=True, slots=True)
-class _Profile:
-    """A profile keyed by its digest, so the cache compares 16 bytes instead of the profile."""
-
-    digest: bytes
-    data: bytes = field(compare=False, repr=False)
+#: A built conversion to sRGB (`PIL.ImageCms.ImageCmsTransform`).
+Transform: TypeAlias = "ImageCms.ImageCmsTransform"
 
 
 @functools.lru_cache(maxsize=1)
@@ -447,17 +448,15 @@ def _srgb_profile() -> ImageCms.ImageCmsProfile:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
-@functools.lru_cache(maxsize=_TRANSFORM_CACHE_SIZE)
-def _transform(profile: _Profile, in_mode: str, out_mode: str) -> ImageCms.ImageCmsTransform | str:
-    """The transform from this profile to sRGB, or why none could be built (also cached, so a
-    batch of photos with the same broken profile does not parse it again for each).
+def _build_transform(profile: bytes, in_mode: str, out_mode: str) -> Transform | str:
+    """The transform from this profile to sRGB, or why none could be built.
 
     Built with NOCACHE: Little CMS keeps a one-pixel cache in each transform that concurrent
     ``cmsDoTransform`` calls would race on; without it one transform is safe to share between
-    the decoding threads (and lru_cache may build a missing one twice at worst, harmlessly).
+    the decoding threads.
     """
     try:
-        source = ImageCms.ImageCmsProfile(io.BytesIO(profile.data))
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
         return ImageCms.ImageCmsTransform(
             source,
             _srgb_profile(),
@@ -470,6 +469,48 @@ def _transform(profile: _Profile, in_mode: str, out_mode: str) -> ImageCms.Image
         raise
     except (ImageCms.PyCMSError, ValueError, OSError, TypeError) as exc:
         return f"the profile is damaged or unreadable ({exc})"
+
+
+class TransformCache:
+    """The last few profiles' transforms (or why each failed, so a batch of photos with one
+    broken profile does not parse it again for each), keyed by the profile's digest alone.
+
+    Not `functools.lru_cache` over the profile: its key would keep every profile's bytes, up
+    to MAX_PROFILE_BYTES each, for as long as the entry lives (a review held 200 MB of a
+    server's memory with 16 uploads of 8 MiB profiles). Two threads missing the same profile
+    at once may both build it; the second simply replaces the first.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.builds = self.hits = 0
+        self._entries: OrderedDict[tuple[bytes, str, str], Transform | str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, profile: bytes, in_mode: str, out_mode: str) -> Transform | str:
+        key = (hashlib.blake2b(profile, digest_size=16).digest(), in_mode, out_mode)
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return found
+        built = _build_transform(profile, in_mode, out_mode)
+        with self._lock:
+            self.builds += 1
+            self._entries[key] = built
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return built
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.builds = self.hits = 0
+
+
+TRANSFORMS: Final = TransformCache(_TRANSFORM_CACHE_SIZE)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
