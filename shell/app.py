@@ -35,9 +35,11 @@ from rich.console import Console
 from protocol.base import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, normalise_password
 from protocol.errors import ErrorCode, VitrineError
 from protocol.pinning import PinningError
+from shell.cart_store import DATA_DIR_FLAG
 from shell.connection import ConnectionLost
 from shell.session import ClientSession
 from shell.text import dumb_terminal, escape_undecodable, is_terminal, printable
+from util.config import Setting
 from util.files import file_kind
 
 ACCOUNT = "Account"
@@ -76,6 +78,7 @@ class VitrineShell(cmd2.Cmd):
         *,
         data_dir: Path,
         config_dir: Path,
+        data_dir_setting: Setting = DATA_DIR_FLAG,
         command_sets: Iterable[cmd2.CommandSet[Any]] = (),
         **kwargs: Any,
     ) -> None:
@@ -101,6 +104,8 @@ class VitrineShell(cmd2.Cmd):
             self.persistent_history_file = ""  # cmd2 saves at exit only when this is set
         self.session = session
         self.data_dir = data_dir
+        #: Where data_dir came from, for a sentence about a folder that cannot be used.
+        self.data_dir_setting = data_dir_setting
         self.config_dir = config_dir
         self.console = Console(file=self.stdout, soft_wrap=False)
         self.default_error = "{} is not a Vitrine command; type help to see the commands."

@@ -151,6 +151,7 @@ def store_for(shell: cmd2.Cmd) -> CartStore:
         notice=lambda text: shell.perror(text, style=None),
         server_id=session.connection.server_id,
         wait_s=session.connection.answer_timeout,
+        data_dir_setting=shell.data_dir_setting,  # type: ignore[attr-defined]
     )
 
 

@@ -51,7 +51,7 @@ from urllib.parse import quote
 import msgspec
 
 from protocol.limits import MAX_CENTS, MAX_LINE_QUANTITY, MAX_ORDER_LINES
-from util.config import private_directory, tighten_directory
+from util.config import Setting, private_directory, tighten_directory
 from util.files import file_kind, write_atomically
 
 #: Seconds of waiting for the cart's lock before saying so; and between tries.
@@ -208,6 +208,10 @@ def cart_path(data_dir: Path, server_key: str, user: str) -> Path:
     return data_dir / "carts" / _safe_name(server_key) / f"{_safe_name(user)}.json"
 
 
+#: The client's --data-dir when nothing says where it came from (see CartStore).
+DATA_DIR_FLAG = Setting("--data-dir")
+
+
 class CartStore:
     """The cart file of one user on one server: `server` is its address, `server_id` its own
     id (Welcome.server_id, "" when the server sends none)."""
@@ -220,8 +224,12 @@ class CartStore:
         notice: Callable[[str], None] = print,
         server_id: str = "",
         wait_s: float = 120.0,
+        data_dir_setting: Setting = DATA_DIR_FLAG,
     ) -> None:
         self.server, self.user, self.server_id = server, user, server_id
+        #: The data directory as the user gave it (a VITRINE_* variable or the flag), so that a
+        #: folder that cannot be made is blamed on the setting that chose it.
+        self.data_dir, self.data_dir_setting = data_dir, data_dir_setting
         #: How long to wait for another shell that holds the cart (its checkout, say).
         self.wait_s = wait_s
         self.path = cart_path(data_dir, server_id or server, user)
@@ -234,8 +242,10 @@ class CartStore:
         try:
             private_directory(self.path.parent)
         except OSError as exc:
+            setting = self.data_dir_setting
             raise CartError(
-                f"Cannot create the cart folder {self.path.parent}: {exc.strerror or exc}."
+                f"Cannot create the cart folder {self.path.parent}: {exc.strerror or exc} (carts "
+                f"are kept under {setting.given(self.data_dir)}; choose another {setting.either})."
             ) from None
         for folder in (self._carts, self.path.parent):  # as an older client left them
             tighten_directory(folder)

@@ -285,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     shell = VitrineShell(
         session,
         data_dir=data_dir,
+        data_dir_setting=cfg.setting(args, "--data-dir"),
         config_dir=config_dir,
         command_sets=[
             AccountCommands(),

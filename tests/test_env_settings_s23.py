@@ -138,6 +138,31 @@ def test_a_config_dir_from_the_variable_is_blamed_on_it(
     assert "(is --config-dir a file?)" in typed.stderr, typed.stderr
 
 
+def test_a_cart_folder_from_the_variable_is_blamed_on_it(
+    shared_server: ServerProcess, a_file: Path, tmp_path: Path
+) -> None:
+    """The client's data directory is where carts are kept; one that cannot hold them is
+    blamed on the setting that chose it, VITRINE_CLIENT_DATA_DIR or --data-dir."""
+    config = ["--server", shared_server.address, "--config-dir", str(tmp_path / "c"),
+              "--trust-new-server"]  # fmt: skip
+    password = {"VITRINE_PASSWORD": "pw-for-carts-1"}
+    made = run("client.py", *config, "--data-dir", str(tmp_path / "d"), "create_user carter",
+               env=password)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    done = run("client.py", *config, "login carter", "clear_cart",
+               env={**password, "VITRINE_CLIENT_DATA_DIR": str(a_file)})  # fmt: skip
+    assert done.returncode != 0
+    assert (
+        f"(carts are kept under VITRINE_CLIENT_DATA_DIR={a_file}; choose another "
+        "VITRINE_CLIENT_DATA_DIR or --data-dir)." in done.stderr
+    ), done.stderr
+    typed = run("client.py", *config, "--data-dir", str(a_file), "login carter", "clear_cart",
+                env=password)  # fmt: skip
+    assert f"(carts are kept under --data-dir {a_file}; choose another --data-dir)." in (
+        typed.stderr
+    ), typed.stderr
+
+
 def test_a_typed_flag_wins_and_is_the_one_named(monkeypatch: pytest.MonkeyPatch) -> None:
     """Unit test of the mechanism: the variable is named only when its value was used."""
     monkeypatch.setenv("VITRINE_DATA_DIR", "/from/env")
