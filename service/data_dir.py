@@ -86,14 +86,8 @@ def not_a_directory(path: Path) -> DataDirPathError:
 
 
 DB_FILE = "vitrine.db"
-
-
 BLOB_DIR = "blobs"
-
-
 BLOB_KEY_FILE = "blob.key"
-
-
 LOCK_FILE = "server.lock"
 
 
@@ -230,8 +224,6 @@ def missing_blob_dir(data_dir: Path, conn: sqlite3.Connection) -> str | None:
 #: Blobs start-up tries to read before concluding the key is wrong: a missing or damaged blob
 #: is not a key problem, so one alone must not stop the server.
 KEY_PROBE_IMAGES = 5
-
-
 KEY_PROBE_FAILURES = 3
 
 
