@@ -214,6 +214,19 @@ BD_RING_COVER = 0.70
 # BD_FINE_MAX_COLOUR of those pixels): its own colour in other light, not a pale garment.
 BD_FINE_CELL = 6.5
 BD_FINE_MAX_COLOUR = 0.5
+# A backdrop of several colours (a wall and a floor, a sheet on a floor) is one colour group per
+# run of Lab cells among the ring's backdrop pixels. A product cut off by the frame on three
+# sides beside another product (a tight crop) is backdrop-like by the rules above too, and with
+# white it covers the ring; it is given back to the subject unless it looks or lies like a
+# backdrop: white, grey or black, or a table's colour (`_table_coloured`), or it surrounds
+# (touches at least BD_SURROUND_SIDES sides of the frame and spans at least BD_SURROUND_SPAN of
+# two), or it is a layer (spans at least BD_LAYER_SPAN of the top or the bottom side: a wall, a
+# floor). A coloured band on a side, however wide, is none of those. Only when there are two
+# groups or more: a backdrop of one colour is as before. Docs: docs/colour-measurements.md,
+# "A product cut off by the frame".
+BD_SURROUND_SIDES = 3
+BD_SURROUND_SPAN = 0.5
+BD_LAYER_SPAN = 0.8
 # When the backdrop is kept (the guard above), what lies in front of it is clustered apart from
 # it: a lemon or an orange on a wooden table that fills most of the frame must not merge into
 # the wood's hue arc (53 and 32 degrees are closer than MERGE_DEGREES) and come out as one
@@ -430,11 +443,16 @@ def _lab(linear: np.ndarray) -> np.ndarray:
     return lab_from_linear(np.ascontiguousarray(linear, dtype=np.float32), _XYZ)
 
 
+def _ring_depth(shape: tuple[int, int]) -> int:
+    """The frame's depth in pixels, shared by the ring and the side spans measured on it."""
+    return max(1, round(BD_RING * min(shape)))
+
+
 @functools.lru_cache(maxsize=64)
 def _ring(shape: tuple[int, int]) -> np.ndarray:
     """Boolean (h, w) mask of the outer frame, BD_RING of the short side deep (>= 1 px)."""
     h, w = shape
-    k = max(1, round(BD_RING * min(h, w)))
+    k = _ring_depth(shape)
     ring = np.zeros((h, w), dtype=bool)
     ring[:k] = ring[-k:] = True
     ring[:, :k] = ring[:, -k:] = True
@@ -455,6 +473,8 @@ def backdrop_mask(
     if what the closer match gives back is mostly a colour, there may be nothing in front of
     it: a swatch or a close-up, whose colour is the answer. Then the coarse backdrop comes back
     with False: kept as a colour, but what is in front of it is clustered apart (KEPT_MERGE_*).
+    A backdrop that is removed loses the colours that neither look nor lie like a backdrop
+    (`_without_cut_off_products`): a product cut off by the frame beside another one.
     `linear` is `px` decoded to linear light (`_linear`), which the Lab conversion starts from.
     """
     height, width = shape
@@ -473,7 +493,77 @@ def backdrop_mask(
         if not fine.any() or not _gives_back_neutral(px, back & ~fine):
             return back, False  # a swatch, a close-up, or a small thing on a large table
         back = fine
-    return back, True
+    return _without_cut_off_products(px, lab, back, ring, shape), True
+
+
+def _without_cut_off_products(
+    px: np.ndarray, lab: np.ndarray, back: np.ndarray, ring: np.ndarray, shape: tuple[int, int]
+) -> np.ndarray:
+    """`back` less the colours of the ring's backdrop that neither look nor lie like a backdrop
+    (BD_SURROUND_*, BD_LAYER_SPAN): a product cut off by the frame on three sides beside
+    another one would otherwise count as a second backdrop (wall + floor) and be suppressed."""
+    on_ring = np.flatnonzero(ring & back)
+    groups = _colour_groups(lab[:, on_ring])
+    if groups.max() == 0:
+        return back
+    height, width = shape
+    depth = _ring_depth(shape)
+    means, dropped = [], []
+    for g in range(groups.max() + 1):
+        mine = on_ring[groups == g]
+        means.append(lab[:, mine].mean(axis=1))
+        colour = px[:, mine].mean(axis=1)
+        if colour.max() - colour.min() < CHROMA_MIN or _table_coloured(
+            np.array([len(mine), 0, 0, 0, 1.0, *colour])
+        ):
+            continue
+        where = np.zeros(height * width, dtype=bool)
+        where[mine] = True
+        where = where.reshape(height, width)
+        spans = [
+            where[:depth].any(axis=0).mean(),  # top
+            where[-depth:].any(axis=0).mean(),  # bottom
+            where[:, :depth].any(axis=1).mean(),  # left
+            where[:, -depth:].any(axis=1).mean(),  # right
+        ]
+        surrounds = (
+            sum(span > 0 for span in spans) >= BD_SURROUND_SIDES
+            and sum(span >= BD_SURROUND_SPAN for span in spans) >= 2
+        )
+        if not surrounds and max(spans[:2]) < BD_LAYER_SPAN:
+            dropped.append(g)
+    if not dropped:
+        return back
+    # every backdrop pixel, in the ring or not, goes with the group whose mean is nearest
+    inside = np.flatnonzero(back)
+    centre = np.array(means, dtype=np.float32)
+    nearest = ((lab[:, inside].T[:, None, :] - centre[None]) ** 2).sum(axis=2).argmin(axis=1)
+    back = back.copy()
+    back[inside[np.isin(nearest, dropped)]] = False
+    return back
+
+
+def _colour_groups(lab: np.ndarray) -> np.ndarray:
+    """Group number (0, 1, ...) of each pixel (planar Lab): pixels whose BD_CELL cells are
+    joined by a run of neighbouring cells (the 26 around each, as in `backdrop_core`) are one
+    colour, a wall and its shade; a white wall and a red garment are two."""
+    # one integer per cell (`_LAB_BINS`), for a 1-D `unique`: several times faster than rows
+    grid = (lab + np.array([[0.0], [128.0], [128.0]], dtype=np.float32)) / np.float32(BD_CELL)
+    grid = np.minimum(np.maximum(grid, 0).astype(np.int64), _LAB_BINS[:, None] - 1)
+    span = _LAB_BINS[1] * _LAB_BINS[2]
+    flat, index = np.unique(grid[0] * span + grid[1] * _LAB_BINS[2] + grid[2], return_inverse=True)
+    unique = np.stack([flat // span, flat // _LAB_BINS[2] % _LAB_BINS[1], flat % _LAB_BINS[2]], 1)
+    near = np.abs(unique[:, None, :] - unique[None, :, :]).max(axis=2) <= 1
+    # connected components: square the reach until it stops growing (float32: BLAS, fast)
+    reach = near.astype(np.float32)
+    while True:
+        wider = (reach @ reach > 0).astype(np.float32)
+        if (wider == reach).all():
+            break
+        reach = wider
+    first = reach.argmax(axis=1)  # the lowest-numbered cell each cell reaches names its group
+    _, group = np.unique(first, return_inverse=True)
+    return group.ravel()[index.ravel()]
 
 
 def _gives_back_neutral(px: np.ndarray, released: np.ndarray) -> bool:

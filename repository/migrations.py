@@ -391,6 +391,31 @@ _V11_SESSION_INDEXES = """
 """
 
 
+#: v12: every stored palette is computed again. Session 23 changed extraction twice in ways a
+#: stored palette cannot show: a photo with a colour profile (Display P3, Adobe RGB) is
+#: converted to sRGB before its colours are taken, and a product cut off by the frame beside
+#: another is no longer suppressed as a second backdrop (docs/colour-measurements.md, "A
+#: product cut off by the frame"). Neither leaves a mark in the old colours, so all of them are
+#: marked, as v10 marked some: pending, with their rows deleted, so that the colour backfill
+#: computes them from the originals at the next start and a search or another owner's upload
+#: of the same bytes never meets the old ones. Purged rows have no original and no colours.
+_V12_RECOMPUTE_ALL_PALETTES = """
+        UPDATE images SET colours_pending = 1 WHERE blob != '' AND colours_pending = 0;
+        DELETE FROM image_colours
+"""
+
+
+def _v12_report(counts: list[int]) -> None:
+    if marked := counts[0]:
+        log.info(
+            "schema v12: %d images' colours removed and marked for the colour backfill, which "
+            "computes them again from the originals after this start (colour profiles and "
+            "products cut off by the frame are read as they now are); until then search by "
+            "colour counts them as not ranked yet",
+            marked,
+        )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _run_statements(_V1_SCHEMA),
     _run_statements(_V2_COLOUR_INDEX),
@@ -403,4 +428,5 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v9_fold_tags,
     _run_statements(_V10_RECOMPUTE_GREY_MERGES, _v10_report),
     _run_statements(_V11_SESSION_INDEXES),
+    _run_statements(_V12_RECOMPUTE_ALL_PALETTES, _v12_report),
 ]
