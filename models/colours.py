@@ -513,9 +513,7 @@ def _without_cut_off_products(
         mine = on_ring[groups == g]
         means.append(lab[:, mine].mean(axis=1))
         colour = px[:, mine].mean(axis=1)
-        if colour.max() - colour.min() < CHROMA_MIN or _table_coloured(
-            np.array([len(mine), 0, 0, 0, 1.0, *colour])
-        ):
+        if colour.max() - colour.min() < CHROMA_MIN or _is_table_colour(colour):
             continue
         where = np.zeros(height * width, dtype=bool)
         where[mine] = True
@@ -801,8 +799,13 @@ _TABLE = parse_colour(TABLE_COLOUR)
 
 def _table_coloured(arc: np.ndarray) -> bool:
     """Whether a cluster (a row of `cluster_arcs`, named by its lit half as the palette is)
-    has a table's colour (TABLE_COLOUR, TABLE_CREAM_LIGHTNESS)."""
-    hue, lightness, saturation = colorsys.rgb_to_hls(*(float(v) for v in arc[5:8] / arc[4]))
+    has a table's colour."""
+    return _is_table_colour(arc[5:8] / arc[4])
+
+
+def _is_table_colour(rgb: np.ndarray) -> bool:
+    """Whether an sRGB colour (0-1) is a table's (TABLE_COLOUR, TABLE_CREAM_LIGHTNESS)."""
+    hue, lightness, saturation = colorsys.rgb_to_hls(*(float(v) for v in rgb))
     hue *= 360.0
     if hue_distance(hue, _TABLE.hue) > _TABLE.tolerance:
         return False
