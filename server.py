@@ -230,22 +230,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def check_cache_dir(path: Path, given: cfg.Setting) -> None:
-    """Warn, once and naming the setting, of a model cache that cannot be made: it costs
-    start-up time, not service (the model is converted at every start and run from memory),
-    so it is no reason to refuse. A folder there already passes, even read-only: a cache
-    filled beforehand, in an image, is only read."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        log.warning(
-            "cannot use %s as the model cache (%s): search by image still works, but the "
-            "model is converted again at every start",
-            given.shown(path),
-            exc.strerror or exc,
-        )
-
-
 def tls_files_of(args: argparse.Namespace) -> tuple[Path, Path] | None:
     """--tls-cert and --tls-key as the pair `serve` and `--check` take (parse_args refused
     half a pair: both or neither)."""
@@ -270,11 +254,11 @@ def run_server(args: argparse.Namespace) -> int:
         max_connections_per_account=int(args.max_connections_per_account),
         weights=args.weights or None,
         cache_dir=Path(args.cache_dir),
+        cache_dir_setting=cfg.setting(args, "--cache-dir"),
         colours=not args.no_colours,
     )
     # Before the TLS identity, which would otherwise be the first to trip over a bad path.
     prepare_data_dir(config.data_dir)
-    check_cache_dir(Path(args.cache_dir), cfg.setting(args, "--cache-dir"))
     identity = identity_after_refusals(config, tls_files_of(args), tls_settings_of(args))
 
     try:

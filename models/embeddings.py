@@ -180,7 +180,11 @@ class Embedder:
         *,
         num_threads: int = 2,
         max_chunk: int = 2,
+        cache_named: str | None = None,
     ) -> None:
+        """``cache_named`` is how the warning about an unusable cache names ``cache_dir``: the
+        server passes the setting that gave it (``VITRINE_CACHE_DIR=/x``, ``--cache-dir /x``),
+        so that the operator is told what to change; by default the path alone."""
         if max_chunk < 1 or max_chunk & (max_chunk - 1):
             raise ValueError(f"max_chunk must be a power of two, got {max_chunk}")
         if weights is not None and not Path(weights).is_file():
@@ -208,8 +212,13 @@ class Embedder:
                 self.converted = True
                 try:
                     _write_model(self.model_path, flatbuffer)
-                except OSError as exc:  # a read-only cache costs start-up time, not service
-                    log.warning("cannot cache the model in %s (%s)", cache_dir, exc)
+                except OSError as exc:  # an unusable cache costs start-up time, not service
+                    log.warning(
+                        "cannot use %s as the model cache (%s): search by image still works, "
+                        "but the model is converted again at every start",
+                        cache_named or cache_dir,
+                        exc.strerror or exc,
+                    )
                     self.model_path, self._model_content = None, flatbuffer
         self._interpreter(1)  # fail now, not on the first request, if the model is bad
 

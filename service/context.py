@@ -28,6 +28,7 @@ from util.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 if TYPE_CHECKING:
     from repository.images import NewImage
     from service.ingest import Analyser
+    from util.config import Setting
 
 #: Called after an upload's row (and embedding) committed, with the new id: e.g. to index it.
 #: It runs in the worker thread that committed, with that thread's connection, in the same trip
@@ -84,6 +85,8 @@ class ServerConfig:
     weights: str | None = None
     #: Where the converted model is cached; None: util.config.default_cache_dir().
     cache_dir: Path | None = None
+    #: Where cache_dir came from, so that the warning about an unusable cache names it.
+    cache_dir_setting: Setting | None = None
 
 
 @dataclass

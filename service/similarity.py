@@ -294,10 +294,13 @@ class SimilarityEngine:
         weights: str | None,
         cache_dir: Path,
         index_dir: Path,
+        cache_named: str | None = None,
     ) -> None:
         self.services = services
         self.weights = weights
         self.cache_dir = cache_dir
+        #: How the model's warning about an unusable cache names it (the setting that gave it).
+        self.cache_named = cache_named
         self.index_dir = index_dir
         self.state = "loading"
         self.reason = ""
@@ -428,7 +431,7 @@ class SimilarityEngine:
         t0 = time.monotonic()
         source = self.weights or "Keras' ImageNet download"
         log.info("loading the image model (weights: %s, cache: %s)", source, self.cache_dir)
-        embedder = Embedder(self.weights or None, self.cache_dir)
+        embedder = Embedder(self.weights or None, self.cache_dir, cache_named=self.cache_named)
         self.model_name = embedder.model_name
         self.batcher = EmbeddingBatcher(embedder, max_batch=16)
         log.info(
@@ -526,12 +529,19 @@ def engine_of(services: Services) -> SimilarityEngine | None:
 
 
 def install(services: Services, weights: str | None, cache_dir: Path | None = None) -> None:
-    """Register the engine, the upload analyser and the store/delete hooks (before serving)."""
+    """Register the engine, the upload analyser and the store/delete hooks (before serving).
+
+    An unusable cache is found, and said once, by the model when it loads, naming the setting
+    that gave the path (`config.cache_dir_setting`): only it knows whether the folder is needed
+    at all (a read-only one already holding the model is only read)."""
+    cache = cache_dir or cfg.default_cache_dir()
+    setting = services.config.cache_dir_setting
     engine = SimilarityEngine(
         services,
         weights or None,
-        cache_dir or cfg.default_cache_dir(),
+        cache,
         services.config.data_dir / INDEX_DIR,
+        cache_named=None if setting is None else setting.given(cache),
     )
     services.extras[_EXTRA] = engine
     services.analysers.append(embed_upload)

@@ -226,22 +226,3 @@ def test_the_server_uses_vitrine_cache_dir(
     finally:
         process.stop()
     assert f"cache: {cache})" in log and "converting" not in log, log
-
-
-@pytest.mark.parametrize("from_env", [False, True], ids=["flag", "variable"])
-def test_an_unusable_cache_dir_is_a_warning_and_the_server_serves(
-    a_file: Path, tmp_path: Path, from_env: bool
-) -> None:
-    """The model works without its cache (converted at each start), so a bad one is said
-    once, naming the setting, and the server starts."""
-    bad = a_file / "cache"
-    args, env = (
-        ([], {"VITRINE_CACHE_DIR": str(bad)}) if from_env else (["--cache-dir", str(bad)], {})
-    )
-    process = ServerProcess(tmp_path / "srv", args, env=env).start()
-    try:
-        shown = f"VITRINE_CACHE_DIR={bad}" if from_env else str(bad)
-        log = process.wait_for_log(f"cannot use {shown} as the model cache (Not a directory)")
-        assert "search by image still works" in log
-    finally:
-        assert process.stop() == 0
