@@ -252,11 +252,16 @@ def test_a_server_without_colours_stores_and_finds_everything_else(
         process.stop()
 
 
-def palette_hues(shell: Shell, image_id: int) -> list[int]:
+def shown_palette(shell: Shell, image_id: int) -> list[dict]:
+    """The palette `show_image --json` gives, as a script reads it."""
     code, out, err = shell(f"show_image {image_id} --json --no-images")
     assert code == 0, err
     (row,) = json_lines(out)
-    return [round(c["hue"]) for c in row["palette"]]
+    return row["palette"]
+
+
+def palette_hues(shell: Shell, image_id: int) -> list[int]:
+    return [round(c["hue"]) for c in shown_palette(shell, image_id)]
 
 
 def test_images_stored_under_no_colours_get_their_colours_at_the_next_start(

@@ -24,7 +24,7 @@ from repository.migrations import MIGRATIONS
 from tests.rows import add_users, new_image
 from tests.servers import LoggedInShell as Shell
 from tests.servers import ServerProcess, create_users, json_lines
-from tests.test_colour_search_e2e import card
+from tests.test_colour_search_e2e import card, shown_palette, upload
 from tests.test_palette_gradients_s20 import sweep
 from util.colour_spec import hue_ranges, parse_colour
 
@@ -103,20 +103,6 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     process.stop()
 
 
-def _upload(shell: Shell, path: Path) -> int:
-    code, out, err = shell(f'add_image "{path}" --json')
-    assert code == 0, err
-    (row,) = json_lines(out)
-    return int(row["id"])
-
-
-def _palette(shell: Shell, image_id: int) -> list[dict]:
-    code, out, err = shell(f"show_image {image_id} --json --no-images")
-    assert code == 0, err
-    (row,) = json_lines(out)
-    return row["palette"]
-
-
 def _green_ids(shell: Shell) -> set[int]:
     code, out, err = shell("search_by_color green --min-share 0.99 --json")
     assert code == 0, err
@@ -131,9 +117,9 @@ def test_a_rainbow_stored_grey_gets_its_colours_at_the_next_start(
     bob = Shell(server, "bob", tmp_path / "bob")
     rainbow_png = tmp_path / "rainbow.png"
     sweep(0, 360).save(rainbow_png)
-    rainbow = _upload(alice, rainbow_png)
-    red = _upload(alice, card(10, tmp_path / "red.png"))
-    vivid, red_palette = _palette(alice, rainbow), _palette(alice, red)
+    rainbow = upload(alice, rainbow_png)
+    red = upload(alice, card(10, tmp_path / "red.png"))
+    vivid, red_palette = shown_palette(alice, rainbow), shown_palette(alice, red)
     assert len(vivid) > 1 and red_palette
     server.stop()
 
@@ -148,8 +134,8 @@ def test_a_rainbow_stored_grey_gets_its_colours_at_the_next_start(
     server.restart()
     # v10 marks the rainbow; v12 (test_palette_recompute_s24.py) then marks every palette
     server.wait_for_log("colour backfill done: 2 images", timeout=90)
-    assert _palette(alice, rainbow) == vivid
-    assert _palette(alice, red) == red_palette
+    assert shown_palette(alice, rainbow) == vivid
+    assert shown_palette(alice, red) == red_palette
     assert rainbow not in _green_ids(alice)
     # bob's upload of the same bytes gets those colours, not the grey
-    assert _palette(bob, _upload(bob, rainbow_png)) == vivid
+    assert shown_palette(bob, upload(bob, rainbow_png)) == vivid

@@ -26,7 +26,7 @@ from repository.migrations import MIGRATIONS
 from tests.rows import add_users, new_image
 from tests.servers import LoggedInShell as Shell
 from tests.servers import ServerProcess, create_users, json_lines
-from tests.test_colour_search_e2e import card
+from tests.test_colour_search_e2e import card, shown_palette, upload
 from util.colour_spec import hue_distance
 
 PASSWORD = "correct horse battery"
@@ -95,20 +95,6 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     process.stop()
 
 
-def _upload(shell: Shell, path: Path) -> int:
-    code, out, err = shell(f'add_image "{path}" --json')
-    assert code == 0, err
-    (row,) = json_lines(out)
-    return int(row["id"])
-
-
-def _palette(shell: Shell, image_id: int) -> list[dict]:
-    code, out, err = shell(f"show_image {image_id} --json --no-images")
-    assert code == 0, err
-    (row,) = json_lines(out)
-    return row["palette"]
-
-
 def _greens(shell: Shell) -> set[int]:
     code, out, err = shell("search_by_color green --json")
     assert code == 0, err
@@ -120,9 +106,9 @@ def test_a_palette_the_old_rule_stored_is_computed_again_at_the_next_start(
 ) -> None:
     create_users(server, tmp_path / "accounts", ("alice",), PASSWORD)
     alice = Shell(server, "alice", tmp_path / "alice")
-    pair = _upload(alice, _cut_off_pair(tmp_path / "pair.png"))
-    red = _upload(alice, card(10, tmp_path / "red.png"))
-    both, red_palette = _palette(alice, pair), _palette(alice, red)
+    pair = upload(alice, _cut_off_pair(tmp_path / "pair.png"))
+    red = upload(alice, card(10, tmp_path / "red.png"))
+    both, red_palette = shown_palette(alice, pair), shown_palette(alice, red)
     assert any(hue_distance(c["hue"], 127) <= 15 for c in both), both
     assert pair in _greens(alice)
     server.stop()
@@ -136,6 +122,6 @@ def test_a_palette_the_old_rule_stored_is_computed_again_at_the_next_start(
 
     server.restart()
     server.wait_for_log("colour backfill done: 2 images", timeout=90)
-    assert _palette(alice, pair) == both
-    assert _palette(alice, red) == red_palette
+    assert shown_palette(alice, pair) == both
+    assert shown_palette(alice, red) == red_palette
     assert pair in _greens(alice)
