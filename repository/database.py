@@ -60,8 +60,8 @@ class SchemaTooNew(Exception):
 def migrate(conn: sqlite3.Connection, through: int | None = None) -> int:
     """Bring the schema to the newest version, one transaction per step; return that version.
 
-    `through` stops after that step: a test of one step looks at what that step did, not at
-    what later ones (v12 marks every palette) did on top. The server always goes to the end.
+    `through` stops after that step, for a test that needs a database as an older version
+    left it (tests/test_palette_recompute_s24.py). The server always goes to the end.
 
     A database from a newer version is refused before anything is written (SchemaTooNew):
     there is no step down. An upgrade is logged in one INFO line with both versions, so that

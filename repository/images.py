@@ -146,6 +146,9 @@ class NewImage:
     #: Copy the embedding, and the colours unless `palette` is given, from this existing image
     #: (same content, another owner).
     copy_analysis_from: int | None = None
+    #: `palette` was computed for this upload, so even an empty one (a grey picture) is its
+    #: answer and the colours of `copy_analysis_from` are not copied.
+    palette_computed: bool = False
     #: No colours were computed (a `--no-colours` server): a later run with colours computes
     #: them. False with an empty palette means the picture has no chromatic colour.
     colours_pending: bool = False
@@ -263,6 +266,8 @@ class StoredContent:
     height: int
     #: that row's colours were never computed (it was stored under --no-colours)
     colours_pending: bool
+    #: that row's colours were computed by an older rule and wait to be computed again
+    colours_outdated: bool
 
 
 def dedup_lookup(
@@ -273,9 +278,9 @@ def dedup_lookup(
     One indexed query decides the cheap paths of an upload before anything is decoded.
     """
     rows = conn.execute(
-        "SELECT id, owner_id, thumb_blob, format, width, height, deleted_at, colours_pending "
-        "FROM images WHERE blob = ? "
-        "ORDER BY deleted_at IS NOT NULL, colours_pending, id LIMIT 50",
+        "SELECT id, owner_id, thumb_blob, format, width, height, deleted_at, colours_pending, "
+        "colours_outdated FROM images WHERE blob = ? "
+        "ORDER BY deleted_at IS NOT NULL, colours_pending, colours_outdated, id LIMIT 50",
         (blob,),
     ).fetchall()
     mine = next(
@@ -285,7 +290,13 @@ def dedup_lookup(
         return mine, None
     r = rows[0]
     return mine, StoredContent(
-        r["id"], r["thumb_blob"], r["format"], r["width"], r["height"], bool(r["colours_pending"])
+        r["id"],
+        r["thumb_blob"],
+        r["format"],
+        r["width"],
+        r["height"],
+        bool(r["colours_pending"]),
+        bool(r["colours_outdated"]),
     )
 
 
@@ -436,12 +447,18 @@ def insert_image(conn: sqlite3.Connection, new: NewImage) -> int:
                 [(image_id, t) for t in _ensure_tags(conn, new.tags)],
             )
         source = new.copy_analysis_from
-        if source is not None and not new.palette:
+        if source is not None and not new.palette and not new.palette_computed:
             conn.execute(
                 "INSERT INTO image_colours (image_id, rank, r, g, b, hue, saturation, lightness, "
                 "share) SELECT ?, rank, r, g, b, hue, saturation, lightness, share "
                 "FROM image_colours WHERE image_id = ?",
                 (image_id, source),
+            )
+            # colours an older rule made are copied as what they are: due to be computed again
+            conn.execute(
+                "UPDATE images SET colours_outdated = "
+                "(SELECT colours_outdated FROM images WHERE id = ?) WHERE id = ?",
+                (source, image_id),
             )
         else:
             _insert_palette(conn, image_id, new.palette)
@@ -523,6 +540,25 @@ def colours_pending(conn: sqlite3.Connection, after: int, limit: int) -> list[tu
     return [(int(r[0]), str(r[1])) for r in rows]
 
 
+def colours_outdated(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, str]]:
+    """(id, original's blob) of live images whose colours an older rule computed (schema v12),
+    id > `after`, in id order: what the colour backfill computes again after the missing ones."""
+    rows = conn.execute(
+        "SELECT id, blob FROM images WHERE colours_outdated = 1 AND deleted_at IS NULL "
+        "AND id > ? ORDER BY id LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
+def count_colours_outdated(conn: sqlite3.Connection) -> int:
+    return int(
+        conn.execute(
+            "SELECT COUNT(*) FROM images WHERE colours_outdated = 1 AND deleted_at IS NULL"
+        ).fetchone()[0]
+    )
+
+
 def count_colours_pending(conn: sqlite3.Connection) -> int:
     return int(
         conn.execute(
@@ -547,6 +583,27 @@ def store_palettes(conn: sqlite3.Connection, palettes: dict[int, list[ColourReco
                 _insert_palette(conn, image_id, palette)
                 stored.append(image_id)
     return stored
+
+
+def replace_palettes(
+    conn: sqlite3.Connection, palettes: dict[int, list[ColourRecord]]
+) -> list[int]:
+    """Commit colours computed again for images whose colours are outdated, in one
+    transaction, in place of the old ones; return the ids replaced. An image deleted meanwhile
+    is left out, as in `store_palettes`."""
+    replaced = []
+    with WRITE_LOCK, transaction(conn, immediate=True):
+        for image_id, palette in palettes.items():
+            cursor = conn.execute(
+                "UPDATE images SET colours_outdated = 0 "
+                "WHERE id = ? AND colours_outdated = 1 AND deleted_at IS NULL",
+                (image_id,),
+            )
+            if cursor.rowcount == 1:
+                conn.execute("DELETE FROM image_colours WHERE image_id = ?", (image_id,))
+                _insert_palette(conn, image_id, palette)
+                replaced.append(image_id)
+    return replaced
 
 
 #: The write-side twin of VISIBLE: a change by `:editor` applies only while they may still

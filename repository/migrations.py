@@ -395,23 +395,26 @@ _V11_SESSION_INDEXES = """
 #: stored palette cannot show: a photo with a colour profile (Display P3, Adobe RGB) is
 #: converted to sRGB before its colours are taken, and a product cut off by the frame beside
 #: another is no longer suppressed as a second backdrop (docs/colour-measurements.md, "A
-#: product cut off by the frame"). Neither leaves a mark in the old colours, so all of them are
-#: marked, as v10 marked some: pending, with their rows deleted, so that the colour backfill
-#: computes them from the originals at the next start and a search or another owner's upload
-#: of the same bytes never meets the old ones. Purged rows have no original and no colours.
-_V12_RECOMPUTE_ALL_PALETTES = """
-        UPDATE images SET colours_pending = 1 WHERE blob != '' AND colours_pending = 0;
-        DELETE FROM image_colours
+#: product cut off by the frame"). Neither leaves a mark in the old colours, so every image
+#: that still has its original is marked `colours_outdated`. Unlike v10's marks, the old
+#: colours stay (they are right for almost every picture): searches and listings keep using
+#: them until the colour backfill replaces them, a server run with `--no-colours` keeps showing
+#: them, and an original that cannot be read keeps them instead of losing its colours.
+_V12_OUTDATED_PALETTES = """
+        ALTER TABLE images ADD COLUMN colours_outdated INTEGER NOT NULL DEFAULT 0
+            CHECK (colours_outdated IN (0, 1));
+        UPDATE images SET colours_outdated = 1 WHERE blob != '' AND colours_pending = 0;
+        CREATE INDEX images_colours_outdated ON images(id) WHERE colours_outdated = 1
 """
 
 
 def _v12_report(counts: list[int]) -> None:
-    if marked := counts[0]:
+    if marked := counts[1]:
         log.info(
-            "schema v12: %d images' colours removed and marked for the colour backfill, which "
-            "computes them again from the originals after this start (colour profiles and "
-            "products cut off by the frame are read as they now are); until then search by "
-            "colour counts them as not ranked yet",
+            "schema v12: %d images' colours marked to be computed again from their originals "
+            "by the colour backfill at the next start with colours (colour profiles and "
+            "products cut off by the frame are read as they now are); until then they keep, "
+            "and are found by, their current colours",
             marked,
         )
 
@@ -428,5 +431,5 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v9_fold_tags,
     _run_statements(_V10_RECOMPUTE_GREY_MERGES, _v10_report),
     _run_statements(_V11_SESSION_INDEXES),
-    _run_statements(_V12_RECOMPUTE_ALL_PALETTES, _v12_report),
+    _run_statements(_V12_OUTDATED_PALETTES, _v12_report),
 ]

@@ -247,6 +247,11 @@ def _check_rows_and_blobs(
             f"live images without colours computed: {waiting} (stored under --no-colours; "
             "the next start with colours computes them)"
         )
+    if outdated := repo.count_colours_outdated(conn):
+        report.lines.append(
+            f"live images whose colours an older version computed: {outdated} (searches use "
+            "them meanwhile; the next start with colours computes them again)"
+        )
     rows = repo.stored_blob_rows(conn)
     key_path = data_dir / BLOB_KEY_FILE
     # What start-up refuses is one problem here too, not one per image: the same cause, told

@@ -364,10 +364,12 @@ async def ingest(services: Services, upload: Upload) -> tuple[int, bool]:
         new.copy_analysis_from = known.image_id
         if known.colours_pending and not config.colours:
             new.colours_pending = True
-        elif known.colours_pending:
-            # That row was stored under --no-colours: extract rather than copy nothing.
+        elif known.colours_pending or (known.colours_outdated and config.colours):
+            # That row was stored under --no-colours (extract rather than copy nothing), or
+            # its colours are an older rule's (extract rather than copy what is due to go).
             try:
                 new.palette = await services.run(palette_of, config, upload.data)
+                new.palette_computed = True
             except imaging.ImageRejected as exc:  # the limits may have changed since
                 raise _refused(upload, exc) from None
     else:

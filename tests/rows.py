@@ -9,6 +9,24 @@ from typing import Any
 from repository import images as repo
 
 
+def rewind_statements(version: int) -> list[str]:
+    """SQL that makes a current database look written at schema `version`: later steps' added
+    columns and indexes are dropped, since a real database of that version has none and
+    migrating it again adds them (the data a later step changed is the test's to set)."""
+    statements = []
+    if version < 12:
+        statements += [
+            "DROP INDEX images_colours_outdated",
+            "ALTER TABLE images DROP COLUMN colours_outdated",
+        ]
+    return [*statements, f"PRAGMA user_version={version}"]
+
+
+def rewind_schema(conn: sqlite3.Connection, version: int) -> None:
+    for statement in rewind_statements(version):
+        conn.execute(statement)
+
+
 def add_users(conn: sqlite3.Connection, *names: str) -> None:
     """Users with ids 1, 2, ... in the order given (a fresh database), no usable password."""
     for name in names:

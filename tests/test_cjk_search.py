@@ -22,7 +22,7 @@ from repository.database import Database
 from repository.migrations import MIGRATIONS
 from service.listings import fts_query
 from shell.connection import ServerConnection
-from tests.rows import add_users, new_image
+from tests.rows import add_users, new_image, rewind_schema
 from tests.servers import ServerProcess
 from tests.test_images_server import ids_of, jpeg, listing, unique, upload
 from util.catalogue_text import fold_for_search, index_text, is_unspaced, split_unspaced
@@ -209,7 +209,7 @@ def test_the_version_8_migration_splits_an_existing_index(tmp_path: Path) -> Non
     gone = repo.insert_image(db.conn, new_image(99, title="连衣裙 gone"))
     repo.soft_delete(db.conn, gone)
     MIGRATIONS[6](db.conn)  # what a version-7 server wrote: folded, runs left whole
-    db.conn.execute("PRAGMA user_version=7")
+    rewind_schema(db.conn, 7)
     assert search(db.conn, "连衣裙") == set()
     assert search(db.conn, "dress") == {ids["latin"], ids["mixed"]}
     db.close()
@@ -241,7 +241,7 @@ def test_the_rewrite_does_not_read_a_damaged_index(tmp_path: Path) -> None:
         repo.insert_image(db.conn, new_image(n, title=f"plain shirt number {n}"))
     MIGRATIONS[6](db.conn)
     db.conn.execute("UPDATE images_fts_data SET block = randomblob(length(block)) WHERE id > 10")
-    db.conn.execute("PRAGMA user_version=7")
+    rewind_schema(db.conn, 7)
     db.conn.commit()
     db.close()
 

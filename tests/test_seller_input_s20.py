@@ -33,7 +33,7 @@ from repository.database import Database
 from repository.migrations import MIGRATIONS
 from service.listings import fts_query
 from shell.connection import ServerConnection
-from tests.rows import add_users, new_image
+from tests.rows import add_users, new_image, rewind_schema
 from tests.servers import ServerProcess, create_users, json_lines, run_client
 from tests.test_images_server import error_of, ids_of, jpeg, listing, unique, upload
 from util import catalogue_text
@@ -157,7 +157,7 @@ def _v8_database(path: Path) -> tuple[Database, dict[str, int]]:
     gone = repo.insert_image(db.conn, new_image(6, title="Old", tags=["ＳＡＬＥ", "sale"]))
     repo.soft_delete(db.conn, gone)
     ids["gone"] = gone
-    db.conn.execute("PRAGMA user_version=8")
+    rewind_schema(db.conn, 8)
     return db, ids
 
 
@@ -323,7 +323,7 @@ def test_the_version_9_migration_keeps_tags_that_folding_would_break(tmp_path: P
         name: repo.insert_image(db.conn, new_image(k, tags=[name])) for k, name in enumerate(kept)
     }
     ids["straße"] = repo.insert_image(db.conn, new_image(9, tags=["straße", "ß" * 32]))
-    db.conn.execute("PRAGMA user_version=8")
+    rewind_schema(db.conn, 8)
     db.close()
 
     db = Database(path)

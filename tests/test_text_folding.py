@@ -22,7 +22,7 @@ from repository.database import Database
 from repository.migrations import MIGRATIONS
 from service.listings import fts_query
 from shell.connection import ServerConnection
-from tests.rows import add_users, new_image
+from tests.rows import add_users, new_image, rewind_schema
 from tests.servers import ServerProcess
 from tests.test_images_server import ids_of, jpeg, listing, unique, upload
 from util.catalogue_text import fold_for_search
@@ -111,7 +111,7 @@ def test_the_version_7_migration_refolds_an_existing_index(tmp_path: Path) -> No
         "INSERT INTO images_fts (rowid, title, description, tags, filename) "
         "SELECT id, title, description, '', filename FROM images WHERE deleted_at IS NULL"
     )
-    db.conn.execute("PRAGMA user_version=6")
+    rewind_schema(db.conn, 6)
     assert found(db.conn, "fullwidth") == {ids["plain"]}
     db.close()
 

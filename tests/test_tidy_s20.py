@@ -20,7 +20,7 @@ from shell import listing
 from shell.cart_store import CartItem, PendingCheckout
 from shell.connection import ServerConnection
 from tests import test_cart_e2e as e2e
-from tests.rows import add_users, new_image
+from tests.rows import add_users, new_image, rewind_schema
 from tests.test_cart_e2e import Buyer, item
 from util.catalogue_text import index_text
 
@@ -126,7 +126,7 @@ def test_a_database_from_before_v7_is_searched_as_a_new_one(tmp_path: Path) -> N
         "VALUES (?, 'ＦＵＬＬＷＩＤＴＨ dress', '', '', ''), (?, '红色连衣裙', '', 'Straße', '')",
         (wide, dress),
     )
-    db.conn.execute("PRAGMA user_version=6")
+    rewind_schema(db.conn, 6)
     assert set(repo.search_ids(db.conn, 1, fts_query("连衣裙"))) == set()
     db.close()
 

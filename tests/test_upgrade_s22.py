@@ -24,6 +24,7 @@ from protocol import catalog, codec, framing
 from protocol.messages import PROTOCOL_VERSION, CreateUser, Hello, Login
 from repository.database import Database, SchemaTooNew, migrate
 from repository.migrations import MIGRATIONS
+from tests.rows import rewind_statements
 from tests.servers import ServerProcess
 from tests.test_check_damaged import data_dir, stored  # noqa: F401  (fixtures)
 from tests.test_images_server import jpeg, upload
@@ -110,7 +111,7 @@ def test_the_start_logs_the_upgrade_and_what_it_changed_for_users(
         "INSERT INTO image_tags (image_id, tag_id) VALUES (1, 101), (2, 101), (2, 103), (3, 102)",
         "INSERT INTO image_colours VALUES (4, 0, 128, 128, 128, 120.0, 0.0, 0.5, 1.0)",
         "UPDATE images SET colours_pending = 0 WHERE id = 4",
-        "PRAGMA user_version=8",
+        *rewind_statements(8),
     )
     server = ServerProcess(data_dir, extra_args=["--no-colours"]).start()
     try:
