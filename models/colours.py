@@ -221,9 +221,11 @@ BD_FINE_MAX_COLOUR = 0.5
 # backdrop: white, grey or black, or a table's colour (`_table_coloured`), or it surrounds
 # (touches at least BD_SURROUND_SIDES sides of the frame and spans at least BD_SURROUND_SPAN of
 # two), or it is a layer (spans at least BD_LAYER_SPAN of the top or the bottom side: a wall, a
-# floor). A coloured band on a side, however wide, is none of those. Only when there are two
-# groups or more: a backdrop of one colour is as before. Docs: docs/colour-measurements.md,
-# "A product cut off by the frame".
+# floor). A coloured band on a side less than half the frame wide is none of those; from half
+# the width on, its top and bottom spans make it surround, and it goes as a backdrop would (a
+# backdrop that a product is cut off from looks the same, so geometry cannot tell them apart).
+# Only when there are two groups or more: a backdrop of one colour is as before. Docs:
+# docs/colour-measurements.md, "A product cut off by the frame".
 BD_SURROUND_SIDES = 3
 BD_SURROUND_SPAN = 0.5
 BD_LAYER_SPAN = 0.8

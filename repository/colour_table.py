@@ -216,19 +216,24 @@ class ColourTable:
                 self.build(conn)
 
     def add(self, conn: sqlite3.Connection, ids: Iterable[int]) -> None:
-        """Take (or retake) the colours of stored images from the database."""
+        """Take (or retake) the colours of stored, live images from the database.
+
+        The read and the swap happen under the lock, and a deleted image's rows are not read
+        (soft-deleted rows keep their colours until the purge): a delete that commits while
+        the colour backfill stores that image then either hides its rows from the read or
+        has its `remove` wait for the swap, so the image cannot come back into the table."""
         id_list = [int(i) for i in ids]
         if not id_list:
             return
-        rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM image_colours "
-            "WHERE image_id IN (SELECT value FROM json_each(?))",
-            (json.dumps(id_list),),
-        ).fetchall()
-        by_id: dict[int, list[tuple]] = {i: [] for i in id_list}
-        for row in rows:
-            by_id[row[0]].append(tuple(row))
         with self._lock:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM image_colours JOIN images i ON i.id = image_id "
+                "WHERE image_id IN (SELECT value FROM json_each(?)) AND i.deleted_at IS NULL",
+                (json.dumps(id_list),),
+            ).fetchall()
+            by_id: dict[int, list[tuple]] = {i: [] for i in id_list}
+            for row in rows:
+                by_id[row[0]].append(tuple(row))
             for image_id, own in by_id.items():
                 self._drop(image_id)
                 if own:

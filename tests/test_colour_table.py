@@ -197,3 +197,20 @@ def test_empty_store_and_nothing_matching(tmp_path: Path) -> None:
     query = cq.HueQuery(120.0, 30.0, hue_ranges(120.0, 30.0), 0.0, ())
     assert table.rank(db.conn, 1, query) == []
     assert table.rank(db.conn, 1, query, limit=0) == []
+
+
+def test_a_deleted_image_is_not_taken_back_by_a_late_add(tmp_path: Path) -> None:
+    """The colour backfill stores an image and then adds it to the table; an owner's delete
+    (and its `remove`) can land in between. Soft-deleted rows keep their colours until the
+    purge, so the add must not read them and put the image back among the candidates."""
+    db = Database(tmp_path / "late.db")
+    add_users(db.conn, "seller")
+    red = repo.ColourRecord(200, 40, 30, 4.0, 0.7, 0.45, 0.6)
+    kept, gone = (repo.insert_image(db.conn, new_image(k, palette=[red])) for k in (1, 2))
+    table = ColourTable()
+    table.build(db.conn)
+    assert len(table) == 2
+    repo.soft_delete(db.conn, gone)
+    table.remove([gone])
+    table.add(db.conn, [kept, gone])  # the backfill's add, after the delete's remove
+    assert len(table) == 1
