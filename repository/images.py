@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from protocol.limits import MAX_QUANTITY, MAX_SEARCH_RESULTS, MAX_TAGS
 from repository.database import transaction
@@ -529,81 +529,80 @@ def _insert_palette(
     )
 
 
-def colours_pending(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, str]]:
-    """(id, original's blob) of live images whose colours were never computed, id > `after`,
-    in id order: the colour backfill's next chunk."""
+#: The marks an image's colours carry for the colour backfill: `colours_pending`, never
+#: computed (stored under --no-colours; no rows), and `colours_outdated`, an older rule's
+#: (schema v12; the rows are kept and used until replaced).
+ColourMark = Literal["colours_pending", "colours_outdated"]
+
+
+def _marked(
+    conn: sqlite3.Connection, mark: ColourMark, after: int, limit: int
+) -> list[tuple[int, str]]:
     rows = conn.execute(
-        "SELECT id, blob FROM images WHERE colours_pending = 1 AND deleted_at IS NULL "
+        f"SELECT id, blob FROM images WHERE {mark} = 1 AND deleted_at IS NULL "
         "AND id > ? ORDER BY id LIMIT ?",
         (after, limit),
     ).fetchall()
     return [(int(r[0]), str(r[1])) for r in rows]
 
 
-def colours_outdated(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, str]]:
-    """(id, original's blob) of live images whose colours an older rule computed (schema v12),
-    id > `after`, in id order: what the colour backfill computes again after the missing ones."""
-    rows = conn.execute(
-        "SELECT id, blob FROM images WHERE colours_outdated = 1 AND deleted_at IS NULL "
-        "AND id > ? ORDER BY id LIMIT ?",
-        (after, limit),
-    ).fetchall()
-    return [(int(r[0]), str(r[1])) for r in rows]
+def _count_marked(conn: sqlite3.Connection, mark: ColourMark) -> int:
+    sql = f"SELECT COUNT(*) FROM images WHERE {mark} = 1 AND deleted_at IS NULL"
+    return int(conn.execute(sql).fetchone()[0])
 
 
-def count_colours_outdated(conn: sqlite3.Connection) -> int:
-    return int(
-        conn.execute(
-            "SELECT COUNT(*) FROM images WHERE colours_outdated = 1 AND deleted_at IS NULL"
-        ).fetchone()[0]
-    )
-
-
-def count_colours_pending(conn: sqlite3.Connection) -> int:
-    return int(
-        conn.execute(
-            "SELECT COUNT(*) FROM images WHERE colours_pending = 1 AND deleted_at IS NULL"
-        ).fetchone()[0]
-    )
-
-
-def store_palettes(conn: sqlite3.Connection, palettes: dict[int, list[ColourRecord]]) -> list[int]:
-    """Commit computed colours (an empty palette: the picture has none) for images still
-    waiting for them, in one transaction; return the ids stored. An image deleted meanwhile
-    is left out, so its colours cannot come back with it into the colour table."""
+def _store_marked(
+    conn: sqlite3.Connection, mark: ColourMark, palettes: dict[int, list[ColourRecord]]
+) -> list[int]:
+    """Commit computed colours in place of any stored ones, clearing `mark`, in one
+    transaction; return the ids stored. An image deleted meanwhile is left out, so its colours
+    cannot come back with it into the colour table."""
     stored = []
     with WRITE_LOCK, transaction(conn, immediate=True):
         for image_id, palette in palettes.items():
             cursor = conn.execute(
-                "UPDATE images SET colours_pending = 0 "
-                "WHERE id = ? AND colours_pending = 1 AND deleted_at IS NULL",
-                (image_id,),
-            )
-            if cursor.rowcount == 1:
-                _insert_palette(conn, image_id, palette)
-                stored.append(image_id)
-    return stored
-
-
-def replace_palettes(
-    conn: sqlite3.Connection, palettes: dict[int, list[ColourRecord]]
-) -> list[int]:
-    """Commit colours computed again for images whose colours are outdated, in one
-    transaction, in place of the old ones; return the ids replaced. An image deleted meanwhile
-    is left out, as in `store_palettes`."""
-    replaced = []
-    with WRITE_LOCK, transaction(conn, immediate=True):
-        for image_id, palette in palettes.items():
-            cursor = conn.execute(
-                "UPDATE images SET colours_outdated = 0 "
-                "WHERE id = ? AND colours_outdated = 1 AND deleted_at IS NULL",
+                f"UPDATE images SET {mark} = 0 WHERE id = ? AND {mark} = 1 AND deleted_at IS NULL",
                 (image_id,),
             )
             if cursor.rowcount == 1:
                 conn.execute("DELETE FROM image_colours WHERE image_id = ?", (image_id,))
                 _insert_palette(conn, image_id, palette)
-                replaced.append(image_id)
-    return replaced
+                stored.append(image_id)
+    return stored
+
+
+def colours_pending(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, str]]:
+    """(id, original's blob) of live images whose colours were never computed, id > `after`,
+    in id order: the colour backfill's next chunk."""
+    return _marked(conn, "colours_pending", after, limit)
+
+
+def count_colours_pending(conn: sqlite3.Connection) -> int:
+    return _count_marked(conn, "colours_pending")
+
+
+def store_palettes(conn: sqlite3.Connection, palettes: dict[int, list[ColourRecord]]) -> list[int]:
+    """Commit computed colours (an empty palette: the picture has none) for images still
+    waiting for them; return the ids stored."""
+    return _store_marked(conn, "colours_pending", palettes)
+
+
+def colours_outdated(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, str]]:
+    """(id, original's blob) of live images whose colours an older rule computed (schema v12),
+    id > `after`, in id order: what the colour backfill computes again after the missing ones."""
+    return _marked(conn, "colours_outdated", after, limit)
+
+
+def count_colours_outdated(conn: sqlite3.Connection) -> int:
+    return _count_marked(conn, "colours_outdated")
+
+
+def replace_palettes(
+    conn: sqlite3.Connection, palettes: dict[int, list[ColourRecord]]
+) -> list[int]:
+    """Commit colours computed again for images whose colours are outdated, in place of the
+    old ones; return the ids replaced."""
+    return _store_marked(conn, "colours_outdated", palettes)
 
 
 #: The write-side twin of VISIBLE: a change by `:editor` applies only while they may still
