@@ -27,6 +27,8 @@ from shell.search_filters import add_filter_arguments, describe, filters_from
 from shell.text import printable
 from util.colour_spec import (
     DEFAULT_MIN_SHARE,
+    HEX_LIGHTNESS_WINDOW,
+    HEX_SATURATION_WINDOW,
     NAMES,
     ColourSpecError,
     check_min_share,
@@ -64,7 +66,11 @@ class ColourCommands(cmd2.CommandSet[VitrineShell]):
         "Find the images whose dominant colours match COLOR, the clearest first (closeness to "
         "the hue weighted by how much of the picture the colour covers). COLOR is a hue in "
         "degrees (0-360), a name (red, orange, yellow, green, cyan, blue, purple, magenta, "
-        "pink, brown) or a hex colour #rrggbb. `more` continues the listing.",
+        "pink, brown) or a hex colour #rrggbb. A name or a hex colour also matches on "
+        "lightness and saturation, so brown is not orange: a hex colour finds colours within "
+        f"{HEX_LIGHTNESS_WINDOW} of its lightness and {HEX_SATURATION_WINDOW} of its "
+        "saturation, and its bare hue (e.g. 210 for #1e90ff) finds any. `more` continues the "
+        "listing.",
         noun="colour",
     )
     colour_parser.add_argument(

@@ -975,8 +975,12 @@ class ImageCommands(cmd2.CommandSet[VitrineShell]):
         picture_bytes = answer.original or image.thumbnail
         if mode == "none" or not picture_bytes:
             return None, facts
-        columns = listing.terminal_columns()
+        columns, lines = listing.terminal_size()
+        # The picture, its facts and the next prompt on one screen: a picture sized by the
+        # width alone scrolled its top away on an 80 x 24 terminal (32 rows of picture).
+        room = lines - len(rows) - 2
         width = max(8, min(SHOW_CELLS[0], columns - 2))
         aspect = image.height / image.width if image.width and image.height else 1.0
-        height = max(4, min(SHOW_CELLS[1], round(width * aspect / 2)))
+        height = max(4, min(SHOW_CELLS[1], room, round(width * aspect / 2)))
+        width = max(8, min(width, round(height * 2 / aspect)))  # no letterbox beside it
         return picture_renderable(picture_bytes, mode, width, height), facts
