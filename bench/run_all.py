@@ -79,8 +79,8 @@ BENCHMARKS = [
     Benchmark(
         "bench.bench_colour_backfill",
         "Colour backfill after an upgrade (issue 5)",
-        "Reported: how long colour search is incomplete after schema v12 marks every palette "
-        "(20,000 images; minutes at 100,000 projected).",
+        "Reported: how long until every palette follows the new rule after schema v12 marks "
+        "them outdated (20,000 images; minutes at 100,000 projected).",
     ),
     Benchmark(
         "bench.bench_checkout",

@@ -57,11 +57,8 @@ class SchemaTooNew(Exception):
         self.version = version
 
 
-def migrate(conn: sqlite3.Connection, through: int | None = None) -> int:
+def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema to the newest version, one transaction per step; return that version.
-
-    `through` stops after that step, for a test that needs a database as an older version
-    left it (tests/test_palette_recompute_s24.py). The server always goes to the end.
 
     A database from a newer version is refused before anything is written (SchemaTooNew):
     there is no step down. An upgrade is logged in one INFO line with both versions, so that
@@ -71,7 +68,7 @@ def migrate(conn: sqlite3.Connection, through: int | None = None) -> int:
     if version > len(MIGRATIONS):
         raise SchemaTooNew(version)
     first, started = version, time.monotonic()
-    for number, step in enumerate(MIGRATIONS[:through], start=1):
+    for number, step in enumerate(MIGRATIONS, start=1):
         if number <= version:
             continue
         conn.execute("BEGIN IMMEDIATE")

@@ -4,9 +4,22 @@ users, and images with placeholder blobs, so each test states only the fields it
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 from repository import images as repo
+from repository.migrations import MIGRATIONS
+
+
+def database_at(path: Path, version: int) -> sqlite3.Connection:
+    """A new database file as a server of schema `version` left it: the first `version` steps
+    run, nothing after (autocommit, rows by name), for tests of the steps after it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    for number, step in enumerate(MIGRATIONS[:version], start=1):
+        step(conn)
+        conn.execute(f"PRAGMA user_version={number}")
+    return conn
 
 
 def rewind_statements(version: int) -> list[str]:

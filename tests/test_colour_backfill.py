@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from service.colour_backfill import backfill
 from service.colour_search import colour_table
 from service.context import ServerConfig, Services
 from service.ingest import Upload, ingest
-from tests.rows import add_users, new_image
+from tests.rows import add_users, database_at, new_image
 
 RED, GREEN, GREY = (200, 40, 30), (40, 170, 60), (128, 128, 128)
 
@@ -139,11 +138,7 @@ def test_another_owners_upload_of_waiting_bytes_is_extracted_or_waits_too(
 
 
 def test_the_schema_step_marks_only_rows_without_colours(tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / "v2.db", isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    for number, step in enumerate(MIGRATIONS[:2], start=1):
-        step(conn)
-        conn.execute(f"PRAGMA user_version={number}")
+    conn = database_at(tmp_path / "v2.db", 2)
     add_users(conn, "seller")
     for k in (1, 2, 3):
         conn.execute(

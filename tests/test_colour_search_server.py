@@ -27,7 +27,7 @@ from repository.database import Database, migrate
 from repository.filters import SearchFilters
 from repository.migrations import MIGRATIONS
 from tests import colour_oracle as oracle
-from tests.rows import add_users, new_image
+from tests.rows import add_users, database_at, new_image
 from util.colour_spec import NAMES, ColourQuery, hue_ranges, parse_colour
 
 
@@ -191,11 +191,7 @@ def test_the_colour_rows_are_read_by_key_or_one_scan(store: tuple) -> None:
 
 
 def test_version_4_upgrades_dropping_the_hue_index(tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / "v4.db", isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    for number, step in enumerate(MIGRATIONS[:4], start=1):
-        step(conn)
-        conn.execute(f"PRAGMA user_version={number}")
+    conn = database_at(tmp_path / "v4.db", 4)
     add_users(conn, "seller")
     red = repo.ColourRecord(200, 40, 30, 4.0, 0.7, 0.45, 0.6)
     image_id = repo.insert_image(conn, new_image(1, palette=[red]))

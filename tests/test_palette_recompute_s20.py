@@ -21,7 +21,7 @@ from repository import images as repo
 from repository.colour_table import ColourTable
 from repository.database import migrate
 from repository.migrations import MIGRATIONS
-from tests.rows import add_users, new_image, rewind_schema
+from tests.rows import add_users, database_at, new_image, rewind_schema
 from tests.servers import LoggedInShell as Shell
 from tests.servers import ServerProcess, create_users, json_lines
 from tests.test_colour_search_e2e import card, shown_palette, upload
@@ -36,15 +36,6 @@ RED = repo.ColourRecord(200, 40, 30, 4.0, 0.7, 0.45, 0.6)
 NAVY = repo.ColourRecord(48, 52, 69, 228.57, 0.1795, 0.2294, 0.22)
 #: A faint green at the rule's floor (C 0.06): what the current rule can still produce.
 FAINT_GREEN = repo.ColourRecord(170, 185, 172, 128.0, 0.1, 0.7, 0.3)
-
-
-def _version_9(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    for number, step in enumerate(MIGRATIONS[:9], start=1):
-        step(conn)
-        conn.execute(f"PRAGMA user_version={number}")
-    return conn
 
 
 def _palette_rows(conn: sqlite3.Connection, image_id: int) -> list[tuple]:
@@ -69,7 +60,7 @@ def _green_at_99(conn: sqlite3.Connection) -> list[int]:
 
 
 def test_v10_marks_only_palettes_with_a_merged_grey(tmp_path: Path) -> None:
-    conn = _version_9(tmp_path / "v9.db")
+    conn = database_at(tmp_path / "v9.db", 9)
     add_users(conn, "seller", "other")
     rainbow = repo.insert_image(conn, new_image(1, palette=[OLD_GREY]))
     mixed = repo.insert_image(conn, new_image(2, palette=[RED, replace(OLD_GREY, share=0.3)]))

@@ -31,7 +31,7 @@ from service.colour_backfill import backfill
 from service.colour_search import colour_table
 from service.context import ServerConfig, Services
 from service.ingest import Upload, ingest
-from tests.rows import add_users, new_image, rewind_schema
+from tests.rows import add_users, database_at, new_image, rewind_schema
 from tests.servers import LoggedInShell as Shell
 from tests.servers import ServerProcess, create_users, json_lines
 from tests.test_colour_search_e2e import card, shown_palette, upload
@@ -41,13 +41,6 @@ PASSWORD = "correct horse battery"
 RED = repo.ColourRecord(200, 40, 30, 4.0, 0.7, 0.45, 0.6)
 BLUE = repo.ColourRecord(40, 60, 200, 230.0, 0.67, 0.47, 0.3)
 V12 = 12
-
-
-def _version_11(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    assert migrate(conn, through=V12 - 1) == V12 - 1  # as a version-11 server left it
-    return conn
 
 
 def _colour_rows(conn: sqlite3.Connection) -> dict[int, list[tuple]]:
@@ -64,7 +57,7 @@ def _marks(conn: sqlite3.Connection, column: str) -> dict[int, int]:
 def test_v12_marks_every_palette_of_an_image_that_has_its_original_and_keeps_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    conn = _version_11(tmp_path / "v11.db")
+    conn = database_at(tmp_path / "v11.db", V12 - 1)
     add_users(conn, "seller", "other")
     coloured = repo.insert_image(conn, new_image(1, palette=[RED, BLUE]))
     grey = repo.insert_image(conn, new_image(2))  # computed, and no colour in it

@@ -45,6 +45,7 @@ from service.auth import LoginThrottle
 from service.connection import Connection
 from service.context import SESSION_EXPIRED, ConnectionState, RequestContext, ServerConfig
 from service.identity import tls_identity
+from tests.rows import database_at
 
 PASSWORD = "correct horse battery"
 REVOKE_ALL = "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL"
@@ -52,15 +53,6 @@ REVOKE_ALL = "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_a
 
 def _plan(conn: sqlite3.Connection, sql: str, params: tuple) -> str:
     return " / ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
-
-
-def _version_10(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    for number, step in enumerate(MIGRATIONS[:10], start=1):
-        step(conn)
-        conn.execute(f"PRAGMA user_version={number}")
-    return conn
 
 
 def _add_session(conn: sqlite3.Connection, user_id: int, token: bytes, expires_at: float) -> None:
@@ -75,7 +67,7 @@ def _tokens(conn: sqlite3.Connection) -> set[bytes]:
 
 
 def test_v11_indexes_sessions_and_drops_the_expired_ones(tmp_path: Path) -> None:
-    conn = _version_10(tmp_path / "v10.db")
+    conn = database_at(tmp_path / "v10.db", 10)
     user_id = accounts.create_user(conn, "pat", "hash").id
     now = time.time()
     assert "SCAN sessions" in _plan(conn, REVOKE_ALL, (now, user_id))  # what the review found
